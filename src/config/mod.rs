@@ -1,0 +1,441 @@
+//! Configuration: parse the operator's TOML, validate everything that can be validated before binding a
+//! socket, and produce a typed [`Config`] the rest of the gateway uses without further checks.
+//!
+//! Every error names the file, the key path (`front[0].tls.cert`) and, where known, the line.
+
+pub mod schema;
+pub mod units;
+
+use crate::guard::acl::{load_cidr_file, parse_cidr, CidrSet};
+use crate::listen::tls::{self, CertFiles};
+use ipnetwork::IpNetwork;
+use rustls::ServerConfig;
+use schema::*;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use toml::Spanned;
+
+pub use schema::{FrontKind, LogFormat, SendProxy, Transport};
+pub use units::Rate;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub line: Option<usize>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: PathBuf,
+    pub runtime: Runtime,
+    pub log: LogSettings,
+    pub admission: Admission,
+    pub fronts: Vec<Front>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub worker_threads: usize,
+    pub drain_deadline: Duration,
+    pub max_open_files: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+    pub refusal_interval: Duration,
+}
+
+/// Connection-rate allowance: `rate` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub rate: Rate,
+    pub burst: u32,
+}
+
+/// One level of admission rules (global or one front).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    pub allow: CidrSet,
+    pub deny: CidrSet,
+    pub allowlist_only: bool,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_connections_per_group: Option<usize>,
+    pub group_prefix_v4: u8,
+    pub group_prefix_v6: u8,
+    pub rate_per_ip: Option<RateLimit>,
+    pub rate_per_group: Option<RateLimit>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Front {
+    pub name: String,
+    pub kind: FrontKind,
+    pub listen: Vec<SocketAddr>,
+    pub transport: Transport,
+    pub tls: Option<Arc<ServerConfig>>,
+    pub admission: Admission,
+    pub proxy_accept_from: CidrSet,
+    pub upstreams: Vec<SocketAddr>,
+    pub send_proxy: SendProxy,
+    pub connect_timeout: Duration,
+    pub retry_backoff: Duration,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            line: None,
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text` as if read from `file`; relative paths inside resolve against the file's folder.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError {
+                file: file.to_path_buf(),
+                key: if key == "." { String::new() } else { key },
+                line: inner.span().map(|s| line_of(text, s.start)),
+                reason: inner.message().to_string(),
+            }
+        })?;
+        let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Validator { text, file, base }.config(raw)
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a Path,
+    base: PathBuf,
+}
+
+impl Validator<'_> {
+    fn err(
+        &self,
+        key: impl Into<String>,
+        span: Option<std::ops::Range<usize>>,
+        reason: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            line: span.map(|s| line_of(self.text, s.start)),
+            reason: reason.into(),
+        }
+    }
+
+    fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let global = self.admission("admission", &raw.admission, None)?;
+        if raw.fronts.is_empty() {
+            return Err(self.err("front", None, "at least one [[front]] is required"));
+        }
+        let mut fronts = Vec::with_capacity(raw.fronts.len());
+        for (i, f) in raw.fronts.iter().enumerate() {
+            let front = self.front(&format!("front[{i}]"), f, &global)?;
+            if fronts.iter().any(|o: &Front| o.name == front.name) {
+                return Err(self.err(
+                    format!("front[{i}].name"),
+                    None,
+                    format!("duplicate front name `{}`", front.name),
+                ));
+            }
+            fronts.push(front);
+        }
+        let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+        for f in &fronts {
+            for a in &f.listen {
+                if let Some((_, other)) = seen.iter().find(|(s, _)| s == a) {
+                    return Err(self.err(
+                        "front",
+                        None,
+                        format!("listen address {a} used by both `{other}` and `{}`", f.name),
+                    ));
+                }
+                seen.push((*a, &f.name));
+            }
+        }
+        if raw.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
+            return Err(self.err("log.level", None, format!("invalid log filter `{}`", raw.log.level)));
+        }
+        Ok(Config {
+            source: self.file.to_path_buf(),
+            runtime: Runtime {
+                worker_threads: raw.runtime.worker_threads,
+                drain_deadline: raw.runtime.drain_deadline.0,
+                max_open_files: raw.runtime.max_open_files,
+            },
+            log: LogSettings {
+                format: raw.log.format,
+                level: raw.log.level,
+                refusal_interval: raw.log.refusal_interval.0,
+            },
+            admission: global,
+            fronts,
+        })
+    }
+
+    fn cidrs(&self, key: &str, items: &[Spanned<String>]) -> Result<Vec<IpNetwork>, ConfigError> {
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, s)| parse_cidr(s.get_ref()).map_err(|r| self.err(format!("{key}[{i}]"), Some(s.span()), r)))
+            .collect()
+    }
+
+    fn cidr_files(&self, key: &str, files: &[Spanned<PathBuf>], into: &mut Vec<IpNetwork>) -> Result<(), ConfigError> {
+        for (i, f) in files.iter().enumerate() {
+            let nets = load_cidr_file(&self.path(f.get_ref()))
+                .map_err(|e| self.err(format!("{key}[{i}]"), Some(f.span()), e.to_string()))?;
+            into.extend(nets);
+        }
+        Ok(())
+    }
+
+    /// `parent` is the global level a front inherits group prefixes from; caps and rates are not
+    /// inherited because they count at their own level.
+    fn admission(&self, key: &str, a: &RawAdmission, parent: Option<&Admission>) -> Result<Admission, ConfigError> {
+        let mut allow = self.cidrs(&format!("{key}.allow"), &a.allow)?;
+        self.cidr_files(&format!("{key}.allow_files"), &a.allow_files, &mut allow)?;
+        let mut deny = self.cidrs(&format!("{key}.deny"), &a.deny)?;
+        self.cidr_files(&format!("{key}.deny_files"), &a.deny_files, &mut deny)?;
+        let (dv4, dv6) = parent.map_or((24, 48), |p| (p.group_prefix_v4, p.group_prefix_v6));
+        let v4 = a.group_prefix_v4.unwrap_or(dv4);
+        let v6 = a.group_prefix_v6.unwrap_or(dv6);
+        if v4 > 32 {
+            return Err(self.err(
+                format!("{key}.group_prefix_v4"),
+                None,
+                format!("{v4} is not an IPv4 prefix length (0-32)"),
+            ));
+        }
+        if v6 > 128 {
+            return Err(self.err(
+                format!("{key}.group_prefix_v6"),
+                None,
+                format!("{v6} is not an IPv6 prefix length (0-128)"),
+            ));
+        }
+        let global = parent.is_none();
+        let rate = |r: Option<Rate>,
+                    b: Option<u32>,
+                    rk: &str,
+                    bk: &str,
+                    dflt: Option<RateLimit>|
+         -> Result<Option<RateLimit>, ConfigError> {
+            match (r, b) {
+                (Some(rate), burst) => {
+                    let burst = burst.unwrap_or(rate.count.max(1));
+                    if burst == 0 {
+                        return Err(self.err(format!("{key}.{bk}"), None, "burst must be at least 1"));
+                    }
+                    Ok(Some(RateLimit { rate, burst }))
+                }
+                (None, Some(_)) => Err(self.err(format!("{key}.{bk}"), None, format!("set {rk} as well"))),
+                (None, None) => Ok(dflt),
+            }
+        };
+        let default_ip_rate = global.then_some(RateLimit {
+            rate: Rate {
+                count: 10,
+                per: Duration::from_secs(1),
+            },
+            burst: 20,
+        });
+        Ok(Admission {
+            allow: CidrSet::from_nets(allow),
+            deny: CidrSet::from_nets(deny),
+            allowlist_only: a.allowlist_only,
+            max_connections: a.max_connections.or(global.then_some(20_000)),
+            max_connections_per_ip: a.max_connections_per_ip.or(global.then_some(32)),
+            max_connections_per_group: a.max_connections_per_group.or(global.then_some(256)),
+            group_prefix_v4: v4,
+            group_prefix_v6: v6,
+            rate_per_ip: rate(
+                a.connect_rate_per_ip,
+                a.connect_burst_per_ip,
+                "connect_rate_per_ip",
+                "connect_burst_per_ip",
+                default_ip_rate,
+            )?,
+            rate_per_group: rate(
+                a.connect_rate_per_group,
+                a.connect_burst_per_group,
+                "connect_rate_per_group",
+                "connect_burst_per_group",
+                None,
+            )?,
+        })
+    }
+
+    fn front(&self, key: &str, f: &RawFront, global: &Admission) -> Result<Front, ConfigError> {
+        if f.name.trim().is_empty() {
+            return Err(self.err(format!("{key}.name"), None, "must not be empty"));
+        }
+        if f.listen.is_empty() {
+            return Err(self.err(format!("{key}.listen"), None, "at least one listen address is required"));
+        }
+        let listen = f
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.get_ref().parse::<SocketAddr>().map_err(|e| {
+                    self.err(
+                        format!("{key}.listen[{i}]"),
+                        Some(s.span()),
+                        format!("`{}` is not an address:port ({e})", s.get_ref()),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if f.upstreams.is_empty() {
+            return Err(self.err(format!("{key}.upstreams"), None, "at least one upstream is required"));
+        }
+        let mut upstreams = Vec::new();
+        for (i, s) in f.upstreams.iter().enumerate() {
+            let addr = s
+                .get_ref()
+                .to_socket_addrs()
+                .map_err(|e| {
+                    self.err(
+                        format!("{key}.upstreams[{i}]"),
+                        Some(s.span()),
+                        format!("cannot resolve `{}`: {e}", s.get_ref()),
+                    )
+                })?
+                .next()
+                .ok_or_else(|| {
+                    self.err(
+                        format!("{key}.upstreams[{i}]"),
+                        Some(s.span()),
+                        format!("`{}` resolves to no address", s.get_ref()),
+                    )
+                })?;
+            upstreams.push(addr);
+        }
+        let tls = match (f.transport, &f.tls) {
+            (Transport::Tls, None) => {
+                return Err(self.err(
+                    format!("{key}.tls"),
+                    None,
+                    "transport = \"tls\" needs a [front.tls] section with cert and key",
+                ))
+            }
+            (Transport::Tcp, Some(_)) => {
+                return Err(self.err(
+                    format!("{key}.tls"),
+                    None,
+                    "a [front.tls] section needs transport = \"tls\"",
+                ))
+            }
+            (Transport::Tcp, None) => None,
+            (Transport::Tls, Some(t)) => Some(self.tls(&format!("{key}.tls"), t)?),
+        };
+        let proxy_accept_from = CidrSet::from_nets(self.cidrs(
+            &format!("{key}.proxy_protocol.accept_from"),
+            &f.proxy_protocol.accept_from,
+        )?);
+        let t = &f.timeouts;
+        if t.handshake.0.is_zero() {
+            return Err(self.err(format!("{key}.timeouts.handshake"), None, "must be greater than 0s"));
+        }
+        if t.idle.0.is_zero() {
+            return Err(self.err(format!("{key}.timeouts.idle"), None, "must be greater than 0s"));
+        }
+        if f.upstream.connect_timeout.0.is_zero() {
+            return Err(self.err(
+                format!("{key}.upstream.connect_timeout"),
+                None,
+                "must be greater than 0s",
+            ));
+        }
+        Ok(Front {
+            name: f.name.clone(),
+            kind: f.kind,
+            listen,
+            transport: f.transport,
+            tls,
+            admission: self.admission(&format!("{key}.admission"), &f.admission, Some(global))?,
+            proxy_accept_from,
+            upstreams,
+            send_proxy: f.upstream.send_proxy,
+            connect_timeout: f.upstream.connect_timeout.0,
+            retry_backoff: f.upstream.retry_backoff.0,
+            handshake_timeout: t.handshake.0,
+            idle_timeout: t.idle.0,
+        })
+    }
+
+    fn tls(&self, key: &str, t: &RawTls) -> Result<Arc<ServerConfig>, ConfigError> {
+        let pair = |k: &str, cert: &Spanned<PathBuf>, keyf: &Spanned<PathBuf>| {
+            let files = CertFiles {
+                cert: self.path(cert.get_ref()),
+                key: self.path(keyf.get_ref()),
+            };
+            tls::load_certified_key(&files).map_err(|e| {
+                let (field, span) = match e {
+                    tls::TlsError::Cert { .. } => ("cert", cert.span()),
+                    tls::TlsError::Key { .. } | tls::TlsError::Mismatch { .. } => ("key", keyf.span()),
+                };
+                self.err(format!("{k}.{field}"), Some(span), e.to_string())
+            })
+        };
+        let default = pair(key, &t.cert, &t.key)?;
+        let mut sni = Vec::new();
+        for (i, s) in t.sni.iter().enumerate() {
+            if s.name.is_empty() {
+                return Err(self.err(format!("{key}.sni[{i}].name"), None, "must not be empty"));
+            }
+            sni.push((s.name.clone(), pair(&format!("{key}.sni[{i}]"), &s.cert, &s.key)?));
+        }
+        Ok(tls::server_config(default, sni))
+    }
+}

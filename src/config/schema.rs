@@ -1,0 +1,237 @@
+//! The TOML schema as written by the operator. Every struct denies unknown keys so a typo is an error,
+//! not a silently ignored setting. Defaults live here so `conf/gatehouse.toml` and the code agree.
+
+use super::units::{Duration, Rate};
+use serde::Deserialize;
+use std::path::PathBuf;
+use toml::Spanned;
+
+fn secs(s: u64) -> Duration {
+    Duration(std::time::Duration::from_secs(s))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub log: RawLog,
+    /// Admission applied to every front before the front's own rules.
+    #[serde(default)]
+    pub admission: RawAdmission,
+    #[serde(default, rename = "front")]
+    pub fronts: Vec<RawFront>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    /// 0 = one per core.
+    #[serde(default)]
+    pub worker_threads: usize,
+    #[serde(default = "default_drain")]
+    pub drain_deadline: Duration,
+    #[serde(default = "default_nofile")]
+    pub max_open_files: u64,
+}
+
+fn default_drain() -> Duration {
+    secs(30)
+}
+fn default_nofile() -> u64 {
+    65536
+}
+
+impl Default for RawRuntime {
+    fn default() -> Self {
+        RawRuntime {
+            worker_threads: 0,
+            drain_deadline: default_drain(),
+            max_open_files: default_nofile(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// tracing-subscriber filter directive, e.g. "info" or "gatehouse=debug".
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// A refused address is logged once per reason within this interval.
+    #[serde(default = "default_refusal_interval")]
+    pub refusal_interval: Duration,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+fn default_refusal_interval() -> Duration {
+    secs(60)
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: LogFormat::Human,
+            level: default_level(),
+            refusal_interval: default_refusal_interval(),
+        }
+    }
+}
+
+/// Admission rules. Used globally and per front; at each level every field is optional so that a
+/// front states only what it changes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmission {
+    #[serde(default)]
+    pub allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub deny: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub allow_files: Vec<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub deny_files: Vec<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub allowlist_only: bool,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_connections_per_group: Option<usize>,
+    pub group_prefix_v4: Option<u8>,
+    pub group_prefix_v6: Option<u8>,
+    pub connect_rate_per_ip: Option<Rate>,
+    pub connect_burst_per_ip: Option<u32>,
+    pub connect_rate_per_group: Option<Rate>,
+    pub connect_burst_per_group: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FrontKind {
+    Electrum,
+    Peer,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Tls,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxy {
+    #[default]
+    None,
+    V2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFront {
+    pub name: String,
+    pub kind: FrontKind,
+    pub listen: Vec<Spanned<String>>,
+    pub transport: Transport,
+    pub upstreams: Vec<Spanned<String>>,
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub admission: RawAdmission,
+    #[serde(default)]
+    pub proxy_protocol: RawProxyIntake,
+    #[serde(default)]
+    pub upstream: RawUpstream,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+    #[serde(default)]
+    pub sni: Vec<RawSniCert>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSniCert {
+    pub name: String,
+    pub cert: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyIntake {
+    /// Load balancers allowed to send a PROXY v1/v2 header. Empty = PROXY intake off.
+    #[serde(default)]
+    pub accept_from: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    #[serde(default)]
+    pub send_proxy: SendProxy,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    secs(5)
+}
+fn default_retry_backoff() -> Duration {
+    secs(10)
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        RawUpstream {
+            send_proxy: SendProxy::None,
+            connect_timeout: default_connect_timeout(),
+            retry_backoff: default_retry_backoff(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    #[serde(default = "default_handshake")]
+    pub handshake: Duration,
+    #[serde(default = "default_idle")]
+    pub idle: Duration,
+}
+
+fn default_handshake() -> Duration {
+    secs(10)
+}
+fn default_idle() -> Duration {
+    secs(600)
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            handshake: default_handshake(),
+            idle: default_idle(),
+        }
+    }
+}

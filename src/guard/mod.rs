@@ -1,0 +1,295 @@
+//! Admission: the one place that answers "may this address connect now?". Every front calls
+//! [`Guard::admit`]; no front re-implements allow/deny/ban/limit logic.
+//!
+//! Order of decisions: ban → deny → allowlist → caps → rate. Rate comes last so that a refused
+//! connection does not also spend the client's rate allowance.
+
+pub mod acl;
+pub mod addr;
+pub mod bans;
+pub mod limits;
+
+use crate::config::Admission;
+use arc_swap::ArcSwap;
+use bans::BanTable;
+use limits::{ConnectRate, KeyedCounts, TotalCount};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a connection was refused. The string form is what logs and metrics show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    Banned,
+    Denied,
+    NotAllowlisted,
+    MaxConnections,
+    PerIpCap,
+    PerGroupCap,
+    IpRate,
+    GroupRate,
+    ProxyUntrusted,
+    ProxyMalformed,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 10] = [
+        Refusal::Banned,
+        Refusal::Denied,
+        Refusal::NotAllowlisted,
+        Refusal::MaxConnections,
+        Refusal::PerIpCap,
+        Refusal::PerGroupCap,
+        Refusal::IpRate,
+        Refusal::GroupRate,
+        Refusal::ProxyUntrusted,
+        Refusal::ProxyMalformed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Banned => "banned",
+            Refusal::Denied => "denied",
+            Refusal::NotAllowlisted => "not_allowlisted",
+            Refusal::MaxConnections => "max_connections",
+            Refusal::PerIpCap => "per_ip_cap",
+            Refusal::PerGroupCap => "per_group_cap",
+            Refusal::IpRate => "ip_rate",
+            Refusal::GroupRate => "group_rate",
+            Refusal::ProxyUntrusted => "proxy_untrusted",
+            Refusal::ProxyMalformed => "proxy_malformed",
+        }
+    }
+
+    fn index(self) -> usize {
+        Refusal::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Rules of one level plus the rate limiters built from them; swapped whole on reload.
+pub struct LevelPolicy {
+    pub admission: Admission,
+    ip_rate: Option<ConnectRate>,
+    group_rate: Option<ConnectRate>,
+}
+
+impl LevelPolicy {
+    pub fn new(admission: Admission) -> LevelPolicy {
+        LevelPolicy {
+            ip_rate: admission.rate_per_ip.map(ConnectRate::new),
+            group_rate: admission.rate_per_group.map(ConnectRate::new),
+            admission,
+        }
+    }
+}
+
+/// One level of admission (the whole gateway, or one front): its policy and its live counts.
+pub struct Level {
+    policy: ArcSwap<LevelPolicy>,
+    total: TotalCount,
+    per_ip: KeyedCounts,
+    per_group: KeyedCounts,
+}
+
+impl Level {
+    pub fn new(admission: Admission) -> Arc<Level> {
+        Arc::new(Level {
+            policy: ArcSwap::from_pointee(LevelPolicy::new(admission)),
+            total: TotalCount::default(),
+            per_ip: KeyedCounts::default(),
+            per_group: KeyedCounts::default(),
+        })
+    }
+
+    pub fn set_policy(&self, admission: Admission) {
+        self.policy.store(Arc::new(LevelPolicy::new(admission)));
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.total.get()
+    }
+
+    fn housekeep(&self) {
+        let p = self.policy.load();
+        for r in [&p.ip_rate, &p.group_rate].into_iter().flatten() {
+            r.housekeep();
+        }
+    }
+}
+
+/// Slots held at one level; released on drop.
+struct Held {
+    level: Arc<Level>,
+    ip: IpAddr,
+    group: Option<IpAddr>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.level.total.release();
+        self.level.per_ip.release(self.ip);
+        if let Some(g) = self.group {
+            self.level.per_group.release(g);
+        }
+    }
+}
+
+/// Proof of admission: holds the connection's slots in every cap until the connection ends.
+pub struct Permit {
+    _held: [Held; 2],
+}
+
+pub struct Guard {
+    global: Arc<Level>,
+    bans: Arc<BanTable>,
+    refused: [AtomicU64; Refusal::ALL.len()],
+    log_gate: Mutex<HashMap<(IpAddr, Refusal), Instant>>,
+    log_interval: Duration,
+}
+
+/// Bound on remembered (address, reason) pairs for log suppression; a flood from many addresses must
+/// not grow it without limit.
+const LOG_GATE_MAX: usize = 65_536;
+
+impl Guard {
+    pub fn new(global: Admission, bans: Arc<BanTable>, log_interval: Duration) -> Guard {
+        Guard {
+            global: Level::new(global),
+            bans,
+            refused: Default::default(),
+            log_gate: Mutex::new(HashMap::new()),
+            log_interval,
+        }
+    }
+
+    pub fn global(&self) -> &Arc<Level> {
+        &self.global
+    }
+
+    pub fn bans(&self) -> &Arc<BanTable> {
+        &self.bans
+    }
+
+    /// Decides whether `ip` (already the real client address, after PROXY intake) may connect to the
+    /// front whose level is `front`.
+    pub fn admit(&self, front: &Arc<Level>, ip: IpAddr) -> Result<Permit, Refusal> {
+        let ip = addr::canonical(ip);
+        let result = self.decide(front, ip);
+        if let Err(r) = result {
+            self.count(r);
+        }
+        result
+    }
+
+    fn decide(&self, front: &Arc<Level>, ip: IpAddr) -> Result<Permit, Refusal> {
+        if self.bans.lookup(ip).is_some() {
+            return Err(Refusal::Banned);
+        }
+        let gp = self.global.policy.load();
+        let fp = front.policy.load();
+        let (ga, fa) = (&gp.admission, &fp.admission);
+        if ga.deny.contains(ip) || fa.deny.contains(ip) {
+            return Err(Refusal::Denied);
+        }
+        let allowed = ga.allow.contains(ip) || fa.allow.contains(ip);
+        if (ga.allowlist_only || fa.allowlist_only) && !allowed {
+            return Err(Refusal::NotAllowlisted);
+        }
+        // Allowlisted networks are operators' own or trusted peers: they keep per-IP limits but are
+        // not lumped into a group with strangers.
+        let g = self.hold(&self.global, &gp, ip, allowed)?;
+        let f = self.hold(front, &fp, ip, allowed)?;
+        for (p, group) in [(&gp, g.group), (&fp, f.group)] {
+            if p.ip_rate.as_ref().is_some_and(|r| !r.check(ip)) {
+                return Err(Refusal::IpRate);
+            }
+            if let (Some(r), Some(group)) = (&p.group_rate, group) {
+                if !r.check(group) {
+                    return Err(Refusal::GroupRate);
+                }
+            }
+        }
+        Ok(Permit { _held: [g, f] })
+    }
+
+    fn hold(&self, level: &Arc<Level>, p: &LevelPolicy, ip: IpAddr, allowed: bool) -> Result<Held, Refusal> {
+        let a = &p.admission;
+        if !level.total.try_acquire(a.max_connections) {
+            return Err(Refusal::MaxConnections);
+        }
+        if !level.per_ip.try_acquire(ip, a.max_connections_per_ip) {
+            level.total.release();
+            return Err(Refusal::PerIpCap);
+        }
+        let group = (!allowed).then(|| addr::group_of(ip, a.group_prefix_v4, a.group_prefix_v6));
+        if let Some(g) = group {
+            if !level.per_group.try_acquire(g, a.max_connections_per_group) {
+                level.total.release();
+                level.per_ip.release(ip);
+                return Err(Refusal::PerGroupCap);
+            }
+        }
+        Ok(Held {
+            level: level.clone(),
+            ip,
+            group,
+        })
+    }
+
+    /// Counts a refusal decided outside [`Guard::admit`] (PROXY header problems).
+    pub fn count(&self, r: Refusal) {
+        self.refused[r.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused(&self, r: Refusal) -> u64 {
+        self.refused[r.index()].load(Ordering::Relaxed)
+    }
+
+    /// True if this (address, reason) has not been logged within the interval, so a flood produces one
+    /// log line per offender per interval instead of one per connection.
+    pub fn should_log(&self, ip: IpAddr, r: Refusal) -> bool {
+        let now = Instant::now();
+        let mut gate = self.log_gate.lock().unwrap_or_else(|p| p.into_inner());
+        if gate.len() >= LOG_GATE_MAX {
+            let interval = self.log_interval;
+            gate.retain(|_, t| now.duration_since(*t) < interval);
+            if gate.len() >= LOG_GATE_MAX {
+                return false;
+            }
+        }
+        match gate.get_mut(&(ip, r)) {
+            Some(t) if now.duration_since(*t) < self.log_interval => false,
+            Some(t) => {
+                *t = now;
+                true
+            }
+            None => {
+                gate.insert((ip, r), now);
+                true
+            }
+        }
+    }
+
+    /// Periodic upkeep: forget idle rate-limit keys, expired bans and stale log-gate entries.
+    pub fn housekeep(&self, fronts: &[Arc<Level>]) {
+        self.global.housekeep();
+        for f in fronts {
+            f.housekeep();
+        }
+        self.bans.purge_expired();
+        let now = Instant::now();
+        let interval = self.log_interval;
+        self.log_gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, t| now.duration_since(*t) < interval);
+    }
+}

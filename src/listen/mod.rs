@@ -1,0 +1,226 @@
+//! Listening sockets and connection intake: accept, establish the client's identity (PROXY protocol from
+//! trusted load balancers), ask the guard, and terminate TLS. What comes out is an admitted [`Conn`].
+
+pub mod proxy;
+pub mod stream;
+pub mod tls;
+
+use crate::front::FrontState;
+use crate::guard::{Permit, Refusal};
+use crate::Shared;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stream::{ClientStream, Prefixed};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Binds a listening socket. IPv6 sockets are v6-only so that `0.0.0.0:P` and `[::]:P` can both be
+/// listed, as operators expect from other daemons.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(4096)?;
+    TcpListener::from_std(sock.into())
+}
+
+/// An admitted client connection, ready for its protocol session.
+pub struct Conn {
+    pub stream: ClientStream,
+    /// The client's real address (from PROXY when via a trusted load balancer).
+    pub client: SocketAddr,
+    /// The load balancer the connection came through, if any.
+    pub via: Option<SocketAddr>,
+    /// The address the client connected to (as the load balancer reported it, if any).
+    pub local: SocketAddr,
+    pub accepted_at: Instant,
+    pub permit: Permit,
+}
+
+/// Accepts until shutdown. Connections from untrusted peers are judged here, before any task or buffer
+/// is spent on them.
+pub async fn accept_loop(listener: TcpListener, front: Arc<FrontState>, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.stop_accepting.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (sock, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of descriptors or similar: back off briefly instead of spinning on the error.
+                tracing::warn!(front = %front.cfg.name, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let accepted_at = Instant::now();
+        let peer = SocketAddr::new(crate::guard::addr::canonical(peer.ip()), peer.port());
+        let local = match sock.local_addr() {
+            Ok(a) => a,
+            Err(_) => continue,
+        };
+        let _ = sock.set_nodelay(true);
+        if front.cfg.proxy_accept_from.contains(peer.ip()) {
+            let (front, shared2) = (front.clone(), shared.clone());
+            shared.tracker.spawn(async move {
+                if let Some(conn) = intake_proxied(sock, peer, local, accepted_at, &front, &shared2).await {
+                    front.serve(conn, &shared2).await;
+                }
+            });
+            continue;
+        }
+        let permit = match shared.guard.admit(&front.level, peer.ip()) {
+            Ok(p) => p,
+            Err(r) => {
+                log_refusal(&front, &shared, peer.ip(), None, r);
+                continue;
+            }
+        };
+        let (front, shared2) = (front.clone(), shared.clone());
+        shared.tracker.spawn(async move {
+            let client = Identity {
+                client: peer,
+                via: None,
+                local,
+            };
+            if let Some(conn) = finish_intake(sock, Vec::new(), client, accepted_at, permit, &front, &shared2).await {
+                front.serve(conn, &shared2).await;
+            }
+        });
+    }
+    tracing::info!(front = %front.cfg.name, addr = ?listener.local_addr().ok(), "listener closed");
+}
+
+pub(crate) fn log_refusal(front: &FrontState, shared: &Shared, ip: IpAddr, via: Option<SocketAddr>, r: Refusal) {
+    if shared.guard.should_log(ip, r) {
+        tracing::info!(front = %front.cfg.name, client = %ip, via = ?via, reason = %format_args!("refused:{r}"), "connection refused");
+    }
+}
+
+struct Identity {
+    client: SocketAddr,
+    via: Option<SocketAddr>,
+    local: SocketAddr,
+}
+
+/// Reads the PROXY header a trusted load balancer sends, then admits the carried client address.
+async fn intake_proxied(
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    accepted_at: Instant,
+    front: &FrontState,
+    shared: &Shared,
+) -> Option<Conn> {
+    let timeout = front.cfg.handshake_timeout;
+    let (header, rest) = match tokio::time::timeout(timeout, proxy::read_header(&mut sock)).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            shared.guard.count(Refusal::ProxyMalformed);
+            tracing::info!(front = %front.cfg.name, via = %peer, error = %e, reason = "refused:proxy_malformed", "connection refused");
+            return None;
+        }
+        Err(_) => {
+            front.log_close(peer, None, "none", accepted_at, 0, 0, "handshake timeout");
+            return None;
+        }
+    };
+    // LOCAL / UNKNOWN: the balancer speaks for itself (health checks), so it is the client.
+    let client = header
+        .source
+        .map(|s| SocketAddr::new(crate::guard::addr::canonical(s.ip()), s.port()))
+        .unwrap_or(peer);
+    let local = header.destination.unwrap_or(local);
+    let permit = match shared.guard.admit(&front.level, client.ip()) {
+        Ok(p) => p,
+        Err(r) => {
+            log_refusal(front, shared, client.ip(), Some(peer), r);
+            return None;
+        }
+    };
+    let id = Identity {
+        client,
+        via: Some(peer),
+        local,
+    };
+    finish_intake(sock, rest, id, accepted_at, permit, front, shared).await
+}
+
+/// Refuses a PROXY header from a peer that is not a trusted balancer (it may be forging its address),
+/// then terminates TLS when the front asks for it.
+async fn finish_intake(
+    sock: TcpStream,
+    prefix: Vec<u8>,
+    id: Identity,
+    accepted_at: Instant,
+    permit: Permit,
+    front: &FrontState,
+    shared: &Shared,
+) -> Option<Conn> {
+    let timeout = front.cfg.handshake_timeout;
+    let deadline = tokio::time::Instant::from_std(accepted_at + timeout);
+    if id.via.is_none() && !front.cfg.proxy_accept_from.is_empty() {
+        match tokio::time::timeout_at(deadline, peek_proxy(&sock)).await {
+            Ok(true) => {
+                shared.guard.count(Refusal::ProxyUntrusted);
+                log_refusal(front, shared, id.client.ip(), None, Refusal::ProxyUntrusted);
+                return None;
+            }
+            Ok(false) => {}
+            Err(_) => {
+                front.log_close(id.client, None, "none", accepted_at, 0, 0, "handshake timeout");
+                return None;
+            }
+        }
+    }
+    let tcp = Prefixed::new(prefix, sock);
+    let stream = match &front.tls {
+        None => ClientStream::Plain(tcp),
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                let reason = format!("tls error: {e}");
+                front.log_close(id.client, id.via, "none", accepted_at, 0, 0, &reason);
+                return None;
+            }
+            Err(_) => {
+                front.log_close(id.client, id.via, "none", accepted_at, 0, 0, "handshake timeout");
+                return None;
+            }
+        },
+    };
+    Some(Conn {
+        stream,
+        client: id.client,
+        via: id.via,
+        local: id.local,
+        accepted_at,
+        permit,
+    })
+}
+
+/// Whether the first bytes the peer sends look like a PROXY header. Waits for the first byte; if what
+/// arrived is a strict prefix of a signature, waits briefly for more so a split header is still caught.
+async fn peek_proxy(sock: &TcpStream) -> bool {
+    let mut buf = [0u8; 16];
+    loop {
+        let n = match sock.peek(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if !proxy::starts_like_proxy(&buf[..n]) {
+            return false;
+        }
+        if n >= 12 || buf[..n].starts_with(b"PROXY ") {
+            return true;
+        }
+        // A strict prefix of a signature: peek again after more bytes can have arrived.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

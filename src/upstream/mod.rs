@@ -1,0 +1,111 @@
+//! Backend pools: upstreams tried in order, failing over on connect errors. An upstream that fails is
+//! marked down for a back-off so every client does not pay its connect timeout again.
+
+use crate::config::{Front, SendProxy};
+use crate::listen::proxy;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+}
+
+struct Target {
+    addr: SocketAddr,
+    /// Milliseconds since `Pool::epoch` until which the target is considered down; 0 = up.
+    down_until_ms: AtomicU64,
+}
+
+pub struct Pool {
+    targets: Vec<Target>,
+    epoch: Instant,
+    connect_timeout: Duration,
+    backoff: Duration,
+    send_proxy: SendProxy,
+}
+
+impl Pool {
+    pub fn new(front: &Front) -> Pool {
+        Pool {
+            targets: front
+                .upstreams
+                .iter()
+                .map(|&addr| Target {
+                    addr,
+                    down_until_ms: AtomicU64::new(0),
+                })
+                .collect(),
+            epoch: Instant::now(),
+            connect_timeout: front.connect_timeout,
+            backoff: front.retry_backoff,
+            send_proxy: front.send_proxy,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether an upstream is currently believed reachable.
+    pub fn is_up(&self, addr: SocketAddr) -> bool {
+        self.targets
+            .iter()
+            .find(|t| t.addr == addr)
+            .is_some_and(|t| t.down_until_ms.load(Ordering::Relaxed) <= self.now_ms())
+    }
+
+    /// Connects to the first reachable upstream. `client` and `local` are the original client address
+    /// and the address it connected to, carried in a PROXY v2 header when configured.
+    pub async fn connect(
+        &self,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
+        let mut failures = Vec::new();
+        for t in &self.targets {
+            let now = self.now_ms();
+            if t.down_until_ms.load(Ordering::Relaxed) > now {
+                failures.push(format!("{} marked down", t.addr));
+                continue;
+            }
+            match self.try_one(t.addr, client, local).await {
+                Ok(s) => {
+                    t.down_until_ms.store(0, Ordering::Relaxed);
+                    return Ok((s, t.addr));
+                }
+                Err(e) => {
+                    let until = self.now_ms() + self.backoff.as_millis() as u64;
+                    t.down_until_ms.store(until.max(1), Ordering::Relaxed);
+                    tracing::warn!(upstream = %t.addr, error = %e, backoff = ?self.backoff, "upstream connect failed; marked down");
+                    failures.push(format!("{}: {e}", t.addr));
+                }
+            }
+        }
+        Err(UpstreamError::Unreachable(failures.join("; ")))
+    }
+
+    async fn try_one(&self, addr: SocketAddr, client: SocketAddr, local: SocketAddr) -> std::io::Result<TcpStream> {
+        let fut = async {
+            let mut s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            if self.send_proxy == SendProxy::V2 {
+                let mut hdr = Vec::with_capacity(64);
+                proxy::encode_v2(client, local, &mut hdr);
+                s.write_all(&hdr).await?;
+            }
+            Ok(s)
+        };
+        match tokio::time::timeout(self.connect_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect timed out after {:?}", self.connect_timeout),
+            )),
+        }
+    }
+}
