@@ -1,1 +1,373 @@
-fn main() {}
+//! Gateway benchmark: `cargo bench --bench gateway` (add `-- --quick` for a short run).
+//!
+//! Runs the real `gatehouse` binary (one worker thread) in front of a fast stub Electrum backend, and a
+//! load generator in this process, all on loopback. Everything is measured in one run and reported as
+//! ratios against the direct path, so the figures compare on any machine.
+
+use rustls::client::Resumption;
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+
+const CONNS: usize = 50;
+const IN_FLIGHT: usize = 8;
+const REQUEST: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"blockchain.scripthash.get_balance\",\"params\":[\"8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161\"]}\n";
+const REPLY: &[u8] = b"{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"confirmed\":150000,\"unconfirmed\":0}}\n";
+
+struct Gateway {
+    child: Child,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Gateway {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU seconds consumed so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th overall.
+        let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        ticks / hz
+    }
+
+    fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+}
+
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only touch the struct on this stack frame.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// A stub Electrum backend that answers every line with a fixed reply: as cheap as a backend can be, so
+/// the benchmark measures the gateway.
+async fn stub_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let (r, mut w) = s.into_split();
+                let mut r = BufReader::new(r);
+                let mut line = Vec::with_capacity(256);
+                let mut out = Vec::with_capacity(4096);
+                loop {
+                    line.clear();
+                    match r.read_until(b'\n', &mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => out.extend_from_slice(REPLY),
+                    }
+                    // Answer everything already buffered in one write, as a real server's writer would.
+                    if r.buffer().is_empty() {
+                        if w.write_all(&out).await.is_err() {
+                            return;
+                        }
+                        out.clear();
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn write_config(dir: &Path, backend: SocketAddr) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.join("bench.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.join("bench.key"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("bench.der"), cert.der()).unwrap();
+    format!(
+        r#"
+[runtime]
+worker_threads = 1
+max_open_files = 200000
+drain_deadline = "1s"
+[log]
+level = "warn"
+[admission]
+max_connections = 1000000
+max_connections_per_ip = 1000000
+max_connections_per_group = 1000000
+connect_rate_per_ip = "1000000/s"
+connect_burst_per_ip = 1000000
+
+[[front]]
+name = "tls"
+kind = "electrum"
+listen = ["127.0.0.1:0"]
+transport = "tls"
+upstreams = ["{backend}"]
+[front.tls]
+cert = "bench.crt"
+key = "bench.key"
+"#
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_gateway(dir: &Path, backend: SocketAddr) -> (Gateway, SocketAddr) {
+    let port = free_port();
+    let cfg = write_config(dir, backend).replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn gatehouse");
+    let gw = Gateway { child };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..200 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return (gw, addr);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("gateway did not start listening");
+}
+
+fn tls_connector(der: &[u8], resume: bool) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(der.to_vec())).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    if !resume {
+        cfg.resumption = Resumption::disabled();
+    }
+    TlsConnector::from(Arc::new(cfg))
+}
+
+struct LoadResult {
+    requests: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl LoadResult {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(i).copied().unwrap_or_default()
+    }
+}
+
+/// One connection keeping `IN_FLIGHT` requests outstanding until `until`. Replies are counted by newline
+/// and answered with as many new requests in one write, as a pipelining wallet library would.
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(s: S, until: Instant) -> (u64, Vec<Duration>) {
+    let (mut r, mut w) = tokio::io::split(s);
+    let mut sent: VecDeque<Instant> = VecDeque::with_capacity(IN_FLIGHT);
+    let mut lat = Vec::new();
+    let batch = REQUEST.repeat(IN_FLIGHT);
+    let mut buf = vec![0u8; 64 * 1024];
+    let now = Instant::now();
+    sent.extend(std::iter::repeat_n(now, IN_FLIGHT));
+    w.write_all(&batch).await.unwrap();
+    let mut done = 0u64;
+    while !sent.is_empty() {
+        let n = r.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        let replies = buf[..n].iter().filter(|&&b| b == b'\n').count();
+        let now = Instant::now();
+        for _ in 0..replies {
+            if let Some(t0) = sent.pop_front() {
+                lat.push(now - t0);
+                done += 1;
+            }
+        }
+        if replies > 0 && now < until {
+            sent.extend(std::iter::repeat_n(now, replies));
+            w.write_all(&batch[..replies * REQUEST.len()]).await.unwrap();
+        }
+    }
+    (done, lat)
+}
+
+async fn load(addr: SocketAddr, tls: Option<&TlsConnector>, secs: f64) -> LoadResult {
+    let mut streams_plain = Vec::new();
+    let mut streams_tls = Vec::new();
+    for _ in 0..CONNS {
+        let s = TcpStream::connect(addr).await.unwrap();
+        s.set_nodelay(true).unwrap();
+        match tls {
+            None => streams_plain.push(s),
+            Some(c) => streams_tls.push(c.connect(ServerName::try_from("localhost").unwrap(), s).await.unwrap()),
+        }
+    }
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in streams_plain {
+        tasks.spawn(drive(s, until));
+    }
+    for s in streams_tls {
+        tasks.spawn(drive(s, until));
+    }
+    let mut res = LoadResult {
+        requests: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    while let Some(r) = tasks.join_next().await {
+        let (n, lat) = r.unwrap();
+        res.requests += n;
+        res.latencies.extend(lat);
+    }
+    res.elapsed = start.elapsed();
+    res
+}
+
+async fn handshakes(addr: SocketAddr, conn: &TlsConnector, secs: f64) -> u64 {
+    let until = Instant::now() + Duration::from_secs_f64(secs);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let c = conn.clone();
+        tasks.spawn(async move {
+            let mut n = 0u64;
+            while Instant::now() < until {
+                let s = TcpStream::connect(addr).await.unwrap();
+                let mut t = c.connect(ServerName::try_from("localhost").unwrap(), s).await.unwrap();
+                let _ = t.shutdown().await;
+                n += 1;
+            }
+            n
+        });
+    }
+    let mut total = 0;
+    while let Some(n) = tasks.join_next().await {
+        total += n.unwrap();
+    }
+    total
+}
+
+/// Opens `n` TLS sessions that each complete one request (so the gateway holds the upstream side too),
+/// then leaves them idle.
+async fn idle_sessions(
+    addr: SocketAddr,
+    conn: &TlsConnector,
+    n: usize,
+) -> Vec<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut v = Vec::with_capacity(n);
+    let mut line = Vec::new();
+    for _ in 0..n {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let t = conn
+            .connect(ServerName::try_from("localhost").unwrap(), s)
+            .await
+            .unwrap();
+        let mut b = BufReader::new(t);
+        b.write_all(REQUEST).await.unwrap();
+        line.clear();
+        b.read_until(b'\n', &mut line).await.unwrap();
+        v.push(b.into_inner());
+    }
+    v
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let secs = if quick { 1.5 } else { 5.0 };
+    let idle_n = if quick { 1000 } else { 5000 };
+    raise_nofile();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = stub_backend().await;
+        let (gw, gw_addr) = start_gateway(dir.path(), backend).await;
+        let der = std::fs::read(dir.path().join("bench.der")).unwrap();
+        let resuming = tls_connector(&der, true);
+        let full = tls_connector(&der, false);
+
+        let mut direct = load(backend, None, secs).await;
+        let cpu0 = gw.cpu_seconds();
+        let mut via = load(gw_addr, Some(&resuming), secs).await;
+        let cpu_relay = gw.cpu_seconds() - cpu0;
+
+        let cpu0 = gw.cpu_seconds();
+        let hs = handshakes(gw_addr, &full, secs).await;
+        let cpu_hs = gw.cpu_seconds() - cpu0;
+
+        // Let the handshake storm's sockets leave TIME_WAIT accounting and the allocator settle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss0 = gw.rss_bytes();
+        let held = idle_sessions(gw_addr, &resuming, idle_n).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss1 = gw.rss_bytes();
+        drop(held);
+
+        let (d50, d99) = (direct.pct(0.5), direct.pct(0.99));
+        let (v50, v99) = (via.pct(0.5), via.pct(0.99));
+        println!("\n## Gatehouse gateway benchmark ({CONNS} connections x {IN_FLIGHT} in flight, {secs}s per row, gateway on 1 worker thread)\n");
+        println!("| measure | direct plain TCP | via gateway (TLS) | ratio |");
+        println!("|---|---|---|---|");
+        println!("| requests/s | {:.0} | {:.0} | {:.2} |", direct.rps(), via.rps(), via.rps() / direct.rps());
+        println!("| p50 latency | {:.0} µs | {:.0} µs | {:.2} |", d50.as_secs_f64() * 1e6, v50.as_secs_f64() * 1e6, v50.as_secs_f64() / d50.as_secs_f64());
+        println!("| p99 latency | {:.0} µs | {:.0} µs | {:.2} |", d99.as_secs_f64() * 1e6, v99.as_secs_f64() * 1e6, v99.as_secs_f64() / d99.as_secs_f64());
+        println!("| gateway CPU s per 100k requests | – | {:.3} | – |", cpu_relay / via.requests as f64 * 100_000.0);
+        println!("| full TLS 1.3 handshakes (ECDSA P-256) per gateway CPU second | – | {:.0} | – |", hs as f64 / cpu_hs.max(1e-9));
+        println!("| handshakes/s wall clock (client shares the machine) | – | {:.0} | – |", hs as f64 / secs);
+        println!("| gateway RSS per idle TLS session incl. upstream ({idle_n} sessions) | – | {:.1} KiB | – |", (rss1.saturating_sub(rss0)) as f64 / idle_n as f64 / 1024.0);
+    });
+}

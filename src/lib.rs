@@ -88,7 +88,7 @@ impl Gatehouse {
         let accept_loops = listeners
             .into_iter()
             .map(|(l, f)| {
-                tracing::info!(front = %f.cfg.name, addr = ?l.local_addr().ok(), kind = ?f.cfg.kind, transport = ?f.cfg.transport, "listening");
+                tracing::info!(front = %f.cfg.name, addr = l.local_addr().ok().map(tracing::field::display), kind = ?f.cfg.kind, transport = ?f.cfg.transport, "listening");
                 tokio::spawn(listen::accept_loop(l, f, shared.clone()))
             })
             .collect();

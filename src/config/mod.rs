@@ -191,7 +191,8 @@ impl Validator<'_> {
         }
         let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
         for f in &fronts {
-            for a in &f.listen {
+            // Port 0 asks the kernel for a fresh port each time, so it never collides.
+            for a in f.listen.iter().filter(|a| a.port() != 0) {
                 if let Some((_, other)) = seen.iter().find(|(s, _)| s == a) {
                     return Err(self.err(
                         "front",

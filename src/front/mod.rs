@@ -3,15 +3,18 @@
 //!
 //! For now both kinds relay bytes at L4; the Electrum kind gains protocol awareness in its own module.
 
-use crate::config::Front;
+use crate::config::{Front, FrontKind};
 use crate::guard::Level;
+use crate::listen::stream::ClientStream;
 use crate::listen::Conn;
+use crate::relay::{give_buf, take_buf};
 use crate::relay::{Relay, RelayEnd};
 use crate::upstream::Pool;
 use crate::Shared;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
 pub struct FrontState {
@@ -34,6 +37,22 @@ impl FrontState {
     /// Runs one admitted connection to its end and logs one line about it.
     pub async fn serve(&self, mut conn: Conn, shared: &crate::Shared) {
         let tls = conn.stream.tls_version();
+        // Electrum clients always speak first. Waiting for their first bytes before dialling the backend
+        // means scanners and clients that only handshake never cost the indexer a connection.
+        let first = if self.cfg.kind == FrontKind::Electrum {
+            match tokio::time::timeout(self.cfg.idle_timeout, first_bytes(&mut conn.stream)).await {
+                Ok(Ok(Some(b))) => Some(b),
+                Ok(Ok(None)) => {
+                    return self.log_close(conn.client, conn.via, tls, conn.accepted_at, 0, 0, "client closed")
+                }
+                Ok(Err(_)) => {
+                    return self.log_close(conn.client, conn.via, tls, conn.accepted_at, 0, 0, "client error")
+                }
+                Err(_) => return self.log_close(conn.client, conn.via, tls, conn.accepted_at, 0, 0, "idle timeout"),
+            }
+        } else {
+            None
+        };
         let mut upstream = match self.pool.connect(conn.client, conn.local).await {
             Ok((s, _addr)) => s,
             Err(e) => {
@@ -50,7 +69,25 @@ impl FrontState {
                 return;
             }
         };
+        let mut first_len = 0;
+        if let Some((buf, n)) = first {
+            let sent = upstream.write_all(&buf[..n]).await;
+            give_buf(buf);
+            if sent.is_err() {
+                return self.log_close(
+                    conn.client,
+                    conn.via,
+                    tls,
+                    conn.accepted_at,
+                    n as u64,
+                    0,
+                    "upstream error",
+                );
+            }
+            first_len = n as u64;
+        }
         let (end, bytes_in, bytes_out) = relay(&mut conn, &mut upstream, self, shared).await;
+        let bytes_in = bytes_in + first_len;
         self.log_close(conn.client, conn.via, tls, conn.accepted_at, bytes_in, bytes_out, end);
     }
 
@@ -68,7 +105,7 @@ impl FrontState {
         tracing::info!(
             front = %self.cfg.name,
             client = %client,
-            via = ?via,
+            via = via.map(tracing::field::display),
             bytes_in,
             bytes_out,
             duration_ms = since.elapsed().as_millis() as u64,
@@ -76,6 +113,22 @@ impl FrontState {
             reason,
             "connection closed"
         );
+    }
+}
+
+/// The client's first chunk, in a pooled buffer; None if it closed without sending anything.
+async fn first_bytes(s: &mut ClientStream) -> std::io::Result<Option<(Box<[u8]>, usize)>> {
+    let mut buf = take_buf();
+    match s.read(&mut buf).await {
+        Ok(0) => {
+            give_buf(buf);
+            Ok(None)
+        }
+        Ok(n) => Ok(Some((buf, n))),
+        Err(e) => {
+            give_buf(buf);
+            Err(e)
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! Admission: the one place that answers "may this address connect now?". Every front calls
 //! [`Guard::admit`]; no front re-implements allow/deny/ban/limit logic.
 //!
-//! Order of decisions: ban → deny → allowlist → caps → rate. Rate comes last so that a refused
-//! connection does not also spend the client's rate allowance.
+//! Order of decisions: ban → deny → allowlist → caps → rate. Rate comes last so that a connection
+//! refused by a list or a cap does not also spend the client's rate allowance. Limiters are charged
+//! as they are checked (governor has no dry run), so a connection refused by the group rate has
+//! still spent its own per-IP allowance: that only makes a flooding client wait longer.
 
 pub mod acl;
 pub mod addr;
@@ -207,7 +209,10 @@ impl Guard {
         // not lumped into a group with strangers.
         let g = self.hold(&self.global, &gp, ip, allowed)?;
         let f = self.hold(front, &fp, ip, allowed)?;
-        for (p, group) in [(&gp, g.group), (&fp, f.group)] {
+        // The front is checked before the global level so that a front's refusal leaves the global
+        // allowance untouched; per IP before per group so that one client's refusal cannot spend its
+        // neighbours' group allowance.
+        for (p, group) in [(&fp, f.group), (&gp, g.group)] {
             if p.ip_rate.as_ref().is_some_and(|r| !r.check(ip)) {
                 return Err(Refusal::IpRate);
             }

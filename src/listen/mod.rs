@@ -94,12 +94,12 @@ pub async fn accept_loop(listener: TcpListener, front: Arc<FrontState>, shared: 
             }
         });
     }
-    tracing::info!(front = %front.cfg.name, addr = ?listener.local_addr().ok(), "listener closed");
+    tracing::info!(front = %front.cfg.name, addr = listener.local_addr().ok().map(tracing::field::display), "listener closed");
 }
 
 pub(crate) fn log_refusal(front: &FrontState, shared: &Shared, ip: IpAddr, via: Option<SocketAddr>, r: Refusal) {
     if shared.guard.should_log(ip, r) {
-        tracing::info!(front = %front.cfg.name, client = %ip, via = ?via, reason = %format_args!("refused:{r}"), "connection refused");
+        tracing::info!(front = %front.cfg.name, client = %ip, via = via.map(tracing::field::display), reason = %format_args!("refused:{r}"), "connection refused");
     }
 }
 
@@ -136,7 +136,10 @@ async fn intake_proxied(
         .source
         .map(|s| SocketAddr::new(crate::guard::addr::canonical(s.ip()), s.port()))
         .unwrap_or(peer);
-    let local = header.destination.unwrap_or(local);
+    let local = header
+        .destination
+        .map(|d| SocketAddr::new(crate::guard::addr::canonical(d.ip()), d.port()))
+        .unwrap_or(local);
     let permit = match shared.guard.admit(&front.level, client.ip()) {
         Ok(p) => p,
         Err(r) => {

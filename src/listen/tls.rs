@@ -115,5 +115,8 @@ pub fn server_config(default: Arc<CertifiedKey>, sni: Vec<(String, Arc<Certified
         .with_cert_resolver(Arc::new(resolver));
     // Wallets reconnect often; tickets make reconnects cheap without server-side state per client.
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    // One ticket is enough for the one reconnect a wallet makes at a time; each extra ticket is paid on
+    // every full handshake.
+    cfg.send_tls13_tickets = 1;
     Arc::new(cfg)
 }

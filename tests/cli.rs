@@ -1,0 +1,774 @@
+//! Tests of the `gatehouse` binary itself: command line, `check` on the shipped examples and on broken
+//! configs, the per-connection JSON log line, and the SIGTERM drain.
+//!
+//! Every child process is owned by a [`Proc`] guard that kills it on drop, and every wait is bounded.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+const CONF_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers
+
+/// Writes a self-signed ECDSA P-256 certificate and its key (PEM) as `dir/<stem>.crt` and `dir/<stem>.key`.
+fn write_cert(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params.distinguished_name.push(rcgen::DnType::CommonName, stem);
+    let cert = params.self_signed(&key).unwrap();
+    let cp = dir.join(format!("{stem}.crt"));
+    let kp = dir.join(format!("{stem}.key"));
+    std::fs::write(&cp, cert.pem()).unwrap();
+    std::fs::write(&kp, key.serialize_pem()).unwrap();
+    (cp, kp)
+}
+
+/// 1-based number of the first line of `text` containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("`{needle}` not in config:\n{text}"))
+        + 1
+}
+
+struct Outcome {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Outcome {
+    fn code(&self) -> Option<i32> {
+        self.status.code()
+    }
+}
+
+/// Runs the binary to completion with a bounded wait; `args` must make it exit by itself.
+fn run_to_end(args: &[&str], limit: Duration) -> Outcome {
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn gatehouse");
+    let mut p = Proc::new(child);
+    let out = p.child.stdout.take().unwrap();
+    let out_reader = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(out).read_to_string(&mut s);
+        s
+    });
+    let status = p
+        .wait_exit(limit)
+        .unwrap_or_else(|| panic!("gatehouse {args:?} still running after {limit:?}"));
+    let stdout = out_reader.join().unwrap();
+    let stderr = p.stderr_until_eof(Duration::from_secs(5)).join("\n");
+    Outcome { status, stdout, stderr }
+}
+
+/// Writes `toml` as `dir/gatehouse.toml` and runs `gatehouse check -c` on it.
+fn check_text(dir: &Path, toml: &str) -> (PathBuf, Outcome) {
+    let path = dir.join("gatehouse.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = run_to_end(&["check", "-c", path.to_str().unwrap()], Duration::from_secs(20));
+    (path, out)
+}
+
+/// Asserts that `check` refused `toml` with `FILE:LINE: KEY: …reason…` on stderr.
+fn assert_check_error(toml: &str, key: &str, line: usize, reason: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, out) = check_text(dir.path(), toml);
+    assert_eq!(
+        out.code(),
+        Some(1),
+        "check should fail for {key}\nstdout: {}\nstderr: {}",
+        out.stdout,
+        out.stderr
+    );
+    let prefix = format!("{}:{line}: {key}: ", path.display());
+    assert!(
+        out.stderr.contains(&prefix),
+        "stderr lacks `{prefix}` (file, line, key)\nstderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(reason),
+        "stderr lacks `{reason}`\nstderr: {}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.trim().is_empty(),
+        "nothing on stdout on error: {}",
+        out.stdout
+    );
+}
+
+/// A running `gatehouse` child. Its stderr is read line by line on a thread; the child is killed on drop.
+struct Proc {
+    child: Child,
+    lines: Option<mpsc::Receiver<String>>,
+    /// Every stderr line received so far.
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn new(mut child: Child) -> Proc {
+        let err = child.stderr.take().expect("stderr piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: Some(rx),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Starts `gatehouse run -c FILE --log-format json`.
+    fn run_json(config: &Path) -> Proc {
+        let child = Command::new(BIN)
+            .args(["run", "-c", config.to_str().unwrap(), "--log-format", "json"])
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn gatehouse run");
+        Proc::new(child)
+    }
+
+    fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).unwrap()
+    }
+
+    /// Waits (bounded) for the next stderr line satisfying `pred`; returns it, or None at the limit or EOF.
+    fn wait_line(&mut self, limit: Duration, mut pred: impl FnMut(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        let rx = self.lines.as_ref()?;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits (bounded) for a JSON log line whose object satisfies `pred`.
+    fn wait_json(
+        &mut self,
+        limit: Duration,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        let line = self.wait_line(limit, |l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| pred(&v))
+        })?;
+        serde_json::from_str(&line).ok()
+    }
+
+    /// Collects the remaining stderr lines until the pipe closes (bounded).
+    fn stderr_until_eof(&mut self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        if let Some(rx) = self.lines.take() {
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                match rx.recv_timeout(left) {
+                    Ok(line) => self.seen.push(line),
+                    Err(_) => break,
+                }
+            }
+        }
+        self.seen.clone()
+    }
+
+    /// Polls for the child's exit for at most `limit`.
+    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) with the pid of a child we own and have not reaped (it cannot have been reused).
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({}, {sig}) failed: {}",
+            self.pid(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    fn log(&self) -> String {
+        self.seen.join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed).
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A blocking echo server on 127.0.0.1 that runs on background threads until the test process ends.
+fn echo_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { return };
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+/// Polls until `addr` accepts a TCP connection (bounded number of tries); panics with the log otherwise.
+fn wait_accepting(p: &mut Proc, addr: SocketAddr) {
+    for _ in 0..100 {
+        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            drop(s);
+            return;
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            let log = p.stderr_until_eof(Duration::from_secs(2)).join("\n");
+            panic!("gatehouse exited early with {status}:\n{log}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{addr} never accepted a connection:\n{}", p.log());
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect to gateway");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// Sends `msg` and expects exactly it back within the read timeout.
+fn echoes(s: &mut TcpStream, msg: &[u8]) -> bool {
+    if s.write_all(msg).is_err() {
+        return false;
+    }
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).is_ok() && back == msg
+}
+
+/// True once the peer has closed `s` (EOF or reset) within `limit`.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 64];
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// A config with one plain TCP peer front on `listen` in front of `upstream`.
+fn tcp_config(listen: SocketAddr, upstream: SocketAddr, extra_top: &str) -> String {
+    format!(
+        "{extra_top}\n[[front]]\nname = \"relay\"\nkind = \"peer\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\nupstreams = [\"{upstream}\"]\n"
+    )
+}
+
+/// The valid base used by the error tests: one TLS front with certs from `dir`, admission lists and timeouts.
+fn tls_config(cert: &Path, key: &Path) -> String {
+    format!(
+        r#"[runtime]
+drain_deadline = "5s"
+
+[[front]]
+name = "wallets"
+kind = "electrum"
+listen = ["127.0.0.1:50002",
+          "[::1]:50002"]
+transport = "tls"
+upstreams = ["127.0.0.1:50001"]
+
+[front.tls]
+cert = "{cert}"
+key = "{key}"
+
+[front.admission]
+deny = ["203.0.113.0/24",
+        "198.51.100.0/24"]
+
+[front.timeouts]
+handshake = "10s"
+idle = "10m"
+
+[[front]]
+name = "p2p"
+kind = "peer"
+listen = ["127.0.0.1:9338"]
+transport = "tcp"
+upstreams = ["127.0.0.1:19338"]
+"#,
+        cert = cert.display(),
+        key = key.display()
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Command line
+
+#[test]
+fn version_prints_the_crate_version() {
+    let out = run_to_end(&["--version"], Duration::from_secs(20));
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert_eq!(out.stdout.trim(), format!("gatehouse {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn check_accepts_a_valid_config_and_summarises_fronts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "server");
+    let (path, out) = check_text(dir.path(), &tls_config(&cert, &key));
+    assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
+    assert!(
+        out.stdout.contains(&format!("{}: ok", path.display())),
+        "{}",
+        out.stdout
+    );
+    let wallets = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("front wallets"))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(wallets.contains("127.0.0.1:50002, [::1]:50002"), "{wallets}");
+    assert!(wallets.contains("127.0.0.1:50001"), "{wallets}");
+    assert!(out.stdout.contains("front p2p"), "{}", out.stdout);
+    assert!(out.stderr.trim().is_empty(), "stderr: {}", out.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The shipped examples
+
+/// Replaces every absolute path in quotes with a file in `dir`: `*key*` names become the key and other
+/// `.pem`/`.crt` names the certificate of a pair generated per source folder (so cert and key that sit
+/// together still match), and anything else becomes a CIDR list file.
+fn localise_paths(text: &str, dir: &Path) -> String {
+    let mut pairs: HashMap<String, (PathBuf, PathBuf)> = HashMap::new();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("\"/") {
+        let Some(len) = rest[start + 1..].find('"') else { break };
+        let orig = &rest[start + 1..start + 1 + len];
+        let p = Path::new(orig);
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let parent = p.parent().map(|d| d.display().to_string()).unwrap_or_default();
+        let n = pairs.len();
+        let local = if name.contains("key") || name.ends_with(".pem") || name.ends_with(".crt") {
+            let (cert, key) = pairs
+                .entry(parent)
+                .or_insert_with(|| write_cert(dir, &format!("pair{n}")))
+                .clone();
+            if name.contains("key") {
+                key
+            } else {
+                cert
+            }
+        } else {
+            let f = dir.join(format!("list-{}-{name}", out.len()));
+            std::fs::write(
+                &f,
+                "# generated by tests/cli.rs\n192.0.2.1\n2001:db8:1::/48  # a comment\n\n",
+            )
+            .unwrap();
+            f
+        };
+        out.push_str(&rest[..start + 1]);
+        out.push_str(&local.display().to_string());
+        rest = &rest[start + 1 + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn example_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(CONF_DIR)
+        .expect("conf/ exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn shipped_examples_pass_check() {
+    let files = example_files();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in ["gatehouse.toml", "kevacoin-electrumx.toml", "validator-peer.toml"] {
+        assert!(names.iter().any(|n| n == want), "conf/{want} missing (have {names:?})");
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let local = localise_paths(&text, dir.path());
+        assert!(
+            !local.contains("\"/etc/"),
+            "a path was left unrewritten in {}",
+            file.display()
+        );
+        let (_, out) = check_text(dir.path(), &local);
+        assert_eq!(
+            out.code(),
+            Some(0),
+            "{} fails check:\n{}\n{}",
+            file.display(),
+            out.stderr,
+            out.stdout
+        );
+        // Every front of the example appears in the summary.
+        let fronts = text.lines().filter(|l| l.trim() == "[[front]]").count();
+        assert!(fronts > 0, "{} has no front", file.display());
+        assert_eq!(
+            out.stdout
+                .lines()
+                .filter(|l| l.trim_start().starts_with("front "))
+                .count(),
+            fronts,
+            "{}:\n{}",
+            file.display(),
+            out.stdout
+        );
+    }
+}
+
+/// The field names `check` lists in "unknown field `x`, expected one of `a`, `b`" for one table.
+fn schema_fields(probe: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out) = check_text(dir.path(), probe);
+    assert_eq!(out.code(), Some(1), "probe accepted:\n{probe}");
+    let expected = out
+        .stderr
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("no field list in: {}", out.stderr))
+        .1;
+    let fields: Vec<String> = expected.split('`').skip(1).step_by(2).map(str::to_string).collect();
+    assert!(!fields.is_empty(), "no field list in: {}", out.stderr);
+    fields
+}
+
+#[test]
+fn reference_config_sets_every_option() {
+    let text = std::fs::read_to_string(Path::new(CONF_DIR).join("gatehouse.toml")).unwrap();
+    let active: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let has = |field: &str| {
+        active.iter().any(|l| {
+            l.split('=').next().is_some_and(|k| k.trim() == field)
+                || (l.starts_with('[') && l.trim_matches(|c| c == '[' || c == ']').rsplit('.').next() == Some(field))
+        })
+    };
+    // One probe per table of the schema: an unknown key there makes `check` list the table's fields.
+    let probes = [
+        "zzz_probe = 1\n",
+        "[runtime]\nzzz_probe = 1\n",
+        "[log]\nzzz_probe = 1\n",
+        "[admission]\nzzz_probe = 1\n",
+        "[[front]]\nzzz_probe = 1\n",
+        "[[front]]\n[front.tls]\nzzz_probe = 1\n",
+        "[[front]]\n[front.tls]\n[[front.tls.sni]]\nzzz_probe = 1\n",
+        "[[front]]\n[front.admission]\nzzz_probe = 1\n",
+        "[[front]]\n[front.proxy_protocol]\nzzz_probe = 1\n",
+        "[[front]]\n[front.upstream]\nzzz_probe = 1\n",
+        "[[front]]\n[front.timeouts]\nzzz_probe = 1\n",
+    ];
+    let mut missing = Vec::new();
+    for probe in probes {
+        for field in schema_fields(probe) {
+            if !has(&field) {
+                missing.push(format!("{field} (table of probe {probe:?})"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "conf/gatehouse.toml does not set: {missing:#?}");
+    // Both admission levels are shown.
+    assert!(active.contains(&"[admission]") && active.contains(&"[front.admission]"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// `check` errors: exit 1, `FILE:LINE: KEY: reason`
+
+#[test]
+fn check_rejects_an_unknown_front_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "server");
+    let text = tls_config(&cert, &key).replace("transport = \"tls\"", "transport = \"tls\"\nlistn = [\"127.0.0.1:1\"]");
+    assert_check_error(
+        &text,
+        "front[0].listn",
+        line_of(&text, "listn"),
+        "unknown field `listn`",
+    );
+}
+
+#[test]
+fn check_rejects_a_top_level_typo() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "server");
+    let text = format!("{}\n[admision]\nmax_connections = 10\n", tls_config(&cert, &key));
+    assert_check_error(
+        &text,
+        "admision",
+        line_of(&text, "[admision]"),
+        "unknown field `admision`",
+    );
+}
+
+#[test]
+fn check_rejects_a_bad_cidr() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "server");
+    let text = tls_config(&cert, &key).replace("\"198.51.100.0/24\"", "\"198.51.100.0/33\"");
+    assert_check_error(
+        &text,
+        "front[0].admission.deny[1]",
+        line_of(&text, "198.51.100.0/33"),
+        "prefix length `33` in `198.51.100.0/33` is too long for IPv4",
+    );
+}
+
+#[test]
+fn check_rejects_a_missing_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, key) = write_cert(dir.path(), "server");
+    let missing = dir.path().join("missing.crt");
+    let text = tls_config(&missing, &key);
+    assert_check_error(
+        &text,
+        "front[0].tls.cert",
+        line_of(&text, "cert = "),
+        &format!("cannot read certificate file {}", missing.display()),
+    );
+}
+
+#[test]
+fn check_rejects_a_key_that_does_not_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, _) = write_cert(dir.path(), "a");
+    let (_, key_b) = write_cert(dir.path(), "b");
+    let text = tls_config(&cert_a, &key_b);
+    assert_check_error(
+        &text,
+        "front[0].tls.key",
+        line_of(&text, "key = "),
+        "does not match certificate",
+    );
+}
+
+#[test]
+fn check_rejects_an_unparsable_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "server");
+    let text = tls_config(&cert, &key).replace("idle = \"10m\"", "idle = \"10 parsecs\"");
+    assert_check_error(
+        &text,
+        "front[0].timeouts.idle",
+        line_of(&text, "parsecs"),
+        "unknown unit `parsecs` in duration `10 parsecs`",
+    );
+}
+
+#[test]
+fn check_rejects_a_bad_listen_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "server");
+    let text = tls_config(&cert, &key).replace("\"[::1]:50002\"", "\"[::1]\"");
+    assert_check_error(
+        &text,
+        "front[0].listen[1]",
+        line_of(&text, "\"[::1]\""),
+        "`[::1]` is not an address:port",
+    );
+}
+
+#[test]
+fn check_reports_an_unreadable_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let out = run_to_end(&["check", "-c", path.to_str().unwrap()], Duration::from_secs(20));
+    assert_eq!(out.code(), Some(1));
+    assert!(
+        out.stderr.contains(&format!("{}: cannot read", path.display())),
+        "{}",
+        out.stderr
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// `run`
+
+#[test]
+fn run_with_a_bad_config_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tcp_config("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap(), "")
+        .replace("transport = \"tcp\"", "transport = \"udp\"");
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = run_to_end(&["run", "-c", path.to_str().unwrap()], Duration::from_secs(20));
+    assert_eq!(out.code(), Some(1), "stderr: {}", out.stderr);
+    let prefix = format!("{}:{}: front[0].transport: ", path.display(), line_of(&text, "udp"));
+    assert!(out.stderr.contains(&prefix), "stderr lacks `{prefix}`: {}", out.stderr);
+    assert!(out.stderr.contains("unknown variant `udp`"), "{}", out.stderr);
+}
+
+#[test]
+fn run_logs_sessions_as_json_and_drains_on_sigterm() {
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &path,
+        tcp_config(listen, backend, "[runtime]\ndrain_deadline = \"2s\"\n"),
+    )
+    .unwrap();
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+
+    // One session: echo through the relay, close from the client side, find its log line.
+    let mut s = connect(listen);
+    let local = s.local_addr().unwrap().to_string();
+    let msg = b"blockchain.headers.subscribe\n";
+    assert!(echoes(&mut s, msg), "no echo through the gateway:\n{}", gw.log());
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(
+        closed_within(&mut s, Duration::from_secs(5)),
+        "session not closed after client EOF"
+    );
+    drop(s);
+    let line = gw
+        .wait_json(Duration::from_secs(10), |v| v["client"] == local.as_str())
+        .unwrap_or_else(|| panic!("no JSON close line for {local}:\n{}", gw.log()));
+    assert_eq!(line["front"], "relay", "{line}");
+    assert_eq!(line["bytes_in"], msg.len() as u64, "{line}");
+    assert_eq!(line["bytes_out"], msg.len() as u64, "{line}");
+    assert!(line["duration_ms"].is_u64(), "{line}");
+    assert_eq!(line["reason"], "client closed", "{line}");
+
+    // A session that is still open when SIGTERM arrives.
+    let mut open = connect(listen);
+    let open_local = open.local_addr().unwrap().to_string();
+    assert!(echoes(&mut open, b"before\n"));
+    let signalled = Instant::now();
+    gw.signal(libc::SIGTERM);
+    gw.wait_line(Duration::from_secs(5), |l| l.contains("draining"))
+        .unwrap_or_else(|| panic!("no drain started:\n{}", gw.log()));
+    assert!(
+        TcpStream::connect_timeout(&listen, Duration::from_secs(1)).is_err(),
+        "a new connection was accepted while draining"
+    );
+    assert!(
+        echoes(&mut open, b"during drain\n"),
+        "the open session stopped relaying during the drain"
+    );
+
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("gatehouse did not exit after SIGTERM:\n{}", gw.log()));
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "exit status {status}:\n{}", gw.log());
+    assert!(
+        took >= Duration::from_millis(1500) && took <= Duration::from_secs(6),
+        "exited {took:?} after SIGTERM with a 2s drain deadline"
+    );
+    assert!(
+        closed_within(&mut open, Duration::from_secs(1)),
+        "the open session outlived the gateway"
+    );
+    let log = gw.stderr_until_eof(Duration::from_secs(5)).join("\n");
+    let forced = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["client"] == open_local.as_str())
+        .unwrap_or_else(|| panic!("no close line for the drained session:\n{log}"));
+    assert_eq!(forced["reason"], "shutdown", "{forced}");
+}
+
+#[test]
+fn run_exits_1_when_a_port_is_taken() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, tcp_config(addr, "127.0.0.1:9".parse().unwrap(), "")).unwrap();
+    let out = run_to_end(
+        &["run", "-c", path.to_str().unwrap(), "--log-format", "json"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code(), Some(1), "stderr: {}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("cannot listen on {addr}")),
+        "{}",
+        out.stderr
+    );
+    drop(taken);
+}
