@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod demo;
+pub mod electrum;
 pub mod front;
 pub mod guard;
 pub mod listen;
@@ -14,9 +15,11 @@ pub mod sdnotify;
 pub mod telemetry;
 pub mod upstream;
 
-use config::Config;
+use config::{BanPolicy, Config, CostConfig, FrontKind, Transport};
 use front::FrontState;
 use guard::bans::BanTable;
+use guard::cost::{Clock, CostParams, Ledger};
+use guard::limits::KeyedCounts;
 use guard::Guard;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,6 +37,74 @@ pub struct Shared {
     pub force_close: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Electrum cost accounting, shared by every Electrum front so a client's budget spans them.
+    pub ledger: Arc<Ledger>,
+    pub cost: CostConfig,
+    pub ban_policy: BanPolicy,
+    /// Subscriptions held per client group.
+    pub group_subs: KeyedCounts,
+    /// The `hosts` object announced in server.features.
+    pub features_hosts: serde_json::Value,
+}
+
+/// The ledger's clock: tokio's, so tests that pause and advance tokio time move cost decay with it.
+pub struct TokioClock {
+    epoch: tokio::time::Instant,
+}
+
+impl TokioClock {
+    pub fn new() -> TokioClock {
+        TokioClock {
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+}
+
+fn cost_params(config: &Config) -> CostParams {
+    let c = &config.cost;
+    CostParams {
+        soft_limit: c.soft_limit,
+        hard_limit: c.hard_limit,
+        max_sleep: c.max_sleep,
+        initial_concurrency: c.initial_concurrency,
+        bytes_per_unit: c.bytes_per_unit,
+        retained_drain: c.retained_drain_per_sec,
+        group_prefix_v4: config.admission.group_prefix_v4,
+        group_prefix_v6: config.admission.group_prefix_v6,
+        group_private: c.group_private,
+        exempt: config.admission.allow.clone(),
+    }
+}
+
+/// Gatehouse's own public ports per Electrum transport, for server.features.
+fn public_ports(config: &Config) -> Vec<(&'static str, u16)> {
+    let mut ports = Vec::new();
+    for f in config.fronts.iter().filter(|f| f.kind == FrontKind::Electrum) {
+        let key = match f.transport {
+            Transport::Tcp => "tcp_port",
+            Transport::Tls => "ssl_port",
+            Transport::Ws => "ws_port",
+            Transport::Wss => "wss_port",
+        };
+        if let Some(a) = f.listen.first() {
+            if !ports.iter().any(|(k, _)| *k == key) {
+                ports.push((key, a.port()));
+            }
+        }
+    }
+    ports
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,8 +131,18 @@ pub struct Running {
 impl Gatehouse {
     /// Binds every listener (all or nothing) and starts serving on the current runtime.
     pub async fn start(config: Config) -> Result<Running, StartError> {
+        Self::start_with_clock(config, Arc::new(TokioClock::new())).await
+    }
+
+    /// As [`Gatehouse::start`], with the clock the cost ledger decays by.
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
         let bans = Arc::new(BanTable::default());
         let shared = Arc::new(Shared {
+            ledger: Ledger::new(cost_params(&config), clock),
+            cost: config.cost.clone(),
+            ban_policy: config.bans.clone(),
+            group_subs: KeyedCounts::default(),
+            features_hosts: electrum::rewrite::hosts_json(&config.public_hosts, &public_ports(&config)),
             guard: Guard::new(config.admission.clone(), bans, config.log.refusal_interval),
             stop_accepting: CancellationToken::new(),
             force_close: CancellationToken::new(),
@@ -112,7 +193,10 @@ async fn housekeeping(shared: Arc<Shared>, levels: Vec<Arc<guard::Level>>) {
     loop {
         tokio::select! {
             _ = shared.stop_accepting.cancelled() => return,
-            _ = tick.tick() => shared.guard.housekeep(&levels),
+            _ = tick.tick() => {
+                shared.guard.housekeep(&levels);
+                shared.ledger.housekeep();
+            }
         }
     }
 }

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
-pub use schema::{FrontKind, LogFormat, SendProxy, Transport};
+use crate::electrum::methods::{Profile, ProtoVersion};
+pub use schema::{FrontKind, LogFormat, SendProxy, Transport, VersionPolicy};
+use std::collections::HashMap;
 pub use units::Rate;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +53,54 @@ pub struct Config {
     pub runtime: Runtime,
     pub log: LogSettings,
     pub admission: Admission,
+    pub cost: CostConfig,
+    pub bans: BanPolicy,
+    /// Host names announced in server.features.
+    pub public_hosts: Vec<String>,
     pub fronts: Vec<Front>,
+}
+
+/// Electrum cost model settings (DESIGN §3), shared by every Electrum front.
+#[derive(Debug, Clone)]
+pub struct CostConfig {
+    pub soft_limit: f64,
+    pub hard_limit: f64,
+    pub max_sleep: Duration,
+    pub initial_concurrency: u32,
+    pub bytes_per_unit: f64,
+    pub request_timeout: Duration,
+    pub retained_drain_per_sec: f64,
+    pub group_private: bool,
+    pub connection_cost: f64,
+    pub error_cost: f64,
+    pub parse_error_cost: f64,
+    pub max_subscriptions_per_group: usize,
+    pub method_costs: HashMap<String, f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BanPolicy {
+    pub enabled: bool,
+    pub duration: Duration,
+    pub max_duration: Duration,
+    pub max_violations: u32,
+}
+
+/// Protocol settings of one Electrum front.
+#[derive(Debug, Clone)]
+pub struct ElectrumSettings {
+    pub profile: Profile,
+    pub version_policy: VersionPolicy,
+    pub protocol_min: ProtoVersion,
+    pub protocol_max: ProtoVersion,
+    pub max_line: usize,
+    pub max_response: usize,
+    pub max_batch: usize,
+    pub extra_methods: Vec<String>,
+    pub banner: Option<String>,
+    pub max_subscriptions: usize,
+    pub max_pending_output: usize,
+    pub slow_reader_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +154,8 @@ pub struct Front {
     pub retry_backoff: Duration,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Present exactly for `kind = "electrum"` fronts.
+    pub electrum: Option<Arc<ElectrumSettings>>,
 }
 
 impl Config {
@@ -206,7 +257,32 @@ impl Validator<'_> {
         if raw.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             return Err(self.err("log.level", None, format!("invalid log filter `{}`", raw.log.level)));
         }
+        let cost = self.cost(&raw.cost)?;
+        for name in cost.method_costs.keys() {
+            let extra = fronts
+                .iter()
+                .any(|f| f.electrum.as_ref().is_some_and(|e| e.extra_methods.contains(name)));
+            if !crate::electrum::methods::is_known(name) && !extra {
+                return Err(self.err(
+                    format!("cost.methods.\"{name}\""),
+                    None,
+                    "unknown Electrum method (list it in a front's electrum.extra_methods to allow it)",
+                ));
+            }
+        }
+        let b = &raw.bans;
+        if b.enabled && (b.duration.0.is_zero() || b.max_duration.0 < b.duration.0) {
+            return Err(self.err("bans", None, "need 0 < duration <= max_duration"));
+        }
         Ok(Config {
+            cost,
+            bans: BanPolicy {
+                enabled: b.enabled,
+                duration: b.duration.0,
+                max_duration: b.max_duration.0,
+                max_violations: b.max_violations,
+            },
+            public_hosts: raw.electrum.public_hosts.clone(),
             source: self.file.to_path_buf(),
             runtime: Runtime {
                 worker_threads: raw.runtime.worker_threads,
@@ -220,6 +296,102 @@ impl Validator<'_> {
             },
             admission: global,
             fronts,
+        })
+    }
+
+    fn cost(&self, c: &schema::RawCost) -> Result<CostConfig, ConfigError> {
+        let disabled = c.soft_limit == 0.0 && c.hard_limit == 0.0;
+        if !(disabled || c.soft_limit >= 0.0 && c.hard_limit > c.soft_limit) {
+            return Err(self.err(
+                "cost.hard_limit",
+                None,
+                format!(
+                    "must be greater than soft_limit ({} vs {}); set both to 0 to disable throttling",
+                    c.hard_limit, c.soft_limit
+                ),
+            ));
+        }
+        if c.initial_concurrency == 0 {
+            return Err(self.err("cost.initial_concurrency", None, "must be at least 1"));
+        }
+        if c.bandwidth_unit.0 == 0 {
+            return Err(self.err("cost.bandwidth_unit", None, "must be at least 1B"));
+        }
+        if c.request_timeout.0.is_zero() {
+            return Err(self.err("cost.request_timeout", None, "must be greater than 0s"));
+        }
+        for (name, v) in &c.methods {
+            if !(v.is_finite() && *v >= 0.0) {
+                return Err(self.err(
+                    format!("cost.methods.{name}"),
+                    None,
+                    "cost must be a non-negative number",
+                ));
+            }
+        }
+        Ok(CostConfig {
+            soft_limit: c.soft_limit,
+            hard_limit: c.hard_limit,
+            max_sleep: c.max_sleep.0,
+            initial_concurrency: c.initial_concurrency,
+            bytes_per_unit: c.bandwidth_unit.0 as f64,
+            request_timeout: c.request_timeout.0,
+            retained_drain_per_sec: f64::from(c.retained_drain.count) / c.retained_drain.per.as_secs_f64(),
+            group_private: c.group_private,
+            connection_cost: c.connection_cost,
+            error_cost: c.error_cost,
+            parse_error_cost: c.parse_error_cost,
+            max_subscriptions_per_group: c.max_subscriptions_per_group,
+            method_costs: c.methods.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        })
+    }
+
+    fn electrum(&self, key: &str, e: Option<&schema::RawFrontElectrum>) -> Result<ElectrumSettings, ConfigError> {
+        let d = schema::RawFrontElectrum::default();
+        let e = e.unwrap_or(&d);
+        let profile = match e.profile {
+            schema::RawProfile::Bitcoin => Profile::Bitcoin,
+            schema::RawProfile::Kevacoin => Profile::Kevacoin,
+        };
+        let kevacoin = profile == Profile::Kevacoin;
+        let version = |v: &Option<Spanned<String>>, k: &str, dflt: &str| -> Result<ProtoVersion, ConfigError> {
+            match v {
+                None => Ok(dflt.parse().expect("built-in version")),
+                Some(s) => s.get_ref().parse().map_err(|_| {
+                    self.err(
+                        format!("{key}.{k}"),
+                        Some(s.span()),
+                        format!("`{}` is not a protocol version like \"1.4\"", s.get_ref()),
+                    )
+                }),
+            }
+        };
+        let protocol_min = version(&e.protocol_min, "protocol_min", "1.4")?;
+        let protocol_max = version(&e.protocol_max, "protocol_max", if kevacoin { "1.4.2" } else { "1.6" })?;
+        if protocol_min > protocol_max {
+            return Err(self.err(format!("{key}.protocol_min"), None, "must not be above protocol_max"));
+        }
+        let max_batch = e.max_batch.unwrap_or(200);
+        if max_batch == 0 {
+            return Err(self.err(format!("{key}.max_batch"), None, "must be at least 1"));
+        }
+        Ok(ElectrumSettings {
+            profile,
+            version_policy: e.version_policy,
+            protocol_min,
+            protocol_max,
+            max_line: e.max_line.map_or(1_000_000, |b| b.0 as usize),
+            max_response: e
+                .max_response
+                .map_or(if kevacoin { 10_000_000 } else { 8_100_000 }, |b| b.0 as usize),
+            max_batch,
+            extra_methods: e.extra_methods.clone(),
+            banner: e.banner.clone(),
+            max_subscriptions: e.max_subscriptions.unwrap_or(50_000),
+            max_pending_output: e.max_pending_output.map_or(8 << 20, |b| b.0 as usize),
+            slow_reader_timeout: e
+                .slow_reader_timeout
+                .map_or(std::time::Duration::from_secs(20), |d| d.0),
         })
     }
 
@@ -362,23 +534,43 @@ impl Validator<'_> {
                 })?;
             upstreams.push(addr);
         }
-        let tls = match (f.transport, &f.tls) {
-            (Transport::Tls, None) => {
+        let electrum = match (f.kind, &f.electrum) {
+            (FrontKind::Peer, Some(_)) => {
+                return Err(self.err(
+                    format!("{key}.electrum"),
+                    None,
+                    "an [front.electrum] section needs kind = \"electrum\"",
+                ))
+            }
+            (FrontKind::Peer, None) => {
+                if matches!(f.transport, Transport::Ws | Transport::Wss) {
+                    return Err(self.err(
+                        format!("{key}.transport"),
+                        None,
+                        "ws and wss are for kind = \"electrum\" fronts",
+                    ));
+                }
+                None
+            }
+            (FrontKind::Electrum, e) => Some(Arc::new(self.electrum(&format!("{key}.electrum"), e.as_ref())?)),
+        };
+        let tls = match (f.transport.uses_tls(), &f.tls) {
+            (true, None) => {
                 return Err(self.err(
                     format!("{key}.tls"),
                     None,
-                    "transport = \"tls\" needs a [front.tls] section with cert and key",
+                    "transport = \"tls\" or \"wss\" needs a [front.tls] section with cert and key",
                 ))
             }
-            (Transport::Tcp, Some(_)) => {
+            (false, Some(_)) => {
                 return Err(self.err(
                     format!("{key}.tls"),
                     None,
-                    "a [front.tls] section needs transport = \"tls\"",
+                    "a [front.tls] section needs transport = \"tls\" or \"wss\"",
                 ))
             }
-            (Transport::Tcp, None) => None,
-            (Transport::Tls, Some(t)) => Some(self.tls(&format!("{key}.tls"), t)?),
+            (false, None) => None,
+            (true, Some(t)) => Some(self.tls(&format!("{key}.tls"), t)?),
         };
         let proxy_accept_from = CidrSet::from_nets(self.cidrs(
             &format!("{key}.proxy_protocol.accept_from"),
@@ -412,6 +604,7 @@ impl Validator<'_> {
             retry_backoff: f.upstream.retry_backoff.0,
             handshake_timeout: t.handshake.0,
             idle_timeout: t.idle.0,
+            electrum,
         })
     }
 

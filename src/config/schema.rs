@@ -1,8 +1,9 @@
 //! The TOML schema as written by the operator. Every struct denies unknown keys so a typo is an error,
 //! not a silently ignored setting. Defaults live here so `conf/gatehouse.toml` and the code agree.
 
-use super::units::{Duration, Rate};
+use super::units::{ByteSize, Duration, Rate};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use toml::Spanned;
 
@@ -20,8 +21,121 @@ pub struct RawConfig {
     /// Admission applied to every front before the front's own rules.
     #[serde(default)]
     pub admission: RawAdmission,
+    /// Electrum cost accounting shared by every Electrum front (groups span fronts).
+    #[serde(default)]
+    pub cost: RawCost,
+    #[serde(default)]
+    pub bans: RawBans,
+    #[serde(default)]
+    pub electrum: RawElectrum,
     #[serde(default, rename = "front")]
     pub fronts: Vec<RawFront>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCost {
+    pub soft_limit: f64,
+    pub hard_limit: f64,
+    pub max_sleep: Duration,
+    pub initial_concurrency: u32,
+    pub bandwidth_unit: ByteSize,
+    pub request_timeout: Duration,
+    pub retained_drain: Rate,
+    pub group_private: bool,
+    pub connection_cost: f64,
+    pub error_cost: f64,
+    pub parse_error_cost: f64,
+    pub max_subscriptions_per_group: usize,
+    /// Per-method base cost overrides.
+    pub methods: BTreeMap<String, f64>,
+}
+
+impl Default for RawCost {
+    fn default() -> Self {
+        RawCost {
+            soft_limit: 1000.0,
+            hard_limit: 10000.0,
+            max_sleep: Duration(std::time::Duration::from_millis(2500)),
+            initial_concurrency: 10,
+            bandwidth_unit: ByteSize(5000),
+            request_timeout: secs(30),
+            retained_drain: Rate {
+                count: 600,
+                per: std::time::Duration::from_secs(300),
+            },
+            group_private: false,
+            connection_cost: 5.0,
+            error_cost: 100.0,
+            parse_error_cost: 1000.0,
+            max_subscriptions_per_group: 75_000,
+            methods: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBans {
+    pub enabled: bool,
+    pub duration: Duration,
+    pub max_duration: Duration,
+    /// Protocol violations (garbage or oversized lines) one session may commit; the next one bans its address.
+    pub max_violations: u32,
+}
+
+impl Default for RawBans {
+    fn default() -> Self {
+        RawBans {
+            enabled: true,
+            duration: secs(600),
+            max_duration: secs(86_400),
+            max_violations: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawElectrum {
+    /// Host names wallets should use, announced in server.features instead of the backend's.
+    pub public_hosts: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProfile {
+    #[default]
+    Bitcoin,
+    Kevacoin,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionPolicy {
+    #[default]
+    Require,
+    Tolerate,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFrontElectrum {
+    #[serde(default)]
+    pub profile: RawProfile,
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
+    pub protocol_min: Option<Spanned<String>>,
+    pub protocol_max: Option<Spanned<String>>,
+    pub max_line: Option<ByteSize>,
+    pub max_response: Option<ByteSize>,
+    pub max_batch: Option<usize>,
+    #[serde(default)]
+    pub extra_methods: Vec<String>,
+    pub banner: Option<String>,
+    pub max_subscriptions: Option<usize>,
+    pub max_pending_output: Option<ByteSize>,
+    pub slow_reader_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +243,16 @@ pub enum FrontKind {
 pub enum Transport {
     Tcp,
     Tls,
+    /// WebSocket over plain TCP (Electrum port 50003).
+    Ws,
+    /// WebSocket over TLS (Electrum port 50004).
+    Wss,
+}
+
+impl Transport {
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -156,6 +280,8 @@ pub struct RawFront {
     pub upstream: RawUpstream,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// Protocol settings of an Electrum front.
+    pub electrum: Option<RawFrontElectrum>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

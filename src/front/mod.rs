@@ -1,20 +1,17 @@
 //! A front: one configured service (Electrum or peer port) with its listeners, admission level, TLS
-//! settings and upstream pool, and the session that runs for each admitted connection.
-//!
-//! For now both kinds relay bytes at L4; the Electrum kind gains protocol awareness in its own module.
+//! settings and upstream pool, and the session that runs for each admitted connection: the
+//! protocol-aware Electrum session, or an L4 relay for peer ports.
 
-use crate::config::{Front, FrontKind};
+use crate::config::{Front, FrontKind, Transport};
+use crate::electrum;
 use crate::guard::Level;
-use crate::listen::stream::ClientStream;
 use crate::listen::Conn;
-use crate::relay::{give_buf, take_buf};
 use crate::relay::{Relay, RelayEnd};
 use crate::upstream::Pool;
 use crate::Shared;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
 pub struct FrontState {
@@ -22,6 +19,19 @@ pub struct FrontState {
     pub level: Arc<Level>,
     pub pool: Pool,
     pub tls: Option<TlsAcceptor>,
+}
+
+/// Everything the one log line about a closed connection says.
+pub struct CloseLine<'a> {
+    pub client: SocketAddr,
+    pub via: Option<SocketAddr>,
+    pub tls: &'a str,
+    pub since: Instant,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub reason: &'a str,
+    /// Electrum sessions only: requests received and the session's own cost at close.
+    pub requests: Option<(u64, f64)>,
 }
 
 impl FrontState {
@@ -35,116 +45,114 @@ impl FrontState {
     }
 
     /// Runs one admitted connection to its end and logs one line about it.
-    pub async fn serve(&self, mut conn: Conn, shared: &crate::Shared) {
+    pub async fn serve(&self, conn: Conn, shared: &Shared) {
+        match self.cfg.kind {
+            FrontKind::Electrum => self.serve_electrum(conn, shared).await,
+            FrontKind::Peer => self.serve_relay(conn, shared).await,
+        }
+    }
+
+    async fn serve_electrum(&self, mut conn: Conn, shared: &Shared) {
         let tls = conn.stream.tls_version();
-        // Electrum clients always speak first. Waiting for their first bytes before dialling the backend
-        // means scanners and clients that only handshake never cost the indexer a connection.
-        let first = if self.cfg.kind == FrontKind::Electrum {
-            match tokio::time::timeout(self.cfg.idle_timeout, first_bytes(&mut conn.stream)).await {
-                Ok(Ok(Some(b))) => Some(b),
-                Ok(Ok(None)) => {
-                    return self.log_close(conn.client, conn.via, tls, conn.accepted_at, 0, 0, "client closed")
+        let mut line = CloseLine {
+            client: conn.client,
+            via: conn.via,
+            tls,
+            since: conn.accepted_at,
+            bytes_in: 0,
+            bytes_out: 0,
+            reason: "",
+            requests: None,
+        };
+        let out = if matches!(self.cfg.transport, Transport::Ws | Transport::Wss) {
+            let max = self.cfg.electrum.as_ref().map_or(1_000_000, |e| e.max_line);
+            let deadline = tokio::time::Instant::from_std(conn.accepted_at + self.cfg.handshake_timeout);
+            let mut ws = match tokio::time::timeout_at(deadline, electrum::ws::accept(conn.stream, max)).await {
+                Ok(Ok(ws)) => ws,
+                Ok(Err(e)) => {
+                    let reason = format!("websocket handshake failed: {e}");
+                    line.reason = &reason;
+                    return self.log_close(&line);
                 }
-                Ok(Err(_)) => {
-                    return self.log_close(conn.client, conn.via, tls, conn.accepted_at, 0, 0, "client error")
+                Err(_) => {
+                    line.reason = "handshake timeout";
+                    return self.log_close(&line);
                 }
-                Err(_) => return self.log_close(conn.client, conn.via, tls, conn.accepted_at, 0, 0, "idle timeout"),
-            }
+            };
+            electrum::session::run(&mut ws, conn.client, conn.local, self, shared).await
         } else {
-            None
+            electrum::session::run(&mut conn.stream, conn.client, conn.local, self, shared).await
+        };
+        line.bytes_in = out.bytes_in;
+        line.bytes_out = out.bytes_out;
+        line.reason = out.reason;
+        line.requests = Some((out.requests, out.cost));
+        self.log_close(&line);
+    }
+
+    async fn serve_relay(&self, mut conn: Conn, shared: &Shared) {
+        let mut line = CloseLine {
+            client: conn.client,
+            via: conn.via,
+            tls: conn.stream.tls_version(),
+            since: conn.accepted_at,
+            bytes_in: 0,
+            bytes_out: 0,
+            reason: "",
+            requests: None,
         };
         let mut upstream = match self.pool.connect(conn.client, conn.local).await {
             Ok((s, _addr)) => s,
             Err(e) => {
                 tracing::warn!(front = %self.cfg.name, error = %e, "no upstream reachable");
-                self.log_close(
-                    conn.client,
-                    conn.via,
-                    tls,
-                    conn.accepted_at,
-                    0,
-                    0,
-                    "upstream unreachable",
-                );
-                return;
+                line.reason = "upstream unreachable";
+                return self.log_close(&line);
             }
         };
-        let mut first_len = 0;
-        if let Some((buf, n)) = first {
-            let sent = upstream.write_all(&buf[..n]).await;
-            give_buf(buf);
-            if sent.is_err() {
-                return self.log_close(
-                    conn.client,
-                    conn.via,
-                    tls,
-                    conn.accepted_at,
-                    n as u64,
-                    0,
-                    "upstream error",
-                );
-            }
-            first_len = n as u64;
+        let mut relay = Relay::new(&mut conn.stream, &mut upstream, self.cfg.idle_timeout);
+        let end = tokio::select! {
+            end = &mut relay => Some(end),
+            _ = shared.force_close.cancelled() => None,
+        };
+        line.bytes_in = relay.bytes_in();
+        line.bytes_out = relay.bytes_out();
+        line.reason = match &end {
+            None => "shutdown",
+            Some(e) => e.as_str(),
+        };
+        if let Some(RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e)) = &end {
+            tracing::debug!(front = %self.cfg.name, client = %conn.client, error = %e, "relay i/o error");
         }
-        let (end, bytes_in, bytes_out) = relay(&mut conn, &mut upstream, self, shared).await;
-        let bytes_in = bytes_in + first_len;
-        self.log_close(conn.client, conn.via, tls, conn.accepted_at, bytes_in, bytes_out, end);
+        self.log_close(&line);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn log_close(
-        &self,
-        client: SocketAddr,
-        via: Option<SocketAddr>,
-        tls: &str,
-        since: Instant,
-        bytes_in: u64,
-        bytes_out: u64,
-        reason: &str,
-    ) {
+    pub fn log_close(&self, l: &CloseLine<'_>) {
         tracing::info!(
             front = %self.cfg.name,
-            client = %client,
-            via = via.map(tracing::field::display),
-            bytes_in,
-            bytes_out,
-            duration_ms = since.elapsed().as_millis() as u64,
-            tls,
-            reason,
+            client = %l.client,
+            via = l.via.map(tracing::field::display),
+            bytes_in = l.bytes_in,
+            bytes_out = l.bytes_out,
+            duration_ms = l.since.elapsed().as_millis() as u64,
+            tls = l.tls,
+            requests = l.requests.map(|r| r.0),
+            cost = l.requests.map(|r| (r.1 * 10.0).round() / 10.0),
+            reason = l.reason,
             "connection closed"
         );
     }
-}
 
-/// The client's first chunk, in a pooled buffer; None if it closed without sending anything.
-async fn first_bytes(s: &mut ClientStream) -> std::io::Result<Option<(Box<[u8]>, usize)>> {
-    let mut buf = take_buf();
-    match s.read(&mut buf).await {
-        Ok(0) => {
-            give_buf(buf);
-            Ok(None)
-        }
-        Ok(n) => Ok(Some((buf, n))),
-        Err(e) => {
-            give_buf(buf);
-            Err(e)
-        }
+    /// A close line for a connection that ended before its session started.
+    pub fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: &str) {
+        self.log_close(&CloseLine {
+            client,
+            via,
+            tls: "none",
+            since,
+            bytes_in: 0,
+            bytes_out: 0,
+            reason,
+            requests: None,
+        });
     }
-}
-
-async fn relay(
-    conn: &mut Conn,
-    upstream: &mut tokio::net::TcpStream,
-    front: &FrontState,
-    shared: &Shared,
-) -> (&'static str, u64, u64) {
-    let mut relay = Relay::new(&mut conn.stream, upstream, front.cfg.idle_timeout);
-    let end = tokio::select! {
-        end = &mut relay => end,
-        _ = shared.force_close.cancelled() => return ("shutdown", relay.bytes_in(), relay.bytes_out()),
-    };
-    if let RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e) = &end {
-        tracing::debug!(front = %front.cfg.name, client = %conn.client, error = %e, "relay i/o error");
-    }
-    (end.as_str(), relay.bytes_in(), relay.bytes_out())
 }

@@ -5,8 +5,9 @@
 
 use super::acl::PrefixMap;
 use ipnetwork::IpNetwork;
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub struct Ban {
 #[derive(Debug, Default)]
 pub struct BanTable {
     map: RwLock<PrefixMap<Ban>>,
+    /// Past offences per address, so repeat offenders get longer bans.
+    offences: Mutex<HashMap<IpAddr, (u32, SystemTime)>>,
 }
 
 impl BanTable {
@@ -27,6 +30,28 @@ impl BanTable {
             reason: reason.into(),
         };
         self.map.write().unwrap_or_else(|p| p.into_inner()).insert(net, ban);
+    }
+
+    /// Bans one address for `base`, doubled for each earlier offence (up to `max`); offences older than
+    /// `max` are forgiven. Returns the ban's duration.
+    pub fn ban_offender(&self, ip: IpAddr, base: Duration, max: Duration, reason: &str) -> Duration {
+        let ip = super::addr::canonical(ip);
+        let now = SystemTime::now();
+        let count = {
+            let mut off = self.offences.lock().unwrap_or_else(|p| p.into_inner());
+            let e = off.entry(ip).or_insert((0, now));
+            if now.duration_since(e.1).unwrap_or_default() > max + max {
+                e.0 = 0;
+            }
+            e.0 = e.0.saturating_add(1);
+            e.1 = now;
+            e.0
+        };
+        let factor = 1u32.checked_shl(count.saturating_sub(1)).unwrap_or(u32::MAX);
+        let duration = base.checked_mul(factor).unwrap_or(max).min(max);
+        self.ban(IpNetwork::from(ip), duration, reason);
+        tracing::warn!(client = %ip, reason, ban_secs = duration.as_secs(), offence = count, "address banned");
+        duration
     }
 
     pub fn unban(&self, net: &IpNetwork) -> Option<Ban> {

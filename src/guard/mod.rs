@@ -9,6 +9,7 @@
 pub mod acl;
 pub mod addr;
 pub mod bans;
+pub mod cost;
 pub mod limits;
 
 use crate::config::Admission;

@@ -127,7 +127,7 @@ async fn intake_proxied(
             return None;
         }
         Err(_) => {
-            front.log_close(peer, None, "none", accepted_at, 0, 0, "handshake timeout");
+            front.log_early_close(peer, None, accepted_at, "handshake timeout");
             return None;
         }
     };
@@ -177,7 +177,7 @@ async fn finish_intake(
             }
             Ok(false) => {}
             Err(_) => {
-                front.log_close(id.client, None, "none", accepted_at, 0, 0, "handshake timeout");
+                front.log_early_close(id.client, None, accepted_at, "handshake timeout");
                 return None;
             }
         }
@@ -189,11 +189,11 @@ async fn finish_intake(
             Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 let reason = format!("tls error: {e}");
-                front.log_close(id.client, id.via, "none", accepted_at, 0, 0, &reason);
+                front.log_early_close(id.client, id.via, accepted_at, &reason);
                 return None;
             }
             Err(_) => {
-                front.log_close(id.client, id.via, "none", accepted_at, 0, 0, "handshake timeout");
+                front.log_early_close(id.client, id.via, accepted_at, "handshake timeout");
                 return None;
             }
         },

@@ -67,9 +67,24 @@ impl Pool {
         local: SocketAddr,
     ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
         let mut failures = Vec::new();
+        // When every upstream is marked down, still try the one that comes back soonest: with a lone
+        // backend that restarted, refusing everyone for the whole back-off would be worse than one
+        // client paying a connect attempt.
+        let now = self.now_ms();
+        let all_down = self
+            .targets
+            .iter()
+            .all(|t| t.down_until_ms.load(Ordering::Relaxed) > now);
+        let soonest = all_down
+            .then(|| {
+                self.targets
+                    .iter()
+                    .min_by_key(|t| t.down_until_ms.load(Ordering::Relaxed))
+                    .map(|t| t.addr)
+            })
+            .flatten();
         for t in &self.targets {
-            let now = self.now_ms();
-            if t.down_until_ms.load(Ordering::Relaxed) > now {
+            if t.down_until_ms.load(Ordering::Relaxed) > self.now_ms() && Some(t.addr) != soonest {
                 failures.push(format!("{} marked down", t.addr));
                 continue;
             }

@@ -1,0 +1,1048 @@
+//! One Electrum client session: frames the client's JSON-RPC lines, applies version and method policy,
+//! charges the cost ledger, throttles (concurrency + sleep), forwards what is allowed to the session's own
+//! upstream connection, and polices what comes back (rewrites, size limits, slow readers).
+//!
+//! The session is one task driving both sockets from a single poll function, so it holds no lock and
+//! spawns nothing. Forwarded requests are the client's own bytes: nothing is re-serialised except the
+//! few replies the gateway rewrites (server.features, server.peers.subscribe) and server.version's
+//! clamped range.
+
+use super::frame::{Frame, LineDecoder};
+use super::jsonrpc::{self, Incoming, Message, ParseError, Request};
+use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
+use crate::config::{ElectrumSettings, VersionPolicy};
+use crate::front::FrontState;
+use crate::guard::cost::Account;
+use crate::relay::{give_buf, take_buf};
+use crate::Shared;
+use serde_json::value::RawValue;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+/// Queue length at which the session stops reading the client: a pipelining client then waits in its
+/// own socket buffer instead of in gateway memory.
+const MAX_QUEUED: usize = 64;
+/// Bytes queued towards the upstream at which the session stops reading the client.
+const MAX_UP_OUT: usize = 1 << 20;
+
+/// What a session reports when it ends.
+pub struct Outcome {
+    pub reason: &'static str,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub requests: u64,
+    pub cost: f64,
+}
+
+/// A JSON-RPC id kept for matching replies; small ids stay inline so tracking allocates nothing.
+#[derive(Clone, PartialEq, Eq)]
+enum IdKey {
+    Inline([u8; 22], u8),
+    Heap(Box<[u8]>),
+}
+
+impl IdKey {
+    fn new(raw: &RawValue) -> IdKey {
+        let b = raw.get().as_bytes();
+        if b.len() <= 22 {
+            let mut a = [0u8; 22];
+            a[..b.len()].copy_from_slice(b);
+            IdKey::Inline(a, b.len() as u8)
+        } else {
+            IdKey::Heap(b.into())
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            IdKey::Inline(a, n) => &a[..*n as usize],
+            IdKey::Heap(b) => b,
+        }
+    }
+
+    fn raw(&self) -> &str {
+        std::str::from_utf8(self.bytes()).unwrap_or("null")
+    }
+}
+
+/// What the session must do with the reply to a forwarded message.
+enum Track {
+    Single { id: IdKey, info: &'static MethodInfo },
+    Batch(Box<BatchTrack>),
+}
+
+struct BatchTrack {
+    items: Vec<(IdKey, &'static MethodInfo)>,
+    /// Replies the gateway produced itself for items it did not forward, comma-separated.
+    local: Vec<u8>,
+}
+
+impl Track {
+    fn first_id(&self) -> Option<&IdKey> {
+        match self {
+            Track::Single { id, .. } => Some(id),
+            Track::Batch(b) => b.items.first().map(|x| &x.0),
+        }
+    }
+}
+
+/// A message waiting for a slot or sleeping in its slot before being forwarded.
+struct Queued {
+    bytes: Vec<u8>,
+    track: Option<Track>,
+    arrived: Instant,
+    wake: Instant,
+}
+
+struct InFlight {
+    track: Track,
+    arrived: Instant,
+    /// Already answered with -102; the backend's late reply is dropped.
+    timed_out: bool,
+}
+
+enum Event {
+    Client(Box<[u8]>, usize),
+    ClientEof,
+    ClientError,
+    Upstream(Box<[u8]>, usize),
+    UpstreamEof,
+    UpstreamError,
+    Timer,
+    Shutdown,
+}
+
+struct Session<'a> {
+    front: &'a FrontState,
+    shared: &'a Shared,
+    set: &'a ElectrumSettings,
+    client: SocketAddr,
+    local: SocketAddr,
+    account: Account,
+    negotiated: Option<ProtoVersion>,
+    version_seen: bool,
+    waiting: VecDeque<Queued>,
+    sleeping: Vec<Queued>,
+    inflight: VecDeque<InFlight>,
+    client_out: Vec<u8>,
+    up_out: Vec<u8>,
+    client_blocked_since: Option<Instant>,
+    last_request: Instant,
+    violations: u32,
+    subs: usize,
+    group_subs: usize,
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Set when the session must end once `client_out` is flushed.
+    closing: Option<&'static str>,
+    /// Set when the session must end now, without flushing.
+    abort: Option<&'static str>,
+    upstream_failed: bool,
+}
+
+/// Runs a session to its end. `client` is the already admitted (and TLS-terminated) client stream.
+pub async fn run<C>(client: &mut C, peer: SocketAddr, local: SocketAddr, front: &FrontState, shared: &Shared) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let set = front
+        .cfg
+        .electrum
+        .as_deref()
+        .expect("electrum front has electrum settings");
+    let account = shared.ledger.open(peer.ip());
+    account.charge(shared.cost.connection_cost);
+    let mut s = Session {
+        front,
+        shared,
+        set,
+        client: peer,
+        local,
+        account,
+        negotiated: None,
+        version_seen: false,
+        waiting: VecDeque::new(),
+        sleeping: Vec::new(),
+        inflight: VecDeque::new(),
+        client_out: Vec::new(),
+        up_out: Vec::new(),
+        client_blocked_since: None,
+        last_request: Instant::now(),
+        violations: 0,
+        subs: 0,
+        group_subs: 0,
+        requests: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+        closing: None,
+        abort: None,
+        upstream_failed: false,
+    };
+    let mut client_dec = LineDecoder::new(set.max_line);
+    let mut up_dec = LineDecoder::new(set.max_response);
+    let mut upstream: Option<TcpStream> = None;
+    let mut timer = Box::pin(tokio::time::sleep_until(s.next_deadline()));
+    let cancel = shared.force_close.cancelled();
+    tokio::pin!(cancel);
+    let reason = loop {
+        if let Some(r) = s.abort {
+            break r;
+        }
+        if s.closing.is_some() && s.client_out.is_empty() {
+            let _ = std::future::poll_fn(|cx| Pin::new(&mut *client).poll_shutdown(cx)).await;
+            break s.closing.unwrap_or("closed");
+        }
+        // Dial the backend only once there is something to send to it.
+        if upstream.is_none() && !s.up_out.is_empty() && !s.upstream_failed {
+            match front.pool.connect(s.client, s.local).await {
+                Ok((u, _)) => upstream = Some(u),
+                Err(e) => {
+                    tracing::warn!(front = %front.cfg.name, error = %e, "no upstream reachable");
+                    s.upstream_failed = true;
+                    s.fail_all(-32603, "Electrum backend unavailable, try again later");
+                    s.closing = Some("upstream unreachable");
+                    continue;
+                }
+            }
+        }
+        let deadline = s.next_deadline();
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        let ev = std::future::poll_fn(|cx| {
+            s.poll_event(cx, &mut *client, upstream.as_mut(), timer.as_mut(), cancel.as_mut())
+        })
+        .await;
+        match ev {
+            Event::Client(buf, n) => {
+                s.bytes_in += n as u64;
+                client_dec.feed(&buf[..n]);
+                give_buf(buf);
+                while s.closing.is_none() && s.abort.is_none() {
+                    match client_dec.next_frame() {
+                        Some(Frame::Line(line)) => s.on_client_line(line),
+                        Some(Frame::Oversized { discarded }) => s.on_oversized(discarded),
+                        None => break,
+                    }
+                }
+                client_dec.shrink_idle();
+            }
+            Event::Upstream(buf, n) => {
+                up_dec.feed(&buf[..n]);
+                give_buf(buf);
+                while s.abort.is_none() {
+                    match up_dec.next_frame() {
+                        Some(Frame::Line(line)) => s.on_upstream_line(line),
+                        Some(Frame::Oversized { .. }) => s.on_response_too_large(),
+                        None => break,
+                    }
+                }
+                up_dec.shrink_idle();
+            }
+            Event::ClientEof => break "client closed",
+            Event::ClientError => break "client error",
+            Event::UpstreamEof | Event::UpstreamError => {
+                upstream = None;
+                s.upstream_failed = true;
+                if s.has_pending() {
+                    s.fail_all(-32603, "Electrum backend closed the connection");
+                }
+                s.closing = Some("upstream closed");
+            }
+            Event::Timer => s.on_timer(),
+            Event::Shutdown => break "shutdown",
+        }
+    };
+    s.release_group_subs();
+    Outcome {
+        reason,
+        bytes_in: s.bytes_in,
+        bytes_out: s.bytes_out,
+        requests: s.requests,
+        cost: s.account.cost(),
+    }
+}
+
+impl Session<'_> {
+    fn has_pending(&self) -> bool {
+        !(self.inflight.is_empty() && self.waiting.is_empty() && self.sleeping.is_empty())
+    }
+
+    /// Drives writes as far as they go, then reports the first read or timer event.
+    fn poll_event<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        mut upstream: Option<&mut TcpStream>,
+        timer: Pin<&mut Sleep>,
+        cancel: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> Poll<Event> {
+        if cancel.poll(cx).is_ready() {
+            return Poll::Ready(Event::Shutdown);
+        }
+        // Client writes.
+        while !self.client_out.is_empty() {
+            match Pin::new(&mut *client).poll_write(cx, &self.client_out) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::ClientError),
+                Poll::Ready(Ok(n)) => {
+                    self.client_out.drain(..n);
+                    self.bytes_out += n as u64;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if self.client_out.is_empty() {
+            self.client_blocked_since = None;
+            if self.client_out.capacity() > 16 * 1024 {
+                self.client_out = Vec::new();
+            }
+            if let Poll::Ready(Err(_)) = Pin::new(&mut *client).poll_flush(cx) {
+                return Poll::Ready(Event::ClientError);
+            }
+        } else if self.client_blocked_since.is_none() {
+            self.client_blocked_since = Some(Instant::now());
+        }
+        // Upstream writes.
+        if let Some(up) = upstream.as_deref_mut() {
+            while !self.up_out.is_empty() {
+                match Pin::new(&mut *up).poll_write(cx, &self.up_out) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::UpstreamError),
+                    Poll::Ready(Ok(n)) => {
+                        self.up_out.drain(..n);
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if self.up_out.is_empty() && self.up_out.capacity() > 16 * 1024 {
+                self.up_out = Vec::new();
+            }
+        }
+        // Upstream reads: always, so notifications keep flowing until the slow-reader limit decides.
+        if let Some(up) = upstream {
+            let mut buf = take_buf();
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(up).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        give_buf(buf);
+                        return Poll::Ready(Event::UpstreamEof);
+                    }
+                    return Poll::Ready(Event::Upstream(buf, n));
+                }
+                Poll::Ready(Err(_)) => {
+                    give_buf(buf);
+                    return Poll::Ready(Event::UpstreamError);
+                }
+                Poll::Pending => give_buf(buf),
+            }
+        }
+        // Client reads, unless the session is backed up or closing.
+        let paused = self.closing.is_some() || self.waiting.len() >= MAX_QUEUED || self.up_out.len() >= MAX_UP_OUT;
+        if !paused {
+            let mut buf = take_buf();
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *client).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    if n == 0 {
+                        give_buf(buf);
+                        return Poll::Ready(Event::ClientEof);
+                    }
+                    return Poll::Ready(Event::Client(buf, n));
+                }
+                Poll::Ready(Err(_)) => {
+                    give_buf(buf);
+                    return Poll::Ready(Event::ClientError);
+                }
+                Poll::Pending => give_buf(buf),
+            }
+        }
+        if timer.poll(cx).is_ready() {
+            return Poll::Ready(Event::Timer);
+        }
+        Poll::Pending
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let timeout = self.shared.cost.request_timeout;
+        let mut d = self.last_request + self.front.cfg.idle_timeout;
+        if let Some(b) = self.client_blocked_since {
+            d = d.min(b + self.set.slow_reader_timeout);
+        }
+        for q in &self.sleeping {
+            d = d.min(q.wake).min(q.arrived + timeout);
+        }
+        if let Some(q) = self.waiting.front() {
+            d = d.min(q.arrived + timeout);
+        }
+        if let Some(f) = self.inflight.iter().find(|f| !f.timed_out) {
+            d = d.min(f.arrived + timeout);
+        }
+        d
+    }
+
+    // ---- output helpers -------------------------------------------------------------------------
+
+    fn reply_error(&mut self, id: Option<&str>, code: i64, msg: &str) {
+        let id = id.and_then(|s| RawValue::from_string(s.to_string()).ok());
+        jsonrpc::write_error(&mut self.client_out, id.as_deref(), code, msg);
+        self.account.charge(self.shared.cost.error_cost);
+        self.check_output();
+    }
+
+    fn reply_result(&mut self, id: Option<&RawValue>, result_json: &str) {
+        jsonrpc::write_result(&mut self.client_out, id, result_json);
+        self.check_output();
+    }
+
+    fn check_output(&mut self) {
+        if self.client_out.len() > self.set.max_pending_output {
+            tracing::info!(front = %self.front.cfg.name, client = %self.client, pending = self.client_out.len(), "client does not read its replies; disconnecting");
+            self.abort = Some("slow reader");
+        }
+    }
+
+    /// Answers every request not yet answered with an error (backend gone).
+    fn fail_all(&mut self, code: i64, msg: &str) {
+        let mut tracks: Vec<Track> = Vec::new();
+        tracks.extend(self.waiting.drain(..).filter_map(|q| q.track));
+        tracks.extend(self.sleeping.drain(..).filter_map(|q| q.track));
+        tracks.extend(self.inflight.drain(..).filter(|f| !f.timed_out).map(|f| f.track));
+        for t in tracks {
+            match t {
+                Track::Single { id, .. } => self.reply_error(Some(id.raw()), code, msg),
+                Track::Batch(b) => {
+                    let mut out = Vec::with_capacity(64 * b.items.len() + 2);
+                    out.push(b'[');
+                    for (i, (id, _)) in b.items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(b',');
+                        }
+                        let raw = RawValue::from_string(id.raw().to_string()).ok();
+                        jsonrpc::write_error(&mut out, raw.as_deref(), code, msg);
+                        out.pop(); // write_error ends with '\n'
+                    }
+                    if !b.local.is_empty() {
+                        out.push(b',');
+                        out.extend_from_slice(&b.local);
+                    }
+                    out.extend_from_slice(b"]\n");
+                    self.client_out.extend_from_slice(&out);
+                }
+            }
+        }
+    }
+
+    fn close_with(&mut self, reason: &'static str) {
+        self.closing = Some(reason);
+        self.waiting.clear();
+        self.sleeping.clear();
+    }
+
+    /// Hard limit: answer -101, close, and ban the address.
+    fn hard_limit(&mut self, id: Option<&str>) {
+        self.reply_error(id, -101, "excessive resource usage");
+        self.close_with("cost hard limit");
+        let p = &self.shared.ban_policy;
+        if p.enabled {
+            self.shared
+                .guard
+                .bans()
+                .ban_offender(self.client.ip(), p.duration, p.max_duration, "cost hard limit");
+        }
+    }
+
+    fn violation(&mut self, what: &'static str) {
+        self.violations += 1;
+        let p = &self.shared.ban_policy;
+        if p.enabled && self.violations > p.max_violations {
+            self.close_with("protocol violations");
+            self.shared
+                .guard
+                .bans()
+                .ban_offender(self.client.ip(), p.duration, p.max_duration, what);
+        }
+    }
+
+    // ---- client side ----------------------------------------------------------------------------
+
+    fn on_oversized(&mut self, discarded: usize) {
+        self.requests += 1;
+        self.last_request = Instant::now();
+        self.account.charge_bytes(discarded);
+        self.account.charge(self.shared.cost.parse_error_cost);
+        let msg = format!("request line exceeds {} bytes", self.set.max_line);
+        self.reply_error(None, -32600, &msg);
+        self.violation("oversized request line");
+    }
+
+    fn on_client_line(&mut self, line: &[u8]) {
+        self.requests += 1;
+        self.last_request = Instant::now();
+        let th = self.account.charge_bytes(line.len() + 1);
+        let max_batch = self.set.max_batch;
+        let parsed = jsonrpc::parse_message(line, max_batch);
+        if th.over_hard {
+            let id = match &parsed {
+                Ok(Message::Single(r)) => r.id.map(|i| i.get().to_string()),
+                _ => None,
+            };
+            return self.hard_limit(id.as_deref());
+        }
+        match parsed {
+            Err(ParseError::Parse) => {
+                self.account.charge(self.shared.cost.parse_error_cost);
+                self.reply_error(None, -32700, "parse error");
+                self.violation("unparsable request");
+            }
+            Err(ParseError::Invalid { id }) => {
+                let id = id.map(|i| i.get().to_string());
+                self.reply_error(id.as_deref(), -32600, "invalid request");
+            }
+            Err(ParseError::EmptyBatch) => self.reply_error(None, -32600, "empty batch"),
+            Err(ParseError::BatchTooLarge { len }) => {
+                let msg = format!("batch of {len} requests exceeds the limit of {max_batch}");
+                self.reply_error(None, -32600, &msg)
+            }
+            Ok(Message::Single(req)) => self.on_request(req),
+            Ok(Message::Batch(items)) => self.on_batch(line, items),
+        }
+    }
+
+    /// The method's entry if the session may call it now, or the error to answer.
+    fn admit_method(&mut self, req: &Request<'_>) -> Result<&'static MethodInfo, (i64, String)> {
+        let negotiated = self.negotiated.unwrap_or(self.set.protocol_max);
+        let info = methods::lookup(req.method, self.set.profile, negotiated)
+            .or_else(|| {
+                self.set
+                    .extra_methods
+                    .iter()
+                    .any(|m| m == req.method)
+                    .then(|| methods::extra(req.method))
+                    .flatten()
+            })
+            .ok_or_else(|| (-32601, format!("unknown method \"{}\"", req.method)))?;
+        methods::validate(info, req.params)?;
+        if info.special == Special::Subscribe {
+            let group_cap = self.shared.cost.max_subscriptions_per_group;
+            if self.subs >= self.set.max_subscriptions {
+                return Err((
+                    -32600,
+                    format!("too many subscriptions (limit {})", self.set.max_subscriptions),
+                ));
+            }
+            if let Some(g) = self.account.group() {
+                if !self.shared.group_subs.try_acquire(g, Some(group_cap)) {
+                    return Err((
+                        -32600,
+                        format!("too many subscriptions from your network (limit {group_cap})"),
+                    ));
+                }
+                self.group_subs += 1;
+            }
+            self.subs += 1;
+            self.account.set_subscriptions(self.subs as u32);
+        }
+        Ok(info)
+    }
+
+    /// The request's cost; operator-added methods cost their configured override or 1.0.
+    fn cost_of(&self, info: &MethodInfo, req: &Request<'_>) -> f64 {
+        let costs = &self.shared.cost.method_costs;
+        if info.name == "extra" {
+            return costs.get(req.method).copied().unwrap_or(info.base_cost);
+        }
+        methods::request_cost(info, req.params, costs)
+    }
+
+    fn on_request(&mut self, req: Request<'_>) {
+        let id_raw = req.id.map(|i| i.get().to_string());
+        let id = id_raw.as_deref();
+        if req.method == "server.version" {
+            return self.on_version(req);
+        }
+        if self.negotiated.is_none() {
+            match self.set.version_policy {
+                VersionPolicy::Require => {
+                    self.reply_error(id, 1, "server.version must be the first request");
+                    self.close_with("no server.version");
+                    return;
+                }
+                VersionPolicy::Tolerate => self.negotiated = Some(self.set.protocol_max),
+            }
+        }
+        let info = match self.admit_method(&req) {
+            Ok(i) => i,
+            Err((code, msg)) => return self.reply_error(id, code, &msg),
+        };
+        self.account.charge(self.cost_of(info, &req));
+        match info.special {
+            Special::AddPeer => return self.reply_result(req.id, "false"),
+            Special::Banner => {
+                if let Some(b) = &self.set.banner {
+                    let json = serde_json::to_string(b).unwrap_or_else(|_| "\"\"".into());
+                    return self.reply_result(req.id, &json);
+                }
+            }
+            Special::Unsubscribe if self.subs > 0 => {
+                self.subs -= 1;
+                self.account.set_subscriptions(self.subs as u32);
+            }
+            _ => {}
+        }
+        let track = req.id.map(|i| Track::Single {
+            id: IdKey::new(i),
+            info,
+        });
+        self.enqueue(req.raw, track);
+    }
+
+    fn on_version(&mut self, req: Request<'_>) {
+        let id_raw = req.id.map(|i| i.get().to_string());
+        let id = id_raw.as_deref();
+        if self.version_seen {
+            return self.reply_error(id, 1, "server.version already sent");
+        }
+        self.version_seen = true;
+        self.account.charge(methods::request_cost(
+            methods::lookup("server.version", self.set.profile, self.set.protocol_min)
+                .unwrap_or(methods::version_info()),
+            req.params,
+            &self.shared.cost.method_costs,
+        ));
+        let (cmin, cmax) = match client_range(req.params) {
+            Some(r) => r,
+            None => {
+                self.reply_error(id, 1, "invalid protocol version");
+                return self.close_with("bad server.version");
+            }
+        };
+        let lo = cmin.max(self.set.protocol_min);
+        let hi = cmax.min(self.set.protocol_max);
+        if hi < lo {
+            let msg = format!(
+                "unsupported protocol version: this server speaks {} to {}",
+                self.set.protocol_min, self.set.protocol_max
+            );
+            self.reply_error(id, 1, &msg);
+            return self.close_with("unsupported protocol version");
+        }
+        self.negotiated = Some(hi);
+        let name = jsonrpc::param_str(req.params, 0, "client_name").unwrap_or("");
+        // The backend sees the clamped range, so it cannot negotiate a version the gateway does not police.
+        let mut fwd = Vec::with_capacity(128);
+        fwd.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+        fwd.extend_from_slice(id.unwrap_or("null").as_bytes());
+        fwd.extend_from_slice(b",\"method\":\"server.version\",\"params\":[");
+        let _ = serde_json::to_writer(&mut fwd, name);
+        fwd.extend_from_slice(format!(",[\"{lo}\",\"{hi}\"]]}}").as_bytes());
+        let info = methods::version_info();
+        let track = req.id.map(|i| Track::Single {
+            id: IdKey::new(i),
+            info,
+        });
+        self.enqueue(&fwd, track);
+    }
+
+    fn on_batch(&mut self, _line: &[u8], items: Vec<Result<Request<'_>, ParseError<'_>>>) {
+        if self.negotiated.is_none() && self.set.version_policy == VersionPolicy::Require {
+            self.reply_error(None, 1, "server.version must be the first request");
+            return self.close_with("no server.version");
+        }
+        if self.negotiated.is_none() {
+            self.negotiated = Some(self.set.protocol_max);
+        }
+        let mut fwd: Vec<u8> = Vec::with_capacity(_line.len() + 2);
+        fwd.push(b'[');
+        let mut forwarded = 0usize;
+        let mut track = BatchTrack {
+            items: Vec::new(),
+            local: Vec::new(),
+        };
+        let mut local_one = Vec::new();
+        for item in items {
+            local_one.clear();
+            // JSON-RPC: a valid notification (no id) gets no reply, not even an error.
+            let notification = matches!(&item, Ok(r) if r.id.is_none());
+            match item {
+                Err(ParseError::Invalid { id }) => {
+                    jsonrpc::write_error(&mut local_one, id, -32600, "invalid request");
+                    self.account.charge(self.shared.cost.error_cost);
+                }
+                Err(_) => {
+                    jsonrpc::write_error(&mut local_one, None, -32600, "invalid request");
+                    self.account.charge(self.shared.cost.error_cost);
+                }
+                Ok(req) if req.method == "server.version" => {
+                    jsonrpc::write_error(&mut local_one, req.id, 1, "server.version cannot be batched");
+                    self.account.charge(self.shared.cost.error_cost);
+                }
+                Ok(req) => match self.admit_method(&req) {
+                    Err((code, msg)) => {
+                        jsonrpc::write_error(&mut local_one, req.id, code, &msg);
+                        self.account.charge(self.shared.cost.error_cost);
+                    }
+                    Ok(info) => {
+                        self.account
+                            .charge(methods::request_cost(info, req.params, &self.shared.cost.method_costs));
+                        let local = match info.special {
+                            Special::AddPeer => Some("false".to_string()),
+                            Special::Banner => self
+                                .set
+                                .banner
+                                .as_ref()
+                                .map(|b| serde_json::to_string(b).unwrap_or_default()),
+                            _ => None,
+                        };
+                        match local {
+                            Some(result) => jsonrpc::write_result(&mut local_one, req.id, &result),
+                            None => {
+                                if forwarded > 0 {
+                                    fwd.push(b',');
+                                }
+                                fwd.extend_from_slice(req.raw);
+                                forwarded += 1;
+                                if let Some(id) = req.id {
+                                    track.items.push((IdKey::new(id), info));
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+            if !notification && local_one.ends_with(b"\n") {
+                local_one.pop();
+                if !track.local.is_empty() {
+                    track.local.push(b',');
+                }
+                track.local.extend_from_slice(&local_one);
+            }
+        }
+        fwd.push(b']');
+        if forwarded == 0 || track.items.is_empty() {
+            if forwarded > 0 {
+                // Only notifications were forwarded: nothing will come back for them.
+                self.enqueue(&fwd, None);
+            }
+            if !track.local.is_empty() {
+                self.client_out.push(b'[');
+                self.client_out.extend_from_slice(&track.local);
+                self.client_out.extend_from_slice(b"]\n");
+                self.check_output();
+            }
+            return;
+        }
+        self.enqueue(&fwd, Some(Track::Batch(Box::new(track))));
+    }
+
+    /// Forwards now, or queues behind the throttle: `concurrency` slots, each forwarded message first
+    /// sleeping `sleep` in its slot (ElectrumX semantics).
+    fn enqueue(&mut self, bytes: &[u8], track: Option<Track>) {
+        let th = self.account.throttle();
+        let now = Instant::now();
+        let slots = self.inflight.len() + self.sleeping.len();
+        if self.waiting.is_empty() && slots < th.concurrency as usize {
+            if th.sleep.is_zero() {
+                self.forward(bytes, track, now);
+            } else {
+                self.sleeping.push(Queued {
+                    bytes: bytes.to_vec(),
+                    track,
+                    arrived: now,
+                    wake: now + th.sleep,
+                });
+            }
+        } else {
+            self.waiting.push_back(Queued {
+                bytes: bytes.to_vec(),
+                track,
+                arrived: now,
+                wake: now,
+            });
+        }
+    }
+
+    fn forward(&mut self, bytes: &[u8], track: Option<Track>, arrived: Instant) {
+        self.up_out.extend_from_slice(bytes);
+        self.up_out.push(b'\n');
+        if let Some(track) = track {
+            self.inflight.push_back(InFlight {
+                track,
+                arrived,
+                timed_out: false,
+            });
+        }
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if now >= self.last_request + self.front.cfg.idle_timeout {
+            self.abort = Some("idle timeout");
+            return;
+        }
+        if self
+            .client_blocked_since
+            .is_some_and(|b| now >= b + self.set.slow_reader_timeout)
+        {
+            tracing::info!(front = %self.front.cfg.name, client = %self.client, "client stopped reading; disconnecting");
+            self.abort = Some("slow reader");
+            return;
+        }
+        let timeout = self.shared.cost.request_timeout;
+        // Requests that could not be served in time get -102 and pay for the error.
+        let mut expired = Vec::new();
+        self.sleeping.retain_mut(|q| {
+            let keep = now < q.arrived + timeout;
+            if !keep {
+                expired.push(q.track.take());
+            }
+            keep
+        });
+        while self.waiting.front().is_some_and(|q| now >= q.arrived + timeout) {
+            if let Some(mut q) = self.waiting.pop_front() {
+                expired.push(q.track.take());
+            }
+        }
+        let mut late = Vec::new();
+        for f in self
+            .inflight
+            .iter_mut()
+            .filter(|f| !f.timed_out && now >= f.arrived + timeout)
+        {
+            f.timed_out = true;
+            late.push(f.track.first_id().map(|i| i.raw().to_string()));
+        }
+        for t in expired.into_iter().flatten() {
+            let id = t.first_id().map(|i| i.raw().to_string());
+            self.reply_error(id.as_deref(), -102, "server busy - request timed out");
+        }
+        for id in late {
+            self.reply_error(id.as_deref(), -102, "server busy - request timed out");
+        }
+        self.promote(now);
+    }
+
+    /// Moves sleepers whose time has come to the backend and fills free slots from the wait queue.
+    fn promote(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.sleeping.len() {
+            if self.sleeping[i].wake <= now {
+                let q = self.sleeping.swap_remove(i);
+                self.forward(&q.bytes, q.track, q.arrived);
+            } else {
+                i += 1;
+            }
+        }
+        let th = self.account.throttle();
+        while !self.waiting.is_empty() && self.inflight.len() + self.sleeping.len() < th.concurrency as usize {
+            let Some(mut q) = self.waiting.pop_front() else { break };
+            if th.sleep.is_zero() {
+                self.forward(&q.bytes, q.track.take(), q.arrived);
+            } else {
+                q.wake = now + th.sleep;
+                self.sleeping.push(q);
+            }
+        }
+    }
+
+    // ---- upstream side --------------------------------------------------------------------------
+
+    fn on_response_too_large(&mut self) {
+        // The oversized reply was never buffered whole, so its id is unknown: the oldest request still
+        // waiting is the one it answers in the common (ordered) case.
+        if let Some(f) = self.inflight.pop_front() {
+            if !f.timed_out {
+                let id = f.track.first_id().map(|i| i.raw().to_string());
+                self.reply_error(id.as_deref(), -32600, "response too large");
+            }
+        }
+        self.promote(Instant::now());
+    }
+
+    fn on_upstream_line(&mut self, line: &[u8]) {
+        let th = self.account.charge_bytes(line.len() + 1);
+        let _ = th;
+        match jsonrpc::parse_incoming(line) {
+            Incoming::Response { id, .. } => {
+                let key = id.get().as_bytes();
+                let pos = self
+                    .inflight
+                    .iter()
+                    .position(|f| matches!(&f.track, Track::Single { id, .. } if id.bytes() == key));
+                let Some(pos) = pos else {
+                    // Not ours to police (e.g. a reply to a client notification): pass it on.
+                    return self.emit(line);
+                };
+                let f = self.inflight.remove(pos).expect("position is valid");
+                self.promote(Instant::now());
+                if f.timed_out {
+                    return;
+                }
+                let Track::Single { info, .. } = f.track else { return };
+                self.charge_response(info, line);
+                match info.special {
+                    Special::Version => {
+                        if let Some(v) = negotiated_from_reply(line) {
+                            self.negotiated = Some(v);
+                        }
+                        self.emit(line)
+                    }
+                    Special::Features => match super::rewrite::features(line, &self.shared.features_hosts) {
+                        Some(out) => self.emit(&out),
+                        None => self.emit(line),
+                    },
+                    Special::Peers => match super::rewrite::peers(line, &self.front.cfg.upstreams) {
+                        Some(out) => self.emit(&out),
+                        None => self.emit(line),
+                    },
+                    _ => self.emit(line),
+                }
+            }
+            Incoming::Batch(items) => {
+                let first = items.first().map(|(id, _)| id.get().as_bytes());
+                let pos = self.inflight.iter().position(|f| match (&f.track, first) {
+                    (Track::Batch(b), Some(first)) => b.items.iter().any(|(id, _)| id.bytes() == first),
+                    _ => false,
+                });
+                let Some(pos) = pos else { return self.emit(line) };
+                let f = self.inflight.remove(pos).expect("position is valid");
+                self.promote(Instant::now());
+                if f.timed_out {
+                    return;
+                }
+                let Track::Batch(b) = f.track else { return };
+                let mut out = Vec::with_capacity(line.len() + b.local.len() + 2);
+                out.push(b'[');
+                for (i, (id, raw)) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    let info = b
+                        .items
+                        .iter()
+                        .find(|(k, _)| k.bytes() == id.get().as_bytes())
+                        .map(|x| x.1);
+                    let rewritten = match info.map(|i| i.special) {
+                        Some(Special::Features) => super::rewrite::features(raw, &self.shared.features_hosts),
+                        Some(Special::Peers) => super::rewrite::peers(raw, &self.front.cfg.upstreams),
+                        _ => None,
+                    };
+                    if let Some(info) = info {
+                        self.charge_response(info, raw);
+                    }
+                    out.extend_from_slice(rewritten.as_deref().unwrap_or(raw));
+                }
+                if !b.local.is_empty() {
+                    if !items.is_empty() {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(&b.local);
+                }
+                out.push(b']');
+                self.emit(&out);
+            }
+            Incoming::Notification { .. } => self.emit(line),
+            Incoming::Other => {
+                tracing::debug!(front = %self.front.cfg.name, "dropping a backend line that is not JSON-RPC");
+            }
+        }
+    }
+
+    /// Costs that depend on the answer.
+    fn charge_response(&mut self, info: &MethodInfo, reply: &[u8]) {
+        match info.cost_kind {
+            CostKind::ResponseSize => {
+                self.account
+                    .charge(reply.len() as f64 / self.shared.cost.bytes_per_unit);
+            }
+            CostKind::PerReplyItem(per) => {
+                let n = result_items(reply);
+                self.account.charge(per * n as f64);
+            }
+            _ => {}
+        }
+    }
+
+    fn emit(&mut self, line: &[u8]) {
+        if self.abort.is_some() {
+            return;
+        }
+        self.client_out.extend_from_slice(line);
+        self.client_out.push(b'\n');
+        self.check_output();
+    }
+
+    fn release_group_subs(&mut self) {
+        if let Some(g) = self.account.group() {
+            for _ in 0..self.group_subs {
+                self.shared.group_subs.release(g);
+            }
+        }
+        self.group_subs = 0;
+    }
+}
+
+/// The client's requested protocol range: a version string or `[min, max]`; absent means 1.4.
+fn client_range(params: Option<&RawValue>) -> Option<(ProtoVersion, ProtoVersion)> {
+    let default = ProtoVersion(1, 4, 0);
+    let Some(params) = params else {
+        return Some((default, default));
+    };
+    let v: serde_json::Value = serde_json::from_str(params.get()).ok()?;
+    let pv = match &v {
+        serde_json::Value::Array(a) => a.get(1).cloned(),
+        serde_json::Value::Object(o) => o.get("protocol_version").cloned(),
+        _ => return None,
+    };
+    match pv {
+        None | Some(serde_json::Value::Null) => Some((default, default)),
+        Some(serde_json::Value::String(s)) => {
+            let v: ProtoVersion = s.parse().ok()?;
+            Some((v, v))
+        }
+        Some(serde_json::Value::Array(r)) if r.len() == 2 => {
+            let lo: ProtoVersion = r[0].as_str()?.parse().ok()?;
+            let hi: ProtoVersion = r[1].as_str()?.parse().ok()?;
+            (lo <= hi).then_some((lo, hi))
+        }
+        _ => None,
+    }
+}
+
+/// The protocol version in a server.version reply: `{"result": [software, version]}`.
+fn negotiated_from_reply(line: &[u8]) -> Option<ProtoVersion> {
+    #[derive(serde::Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow)]
+        result: Option<(&'a str, &'a str)>,
+    }
+    let r: Reply<'_> = serde_json::from_slice(line).ok()?;
+    r.result?.1.parse().ok()
+}
+
+/// Number of items in an array `result` (for per-item charges).
+fn result_items(reply: &[u8]) -> usize {
+    #[derive(serde::Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow)]
+        result: Option<Vec<&'a RawValue>>,
+    }
+    serde_json::from_slice::<Reply<'_>>(reply)
+        .ok()
+        .and_then(|r| r.result)
+        .map_or(0, |v| v.len())
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} requests)", self.reason, self.requests)
+    }
+}

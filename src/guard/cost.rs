@@ -1,0 +1,838 @@
+//! Cost ledger (DESIGN §3): per-session cost, per-group sharing and retained cost, and the throttle they imply.
+//!
+//! Costs decay continuously, but nothing ticks: each value is stored with the time it was last settled and
+//! decayed on read. That keeps an idle session free (no timer per connection) and makes every charge see the
+//! cost as of now, with no lag.
+//!
+//! Lock order is shard → group → session. A charge takes its own session's lock alone, releases it, then takes
+//! its group's lock and each member's lock in turn, so the charge path costs O(members of the group) and never
+//! touches a lock shared by unrelated clients.
+
+use crate::guard::acl::CidrSet;
+use crate::guard::addr;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Time source, so tests can advance time. Monotonic, as a Duration since an arbitrary epoch.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Duration;
+}
+
+/// The real clock. `Instant` rather than wall time, so a system clock step cannot refund or double anyone's
+/// decay.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    epoch: Instant,
+}
+
+impl SystemClock {
+    pub fn new() -> SystemClock {
+        SystemClock { epoch: Instant::now() }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+}
+
+/// A clock that moves only when told to; starts at 0.
+#[derive(Debug, Default)]
+pub struct TestClock {
+    nanos: AtomicU64,
+}
+
+impl TestClock {
+    pub fn new() -> TestClock {
+        TestClock::default()
+    }
+
+    pub fn advance(&self, d: Duration) {
+        self.nanos.fetch_add(nanos(d), Ordering::SeqCst);
+    }
+
+    pub fn set(&self, d: Duration) {
+        self.nanos.store(nanos(d), Ordering::SeqCst);
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[derive(Debug, Clone)]
+pub struct CostParams {
+    /// Effective cost at which throttling starts. `soft = hard = 0` disables throttling and the hard limit.
+    pub soft_limit: f64,
+    /// Effective cost at which the session is refused (`over_hard`); also scales the decay rate.
+    pub hard_limit: f64,
+    /// Sleep per request at the hard limit.
+    pub max_sleep: Duration,
+    /// Concurrent requests allowed below the soft limit.
+    pub initial_concurrency: u32,
+    /// Bytes (in or out) that cost one unit.
+    pub bytes_per_unit: f64,
+    /// Units per second a group's retained cost drains.
+    pub retained_drain: f64,
+    pub group_prefix_v4: u8,
+    pub group_prefix_v6: u8,
+    /// Whether private, loopback, link-local and unique-local clients are grouped. Off by default because
+    /// such clients usually sit behind one NAT or proxy on the operator's side, where a /24 means nothing.
+    pub group_private: bool,
+    /// Allowlisted networks: no group accounting, but each session still has its own hard limit.
+    pub exempt: CidrSet,
+}
+
+impl Default for CostParams {
+    fn default() -> Self {
+        CostParams {
+            soft_limit: 1000.0,
+            hard_limit: 10000.0,
+            max_sleep: Duration::from_millis(2500),
+            initial_concurrency: 10,
+            bytes_per_unit: 5000.0,
+            retained_drain: 600.0 / 300.0,
+            group_prefix_v4: 24,
+            group_prefix_v6: 48,
+            group_private: false,
+            exempt: CidrSet::new(),
+        }
+    }
+}
+
+impl CostParams {
+    /// Units per second a session holding `subs` subscriptions sheds. Subscriptions slow it because a wallet
+    /// holding many of them costs the backend notifications the per-request charges never see.
+    fn decay_rate(&self, subs: u32) -> f64 {
+        if self.hard_limit > 0.0 {
+            self.hard_limit / (10000.0 + 5.0 * f64::from(subs))
+        } else {
+            0.0
+        }
+    }
+
+    /// The group a session's cost is shared with, or `None` when it is accounted alone.
+    fn group_for(&self, ip: IpAddr) -> Option<IpAddr> {
+        if self.exempt.contains(ip) || (!self.group_private && is_local(ip)) {
+            return None;
+        }
+        Some(addr::group_of(ip, self.group_prefix_v4, self.group_prefix_v6))
+    }
+}
+
+fn is_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => a.is_private() || a.is_loopback() || a.is_link_local() || a.is_unspecified(),
+        IpAddr::V6(a) => a.is_loopback() || a.is_unique_local() || a.is_unicast_link_local() || a.is_unspecified(),
+    }
+}
+
+/// What a session must do before its next request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Throttle {
+    /// Position between the soft (0) and hard (1) limits. Not clamped, so callers can see how far past the
+    /// hard limit a session is.
+    pub frac: f64,
+    /// Requests the session may have in flight; at least 1 so a throttled session still progresses.
+    pub concurrency: u32,
+    /// Delay each request serves while holding its slot.
+    pub sleep: Duration,
+    /// The session has reached the hard limit: refuse the next request and close.
+    pub over_hard: bool,
+}
+
+impl Throttle {
+    pub fn compute(effective: f64, p: &CostParams) -> Throttle {
+        let span = p.hard_limit - p.soft_limit;
+        // `f64::max` maps a NaN to 0, so garbage parameters cannot make `mul_f64` below panic.
+        let frac = if span > 0.0 {
+            ((effective - p.soft_limit) / span).max(0.0)
+        } else {
+            0.0
+        };
+        let f = frac.min(1.0);
+        let concurrency = ((1.0 - f) * f64::from(p.initial_concurrency)).ceil() as u32;
+        Throttle {
+            frac,
+            concurrency: concurrency.max(1),
+            sleep: p.max_sleep.mul_f64(f),
+            over_hard: p.hard_limit > 0.0 && effective >= p.hard_limit,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while a lock was held leaves at worst one stale number; refusing all later accounting would be worse.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One session's cost as of `at`.
+#[derive(Debug)]
+struct Meter {
+    cost: f64,
+    at: Duration,
+    subs: u32,
+}
+
+impl Meter {
+    fn value(&self, now: Duration, p: &CostParams) -> f64 {
+        let dt = now.saturating_sub(self.at).as_secs_f64();
+        (self.cost - p.decay_rate(self.subs) * dt).max(0.0)
+    }
+
+    fn settle(&mut self, now: Duration, p: &CostParams) {
+        self.cost = self.value(now, p);
+        self.at = self.at.max(now);
+    }
+}
+
+#[derive(Debug)]
+struct Session {
+    meter: Mutex<Meter>,
+}
+
+/// A group's retained cost as of `at`.
+#[derive(Debug, Default)]
+struct Pool {
+    value: f64,
+    at: Duration,
+}
+
+impl Pool {
+    fn value(&self, now: Duration, p: &CostParams) -> f64 {
+        let dt = now.saturating_sub(self.at).as_secs_f64();
+        (self.value - p.retained_drain.max(0.0) * dt).max(0.0)
+    }
+
+    fn settle(&mut self, now: Duration, p: &CostParams) {
+        self.value = self.value(now, p);
+        self.at = self.at.max(now);
+    }
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    members: Vec<Arc<Session>>,
+    retained: Pool,
+}
+
+impl GroupState {
+    fn total(&self, now: Duration, p: &CostParams) -> f64 {
+        let live: f64 = self.members.iter().map(|s| lock(&s.meter).value(now, p)).sum();
+        live + self.retained.value(now, p)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    state: Mutex<GroupState>,
+}
+
+type Shard = Mutex<HashMap<IpAddr, Arc<Group>>>;
+
+/// Spreads groups over shards so opening and closing sessions of different groups do not contend.
+const SHARDS: usize = 32;
+
+/// Below this a drained group holds nothing worth remembering.
+const DRAINED: f64 = 1e-6;
+
+/// Shared by all sessions of all fronts.
+pub struct Ledger {
+    params: ArcSwap<CostParams>,
+    clock: Arc<dyn Clock>,
+    shards: Box<[Shard]>,
+    hasher: RandomState,
+}
+
+impl fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ledger")
+            .field("groups", &self.groups())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ledger {
+    pub fn new(params: CostParams, clock: Arc<dyn Clock>) -> Arc<Ledger> {
+        Arc::new(Ledger {
+            params: ArcSwap::from_pointee(params),
+            clock,
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        })
+    }
+
+    /// Takes effect on the next charge or read. A session's group is fixed when it opens, so prefix, exempt
+    /// and `group_private` changes apply to new sessions only.
+    pub fn set_params(&self, params: CostParams) {
+        self.params.store(Arc::new(params));
+    }
+
+    pub fn params(&self) -> Arc<CostParams> {
+        self.params.load_full()
+    }
+
+    pub fn now(&self) -> Duration {
+        self.clock.now()
+    }
+
+    fn shard(&self, group: IpAddr) -> &Shard {
+        &self.shards[(self.hasher.hash_one(group) % SHARDS as u64) as usize]
+    }
+
+    /// A new session; charges nothing itself.
+    pub fn open(self: &Arc<Self>, ip: IpAddr) -> Account {
+        let ip = addr::canonical(ip);
+        let p = self.params.load();
+        let now = self.clock.now();
+        let session = Arc::new(Session {
+            meter: Mutex::new(Meter {
+                cost: 0.0,
+                at: now,
+                subs: 0,
+            }),
+        });
+        let group = p.group_for(ip).map(|key| {
+            // The member is added under the shard lock so housekeeping cannot drop the group between lookup
+            // and join, which would leave this session counting into an orphan.
+            let mut shard = lock(self.shard(key));
+            let g = shard.entry(key).or_default().clone();
+            lock(&g.state).members.push(session.clone());
+            (key, g)
+        });
+        Account {
+            ledger: self.clone(),
+            session,
+            group,
+            ip,
+        }
+    }
+
+    fn find(&self, group: IpAddr) -> Option<Arc<Group>> {
+        lock(self.shard(group)).get(&group).cloned()
+    }
+
+    /// Live sessions' decayed cost plus retained cost of `group` (a network address as [`Account::group`]
+    /// returns it).
+    pub fn group_cost(&self, group: IpAddr) -> f64 {
+        let Some(g) = self.find(group) else { return 0.0 };
+        let p = self.params.load();
+        let now = self.clock.now();
+        let total = lock(&g.state).total(now, &p);
+        total
+    }
+
+    pub fn retained(&self, group: IpAddr) -> f64 {
+        let Some(g) = self.find(group) else { return 0.0 };
+        let p = self.params.load();
+        let now = self.clock.now();
+        let v = lock(&g.state).retained.value(now, &p);
+        v
+    }
+
+    /// Drops groups with no live session whose retained cost has drained away.
+    pub fn housekeep(&self) {
+        let p = self.params.load();
+        let now = self.clock.now();
+        for shard in self.shards.iter() {
+            lock(shard).retain(|_, g| {
+                let st = lock(&g.state);
+                !st.members.is_empty() || st.retained.value(now, &p) > DRAINED
+            });
+        }
+    }
+
+    pub fn groups(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).len()).sum()
+    }
+}
+
+/// One session's account. Dropping it moves its (decayed) cost into its group's retained cost, so a reconnect
+/// does not reset the budget.
+pub struct Account {
+    ledger: Arc<Ledger>,
+    session: Arc<Session>,
+    group: Option<(IpAddr, Arc<Group>)>,
+    ip: IpAddr,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account")
+            .field("ip", &self.ip)
+            .field("group", &self.group())
+            .field("cost", &self.cost())
+            .finish()
+    }
+}
+
+impl Account {
+    /// Adds `units`, then returns the throttle recomputed now. Non-finite or negative charges are ignored: a
+    /// NaN would otherwise poison the whole group's cost for good.
+    pub fn charge(&self, units: f64) -> Throttle {
+        let p = self.ledger.params.load();
+        let now = self.ledger.clock.now();
+        {
+            let mut m = lock(&self.session.meter);
+            m.settle(now, &p);
+            if units.is_finite() && units > 0.0 {
+                m.cost += units;
+            }
+        }
+        Throttle::compute(self.effective_at(now, &p), &p)
+    }
+
+    pub fn charge_bytes(&self, n: usize) -> Throttle {
+        let per = self.ledger.params.load().bytes_per_unit;
+        let units = if per > 0.0 { n as f64 / per } else { 0.0 };
+        self.charge(units)
+    }
+
+    pub fn throttle(&self) -> Throttle {
+        let p = self.ledger.params.load();
+        let now = self.ledger.clock.now();
+        Throttle::compute(self.effective_at(now, &p), &p)
+    }
+
+    /// Own cost, decayed to now.
+    pub fn cost(&self) -> f64 {
+        let p = self.ledger.params.load();
+        let now = self.ledger.clock.now();
+        let v = lock(&self.session.meter).value(now, &p);
+        v
+    }
+
+    /// Own cost plus the other live sessions of the group plus the group's retained cost, all as of now.
+    pub fn effective_cost(&self) -> f64 {
+        let p = self.ledger.params.load();
+        self.effective_at(self.ledger.clock.now(), &p)
+    }
+
+    fn effective_at(&self, now: Duration, p: &CostParams) -> f64 {
+        match &self.group {
+            Some((_, g)) => lock(&g.state).total(now, p),
+            None => lock(&self.session.meter).value(now, p),
+        }
+    }
+
+    /// Changes this session's decay rate from now on; decay up to now is settled at the old rate.
+    pub fn set_subscriptions(&self, n: u32) {
+        let p = self.ledger.params.load();
+        let now = self.ledger.clock.now();
+        let mut m = lock(&self.session.meter);
+        m.settle(now, &p);
+        m.subs = n;
+    }
+
+    /// The network this session's cost is shared with; `None` for exempt and ungrouped clients.
+    pub fn group(&self) -> Option<IpAddr> {
+        self.group.as_ref().map(|(k, _)| *k)
+    }
+
+    /// The client address, canonicalised.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let Some((_, g)) = &self.group else { return };
+        let p = self.ledger.params.load();
+        let now = self.ledger.clock.now();
+        // Leaving and retaining happen under one lock, so a concurrent reader never sees the cost twice or not
+        // at all.
+        let mut st = lock(&g.state);
+        let own = lock(&self.session.meter).value(now, &p);
+        if let Some(i) = st.members.iter().position(|s| Arc::ptr_eq(s, &self.session)) {
+            st.members.swap_remove(i);
+        }
+        st.retained.settle(now, &p);
+        st.retained.value += own;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn test_params() -> CostParams {
+        CostParams {
+            group_private: true,
+            ..CostParams::default()
+        }
+    }
+
+    fn ledger(p: CostParams) -> (Arc<Ledger>, Arc<TestClock>) {
+        let clock = Arc::new(TestClock::new());
+        (Ledger::new(p, clock.clone()), clock)
+    }
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol
+    }
+
+    /// Returns the 1-based index of the first request that reaches the hard limit, checking the soft-limit
+    /// figures on the way.
+    fn requests_until_hard(step: Duration) -> usize {
+        let (l, clock) = ledger(test_params());
+        let a = l.open(ip("127.0.0.2"));
+        assert_eq!(a.charge(5.0).frac, 0.0);
+        for n in 1..=1000 {
+            clock.advance(step);
+            let t = a.charge(20.0);
+            if n <= 49 {
+                assert_eq!(t.frac, 0.0, "request {n}");
+                assert_eq!(t.concurrency, 10);
+                assert_eq!(t.sleep, Duration::ZERO);
+            } else if step.is_zero() {
+                assert!(t.frac > 0.0, "request {n}");
+            }
+            if t.over_hard {
+                assert!(t.frac >= 1.0);
+                assert_eq!(t.concurrency, 1);
+                assert_eq!(t.sleep, Duration::from_millis(2500));
+                return n;
+            }
+        }
+        panic!("never reached the hard limit");
+    }
+
+    #[test]
+    fn hard_limit_without_time() {
+        assert_eq!(requests_until_hard(Duration::ZERO), 500);
+    }
+
+    #[test]
+    fn hard_limit_with_decay() {
+        // 5 + 19.9·n ≥ 10000 first at n = 503.
+        assert_eq!(requests_until_hard(Duration::from_millis(100)), 503);
+    }
+
+    #[test]
+    fn soft_limit_crossed_at_fiftieth_request() {
+        let (l, _) = ledger(test_params());
+        let a = l.open(ip("127.0.0.2"));
+        a.charge(5.0);
+        for _ in 0..49 {
+            assert_eq!(a.charge(20.0).frac, 0.0);
+        }
+        assert!(close(a.cost(), 985.0, 1e-9));
+        let t = a.charge(20.0);
+        assert!(close(t.frac, 5.0 / 9000.0, 1e-12));
+        assert_eq!(t.concurrency, 10);
+        assert!(!t.over_hard);
+    }
+
+    #[test]
+    fn other_groups_are_unaffected() {
+        let (l, _) = ledger(test_params());
+        let a = l.open(ip("127.0.0.2"));
+        let other4 = l.open(ip("127.0.1.2"));
+        let other6 = l.open(ip("::1"));
+        other4.charge(5.0);
+        other6.charge(5.0);
+        a.charge(5.0);
+        for _ in 0..500 {
+            a.charge(20.0);
+            assert_eq!(other4.throttle().frac, 0.0);
+            assert_eq!(other6.charge(0.0).frac, 0.0);
+        }
+        assert!(a.throttle().over_hard);
+        assert_eq!(a.group(), Some(ip("127.0.0.0")));
+        assert_eq!(other4.group(), Some(ip("127.0.1.0")));
+        assert_eq!(other6.group(), Some(ip("::")));
+        assert!(close(other4.effective_cost(), 5.0, 1e-9));
+        assert!(close(other6.effective_cost(), 5.0, 1e-9));
+        assert!(!other4.throttle().over_hard && !other6.throttle().over_hard);
+    }
+
+    #[test]
+    fn group_shares_and_retains() {
+        let (l, clock) = ledger(test_params());
+        let a = l.open(ip("127.0.0.2"));
+        let b = l.open(ip("127.0.0.3"));
+        a.charge(6000.0);
+        assert_eq!(b.cost(), 0.0);
+        let t = b.throttle();
+        assert!(close(t.frac, 5000.0 / 9000.0, 1e-9), "{t:?}");
+        assert_eq!(t.concurrency, 5);
+        assert!(close(t.sleep.as_secs_f64(), 1.3889, 1e-3), "{t:?}");
+        assert!(!t.over_hard);
+
+        drop(a);
+        let g = ip("127.0.0.0");
+        assert!(close(l.retained(g), 6000.0, 1e-9));
+        assert!(close(b.effective_cost(), 6000.0, 1e-9));
+
+        b.charge(50.0);
+        clock.advance(Duration::from_secs(100));
+        assert!(close(l.retained(g), 5800.0, 1e-6));
+        // B's own 50 has decayed away over the same 100 s.
+        assert_eq!(b.cost(), 0.0);
+        assert!(close(b.effective_cost(), 5800.0 + b.cost(), 1e-6));
+        assert!(close(l.group_cost(g), b.effective_cost(), 1e-9));
+
+        // A reconnect from the same network inherits the retained cost.
+        let a2 = l.open(ip("127.0.0.2"));
+        assert!(close(a2.effective_cost(), 5800.0, 1e-6));
+        clock.advance(Duration::from_secs(10_000));
+        assert_eq!(a2.effective_cost(), 0.0);
+    }
+
+    #[test]
+    fn mapped_ipv6_shares_with_ipv4() {
+        let (l, _) = ledger(test_params());
+        let a = l.open(ip("127.0.0.2"));
+        let m = l.open(ip("::ffff:127.0.0.9"));
+        assert_eq!(m.ip(), ip("127.0.0.9"));
+        assert_eq!(m.group(), a.group());
+        a.charge(3000.0);
+        assert!(close(m.effective_cost(), 3000.0, 1e-9));
+    }
+
+    #[test]
+    fn decay_with_pings() {
+        let (l, clock) = ledger(test_params());
+        let a = l.open(ip("127.0.0.2"));
+        a.charge(2000.0);
+        for _ in 0..60 {
+            clock.advance(Duration::from_secs(10));
+            a.charge(0.1);
+        }
+        assert!(close(a.cost(), 1400.0, 10.0), "{}", a.cost());
+        assert!(close(a.cost(), 1406.0, 1e-6), "{}", a.cost());
+    }
+
+    #[test]
+    fn decay_never_below_zero() {
+        let (l, clock) = ledger(test_params());
+        let a = l.open(ip("127.0.0.2"));
+        a.charge(10.0);
+        clock.advance(Duration::from_secs(100));
+        assert_eq!(a.cost(), 0.0);
+        a.charge(7.0);
+        assert!(close(a.cost(), 7.0, 1e-12));
+    }
+
+    #[test]
+    fn subscriptions_slow_decay() {
+        let (l, clock) = ledger(test_params());
+        let a = l.open(ip("127.0.0.2"));
+        a.charge(1000.0);
+        clock.advance(Duration::from_secs(10));
+        a.set_subscriptions(10_000);
+        // The first 10 s decayed at 1/s, before the subscriptions existed.
+        assert!(close(a.cost(), 990.0, 1e-9));
+        clock.advance(Duration::from_secs(60));
+        let rate = (990.0 - a.cost()) / 60.0;
+        assert!(close(rate, 10000.0 / 60000.0, 1e-9), "{rate}");
+        a.set_subscriptions(0);
+        clock.advance(Duration::from_secs(10));
+        assert!(close(a.cost(), 980.0 - 10.0, 1e-9), "{}", a.cost());
+    }
+
+    #[test]
+    fn ungrouped_private_address() {
+        let (l, _) = ledger(CostParams::default());
+        let a = l.open(ip("10.0.0.1"));
+        let b = l.open(ip("10.0.0.2"));
+        assert_eq!(a.group(), None);
+        assert_eq!(b.group(), None);
+        assert_eq!(l.groups(), 0);
+        a.charge(6000.0);
+        assert_eq!(b.throttle().frac, 0.0);
+        assert!(close(a.effective_cost(), 6000.0, 1e-9));
+        assert!(!a.charge(3999.0).over_hard);
+        assert!(a.charge(1.0).over_hard);
+        assert_eq!(b.effective_cost(), 0.0);
+        // Nothing is retained for ungrouped clients, and public ones are still grouped.
+        drop(a);
+        let c = l.open(ip("10.0.0.1"));
+        assert_eq!(c.effective_cost(), 0.0);
+        assert!(l.open(ip("192.0.2.1")).group().is_some());
+    }
+
+    #[test]
+    fn exempt_network() {
+        let p = CostParams {
+            exempt: CidrSet::from_nets(["127.0.5.1/32".parse().unwrap()]),
+            ..test_params()
+        };
+        let (l, _) = ledger(p);
+        let ex = l.open(ip("127.0.5.1"));
+        let neighbour = l.open(ip("127.0.5.2"));
+        assert_eq!(ex.group(), None);
+        assert_eq!(neighbour.group(), Some(ip("127.0.5.0")));
+        ex.charge(6000.0);
+        assert_eq!(neighbour.throttle().frac, 0.0);
+        neighbour.charge(2000.0);
+        assert!(close(ex.effective_cost(), 6000.0, 1e-9));
+        assert!(!ex.charge(3999.0).over_hard);
+        assert!(ex.charge(1.0).over_hard);
+        drop(ex);
+        assert_eq!(l.retained(ip("127.0.5.0")), 0.0);
+    }
+
+    #[test]
+    fn housekeeping() {
+        let (l, clock) = ledger(test_params());
+        let empty = l.open(ip("127.0.1.1"));
+        let costly = l.open(ip("127.0.2.1"));
+        let live = l.open(ip("127.0.3.1"));
+        costly.charge(100.0);
+        assert_eq!(l.groups(), 3);
+        drop(empty);
+        drop(costly);
+        l.housekeep();
+        assert_eq!(l.groups(), 2);
+        assert!(close(l.retained(ip("127.0.2.0")), 100.0, 1e-9));
+        clock.advance(Duration::from_secs(49));
+        l.housekeep();
+        assert_eq!(l.groups(), 2);
+        clock.advance(Duration::from_secs(1));
+        l.housekeep();
+        assert_eq!(l.groups(), 1);
+        assert_eq!(live.group(), Some(ip("127.0.3.0")));
+        drop(live);
+        l.housekeep();
+        assert_eq!(l.groups(), 0);
+    }
+
+    #[test]
+    fn concurrent_charges_add_up() {
+        const THREADS: usize = 4;
+        const CHARGES: usize = 10_000;
+        let (l, _) = ledger(test_params());
+        let accounts: Arc<Vec<Account>> = Arc::new(
+            (0..THREADS)
+                .map(|i| l.open(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + i as u8))))
+                .collect(),
+        );
+        let handles: Vec<_> = (0..THREADS)
+            .map(|i| {
+                let accounts = accounts.clone();
+                std::thread::spawn(move || {
+                    // Alternating with a neighbour's account makes two threads charge each session at once.
+                    let mut last = 0.0;
+                    for n in 0..CHARGES {
+                        let t = accounts[(i + n % 2) % THREADS].charge(0.25);
+                        assert!(t.frac >= last, "frozen clock: effective cost can only grow");
+                        last = t.frac;
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let expected = (THREADS * CHARGES) as f64 * 0.25;
+        assert!(close(l.group_cost(ip("127.0.0.0")), expected, 1e-6));
+        let own: f64 = accounts.iter().map(Account::cost).sum();
+        assert!(close(own, expected, 1e-6));
+        for a in accounts.iter() {
+            assert!(close(a.cost(), expected / THREADS as f64, 1e-6));
+        }
+    }
+
+    #[test]
+    fn disabled_limits() {
+        let p = CostParams {
+            soft_limit: 0.0,
+            hard_limit: 0.0,
+            ..test_params()
+        };
+        let (l, _) = ledger(p);
+        let a = l.open(ip("127.0.0.2"));
+        let t = a.charge(1e9);
+        assert_eq!(
+            t,
+            Throttle {
+                frac: 0.0,
+                concurrency: 10,
+                sleep: Duration::ZERO,
+                over_hard: false
+            }
+        );
+    }
+
+    #[test]
+    fn params_apply_on_next_charge() {
+        let (l, _) = ledger(test_params());
+        let a = l.open(ip("127.0.0.2"));
+        assert_eq!(a.charge(1500.0).frac, 500.0 / 9000.0);
+        l.set_params(CostParams {
+            soft_limit: 2000.0,
+            ..test_params()
+        });
+        assert_eq!(a.charge(0.0).frac, 0.0);
+        assert_eq!(a.charge_bytes(2_500_000).frac, 0.0);
+        assert!(close(a.cost(), 2000.0, 1e-9));
+        assert!(a.charge_bytes(5000).frac > 0.0);
+    }
+
+    #[test]
+    fn bad_charges_are_ignored() {
+        let (l, _) = ledger(test_params());
+        let a = l.open(ip("127.0.0.2"));
+        a.charge(10.0);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -5.0] {
+            a.charge(bad);
+        }
+        assert!(close(a.cost(), 10.0, 1e-12));
+    }
+
+    #[test]
+    fn throttle_shape() {
+        let p = CostParams::default();
+        let t = Throttle::compute(5500.0, &p);
+        assert!(close(t.frac, 0.5, 1e-12));
+        assert_eq!(t.concurrency, 5);
+        assert_eq!(t.sleep, Duration::from_millis(1250));
+        let t = Throttle::compute(9999.0, &p);
+        assert_eq!(t.concurrency, 1);
+        assert!(!t.over_hard);
+        let t = Throttle::compute(20000.0, &p);
+        assert!(t.frac > 2.0);
+        assert_eq!(t.concurrency, 1);
+        assert_eq!(t.sleep, p.max_sleep);
+        assert!(t.over_hard);
+    }
+
+    #[test]
+    fn clock_going_back_does_not_refund() {
+        let (l, clock) = ledger(test_params());
+        clock.set(Duration::from_secs(100));
+        let a = l.open(ip("127.0.0.2"));
+        a.charge(50.0);
+        clock.set(Duration::from_secs(10));
+        assert!(close(a.cost(), 50.0, 1e-12));
+        a.charge(1.0);
+        clock.set(Duration::from_secs(110));
+        assert!(close(a.cost(), 41.0, 1e-9));
+    }
+}
