@@ -88,17 +88,18 @@ fn cost_params(config: &Config) -> CostParams {
     }
 }
 
-/// Gatehouse's own public ports per Electrum transport, for server.features.
-fn public_ports(config: &Config) -> Vec<(&'static str, u16)> {
+/// Gatehouse's own public ports per Electrum transport (as bound, so port 0 shows the real port), for
+/// server.features.
+fn public_ports(fronts: &[Arc<FrontState>], addrs: &BTreeMap<String, Vec<SocketAddr>>) -> Vec<(&'static str, u16)> {
     let mut ports = Vec::new();
-    for f in config.fronts.iter().filter(|f| f.kind == FrontKind::Electrum) {
-        let key = match f.transport {
+    for f in fronts.iter().filter(|f| f.cfg.kind == FrontKind::Electrum) {
+        let key = match f.cfg.transport {
             Transport::Tcp => "tcp_port",
             Transport::Tls => "ssl_port",
             Transport::Ws => "ws_port",
             Transport::Wss => "wss_port",
         };
-        if let Some(a) = f.listen.first() {
+        if let Some(a) = addrs.get(&f.cfg.name).and_then(|v| v.first()) {
             if !ports.iter().any(|(k, _)| *k == key) {
                 ports.push((key, a.port()));
             }
@@ -135,23 +136,11 @@ impl Gatehouse {
     }
 
     /// As [`Gatehouse::start`], with the clock the cost ledger decays by.
-    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
-        let bans = Arc::new(BanTable::default());
-        let shared = Arc::new(Shared {
-            ledger: Ledger::new(cost_params(&config), clock),
-            cost: config.cost.clone(),
-            ban_policy: config.bans.clone(),
-            group_subs: KeyedCounts::default(),
-            features_hosts: electrum::rewrite::hosts_json(&config.public_hosts, &public_ports(&config)),
-            guard: Guard::new(config.admission.clone(), bans, config.log.refusal_interval),
-            stop_accepting: CancellationToken::new(),
-            force_close: CancellationToken::new(),
-            tracker: TaskTracker::new(),
-        });
+    pub async fn start_with_clock(mut config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
         let mut listeners = Vec::new();
         let mut addrs = BTreeMap::new();
         let mut fronts = Vec::new();
-        for f in config.fronts {
+        for f in std::mem::take(&mut config.fronts) {
             let state = Arc::new(FrontState::new(f));
             let mut bound = Vec::new();
             for &addr in &state.cfg.listen {
@@ -166,6 +155,18 @@ impl Gatehouse {
             addrs.insert(state.cfg.name.clone(), bound);
             fronts.push(state);
         }
+        let bans = Arc::new(BanTable::default());
+        let shared = Arc::new(Shared {
+            ledger: Ledger::new(cost_params(&config), clock),
+            cost: config.cost.clone(),
+            ban_policy: config.bans.clone(),
+            group_subs: KeyedCounts::default(),
+            features_hosts: electrum::rewrite::hosts_json(&config.public_hosts, &public_ports(&fronts, &addrs)),
+            guard: Guard::new(config.admission.clone(), bans, config.log.refusal_interval),
+            stop_accepting: CancellationToken::new(),
+            force_close: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        });
         let accept_loops = listeners
             .into_iter()
             .map(|(l, f)| {
@@ -221,6 +222,11 @@ impl Running {
 
     pub fn guard(&self) -> &Guard {
         &self.shared.guard
+    }
+
+    /// The Electrum cost ledger (group costs, retained cost).
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.shared.ledger
     }
 
     pub fn front(&self, name: &str) -> Option<&Arc<FrontState>> {

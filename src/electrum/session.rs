@@ -12,7 +12,7 @@ use super::jsonrpc::{self, Incoming, Message, ParseError, Request};
 use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
 use crate::config::{ElectrumSettings, VersionPolicy};
 use crate::front::FrontState;
-use crate::guard::cost::Account;
+use crate::guard::cost::{Account, Throttle};
 use crate::relay::{give_buf, take_buf};
 use crate::Shared;
 use serde_json::value::RawValue;
@@ -115,6 +115,7 @@ enum Event {
     UpstreamEof,
     UpstreamError,
     Timer,
+    Flushed,
     Shutdown,
 }
 
@@ -125,6 +126,10 @@ struct Session<'a> {
     client: SocketAddr,
     local: SocketAddr,
     account: Account,
+    /// Throttle state as of the last charge; decay only lowers cost, so between charges this errs strict.
+    th: Throttle,
+    /// Time of the event being handled: one clock read per event, not per message.
+    now: Instant,
     negotiated: Option<ProtoVersion>,
     version_seen: bool,
     waiting: VecDeque<Queued>,
@@ -158,7 +163,8 @@ where
         .as_deref()
         .expect("electrum front has electrum settings");
     let account = shared.ledger.open(peer.ip());
-    account.charge(shared.cost.connection_cost);
+    let th = account.charge(shared.cost.connection_cost);
+    let now = Instant::now();
     let mut s = Session {
         front,
         shared,
@@ -166,6 +172,8 @@ where
         client: peer,
         local,
         account,
+        th,
+        now,
         negotiated: None,
         version_seen: false,
         waiting: VecDeque::new(),
@@ -174,7 +182,7 @@ where
         client_out: Vec::new(),
         up_out: Vec::new(),
         client_blocked_since: None,
-        last_request: Instant::now(),
+        last_request: now,
         violations: 0,
         subs: 0,
         group_subs: 0,
@@ -212,17 +220,21 @@ where
                 }
             }
         }
+        // The timer only ever moves earlier here; when it fires early, the Timer event re-arms it. Busy
+        // sessions thus do not touch the timer wheel per message.
         let deadline = s.next_deadline();
-        if timer.deadline() != deadline {
+        if deadline < timer.deadline() {
             timer.as_mut().reset(deadline);
         }
         let ev = std::future::poll_fn(|cx| {
             s.poll_event(cx, &mut *client, upstream.as_mut(), timer.as_mut(), cancel.as_mut())
         })
         .await;
+        s.now = Instant::now();
         match ev {
             Event::Client(buf, n) => {
                 s.bytes_in += n as u64;
+                s.charge_bytes(n);
                 client_dec.feed(&buf[..n]);
                 give_buf(buf);
                 while s.closing.is_none() && s.abort.is_none() {
@@ -235,6 +247,7 @@ where
                 client_dec.shrink_idle();
             }
             Event::Upstream(buf, n) => {
+                s.charge_bytes(n);
                 up_dec.feed(&buf[..n]);
                 give_buf(buf);
                 while s.abort.is_none() {
@@ -256,7 +269,11 @@ where
                 }
                 s.closing = Some("upstream closed");
             }
-            Event::Timer => s.on_timer(),
+            Event::Timer => {
+                s.on_timer();
+                timer.as_mut().reset(s.next_deadline());
+            }
+            Event::Flushed => {}
             Event::Shutdown => break "shutdown",
         }
     };
@@ -271,6 +288,15 @@ where
 }
 
 impl Session<'_> {
+    fn charge(&mut self, units: f64) {
+        self.th = self.account.charge(units);
+    }
+
+    /// Bytes in or out, charged per read rather than per message (the total is the same).
+    fn charge_bytes(&mut self, n: usize) {
+        self.th = self.account.charge_bytes(n);
+    }
+
     fn has_pending(&self) -> bool {
         !(self.inflight.is_empty() && self.waiting.is_empty() && self.sleeping.is_empty())
     }
@@ -294,9 +320,15 @@ impl Session<'_> {
                 Poll::Ready(Ok(n)) => {
                     self.client_out.drain(..n);
                     self.bytes_out += n as u64;
+                    // Any progress resets the slow-reader clock: only a client that takes nothing is cut.
+                    self.client_blocked_since = None;
                 }
                 Poll::Pending => break,
             }
+        }
+        if self.client_out.is_empty() && self.closing.is_some() {
+            // Everything owed to the client is written: the loop can finish the close now.
+            return Poll::Ready(Event::Flushed);
         }
         if self.client_out.is_empty() {
             self.client_blocked_since = None;
@@ -358,8 +390,12 @@ impl Session<'_> {
                     }
                     return Poll::Ready(Event::Client(buf, n));
                 }
-                Poll::Ready(Err(_)) => {
+                Poll::Ready(Err(e)) => {
                     give_buf(buf);
+                    // A TCP close without TLS close_notify is how most wallets hang up.
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        return Poll::Ready(Event::ClientEof);
+                    }
                     return Poll::Ready(Event::ClientError);
                 }
                 Poll::Pending => give_buf(buf),
@@ -391,11 +427,17 @@ impl Session<'_> {
 
     // ---- output helpers -------------------------------------------------------------------------
 
-    fn reply_error(&mut self, id: Option<&str>, code: i64, msg: &str) {
-        let id = id.and_then(|s| RawValue::from_string(s.to_string()).ok());
-        jsonrpc::write_error(&mut self.client_out, id.as_deref(), code, msg);
-        self.account.charge(self.shared.cost.error_cost);
+    fn reply_error(&mut self, id: Option<&RawValue>, code: i64, msg: &str) {
+        jsonrpc::write_error(&mut self.client_out, id, code, msg);
+        self.charge(self.shared.cost.error_cost);
         self.check_output();
+    }
+
+    /// As `reply_error`, for a request known only by its tracked id.
+    fn reply_error_key(&mut self, id: Option<&IdKey>, code: i64, msg: &str) {
+        // Borrowing parse: no allocation.
+        let raw = id.and_then(|k| serde_json::from_str::<&RawValue>(k.raw()).ok());
+        self.reply_error(raw, code, msg);
     }
 
     fn reply_result(&mut self, id: Option<&RawValue>, result_json: &str) {
@@ -418,7 +460,7 @@ impl Session<'_> {
         tracks.extend(self.inflight.drain(..).filter(|f| !f.timed_out).map(|f| f.track));
         for t in tracks {
             match t {
-                Track::Single { id, .. } => self.reply_error(Some(id.raw()), code, msg),
+                Track::Single { id, .. } => self.reply_error_key(Some(&id), code, msg),
                 Track::Batch(b) => {
                     let mut out = Vec::with_capacity(64 * b.items.len() + 2);
                     out.push(b'[');
@@ -448,7 +490,7 @@ impl Session<'_> {
     }
 
     /// Hard limit: answer -101, close, and ban the address.
-    fn hard_limit(&mut self, id: Option<&str>) {
+    fn hard_limit(&mut self, id: Option<&RawValue>) {
         self.reply_error(id, -101, "excessive resource usage");
         self.close_with("cost hard limit");
         let p = &self.shared.ban_policy;
@@ -476,9 +518,9 @@ impl Session<'_> {
 
     fn on_oversized(&mut self, discarded: usize) {
         self.requests += 1;
-        self.last_request = Instant::now();
-        self.account.charge_bytes(discarded);
-        self.account.charge(self.shared.cost.parse_error_cost);
+        self.last_request = self.now;
+        let _ = discarded; // its bytes were charged as they arrived
+        self.charge(self.shared.cost.parse_error_cost);
         let msg = format!("request line exceeds {} bytes", self.set.max_line);
         self.reply_error(None, -32600, &msg);
         self.violation("oversized request line");
@@ -486,26 +528,25 @@ impl Session<'_> {
 
     fn on_client_line(&mut self, line: &[u8]) {
         self.requests += 1;
-        self.last_request = Instant::now();
-        let th = self.account.charge_bytes(line.len() + 1);
+        self.last_request = self.now;
+        let th = self.th;
         let max_batch = self.set.max_batch;
         let parsed = jsonrpc::parse_message(line, max_batch);
         if th.over_hard {
             let id = match &parsed {
-                Ok(Message::Single(r)) => r.id.map(|i| i.get().to_string()),
+                Ok(Message::Single(r)) => r.id,
                 _ => None,
             };
-            return self.hard_limit(id.as_deref());
+            return self.hard_limit(id);
         }
         match parsed {
             Err(ParseError::Parse) => {
-                self.account.charge(self.shared.cost.parse_error_cost);
+                self.charge(self.shared.cost.parse_error_cost);
                 self.reply_error(None, -32700, "parse error");
                 self.violation("unparsable request");
             }
             Err(ParseError::Invalid { id }) => {
-                let id = id.map(|i| i.get().to_string());
-                self.reply_error(id.as_deref(), -32600, "invalid request");
+                self.reply_error(id, -32600, "invalid request");
             }
             Err(ParseError::EmptyBatch) => self.reply_error(None, -32600, "empty batch"),
             Err(ParseError::BatchTooLarge { len }) => {
@@ -564,8 +605,7 @@ impl Session<'_> {
     }
 
     fn on_request(&mut self, req: Request<'_>) {
-        let id_raw = req.id.map(|i| i.get().to_string());
-        let id = id_raw.as_deref();
+        let id = req.id;
         if req.method == "server.version" {
             return self.on_version(req);
         }
@@ -583,7 +623,7 @@ impl Session<'_> {
             Ok(i) => i,
             Err((code, msg)) => return self.reply_error(id, code, &msg),
         };
-        self.account.charge(self.cost_of(info, &req));
+        self.charge(self.cost_of(info, &req));
         match info.special {
             Special::AddPeer => return self.reply_result(req.id, "false"),
             Special::Banner => {
@@ -591,10 +631,6 @@ impl Session<'_> {
                     let json = serde_json::to_string(b).unwrap_or_else(|_| "\"\"".into());
                     return self.reply_result(req.id, &json);
                 }
-            }
-            Special::Unsubscribe if self.subs > 0 => {
-                self.subs -= 1;
-                self.account.set_subscriptions(self.subs as u32);
             }
             _ => {}
         }
@@ -606,13 +642,12 @@ impl Session<'_> {
     }
 
     fn on_version(&mut self, req: Request<'_>) {
-        let id_raw = req.id.map(|i| i.get().to_string());
-        let id = id_raw.as_deref();
+        let id = req.id;
         if self.version_seen {
             return self.reply_error(id, 1, "server.version already sent");
         }
         self.version_seen = true;
-        self.account.charge(methods::request_cost(
+        self.charge(methods::request_cost(
             methods::lookup("server.version", self.set.profile, self.set.protocol_min)
                 .unwrap_or(methods::version_info()),
             req.params,
@@ -640,7 +675,7 @@ impl Session<'_> {
         // The backend sees the clamped range, so it cannot negotiate a version the gateway does not police.
         let mut fwd = Vec::with_capacity(128);
         fwd.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-        fwd.extend_from_slice(id.unwrap_or("null").as_bytes());
+        fwd.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
         fwd.extend_from_slice(b",\"method\":\"server.version\",\"params\":[");
         let _ = serde_json::to_writer(&mut fwd, name);
         fwd.extend_from_slice(format!(",[\"{lo}\",\"{hi}\"]]}}").as_bytes());
@@ -675,20 +710,20 @@ impl Session<'_> {
             match item {
                 Err(ParseError::Invalid { id }) => {
                     jsonrpc::write_error(&mut local_one, id, -32600, "invalid request");
-                    self.account.charge(self.shared.cost.error_cost);
+                    self.charge(self.shared.cost.error_cost);
                 }
                 Err(_) => {
                     jsonrpc::write_error(&mut local_one, None, -32600, "invalid request");
-                    self.account.charge(self.shared.cost.error_cost);
+                    self.charge(self.shared.cost.error_cost);
                 }
                 Ok(req) if req.method == "server.version" => {
                     jsonrpc::write_error(&mut local_one, req.id, 1, "server.version cannot be batched");
-                    self.account.charge(self.shared.cost.error_cost);
+                    self.charge(self.shared.cost.error_cost);
                 }
                 Ok(req) => match self.admit_method(&req) {
                     Err((code, msg)) => {
                         jsonrpc::write_error(&mut local_one, req.id, code, &msg);
-                        self.account.charge(self.shared.cost.error_cost);
+                        self.charge(self.shared.cost.error_cost);
                     }
                     Ok(info) => {
                         self.account
@@ -746,8 +781,8 @@ impl Session<'_> {
     /// Forwards now, or queues behind the throttle: `concurrency` slots, each forwarded message first
     /// sleeping `sleep` in its slot (ElectrumX semantics).
     fn enqueue(&mut self, bytes: &[u8], track: Option<Track>) {
-        let th = self.account.throttle();
-        let now = Instant::now();
+        let th = self.th;
+        let now = self.now;
         let slots = self.inflight.len() + self.sleeping.len();
         if self.waiting.is_empty() && slots < th.concurrency as usize {
             if th.sleep.is_zero() {
@@ -783,7 +818,9 @@ impl Session<'_> {
     }
 
     fn on_timer(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
+        // Decay has lowered the cost since the last charge: let the throttle relax.
+        self.th = self.account.throttle();
         if now >= self.last_request + self.front.cfg.idle_timeout {
             self.abort = Some("idle timeout");
             return;
@@ -818,14 +855,13 @@ impl Session<'_> {
             .filter(|f| !f.timed_out && now >= f.arrived + timeout)
         {
             f.timed_out = true;
-            late.push(f.track.first_id().map(|i| i.raw().to_string()));
+            late.push(f.track.first_id().cloned());
         }
         for t in expired.into_iter().flatten() {
-            let id = t.first_id().map(|i| i.raw().to_string());
-            self.reply_error(id.as_deref(), -102, "server busy - request timed out");
+            self.reply_error_key(t.first_id(), -102, "server busy - request timed out");
         }
         for id in late {
-            self.reply_error(id.as_deref(), -102, "server busy - request timed out");
+            self.reply_error_key(id.as_ref(), -102, "server busy - request timed out");
         }
         self.promote(now);
     }
@@ -841,7 +877,7 @@ impl Session<'_> {
                 i += 1;
             }
         }
-        let th = self.account.throttle();
+        let th = self.th;
         while !self.waiting.is_empty() && self.inflight.len() + self.sleeping.len() < th.concurrency as usize {
             let Some(mut q) = self.waiting.pop_front() else { break };
             if th.sleep.is_zero() {
@@ -860,16 +896,13 @@ impl Session<'_> {
         // waiting is the one it answers in the common (ordered) case.
         if let Some(f) = self.inflight.pop_front() {
             if !f.timed_out {
-                let id = f.track.first_id().map(|i| i.raw().to_string());
-                self.reply_error(id.as_deref(), -32600, "response too large");
+                self.reply_error_key(f.track.first_id(), -32600, "response too large");
             }
         }
-        self.promote(Instant::now());
+        self.promote(self.now);
     }
 
     fn on_upstream_line(&mut self, line: &[u8]) {
-        let th = self.account.charge_bytes(line.len() + 1);
-        let _ = th;
         match jsonrpc::parse_incoming(line) {
             Incoming::Response { id, .. } => {
                 let key = id.get().as_bytes();
@@ -882,7 +915,7 @@ impl Session<'_> {
                     return self.emit(line);
                 };
                 let f = self.inflight.remove(pos).expect("position is valid");
-                self.promote(Instant::now());
+                self.promote(self.now);
                 if f.timed_out {
                     return;
                 }
@@ -903,6 +936,14 @@ impl Session<'_> {
                         Some(out) => self.emit(&out),
                         None => self.emit(line),
                     },
+                    Special::Unsubscribe => {
+                        // Only the backend knows whether the scripthash was subscribed: count the release
+                        // when it says so, or unsubscribing unknown hashes would lift the cap.
+                        if result_is_true(line) {
+                            self.drop_subscription();
+                        }
+                        self.emit(line)
+                    }
                     _ => self.emit(line),
                 }
             }
@@ -914,7 +955,7 @@ impl Session<'_> {
                 });
                 let Some(pos) = pos else { return self.emit(line) };
                 let f = self.inflight.remove(pos).expect("position is valid");
-                self.promote(Instant::now());
+                self.promote(self.now);
                 if f.timed_out {
                     return;
                 }
@@ -965,7 +1006,7 @@ impl Session<'_> {
             }
             CostKind::PerReplyItem(per) => {
                 let n = result_items(reply);
-                self.account.charge(per * n as f64);
+                self.charge(per * n as f64);
             }
             _ => {}
         }
@@ -978,6 +1019,20 @@ impl Session<'_> {
         self.client_out.extend_from_slice(line);
         self.client_out.push(b'\n');
         self.check_output();
+    }
+
+    fn drop_subscription(&mut self) {
+        if self.subs == 0 {
+            return;
+        }
+        self.subs -= 1;
+        self.account.set_subscriptions(self.subs as u32);
+        if self.group_subs > 0 {
+            if let Some(g) = self.account.group() {
+                self.shared.group_subs.release(g);
+            }
+            self.group_subs -= 1;
+        }
     }
 
     fn release_group_subs(&mut self) {
@@ -1033,12 +1088,32 @@ fn result_items(reply: &[u8]) -> usize {
     #[derive(serde::Deserialize)]
     struct Reply<'a> {
         #[serde(borrow)]
-        result: Option<Vec<&'a RawValue>>,
+        result: Option<&'a RawValue>,
     }
-    serde_json::from_slice::<Reply<'_>>(reply)
+    let Some(result) = serde_json::from_slice::<Reply<'_>>(reply).ok().and_then(|r| r.result) else {
+        return 0;
+    };
+    // A bare array, or (as the Kevacoin fork answers) an object holding the item array.
+    if let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(result.get()) {
+        return items.len();
+    }
+    serde_json::from_str::<std::collections::HashMap<&str, &RawValue>>(result.get())
         .ok()
-        .and_then(|r| r.result)
-        .map_or(0, |v| v.len())
+        .and_then(|fields| {
+            fields
+                .values()
+                .find_map(|v| serde_json::from_str::<Vec<&RawValue>>(v.get()).ok().map(|a| a.len()))
+        })
+        .unwrap_or(0)
+}
+
+/// Whether a reply's result is JSON `true`.
+fn result_is_true(reply: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        result: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<Reply>(reply).ok().and_then(|r| r.result) == Some(serde_json::Value::Bool(true))
 }
 
 impl std::fmt::Debug for Outcome {

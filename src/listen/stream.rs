@@ -58,7 +58,15 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        // rustls hands its queued records over as a vector, usually of one record. A one-slice `writev` costs
+        // the kernel's iovec import and VFS layer; `send` goes straight to the socket. Several slices still
+        // go out in one `writev`.
+        let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
+        match (nonempty.next(), nonempty.next()) {
+            (None, _) => Poll::Ready(Ok(0)),
+            (Some(one), None) => Pin::new(&mut self.inner).poll_write(cx, one),
+            _ => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+        }
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -210,6 +210,8 @@ where
         );
         if let Poll::Ready(Err((side, e))) = up {
             return Poll::Ready(match side {
+                // A TLS client that closes TCP without close_notify has simply hung up.
+                Side::Reader if e.kind() == io::ErrorKind::UnexpectedEof => RelayEnd::ClientClosed,
                 Side::Reader => RelayEnd::ClientError(e),
                 Side::Writer => RelayEnd::UpstreamError(e),
             });

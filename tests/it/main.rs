@@ -2,6 +2,9 @@
 
 mod admission;
 mod common;
+mod electrum_cost;
+mod electrum_protocol;
+mod electrum_transport;
 mod proxy;
 mod timeouts;
 mod tls;
