@@ -213,8 +213,8 @@ fn first_byte(bytes: &[u8]) -> Option<u8> {
 /// What the backend sent, as far as routing needs to know.
 #[derive(Debug, Clone)]
 pub enum Incoming<'a> {
-    /// A reply to one of our requests. `is_error` when it has a non-null `error` member.
-    Response { id: &'a RawValue, is_error: bool },
+    /// A reply to one of our requests.
+    Response { id: &'a RawValue },
     /// A subscription notification (`method`, no id or a null id).
     Notification { method: &'a str },
     /// A batch reply whose every item is a response with an id: (id, the item's exact bytes).
@@ -231,16 +231,114 @@ struct IncomingFields<'a> {
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     method: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    error: Option<&'a RawValue>,
 }
 
 /// Classifies a backend line. Parses only `id`, `method` and `error`; `result` is skipped unread.
 pub fn parse_incoming(line: &[u8]) -> Incoming<'_> {
     match first_byte(line) {
-        Some(b'{') => incoming_object(line),
+        Some(b'{') => match fast_response_id(line) {
+            Some(id) => Incoming::Response { id },
+            None => incoming_object(line),
+        },
         Some(b'[') => incoming_batch(line),
         _ => Incoming::Other,
+    }
+}
+
+/// The id of a reply in one of the shapes Electrum servers write, found without reading the result:
+/// first key `"id"`, or `"jsonrpc":"2.0"` then `"id"` (electrs, Fulcrum), or `"id"` as the last key
+/// (ElectrumX). A key at the very start or end of the outer object is a top-level key, so a nested
+/// `"id"` cannot be mistaken for it. `None` sends the line to the full parse. Backend lines are
+/// trusted for shape; the full parse still handles everything unusual.
+fn fast_response_id(line: &[u8]) -> Option<&RawValue> {
+    let line = trim_ws(line);
+    let inner = line.strip_prefix(b"{")?.strip_suffix(b"}")?;
+    if contains(inner, b"\"method\"") {
+        return None;
+    }
+    let head = trim_ws_start(inner);
+    let after_jsonrpc = key_value(head, b"\"jsonrpc\"").and_then(|(v, rest)| {
+        (v == b"\"2.0\"").then_some(())?;
+        trim_ws_start(rest).strip_prefix(b",").map(trim_ws_start)
+    });
+    for candidate in [Some(head), after_jsonrpc].into_iter().flatten() {
+        if let Some((v, rest)) = key_value(candidate, b"\"id\"") {
+            let rest = trim_ws_start(rest);
+            if rest.is_empty() || rest[0] == b',' {
+                return raw(v);
+            }
+        }
+    }
+    // Last key: `... , "id" : VALUE`
+    let tail = trim_ws_end(inner);
+    let start = scalar_start(tail)?;
+    let (before, value) = tail.split_at(start);
+    let before = trim_ws_end(before).strip_suffix(b":")?;
+    let before = trim_ws_end(before).strip_suffix(b"\"id\"")?;
+    trim_ws_end(before).strip_suffix(b",")?;
+    raw(value)
+}
+
+fn raw(v: &[u8]) -> Option<&RawValue> {
+    serde_json::from_slice::<&RawValue>(v).ok()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn trim_ws_start(b: &[u8]) -> &[u8] {
+    let n = b.iter().take_while(|&&c| is_ws(c)).count();
+    &b[n..]
+}
+
+fn trim_ws_end(b: &[u8]) -> &[u8] {
+    let n = b.iter().rev().take_while(|&&c| is_ws(c)).count();
+    &b[..b.len() - n]
+}
+
+fn trim_ws(b: &[u8]) -> &[u8] {
+    trim_ws_end(trim_ws_start(b))
+}
+
+/// At `key : VALUE` where VALUE is a number or an escape-free string: (VALUE, what follows).
+fn key_value<'a>(b: &'a [u8], key: &[u8]) -> Option<(&'a [u8], &'a [u8])> {
+    let rest = trim_ws_start(b.strip_prefix(key)?);
+    let rest = trim_ws_start(rest.strip_prefix(b":")?);
+    let len = scalar_len(rest)?;
+    Some(rest.split_at(len))
+}
+
+fn scalar_len(b: &[u8]) -> Option<usize> {
+    if b.first() == Some(&b'"') {
+        let end = b[1..].iter().position(|&c| c == b'"' || c == b'\\')?;
+        (b[1 + end] == b'"').then_some(end + 2)
+    } else {
+        let n = b
+            .iter()
+            .take_while(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            .count();
+        (n > 0).then_some(n)
+    }
+}
+
+/// Start of the number or escape-free string that ends `b`.
+fn scalar_start(b: &[u8]) -> Option<usize> {
+    if b.last() == Some(&b'"') {
+        let body = &b[..b.len() - 1];
+        let open = body.iter().rposition(|&c| c == b'"')?;
+        (!body[open + 1..].contains(&b'\\')).then_some(open)
+    } else {
+        let n = b
+            .iter()
+            .rev()
+            .take_while(|c| matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+            .count();
+        (n > 0).then_some(b.len() - n)
     }
 }
 
@@ -252,10 +350,7 @@ fn incoming_object(bytes: &[u8]) -> Incoming<'_> {
     match (f.method, real_id, f.id) {
         (Some(m), None, _) => plain_str(m).map_or(Incoming::Other, |method| Incoming::Notification { method }),
         (Some(_), Some(_), _) => Incoming::Other,
-        (None, _, Some(id)) => Incoming::Response {
-            id,
-            is_error: f.error.is_some_and(|e| e.get() != "null"),
-        },
+        (None, _, Some(id)) => Incoming::Response { id },
         (None, _, None) => Incoming::Other,
     }
 }
@@ -643,13 +738,36 @@ mod tests {
     }
 
     #[test]
+    fn fast_path_finds_top_level_ids_only() {
+        let id = |l: &[u8]| fast_response_id(l).map(|r| r.get().to_string());
+        assert_eq!(
+            id(br#"{"jsonrpc": "2.0", "result": {"a": [1, {"id": 9}]}, "id": 17}"#).as_deref(),
+            Some("17")
+        );
+        assert_eq!(
+            id(br#"{"id":"ab-1","jsonrpc":"2.0","result":null}"#).as_deref(),
+            Some(r#""ab-1""#)
+        );
+        assert_eq!(
+            id(br#"{"jsonrpc":"2.0","id":3,"result":{"id":4}}"#).as_deref(),
+            Some("3")
+        );
+        // The last key is a nested object holding "id": not top-level, so no fast answer.
+        assert_eq!(id(br#"{"jsonrpc":"2.0","result":{"id":4}}"#), None);
+        // Escaped strings and notifications go to the full parse.
+        assert_eq!(id(br#"{"result":1,"id":"a"b"}"#), None);
+        assert_eq!(id(br#"{"jsonrpc":"2.0","method":"x","params":[],"id":1}"#), None);
+        assert_eq!(id(br#"{"jsonrpc":"2.0","result":"x","id":null}"#), None);
+    }
+
+    #[test]
     fn incoming() {
         let r = parse_incoming(br#"{"jsonrpc":"2.0","result":{"big":[1,2,3]},"id":5}"#);
-        assert!(matches!(r, Incoming::Response { id, is_error: false } if id.get() == "5"));
+        assert!(matches!(r, Incoming::Response { id } if id.get() == "5"));
         let r = parse_incoming(br#"{"jsonrpc":"2.0","error":{"code":1,"message":"x"},"id":"q"}"#);
-        assert!(matches!(r, Incoming::Response { id, is_error: true } if id.get() == r#""q""#));
+        assert!(matches!(r, Incoming::Response { id } if id.get() == r#""q""#));
         let r = parse_incoming(br#"{"jsonrpc":"2.0","result":null,"error":null,"id":null}"#);
-        assert!(matches!(r, Incoming::Response { id, is_error: false } if id.get() == "null"));
+        assert!(matches!(r, Incoming::Response { id } if id.get() == "null"));
         let r = parse_incoming(
             br#"{"jsonrpc":"2.0","method":"blockchain.headers.subscribe","params":[{"hex":"00","height":1}]}"#,
         );
