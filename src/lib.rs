@@ -4,6 +4,7 @@
 //! `upstream` (backend pool). [`Gatehouse::start`] runs it all on the current tokio runtime; `main.rs`
 //! only parses the command line.
 
+pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod electrum;
@@ -35,6 +36,10 @@ pub struct Shared {
     pub stop_accepting: CancellationToken,
     /// Cancelled when open sessions must end now (drain deadline passed).
     pub force_close: CancellationToken,
+    /// Cancelled when the drain enters its spread window: each session then closes after its own delay
+    /// within `drain_spread`, so thousands of wallets do not reconnect elsewhere in the same second.
+    pub spread_close: CancellationToken,
+    pub drain_spread: Duration,
     /// Every connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Electrum cost accounting, shared by every Electrum front so a client's budget spans them.
@@ -45,6 +50,30 @@ pub struct Shared {
     pub group_subs: KeyedCounts,
     /// The `hosts` object announced in server.features.
     pub features_hosts: serde_json::Value,
+}
+
+impl Shared {
+    /// Resolves when the session of `peer` must close for the drain: at once when forced, or at this
+    /// session's own point within the spread window.
+    pub async fn drain_signal(&self, peer: SocketAddr) {
+        let spread = async {
+            self.spread_close.cancelled().await;
+            tokio::time::sleep(spread_delay(peer, self.drain_spread)).await;
+        };
+        tokio::select! {
+            _ = self.force_close.cancelled() => {}
+            _ = spread => {}
+        }
+    }
+}
+
+/// A random point in the spread window for one session (the address only seeds the hash), so closes
+/// land evenly without a registry of sessions.
+fn spread_delay(peer: SocketAddr, spread: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    let h = std::collections::hash_map::RandomState::new().hash_one(peer);
+    let frac = (h >> 11) as f64 / (1u64 << 53) as f64;
+    spread.mul_f64(frac)
 }
 
 /// The ledger's clock: tokio's, so tests that pause and advance tokio time move cost decay with it.
@@ -110,6 +139,10 @@ fn public_ports(fronts: &[Arc<FrontState>], addrs: &BTreeMap<String, Vec<SocketA
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Journal(#[from] guard::journal::JournalError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
     #[error("front `{front}`: cannot listen on {addr}: {source}")]
     Bind {
         front: String,
@@ -127,6 +160,7 @@ pub struct Running {
     addrs: BTreeMap<String, Vec<SocketAddr>>,
     drain_deadline: Duration,
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
+    admin: Option<admin::AdminServer>,
 }
 
 impl Gatehouse {
@@ -137,6 +171,12 @@ impl Gatehouse {
 
     /// As [`Gatehouse::start`], with the clock the cost ledger decays by.
     pub async fn start_with_clock(mut config: Config, clock: Arc<dyn Clock>) -> Result<Running, StartError> {
+        // The journal first: a gateway that cannot remember its bans must not start serving.
+        let allow = config.admission.allow.clone();
+        let bans = Arc::new(match &config.bans.journal {
+            Some(path) => BanTable::open(path, allow)?,
+            None => BanTable::new(allow),
+        });
         let mut listeners = Vec::new();
         let mut addrs = BTreeMap::new();
         let mut fronts = Vec::new();
@@ -155,7 +195,10 @@ impl Gatehouse {
             addrs.insert(state.cfg.name.clone(), bound);
             fronts.push(state);
         }
-        let bans = Arc::new(BanTable::default());
+        let admin_listener = match (&config.admin.enabled, &config.admin.token) {
+            (true, Some(_)) => Some(admin::AdminListener::bind(&config.admin.listen).await?),
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             ledger: Ledger::new(cost_params(&config), clock),
             cost: config.cost.clone(),
@@ -165,6 +208,8 @@ impl Gatehouse {
             guard: Guard::new(config.admission.clone(), bans, config.log.refusal_interval),
             stop_accepting: CancellationToken::new(),
             force_close: CancellationToken::new(),
+            spread_close: CancellationToken::new(),
+            drain_spread: config.runtime.drain_spread,
             tracker: TaskTracker::new(),
         });
         let accept_loops = listeners
@@ -174,6 +219,14 @@ impl Gatehouse {
                 tokio::spawn(listen::accept_loop(l, f, shared.clone()))
             })
             .collect();
+        let watches: Vec<_> = fronts.iter().filter_map(|f| f.cfg.cert_watch.clone()).collect();
+        if !watches.is_empty() {
+            tokio::spawn(watch_certificates(shared.clone(), watches));
+        }
+        let admin = admin_listener.zip(config.admin.token.as_ref()).map(|(l, token)| {
+            let state = admin::AdminState::new(shared.guard.bans().clone(), token, shared.stop_accepting.clone());
+            admin::AdminServer::spawn(l, Arc::new(state))
+        });
         tokio::spawn(housekeeping(
             shared.clone(),
             fronts.iter().map(|f| f.level.clone()).collect(),
@@ -184,7 +237,25 @@ impl Gatehouse {
             addrs,
             drain_deadline: config.runtime.drain_deadline,
             accept_loops,
+            admin,
         })
+    }
+}
+
+/// Polls certificate files once a second: renewal tools replace files rather than notify anyone, and a
+/// stat per file per second costs nothing.
+async fn watch_certificates(shared: Arc<Shared>, watches: Vec<Arc<listen::tls::CertWatch>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.stop_accepting.cancelled() => return,
+            _ = tick.tick() => {
+                for w in &watches {
+                    w.check();
+                }
+            }
+        }
     }
 }
 
@@ -222,6 +293,16 @@ impl Running {
 
     pub fn guard(&self) -> &Guard {
         &self.shared.guard
+    }
+
+    /// The ban table (also reachable through the guard).
+    pub fn bans(&self) -> &Arc<BanTable> {
+        self.shared.guard.bans()
+    }
+
+    /// Where the admin API listens (the real port when the config asked for port 0); None when disabled.
+    pub fn admin_addr(&self) -> Option<&config::AdminListen> {
+        self.admin.as_ref().map(admin::AdminServer::addr)
     }
 
     /// The Electrum cost ledger (group costs, retained cost).
@@ -263,16 +344,26 @@ impl Running {
         self.shared.tracker.close();
         let open = self.shared.tracker.len();
         tracing::info!(open, deadline = ?self.drain_deadline, "draining");
-        let forced = match tokio::time::timeout(self.drain_deadline, self.shared.tracker.wait()).await {
-            Ok(()) => 0,
-            Err(_) => {
-                let n = self.shared.tracker.len();
-                tracing::info!(open = n, "drain deadline reached; closing remaining sessions");
+        let spread = self.shared.drain_spread.min(self.drain_deadline);
+        let quiet = self.drain_deadline - spread;
+        let mut forced = 0;
+        if tokio::time::timeout(quiet, self.shared.tracker.wait()).await.is_err() {
+            let n = self.shared.tracker.len();
+            tracing::info!(open = n, window = ?spread, "closing remaining sessions, spread over the window");
+            self.shared.spread_close.cancel();
+            // A little beyond the window, so the last spread closes are not overtaken by the hard stop.
+            let grace = spread + Duration::from_millis(200);
+            if tokio::time::timeout(grace, self.shared.tracker.wait()).await.is_err() {
+                forced = self.shared.tracker.len();
+                tracing::info!(open = forced, "drain deadline reached; closing the rest now");
                 self.force_close();
                 self.shared.tracker.wait().await;
-                n
             }
-        };
+        }
+        // Last, so /healthz answers (and /readyz says "draining") for as long as sessions drain.
+        if let Some(a) = self.admin.take() {
+            a.stop().await;
+        }
         DrainReport { forced }
     }
 }

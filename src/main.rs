@@ -1,8 +1,10 @@
 //! Command line only; all behaviour lives in the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use gatehouse::config::{Config, LogFormat};
+use gatehouse::admin::client;
+use gatehouse::config::{read_token_file, AdminListen, AdminToken, Config, LogFormat};
 use gatehouse::{sdnotify, telemetry, Gatehouse};
+use hyper::Method;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -40,6 +42,58 @@ enum Cmd {
     },
     /// Start a self-contained demo: gateway, self-signed certificate and sample Electrum backend on loopback.
     Demo,
+    /// List, add or remove bans through a running gateway's admin API.
+    Bans {
+        #[command(subcommand)]
+        cmd: BansCmd,
+    },
+}
+
+/// How to reach the admin API: from the config's [admin] section, or given outright.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Config file whose [admin] section names the address and token file.
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Admin API address (http://IP:PORT, IP:PORT or unix:PATH); overrides the config.
+    #[arg(long, value_name = "URL")]
+    admin: Option<String>,
+    /// File holding the bearer token; overrides the config.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum BansCmd {
+    /// Bans in force, optionally only those inside or around a prefix.
+    List {
+        #[arg(long, value_name = "CIDR")]
+        prefix: Option<String>,
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Ban an address or network.
+    Add {
+        #[arg(value_name = "PREFIX")]
+        prefix: String,
+        /// How long, e.g. "1h", "30m", "7d".
+        #[arg(long)]
+        duration: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Lift the ban on exactly this address or network.
+    Remove {
+        #[arg(value_name = "PREFIX")]
+        prefix: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,7 +102,116 @@ fn main() -> ExitCode {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config, log_format } => run(&config, log_format),
         Cmd::Demo => ExitCode::from(gatehouse::demo::run() as u8),
+        Cmd::Bans { cmd } => bans(cmd),
     }
+}
+
+fn admin_target(a: &AdminArgs) -> Result<(AdminListen, AdminToken), String> {
+    let from_config = match &a.config {
+        Some(path) if a.admin.is_none() || a.token_file.is_none() => {
+            let cfg = Config::load_admin(path).map_err(|e| e.to_string())?;
+            if !cfg.enabled {
+                return Err(format!(
+                    "{}: the admin API is disabled ([admin] enabled = false); pass --admin and --token-file to reach another gateway",
+                    path.display()
+                ));
+            }
+            Some(cfg)
+        }
+        _ => None,
+    };
+    let target = match (&a.admin, &from_config) {
+        (Some(url), _) => client::parse_target(url).map_err(|e| e.to_string())?,
+        (None, Some(cfg)) => cfg.listen.clone(),
+        (None, None) => {
+            return Err("say where the admin API is: -c FILE, or --admin URL with --token-file FILE".into())
+        }
+    };
+    let token = match (&a.token_file, from_config.and_then(|c| c.token)) {
+        (Some(f), _) => read_token_file(f)?,
+        (None, Some(t)) => t,
+        (None, None) => return Err("no token: pass --token-file FILE or -c FILE".into()),
+    };
+    Ok((target, token))
+}
+
+fn bans(cmd: BansCmd) -> ExitCode {
+    let (admin, method, path, body) = match &cmd {
+        BansCmd::List { prefix, admin, .. } => {
+            let q = prefix
+                .as_ref()
+                .map(|p| format!("?prefix={}", gatehouse::admin::percent_encode(p)))
+                .unwrap_or_default();
+            (admin, Method::GET, format!("/v1/bans{q}"), None)
+        }
+        BansCmd::Add {
+            prefix,
+            duration,
+            reason,
+            admin,
+        } => {
+            let mut body = serde_json::json!({ "prefix": prefix, "duration": duration });
+            if let Some(r) = reason {
+                body["reason"] = r.clone().into();
+            }
+            (admin, Method::POST, "/v1/bans".to_string(), Some(body))
+        }
+        BansCmd::Remove { prefix, admin } => (
+            admin,
+            Method::DELETE,
+            format!("/v1/bans/{}", gatehouse::admin::percent_encode(prefix)),
+            None,
+        ),
+    };
+    let (target, token) = match admin_target(admin) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reply = match rt.block_on(client::request(&target, &token, method, &path, body)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if !reply.status.is_success() {
+        eprintln!("error: {} (HTTP {})", reply.error_message(), reply.status.as_u16());
+        return ExitCode::FAILURE;
+    }
+    let b = &reply.body;
+    let s = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+    match cmd {
+        BansCmd::List { json: true, .. } => println!("{b}"),
+        BansCmd::List { .. } => {
+            let list = b.get("bans").and_then(|l| l.as_array()).cloned().unwrap_or_default();
+            if list.is_empty() {
+                println!("no bans in force");
+            }
+            for r in &list {
+                println!(
+                    "{:<43} until {}  ({}s left)  origin {}  {}",
+                    s(r, "prefix"),
+                    s(r, "until"),
+                    r.get("expires_in_secs").and_then(|x| x.as_u64()).unwrap_or(0),
+                    s(r, "origin"),
+                    s(r, "reason"),
+                );
+            }
+        }
+        BansCmd::Add { .. } => println!("banned {} until {}: {}", s(b, "prefix"), s(b, "until"), s(b, "reason")),
+        BansCmd::Remove { .. } => println!("lifted the ban on {} (was until {})", s(b, "prefix"), s(b, "until")),
+    }
+    ExitCode::SUCCESS
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -76,6 +239,12 @@ fn check(path: &std::path::Path) -> ExitCode {
                         "  [PROXY intake]"
                     },
                 );
+            }
+            if let Some(j) = &cfg.bans.journal {
+                println!("  ban journal {}", j.display());
+            }
+            if cfg.admin.enabled {
+                println!("  admin API   {}", cfg.admin.listen);
             }
             ExitCode::SUCCESS
         }

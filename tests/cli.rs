@@ -533,6 +533,8 @@ fn reference_config_sets_every_option() {
         "[runtime]\nzzz_probe = 1\n",
         "[log]\nzzz_probe = 1\n",
         "[admission]\nzzz_probe = 1\n",
+        "[bans]\nzzz_probe = 1\n",
+        "[admin]\nzzz_probe = 1\n",
         "[[front]]\nzzz_probe = 1\n",
         "[[front]]\n[front.tls]\nzzz_probe = 1\n",
         "[[front]]\n[front.tls]\n[[front.tls.sni]]\nzzz_probe = 1\n",
@@ -771,4 +773,236 @@ fn run_exits_1_when_a_port_is_taken() {
         out.stderr
     );
     drop(taken);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Durable bans and the admin API, through the real binary
+
+const ADMIN_TOKEN: &str = "cli-test-token-0123456789abcdef";
+
+/// A relay config with a ban journal and the admin API on `admin`; writes the token file. `admission` goes
+/// into the global [admission] table.
+fn admin_config(dir: &Path, listen: SocketAddr, admin: SocketAddr, backend: SocketAddr, admission: &str) -> PathBuf {
+    std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let path = dir.join("gatehouse.toml");
+    let top = format!(
+        "[runtime]\ndrain_deadline = \"1s\"\n\n[admission]\n{admission}\n\n[bans]\njournal = \"bans.journal\"\n\n\
+         [admin]\nenabled = true\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n"
+    );
+    std::fs::write(&path, tcp_config(listen, backend, &top)).unwrap();
+    path
+}
+
+/// One HTTP/1.1 exchange over a blocking socket: (status, JSON body).
+fn http(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("connect to admin API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end: {out:?}"));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
+
+/// True if a connection from `from` (a loopback address such as 127.0.0.2) is closed without an answer.
+fn refused_from(from: &str, to: SocketAddr) -> bool {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(from.parse().unwrap(), 0).into()).unwrap();
+    if sock.connect_timeout(&to.into(), Duration::from_secs(2)).is_err() {
+        return true;
+    }
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if s.write_all(b"ping\n").is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 5];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            panic!("{from}: neither refused nor answered")
+        }
+        Err(_) => true,
+    }
+}
+
+#[test]
+fn a_ban_acknowledged_before_kill_9_is_there_after_restart() {
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = admin_config(dir.path(), listen, admin, backend, "");
+
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    assert!(
+        !refused_from("127.0.0.2", listen),
+        "refused before any ban:\n{}",
+        gw.log()
+    );
+    let (status, rec) = http(
+        admin,
+        "POST",
+        "/v1/bans",
+        r#"{"prefix": "127.0.0.2", "duration": "1h", "reason": "kill -9 test"}"#,
+    );
+    assert_eq!(status, 201, "{rec}");
+    // No grace period: the process dies the moment the 201 is read.
+    gw.signal(libc::SIGKILL);
+    gw.wait_exit(Duration::from_secs(10))
+        .expect("gatehouse survived SIGKILL");
+    drop(gw);
+
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    let (status, list) = http(admin, "GET", "/v1/bans", "");
+    assert_eq!(status, 200, "{list}");
+    let bans = list["bans"].as_array().unwrap();
+    assert_eq!(bans.len(), 1, "{list}");
+    assert_eq!(bans[0]["prefix"], "127.0.0.2/32");
+    assert_eq!(bans[0]["reason"], "kill -9 test");
+    assert!(
+        refused_from("127.0.0.2", listen),
+        "the ban did not survive kill -9:\n{}",
+        gw.log()
+    );
+    assert!(!refused_from("127.0.0.3", listen));
+    gw.wait_json(Duration::from_secs(5), |v| {
+        v["message"] == "ban journal replayed" && v["live"] == 1
+    })
+    .unwrap_or_else(|| panic!("no replay line:\n{}", gw.log()));
+}
+
+#[test]
+fn bans_commands_talk_to_the_running_gateway() {
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = admin_config(dir.path(), listen, admin, backend, "allow = [\"127.0.0.9\"]");
+    let conf = path.to_str().unwrap();
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    let t = Duration::from_secs(20);
+
+    let out = run_to_end(&["bans", "list", "-c", conf], t);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("no bans"), "{}", out.stdout);
+
+    let out = run_to_end(
+        &[
+            "bans",
+            "add",
+            "127.0.0.2",
+            "--duration",
+            "1h",
+            "--reason",
+            "cli says so",
+            "-c",
+            conf,
+        ],
+        t,
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("banned 127.0.0.2/32 until "), "{}", out.stdout);
+    assert!(refused_from("127.0.0.2", listen));
+    let out = run_to_end(&["bans", "add", "198.51.100.0/24", "--duration", "30m", "-c", conf], t);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+
+    let out = run_to_end(&["bans", "list", "-c", conf], t);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with("127.0.0.2/32") && lines[0].contains("cli says so"),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[1].starts_with("198.51.100.0/24"), "{}", out.stdout);
+
+    let out = run_to_end(&["bans", "list", "--prefix", "127.0.0.0/8", "--json", "-c", conf], t);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["bans"].as_array().unwrap().len(), 1, "{v}");
+
+    // Explicit address and token file instead of the config.
+    let url = format!("http://{admin}");
+    let token = dir.path().join("admin.token");
+    let out = run_to_end(
+        &[
+            "bans",
+            "remove",
+            "127.0.0.2",
+            "--admin",
+            &url,
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+        t,
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("lifted the ban on 127.0.0.2/32"), "{}", out.stdout);
+    assert!(!refused_from("127.0.0.2", listen));
+
+    // Errors: the server's message and exit 1.
+    for (args, needle) in [
+        (vec!["bans", "remove", "127.0.0.2", "-c", conf], "HTTP 404"),
+        (
+            vec!["bans", "add", "127.0.0.300", "--duration", "1h", "-c", conf],
+            "HTTP 400",
+        ),
+        (
+            vec!["bans", "add", "127.0.0.2", "--duration", "soon", "-c", conf],
+            "duration",
+        ),
+        (
+            vec!["bans", "add", "127.0.0.0/24", "--duration", "1h", "-c", conf],
+            "allowlisted",
+        ),
+    ] {
+        let out = run_to_end(&args, t);
+        assert_eq!(out.code(), Some(1), "{args:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains(needle),
+            "{args:?}: stderr lacks {needle}: {}",
+            out.stderr
+        );
+    }
+    let wrong = dir.path().join("wrong.token");
+    std::fs::write(&wrong, "wrong-token-0123456789abcdef").unwrap();
+    let out = run_to_end(
+        &["bans", "list", "-c", conf, "--token-file", wrong.to_str().unwrap()],
+        t,
+    );
+    assert_eq!(out.code(), Some(1));
+    assert!(out.stderr.contains("HTTP 401"), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains(ADMIN_TOKEN) && !out.stderr.contains("wrong-token"),
+        "{}",
+        out.stderr
+    );
+
+    // Every change left an audit line without the token.
+    gw.wait_json(Duration::from_secs(5), |v| {
+        v["action"] == "unban" && v["result"] == "lifted"
+    })
+    .unwrap_or_else(|| panic!("no audit line for the unban:\n{}", gw.log()));
+    assert!(!gw.log().contains(ADMIN_TOKEN), "the token leaked into the log");
+    drop(gw);
+
+    // Nothing listening: exit 1 with the address.
+    let out = run_to_end(&["bans", "list", "-c", conf], t);
+    assert_eq!(out.code(), Some(1));
+    assert!(out.stderr.contains(&admin.to_string()), "{}", out.stderr);
 }

@@ -55,6 +55,7 @@ pub struct Config {
     pub admission: Admission,
     pub cost: CostConfig,
     pub bans: BanPolicy,
+    pub admin: AdminConfig,
     /// Host names announced in server.features.
     pub public_hosts: Vec<String>,
     pub fronts: Vec<Front>,
@@ -84,6 +85,76 @@ pub struct BanPolicy {
     pub duration: Duration,
     pub max_duration: Duration,
     pub max_violations: u32,
+    /// Where bans are journaled; None = in memory only.
+    pub journal: Option<PathBuf>,
+}
+
+/// Default admin listen address: loopback, and not a port any blockchain daemon uses.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminListen {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminListen::Tcp(a) => write!(f, "{a}"),
+            AdminListen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// The admin bearer token. Its Debug form is redacted so a logged or printed config never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// Shortest token accepted: anything shorter could be guessed by a local process trying tokens.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Reads a token file: content trimmed, at least [`MIN_TOKEN_LEN`] visible ASCII characters without
+/// spaces (what fits an `Authorization: Bearer` header). Errors never quote the content.
+pub fn read_token_file(path: &Path) -> Result<AdminToken, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let t = text.trim();
+    if t.len() < MIN_TOKEN_LEN {
+        return Err(format!(
+            "token file {} holds {} characters; at least {MIN_TOKEN_LEN} are required",
+            path.display(),
+            t.len()
+        ));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "token file {} must hold one token of visible ASCII characters without spaces",
+            path.display()
+        ));
+    }
+    Ok(AdminToken(t.to_string()))
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub listen: AdminListen,
+    pub token_file: Option<PathBuf>,
+    /// Present exactly when enabled.
+    pub token: Option<AdminToken>,
+    pub allow_remote: bool,
 }
 
 /// Protocol settings of one Electrum front.
@@ -107,6 +178,8 @@ pub struct ElectrumSettings {
 pub struct Runtime {
     pub worker_threads: usize,
     pub drain_deadline: Duration,
+    /// Never longer than `drain_deadline`.
+    pub drain_spread: Duration,
     pub max_open_files: u64,
 }
 
@@ -146,6 +219,8 @@ pub struct Front {
     pub listen: Vec<SocketAddr>,
     pub transport: Transport,
     pub tls: Option<Arc<ServerConfig>>,
+    /// The certificates behind `tls`, reloaded when their files change.
+    pub cert_watch: Option<Arc<tls::CertWatch>>,
     pub admission: Admission,
     pub proxy_accept_from: CidrSet,
     pub upstreams: Vec<SocketAddr>,
@@ -171,7 +246,32 @@ impl Config {
 
     /// Parses `text` as if read from `file`; relative paths inside resolve against the file's folder.
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+        let raw = Self::raw(text, file)?;
+        let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Validator { text, file, base }.config(raw)
+    }
+
+    /// Only the `[admin]` section, validated, for the `bans` commands: they run as an operator who need
+    /// not be able to read the gateway's certificates or lists.
+    pub fn load_admin(path: &Path) -> Result<AdminConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            key: String::new(),
+            line: None,
+            reason: format!("cannot read: {e}"),
+        })?;
+        let raw = Self::raw(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Validator {
+            text: &text,
+            file: path,
+            base,
+        }
+        .admin(&raw.admin)
+    }
+
+    fn raw(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
+        serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             ConfigError {
@@ -180,9 +280,7 @@ impl Config {
                 line: inner.span().map(|s| line_of(text, s.start)),
                 reason: inner.message().to_string(),
             }
-        })?;
-        let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        Validator { text, file, base }.config(raw)
+        })
     }
 }
 
@@ -281,12 +379,15 @@ impl Validator<'_> {
                 duration: b.duration.0,
                 max_duration: b.max_duration.0,
                 max_violations: b.max_violations,
+                journal: b.journal.as_ref().map(|p| self.path(p.get_ref())),
             },
+            admin: self.admin(&raw.admin)?,
             public_hosts: raw.electrum.public_hosts.clone(),
             source: self.file.to_path_buf(),
             runtime: Runtime {
                 worker_threads: raw.runtime.worker_threads,
                 drain_deadline: raw.runtime.drain_deadline.0,
+                drain_spread: raw.runtime.drain_spread.0.min(raw.runtime.drain_deadline.0),
                 max_open_files: raw.runtime.max_open_files,
             },
             log: LogSettings {
@@ -296,6 +397,61 @@ impl Validator<'_> {
             },
             admission: global,
             fronts,
+        })
+    }
+
+    fn admin(&self, a: &schema::RawAdmin) -> Result<AdminConfig, ConfigError> {
+        let listen = match &a.listen {
+            None => AdminListen::Tcp(DEFAULT_ADMIN_LISTEN.parse().expect("built-in address")),
+            Some(s) => {
+                let text = s.get_ref().as_str();
+                if let Some(path) = text.strip_prefix("unix:") {
+                    if path.is_empty() {
+                        return Err(self.err("admin.listen", Some(s.span()), "`unix:` needs a socket path"));
+                    }
+                    AdminListen::Unix(self.path(Path::new(path)))
+                } else {
+                    let addr = text.parse::<SocketAddr>().map_err(|e| {
+                        self.err(
+                            "admin.listen",
+                            Some(s.span()),
+                            format!("`{text}` is neither IP:PORT nor unix:PATH ({e})"),
+                        )
+                    })?;
+                    if !addr.ip().to_canonical().is_loopback() && !a.allow_remote {
+                        return Err(self.err(
+                            "admin.listen",
+                            Some(s.span()),
+                            format!(
+                                "{addr} is not a loopback address; the admin API stays on this host unless \
+                                 admin.allow_remote = true"
+                            ),
+                        ));
+                    }
+                    AdminListen::Tcp(addr)
+                }
+            }
+        };
+        let token_file = a.token_file.as_ref().map(|p| self.path(p.get_ref()));
+        let token = match (a.enabled, &a.token_file, &token_file) {
+            (false, _, _) => None,
+            (true, Some(span), Some(path)) => {
+                Some(read_token_file(path).map_err(|r| self.err("admin.token_file", Some(span.span()), r))?)
+            }
+            _ => {
+                return Err(self.err(
+                    "admin.token_file",
+                    None,
+                    "required when admin.enabled = true (a file holding the bearer token)",
+                ))
+            }
+        };
+        Ok(AdminConfig {
+            enabled: a.enabled,
+            listen,
+            token_file,
+            token,
+            allow_remote: a.allow_remote,
         })
     }
 
@@ -572,6 +728,10 @@ impl Validator<'_> {
             (false, None) => None,
             (true, Some(t)) => Some(self.tls(&format!("{key}.tls"), t)?),
         };
+        let (tls, cert_watch) = match tls {
+            Some((c, w)) => (Some(c), Some(w)),
+            None => (None, None),
+        };
         let proxy_accept_from = CidrSet::from_nets(self.cidrs(
             &format!("{key}.proxy_protocol.accept_from"),
             &f.proxy_protocol.accept_from,
@@ -596,6 +756,7 @@ impl Validator<'_> {
             listen,
             transport: f.transport,
             tls,
+            cert_watch,
             admission: self.admission(&format!("{key}.admission"), &f.admission, Some(global))?,
             proxy_accept_from,
             upstreams,
@@ -608,28 +769,32 @@ impl Validator<'_> {
         })
     }
 
-    fn tls(&self, key: &str, t: &RawTls) -> Result<Arc<ServerConfig>, ConfigError> {
-        let pair = |k: &str, cert: &Spanned<PathBuf>, keyf: &Spanned<PathBuf>| {
+    fn tls(&self, key: &str, t: &RawTls) -> Result<(Arc<ServerConfig>, Arc<tls::CertWatch>), ConfigError> {
+        let pair = |k: &str, name: Option<String>, cert: &Spanned<PathBuf>, keyf: &Spanned<PathBuf>| {
             let files = CertFiles {
                 cert: self.path(cert.get_ref()),
                 key: self.path(keyf.get_ref()),
             };
-            tls::load_certified_key(&files).map_err(|e| {
+            let loaded = tls::load_certified_key(&files).map_err(|e| {
                 let (field, span) = match e {
                     tls::TlsError::Cert { .. } => ("cert", cert.span()),
                     tls::TlsError::Key { .. } | tls::TlsError::Mismatch { .. } => ("key", keyf.span()),
                 };
                 self.err(format!("{k}.{field}"), Some(span), e.to_string())
+            })?;
+            Ok::<_, ConfigError>(tls::LoadedCert {
+                name,
+                files,
+                key: loaded,
             })
         };
-        let default = pair(key, &t.cert, &t.key)?;
-        let mut sni = Vec::new();
+        let mut certs = vec![pair(key, None, &t.cert, &t.key)?];
         for (i, s) in t.sni.iter().enumerate() {
             if s.name.is_empty() {
                 return Err(self.err(format!("{key}.sni[{i}].name"), None, "must not be empty"));
             }
-            sni.push((s.name.clone(), pair(&format!("{key}.sni[{i}]"), &s.cert, &s.key)?));
+            certs.push(pair(&format!("{key}.sni[{i}]"), Some(s.name.clone()), &s.cert, &s.key)?);
         }
-        Ok(tls::server_config(default, sni))
+        Ok(tls::server_config(certs))
     }
 }

@@ -28,6 +28,8 @@ pub struct RawConfig {
     pub bans: RawBans,
     #[serde(default)]
     pub electrum: RawElectrum,
+    #[serde(default)]
+    pub admin: RawAdmin,
     #[serde(default, rename = "front")]
     pub fronts: Vec<RawFront>,
 }
@@ -82,6 +84,8 @@ pub struct RawBans {
     pub max_duration: Duration,
     /// Protocol violations (garbage or oversized lines) one session may commit; the next one bans its address.
     pub max_violations: u32,
+    /// Append-only ban journal; unset = bans live in memory only.
+    pub journal: Option<Spanned<PathBuf>>,
 }
 
 impl Default for RawBans {
@@ -91,8 +95,22 @@ impl Default for RawBans {
             duration: secs(600),
             max_duration: secs(86_400),
             max_violations: 10,
+            journal: None,
         }
     }
+}
+
+/// The HTTP admin API (bans, health).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub enabled: bool,
+    /// `IP:PORT`, or `unix:PATH` for a unix socket. Default "127.0.0.1:9180".
+    pub listen: Option<Spanned<String>>,
+    /// File holding the bearer token; required when enabled.
+    pub token_file: Option<Spanned<PathBuf>>,
+    /// Permits a non-loopback TCP listen address.
+    pub allow_remote: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -146,8 +164,15 @@ pub struct RawRuntime {
     pub worker_threads: usize,
     #[serde(default = "default_drain")]
     pub drain_deadline: Duration,
+    /// The last part of the drain, over which remaining sessions are closed a few at a time.
+    #[serde(default = "default_spread")]
+    pub drain_spread: Duration,
     #[serde(default = "default_nofile")]
     pub max_open_files: u64,
+}
+
+fn default_spread() -> Duration {
+    secs(0)
 }
 
 fn default_drain() -> Duration {
@@ -162,6 +187,7 @@ impl Default for RawRuntime {
         RawRuntime {
             worker_threads: 0,
             drain_deadline: default_drain(),
+            drain_spread: default_spread(),
             max_open_files: default_nofile(),
         }
     }

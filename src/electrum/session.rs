@@ -197,7 +197,7 @@ where
     let mut up_dec = LineDecoder::new(set.max_response);
     let mut upstream: Option<TcpStream> = None;
     let mut timer = Box::pin(tokio::time::sleep_until(s.next_deadline()));
-    let cancel = shared.force_close.cancelled();
+    let cancel = shared.drain_signal(peer);
     tokio::pin!(cancel);
     let reason = loop {
         if let Some(r) = s.abort {
@@ -308,7 +308,7 @@ impl Session<'_> {
         client: &mut C,
         mut upstream: Option<&mut TcpStream>,
         timer: Pin<&mut Sleep>,
-        cancel: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+        cancel: Pin<&mut impl Future<Output = ()>>,
     ) -> Poll<Event> {
         if cancel.poll(cx).is_ready() {
             return Poll::Ready(Event::Shutdown);

@@ -112,7 +112,7 @@ impl FrontState {
         let mut relay = Relay::new(&mut conn.stream, &mut upstream, self.cfg.idle_timeout);
         let end = tokio::select! {
             end = &mut relay => Some(end),
-            _ = shared.force_close.cancelled() => None,
+            _ = shared.drain_signal(conn.client) => None,
         };
         line.bytes_in = relay.bytes_in();
         line.bytes_out = relay.bytes_out();

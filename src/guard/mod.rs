@@ -10,6 +10,7 @@ pub mod acl;
 pub mod addr;
 pub mod bans;
 pub mod cost;
+pub mod journal;
 pub mod limits;
 
 use crate::config::Admission;
@@ -193,7 +194,7 @@ impl Guard {
     }
 
     fn decide(&self, front: &Arc<Level>, ip: IpAddr) -> Result<Permit, Refusal> {
-        if self.bans.lookup(ip).is_some() {
+        if self.bans.is_banned(ip) {
             return Err(Refusal::Banned);
         }
         let gp = self.global.policy.load();

@@ -102,21 +102,143 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Builds a server config that speaks TLS 1.2 and 1.3 only.
-pub fn server_config(default: Arc<CertifiedKey>, sni: Vec<(String, Arc<CertifiedKey>)>) -> Arc<ServerConfig> {
-    let resolver = SniResolver {
-        default,
-        by_name: sni.into_iter().map(|(n, k)| (n.to_ascii_lowercase(), k)).collect(),
-    };
+/// When a file last changed, as far as a renewal tool's write-then-rename can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    // metadata() follows symlinks, as Let's Encrypt's live/ links need.
+    let m = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        inode: m.ino(),
+    })
+}
+
+/// One certificate of a front (the default, or one SNI name's) and what was last loaded from it.
+struct Watched {
+    name: Option<String>,
+    files: CertFiles,
+    state: std::sync::Mutex<WatchedState>,
+}
+
+struct WatchedState {
+    loaded: (Option<Stamp>, Option<Stamp>),
+    key: Arc<CertifiedKey>,
+    /// The file state last warned about, so a bad pair is reported once, not every poll.
+    warned: Option<(Option<Stamp>, Option<Stamp>)>,
+}
+
+/// A front's certificates, reloaded from disk when their files change (certificate renewal needs no
+/// action from the operator). Handshakes read the current set through one atomic load; existing
+/// sessions keep the certificate they were made with.
+pub struct CertWatch {
+    watched: Vec<Watched>,
+    current: arc_swap::ArcSwap<SniResolver>,
+}
+
+impl std::fmt::Debug for CertWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertWatch")
+            .field("certificates", &self.watched.len())
+            .finish()
+    }
+}
+
+/// The resolver for the certificates as currently loaded; `watched[0]` is the default.
+fn resolver_of(watched: &[Watched]) -> SniResolver {
+    let key = |w: &Watched| w.state.lock().unwrap_or_else(|p| p.into_inner()).key.clone();
+    SniResolver {
+        default: key(&watched[0]),
+        by_name: watched[1..]
+            .iter()
+            .filter_map(|w| w.name.as_ref().map(|n| (n.to_ascii_lowercase(), key(w))))
+            .collect(),
+    }
+}
+
+impl CertWatch {
+    /// Reloads every certificate whose files changed and now form a valid pair. A half-written or
+    /// mismatched pair is skipped with one warning and retried at the next check. Returns how many
+    /// certificates were replaced.
+    pub fn check(&self) -> usize {
+        let mut replaced = 0;
+        for w in &self.watched {
+            let now = (stamp(&w.files.cert), stamp(&w.files.key));
+            let mut st = w.state.lock().unwrap_or_else(|p| p.into_inner());
+            if now == st.loaded {
+                continue;
+            }
+            match load_certified_key(&w.files) {
+                Ok(ck) => {
+                    st.key = ck;
+                    st.loaded = now;
+                    st.warned = None;
+                    replaced += 1;
+                    tracing::info!(cert = %w.files.cert.display(), sni = w.name.as_deref().unwrap_or("(default)"), "certificate reloaded");
+                }
+                Err(e) => {
+                    if st.warned != Some(now) {
+                        st.warned = Some(now);
+                        tracing::warn!(error = %e, "changed certificate files are not a valid pair yet; still serving the previous certificate");
+                    }
+                }
+            }
+        }
+        if replaced > 0 {
+            self.current.store(Arc::new(resolver_of(&self.watched)));
+        }
+        replaced
+    }
+}
+
+impl ResolvesServerCert for CertWatch {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.load().resolve(hello)
+    }
+}
+
+/// A certificate pair as loaded at configuration time, with the files it came from.
+pub struct LoadedCert {
+    pub name: Option<String>,
+    pub files: CertFiles,
+    pub key: Arc<CertifiedKey>,
+}
+
+/// Builds a server config that speaks TLS 1.2 and 1.3 only, serving `certs` (the first is the default,
+/// the rest are chosen by SNI name; at least one is required), and the watch that keeps them current.
+pub fn server_config(certs: Vec<LoadedCert>) -> (Arc<ServerConfig>, Arc<CertWatch>) {
+    let watched: Vec<Watched> = certs
+        .into_iter()
+        .map(|c| Watched {
+            state: std::sync::Mutex::new(WatchedState {
+                loaded: (stamp(&c.files.cert), stamp(&c.files.key)),
+                key: c.key,
+                warned: None,
+            }),
+            name: c.name,
+            files: c.files,
+        })
+        .collect();
+    let watch = Arc::new(CertWatch {
+        current: arc_swap::ArcSwap::from_pointee(resolver_of(&watched)),
+        watched,
+    });
     let mut cfg = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(watch.clone());
     // Wallets reconnect often; tickets make reconnects cheap without server-side state per client.
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     // One ticket is enough for the one reconnect a wallet makes at a time; each extra ticket is paid on
     // every full handshake.
     cfg.send_tls13_tickets = 1;
-    Arc::new(cfg)
+    (Arc::new(cfg), watch)
 }

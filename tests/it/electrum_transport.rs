@@ -196,7 +196,8 @@ struct StubOpts {
     after_subscribe: Option<String>,
 }
 
-/// A scripted Electrum backend: answers every request (server.version with protocol 1.4), reports every
+/// A scripted Electrum backend: answers every request (server.version with protocol 1.4.2; unsubscribe
+/// true only for a scripthash this connection subscribed), reports every
 /// line it receives on the channel, and behaves as `opts` says.
 async fn stub_backend(opts: StubOpts) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

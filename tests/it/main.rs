@@ -1,11 +1,14 @@
 //! Integration tests: the real gateway on real loopback sockets.
 
 mod admission;
+mod bans;
 mod common;
+mod drain;
 mod electrum_cost;
 mod electrum_protocol;
 mod electrum_transport;
 mod proxy;
+mod reload;
 mod timeouts;
 mod tls;
 mod upstream;

@@ -1,0 +1,505 @@
+//! The HTTP admin API (HTTP/1.1, hyper) on loopback TCP or a unix socket.
+//!
+//! `GET /healthz` and `GET /readyz` answer anyone who can reach the socket (probes carry no secrets);
+//! everything else needs `Authorization: Bearer <token>`. Every mutation, allowed or not, leaves one
+//! audit line (target `gatehouse::audit`) naming the peer, the action and the result, never the token.
+
+pub mod client;
+
+use crate::config::{AdminListen, AdminToken};
+use crate::guard::acl::parse_cidr;
+use crate::guard::bans::{BanError, BanRecord, BanTable};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use subtle::ConstantTimeEq;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Admin clients are a handful of operators and scripts; more at once is a misbehaving client.
+const MAX_CONNECTIONS: usize = 64;
+/// A connection that sends nothing useful for this long is dropped, so idle clients cannot pin slots.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// Longest ban an operator can set; longer is almost certainly a typo (`1000d`).
+const MAX_BAN: Duration = Duration::from_secs(10 * 365 * 86_400);
+const MAX_REASON: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("admin API: cannot listen on {listen}: {source}")]
+    Bind {
+        listen: AdminListen,
+        source: std::io::Error,
+    },
+    #[error("admin API: {path} exists and is not a stale socket; remove it or choose another admin.listen")]
+    PathInUse { path: PathBuf },
+}
+
+/// What the handlers need from the gateway.
+pub struct AdminState {
+    bans: Arc<BanTable>,
+    token_digest: [u8; 32],
+    /// Cancelled when the gateway stops accepting: from then on it is not ready.
+    stop_accepting: CancellationToken,
+}
+
+impl AdminState {
+    pub fn new(bans: Arc<BanTable>, token: &AdminToken, stop_accepting: CancellationToken) -> AdminState {
+        AdminState {
+            bans,
+            token_digest: Sha256::digest(token.expose().as_bytes()).into(),
+            stop_accepting,
+        }
+    }
+
+    /// Compares digests so the comparison is constant-time and its length reveals nothing.
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let Some(v) = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return false;
+        };
+        let Some((scheme, token)) = v.split_once(' ') else {
+            return false;
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
+        let d: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        d.ct_eq(&self.token_digest).into()
+    }
+}
+
+pub enum AdminListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+}
+
+impl AdminListener {
+    /// Binds `listen`. A leftover socket file from a crashed run is replaced; anything else at the path
+    /// (a live gateway's socket, a regular file) is an error.
+    pub async fn bind(listen: &AdminListen) -> Result<AdminListener, AdminError> {
+        let bind_err = |source| AdminError::Bind {
+            listen: listen.clone(),
+            source,
+        };
+        match listen {
+            AdminListen::Tcp(addr) => Ok(AdminListener::Tcp(TcpListener::bind(addr).await.map_err(bind_err)?)),
+            AdminListen::Unix(path) => {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    let stale = meta.file_type().is_socket() && tokio::net::UnixStream::connect(path).await.is_err();
+                    if !stale {
+                        return Err(AdminError::PathInUse { path: path.clone() });
+                    }
+                    std::fs::remove_file(path).map_err(bind_err)?;
+                }
+                let l = UnixListener::bind(path).map_err(bind_err)?;
+                // Only the gateway's user may even reach the socket; the token is a second lock.
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+                Ok(AdminListener::Unix(l, path.clone()))
+            }
+        }
+    }
+
+    /// The bound address (with the real port when the config asked for port 0).
+    pub fn local(&self) -> AdminListen {
+        match self {
+            AdminListener::Tcp(l) => {
+                AdminListen::Tcp(l.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0))))
+            }
+            AdminListener::Unix(_, p) => AdminListen::Unix(p.clone()),
+        }
+    }
+}
+
+/// A running admin server; [`AdminServer::stop`] closes it and its connections.
+pub struct AdminServer {
+    addr: AdminListen,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminServer {
+    pub fn spawn(listener: AdminListener, state: Arc<AdminState>) -> AdminServer {
+        let addr = listener.local();
+        let stop = CancellationToken::new();
+        tracing::info!(listen = %addr, "admin API listening");
+        let task = tokio::spawn(serve(listener, state, stop.clone()));
+        AdminServer { addr, stop, task }
+    }
+
+    pub fn addr(&self) -> &AdminListen {
+        &self.addr
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn serve(listener: AdminListener, state: Arc<AdminState>, stop: CancellationToken) {
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = accept(&listener) => a,
+        };
+        let (io, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "admin API: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if conns.len() >= MAX_CONNECTIONS {
+            tracing::warn!(%peer, "admin API: too many connections; dropping one");
+            continue;
+        }
+        let state = state.clone();
+        conns.spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                let peer = peer.clone();
+                async move { Ok::<_, Infallible>(handle(&state, &peer, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(io, svc);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+        });
+    }
+    conns.shutdown().await;
+    if let AdminListener::Unix(_, path) = &listener {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+type Io = TokioIo<Box<dyn AsyncStream>>;
+
+pub(crate) trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AsyncStream for T {}
+
+/// The peer as audit lines name it: its address, or the uid/pid of a unix-socket client.
+async fn accept(l: &AdminListener) -> std::io::Result<(Io, String)> {
+    match l {
+        AdminListener::Tcp(l) => {
+            let (s, a) = l.accept().await?;
+            Ok((TokioIo::new(Box::new(s)), a.to_string()))
+        }
+        AdminListener::Unix(l, _) => {
+            let (s, _) = l.accept().await?;
+            let who = match s.peer_cred() {
+                Ok(c) => format!("unix:uid={},pid={}", c.uid(), c.pid().map_or(-1, |p| p)),
+                Err(_) => "unix".to_string(),
+            };
+            Ok((TokioIo::new(Box::new(s)), who))
+        }
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn reply(status: StatusCode, body: Value) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Reply {
+    reply(status, json!({ "error": msg.to_string() }))
+}
+
+fn method_not_allowed(allow: &'static str) -> Reply {
+    let mut r = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+    r.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+async fn handle(state: &AdminState, peer: &str, req: Request<Incoming>) -> Reply {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({ "status": "ok" })),
+        (&Method::GET, "/readyz") => {
+            return if state.stop_accepting.is_cancelled() {
+                reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "draining" }))
+            } else {
+                reply(StatusCode::OK, json!({ "status": "ready" }))
+            }
+        }
+        (_, "/healthz" | "/readyz") => return method_not_allowed("GET"),
+        _ => {}
+    }
+    if !state.authorized(&req) {
+        if method != Method::GET {
+            tracing::warn!(target: "gatehouse::audit", peer, %method, path, result = "unauthorized", "admin request refused");
+        }
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gatehouse\""));
+        return r;
+    }
+    match (&method, path.as_str()) {
+        (&Method::GET, "/v1/bans") => list_bans(state, req.uri().query()),
+        (&Method::POST, "/v1/bans") => add_ban(state, peer, req).await,
+        (_, "/v1/bans") => method_not_allowed("GET, POST"),
+        (&Method::DELETE, p) if p.starts_with("/v1/bans/") => remove_ban(state, peer, &p["/v1/bans/".len()..]),
+        (_, p) if p.starts_with("/v1/bans/") => method_not_allowed("DELETE"),
+        (&Method::GET, "/v1/cluster") => reply(StatusCode::OK, json!({ "backend": "none", "peers": [] })),
+        (_, "/v1/cluster") => method_not_allowed("GET"),
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}")),
+    }
+}
+
+/// The JSON form of a ban, as the API and the CLI show it.
+pub fn record_json(b: &BanRecord) -> Value {
+    json!({
+        "prefix": b.prefix.to_string(),
+        "reason": b.reason,
+        "origin": b.origin,
+        "version": b.version,
+        "created": rfc3339(b.created),
+        "until": rfc3339(b.until),
+        "expires_in_secs": crate::guard::bans::remaining(b.until).as_secs(),
+    })
+}
+
+fn list_bans(state: &AdminState, query: Option<&str>) -> Reply {
+    let mut filter = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (Some(k), Some(v)) = (percent_decode(k, true), percent_decode(v, true)) else {
+            return error(StatusCode::BAD_REQUEST, "malformed percent-encoding in the query");
+        };
+        match k.as_str() {
+            "prefix" => match parse_cidr(&v) {
+                Ok(n) => filter = Some(n),
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("prefix: {e}")),
+            },
+            _ => return error(StatusCode::BAD_REQUEST, format!("unknown query parameter `{k}`")),
+        }
+    }
+    let bans: Vec<Value> = state.bans.list(filter).iter().map(record_json).collect();
+    reply(StatusCode::OK, json!({ "bans": bans }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewBan {
+    prefix: String,
+    duration: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn add_ban(state: &AdminState, peer: &str, req: Request<Incoming>) -> Reply {
+    let audit_refused = |what: &str, status: StatusCode, why: &str| {
+        tracing::warn!(target: "gatehouse::audit", peer, action = "ban", what, status = status.as_u16(), result = why, "admin ban refused");
+    };
+    let declared = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        // Refused before reading, so an oversized upload is never received at all.
+        let msg = format!("request body exceeds {BODY_LIMIT} bytes");
+        audit_refused("", StatusCode::PAYLOAD_TOO_LARGE, &msg);
+        return error(StatusCode::PAYLOAD_TOO_LARGE, msg);
+    }
+    let body = match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let (status, msg) = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body exceeds {BODY_LIMIT} bytes"),
+                )
+            } else {
+                (StatusCode::BAD_REQUEST, format!("cannot read request body: {e}"))
+            };
+            audit_refused("", status, &msg);
+            return error(status, msg);
+        }
+    };
+    let nb: NewBan = match serde_json::from_slice(&body) {
+        Ok(nb) => nb,
+        Err(e) => {
+            let msg = format!("body must be JSON {{\"prefix\", \"duration\", \"reason\"}}: {e}");
+            audit_refused("", StatusCode::BAD_REQUEST, &msg);
+            return error(StatusCode::BAD_REQUEST, msg);
+        }
+    };
+    let checked = (|| {
+        let net = parse_cidr(nb.prefix.trim()).map_err(|e| format!("prefix: {e}"))?;
+        let d: crate::config::units::Duration = nb.duration.trim().parse().map_err(|e| format!("duration: {e}"))?;
+        if d.0.is_zero() || d.0 > MAX_BAN {
+            return Err(format!(
+                "duration: must be greater than 0s and at most {}",
+                crate::config::units::Duration(MAX_BAN)
+            ));
+        }
+        let reason = nb.reason.unwrap_or_else(|| "banned by operator".to_string());
+        if reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
+            return Err(format!(
+                "reason: at most {MAX_REASON} bytes, without control characters"
+            ));
+        }
+        Ok((net, d.0, reason))
+    })();
+    let (net, duration, reason) = match checked {
+        Ok(x) => x,
+        Err(msg) => {
+            audit_refused(&nb.prefix, StatusCode::BAD_REQUEST, &msg);
+            return error(StatusCode::BAD_REQUEST, msg);
+        }
+    };
+    match state.bans.ban(net, duration, reason.clone()) {
+        Ok(rec) => {
+            tracing::info!(target: "gatehouse::audit", peer, action = "ban", prefix = %net, duration_secs = duration.as_secs(), reason, status = 201, result = "banned", "admin ban");
+            reply(StatusCode::CREATED, record_json(&rec))
+        }
+        Err(e) => {
+            let status = match e {
+                BanError::Allowlisted { .. } => StatusCode::CONFLICT,
+                BanError::ZeroDuration => StatusCode::BAD_REQUEST,
+                BanError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            audit_refused(&net.to_string(), status, &e.to_string());
+            error(status, e)
+        }
+    }
+}
+
+fn remove_ban(state: &AdminState, peer: &str, raw: &str) -> Reply {
+    let Some(text) = percent_decode(raw, false) else {
+        return error(StatusCode::BAD_REQUEST, "prefix: malformed percent-encoding");
+    };
+    let net = match parse_cidr(&text) {
+        Ok(n) => n,
+        Err(e) => {
+            let msg = format!("prefix: {e}");
+            tracing::warn!(target: "gatehouse::audit", peer, action = "unban", what = text, status = 400, result = msg, "admin unban refused");
+            return error(StatusCode::BAD_REQUEST, msg);
+        }
+    };
+    match state.bans.unban(net) {
+        Ok(Some(rec)) => {
+            tracing::info!(target: "gatehouse::audit", peer, action = "unban", prefix = %net, status = 200, result = "lifted", "admin unban");
+            reply(StatusCode::OK, record_json(&rec))
+        }
+        Ok(None) => {
+            tracing::info!(target: "gatehouse::audit", peer, action = "unban", prefix = %net, status = 404, result = "no such ban", "admin unban");
+            error(StatusCode::NOT_FOUND, format!("no ban in force on exactly {net}"))
+        }
+        Err(e) => {
+            tracing::error!(target: "gatehouse::audit", peer, action = "unban", prefix = %net, status = 500, result = %e, "admin unban failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e)
+        }
+    }
+}
+
+/// Decodes `%XX` escapes (and `+` as space in query strings). None on a malformed escape or non-UTF-8.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Escapes everything but RFC 3986 unreserved characters, so a prefix (with its `/`) is one path segment.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// UTC time as RFC 3339 (`2024-05-01T12:00:00Z`), without a date library.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_dates() {
+        let at = |s: u64| rfc3339(UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn percent_coding_round_trips_prefixes() {
+        for p in ["203.0.113.0/24", "2001:db8::/32", "::ffff:1.2.3.4"] {
+            assert_eq!(percent_decode(&percent_encode(p), false).unwrap(), p);
+        }
+        assert_eq!(percent_encode("203.0.113.0/24"), "203.0.113.0%2F24");
+        assert!(percent_decode("%2", false).is_none());
+        assert!(percent_decode("%zz", false).is_none());
+    }
+}
