@@ -16,8 +16,9 @@ pub mod sdnotify;
 pub mod telemetry;
 pub mod upstream;
 
+use arc_swap::ArcSwap;
 use config::{BanPolicy, Config, CostConfig, FrontKind, Transport};
-use front::FrontState;
+use front::{FrontSlot, FrontState};
 use guard::bans::BanTable;
 use guard::cost::{Clock, CostParams, Ledger};
 use guard::limits::KeyedCounts;
@@ -44,12 +45,15 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Electrum cost accounting, shared by every Electrum front so a client's budget spans them.
     pub ledger: Arc<Ledger>,
-    pub cost: CostConfig,
-    pub ban_policy: BanPolicy,
+    /// Swapped whole on reload; sessions take a snapshot when they start.
+    pub cost: ArcSwap<CostConfig>,
+    pub ban_policy: ArcSwap<BanPolicy>,
     /// Subscriptions held per client group.
     pub group_subs: KeyedCounts,
+    /// Every front's current slot (for housekeeping and certificate watching, which follow reloads).
+    pub fronts: ArcSwap<Vec<Arc<FrontSlot>>>,
     /// The `hosts` object announced in server.features.
-    pub features_hosts: serde_json::Value,
+    pub features_hosts: ArcSwap<serde_json::Value>,
 }
 
 impl Shared {
@@ -119,7 +123,7 @@ fn cost_params(config: &Config) -> CostParams {
 
 /// Gatehouse's own public ports per Electrum transport (as bound, so port 0 shows the real port), for
 /// server.features.
-fn public_ports(fronts: &[Arc<FrontState>], addrs: &BTreeMap<String, Vec<SocketAddr>>) -> Vec<(&'static str, u16)> {
+fn public_ports(fronts: &[&FrontState], addrs: &BTreeMap<String, Vec<SocketAddr>>) -> Vec<(&'static str, u16)> {
     let mut ports = Vec::new();
     for f in fronts.iter().filter(|f| f.cfg.kind == FrontKind::Electrum) {
         let key = match f.cfg.transport {
@@ -156,11 +160,64 @@ pub struct Gatehouse;
 /// A started gateway. Dropping it does not stop it; call [`Running::shutdown`].
 pub struct Running {
     shared: Arc<Shared>,
-    fronts: Vec<Arc<FrontState>>,
-    addrs: BTreeMap<String, Vec<SocketAddr>>,
+    fronts: BTreeMap<String, FrontRun>,
     drain_deadline: Duration,
-    accept_loops: Vec<tokio::task::JoinHandle<()>>,
     admin: Option<admin::AdminServer>,
+    reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
+}
+
+/// A running front: its slot, the addresses asked for and bound, and its accept loops.
+struct FrontRun {
+    slot: Arc<FrontSlot>,
+    listen: Vec<SocketAddr>,
+    bound: Vec<SocketAddr>,
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A front whose listeners are bound but not yet serving (so a reload can fail before changing anything).
+struct Bound {
+    state: FrontState,
+    listeners: Vec<tokio::net::TcpListener>,
+    bound: Vec<SocketAddr>,
+}
+
+fn bind_front(state: FrontState) -> Result<Bound, StartError> {
+    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
+    for &addr in &state.cfg.listen {
+        let l = listen::bind(addr).map_err(|source| StartError::Bind {
+            front: state.cfg.name.clone(),
+            addr,
+            source,
+        })?;
+        bound.push(l.local_addr().unwrap_or(addr));
+        listeners.push(l);
+    }
+    Ok(Bound {
+        state,
+        listeners,
+        bound,
+    })
+}
+
+fn serve_front(b: Bound, shared: &Arc<Shared>) -> FrontRun {
+    let listen = b.state.cfg.listen.clone();
+    let slot = FrontSlot::new(b.state);
+    let loops = b
+        .listeners
+        .into_iter()
+        .map(|l| {
+            let f = slot.state.load();
+            tracing::info!(front = %f.cfg.name, addr = l.local_addr().ok().map(tracing::field::display), kind = ?f.cfg.kind, transport = ?f.cfg.transport, "listening");
+            tokio::spawn(listen::accept_loop(l, slot.clone(), shared.clone()))
+        })
+        .collect();
+    FrontRun {
+        slot,
+        listen,
+        bound: b.bound,
+        loops,
+    }
 }
 
 impl Gatehouse {
@@ -177,34 +234,27 @@ impl Gatehouse {
             Some(path) => BanTable::open(path, allow)?,
             None => BanTable::new(allow),
         });
-        let mut listeners = Vec::new();
-        let mut addrs = BTreeMap::new();
-        let mut fronts = Vec::new();
+        let mut bound = Vec::new();
         for f in std::mem::take(&mut config.fronts) {
-            let state = Arc::new(FrontState::new(f));
-            let mut bound = Vec::new();
-            for &addr in &state.cfg.listen {
-                let l = listen::bind(addr).map_err(|source| StartError::Bind {
-                    front: state.cfg.name.clone(),
-                    addr,
-                    source,
-                })?;
-                bound.push(l.local_addr().unwrap_or(addr));
-                listeners.push((l, state.clone()));
-            }
-            addrs.insert(state.cfg.name.clone(), bound);
-            fronts.push(state);
+            bound.push(bind_front(FrontState::new(f))?);
         }
+        let addrs: BTreeMap<String, Vec<SocketAddr>> = bound
+            .iter()
+            .map(|b| (b.state.cfg.name.clone(), b.bound.clone()))
+            .collect();
+        let states: Vec<&FrontState> = bound.iter().map(|b| &b.state).collect();
+        let features_hosts = electrum::rewrite::hosts_json(&config.public_hosts, &public_ports(&states, &addrs));
         let admin_listener = match (&config.admin.enabled, &config.admin.token) {
             (true, Some(_)) => Some(admin::AdminListener::bind(&config.admin.listen).await?),
             _ => None,
         };
         let shared = Arc::new(Shared {
             ledger: Ledger::new(cost_params(&config), clock),
-            cost: config.cost.clone(),
-            ban_policy: config.bans.clone(),
+            cost: ArcSwap::from_pointee(config.cost.clone()),
+            ban_policy: ArcSwap::from_pointee(config.bans.clone()),
             group_subs: KeyedCounts::default(),
-            features_hosts: electrum::rewrite::hosts_json(&config.public_hosts, &public_ports(&fronts, &addrs)),
+            features_hosts: ArcSwap::from_pointee(features_hosts),
+            fronts: ArcSwap::from_pointee(Vec::new()),
             guard: Guard::new(config.admission.clone(), bans, config.log.refusal_interval),
             stop_accepting: CancellationToken::new(),
             force_close: CancellationToken::new(),
@@ -212,65 +262,83 @@ impl Gatehouse {
             drain_spread: config.runtime.drain_spread,
             tracker: TaskTracker::new(),
         });
-        let accept_loops = listeners
+        let fronts: BTreeMap<String, FrontRun> = bound
             .into_iter()
-            .map(|(l, f)| {
-                tracing::info!(front = %f.cfg.name, addr = l.local_addr().ok().map(tracing::field::display), kind = ?f.cfg.kind, transport = ?f.cfg.transport, "listening");
-                tokio::spawn(listen::accept_loop(l, f, shared.clone()))
-            })
+            .map(|b| (b.state.cfg.name.clone(), serve_front(b, &shared)))
             .collect();
-        let watches: Vec<_> = fronts.iter().filter_map(|f| f.cfg.cert_watch.clone()).collect();
-        if !watches.is_empty() {
-            tokio::spawn(watch_certificates(shared.clone(), watches));
-        }
+        shared
+            .fronts
+            .store(Arc::new(fronts.values().map(|r| r.slot.clone()).collect()));
+        tokio::spawn(watch_certificates(shared.clone()));
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let admin = admin_listener.zip(config.admin.token.as_ref()).map(|(l, token)| {
-            let state = admin::AdminState::new(shared.guard.bans().clone(), token, shared.stop_accepting.clone());
+            let state = admin::AdminState::new(shared.guard.bans().clone(), token, shared.stop_accepting.clone())
+                .with_metrics(
+                    telemetry::metrics::Live::new(shared.clone()),
+                    config.admin.metrics_public,
+                )
+                .with_reload(reload_tx);
             admin::AdminServer::spawn(l, Arc::new(state))
         });
-        tokio::spawn(housekeeping(
-            shared.clone(),
-            fronts.iter().map(|f| f.level.clone()).collect(),
-        ));
+        tokio::spawn(housekeeping(shared.clone()));
         Ok(Running {
             shared,
             fronts,
-            addrs,
             drain_deadline: config.runtime.drain_deadline,
-            accept_loops,
             admin,
+            reload_requests: Some(reload_rx),
         })
     }
 }
 
 /// Polls certificate files once a second: renewal tools replace files rather than notify anyone, and a
 /// stat per file per second costs nothing.
-async fn watch_certificates(shared: Arc<Shared>, watches: Vec<Arc<listen::tls::CertWatch>>) {
+async fn watch_certificates(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shared.stop_accepting.cancelled() => return,
             _ = tick.tick() => {
-                for w in &watches {
-                    w.check();
+                for slot in shared.fronts.load().iter() {
+                    if let Some(w) = &slot.state.load().cfg.cert_watch {
+                        w.check();
+                    }
                 }
             }
         }
     }
 }
 
-async fn housekeeping(shared: Arc<Shared>, levels: Vec<Arc<guard::Level>>) {
+async fn housekeeping(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shared.stop_accepting.cancelled() => return,
             _ = tick.tick() => {
+                let levels: Vec<_> = shared.fronts.load().iter().map(|s| s.state.load().level.clone()).collect();
                 shared.guard.housekeep(&levels);
                 shared.ledger.housekeep();
             }
         }
     }
+}
+
+/// A request to reload the configuration file (from `POST /v1/reload`); the answer goes back on it.
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadSummary, String>>;
+
+/// What a reload changed, by front name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadSummary {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub updated: Vec<String>,
+}
+
+enum Plan {
+    Update(Arc<FrontSlot>, FrontState),
+    Add(Bound),
 }
 
 /// How a shutdown ended.
@@ -283,7 +351,7 @@ pub struct DrainReport {
 impl Running {
     /// The bound addresses of a front (useful when the config asked for port 0).
     pub fn addrs(&self, front: &str) -> &[SocketAddr] {
-        self.addrs.get(front).map(Vec::as_slice).unwrap_or(&[])
+        self.fronts.get(front).map(|r| r.bound.as_slice()).unwrap_or(&[])
     }
 
     /// The first bound address of a front; panics if the front does not exist (a caller bug).
@@ -310,8 +378,91 @@ impl Running {
         &self.shared.ledger
     }
 
-    pub fn front(&self, name: &str) -> Option<&Arc<FrontState>> {
-        self.fronts.iter().find(|f| f.cfg.name == name)
+    /// The current version of a front.
+    pub fn front(&self, name: &str) -> Option<Arc<FrontState>> {
+        self.fronts.get(name).map(|r| r.slot.state.load_full())
+    }
+
+    /// Applies a new, already validated configuration without touching open sessions. Admission rules,
+    /// allowlists, cost settings, ban policy, certificates and front settings apply to new connections
+    /// and new requests at once; fronts are added and removed (a removed front stops accepting while
+    /// its sessions run to their end). New listeners are bound before anything is swapped, so a port
+    /// that cannot be bound leaves the old configuration in force — except for fronts whose listen
+    /// addresses changed, which are stopped first to free their ports. Runtime and log settings need a
+    /// restart.
+    pub async fn reload(&mut self, mut config: Config) -> Result<ReloadSummary, StartError> {
+        let new_fronts = std::mem::take(&mut config.fronts);
+        let mut summary = ReloadSummary::default();
+        let keep: Vec<&str> = new_fronts.iter().map(|f| f.name.as_str()).collect();
+        let moved: Vec<String> = self
+            .fronts
+            .iter()
+            .filter(|(name, run)| {
+                !keep.contains(&name.as_str()) || new_fronts.iter().any(|f| &f.name == *name && f.listen != run.listen)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &moved {
+            if let Some(run) = self.fronts.remove(name) {
+                run.slot.stop.cancel();
+                for h in run.loops {
+                    let _ = h.await;
+                }
+                if !keep.contains(&name.as_str()) {
+                    summary.removed.push(name.clone());
+                }
+            }
+        }
+        let mut plan = Vec::new();
+        for f in new_fronts {
+            match self.fronts.get(&f.name) {
+                Some(run) => {
+                    let level = run.slot.state.load().level.clone();
+                    plan.push(Plan::Update(run.slot.clone(), FrontState::with_level(level, f)));
+                }
+                None => plan.push(Plan::Add(bind_front(FrontState::new(f))?)),
+            }
+        }
+        // Commit: nothing below can fail.
+        for p in plan {
+            match p {
+                Plan::Update(slot, state) => {
+                    state.level.set_policy(state.cfg.admission.clone());
+                    summary.updated.push(state.cfg.name.clone());
+                    slot.state.store(Arc::new(state));
+                }
+                Plan::Add(b) => {
+                    let name = b.state.cfg.name.clone();
+                    summary.added.push(name.clone());
+                    self.fronts.insert(name, serve_front(b, &self.shared));
+                }
+            }
+        }
+        let shared = &self.shared;
+        shared.guard.global().set_policy(config.admission.clone());
+        shared.guard.bans().set_allowlist(config.admission.allow.clone());
+        shared.ledger.set_params(cost_params(&config));
+        shared.cost.store(Arc::new(config.cost.clone()));
+        shared.ban_policy.store(Arc::new(config.bans.clone()));
+        let states: Vec<Arc<FrontState>> = self.fronts.values().map(|r| r.slot.state.load_full()).collect();
+        let refs: Vec<&FrontState> = states.iter().map(|s| s.as_ref()).collect();
+        let addrs: BTreeMap<String, Vec<SocketAddr>> =
+            self.fronts.iter().map(|(n, r)| (n.clone(), r.bound.clone())).collect();
+        shared.features_hosts.store(Arc::new(electrum::rewrite::hosts_json(
+            &config.public_hosts,
+            &public_ports(&refs, &addrs),
+        )));
+        shared
+            .fronts
+            .store(Arc::new(self.fronts.values().map(|r| r.slot.clone()).collect()));
+        tracing::info!(added = ?summary.added, removed = ?summary.removed, updated = ?summary.updated, "configuration reloaded");
+        Ok(summary)
+    }
+
+    /// Reload requests from the admin API (`POST /v1/reload`), for the owner of the configuration file to
+    /// serve; taken once. Until taken (in-process use), the API answers 503.
+    pub fn take_reload_requests(&mut self) -> Option<tokio::sync::mpsc::Receiver<ReloadRequest>> {
+        self.reload_requests.take()
     }
 
     /// Connection tasks still running (including those in handshake).
@@ -322,7 +473,7 @@ impl Running {
     /// Stops accepting now; waits for the listeners to close.
     pub async fn stop_accepting(&mut self) {
         self.shared.stop_accepting.cancel();
-        for h in self.accept_loops.drain(..) {
+        for h in self.fronts.values_mut().flat_map(|r| r.loops.drain(..)) {
             let _ = h.await;
         }
     }

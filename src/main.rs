@@ -269,6 +269,7 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
         None => cfg.log.format.clone(),
     };
     telemetry::init(&format, &cfg.log.level);
+    gatehouse::listen::activation::init(); // before any thread: it edits the environment
     raise_nofile(cfg.runtime.max_open_files);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if cfg.runtime.worker_threads > 0 {
@@ -282,6 +283,14 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // Handlers first: a SIGTERM that arrives right after READY must drain, not kill.
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let running = match Gatehouse::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
@@ -289,31 +298,49 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        gatehouse::listen::activation::close_unused();
         let _ = sdnotify::notify("READY=1");
+        sdnotify::spawn_watchdog();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "gatehouse ready");
-        wait_and_drain(running).await;
+        wait_and_drain(running, path, signals).await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_and_drain(running: gatehouse::Running) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            tracing::error!("cannot install signal handlers");
-            return;
-        }
-    };
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+async fn wait_and_drain(mut running: gatehouse::Running, path: &std::path::Path, signals: Signals) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
+    let mut api = running.take_reload_requests();
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not implemented yet; keeping the running configuration"),
+            _ = hup.recv() => {
+                let _ = reload(&mut running, path).await;
+            }
+            Some(done) = async { match api.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                let _ = done.send(reload(&mut running, path).await);
+            }
         }
     }
     let _ = sdnotify::notify("STOPPING=1");
@@ -330,6 +357,25 @@ async fn wait_and_drain(running: gatehouse::Running) {
         }
     };
     tracing::info!(forced = report.forced, "stopped");
+}
+
+/// SIGHUP or `POST /v1/reload`: validate the whole file first; a bad file leaves the running
+/// configuration in force.
+async fn reload(running: &mut gatehouse::Running, path: &std::path::Path) -> Result<gatehouse::ReloadSummary, String> {
+    let _ = sdnotify::notify("RELOADING=1");
+    let result = match Config::load(path) {
+        Err(e) => {
+            tracing::error!(error = %e, "reload rejected; keeping the running configuration");
+            Err(e.to_string())
+        }
+        Ok(cfg) => running.reload(cfg).await.map_err(|e| {
+            tracing::error!(error = %e, "reload failed");
+            e.to_string()
+        }),
+    };
+    gatehouse::telemetry::metrics::reload(result.is_ok());
+    let _ = sdnotify::notify("READY=1");
+    result
 }
 
 /// Wallet gateways hold thousands of sockets; the usual soft limit of 1024 would refuse them.

@@ -9,6 +9,8 @@ pub fn notify(state: &str) -> std::io::Result<()> {
         return Ok(());
     };
     let sock = UnixDatagram::unbound()?;
+    // Never wait for a reader: a full receive queue is an error to log, not a stalled runtime worker.
+    sock.set_nonblocking(true)?;
     let bytes = path.as_encoded_bytes();
     if let Some(name) = bytes.strip_prefix(b"@") {
         // Abstract namespace socket (Linux).
@@ -19,4 +21,42 @@ pub fn notify(state: &str) -> std::io::Result<()> {
         sock.send_to(state.as_bytes(), &path)?;
     }
     Ok(())
+}
+
+/// The watchdog interval systemd asks for (`WatchdogSec=` in the unit, passed as `$WATCHDOG_USEC`), if it
+/// is meant for this process (`$WATCHDOG_PID` unset or equal to our pid).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.trim().parse().ok()?;
+    if usec == 0 {
+        return None;
+    }
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    Some(std::time::Duration::from_micros(usec))
+}
+
+/// Under a systemd watchdog (`WatchdogSec=`), sends `WATCHDOG=1` every half interval from a task on the
+/// current tokio runtime, so the pings stop, and systemd restarts the service, if the runtime wedges (a
+/// worker stuck in a blocking call, a deadlock) even though the process is alive. A no-op without
+/// `$WATCHDOG_USEC`. Must be called from within a runtime.
+pub fn spawn_watchdog() {
+    let Some(interval) = watchdog_interval() else {
+        return;
+    };
+    let period = (interval / 2).max(std::time::Duration::from_millis(1));
+    tracing::debug!(interval_ms = interval.as_millis() as u64, "systemd watchdog enabled");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        // After a stall, ping once now rather than a burst that would hide it.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = notify("WATCHDOG=1") {
+                tracing::warn!(error = %e, "cannot send WATCHDOG=1 to systemd");
+            }
+        }
+    });
 }

@@ -1,4 +1,6 @@
-//! Logging setup: human lines on a terminal, JSON lines for log shippers.
+//! Logging setup: human lines on a terminal, JSON lines for log shippers; Prometheus metrics in [`metrics`].
+
+pub mod metrics;
 
 use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;

@@ -1006,3 +1006,55 @@ fn bans_commands_talk_to_the_running_gateway() {
     assert_eq!(out.code(), Some(1));
     assert!(out.stderr.contains(&admin.to_string()), "{}", out.stderr);
 }
+
+/// SIGHUP with a broken file keeps the running configuration; SIGHUP with a good one applies it.
+#[test]
+fn sighup_rejects_a_bad_config_and_applies_a_good_one() {
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, tcp_config(listen, backend, "")).unwrap();
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    let mut open = connect(listen);
+    assert!(echoes(&mut open, b"before\n"));
+
+    std::fs::write(&path, "this is = not [valid toml\n").unwrap();
+    // SAFETY: kill() only sends a signal to our own child process.
+    unsafe { libc::kill(gw.pid(), libc::SIGHUP) };
+    let rejected = gw.wait_json(Duration::from_secs(10), |v| {
+        v["message"] == "reload rejected; keeping the running configuration"
+    });
+    assert!(rejected.is_some(), "no rejection logged:\n{}", gw.log());
+    assert!(
+        echoes(&mut open, b"still\n"),
+        "open session lost after a rejected reload"
+    );
+    let mut fresh = connect(listen);
+    assert!(
+        echoes(&mut fresh, b"new\n"),
+        "old configuration not in force after a rejected reload"
+    );
+
+    // A good file that denies 127.0.0.1 (the test's address): new connections are refused at once.
+    std::fs::write(
+        &path,
+        tcp_config(listen, backend, "").replace("[[front]]", "[admission]\ndeny = [\"127.0.0.1/32\"]\n\n[[front]]"),
+    )
+    .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(gw.pid(), libc::SIGHUP) };
+    assert!(
+        gw.wait_json(Duration::from_secs(10), |v| v["message"] == "configuration reloaded")
+            .is_some(),
+        "reload not logged:\n{}",
+        gw.log()
+    );
+    let mut denied = connect(listen);
+    assert!(
+        closed_within(&mut denied, Duration::from_secs(5)),
+        "new rule not applied after reload"
+    );
+    assert!(echoes(&mut open, b"after\n"), "open session lost after a reload");
+}

@@ -1,7 +1,8 @@
 //! The HTTP admin API (HTTP/1.1, hyper) on loopback TCP or a unix socket.
 //!
 //! `GET /healthz` and `GET /readyz` answer anyone who can reach the socket (probes carry no secrets);
-//! everything else needs `Authorization: Bearer <token>`. Every mutation, allowed or not, leaves one
+//! everything else needs `Authorization: Bearer <token>`, including `GET /metrics` (Prometheus text)
+//! unless `[admin] metrics_public = true`. Every mutation, allowed or not, leaves one
 //! audit line (target `gatehouse::audit`) naming the peer, the action and the result, never the token.
 
 pub mod client;
@@ -55,15 +56,37 @@ pub struct AdminState {
     token_digest: [u8; 32],
     /// Cancelled when the gateway stops accepting: from then on it is not ready.
     stop_accepting: CancellationToken,
+    /// The gateway state `/metrics` reads at scrape time; without it only process-wide series are shown.
+    metrics: Option<crate::telemetry::metrics::Live>,
+    /// `/metrics` answers without the token.
+    metrics_public: bool,
+    /// Where `POST /v1/reload` asks the process that owns the configuration file to reload it.
+    reload: Option<tokio::sync::mpsc::Sender<crate::ReloadRequest>>,
 }
 
 impl AdminState {
+    /// Lets `POST /v1/reload` send requests to whoever owns the configuration file.
+    pub fn with_reload(mut self, tx: tokio::sync::mpsc::Sender<crate::ReloadRequest>) -> AdminState {
+        self.reload = Some(tx);
+        self
+    }
+
     pub fn new(bans: Arc<BanTable>, token: &AdminToken, stop_accepting: CancellationToken) -> AdminState {
         AdminState {
             bans,
             token_digest: Sha256::digest(token.expose().as_bytes()).into(),
             stop_accepting,
+            metrics: None,
+            metrics_public: false,
+            reload: None,
         }
+    }
+
+    /// Serves the gateway's live values at `/metrics`; `public` lets it answer without the token.
+    pub fn with_metrics(mut self, live: crate::telemetry::metrics::Live, public: bool) -> AdminState {
+        self.metrics = Some(live);
+        self.metrics_public = public;
+        self
     }
 
     /// Compares digests so the comparison is constant-time and its length reveals nothing.
@@ -249,6 +272,7 @@ async fn handle(state: &AdminState, peer: &str, req: Request<Incoming>) -> Reply
             }
         }
         (_, "/healthz" | "/readyz") => return method_not_allowed("GET"),
+        (&Method::GET, "/metrics") if state.metrics_public => return metrics(state),
         _ => {}
     }
     if !state.authorized(&req) {
@@ -268,8 +292,51 @@ async fn handle(state: &AdminState, peer: &str, req: Request<Incoming>) -> Reply
         (_, p) if p.starts_with("/v1/bans/") => method_not_allowed("DELETE"),
         (&Method::GET, "/v1/cluster") => reply(StatusCode::OK, json!({ "backend": "none", "peers": [] })),
         (_, "/v1/cluster") => method_not_allowed("GET"),
+        (&Method::GET, "/metrics") => metrics(state),
+        (_, "/metrics") => method_not_allowed("GET"),
+        (&Method::POST, "/v1/reload") => reload(state, peer).await,
+        (_, "/v1/reload") => method_not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}")),
     }
+}
+
+/// Same path as SIGHUP: the config file is read and validated whole; a bad file leaves the running
+/// configuration in force and the reason comes back as a 400.
+async fn reload(state: &AdminState, peer: &str) -> Reply {
+    let Some(tx) = &state.reload else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "reload is not available in this process",
+        );
+    };
+    let (done, result) = tokio::sync::oneshot::channel();
+    if tx.send(done).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down");
+    }
+    match result.await {
+        Ok(Ok(summary)) => {
+            tracing::info!(target: "gatehouse::audit", peer, action = "reload", result = "ok", "admin reload");
+            reply(
+                StatusCode::OK,
+                json!({ "added": summary.added, "removed": summary.removed, "updated": summary.updated }),
+            )
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target: "gatehouse::audit", peer, action = "reload", result = "rejected", error = %e, "admin reload");
+            error(StatusCode::BAD_REQUEST, e)
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down"),
+    }
+}
+
+fn metrics(state: &AdminState) -> Reply {
+    let text = crate::telemetry::metrics::render(state.metrics.as_ref());
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(crate::telemetry::metrics::CONTENT_TYPE),
+    );
+    r
 }
 
 /// The JSON form of a ban, as the API and the CLI show it.

@@ -155,6 +155,8 @@ pub struct AdminConfig {
     /// Present exactly when enabled.
     pub token: Option<AdminToken>,
     pub allow_remote: bool,
+    /// `GET /metrics` answers without the bearer token.
+    pub metrics_public: bool,
 }
 
 /// Protocol settings of one Electrum front.
@@ -452,6 +454,7 @@ impl Validator<'_> {
             token_file,
             token,
             allow_remote: a.allow_remote,
+            metrics_public: a.metrics_public,
         })
     }
 

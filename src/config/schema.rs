@@ -111,6 +111,8 @@ pub struct RawAdmin {
     pub token_file: Option<Spanned<PathBuf>>,
     /// Permits a non-loopback TCP listen address.
     pub allow_remote: bool,
+    /// Serves `GET /metrics` without the bearer token.
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -10,16 +10,18 @@
 use super::frame::{Frame, LineDecoder};
 use super::jsonrpc::{self, Incoming, Message, ParseError, Request};
 use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
-use crate::config::{ElectrumSettings, VersionPolicy};
+use crate::config::{BanPolicy, CostConfig, ElectrumSettings, VersionPolicy};
 use crate::front::FrontState;
 use crate::guard::cost::{Account, Throttle};
 use crate::relay::{give_buf, take_buf};
+use crate::telemetry::metrics::{self, Class, ReqResult};
 use crate::Shared;
 use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -126,6 +128,9 @@ struct Session<'a> {
     client: SocketAddr,
     local: SocketAddr,
     account: Account,
+    /// Cost settings as of the session's start (limits themselves live in the ledger and follow reloads).
+    cost: Arc<CostConfig>,
+    ban_policy: Arc<BanPolicy>,
     /// Throttle state as of the last charge; decay only lowers cost, so between charges this errs strict.
     th: Throttle,
     /// Time of the event being handled: one clock read per event, not per message.
@@ -163,7 +168,9 @@ where
         .as_deref()
         .expect("electrum front has electrum settings");
     let account = shared.ledger.open(peer.ip());
-    let th = account.charge(shared.cost.connection_cost);
+    let cost = shared.cost.load_full();
+    let ban_policy = shared.ban_policy.load_full();
+    let th = account.charge(cost.connection_cost);
     let now = Instant::now();
     let mut s = Session {
         front,
@@ -172,6 +179,8 @@ where
         client: peer,
         local,
         account,
+        cost,
+        ban_policy,
         th,
         now,
         negotiated: None,
@@ -408,7 +417,7 @@ impl Session<'_> {
     }
 
     fn next_deadline(&self) -> Instant {
-        let timeout = self.shared.cost.request_timeout;
+        let timeout = self.cost.request_timeout;
         let mut d = self.last_request + self.front.cfg.idle_timeout;
         if let Some(b) = self.client_blocked_since {
             d = d.min(b + self.set.slow_reader_timeout);
@@ -429,7 +438,7 @@ impl Session<'_> {
 
     fn reply_error(&mut self, id: Option<&RawValue>, code: i64, msg: &str) {
         jsonrpc::write_error(&mut self.client_out, id, code, msg);
-        self.charge(self.shared.cost.error_cost);
+        self.charge(self.cost.error_cost);
         self.check_output();
     }
 
@@ -491,9 +500,10 @@ impl Session<'_> {
 
     /// Hard limit: answer -101, close, and ban the address.
     fn hard_limit(&mut self, id: Option<&RawValue>) {
+        metrics::hard_limit_disconnect();
         self.reply_error(id, -101, "excessive resource usage");
         self.close_with("cost hard limit");
-        let p = &self.shared.ban_policy;
+        let p = self.ban_policy.clone();
         if p.enabled {
             self.shared
                 .guard
@@ -504,7 +514,7 @@ impl Session<'_> {
 
     fn violation(&mut self, what: &'static str) {
         self.violations += 1;
-        let p = &self.shared.ban_policy;
+        let p = self.ban_policy.clone();
         if p.enabled && self.violations > p.max_violations {
             self.close_with("protocol violations");
             self.shared
@@ -520,7 +530,8 @@ impl Session<'_> {
         self.requests += 1;
         self.last_request = self.now;
         let _ = discarded; // its bytes were charged as they arrived
-        self.charge(self.shared.cost.parse_error_cost);
+        metrics::request(Class::Other, ReqResult::Error);
+        self.charge(self.cost.parse_error_cost);
         let msg = format!("request line exceeds {} bytes", self.set.max_line);
         self.reply_error(None, -32600, &msg);
         self.violation("oversized request line");
@@ -533,15 +544,19 @@ impl Session<'_> {
         let max_batch = self.set.max_batch;
         let parsed = jsonrpc::parse_message(line, max_batch);
         if th.over_hard {
-            let id = match &parsed {
-                Ok(Message::Single(r)) => r.id,
-                _ => None,
+            let (id, class) = match &parsed {
+                Ok(Message::Single(r)) => (r.id, Class::of(r.method)),
+                _ => (None, Class::Other),
             };
+            metrics::request(class, ReqResult::Refused);
             return self.hard_limit(id);
+        }
+        if parsed.is_err() {
+            metrics::request(Class::Other, ReqResult::Error);
         }
         match parsed {
             Err(ParseError::Parse) => {
-                self.charge(self.shared.cost.parse_error_cost);
+                self.charge(self.cost.parse_error_cost);
                 self.reply_error(None, -32700, "parse error");
                 self.violation("unparsable request");
             }
@@ -573,7 +588,7 @@ impl Session<'_> {
             .ok_or_else(|| (-32601, format!("unknown method \"{}\"", req.method)))?;
         methods::validate(info, req.params)?;
         if info.special == Special::Subscribe {
-            let group_cap = self.shared.cost.max_subscriptions_per_group;
+            let group_cap = self.cost.max_subscriptions_per_group;
             if self.subs >= self.set.max_subscriptions {
                 return Err((
                     -32600,
@@ -597,7 +612,7 @@ impl Session<'_> {
 
     /// The request's cost; operator-added methods cost their configured override or 1.0.
     fn cost_of(&self, info: &MethodInfo, req: &Request<'_>) -> f64 {
-        let costs = &self.shared.cost.method_costs;
+        let costs = &self.cost.method_costs;
         if info.name == "extra" {
             return costs.get(req.method).copied().unwrap_or(info.base_cost);
         }
@@ -612,6 +627,7 @@ impl Session<'_> {
         if self.negotiated.is_none() {
             match self.set.version_policy {
                 VersionPolicy::Require => {
+                    metrics::request(Class::of(req.method), ReqResult::Refused);
                     self.reply_error(id, 1, "server.version must be the first request");
                     self.close_with("no server.version");
                     return;
@@ -619,10 +635,15 @@ impl Session<'_> {
                 VersionPolicy::Tolerate => self.negotiated = Some(self.set.protocol_max),
             }
         }
+        let class = Class::of(req.method);
         let info = match self.admit_method(&req) {
             Ok(i) => i,
-            Err((code, msg)) => return self.reply_error(id, code, &msg),
+            Err((code, msg)) => {
+                metrics::request(class, ReqResult::Refused);
+                return self.reply_error(id, code, &msg);
+            }
         };
+        metrics::request(class, ReqResult::Ok);
         self.charge(self.cost_of(info, &req));
         match info.special {
             Special::AddPeer => return self.reply_result(req.id, "false"),
@@ -644,6 +665,7 @@ impl Session<'_> {
     fn on_version(&mut self, req: Request<'_>) {
         let id = req.id;
         if self.version_seen {
+            metrics::request(Class::Server, ReqResult::Refused);
             return self.reply_error(id, 1, "server.version already sent");
         }
         self.version_seen = true;
@@ -651,11 +673,12 @@ impl Session<'_> {
             methods::lookup("server.version", self.set.profile, self.set.protocol_min)
                 .unwrap_or(methods::version_info()),
             req.params,
-            &self.shared.cost.method_costs,
+            &self.cost.method_costs,
         ));
         let (cmin, cmax) = match client_range(req.params) {
             Some(r) => r,
             None => {
+                metrics::request(Class::Server, ReqResult::Refused);
                 self.reply_error(id, 1, "invalid protocol version");
                 return self.close_with("bad server.version");
             }
@@ -667,9 +690,11 @@ impl Session<'_> {
                 "unsupported protocol version: this server speaks {} to {}",
                 self.set.protocol_min, self.set.protocol_max
             );
+            metrics::request(Class::Server, ReqResult::Refused);
             self.reply_error(id, 1, &msg);
             return self.close_with("unsupported protocol version");
         }
+        metrics::request(Class::Server, ReqResult::Ok);
         self.negotiated = Some(hi);
         let name = jsonrpc::param_str(req.params, 0, "client_name").unwrap_or("");
         // The backend sees the clamped range, so it cannot negotiate a version the gateway does not police.
@@ -689,6 +714,7 @@ impl Session<'_> {
 
     fn on_batch(&mut self, _line: &[u8], items: Vec<Result<Request<'_>, ParseError<'_>>>) {
         if self.negotiated.is_none() && self.set.version_policy == VersionPolicy::Require {
+            metrics::request(Class::Other, ReqResult::Refused);
             self.reply_error(None, 1, "server.version must be the first request");
             return self.close_with("no server.version");
         }
@@ -709,25 +735,30 @@ impl Session<'_> {
             let notification = matches!(&item, Ok(r) if r.id.is_none());
             match item {
                 Err(ParseError::Invalid { id }) => {
+                    metrics::request(Class::Other, ReqResult::Error);
                     jsonrpc::write_error(&mut local_one, id, -32600, "invalid request");
-                    self.charge(self.shared.cost.error_cost);
+                    self.charge(self.cost.error_cost);
                 }
                 Err(_) => {
+                    metrics::request(Class::Other, ReqResult::Error);
                     jsonrpc::write_error(&mut local_one, None, -32600, "invalid request");
-                    self.charge(self.shared.cost.error_cost);
+                    self.charge(self.cost.error_cost);
                 }
                 Ok(req) if req.method == "server.version" => {
+                    metrics::request(Class::Server, ReqResult::Refused);
                     jsonrpc::write_error(&mut local_one, req.id, 1, "server.version cannot be batched");
-                    self.charge(self.shared.cost.error_cost);
+                    self.charge(self.cost.error_cost);
                 }
                 Ok(req) => match self.admit_method(&req) {
                     Err((code, msg)) => {
+                        metrics::request(Class::of(req.method), ReqResult::Refused);
                         jsonrpc::write_error(&mut local_one, req.id, code, &msg);
-                        self.charge(self.shared.cost.error_cost);
+                        self.charge(self.cost.error_cost);
                     }
                     Ok(info) => {
+                        metrics::request(Class::of(req.method), ReqResult::Ok);
                         self.account
-                            .charge(methods::request_cost(info, req.params, &self.shared.cost.method_costs));
+                            .charge(methods::request_cost(info, req.params, &self.cost.method_costs));
                         let local = match info.special {
                             Special::AddPeer => Some("false".to_string()),
                             Special::Banner => self
@@ -788,6 +819,7 @@ impl Session<'_> {
             if th.sleep.is_zero() {
                 self.forward(bytes, track, now);
             } else {
+                metrics::throttled();
                 self.sleeping.push(Queued {
                     bytes: bytes.to_vec(),
                     track,
@@ -796,6 +828,7 @@ impl Session<'_> {
                 });
             }
         } else {
+            metrics::throttled();
             self.waiting.push_back(Queued {
                 bytes: bytes.to_vec(),
                 track,
@@ -833,7 +866,7 @@ impl Session<'_> {
             self.abort = Some("slow reader");
             return;
         }
-        let timeout = self.shared.cost.request_timeout;
+        let timeout = self.cost.request_timeout;
         // Requests that could not be served in time get -102 and pay for the error.
         let mut expired = Vec::new();
         self.sleeping.retain_mut(|q| {
@@ -928,7 +961,7 @@ impl Session<'_> {
                         }
                         self.emit(line)
                     }
-                    Special::Features => match super::rewrite::features(line, &self.shared.features_hosts) {
+                    Special::Features => match super::rewrite::features(line, &self.shared.features_hosts.load()) {
                         Some(out) => self.emit(&out),
                         None => self.emit(line),
                     },
@@ -972,7 +1005,7 @@ impl Session<'_> {
                         .find(|(k, _)| k.bytes() == id.get().as_bytes())
                         .map(|x| x.1);
                     let rewritten = match info.map(|i| i.special) {
-                        Some(Special::Features) => super::rewrite::features(raw, &self.shared.features_hosts),
+                        Some(Special::Features) => super::rewrite::features(raw, &self.shared.features_hosts.load()),
                         Some(Special::Peers) => super::rewrite::peers(raw, &self.front.cfg.upstreams),
                         _ => None,
                     };
@@ -1001,8 +1034,7 @@ impl Session<'_> {
     fn charge_response(&mut self, info: &MethodInfo, reply: &[u8]) {
         match info.cost_kind {
             CostKind::ResponseSize => {
-                self.account
-                    .charge(reply.len() as f64 / self.shared.cost.bytes_per_unit);
+                self.account.charge(reply.len() as f64 / self.cost.bytes_per_unit);
             }
             CostKind::PerReplyItem(per) => {
                 let n = result_items(reply);

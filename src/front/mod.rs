@@ -14,11 +14,30 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
+/// The current version of a front. A reload stores a new [`FrontState`] here; accept loops read it per
+/// connection, and sessions keep the version they started with.
+pub struct FrontSlot {
+    pub state: arc_swap::ArcSwap<FrontState>,
+    /// Cancelled when a reload removes the front (or moves its listeners): its accept loops end.
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+impl FrontSlot {
+    pub fn new(state: FrontState) -> Arc<FrontSlot> {
+        Arc::new(FrontSlot {
+            state: arc_swap::ArcSwap::from_pointee(state),
+            stop: tokio_util::sync::CancellationToken::new(),
+        })
+    }
+}
+
 pub struct FrontState {
     pub cfg: Front,
     pub level: Arc<Level>,
     pub pool: Pool,
     pub tls: Option<TlsAcceptor>,
+    /// Pre-registered metric handles of this front.
+    pub metrics: crate::telemetry::metrics::FrontMetrics,
 }
 
 /// Everything the one log line about a closed connection says.
@@ -36,10 +55,17 @@ pub struct CloseLine<'a> {
 
 impl FrontState {
     pub fn new(cfg: Front) -> FrontState {
+        Self::with_level(Level::new(cfg.admission.clone()), cfg)
+    }
+
+    /// A new version of a front that keeps the connection counts of `level`, so caps hold across a
+    /// reload. The caller applies the new admission rules (`level.set_policy`) when it commits.
+    pub fn with_level(level: Arc<Level>, cfg: Front) -> FrontState {
         FrontState {
-            level: Level::new(cfg.admission.clone()),
+            level,
             pool: Pool::new(&cfg),
             tls: cfg.tls.clone().map(TlsAcceptor::from),
+            metrics: crate::telemetry::metrics::FrontMetrics::new(&cfg.name, cfg.tls.is_some()),
             cfg,
         }
     }

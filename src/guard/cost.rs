@@ -396,6 +396,7 @@ impl Account {
             m.settle(now, &p);
             if units.is_finite() && units > 0.0 {
                 m.cost += units;
+                crate::telemetry::metrics::cost_charged(units);
             }
         }
         Throttle::compute(self.effective_at(now, &p), &p)

@@ -1,12 +1,14 @@
 //! Listening sockets and connection intake: accept, establish the client's identity (PROXY protocol from
 //! trusted load balancers), ask the guard, and terminate TLS. What comes out is an admitted [`Conn`].
 
+pub mod activation;
 pub mod proxy;
 pub mod stream;
 pub mod tls;
 
-use crate::front::FrontState;
+use crate::front::{FrontSlot, FrontState};
 use crate::guard::{Permit, Refusal};
+use crate::telemetry::metrics::Handshake;
 use crate::Shared;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
@@ -16,8 +18,13 @@ use stream::{ClientStream, Prefixed};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Binds a listening socket. IPv6 sockets are v6-only so that `0.0.0.0:P` and `[::]:P` can both be
-/// listed, as operators expect from other daemons.
+/// listed, as operators expect from other daemons. A socket inherited by socket activation (systemd's
+/// `gatehouse.socket`) bound to `addr` is used instead of binding a new one.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    if let Some(l) = activation::take(addr) {
+        l.set_nonblocking(true)?;
+        return TcpListener::from_std(l);
+    }
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         sock.set_only_v6(true)?;
@@ -44,12 +51,15 @@ pub struct Conn {
 
 /// Accepts until shutdown. Connections from untrusted peers are judged here, before any task or buffer
 /// is spent on them.
-pub async fn accept_loop(listener: TcpListener, front: Arc<FrontState>, shared: Arc<Shared>) {
+pub async fn accept_loop(listener: TcpListener, slot: Arc<FrontSlot>, shared: Arc<Shared>) {
     loop {
         let accepted = tokio::select! {
             _ = shared.stop_accepting.cancelled() => break,
+            _ = slot.stop.cancelled() => break,
             r = listener.accept() => r,
         };
+        // The front as currently configured: a reload takes effect from the next connection on.
+        let front = slot.state.load_full();
         let (sock, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
@@ -94,7 +104,7 @@ pub async fn accept_loop(listener: TcpListener, front: Arc<FrontState>, shared: 
             }
         });
     }
-    tracing::info!(front = %front.cfg.name, addr = listener.local_addr().ok().map(tracing::field::display), "listener closed");
+    tracing::info!(front = %slot.state.load().cfg.name, addr = listener.local_addr().ok().map(tracing::field::display), "listener closed");
 }
 
 pub(crate) fn log_refusal(front: &FrontState, shared: &Shared, ip: IpAddr, via: Option<SocketAddr>, r: Refusal) {
@@ -182,17 +192,24 @@ async fn finish_intake(
             }
         }
     }
+    front.metrics.accepted();
     let tcp = Prefixed::new(prefix, sock);
+    let started = Instant::now();
     let stream = match &front.tls {
         None => ClientStream::Plain(tcp),
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
+            Ok(Ok(s)) => {
+                front.metrics.handshake(Handshake::Ok, started.elapsed());
+                ClientStream::Tls(Box::new(s))
+            }
             Ok(Err(e)) => {
+                front.metrics.handshake(Handshake::Error, started.elapsed());
                 let reason = format!("tls error: {e}");
                 front.log_early_close(id.client, id.via, accepted_at, &reason);
                 return None;
             }
             Err(_) => {
+                front.metrics.handshake(Handshake::Timeout, started.elapsed());
                 front.log_early_close(id.client, id.via, accepted_at, "handshake timeout");
                 return None;
             }

@@ -27,6 +27,7 @@ pub struct Pool {
     connect_timeout: Duration,
     backoff: Duration,
     send_proxy: SendProxy,
+    metrics: crate::telemetry::metrics::UpstreamMetrics,
 }
 
 impl Pool {
@@ -44,6 +45,7 @@ impl Pool {
             connect_timeout: front.connect_timeout,
             backoff: front.retry_backoff,
             send_proxy: front.send_proxy,
+            metrics: crate::telemetry::metrics::UpstreamMetrics::new(&front.name, front.upstreams.len()),
         }
     }
 
@@ -83,13 +85,15 @@ impl Pool {
                     .map(|t| t.addr)
             })
             .flatten();
-        for t in &self.targets {
+        for (position, t) in self.targets.iter().enumerate() {
             if t.down_until_ms.load(Ordering::Relaxed) > self.now_ms() && Some(t.addr) != soonest {
                 failures.push(format!("{} marked down", t.addr));
                 continue;
             }
+            let started = Instant::now();
             match self.try_one(t.addr, client, local).await {
                 Ok(s) => {
+                    self.metrics.connected(position, started.elapsed());
                     t.down_until_ms.store(0, Ordering::Relaxed);
                     return Ok((s, t.addr));
                 }

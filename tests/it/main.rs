@@ -7,6 +7,7 @@ mod drain;
 mod electrum_cost;
 mod electrum_protocol;
 mod electrum_transport;
+mod metrics;
 mod proxy;
 mod reload;
 mod timeouts;

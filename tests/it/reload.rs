@@ -111,3 +111,124 @@ async fn renewed_certificate_is_served_within_two_seconds() {
     // The session made before the renewal carries on.
     assert!(echoes(&mut open_session).await);
 }
+
+/// Reload with a new config: parsed like the file would be, relative to `dir`.
+async fn reload(running: &mut gatehouse::Running, dir: &Path, toml: &str) -> gatehouse::ReloadSummary {
+    let cfg = gatehouse::config::Config::parse(toml, &dir.join("gatehouse.toml")).unwrap();
+    running.reload(cfg).await.unwrap()
+}
+
+fn peer_front(name: &str, listen: &str, up: SocketAddr, extra: &str) -> String {
+    format!(
+        "[[front]]\nname = \"{name}\"\nkind = \"peer\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\nupstreams = [\"{up}\"]\n{extra}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_new_rules_to_new_connections_and_keeps_open_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = common::echo_backend().await;
+    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let base = format!("{}{}", common::RELAXED, peer_front("p", &fixed.to_string(), up, ""));
+    let mut running = common::start_in(dir.path(), &base).await;
+    let addr = running.addr("p");
+    let mut open = common::connect_from("127.0.0.2", addr).await.unwrap();
+    assert!(common::echoes(&mut open).await);
+
+    // Deny 127.0.0.2 from now on; same listen address, so the front is updated in place.
+    let denied = format!(
+        "{}{}",
+        common::RELAXED,
+        peer_front(
+            "p",
+            &fixed.to_string(),
+            up,
+            "[front.admission]\ndeny = [\"127.0.0.2/32\"]"
+        )
+    );
+    let summary = reload(&mut running, dir.path(), &denied).await;
+    assert_eq!(
+        summary.updated,
+        vec!["p".to_string()],
+        "same listen addresses: updated in place"
+    );
+    assert!(
+        common::is_refused("127.0.0.2", running.addr("p")).await,
+        "new rule not applied"
+    );
+    assert!(!common::is_refused("127.0.0.3", running.addr("p")).await);
+    assert!(common::echoes(&mut open).await, "open session cut by the reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_fronts() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = common::echo_backend().await;
+    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let one = format!("{}{}", common::RELAXED, peer_front("a", &fixed.to_string(), up, ""));
+    let mut running = common::start_in(dir.path(), &one).await;
+    let a = running.addr("a");
+    let mut open = common::connect_from("127.0.0.2", a).await.unwrap();
+    assert!(common::echoes(&mut open).await);
+
+    // Front b added, front a removed.
+    let two = format!("{}{}", common::RELAXED, peer_front("b", "127.0.0.1:0", up, ""));
+    let summary = reload(&mut running, dir.path(), &two).await;
+    assert_eq!(summary.added, vec!["b".to_string()]);
+    assert_eq!(summary.removed, vec!["a".to_string()]);
+    let b = running.addr("b");
+    let mut s = common::connect_from("127.0.0.3", b).await.unwrap();
+    assert!(common::echoes(&mut s).await, "added front does not serve");
+    assert!(
+        tokio::net::TcpStream::connect(a).await.is_err(),
+        "removed front still accepts"
+    );
+    assert!(
+        common::echoes(&mut open).await,
+        "open session of the removed front was cut"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowered_hard_limit_applies_to_the_next_request_of_an_open_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let front = format!(
+        "[[front]]\nname = \"e\"\nkind = \"electrum\"\nlisten = [\"{fixed}\"]\ntransport = \"tcp\"\nupstreams = [\"{backend}\"]\n"
+    );
+    let mut running = common::start_in(dir.path(), &format!("{}{front}", common::RELAXED)).await;
+    let mut s = common::connect_from("127.0.0.2", running.addr("e")).await.unwrap();
+    let mut line = String::new();
+    let (r, mut w) = s.split();
+    let mut r = tokio::io::BufReader::new(r);
+    use tokio::io::AsyncBufReadExt;
+    w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"server.version\",\"params\":[\"t\",\"1.4\"]}\n")
+        .await
+        .unwrap();
+    r.read_line(&mut line).await.unwrap();
+    assert!(line.contains("result"), "{line}");
+
+    let strict = format!("{}[cost]\nsoft_limit = 1\nhard_limit = 2\n\n{front}", common::RELAXED);
+    reload(&mut running, dir.path(), &strict).await;
+    line.clear();
+    w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"server.ping\",\"params\":[]}\n")
+        .await
+        .unwrap();
+    r.read_line(&mut line).await.unwrap();
+    assert!(
+        line.contains("-101"),
+        "expected the new hard limit to apply at once: {line}"
+    );
+}

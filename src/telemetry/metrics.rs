@@ -1,0 +1,547 @@
+//! Prometheus metrics, served as text (format 0.0.4) at `GET /metrics` on the admin listener.
+//!
+//! Two kinds of series:
+//! - **Counters and histograms the data path bumps** (connections admitted, TLS handshakes, Electrum
+//!   requests, cost, throttling, hard-limit disconnects, upstream connect latency, reloads). They live in
+//!   one process-wide registry. Every label set a hot path touches is registered up front and its handle
+//!   kept ([`FrontMetrics`], [`UpstreamMetrics`], the request matrix), so counting is one relaxed atomic
+//!   add: no lock, no allocation, no map lookup per request or connection.
+//! - **Values read at scrape time** from the running gateway ([`Live`]): open connections per front,
+//!   refusals by reason (the guard's own counters), ban counts ([`crate::guard::bans::BanTable::stats`])
+//!   and upstream up/down ([`crate::upstream::Pool::is_up`]). Nothing is counted twice.
+//!
+//! Labels are only ever a front's name, an upstream's position in its front ("0", "1", …), a reason, a
+//! result, a request class, a ban source or the version. Never a client address, never a backend address.
+
+use crate::front::FrontState;
+use crate::guard::Refusal;
+use crate::Shared;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Seconds; from sub-millisecond loopback connects to a handshake that nearly hits its timeout.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrontLabels {
+    front: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrontResultLabels {
+    front: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method_class: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    front: String,
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+/// What kind of Electrum method a request called, by its name space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Server,
+    Headers,
+    Scripthash,
+    Transaction,
+    Mempool,
+    Keva,
+    /// Fee estimates, unknown methods, and messages that are not a request at all.
+    Other,
+}
+
+impl Class {
+    pub const ALL: [Class; 7] = [
+        Class::Server,
+        Class::Headers,
+        Class::Scripthash,
+        Class::Transaction,
+        Class::Mempool,
+        Class::Keva,
+        Class::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Server => "server",
+            Class::Headers => "headers",
+            Class::Scripthash => "scripthash",
+            Class::Transaction => "transaction",
+            Class::Mempool => "mempool",
+            Class::Keva => "keva",
+            Class::Other => "other",
+        }
+    }
+
+    /// The class of a method name: a few prefix comparisons, no allocation.
+    pub fn of(method: &str) -> Class {
+        if let Some(rest) = method.strip_prefix("blockchain.") {
+            if rest.starts_with("scripthash.") || rest.starts_with("address.") {
+                Class::Scripthash
+            } else if rest.starts_with("transaction.") {
+                Class::Transaction
+            } else if rest.starts_with("block.") || rest.starts_with("headers.") {
+                Class::Headers
+            } else if rest.starts_with("keva.") {
+                Class::Keva
+            } else {
+                Class::Other
+            }
+        } else if method.starts_with("server.") {
+            Class::Server
+        } else if method.starts_with("mempool.") {
+            Class::Mempool
+        } else {
+            Class::Other
+        }
+    }
+}
+
+/// What the gateway did with an Electrum request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReqResult {
+    /// Admitted: forwarded to the backend, or answered by the gateway itself.
+    Ok,
+    /// Malformed: not JSON, not a valid JSON-RPC request, or an oversized line.
+    Error,
+    /// Refused by policy: unknown or disabled method, bad parameters, subscription cap, cost hard limit,
+    /// missing or repeated `server.version`.
+    Refused,
+}
+
+impl ReqResult {
+    const ALL: [ReqResult; 3] = [ReqResult::Ok, ReqResult::Error, ReqResult::Refused];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ReqResult::Ok => "ok",
+            ReqResult::Error => "error",
+            ReqResult::Refused => "refused",
+        }
+    }
+}
+
+/// How a TLS handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    Ok,
+    Error,
+    Timeout,
+}
+
+impl Handshake {
+    const ALL: [Handshake; 3] = [Handshake::Ok, Handshake::Error, Handshake::Timeout];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Handshake::Ok => "ok",
+            Handshake::Error => "error",
+            Handshake::Timeout => "timeout",
+        }
+    }
+}
+
+struct Metrics {
+    accepted: Family<FrontLabels, Counter>,
+    handshakes: Family<FrontResultLabels, Counter>,
+    handshake_seconds: HistogramFamily<FrontLabels>,
+    requests: Family<RequestLabels, Counter>,
+    /// `[class][outcome]`, registered once so a request never touches the family's map.
+    request_handles: [[Counter; 3]; 7],
+    cost_units: Counter<f64, AtomicU64>,
+    throttled: Counter,
+    hard_limit: Counter,
+    upstream_connect_seconds: HistogramFamily<UpstreamLabels>,
+    reloads: Family<ResultLabels, Counter>,
+    reload_handles: [Counter; 2],
+    build_info: Family<VersionLabels, Gauge>,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let requests = Family::<RequestLabels, Counter>::default();
+    let request_handles = std::array::from_fn(|c| {
+        std::array::from_fn(|o| {
+            requests.get_or_create_owned(&RequestLabels {
+                method_class: Class::ALL[c].as_str().to_string(),
+                result: ReqResult::ALL[o].as_str().to_string(),
+            })
+        })
+    });
+    let reloads = Family::<ResultLabels, Counter>::default();
+    let reload_handles = ["ok", "error"].map(|r| reloads.get_or_create_owned(&ResultLabels { result: r.into() }));
+    let build_info = Family::<VersionLabels, Gauge>::default();
+    build_info
+        .get_or_create(&VersionLabels {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        })
+        .set(1);
+    Metrics {
+        accepted: Family::default(),
+        handshakes: Family::default(),
+        handshake_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        requests,
+        request_handles,
+        cost_units: Counter::default(),
+        throttled: Counter::default(),
+        hard_limit: Counter::default(),
+        upstream_connect_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+        reloads,
+        reload_handles,
+        build_info,
+    }
+});
+
+/// The connection-path handles of one front, registered when the front is built.
+#[derive(Clone)]
+pub struct FrontMetrics {
+    accepted: Counter,
+    /// Only fronts that terminate TLS have handshake series.
+    tls: Option<([Counter; 3], Histogram)>,
+}
+
+impl FrontMetrics {
+    pub fn new(front: &str, tls: bool) -> FrontMetrics {
+        let m = &*METRICS;
+        let label = FrontLabels { front: front.into() };
+        FrontMetrics {
+            accepted: m.accepted.get_or_create_owned(&label),
+            tls: tls.then(|| {
+                let counts = Handshake::ALL.map(|h| {
+                    m.handshakes.get_or_create_owned(&FrontResultLabels {
+                        front: front.into(),
+                        result: h.as_str().into(),
+                    })
+                });
+                (counts, m.handshake_seconds.get_or_create_owned(&label))
+            }),
+        }
+    }
+
+    /// A connection the guard admitted.
+    pub fn accepted(&self) {
+        self.accepted.inc();
+    }
+
+    /// A finished TLS handshake; the duration is recorded for completed ones only.
+    pub fn handshake(&self, result: Handshake, took: Duration) {
+        let Some((counts, seconds)) = &self.tls else { return };
+        let i = Handshake::ALL.iter().position(|h| *h == result).unwrap_or(0);
+        counts[i].inc();
+        if result == Handshake::Ok {
+            seconds.observe(took.as_secs_f64());
+        }
+    }
+}
+
+impl std::fmt::Debug for FrontMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrontMetrics")
+    }
+}
+
+/// Connect-latency histograms of a front's upstreams, by position.
+#[derive(Clone)]
+pub struct UpstreamMetrics {
+    connect_seconds: Vec<Histogram>,
+}
+
+impl UpstreamMetrics {
+    pub fn new(front: &str, upstreams: usize) -> UpstreamMetrics {
+        let m = &*METRICS;
+        UpstreamMetrics {
+            connect_seconds: (0..upstreams)
+                .map(|i| {
+                    m.upstream_connect_seconds.get_or_create_owned(&UpstreamLabels {
+                        front: front.into(),
+                        upstream: i.to_string(),
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// A successful connect (including the PROXY header, when sent) to the upstream at `position`.
+    pub fn connected(&self, position: usize, took: Duration) {
+        if let Some(h) = self.connect_seconds.get(position) {
+            h.observe(took.as_secs_f64());
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamMetrics")
+    }
+}
+
+/// One Electrum request (a batch counts each of its items).
+#[inline]
+pub fn request(class: Class, outcome: ReqResult) {
+    let o = match outcome {
+        ReqResult::Ok => 0,
+        ReqResult::Error => 1,
+        ReqResult::Refused => 2,
+    };
+    METRICS.request_handles[class as usize][o].inc();
+}
+
+/// Cost units charged to a client's account.
+#[inline]
+pub fn cost_charged(units: f64) {
+    if units.is_finite() && units > 0.0 {
+        METRICS.cost_units.inc_by(units);
+    }
+}
+
+/// A request the throttle delayed (it slept in its slot or waited for one).
+#[inline]
+pub fn throttled() {
+    METRICS.throttled.inc();
+}
+
+/// A session closed for reaching the cost hard limit.
+pub fn hard_limit_disconnect() {
+    METRICS.hard_limit.inc();
+}
+
+/// A configuration reload, applied (`ok`) or rejected.
+pub fn reload(ok: bool) {
+    METRICS.reload_handles[usize::from(!ok)].inc();
+}
+
+/// The running gateway's state that a scrape reads.
+pub struct Live {
+    shared: Arc<Shared>,
+}
+
+impl Live {
+    pub fn new(shared: Arc<Shared>) -> Live {
+        Live { shared }
+    }
+
+    /// The fronts as configured now (read per scrape, so reloads are followed).
+    fn fronts(&self) -> Vec<Arc<FrontState>> {
+        self.shared.fronts.load().iter().map(|s| s.state.load_full()).collect()
+    }
+}
+
+/// The exposition: the process-wide series plus, with `live`, the values read from the gateway now.
+pub fn render(live: Option<&Live>) -> String {
+    let m = &*METRICS;
+    let mut r = Registry::with_prefix("gatehouse");
+    r.register(
+        "build_info",
+        "Always 1; the version label names the running build",
+        m.build_info.clone(),
+    );
+    if let Some(live) = live {
+        let fronts = live.fronts();
+        let open = Family::<FrontLabels, Gauge>::default();
+        let up = Family::<UpstreamLabels, Gauge>::default();
+        for f in &fronts {
+            let label = FrontLabels {
+                front: f.cfg.name.clone(),
+            };
+            // Summed, so a removed front still draining and its re-added namesake do not clash.
+            open.get_or_create(&label).inc_by(f.level.open_connections() as i64);
+            for (i, addr) in f.cfg.upstreams.iter().enumerate() {
+                up.get_or_create(&UpstreamLabels {
+                    front: f.cfg.name.clone(),
+                    upstream: i.to_string(),
+                })
+                .set(i64::from(f.pool.is_up(*addr)));
+            }
+        }
+        r.register(
+            "connections_open",
+            "Admitted client connections open now (including those still in handshake), per front",
+            open,
+        );
+        let refused = Family::<ReasonLabels, Counter>::default();
+        for reason in Refusal::ALL {
+            refused
+                .get_or_create(&ReasonLabels {
+                    reason: reason.as_str().into(),
+                })
+                .inc_by(live.shared.guard.refused(reason));
+        }
+        r.register("connections_refused", "Connections refused, by reason", refused);
+        r.register(
+            "upstream_up",
+            "1 when the upstream (by position in its front) is believed reachable, 0 while marked down",
+            up,
+        );
+        let s = live.shared.guard.bans().stats();
+        r.register("bans_active", "Bans in force now", gauge(s.active as i64));
+        let added = Family::<SourceLabels, Counter>::default();
+        for (source, n) in [("session", s.added_session), ("admin", s.added_admin)] {
+            added.get_or_create(&SourceLabels { source: source.into() }).inc_by(n);
+        }
+        r.register(
+            "bans_added",
+            "Bans added by this process, by source (session: automatic; admin: the API)",
+            added,
+        );
+        r.register(
+            "bans_lifted",
+            "Bans lifted before their end by an operator",
+            counter(s.lifted),
+        );
+        r.register("bans_expired", "Bans that reached their end", counter(s.expired));
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        rejected
+            .get_or_create(&ReasonLabels {
+                reason: "allowlisted".into(),
+            })
+            .inc_by(s.rejected_allowlisted);
+        r.register("bans_rejected", "Bans refused, by reason", rejected);
+    }
+    r.register(
+        "connections_accepted",
+        "Client connections admitted by the guard, per front",
+        m.accepted.clone(),
+    );
+    r.register(
+        "tls_handshakes",
+        "TLS handshakes, by front and result (ok, error, timeout)",
+        m.handshakes.clone(),
+    );
+    r.register_with_unit(
+        "tls_handshake_duration",
+        "Duration of completed TLS handshakes, per front",
+        Unit::Seconds,
+        m.handshake_seconds.clone(),
+    );
+    r.register(
+        "electrum_requests",
+        "Electrum requests, by method class and result (ok: admitted; error: malformed; refused: by policy)",
+        m.requests.clone(),
+    );
+    r.register(
+        "electrum_cost_units",
+        "Cost units charged to clients' accounts",
+        m.cost_units.clone(),
+    );
+    r.register(
+        "electrum_throttled_requests",
+        "Electrum requests delayed by the throttle (slept in their slot or waited for one)",
+        m.throttled.clone(),
+    );
+    r.register(
+        "electrum_hard_limit_disconnects",
+        "Electrum sessions closed for reaching the cost hard limit",
+        m.hard_limit.clone(),
+    );
+    r.register_with_unit(
+        "upstream_connect_duration",
+        "Duration of successful upstream connects, by front and upstream position",
+        Unit::Seconds,
+        m.upstream_connect_seconds.clone(),
+    );
+    r.register(
+        "reloads",
+        "Configuration reloads, by result (ok, error)",
+        m.reloads.clone(),
+    );
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing to a String cannot fail.
+    let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &r);
+    out
+}
+
+fn gauge(v: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(v);
+    g
+}
+
+fn counter(v: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(v);
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_follow_name_spaces() {
+        assert_eq!(Class::of("server.version"), Class::Server);
+        assert_eq!(Class::of("blockchain.block.headers"), Class::Headers);
+        assert_eq!(Class::of("blockchain.headers.subscribe"), Class::Headers);
+        assert_eq!(Class::of("blockchain.scripthash.get_history"), Class::Scripthash);
+        assert_eq!(Class::of("blockchain.transaction.get"), Class::Transaction);
+        assert_eq!(Class::of("mempool.get_fee_histogram"), Class::Mempool);
+        assert_eq!(Class::of("blockchain.keva.get_keyvalues"), Class::Keva);
+        assert_eq!(Class::of("blockchain.estimatefee"), Class::Other);
+        assert_eq!(Class::of("no.such"), Class::Other);
+        for (i, c) in Class::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn process_series_render_without_a_gateway() {
+        request(Class::Server, ReqResult::Ok);
+        reload(true);
+        FrontMetrics::new("unit", true).handshake(Handshake::Ok, Duration::from_millis(3));
+        let text = render(None);
+        assert!(text.contains("gatehouse_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("# TYPE gatehouse_electrum_requests_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("gatehouse_reloads_total{result=\"error\"}"), "{text}");
+        assert!(
+            text.contains("# TYPE gatehouse_tls_handshake_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+}
