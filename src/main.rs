@@ -268,7 +268,13 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
         Some(Format::Human) => LogFormat::Human,
         None => cfg.log.format.clone(),
     };
-    telemetry::init(&format, &cfg.log.level);
+    let log_file = match telemetry::init_with_file(&format, &cfg.log.level, cfg.log.file.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     gatehouse::listen::activation::init(); // before any thread: it edits the environment
     raise_nofile(cfg.runtime.max_open_files);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -295,6 +301,10 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "start failed");
+                if log_file.is_some() {
+                    // The log line went to the file; whoever started us (systemd, a shell) sees stderr.
+                    eprintln!("error: start failed: {e}");
+                }
                 return ExitCode::FAILURE;
             }
         };
@@ -302,7 +312,7 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
         let _ = sdnotify::notify("READY=1");
         sdnotify::spawn_watchdog();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "gatehouse ready");
-        wait_and_drain(running, path, signals).await;
+        wait_and_drain(running, path, signals, log_file).await;
         ExitCode::SUCCESS
     })
 }
@@ -311,6 +321,8 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    /// Reopen the log file (logrotate's postrotate).
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -320,15 +332,22 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 }
 
-async fn wait_and_drain(mut running: gatehouse::Running, path: &std::path::Path, signals: Signals) {
+async fn wait_and_drain(
+    mut running: gatehouse::Running,
+    path: &std::path::Path,
+    signals: Signals,
+    log_file: Option<telemetry::LogFile>,
+) {
     let Signals {
         mut term,
         mut int,
         mut hup,
+        mut usr1,
     } = signals;
     let mut api = running.take_reload_requests();
     loop {
@@ -336,10 +355,11 @@ async fn wait_and_drain(mut running: gatehouse::Running, path: &std::path::Path,
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                let _ = reload(&mut running, path).await;
+                let _ = reload(&mut running, path, log_file.as_ref()).await;
             }
+            _ = usr1.recv() => reopen_log(log_file.as_ref()),
             Some(done) = async { match api.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                let _ = done.send(reload(&mut running, path).await);
+                let _ = done.send(reload(&mut running, path, log_file.as_ref()).await);
             }
         }
     }
@@ -348,12 +368,17 @@ async fn wait_and_drain(mut running: gatehouse::Running, path: &std::path::Path,
     let force = running.force_close_token();
     let drain = running.shutdown();
     tokio::pin!(drain);
-    let report = tokio::select! {
-        r = &mut drain => r,
-        _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
-            tracing::info!("second stop signal: closing sessions now");
-            force.cancel();
-            drain.await
+    // Logrotate may run while sessions drain: keep honouring SIGUSR1 until the end.
+    let mut forced = false;
+    let report = loop {
+        tokio::select! {
+            r = &mut drain => break r,
+            _ = usr1.recv() => reopen_log(log_file.as_ref()),
+            _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } }, if !forced => {
+                tracing::info!("second stop signal: closing sessions now");
+                force.cancel();
+                forced = true;
+            }
         }
     };
     tracing::info!(forced = report.forced, "stopped");
@@ -361,21 +386,46 @@ async fn wait_and_drain(mut running: gatehouse::Running, path: &std::path::Path,
 
 /// SIGHUP or `POST /v1/reload`: validate the whole file first; a bad file leaves the running
 /// configuration in force.
-async fn reload(running: &mut gatehouse::Running, path: &std::path::Path) -> Result<gatehouse::ReloadSummary, String> {
+async fn reload(
+    running: &mut gatehouse::Running,
+    path: &std::path::Path,
+    log_file: Option<&telemetry::LogFile>,
+) -> Result<gatehouse::ReloadSummary, String> {
     let _ = sdnotify::notify("RELOADING=1");
     let result = match Config::load(path) {
         Err(e) => {
             tracing::error!(error = %e, "reload rejected; keeping the running configuration");
             Err(e.to_string())
         }
-        Ok(cfg) => running.reload(cfg).await.map_err(|e| {
-            tracing::error!(error = %e, "reload failed");
-            e.to_string()
-        }),
+        Ok(cfg) => {
+            if cfg.log.file.as_deref() != log_file.map(|f| f.path()) {
+                tracing::warn!("log.file changed; the new destination takes effect at the next start");
+            }
+            running.reload(cfg).await.map_err(|e| {
+                tracing::error!(error = %e, "reload failed");
+                e.to_string()
+            })
+        }
     };
     gatehouse::telemetry::metrics::reload(result.is_ok());
     let _ = sdnotify::notify("READY=1");
     result
+}
+
+/// SIGUSR1: reopen the log file at its path, so lines follow a logrotate rename. On failure the current file
+/// stays in use and the reason goes to stderr (the log file may be the thing that is broken) and the log.
+fn reopen_log(log_file: Option<&telemetry::LogFile>) {
+    let Some(f) = log_file else {
+        tracing::info!("SIGUSR1: logging to stderr, no log file to reopen");
+        return;
+    };
+    match f.reopen() {
+        Ok(()) => tracing::info!(path = %f.path().display(), "log file reopened"),
+        Err(e) => {
+            eprintln!("error: SIGUSR1: {e}; still writing to the previous log file");
+            tracing::error!(error = %e, "log file not reopened; still writing to the previous file");
+        }
+    }
 }
 
 /// Wallet gateways hold thousands of sockets; the usual soft limit of 1024 would refuse them.

@@ -1058,3 +1058,148 @@ fn sighup_rejects_a_bad_config_and_applies_a_good_one() {
     );
     assert!(echoes(&mut open, b"after\n"), "open session lost after a reload");
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// `[log] file` and SIGUSR1 (logrotate)
+
+/// Polls `file` (bounded) until one of its lines is a JSON object satisfying `pred`; returns that object.
+fn wait_file_json(
+    file: &Path,
+    limit: Duration,
+    mut pred: impl FnMut(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let hit = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| pred(v));
+        if hit.is_some() {
+            return hit;
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One echoed session closed by the client; returns its client address as the close line shows it.
+fn one_session(listen: SocketAddr, what: &str) -> String {
+    let mut s = connect(listen);
+    let local = s.local_addr().unwrap().to_string();
+    assert!(echoes(&mut s, b"ping\n"), "{what}: no echo through the gateway");
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(5)), "{what}: not closed");
+    local
+}
+
+fn is_close_of(v: &serde_json::Value, client: &str) -> bool {
+    v["client"] == client && v["reason"] == "client closed"
+}
+
+#[test]
+fn log_file_follows_logrotate_on_sigusr1() {
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let logs = dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    // Relative: resolved against the config's folder.
+    let top = "[runtime]\ndrain_deadline = \"1s\"\n\n[log]\nfile = \"logs/gatehouse.log\"\n";
+    std::fs::write(&path, tcp_config(listen, backend, top)).unwrap();
+    let current = logs.join("gatehouse.log");
+    let rotated = logs.join("gatehouse.log.1");
+    let show = |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| format!("({}: {e})", p.display()));
+
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&current).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & !0o640, 0, "log file mode {mode:o} is wider than 0640");
+
+    let first = one_session(listen, "first");
+    wait_file_json(&current, Duration::from_secs(10), |v| is_close_of(v, &first))
+        .unwrap_or_else(|| panic!("no close line for {first} in the log file:\n{}", show(&current)));
+
+    // logrotate: rename, then SIGUSR1. The gateway writes "log file reopened" into the fresh file.
+    std::fs::rename(&current, &rotated).unwrap();
+    gw.signal(libc::SIGUSR1);
+    wait_file_json(&current, Duration::from_secs(10), |v| {
+        v["message"] == "log file reopened"
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no fresh log file after SIGUSR1:\n{}\nstderr:\n{}",
+            show(&current),
+            gw.log()
+        )
+    });
+    let second = one_session(listen, "second");
+    wait_file_json(&current, Duration::from_secs(10), |v| is_close_of(v, &second))
+        .unwrap_or_else(|| panic!("no close line for {second} in the new file:\n{}", show(&current)));
+    let old = show(&rotated);
+    assert!(
+        old.contains(&format!("\"{first}\"")),
+        "the rotated file lost its lines:\n{old}"
+    );
+    assert!(
+        !old.contains(&format!("\"{second}\"")),
+        "a line after SIGUSR1 went to the rotated file:\n{old}"
+    );
+    assert!(
+        !show(&current).contains(&format!("\"{first}\"")),
+        "a line from before the rotation is in the new file"
+    );
+
+    // A reopen that fails (the folder is gone) is reported on stderr; lines keep going to the open file.
+    let gone = dir.path().join("logs.gone");
+    std::fs::rename(&logs, &gone).unwrap();
+    gw.signal(libc::SIGUSR1);
+    gw.wait_line(Duration::from_secs(10), |l| {
+        l.contains("SIGUSR1") && l.contains("cannot open log file") && l.contains("gatehouse.log")
+    })
+    .unwrap_or_else(|| panic!("a failed reopen was not reported on stderr:\n{}", gw.log()));
+    let third = one_session(listen, "third");
+    let kept = gone.join("gatehouse.log");
+    wait_file_json(&kept, Duration::from_secs(10), |v| is_close_of(v, &third))
+        .unwrap_or_else(|| panic!("after a failed reopen, no close line in the old file:\n{}", show(&kept)));
+
+    gw.signal(libc::SIGTERM);
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("gatehouse did not exit after SIGTERM:\n{}", show(&kept)));
+    assert_eq!(status.code(), Some(0), "exit status {status}:\n{}", show(&kept));
+    // With a log file, event lines do not also go to stderr.
+    let stderr = gw.stderr_until_eof(Duration::from_secs(5)).join("\n");
+    assert!(
+        !stderr.contains(&format!("\"{first}\"")) && !stderr.contains("gatehouse ready"),
+        "log lines went to stderr:\n{stderr}"
+    );
+}
+
+#[test]
+fn run_exits_1_when_the_log_file_cannot_be_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let top = "[log]\nfile = \"no-such-folder/gatehouse.log\"\n";
+    std::fs::write(&path, tcp_config(listen, "127.0.0.1:9".parse().unwrap(), top)).unwrap();
+    let out = run_to_end(
+        &["run", "-c", path.to_str().unwrap(), "--log-format", "json"],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code(), Some(1), "stderr: {}", out.stderr);
+    let want = dir.path().join("no-such-folder/gatehouse.log");
+    assert!(
+        out.stderr.contains(&format!("cannot open log file {}", want.display())),
+        "stderr lacks the path: {}",
+        out.stderr
+    );
+    assert!(
+        TcpStream::connect_timeout(&listen, Duration::from_millis(300)).is_err(),
+        "it listened anyway"
+    );
+}

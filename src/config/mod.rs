@@ -190,6 +190,8 @@ pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
     pub refusal_interval: Duration,
+    /// Log file (resolved against the config's folder); None = stderr.
+    pub file: Option<PathBuf>,
 }
 
 /// Connection-rate allowance: `rate` sustained, `burst` at once.
@@ -357,6 +359,17 @@ impl Validator<'_> {
         if raw.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
             return Err(self.err("log.level", None, format!("invalid log filter `{}`", raw.log.level)));
         }
+        let log_file = match &raw.log.file {
+            Some(f) if f.get_ref().as_os_str().is_empty() => {
+                return Err(self.err(
+                    "log.file",
+                    Some(f.span()),
+                    "empty path (leave it unset to log to stderr)",
+                ));
+            }
+            Some(f) => Some(self.path(f.get_ref())),
+            None => None,
+        };
         let cost = self.cost(&raw.cost)?;
         for name in cost.method_costs.keys() {
             let extra = fronts
@@ -396,6 +409,7 @@ impl Validator<'_> {
                 format: raw.log.format,
                 level: raw.log.level,
                 refusal_interval: raw.log.refusal_interval.0,
+                file: log_file,
             },
             admission: global,
             fronts,

@@ -214,6 +214,9 @@ pub struct RawLog {
     /// A refused address is logged once per reason within this interval.
     #[serde(default = "default_refusal_interval")]
     pub refusal_interval: Duration,
+    /// Log to this file (appending) instead of stderr; SIGUSR1 reopens it. Relative to the config's folder.
+    #[serde(default)]
+    pub file: Option<Spanned<PathBuf>>,
 }
 
 fn default_level() -> String {
@@ -229,6 +232,7 @@ impl Default for RawLog {
             format: LogFormat::Human,
             level: default_level(),
             refusal_interval: default_refusal_interval(),
+            file: None,
         }
     }
 }
