@@ -134,14 +134,9 @@ async fn stub_backend() -> SocketAddr {
 fn write_config(dir: &Path, backend: SocketAddr, electrum_port: u16, relay_port: u16) -> String {
     // One certificate per run, so clients built for the first gateway trust the later ones.
     if !dir.join("bench.der").exists() {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        std::fs::write(dir.join("bench.crt"), cert.pem()).unwrap();
-        std::fs::write(dir.join("bench.key"), key.serialize_pem()).unwrap();
-        std::fs::write(dir.join("bench.der"), cert.der()).unwrap();
+        // The demo's certificate maker: ECDSA P-256 for localhost, written as demo.crt / demo.key.
+        let der = gatehouse::demo::self_signed(dir).unwrap();
+        std::fs::write(dir.join("bench.der"), der).unwrap();
     }
     format!(
         r#"
@@ -170,8 +165,8 @@ listen = ["127.0.0.1:{electrum_port}"]
 transport = "tls"
 upstreams = ["{backend}"]
 [front.tls]
-cert = "bench.crt"
-key = "bench.key"
+cert = "demo.crt"
+key = "demo.key"
 [front.electrum]
 max_subscriptions = 10000000
 
@@ -182,8 +177,8 @@ listen = ["127.0.0.1:{relay_port}"]
 transport = "tls"
 upstreams = ["{backend}"]
 [front.tls]
-cert = "bench.crt"
-key = "bench.key"
+cert = "demo.crt"
+key = "demo.key"
 "#
     )
 }

@@ -45,7 +45,7 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Electrum cost accounting, shared by every Electrum front so a client's budget spans them.
     pub ledger: Arc<Ledger>,
-    /// Swapped whole on reload; sessions take a snapshot when they start.
+    /// Swapped whole on reload; sessions pick the new value up before their next request.
     pub cost: ArcSwap<CostConfig>,
     pub ban_policy: ArcSwap<BanPolicy>,
     /// Subscriptions held per client group.

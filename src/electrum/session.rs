@@ -128,7 +128,7 @@ struct Session<'a> {
     client: SocketAddr,
     local: SocketAddr,
     account: Account,
-    /// Cost settings as of the session's start (limits themselves live in the ledger and follow reloads).
+    /// Cost settings, refreshed from `Shared` when a reload swaps them (limits live in the ledger).
     cost: Arc<CostConfig>,
     ban_policy: Arc<BanPolicy>,
     /// Throttle state as of the last charge; decay only lowers cost, so between charges this errs strict.
@@ -242,6 +242,7 @@ where
         s.now = Instant::now();
         match ev {
             Event::Client(buf, n) => {
+                s.refresh_settings();
                 s.bytes_in += n as u64;
                 s.charge_bytes(n);
                 client_dec.feed(&buf[..n]);
@@ -297,6 +298,19 @@ where
 }
 
 impl Session<'_> {
+    /// Picks up reloaded cost and ban settings before the next requests: one pointer comparison when
+    /// nothing changed.
+    fn refresh_settings(&mut self) {
+        let cost = self.shared.cost.load();
+        if !Arc::ptr_eq(&self.cost, &cost) {
+            self.cost = arc_swap::Guard::into_inner(cost);
+        }
+        let bans = self.shared.ban_policy.load();
+        if !Arc::ptr_eq(&self.ban_policy, &bans) {
+            self.ban_policy = arc_swap::Guard::into_inner(bans);
+        }
+    }
+
     fn charge(&mut self, units: f64) {
         self.th = self.account.charge(units);
     }
