@@ -9,199 +9,26 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc};
+
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+mod support;
+use support::{free_port, wait_accepting, Proc};
 const ADMIN_TOKEN: &str = "operations-test-token-0123456789";
 
 // ---------------------------------------------------------------------------------------------------------------
 // The child process (copied from tests/cli.rs, trimmed)
 
-/// A running `gatehouse` child. Its stderr is read line by line on a thread; the child is killed on drop.
-struct Proc {
-    child: Child,
-    lines: Option<mpsc::Receiver<String>>,
-    /// Every stderr line received so far.
-    seen: Vec<String>,
-}
-
-impl Proc {
-    /// Starts `gatehouse run -c FILE --log-format json`.
-    fn run_json(config: &Path) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(["run", "-c", config.to_str().unwrap(), "--log-format", "json"])
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn gatehouse run");
-        let err = child.stderr.take().expect("stderr piped");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines: Some(rx),
-            seen: Vec::new(),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
-    }
-
-    /// Waits (bounded) for the next stderr line satisfying `pred`; returns it, or None at the limit or EOF.
-    fn wait_line(&mut self, limit: Duration, mut pred: impl FnMut(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        let rx = self.lines.as_ref()?;
-        loop {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if pred(&line) {
-                        return Some(line);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// Waits (bounded) for a JSON log line whose object satisfies `pred`.
-    fn wait_json(
-        &mut self,
-        limit: Duration,
-        mut pred: impl FnMut(&serde_json::Value) -> bool,
-    ) -> Option<serde_json::Value> {
-        let line = self.wait_line(limit, |l| {
-            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| pred(&v))
-        })?;
-        serde_json::from_str(&line).ok()
-    }
-
-    /// Collects the lines already received without waiting, so `log()` shows them.
-    fn drain_lines(&mut self) {
-        if let Some(rx) = &self.lines {
-            while let Ok(line) = rx.try_recv() {
-                self.seen.push(line);
-            }
-        }
-    }
-
-    /// Collects the remaining stderr lines until the pipe closes (bounded).
-    fn stderr_until_eof(&mut self, limit: Duration) -> Vec<String> {
-        let deadline = Instant::now() + limit;
-        if let Some(rx) = self.lines.take() {
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                match rx.recv_timeout(left) {
-                    Ok(line) => self.seen.push(line),
-                    Err(_) => break,
-                }
-            }
-        }
-        self.seen.clone()
-    }
-
-    /// Polls for the child's exit for at most `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) with the pid of a child we own and have not reaped (it cannot have been reused).
-        let rc = unsafe { libc::kill(self.pid(), sig) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({}, {sig}) failed: {}",
-            self.pid(),
-            std::io::Error::last_os_error()
-        );
-    }
-
-    /// The last lines of the log, for failure messages.
-    fn log(&mut self) -> String {
-        self.drain_lines();
-        let from = self.seen.len().saturating_sub(60);
-        self.seen[from..].join("\n")
-    }
-
-    /// Sends SIGHUP and waits for the reload to be logged as applied (panics if it is rejected).
-    fn sighup_and_wait_reloaded(&mut self) {
-        self.signal(libc::SIGHUP);
-        let outcome = self.wait_json(Duration::from_secs(10), |v| {
-            v["message"] == "configuration reloaded"
-                || v["message"] == "reload rejected; keeping the running configuration"
-                || v["message"] == "reload failed"
-        });
-        if outcome.is_none_or(|v| v["message"] != "configuration reloaded") {
-            panic!("SIGHUP reload not applied:\n{}", self.log());
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Sockets, files and HTTP
 
-/// A port on 127.0.0.1 that was free a moment ago (bound to port 0, then closed).
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
-/// Polls until `addr` accepts a TCP connection (bounded number of tries); panics with the log otherwise.
-fn wait_accepting(p: &mut Proc, addr: SocketAddr) {
-    for _ in 0..200 {
-        if let Ok(s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
-            drop(s);
-            return;
-        }
-        if let Ok(Some(status)) = p.child.try_wait() {
-            let log = p.stderr_until_eof(Duration::from_secs(2)).join("\n");
-            panic!("gatehouse exited early with {status}:\n{log}");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{addr} never accepted a connection:\n{}", p.log());
 }
 
 /// Lifts this process's soft open-file limit to at least `want` (capped by the hard limit); returns the
