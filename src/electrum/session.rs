@@ -400,7 +400,13 @@ impl Session<'_> {
             }
         }
         // Client reads, unless the session is backed up or closing.
-        let paused = self.closing.is_some() || self.waiting.len() >= MAX_QUEUED || self.up_out.len() >= MAX_UP_OUT;
+        // Queued requests are copies of client lines (up to max_line each): bound them by bytes as well
+        // as by count, so a throttled client cannot park megabytes in the gateway.
+        let queued_bytes: usize = self.waiting.iter().map(|q| q.bytes.len()).sum();
+        let paused = self.closing.is_some()
+            || self.waiting.len() >= MAX_QUEUED
+            || queued_bytes >= MAX_UP_OUT
+            || self.up_out.len() >= MAX_UP_OUT;
         if !paused {
             let mut buf = take_buf();
             let mut rb = ReadBuf::new(&mut buf);
