@@ -5,6 +5,7 @@
 //! only parses the command line.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod electrum;

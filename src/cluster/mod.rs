@@ -1,0 +1,731 @@
+//! Cluster links, embedded default (DESIGN §5, issue 4 item 3): ban statements signed by their origin
+//! node, pushed to every peer over authenticated, encrypted links, and reconciled by anti-entropy.
+//!
+//! Choices:
+//! - **Keys** ([`keys`]): one Ed25519 key per node (`ed25519-dalek` 2), stored as the base64 of the
+//!   32-byte seed (file mode 0600); a node id is the base64 of its public key. The link layer's X25519
+//!   key is derived from the same key (Ed25519 → Montgomery form, as libsodium does), so the config
+//!   lists one public key per peer and each node has one secret file.
+//! - **Records** ([`record`]): `{op: ban|unban, prefix, reason, created_ms, duration_ms, version, origin
+//!   key}` plus the origin's Ed25519 signature over a fixed canonical byte encoding (domain-separated).
+//!   Relays forward the signed statement unchanged; a statement whose origin is not a listed key (or
+//!   this node), whose signature does not verify, or whose prefix is not normalised is dropped and
+//!   counted, whichever link brought it.
+//! - **Versions**: newest `(version, origin key)` per prefix wins, everywhere the same. Versions are µs
+//!   hybrid-clock values, and a node making a statement about a prefix always picks a version above
+//!   every version it has seen for it (a Lamport step), so an unban made after a ban was received beats
+//!   that ban even if the unbanning node's clock is behind. A statement equal to the held one changes
+//!   nothing (a duplicate); an older one is stale (a replay): both are dropped, stale ones counted. An
+//!   unban is kept as a tombstone for as long as the lifted ban had left, so a replay of the ban cannot
+//!   revive it.
+//! - **Expiry and clock skew**: the signed statement carries `created` (origin's clock) and a
+//!   `duration`; each hop carries, unsigned, how long the record has left by the *sender's* clock, and
+//!   the receiver sets its own deadline to its receive time plus that remainder, capped by the signed
+//!   duration. Only differences of one clock at a time are ever used, so a skew of seconds (or hours)
+//!   between nodes moves expiry by the transit time only; comparing an absolute `until` against each
+//!   node's own clock would expire bans early or late by the whole skew. A relay cannot lengthen a ban
+//!   beyond its signed duration, and re-receiving a held statement never extends it.
+//! - **Links** ([`link`]): TCP; a cleartext hello names both keys, then a Noise
+//!   `Noise_KK_25519_ChaChaPoly_BLAKE2s` handshake (via `snow`) authenticates both sides by their listed
+//!   keys and encrypts everything after. An unlisted dialer is dropped at the hello; one claiming a
+//!   listed key fails the handshake. Frames are length-prefixed. To have one link per pair, the node
+//!   with the smaller key dials; the other only accepts. Messages: `Record` (push), `Digest` (ids of
+//!   every held statement), `Want` (ids), `Records` (answers). (The brief's `Hello{node}` is the
+//!   cleartext hello.)
+//! - **Propagation**: a new statement (made here, or received and newer than what was held) is sent to
+//!   every link at once (flooding; idempotence stops the echo). Each link starts with a digest exchange
+//!   and repeats it every `anti_entropy`: each side sends what the other's digest lacks and asks for what
+//!   its own lacks, so a node that was down or partitioned converges.
+//! - **Local changes**: `BanTable` has no change feed and no way to apply a foreign statement with its
+//!   own origin and version, so this module keeps the cluster's statements itself and applies winners
+//!   through the public `ban`/`unban`, remembering the table version each application produced. Every
+//!   200 ms it compares `bans.list(None)` with that snapshot: a table record it did not put there is a
+//!   local ban (signed and published), a prefix that vanished before its deadline is a local unban.
+//!   Follow-ups for the lead: a change feed in `BanTable` (instead of polling) and an `apply_remote` that
+//!   keeps origin and version in the table and the journal (then restarts need no re-publication and the
+//!   cluster state survives restarts; today it is in memory and a restarted node re-learns it by
+//!   anti-entropy, re-signing the bans its journal kept as its own).
+
+pub mod keys;
+pub mod link;
+pub mod record;
+
+use crate::guard::bans::{normalize, BanError, BanTable};
+use ipnetwork::IpNetwork;
+use keys::{NodeKey, PublicKey};
+use link::{Carried, LinkReader, LinkWriter, Msg};
+use record::{Op, SignedRecord};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How often the ban table is compared with the cluster's view (until a change feed exists).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Records per `Records` message.
+const BATCH: usize = 1000;
+/// Messages queued per link before pushes are dropped (anti-entropy repairs what is dropped).
+const QUEUE: usize = 4096;
+/// Signed deadlines (origin clock) further in our past than this are refused as stale whatever a hop
+/// says about the remainder: bounds how long a statement can circulate under gross clock errors.
+const MAX_SKEW: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_key_path: PathBuf,
+    pub listen: SocketAddr,
+    pub peers: Vec<(SocketAddr, PublicKey)>,
+    pub anti_entropy: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error("cluster: cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cluster: peer {0} is this node's own key")]
+    SelfPeer(PublicKey),
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// Local statements signed and published.
+    pub published: u64,
+    /// Statements received that changed this node's view.
+    pub applied: u64,
+    /// Statements received again (no change).
+    pub duplicate: u64,
+    /// Statements older than the one held (replays), or already expired.
+    pub stale: u64,
+    pub rejected_unlisted_origin: u64,
+    pub rejected_bad_signature: u64,
+    pub rejected_malformed: u64,
+    /// Winning bans the table refused (allowlisted here).
+    pub refused_by_table: u64,
+    /// Connections refused: unlisted node, failed handshake.
+    pub refused_links: u64,
+    /// Pushes dropped because a link's queue was full.
+    pub dropped_sends: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    published: AtomicU64,
+    applied: AtomicU64,
+    duplicate: AtomicU64,
+    stale: AtomicU64,
+    rejected_unlisted_origin: AtomicU64,
+    rejected_bad_signature: AtomicU64,
+    rejected_malformed: AtomicU64,
+    refused_by_table: AtomicU64,
+    refused_links: AtomicU64,
+    dropped_sends: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One peer as `GET /v1/cluster` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub addr: SocketAddr,
+    pub key: PublicKey,
+    pub up: bool,
+    /// When the link last came up or went down.
+    pub since: Option<SystemTime>,
+    /// When this peer's last digest arrived (the last anti-entropy exchange).
+    pub last_sync: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterStatus {
+    pub node: PublicKey,
+    pub listen: SocketAddr,
+    pub peers: Vec<PeerStatus>,
+    /// Statements held (bans and unban tombstones).
+    pub records: usize,
+    pub stats: ClusterStats,
+}
+
+/// A statement and this node's deadline for it.
+#[derive(Debug, Clone)]
+struct Held {
+    rec: SignedRecord,
+    until: SystemTime,
+}
+
+#[derive(Default)]
+struct State {
+    records: HashMap<IpNetwork, Held>,
+    /// The ban table as this module last left or saw it: prefix → (table version, until).
+    seen: HashMap<IpNetwork, (u64, SystemTime)>,
+    last_version: u64,
+}
+
+struct LinkHandle {
+    id: u64,
+    tx: mpsc::Sender<Msg>,
+}
+
+struct Inner {
+    key: NodeKey,
+    me: PublicKey,
+    listen: SocketAddr,
+    peers: Vec<(SocketAddr, PublicKey)>,
+    bans: Arc<BanTable>,
+    state: Mutex<State>,
+    links: Mutex<HashMap<PublicKey, LinkHandle>>,
+    status: Mutex<HashMap<PublicKey, PeerStatus>>,
+    counters: Counters,
+    next_link: AtomicU64,
+    stop: CancellationToken,
+    anti_entropy: Duration,
+}
+
+/// A running cluster member. Dropping it stops its tasks.
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.inner.stop.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Why an arriving statement was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Applied,
+    Duplicate,
+    Stale,
+    UnlistedOrigin,
+    BadSignature,
+    Malformed,
+}
+
+impl Cluster {
+    /// Loads the node key, binds the link listener and starts the links, the anti-entropy timer and the
+    /// ban-table watcher on the current runtime.
+    pub async fn start(config: ClusterConfig, bans: Arc<BanTable>) -> Result<Cluster, ClusterError> {
+        let key = NodeKey::load(&config.node_key_path)?;
+        Self::start_with_key(config, key, bans).await
+    }
+
+    pub async fn start_with_key(
+        config: ClusterConfig,
+        key: NodeKey,
+        bans: Arc<BanTable>,
+    ) -> Result<Cluster, ClusterError> {
+        let me = key.public();
+        if let Some((_, k)) = config.peers.iter().find(|(_, k)| *k == me) {
+            return Err(ClusterError::SelfPeer(*k));
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ClusterError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let listen = listener.local_addr().unwrap_or(config.listen);
+        let status = config
+            .peers
+            .iter()
+            .map(|&(addr, key)| {
+                (
+                    key,
+                    PeerStatus {
+                        addr,
+                        key,
+                        up: false,
+                        since: None,
+                        last_sync: None,
+                    },
+                )
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            key,
+            me,
+            listen,
+            peers: config.peers.clone(),
+            bans,
+            state: Mutex::new(State::default()),
+            links: Mutex::new(HashMap::new()),
+            status: Mutex::new(status),
+            counters: Counters::default(),
+            next_link: AtomicU64::new(1),
+            stop: CancellationToken::new(),
+            anti_entropy: config.anti_entropy.max(Duration::from_millis(50)),
+        });
+        // Whatever the table holds now is this node's to publish (first version: see the module doc).
+        inner.poll_table();
+        tracing::info!(node = %me, %listen, peers = inner.peers.len(), "cluster links starting");
+        tokio::spawn(inner.clone().accept_loop(listener));
+        for &(addr, peer) in &inner.peers {
+            if me < peer {
+                tokio::spawn(inner.clone().dial_loop(addr, peer));
+            }
+        }
+        tokio::spawn(inner.clone().timers());
+        Ok(Cluster { inner })
+    }
+
+    pub fn node(&self) -> PublicKey {
+        self.inner.me
+    }
+
+    /// The bound link address (the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.listen
+    }
+
+    pub fn stats(&self) -> ClusterStats {
+        self.inner.stats()
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let i = &self.inner;
+        let mut peers: Vec<PeerStatus> = lock(&i.status).values().cloned().collect();
+        peers.sort_by_key(|p| p.addr);
+        ClusterStatus {
+            node: i.me,
+            listen: i.listen,
+            peers,
+            records: lock(&i.state).records.len(),
+            stats: i.stats(),
+        }
+    }
+
+    /// Publishes local table changes now rather than at the next poll.
+    pub fn sync_now(&self) {
+        self.inner.poll_table();
+    }
+
+    /// Takes a statement as if a peer had sent it (for tests and for future ban sources); returns what
+    /// became of it.
+    pub fn ingest(&self, c: Carried) -> Verdict {
+        self.inner.ingest(c, None)
+    }
+
+    /// Stops every task and closes every link.
+    pub fn shutdown(self) {
+        self.inner.stop.cancel();
+    }
+}
+
+impl Inner {
+    fn stats(&self) -> ClusterStats {
+        let c = &self.counters;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ClusterStats {
+            published: g(&c.published),
+            applied: g(&c.applied),
+            duplicate: g(&c.duplicate),
+            stale: g(&c.stale),
+            rejected_unlisted_origin: g(&c.rejected_unlisted_origin),
+            rejected_bad_signature: g(&c.rejected_bad_signature),
+            rejected_malformed: g(&c.rejected_malformed),
+            refused_by_table: g(&c.refused_by_table),
+            refused_links: g(&c.refused_links),
+            dropped_sends: g(&c.dropped_sends),
+        }
+    }
+
+    fn listed(&self, k: &PublicKey) -> bool {
+        self.peers.iter().any(|(_, p)| p == k)
+    }
+
+    fn carried(h: &Held, now: SystemTime) -> Carried {
+        Carried {
+            rec: h.rec.clone(),
+            remaining_ms: ms(h.until.duration_since(now).unwrap_or_default()),
+        }
+    }
+
+    /// Sends to every link but `except`.
+    fn broadcast(&self, msgs: &[Carried], except: Option<PublicKey>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let links = lock(&self.links);
+        for (peer, l) in links.iter() {
+            if Some(*peer) == except {
+                continue;
+            }
+            for c in msgs {
+                if l.tx.try_send(Msg::Record(c.clone())).is_err() {
+                    bump(&self.counters.dropped_sends);
+                }
+            }
+        }
+    }
+
+    /// Checks an arriving statement and, if it wins, applies it to the ban table and relays it.
+    fn ingest(&self, c: Carried, from: Option<PublicKey>) -> Verdict {
+        let v = self.ingest_inner(c, from);
+        let counter = match v {
+            Verdict::Applied => &self.counters.applied,
+            Verdict::Duplicate => &self.counters.duplicate,
+            Verdict::Stale => &self.counters.stale,
+            Verdict::UnlistedOrigin => &self.counters.rejected_unlisted_origin,
+            Verdict::BadSignature => &self.counters.rejected_bad_signature,
+            Verdict::Malformed => &self.counters.rejected_malformed,
+        };
+        bump(counter);
+        if matches!(v, Verdict::UnlistedOrigin | Verdict::BadSignature | Verdict::Malformed) {
+            tracing::warn!(verdict = ?v, from = from.map(tracing::field::display), "cluster: ban record rejected");
+        }
+        v
+    }
+
+    fn ingest_inner(&self, c: Carried, from: Option<PublicKey>) -> Verdict {
+        let rec = &c.rec;
+        let origin = rec.origin_key();
+        if origin != self.me && !self.listed(&origin) {
+            return Verdict::UnlistedOrigin;
+        }
+        if !rec.verify() {
+            return Verdict::BadSignature;
+        }
+        if normalize(rec.prefix) != rec.prefix || rec.reason.len() > 1024 {
+            return Verdict::Malformed;
+        }
+        let now = SystemTime::now();
+        let remaining = Duration::from_millis(c.remaining_ms.min(rec.duration_ms));
+        let signed_end = UNIX_EPOCH + Duration::from_millis(rec.created_ms.saturating_add(rec.duration_ms));
+        let mut st = lock(&self.state);
+        if let Some(h) = st.records.get(&rec.prefix) {
+            if h.rec.rank() == rec.rank() {
+                return Verdict::Duplicate;
+            }
+            if h.rec.rank() > rec.rank() {
+                return Verdict::Stale;
+            }
+        }
+        if remaining.is_zero() || signed_end + MAX_SKEW < now {
+            return Verdict::Stale;
+        }
+        let held = Held {
+            rec: rec.clone(),
+            until: now + remaining,
+        };
+        st.last_version = st.last_version.max(rec.version);
+        match rec.op {
+            Op::Ban => match self.bans.ban(rec.prefix, remaining, rec.reason.clone()) {
+                Ok(b) => {
+                    st.seen.insert(rec.prefix, (b.version, b.until));
+                }
+                Err(e) => {
+                    bump(&self.counters.refused_by_table);
+                    st.seen.remove(&rec.prefix);
+                    if !matches!(e, BanError::Allowlisted { .. }) {
+                        tracing::error!(error = %e, prefix = %rec.prefix, "cluster: could not apply a ban");
+                    }
+                }
+            },
+            Op::Unban => {
+                if let Err(e) = self.bans.unban(rec.prefix) {
+                    tracing::error!(error = %e, prefix = %rec.prefix, "cluster: could not apply an unban");
+                }
+                st.seen.remove(&rec.prefix);
+            }
+        }
+        let out = Self::carried(&held, now);
+        st.records.insert(rec.prefix, held);
+        drop(st);
+        tracing::debug!(prefix = %rec.prefix, op = ?rec.op, origin = %origin, "cluster: statement applied");
+        self.broadcast(&[out], from);
+        Verdict::Applied
+    }
+
+    /// Compares the ban table with what this module last left there; signs and publishes the difference.
+    fn poll_table(&self) {
+        let mut out = Vec::new();
+        {
+            let mut st = lock(&self.state);
+            let list = self.bans.list(None);
+            let now = SystemTime::now();
+            let st = &mut *st;
+            let mut present = HashSet::with_capacity(list.len());
+            for b in list {
+                present.insert(b.prefix);
+                if st.seen.get(&b.prefix).is_some_and(|(v, _)| *v == b.version) {
+                    continue;
+                }
+                let held_v = st.records.get(&b.prefix).map_or(0, |h| h.rec.version);
+                let version = (st.last_version.saturating_add(1))
+                    .max(held_v.saturating_add(1))
+                    .max(b.version)
+                    .max(now_micros());
+                st.last_version = version;
+                let rec = SignedRecord::sign(
+                    &self.key,
+                    Op::Ban,
+                    b.prefix,
+                    b.reason.clone(),
+                    unix_ms(b.created),
+                    ms(b.until.duration_since(b.created).unwrap_or_default()),
+                    version,
+                );
+                let held = Held { rec, until: b.until };
+                out.push(Self::carried(&held, now));
+                st.records.insert(b.prefix, held);
+                st.seen.insert(b.prefix, (b.version, b.until));
+            }
+            let gone: Vec<(IpNetwork, SystemTime)> = st
+                .seen
+                .iter()
+                .filter(|(p, _)| !present.contains(*p))
+                .map(|(p, (_, until))| (*p, *until))
+                .collect();
+            for (prefix, until) in gone {
+                st.seen.remove(&prefix);
+                if until <= now {
+                    continue; // expired, not lifted
+                }
+                let held_v = st.records.get(&prefix).map_or(0, |h| h.rec.version);
+                let version = (st.last_version.saturating_add(1))
+                    .max(held_v.saturating_add(1))
+                    .max(now_micros());
+                st.last_version = version;
+                let left = until.duration_since(now).unwrap_or_default();
+                let rec = SignedRecord::sign(
+                    &self.key,
+                    Op::Unban,
+                    prefix,
+                    String::new(),
+                    unix_ms(now),
+                    ms(left),
+                    version,
+                );
+                let held = Held { rec, until };
+                out.push(Self::carried(&held, now));
+                st.records.insert(prefix, held);
+            }
+            st.records.retain(|_, h| h.until > now);
+        }
+        self.counters.published.fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.broadcast(&out, None);
+    }
+
+    fn digest(&self) -> Msg {
+        let now = SystemTime::now();
+        Msg::Digest(
+            lock(&self.state)
+                .records
+                .values()
+                .filter(|h| h.until > now)
+                .map(|h| h.rec.digest_id())
+                .collect(),
+        )
+    }
+
+    /// Answers a peer's digest: what it lacks (as records) and what we lack (as a want).
+    fn answer_digest(&self, theirs: Vec<u64>) -> Vec<Msg> {
+        let theirs: HashSet<u64> = theirs.into_iter().collect();
+        let now = SystemTime::now();
+        let st = lock(&self.state);
+        let mut mine = HashSet::with_capacity(st.records.len());
+        let mut send = Vec::new();
+        for h in st.records.values().filter(|h| h.until > now) {
+            let id = h.rec.digest_id();
+            mine.insert(id);
+            if !theirs.contains(&id) {
+                send.push(Self::carried(h, now));
+            }
+        }
+        drop(st);
+        let want: Vec<u64> = theirs.difference(&mine).copied().collect();
+        let mut msgs: Vec<Msg> = send.chunks(BATCH).map(|c| Msg::Records(c.to_vec())).collect();
+        if !want.is_empty() {
+            msgs.push(Msg::Want(want));
+        }
+        msgs
+    }
+
+    fn answer_want(&self, ids: Vec<u64>) -> Vec<Msg> {
+        let ids: HashSet<u64> = ids.into_iter().collect();
+        let now = SystemTime::now();
+        let send: Vec<Carried> = lock(&self.state)
+            .records
+            .values()
+            .filter(|h| h.until > now && ids.contains(&h.rec.digest_id()))
+            .map(|h| Self::carried(h, now))
+            .collect();
+        send.chunks(BATCH).map(|c| Msg::Records(c.to_vec())).collect()
+    }
+
+    fn set_up(&self, peer: PublicKey, up: bool) {
+        if let Some(s) = lock(&self.status).get_mut(&peer) {
+            s.up = up;
+            s.since = Some(SystemTime::now());
+        }
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let Ok((stream, addr)) = accepted else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                match link::accept(stream, &me.key, |k| me.listed(k)).await {
+                    Ok((peer, r, w)) => me.run_link(peer, r, w).await,
+                    Err(e) => {
+                        if e.is_auth_failure() {
+                            bump(&me.counters.refused_links);
+                        }
+                        tracing::warn!(%addr, error = %e, "cluster: link refused");
+                    }
+                }
+            });
+        }
+    }
+
+    async fn dial_loop(self: Arc<Self>, addr: SocketAddr, peer: PublicKey) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            match link::connect(addr, &self.key, peer).await {
+                Ok((r, w)) => {
+                    backoff = Duration::from_millis(100);
+                    self.clone().run_link(peer, r, w).await;
+                }
+                Err(e) => {
+                    if e.is_auth_failure() {
+                        bump(&self.counters.refused_links);
+                    }
+                    tracing::debug!(%addr, %peer, error = %e, "cluster: dial failed");
+                }
+            }
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Serves one authenticated link until it fails or the cluster stops.
+    async fn run_link(self: Arc<Self>, peer: PublicKey, mut r: LinkReader, mut w: LinkWriter) {
+        let id = self.next_link.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        let _ = tx.try_send(self.digest());
+        lock(&self.links).insert(peer, LinkHandle { id, tx: tx.clone() });
+        self.set_up(peer, true);
+        tracing::info!(%peer, "cluster: link up");
+        let writer = async {
+            while let Some(m) = rx.recv().await {
+                if let Err(e) = w.send(&m).await {
+                    return e;
+                }
+            }
+            link::LinkError::Io(std::io::ErrorKind::BrokenPipe.into())
+        };
+        let reader = async {
+            loop {
+                let m = match r.recv().await {
+                    Ok(m) => m,
+                    Err(e) => return e,
+                };
+                let replies = match m {
+                    Msg::Record(c) => {
+                        self.ingest(c, Some(peer));
+                        Vec::new()
+                    }
+                    Msg::Records(v) => {
+                        for c in v {
+                            self.ingest(c, Some(peer));
+                        }
+                        Vec::new()
+                    }
+                    Msg::Digest(ids) => {
+                        if let Some(s) = lock(&self.status).get_mut(&peer) {
+                            s.last_sync = Some(SystemTime::now());
+                        }
+                        self.answer_digest(ids)
+                    }
+                    Msg::Want(ids) => self.answer_want(ids),
+                };
+                for m in replies {
+                    if tx.send(m).await.is_err() {
+                        return link::LinkError::Io(std::io::ErrorKind::BrokenPipe.into());
+                    }
+                }
+            }
+        };
+        let err = tokio::select! {
+            _ = self.stop.cancelled() => None,
+            e = writer => Some(e),
+            e = reader => Some(e),
+        };
+        {
+            let mut links = lock(&self.links);
+            if links.get(&peer).is_some_and(|l| l.id == id) {
+                links.remove(&peer);
+                drop(links);
+                self.set_up(peer, false);
+            }
+        }
+        tracing::info!(%peer, error = err.map(|e| e.to_string()), "cluster: link down");
+    }
+
+    async fn timers(self: Arc<Self>) {
+        let mut poll = tokio::time::interval(POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ae = tokio::time::interval(self.anti_entropy);
+        ae.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = poll.tick() => self.poll_table(),
+                _ = ae.tick() => {
+                    let d = self.digest();
+                    for l in lock(&self.links).values() {
+                        if l.tx.try_send(d.clone()).is_err() {
+                            bump(&self.counters.dropped_sends);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+//! Several nodes on loopback, real sockets, each with its own ban table.
+
+use super::*;
+use std::net::IpAddr;
+use std::time::Instant;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f().then(|| start.elapsed())
+}
+
+struct Node {
+    cluster: Cluster,
+    bans: Arc<BanTable>,
+}
+
+/// Seeds so a node can be restarted with the same key.
+fn seeds(n: usize) -> Vec<[u8; 32]> {
+    (0..n).map(|_| NodeKey::generate_seed()).collect()
+}
+
+async fn start_node(i: usize, seeds: &[[u8; 32]], addrs: &[SocketAddr], ae: Duration, bans: Arc<BanTable>) -> Node {
+    let peers = (0..seeds.len())
+        .filter(|&j| j != i)
+        .map(|j| (addrs[j], NodeKey::from_seed(seeds[j]).public()))
+        .collect();
+    let config = ClusterConfig {
+        node_key_path: PathBuf::new(),
+        listen: addrs[i],
+        peers,
+        anti_entropy: ae,
+    };
+    let cluster = Cluster::start_with_key(config, NodeKey::from_seed(seeds[i]), bans.clone())
+        .await
+        .unwrap();
+    Node { cluster, bans }
+}
+
+async fn start_mesh(n: usize, ae: Duration) -> (Vec<Node>, Vec<[u8; 32]>, Vec<SocketAddr>) {
+    let s = seeds(n);
+    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(start_node(i, &s, &addrs, ae, Arc::new(BanTable::default())).await);
+    }
+    let all_up = eventually(Duration::from_secs(5), || {
+        nodes.iter().all(|n| n.cluster.status().peers.iter().all(|p| p.up))
+    })
+    .await;
+    assert!(all_up.is_some(), "links did not come up");
+    (nodes, s, addrs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ban_on_a_reaches_b_and_c_and_unban_on_b_reaches_a_and_c() {
+    let (nodes, _, _) = start_mesh(3, Duration::from_secs(5)).await;
+    let [a, b, c] = &nodes[..] else { unreachable!() };
+    a.bans.ban(net("192.0.2.0/24"), HOUR, "scanner").unwrap();
+    let took = eventually(Duration::from_secs(1), || {
+        b.bans.is_banned(ip("192.0.2.77")) && c.bans.is_banned(ip("192.0.2.77"))
+    })
+    .await
+    .expect("ban reached B and C within 1 s");
+    println!("ban A→B,C in {took:?}");
+    let at_b = b.bans.lookup(ip("192.0.2.77")).unwrap().1;
+    assert_eq!(at_b.reason, "scanner");
+    let left = crate::guard::bans::remaining(at_b.until);
+    assert!(left > HOUR - Duration::from_secs(5) && left <= HOUR, "{left:?}");
+
+    b.bans.unban(net("192.0.2.0/24")).unwrap().unwrap();
+    let took = eventually(Duration::from_secs(1), || {
+        !a.bans.is_banned(ip("192.0.2.77")) && !c.bans.is_banned(ip("192.0.2.77"))
+    })
+    .await
+    .expect("unban reached A and C within 1 s");
+    println!("unban B→A,C in {took:?}");
+    // Nothing echoes back: after a few polls, still lifted everywhere and nothing was rejected.
+    tokio::time::sleep(POLL_INTERVAL * 3).await;
+    for n in &nodes {
+        assert!(!n.bans.is_banned(ip("192.0.2.77")));
+        let s = n.cluster.stats();
+        assert_eq!(
+            (
+                s.rejected_bad_signature,
+                s.rejected_unlisted_origin,
+                s.rejected_malformed,
+                s.refused_links
+            ),
+            (0, 0, 0, 0),
+            "{s:?}"
+        );
+    }
+    assert_eq!(a.cluster.stats().published, 1);
+    assert_eq!(b.cluster.stats().published, 1);
+    assert_eq!(c.cluster.stats().published, 0);
+}
+
+/// A listed peer played by the test, so it can send whatever it likes over a genuine link.
+async fn rogue_link(target: &Node, seed: [u8; 32]) -> (link::LinkReader, link::LinkWriter) {
+    let key = NodeKey::from_seed(seed);
+    link::connect(target.cluster.local_addr(), &key, target.cluster.node())
+        .await
+        .expect("a listed key may link")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unlisted_signer_tampered_record_and_replay_after_unban_are_rejected() {
+    // Node 0 is A; node 1 is B, a real node; node 2 is played by the test over a real link.
+    let s = seeds(3);
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let a = start_node(0, &s, &addrs, Duration::from_secs(5), Arc::new(BanTable::default())).await;
+    let b = start_node(1, &s, &addrs, Duration::from_secs(5), Arc::new(BanTable::default())).await;
+    let (_r, mut w) = rogue_link(&a, s[2]).await;
+    let peer = NodeKey::from_seed(s[2]);
+    let stranger = NodeKey::generate();
+    let carry = |rec: SignedRecord| {
+        Msg::Record(Carried {
+            rec,
+            remaining_ms: 3_600_000,
+        })
+    };
+    let now = unix_ms(SystemTime::now());
+
+    // Signed by a key nobody listed.
+    let r = SignedRecord::sign(
+        &stranger,
+        Op::Ban,
+        net("198.51.100.1/32"),
+        "x".into(),
+        now,
+        3_600_000,
+        now_micros(),
+    );
+    w.send(&carry(r)).await.unwrap();
+    // Signed by the listed peer, then altered in transit (a longer ban, a wider prefix).
+    let mut t = SignedRecord::sign(
+        &peer,
+        Op::Ban,
+        net("198.51.100.2/32"),
+        "x".into(),
+        now,
+        60_000,
+        now_micros(),
+    );
+    t.duration_ms = 3_600_000;
+    w.send(&carry(t)).await.unwrap();
+    let mut t = SignedRecord::sign(
+        &peer,
+        Op::Ban,
+        net("198.51.100.3/32"),
+        "x".into(),
+        now,
+        60_000,
+        now_micros(),
+    );
+    t.prefix = net("198.51.100.0/24");
+    w.send(&carry(t)).await.unwrap();
+    let got = eventually(Duration::from_secs(2), || {
+        let s = a.cluster.stats();
+        s.rejected_unlisted_origin == 1 && s.rejected_bad_signature == 2
+    })
+    .await;
+    assert!(got.is_some(), "{:?}", a.cluster.stats());
+
+    // A genuine ban from the peer, then its unban, then the ban replayed.
+    let v = now_micros();
+    let ban = SignedRecord::sign(&peer, Op::Ban, net("203.0.113.9/32"), "peer".into(), now, 3_600_000, v);
+    let unban = SignedRecord::sign(
+        &peer,
+        Op::Unban,
+        net("203.0.113.9/32"),
+        String::new(),
+        now,
+        3_600_000,
+        v + 1,
+    );
+    w.send(&carry(ban.clone())).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || a.bans.is_banned(ip("203.0.113.9"))
+            && b.bans.is_banned(ip("203.0.113.9")))
+        .await
+        .is_some()
+    );
+    w.send(&carry(unban)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || !a.bans.is_banned(ip("203.0.113.9"))
+            && !b.bans.is_banned(ip("203.0.113.9")))
+        .await
+        .is_some()
+    );
+    let stale_before = a.cluster.stats().stale;
+    w.send(&carry(ban)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || a.cluster.stats().stale > stale_before)
+            .await
+            .is_some()
+    );
+    tokio::time::sleep(POLL_INTERVAL * 2).await;
+
+    for n in [&a, &b] {
+        for host in [
+            "198.51.100.1",
+            "198.51.100.2",
+            "198.51.100.3",
+            "198.51.100.200",
+            "203.0.113.9",
+        ] {
+            assert!(!n.bans.is_banned(ip(host)), "{host} banned");
+        }
+    }
+    let sb = b.cluster.stats();
+    assert_eq!(
+        (sb.rejected_bad_signature, sb.rejected_unlisted_origin),
+        (0, 0),
+        "rejects never relayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_from_an_unlisted_node_is_refused() {
+    let (nodes, _, addrs) = start_mesh(2, Duration::from_secs(5)).await;
+    let a = &nodes[0];
+    // A whole gatehouse node, configured with A as its peer, whose key A does not list.
+    let stranger_seed = NodeKey::generate_seed();
+    let stranger_key = NodeKey::from_seed(stranger_seed);
+    let stranger_bans = Arc::new(BanTable::default());
+    stranger_bans.ban(net("192.0.2.1/32"), HOUR, "injected").unwrap();
+    let config = ClusterConfig {
+        node_key_path: PathBuf::new(),
+        listen: free_addr(),
+        peers: vec![(addrs[0], a.cluster.node())],
+        anti_entropy: Duration::from_millis(100),
+    };
+    // The stranger's node dials A only if its key is the smaller; the hand-made dial covers the other case.
+    let stranger = Cluster::start_with_key(config, NodeKey::from_seed(stranger_seed), stranger_bans)
+        .await
+        .unwrap();
+    let e = link::connect(addrs[0], &stranger_key, a.cluster.node())
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(e, link::LinkError::Io(_)), "A closes at the hello: {e:?}");
+    let refused = eventually(Duration::from_secs(2), || a.cluster.stats().refused_links >= 1).await;
+    assert!(refused.is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!a.bans.is_banned(ip("192.0.2.1")));
+    assert!(!nodes[1].bans.is_banned(ip("192.0.2.1")));
+    assert!(!stranger.status().peers[0].up);
+    assert!(a.cluster.status().peers.iter().all(|p| p.key != stranger_key.public()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_node_converges_by_anti_entropy() {
+    let ae = Duration::from_millis(300);
+    let (mut nodes, s, addrs) = start_mesh(3, ae).await;
+    let b = nodes.remove(1);
+    b.cluster.shutdown();
+    // While B is down: bans and an unban on A and C.
+    let (a, c) = (&nodes[0], &nodes[1]);
+    a.bans.ban(net("192.0.2.1/32"), HOUR, "a1").unwrap();
+    a.bans.ban(net("192.0.2.2/32"), HOUR, "a2").unwrap();
+    c.bans.ban(net("2001:db8::/48"), HOUR, "c1").unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || a.bans.is_banned(ip("2001:db8::1"))
+            && c.bans.is_banned(ip("192.0.2.2")))
+        .await
+        .is_some()
+    );
+    c.bans.unban(net("192.0.2.2/32")).unwrap().unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || !a.bans.is_banned(ip("192.0.2.2")))
+            .await
+            .is_some()
+    );
+    // B comes back with the same key and an empty table (as after losing its disk).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = start_node(1, &s, &addrs, ae, Arc::new(BanTable::default())).await;
+    let took = eventually(ae * 2 + Duration::from_secs(5), || {
+        b.bans.is_banned(ip("192.0.2.1")) && b.bans.is_banned(ip("2001:db8::1"))
+    })
+    .await
+    .expect("B converged");
+    println!("B converged in {took:?}");
+    let live: Vec<String> = b.bans.list(None).iter().map(|r| r.prefix.to_string()).collect();
+    assert_eq!(live, ["192.0.2.1/32", "2001:db8::/48"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_follows_the_hop_remainder_not_the_origins_clock() {
+    let (nodes, s, _) = start_mesh(2, Duration::from_secs(5)).await;
+    let a = &nodes[0];
+    let peer = NodeKey::from_seed(s[1]);
+    // The origin's clock is 2 minutes ahead: created "in the future"; the hop says 30 s are left.
+    let created = unix_ms(SystemTime::now()) + 120_000;
+    let rec = SignedRecord::sign(
+        &peer,
+        Op::Ban,
+        net("192.0.2.50/32"),
+        "skew".into(),
+        created,
+        60_000,
+        now_micros(),
+    );
+    assert_eq!(
+        a.cluster.ingest(Carried {
+            rec: rec.clone(),
+            remaining_ms: 30_000
+        }),
+        Verdict::Applied
+    );
+    let until = a.bans.lookup(ip("192.0.2.50")).unwrap().1.until;
+    let left = crate::guard::bans::remaining(until);
+    assert!(
+        left > Duration::from_secs(28) && left <= Duration::from_secs(30),
+        "{left:?}"
+    );
+    // Replays change nothing, and a relay cannot stretch the ban past its signed duration.
+    assert_eq!(
+        a.cluster.ingest(Carried {
+            rec: rec.clone(),
+            remaining_ms: 60_000
+        }),
+        Verdict::Duplicate
+    );
+    assert_eq!(a.bans.lookup(ip("192.0.2.50")).unwrap().1.until, until);
+    let rec2 = SignedRecord {
+        version: rec.version + 1,
+        ..rec
+    };
+    let rec2 = SignedRecord::sign(
+        &peer,
+        rec2.op,
+        rec2.prefix,
+        rec2.reason,
+        rec2.created_ms,
+        rec2.duration_ms,
+        rec2.version,
+    );
+    assert_eq!(
+        a.cluster.ingest(Carried {
+            rec: rec2,
+            remaining_ms: 999_999_999
+        }),
+        Verdict::Applied
+    );
+    let left = crate::guard::bans::remaining(a.bans.lookup(ip("192.0.2.50")).unwrap().1.until);
+    assert!(left <= Duration::from_secs(60), "{left:?}");
+}
