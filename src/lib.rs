@@ -148,6 +148,8 @@ pub enum StartError {
     Journal(#[from] guard::journal::JournalError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     #[error("front `{front}`: cannot listen on {addr}: {source}")]
     Bind {
         front: String,
@@ -164,6 +166,7 @@ pub struct Running {
     fronts: BTreeMap<String, FrontRun>,
     drain_deadline: Duration,
     admin: Option<admin::AdminServer>,
+    cluster: Option<cluster::Cluster>,
     reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
 }
 
@@ -281,12 +284,18 @@ impl Gatehouse {
                 .with_reload(reload_tx);
             admin::AdminServer::spawn(l, Arc::new(state))
         });
+        // Bans shared with the other gateways of the cluster, both ways, through the ban table.
+        let cluster = match &config.cluster {
+            Some(c) => Some(cluster::Cluster::start(c.clone(), shared.guard.bans().clone()).await?),
+            None => None,
+        };
         tokio::spawn(housekeeping(shared.clone()));
         Ok(Running {
             shared,
             fronts,
             drain_deadline: config.runtime.drain_deadline,
             admin,
+            cluster,
             reload_requests: Some(reload_rx),
         })
     }
@@ -372,6 +381,11 @@ impl Running {
     /// Where the admin API listens (the real port when the config asked for port 0); None when disabled.
     pub fn admin_addr(&self) -> Option<&config::AdminListen> {
         self.admin.as_ref().map(admin::AdminServer::addr)
+    }
+
+    /// The cluster link state, when this gateway is part of a cluster.
+    pub fn cluster(&self) -> Option<&cluster::Cluster> {
+        self.cluster.as_ref()
     }
 
     /// The Electrum cost ledger (group costs, retained cost).
@@ -511,6 +525,9 @@ impl Running {
                 self.force_close();
                 self.shared.tracker.wait().await;
             }
+        }
+        if let Some(c) = self.cluster.take() {
+            c.shutdown();
         }
         // Last, so /healthz answers (and /readyz says "draining") for as long as sessions drain.
         if let Some(a) = self.admin.take() {

@@ -47,6 +47,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BansCmd,
     },
+    /// Make this node's Ed25519 cluster key (file mode 0600) and print its public key for the peers' configs.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 /// How to reach the admin API: from the config's [admin] section, or given outright.
@@ -102,6 +107,16 @@ fn main() -> ExitCode {
         Cmd::Check { config } => check(&config),
         Cmd::Run { config, log_format } => run(&config, log_format),
         Cmd::Demo => ExitCode::from(gatehouse::demo::run() as u8),
+        Cmd::Keygen { out } => match gatehouse::cluster::keys::NodeKey::generate_file(&out) {
+            Ok(k) => {
+                println!("{}", k.public());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Bans { cmd } => bans(cmd),
     }
 }

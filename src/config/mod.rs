@@ -56,6 +56,8 @@ pub struct Config {
     pub cost: CostConfig,
     pub bans: BanPolicy,
     pub admin: AdminConfig,
+    /// Ban sharing with other gateways (None = standalone).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Host names announced in server.features.
     pub public_hosts: Vec<String>,
     pub fronts: Vec<Front>,
@@ -397,6 +399,7 @@ impl Validator<'_> {
                 journal: b.journal.as_ref().map(|p| self.path(p.get_ref())),
             },
             admin: self.admin(&raw.admin)?,
+            cluster: raw.cluster.as_ref().map(|c| self.cluster(c)).transpose()?,
             public_hosts: raw.electrum.public_hosts.clone(),
             source: self.file.to_path_buf(),
             runtime: Runtime {
@@ -565,6 +568,44 @@ impl Validator<'_> {
             slow_reader_timeout: e
                 .slow_reader_timeout
                 .map_or(std::time::Duration::from_secs(20), |d| d.0),
+        })
+    }
+
+    fn cluster(&self, c: &schema::RawCluster) -> Result<crate::cluster::ClusterConfig, ConfigError> {
+        let addr = |key: &str, s: &Spanned<String>| {
+            s.get_ref().parse::<SocketAddr>().map_err(|e| {
+                self.err(
+                    key.to_string(),
+                    Some(s.span()),
+                    format!("`{}` is not an address:port ({e})", s.get_ref()),
+                )
+            })
+        };
+        let node_key = self.path(c.node_key.get_ref());
+        if !node_key.is_file() {
+            return Err(self.err(
+                "cluster.node_key",
+                Some(c.node_key.span()),
+                format!(
+                    "{}: no such file (make one with `gatehouse keygen --out FILE`)",
+                    node_key.display()
+                ),
+            ));
+        }
+        let mut peers = Vec::new();
+        for (i, p) in c.peers.iter().enumerate() {
+            let key = crate::cluster::keys::PublicKey::parse(p.key.get_ref())
+                .map_err(|e| self.err(format!("cluster.peers[{i}].key"), Some(p.key.span()), e.to_string()))?;
+            peers.push((addr(&format!("cluster.peers[{i}].addr"), &p.addr)?, key));
+        }
+        if c.anti_entropy.0.is_zero() {
+            return Err(self.err("cluster.anti_entropy", None, "must be greater than 0s"));
+        }
+        Ok(crate::cluster::ClusterConfig {
+            node_key_path: node_key,
+            listen: addr("cluster.listen", &c.listen)?,
+            peers,
+            anti_entropy: c.anti_entropy.0,
         })
     }
 

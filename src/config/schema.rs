@@ -30,8 +30,35 @@ pub struct RawConfig {
     pub electrum: RawElectrum,
     #[serde(default)]
     pub admin: RawAdmin,
+    /// Ban sharing with the operator's other gateways; absent = this gateway stands alone.
+    pub cluster: Option<RawCluster>,
     #[serde(default, rename = "front")]
     pub fronts: Vec<RawFront>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// This node's Ed25519 key file (`gatehouse keygen --out FILE`).
+    pub node_key: Spanned<PathBuf>,
+    /// Where the other gateways connect to this one.
+    pub listen: Spanned<String>,
+    #[serde(default = "default_anti_entropy")]
+    pub anti_entropy: Duration,
+    #[serde(default)]
+    pub peers: Vec<RawClusterPeer>,
+}
+
+fn default_anti_entropy() -> Duration {
+    secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClusterPeer {
+    pub addr: Spanned<String>,
+    /// The peer's public key as `gatehouse keygen` printed it.
+    pub key: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,6 +2,7 @@
 
 mod admission;
 mod bans;
+mod cluster;
 mod common;
 mod drain;
 mod electrum_cost;

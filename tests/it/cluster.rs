@@ -1,0 +1,84 @@
+//! Three gateways sharing bans over their cluster links: a ban raised on one refuses the address at the
+//! others within a second, and lifting it on another readmits it everywhere.
+
+use crate::common;
+use gatehouse::cluster::keys::NodeKey;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Polls (bounded by `limit`) until `pred` holds; returns how long it took.
+async fn within(limit: Duration, mut pred: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if pred().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = common::echo_backend().await;
+    let links: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let keys: Vec<String> = (0..3)
+        .map(|i| {
+            NodeKey::generate_file(&dir.path().join(format!("node{i}.key")))
+                .unwrap()
+                .public()
+                .to_string()
+        })
+        .collect();
+    let mut gateways = Vec::new();
+    for i in 0..3 {
+        let peers: String = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| format!("[[cluster.peers]]\naddr = \"{}\"\nkey = \"{}\"\n", links[j], keys[j]))
+            .collect();
+        let toml = format!(
+            "{}[cluster]\nnode_key = \"node{i}.key\"\nlisten = \"{}\"\nanti_entropy = \"1s\"\n{peers}\n{}",
+            common::RELAXED,
+            links[i],
+            common::tcp_front("p", up, "")
+        );
+        gateways.push(common::start_in(dir.path(), &toml).await);
+    }
+    // Every gateway admits 127.0.0.2 before the ban.
+    for g in &gateways {
+        assert!(!common::is_refused("127.0.0.2", g.addr("p")).await);
+    }
+    gateways[0]
+        .bans()
+        .ban("127.0.0.2/32".parse().unwrap(), Duration::from_secs(600), "test")
+        .unwrap();
+    for (i, g) in gateways.iter().enumerate().skip(1) {
+        let addr = g.addr("p");
+        let took = within(Duration::from_secs(1), async || {
+            common::is_refused("127.0.0.2", addr).await
+        })
+        .await;
+        assert!(took.is_some(), "gateway {i} still admits the banned address after 1 s");
+    }
+    // Others are unaffected.
+    assert!(!common::is_refused("127.0.0.3", gateways[2].addr("p")).await);
+
+    // Lifted on B: A and C readmit within a second.
+    gateways[1].bans().unban("127.0.0.2/32".parse().unwrap()).unwrap();
+    for i in [0, 2] {
+        let addr = gateways[i].addr("p");
+        let took = within(Duration::from_secs(1), async || {
+            !common::is_refused("127.0.0.2", addr).await
+        })
+        .await;
+        assert!(took.is_some(), "gateway {i} still refuses after the lift on B");
+    }
+}
