@@ -27,6 +27,10 @@ const ADMIN_TOKEN: &str = "operations-test-token-0123456789";
 // ---------------------------------------------------------------------------------------------------------------
 // Sockets, files and HTTP
 
+/// These tests open thousands of client sockets; run one at a time so one test's outgoing connections
+/// cannot take the port another has just picked for its gateway.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
@@ -404,6 +408,7 @@ impl WalletGateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_tls_electrum_sessions_survive_reloads() {
+    let _serial = SERIAL.lock().await;
     raise_nofile(4096);
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, der_a) = write_cert(dir.path(), "server");
@@ -578,6 +583,7 @@ async fn two_hundred_tls_electrum_sessions_survive_reloads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_a_thousand_idle_sessions_drains_spread_and_exits_zero() {
+    let _serial = SERIAL.lock().await;
     const N: usize = 1000;
     // Client ends plus backend ends of every session, with room to spare.
     let limit = raise_nofile(3 * N as u64 + 256);
@@ -715,6 +721,7 @@ async fn sigterm_with_a_thousand_idle_sessions_drains_spread_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_reload_applies_a_good_config() {
+    let _serial = SERIAL.lock().await;
     let backend = echo_backend().await;
     let (a, b, admin) = (free_addr(), free_addr(), free_addr());
     let dir = tempfile::tempdir().unwrap();
@@ -790,6 +797,7 @@ async fn echoes(s: &mut tokio::net::TcpStream) -> bool {
 /// prices do not: an open session keeps the prices it started with.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloaded_method_cost_applies_to_the_next_request_of_an_open_session() {
+    let _serial = SERIAL.lock().await;
     let backend = stub_electrum();
     let listen = free_addr();
     let dir = tempfile::tempdir().unwrap();

@@ -44,7 +44,8 @@
 //!   Follow-ups for the lead: a change feed in `BanTable` (instead of polling) and an `apply_remote` that
 //!   keeps origin and version in the table and the journal (then restarts need no re-publication and the
 //!   cluster state survives restarts; today it is in memory and a restarted node re-learns it by
-//!   anti-entropy, re-signing the bans its journal kept as its own).
+//!   anti-entropy). At start the bans its journal kept are published with the versions they were
+//!   recorded with, so a lift made elsewhere while the node was down is newer and wins.
 
 pub mod keys;
 pub mod link;
@@ -285,8 +286,10 @@ impl Cluster {
             stop: CancellationToken::new(),
             anti_entropy: config.anti_entropy.max(Duration::from_millis(50)),
         });
-        // Whatever the table holds now is this node's to publish (first version: see the module doc).
-        inner.poll_table();
+        // Whatever the table holds now (the journal's replay) is published with the versions it was
+        // recorded with, not fresh ones: a lift made elsewhere while this node was down is newer and
+        // wins at the first anti-entropy exchange, instead of being undone by a restart.
+        inner.publish_table(true);
         tracing::info!(node = %me, %listen, peers = inner.peers.len(), "cluster links starting");
         tokio::spawn(inner.clone().accept_loop(listener));
         for &(addr, peer) in &inner.peers {
@@ -466,8 +469,13 @@ impl Inner {
         Verdict::Applied
     }
 
-    /// Compares the ban table with what this module last left there; signs and publishes the difference.
     fn poll_table(&self) {
+        self.publish_table(false);
+    }
+
+    /// Compares the ban table with what this module last left there; signs and publishes the difference.
+    /// At `startup` the table's own versions are kept (see `start`).
+    fn publish_table(&self, startup: bool) {
         let mut out = Vec::new();
         {
             let mut st = lock(&self.state);
@@ -481,11 +489,15 @@ impl Inner {
                     continue;
                 }
                 let held_v = st.records.get(&b.prefix).map_or(0, |h| h.rec.version);
-                let version = (st.last_version.saturating_add(1))
-                    .max(held_v.saturating_add(1))
-                    .max(b.version)
-                    .max(now_micros());
-                st.last_version = version;
+                let version = if startup {
+                    b.version.max(held_v)
+                } else {
+                    (st.last_version.saturating_add(1))
+                        .max(held_v.saturating_add(1))
+                        .max(b.version)
+                        .max(now_micros())
+                };
+                st.last_version = st.last_version.max(version);
                 let rec = SignedRecord::sign(
                     &self.key,
                     Op::Ban,

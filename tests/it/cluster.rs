@@ -82,3 +82,73 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
         assert!(took.is_some(), "gateway {i} still refuses after the lift on B");
     }
 }
+
+/// B is stopped while A bans and C lifts; restarted from its journal, B ends with exactly the live set
+/// within two anti-entropy intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_converges_to_the_live_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = common::echo_backend().await;
+    let links: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let keys: Vec<String> = (0..3)
+        .map(|i| {
+            NodeKey::generate_file(&dir.path().join(format!("node{i}.key")))
+                .unwrap()
+                .public()
+                .to_string()
+        })
+        .collect();
+    let config = |i: usize| {
+        let peers: String = (0..3)
+            .filter(|&j| j != i)
+            .map(|j| format!("[[cluster.peers]]\naddr = \"{}\"\nkey = \"{}\"\n", links[j], keys[j]))
+            .collect();
+        format!(
+            "{}[bans]\njournal = \"bans{i}.journal\"\n\n[cluster]\nnode_key = \"node{i}.key\"\nlisten = \"{}\"\n\
+             anti_entropy = \"500ms\"\n{peers}\n{}",
+            common::RELAXED,
+            links[i],
+            common::tcp_front("p", up, "")
+        )
+    };
+    let a = common::start_in(dir.path(), &config(0)).await;
+    let b = common::start_in(dir.path(), &config(1)).await;
+    let c = common::start_in(dir.path(), &config(2)).await;
+    let x: ipnetwork::IpNetwork = "127.0.0.2/32".parse().unwrap();
+    let y: ipnetwork::IpNetwork = "127.0.0.3/32".parse().unwrap();
+    a.bans().ban(x, Duration::from_secs(600), "x").unwrap();
+    let b_addr = b.addr("p");
+    assert!(
+        within(Duration::from_secs(1), async || common::is_refused("127.0.0.2", b_addr)
+            .await)
+        .await
+        .is_some(),
+        "B never got the first ban"
+    );
+
+    // B goes down; meanwhile C lifts X and A bans Y.
+    b.shutdown().await;
+    c.bans().unban(x).unwrap();
+    a.bans().ban(y, Duration::from_secs(600), "y").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // B comes back from its journal (which still holds X) and converges within two intervals.
+    let b = common::start_in(dir.path(), &config(1)).await;
+    let b_addr = b.addr("p");
+    let converged = within(Duration::from_secs(1), async || {
+        b.bans().lookup("127.0.0.3".parse().unwrap()).is_some()
+            && b.bans().lookup("127.0.0.2".parse().unwrap()).is_none()
+    })
+    .await;
+    assert!(converged.is_some(), "B did not converge: {:?}", b.bans().list(None));
+    assert!(common::is_refused("127.0.0.3", b_addr).await);
+    assert!(!common::is_refused("127.0.0.2", b_addr).await);
+    // And B's restart did not undo C's lift anywhere.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for g in [&a, &c] {
+        assert!(
+            g.bans().lookup("127.0.0.2".parse().unwrap()).is_none(),
+            "the lift was undone"
+        );
+    }
+}
