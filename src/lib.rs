@@ -274,6 +274,11 @@ impl Gatehouse {
             .fronts
             .store(Arc::new(fronts.values().map(|r| r.slot.clone()).collect()));
         tokio::spawn(watch_certificates(shared.clone()));
+        // Bans shared with the other gateways of the cluster, both ways, through the ban table.
+        let cluster = match &config.cluster {
+            Some(c) => Some(cluster::Cluster::start(c.clone(), shared.guard.bans().clone()).await?),
+            None => None,
+        };
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let admin = admin_listener.zip(config.admin.token.as_ref()).map(|(l, token)| {
             let state = admin::AdminState::new(shared.guard.bans().clone(), token, shared.stop_accepting.clone())
@@ -281,14 +286,10 @@ impl Gatehouse {
                     telemetry::metrics::Live::new(shared.clone()),
                     config.admin.metrics_public,
                 )
-                .with_reload(reload_tx);
+                .with_reload(reload_tx)
+                .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle));
             admin::AdminServer::spawn(l, Arc::new(state))
         });
-        // Bans shared with the other gateways of the cluster, both ways, through the ban table.
-        let cluster = match &config.cluster {
-            Some(c) => Some(cluster::Cluster::start(c.clone(), shared.guard.bans().clone()).await?),
-            None => None,
-        };
         tokio::spawn(housekeeping(shared.clone()));
         Ok(Running {
             shared,

@@ -47,6 +47,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BansCmd,
     },
+    /// Show the cluster links of a running gateway (through its admin API).
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
     /// Make this node's Ed25519 cluster key (file mode 0600) and print its public key for the peers' configs.
     Keygen {
         #[arg(long, value_name = "FILE")]
@@ -66,6 +71,18 @@ struct AdminArgs {
     /// File holding the bearer token; overrides the config.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Peers, link state, last sync and lag.
+    Status {
+        /// Print the API's JSON as it is.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,6 +135,9 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Bans { cmd } => bans(cmd),
+        Cmd::Cluster {
+            cmd: ClusterCmd::Status { json, admin },
+        } => cluster_status(&admin, json),
     }
 }
 
@@ -148,6 +168,67 @@ fn admin_target(a: &AdminArgs) -> Result<(AdminListen, AdminToken), String> {
         (None, None) => return Err("no token: pass --token-file FILE or -c FILE".into()),
     };
     Ok((target, token))
+}
+
+fn cluster_status(admin: &AdminArgs, json: bool) -> ExitCode {
+    let (target, token) = match admin_target(admin) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reply = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(client::request(&target, &token, Method::GET, "/v1/cluster", None))
+                .map_err(|e| e.to_string())
+        });
+    let reply = match reply {
+        Ok(r) if r.status.is_success() => r,
+        Ok(r) => {
+            eprintln!("error: {} (HTTP {})", r.error_message(), r.status.as_u16());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let b = &reply.body;
+    if json {
+        println!("{b}");
+        return ExitCode::SUCCESS;
+    }
+    if b["backend"] == "none" {
+        println!("not part of a cluster");
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "node {}  listening on {}  records {}",
+        b["node"].as_str().unwrap_or("?"),
+        b["listen"].as_str().unwrap_or("?"),
+        b["records"]
+    );
+    for p in b["peers"].as_array().cloned().unwrap_or_default() {
+        let lag = p["lag_ms"].as_u64().map_or("never synced".to_string(), |ms| {
+            format!("last sync {:.1}s ago", ms as f64 / 1000.0)
+        });
+        println!(
+            "  {:<22} {:<5} {}  {}",
+            p["addr"].as_str().unwrap_or("?"),
+            if p["up"].as_bool().unwrap_or(false) {
+                "up"
+            } else {
+                "down"
+            },
+            lag,
+            p["key"].as_str().unwrap_or("?")
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn bans(cmd: BansCmd) -> ExitCode {

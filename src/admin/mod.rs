@@ -62,9 +62,17 @@ pub struct AdminState {
     metrics_public: bool,
     /// Where `POST /v1/reload` asks the process that owns the configuration file to reload it.
     reload: Option<tokio::sync::mpsc::Sender<crate::ReloadRequest>>,
+    /// The cluster links, when this gateway is part of a cluster.
+    cluster: Option<crate::cluster::StatusHandle>,
 }
 
 impl AdminState {
+    /// Lets `GET /v1/cluster` report the cluster links.
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::StatusHandle>) -> AdminState {
+        self.cluster = cluster;
+        self
+    }
+
     /// Lets `POST /v1/reload` send requests to whoever owns the configuration file.
     pub fn with_reload(mut self, tx: tokio::sync::mpsc::Sender<crate::ReloadRequest>) -> AdminState {
         self.reload = Some(tx);
@@ -79,6 +87,7 @@ impl AdminState {
             metrics: None,
             metrics_public: false,
             reload: None,
+            cluster: None,
         }
     }
 
@@ -290,7 +299,7 @@ async fn handle(state: &AdminState, peer: &str, req: Request<Incoming>) -> Reply
         (_, "/v1/bans") => method_not_allowed("GET, POST"),
         (&Method::DELETE, p) if p.starts_with("/v1/bans/") => remove_ban(state, peer, &p["/v1/bans/".len()..]),
         (_, p) if p.starts_with("/v1/bans/") => method_not_allowed("DELETE"),
-        (&Method::GET, "/v1/cluster") => reply(StatusCode::OK, json!({ "backend": "none", "peers": [] })),
+        (&Method::GET, "/v1/cluster") => reply(StatusCode::OK, cluster_status(state)),
         (_, "/v1/cluster") => method_not_allowed("GET"),
         (&Method::GET, "/metrics") => metrics(state),
         (_, "/metrics") => method_not_allowed("GET"),
@@ -327,6 +336,53 @@ async fn reload(state: &AdminState, peer: &str) -> Reply {
         }
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down"),
     }
+}
+
+/// Peers, link state, last sync and lag (time since the last anti-entropy exchange), and counters.
+fn cluster_status(state: &AdminState) -> serde_json::Value {
+    let Some(h) = &state.cluster else {
+        return json!({ "backend": "none", "peers": [] });
+    };
+    let st = h.status();
+    let now = std::time::SystemTime::now();
+    let unix = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    let peers: Vec<serde_json::Value> = st
+        .peers
+        .iter()
+        .map(|p| {
+            json!({
+                "addr": p.addr.to_string(),
+                "key": p.key.to_string(),
+                "up": p.up,
+                "since": unix(p.since),
+                "last_sync": unix(p.last_sync),
+                "lag_ms": p.last_sync.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_millis() as u64),
+            })
+        })
+        .collect();
+    let s = st.stats;
+    json!({
+        "backend": "embedded",
+        "node": st.node.to_string(),
+        "listen": st.listen.to_string(),
+        "records": st.records,
+        "peers": peers,
+        "stats": {
+            "published": s.published,
+            "applied": s.applied,
+            "duplicate": s.duplicate,
+            "stale": s.stale,
+            "rejected_unlisted_origin": s.rejected_unlisted_origin,
+            "rejected_bad_signature": s.rejected_bad_signature,
+            "rejected_malformed": s.rejected_malformed,
+            "refused_by_table": s.refused_by_table,
+            "refused_links": s.refused_links,
+            "dropped_sends": s.dropped_sends,
+        },
+    })
 }
 
 fn metrics(state: &AdminState) -> Reply {

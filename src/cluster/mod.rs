@@ -146,6 +146,27 @@ pub struct PeerStatus {
     pub last_sync: Option<SystemTime>,
 }
 
+/// Reads a cluster's status; holding it does not keep the links running.
+#[derive(Clone)]
+pub struct StatusHandle {
+    inner: Arc<Inner>,
+}
+
+impl StatusHandle {
+    pub fn status(&self) -> ClusterStatus {
+        let i = &self.inner;
+        let mut peers: Vec<PeerStatus> = lock(&i.status).values().cloned().collect();
+        peers.sort_by_key(|p| p.addr);
+        ClusterStatus {
+            node: i.me,
+            listen: i.listen,
+            peers,
+            records: lock(&i.state).records.len(),
+            stats: i.stats(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ClusterStatus {
     pub node: PublicKey,
@@ -315,15 +336,13 @@ impl Cluster {
     }
 
     pub fn status(&self) -> ClusterStatus {
-        let i = &self.inner;
-        let mut peers: Vec<PeerStatus> = lock(&i.status).values().cloned().collect();
-        peers.sort_by_key(|p| p.addr);
-        ClusterStatus {
-            node: i.me,
-            listen: i.listen,
-            peers,
-            records: lock(&i.state).records.len(),
-            stats: i.stats(),
+        self.status_handle().status()
+    }
+
+    /// A handle that reads the status without keeping the cluster alive (for the admin API).
+    pub fn status_handle(&self) -> StatusHandle {
+        StatusHandle {
+            inner: self.inner.clone(),
         }
     }
 

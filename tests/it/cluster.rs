@@ -6,6 +6,23 @@ use gatehouse::cluster::keys::NodeKey;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+const TOKEN: &str = "cluster-test-token-0123456789";
+
+/// `GET /v1/cluster` over a plain HTTP/1.1 request.
+async fn cluster_status(admin: SocketAddr) -> serde_json::Value {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let req = format!(
+        "GET /v1/cluster HTTP/1.1\r\nHost: gatehouse\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n").map_or("", |x| x.1);
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -38,20 +55,41 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
                 .to_string()
         })
         .collect();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
     let mut gateways = Vec::new();
     for i in 0..3 {
         let peers: String = (0..3)
             .filter(|&j| j != i)
             .map(|j| format!("[[cluster.peers]]\naddr = \"{}\"\nkey = \"{}\"\n", links[j], keys[j]))
             .collect();
+        let admin = if i == 0 {
+            "[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n"
+        } else {
+            ""
+        };
         let toml = format!(
-            "{}[cluster]\nnode_key = \"node{i}.key\"\nlisten = \"{}\"\nanti_entropy = \"1s\"\n{peers}\n{}",
+            "{}{admin}[cluster]\nnode_key = \"node{i}.key\"\nlisten = \"{}\"\nanti_entropy = \"1s\"\n{peers}\n{}",
             common::RELAXED,
             links[i],
             common::tcp_front("p", up, "")
         );
         gateways.push(common::start_in(dir.path(), &toml).await);
     }
+    // The admin API of the first gateway reports both links up.
+    let admin = match gateways[0].admin_addr() {
+        Some(gatehouse::config::AdminListen::Tcp(a)) => *a,
+        other => panic!("admin not on TCP: {other:?}"),
+    };
+    let up = within(Duration::from_secs(3), async || {
+        let v = cluster_status(admin).await;
+        v["backend"] == "embedded"
+            && v["peers"]
+                .as_array()
+                .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["up"] == true))
+    })
+    .await;
+    assert!(up.is_some(), "links not reported up: {}", cluster_status(admin).await);
+
     // Every gateway admits 127.0.0.2 before the ban.
     for g in &gateways {
         assert!(!common::is_refused("127.0.0.2", g.addr("p")).await);
