@@ -283,7 +283,8 @@ impl Gatehouse {
         let admin = admin_listener.zip(config.admin.token.as_ref()).map(|(l, token)| {
             let state = admin::AdminState::new(shared.guard.bans().clone(), token, shared.stop_accepting.clone())
                 .with_metrics(
-                    telemetry::metrics::Live::new(shared.clone()),
+                    telemetry::metrics::Live::new(shared.clone())
+                        .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle)),
                     config.admin.metrics_public,
                 )
                 .with_reload(reload_tx)

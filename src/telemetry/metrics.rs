@@ -358,11 +358,18 @@ pub fn reload(ok: bool) {
 /// The running gateway's state that a scrape reads.
 pub struct Live {
     shared: Arc<Shared>,
+    cluster: Option<crate::cluster::StatusHandle>,
 }
 
 impl Live {
     pub fn new(shared: Arc<Shared>) -> Live {
-        Live { shared }
+        Live { shared, cluster: None }
+    }
+
+    /// Adds the cluster links' state to the scrape.
+    pub fn with_cluster(mut self, cluster: Option<crate::cluster::StatusHandle>) -> Live {
+        self.cluster = cluster;
+        self
     }
 
     /// The fronts as configured now (read per scrape, so reloads are followed).
@@ -417,6 +424,63 @@ pub fn render(live: Option<&Live>) -> String {
             "1 when the upstream (by position in its front) is believed reachable, 0 while marked down",
             up,
         );
+        if let Some(c) = &live.cluster {
+            let st = c.status();
+            let now = std::time::SystemTime::now();
+            let up = st.peers.iter().filter(|p| p.up).count();
+            r.register(
+                "cluster_peers",
+                "Cluster peers configured",
+                gauge(st.peers.len() as i64),
+            );
+            r.register("cluster_links_up", "Cluster links up now", gauge(up as i64));
+            // The oldest last sync among the peers; a peer never synced counts from process start.
+            let lag = st
+                .peers
+                .iter()
+                .map(|p| {
+                    p.last_sync
+                        .and_then(|t| now.duration_since(t).ok())
+                        .map_or(-1, |d| d.as_millis() as i64)
+                })
+                .max()
+                .unwrap_or(0);
+            r.register(
+                "cluster_sync_lag_milliseconds",
+                "Time since the least recent anti-entropy exchange with a peer (-1: a peer never synced)",
+                gauge(lag),
+            );
+            let x = st.stats;
+            let received = Family::<ReasonLabels, Counter>::default();
+            for (reason, n) in [
+                ("applied", x.applied),
+                ("duplicate", x.duplicate),
+                ("stale", x.stale),
+                ("unlisted_origin", x.rejected_unlisted_origin),
+                ("bad_signature", x.rejected_bad_signature),
+                ("malformed", x.rejected_malformed),
+                ("refused_by_table", x.refused_by_table),
+            ] {
+                received
+                    .get_or_create(&ReasonLabels { reason: reason.into() })
+                    .inc_by(n);
+            }
+            r.register(
+                "cluster_records_received",
+                "Ban records received from peers, by what became of them",
+                received,
+            );
+            r.register(
+                "cluster_records_published",
+                "Local ban records signed and published",
+                counter(x.published),
+            );
+            r.register(
+                "cluster_links_refused",
+                "Cluster connections refused (unlisted node, failed handshake)",
+                counter(x.refused_links),
+            );
+        }
         let s = live.shared.guard.bans().stats();
         r.register("bans_active", "Bans in force now", gauge(s.active as i64));
         let added = Family::<SourceLabels, Counter>::default();

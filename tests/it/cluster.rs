@@ -8,19 +8,21 @@ use std::time::{Duration, Instant};
 
 const TOKEN: &str = "cluster-test-token-0123456789";
 
-/// `GET /v1/cluster` over a plain HTTP/1.1 request.
-async fn cluster_status(admin: SocketAddr) -> serde_json::Value {
+/// The body of `GET path` on the admin API, over a plain HTTP/1.1 request.
+async fn admin_get(admin: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let req = format!(
-        "GET /v1/cluster HTTP/1.1\r\nHost: gatehouse\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-    );
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: gatehouse\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await.unwrap();
     let text = String::from_utf8_lossy(&raw);
-    let body = text.split_once("\r\n\r\n").map_or("", |x| x.1);
-    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+    text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string()
+}
+
+async fn cluster_status(admin: SocketAddr) -> serde_json::Value {
+    serde_json::from_str(&admin_get(admin, "/v1/cluster").await).unwrap_or(serde_json::Value::Null)
 }
 
 fn free_addr() -> SocketAddr {
@@ -89,6 +91,12 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
     })
     .await;
     assert!(up.is_some(), "links not reported up: {}", cluster_status(admin).await);
+    let metrics = admin_get(admin, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "gatehouse_cluster_links_up 2"),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|l| l == "gatehouse_cluster_peers 2"), "{metrics}");
 
     // Every gateway admits 127.0.0.2 before the ban.
     for g in &gateways {
