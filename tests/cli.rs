@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{free_port, wait_accepting, Proc, BIN};
+use support::{free_port, refused_from, wait_accepting, Proc, BIN};
 const CONF_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -660,30 +660,6 @@ fn http(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_
         .unwrap_or_else(|| panic!("no header end: {out:?}"));
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
     (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
-}
-
-/// True if a connection from `from` (a loopback address such as 127.0.0.2) is closed without an answer.
-fn refused_from(from: &str, to: SocketAddr) -> bool {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::new(from.parse().unwrap(), 0).into()).unwrap();
-    if sock.connect_timeout(&to.into(), Duration::from_secs(2)).is_err() {
-        return true;
-    }
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    if s.write_all(b"ping\n").is_err() {
-        return true;
-    }
-    let mut buf = [0u8; 5];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-            panic!("{from}: neither refused nor answered")
-        }
-        Err(_) => true,
-    }
 }
 
 #[test]

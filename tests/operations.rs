@@ -18,7 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 mod support;
-use support::{free_port, wait_accepting, Proc};
+use support::{free_port, refused_from, wait_accepting, Proc};
 const ADMIN_TOKEN: &str = "operations-test-token-0123456789";
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -101,31 +101,6 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// True if a connection from `from` (a loopback address such as 127.0.0.2) is closed without a byte of
-/// answer. Raw TCP, so against a TLS front an admitted connection answers the garbage with an alert.
-fn refused_from(from: &str, to: SocketAddr) -> bool {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    sock.bind(&SocketAddr::new(from.parse().unwrap(), 0).into()).unwrap();
-    if sock.connect_timeout(&to.into(), Duration::from_secs(2)).is_err() {
-        return true;
-    }
-    let mut s: TcpStream = sock.into();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    if s.write_all(b"ping\n").is_err() {
-        return true;
-    }
-    let mut buf = [0u8; 16];
-    match s.read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-            panic!("{from}: neither refused nor answered within 5 s")
-        }
-        Err(_) => true,
-    }
 }
 
 /// Connects from source address `from` so the gateway sees a distinct client.

@@ -155,13 +155,23 @@ pub struct Guard {
     global: Arc<Level>,
     bans: Arc<BanTable>,
     refused: [AtomicU64; Refusal::ALL.len()],
-    log_gate: Mutex<HashMap<(IpAddr, Refusal), Instant>>,
+    log_gate: Box<[Mutex<GateShard>]>,
     log_interval: Duration,
 }
 
 /// Bound on remembered (address, reason) pairs for log suppression; a flood from many addresses must
 /// not grow it without limit.
 const LOG_GATE_MAX: usize = 65_536;
+/// Shards of the log gate: refusals are the flood path, so they must not all queue on one lock.
+const LOG_GATE_SHARDS: usize = 32;
+
+/// Part of the log gate: when each (address, reason) was last logged.
+struct GateShard {
+    last: HashMap<(IpAddr, Refusal), Instant>,
+    /// When this shard was last swept; a full shard is swept at most once a second, so a flood from more
+    /// addresses than the gate holds costs a lookup per refusal, not a sweep.
+    swept: Instant,
+}
 
 impl Guard {
     pub fn new(global: Admission, bans: Arc<BanTable>, log_interval: Duration) -> Guard {
@@ -169,7 +179,14 @@ impl Guard {
             global: Level::new(global),
             bans,
             refused: Default::default(),
-            log_gate: Mutex::new(HashMap::new()),
+            log_gate: (0..LOG_GATE_SHARDS)
+                .map(|_| {
+                    Mutex::new(GateShard {
+                        last: HashMap::new(),
+                        swept: Instant::now(),
+                    })
+                })
+                .collect(),
             log_interval,
         }
     }
@@ -264,22 +281,29 @@ impl Guard {
     /// log line per offender per interval instead of one per connection.
     pub fn should_log(&self, ip: IpAddr, r: Refusal) -> bool {
         let now = Instant::now();
-        let mut gate = self.log_gate.lock().unwrap_or_else(|p| p.into_inner());
-        if gate.len() >= LOG_GATE_MAX {
-            let interval = self.log_interval;
-            gate.retain(|_, t| now.duration_since(*t) < interval);
-            if gate.len() >= LOG_GATE_MAX {
+        let interval = self.log_interval;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&ip, &mut h);
+        let shard = &self.log_gate[std::hash::Hasher::finish(&h) as usize % LOG_GATE_SHARDS];
+        let mut gate = shard.lock().unwrap_or_else(|p| p.into_inner());
+        if gate.last.len() >= LOG_GATE_MAX / LOG_GATE_SHARDS {
+            if now.duration_since(gate.swept) >= std::time::Duration::from_secs(1) {
+                gate.swept = now;
+                gate.last.retain(|_, t| now.duration_since(*t) < interval);
+            }
+            if gate.last.len() >= LOG_GATE_MAX / LOG_GATE_SHARDS {
+                // More offenders than the gate remembers: stay quiet rather than flood the log.
                 return false;
             }
         }
-        match gate.get_mut(&(ip, r)) {
-            Some(t) if now.duration_since(*t) < self.log_interval => false,
+        match gate.last.get_mut(&(ip, r)) {
+            Some(t) if now.duration_since(*t) < interval => false,
             Some(t) => {
                 *t = now;
                 true
             }
             None => {
-                gate.insert((ip, r), now);
+                gate.last.insert((ip, r), now);
                 true
             }
         }
@@ -294,9 +318,54 @@ impl Guard {
         self.bans.purge_expired();
         let now = Instant::now();
         let interval = self.log_interval;
-        self.log_gate
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, t| now.duration_since(*t) < interval);
+        for shard in self.log_gate.iter() {
+            let mut g = shard.lock().unwrap_or_else(|p| p.into_inner());
+            g.last.retain(|_, t| now.duration_since(*t) < interval);
+            g.swept = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(interval: Duration) -> Guard {
+        let cfg = crate::config::Config::parse(
+            "[[front]]\nname = \"f\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\nupstreams = [\"127.0.0.1:9\"]\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        Guard::new(
+            cfg.admission,
+            Arc::new(BanTable::new(acl::CidrSet::default())),
+            interval,
+        )
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_address_and_reason_per_interval() {
+        let g = guard(Duration::from_secs(60));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert!(g.should_log(a, Refusal::Denied));
+        assert!(!g.should_log(a, Refusal::Denied));
+        assert!(g.should_log(a, Refusal::IpRate), "another reason is another line");
+        assert!(g.should_log("192.0.2.2".parse().unwrap(), Refusal::Denied));
+        let again = guard(Duration::ZERO);
+        assert!(again.should_log(a, Refusal::Denied));
+        assert!(again.should_log(a, Refusal::Denied), "interval 0 logs every refusal");
+    }
+
+    #[test]
+    fn a_flood_from_more_addresses_than_the_gate_holds_stays_bounded() {
+        let g = guard(Duration::from_secs(60));
+        let logged = (0..(LOG_GATE_MAX as u32 * 2))
+            .filter(|i| g.should_log(IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i)), Refusal::Denied))
+            .count();
+        // Each shard fills, then stays quiet: at most the gate's size, however many addresses come.
+        assert!(logged <= LOG_GATE_MAX, "{logged} lines logged");
+        assert!(logged >= LOG_GATE_MAX / 2, "only {logged} lines logged");
+        let held: usize = g.log_gate.iter().map(|s| s.lock().unwrap().last.len()).sum();
+        assert!(held <= LOG_GATE_MAX);
     }
 }

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -190,4 +190,29 @@ pub fn wait_accepting(p: &mut Proc, addr: SocketAddr) {
         thread::sleep(Duration::from_millis(50));
     }
     panic!("{addr} never accepted a connection:\n{}", p.log());
+}
+
+/// True if a connection from `from` (a loopback address such as 127.0.0.2) is closed without a byte of
+/// answer. Raw TCP, so against a TLS front an admitted connection answers the garbage with an alert.
+pub fn refused_from(from: &str, to: SocketAddr) -> bool {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(from.parse().unwrap(), 0).into()).unwrap();
+    if sock.connect_timeout(&to.into(), Duration::from_secs(2)).is_err() {
+        return true;
+    }
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    if s.write_all(b"ping\n").is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 16];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            panic!("{from}: neither refused nor answered within 5 s")
+        }
+        Err(_) => true,
+    }
 }
