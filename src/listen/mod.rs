@@ -133,7 +133,10 @@ async fn intake_proxied(
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             shared.guard.count(Refusal::ProxyMalformed);
-            tracing::info!(front = %front.cfg.name, via = %peer, error = %e, reason = "refused:proxy_malformed", "connection refused");
+            // Gated like every refusal: a broken balancer must not flood the log either.
+            if shared.guard.should_log(peer.ip(), Refusal::ProxyMalformed) {
+                tracing::info!(front = %front.cfg.name, via = %peer, error = %e, reason = "refused:proxy_malformed", "connection refused");
+            }
             return None;
         }
         Err(_) => {
