@@ -276,7 +276,11 @@ impl Gatehouse {
         tokio::spawn(watch_certificates(shared.clone()));
         // Bans shared with the other gateways of the cluster, both ways, through the ban table.
         let cluster = match &config.cluster {
-            Some(c) => Some(cluster::Cluster::start(c.clone(), shared.guard.bans().clone()).await?),
+            Some(c) => {
+                let cluster = cluster::Cluster::start(c.clone(), shared.guard.bans().clone()).await?;
+                cluster.share_costs(shared.ledger.clone());
+                Some(cluster)
+            }
             None => None,
         };
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);

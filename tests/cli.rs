@@ -503,6 +503,25 @@ fn check_rejects_a_bad_listen_address() {
 }
 
 #[test]
+fn check_rejects_a_cluster_cost_expiry_shorter_than_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "server");
+    let node_key = dir.path().join("node.key");
+    gatehouse::cluster::keys::NodeKey::generate_file(&node_key).unwrap();
+    let text = format!(
+        "[cluster]\nnode_key = {:?}\nlisten = \"127.0.0.1:0\"\n\n[cluster.cost]\ninterval = \"2s\"\nexpiry = \"1s\"\n\n{}",
+        node_key.display().to_string(),
+        tls_config(&cert, &key)
+    );
+    assert_check_error(
+        &text,
+        "cluster.cost.expiry",
+        line_of(&text, "expiry"),
+        "must be longer than cluster.cost.interval",
+    );
+}
+
+#[test]
 fn check_reports_an_unreadable_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("absent.toml");

@@ -381,6 +381,8 @@ fn cluster_status(state: &AdminState) -> serde_json::Value {
             "refused_by_table": s.refused_by_table,
             "refused_links": s.refused_links,
             "dropped_sends": s.dropped_sends,
+            "cost_reports_sent": s.cost_reports_sent,
+            "cost_reports_received": s.cost_reports_received,
         },
     })
 }

@@ -39,7 +39,7 @@ pub struct Carried {
     pub remaining_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
     /// A new statement, pushed as soon as it is made or first received.
     Record(Carried),
@@ -49,6 +49,8 @@ pub enum Msg {
     Want(Vec<u64>),
     /// Statements, in answer to a digest or a want.
     Records(Vec<Carried>),
+    /// The sender's own cost of its costliest groups (see `cluster::cost`).
+    Costs(Vec<crate::guard::cost::GroupCost>),
 }
 
 #[derive(Debug, thiserror::Error)]

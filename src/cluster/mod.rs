@@ -47,6 +47,7 @@
 //!   anti-entropy). At start the bans its journal kept are published with the versions they were
 //!   recorded with, so a lift made elsewhere while the node was down is newer and wins.
 
+pub mod cost;
 pub mod keys;
 pub mod link;
 pub mod record;
@@ -82,6 +83,7 @@ pub struct ClusterConfig {
     pub listen: SocketAddr,
     pub peers: Vec<(SocketAddr, PublicKey)>,
     pub anti_entropy: Duration,
+    pub cost: cost::CostSharing,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,10 @@ pub struct ClusterStats {
     pub refused_links: u64,
     /// Pushes dropped because a link's queue was full.
     pub dropped_sends: u64,
+    /// Cost reports sent (one per link per report).
+    pub cost_reports_sent: u64,
+    /// Cost reports taken from peers.
+    pub cost_reports_received: u64,
 }
 
 #[derive(Default)]
@@ -128,6 +134,8 @@ struct Counters {
     refused_by_table: AtomicU64,
     refused_links: AtomicU64,
     dropped_sends: AtomicU64,
+    cost_reports_sent: AtomicU64,
+    cost_reports_received: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -210,6 +218,9 @@ struct Inner {
     next_link: AtomicU64,
     stop: CancellationToken,
     anti_entropy: Duration,
+    cost_settings: cost::CostSharing,
+    /// Set once cost sharing starts (it needs the gateway's ledger, which the cluster does not own).
+    sharing: std::sync::OnceLock<cost::Sharing>,
 }
 
 /// A running cluster member. Dropping it stops its tasks.
@@ -306,6 +317,8 @@ impl Cluster {
             next_link: AtomicU64::new(1),
             stop: CancellationToken::new(),
             anti_entropy: config.anti_entropy.max(Duration::from_millis(50)),
+            cost_settings: config.cost.clone(),
+            sharing: std::sync::OnceLock::new(),
         });
         // Whatever the table holds now (the journal's replay) is published with the versions it was
         // recorded with, not fresh ones: a lift made elsewhere while this node was down is newer and
@@ -346,6 +359,18 @@ impl Cluster {
         }
     }
 
+    /// Starts cluster-wide cost sharing with `ledger` (once; later calls do nothing), unless the config
+    /// turned it off. Peers' figures are taken only once this has been called.
+    pub fn share_costs(&self, ledger: Arc<crate::guard::cost::Ledger>) {
+        let settings = self.inner.cost_settings.clone();
+        if !settings.enabled {
+            return;
+        }
+        if self.inner.sharing.set(cost::Sharing { ledger, settings }).is_ok() {
+            tokio::spawn(self.inner.clone().report_costs());
+        }
+    }
+
     /// Publishes local table changes now rather than at the next poll.
     pub fn sync_now(&self) {
         self.inner.poll_table();
@@ -378,6 +403,8 @@ impl Inner {
             refused_by_table: g(&c.refused_by_table),
             refused_links: g(&c.refused_links),
             dropped_sends: g(&c.dropped_sends),
+            cost_reports_sent: g(&c.cost_reports_sent),
+            cost_reports_received: g(&c.cost_reports_received),
         }
     }
 
@@ -712,6 +739,13 @@ impl Inner {
                         self.answer_digest(ids)
                     }
                     Msg::Want(ids) => self.answer_want(ids),
+                    Msg::Costs(figures) => {
+                        if let Some(s) = self.sharing.get() {
+                            s.receive(peer.0, &figures);
+                            bump(&self.counters.cost_reports_received);
+                        }
+                        Vec::new()
+                    }
                 };
                 for m in replies {
                     if tx.send(m).await.is_err() {
@@ -734,6 +768,31 @@ impl Inner {
             }
         }
         tracing::info!(%peer, error = err.map(|e| e.to_string()), "cluster: link down");
+    }
+
+    /// Sends this node's cost report to every link each interval.
+    async fn report_costs(self: Arc<Self>) {
+        let Some(s) = self.sharing.get() else { return };
+        let mut tick = tokio::time::interval(s.settings.interval.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_was_empty = true;
+        loop {
+            tokio::select! {
+                _ = self.stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(figures) = s.report(&mut last_was_empty) else {
+                continue;
+            };
+            let msg = Msg::Costs(figures);
+            for l in lock(&self.links).values() {
+                if l.tx.try_send(msg.clone()).is_ok() {
+                    bump(&self.counters.cost_reports_sent);
+                } else {
+                    bump(&self.counters.dropped_sends);
+                }
+            }
+        }
     }
 
     async fn timers(self: Arc<Self>) {

@@ -601,11 +601,50 @@ impl Validator<'_> {
         if c.anti_entropy.0.is_zero() {
             return Err(self.err("cluster.anti_entropy", None, "must be greater than 0s"));
         }
+        let cost = self.cluster_cost(&c.cost)?;
         Ok(crate::cluster::ClusterConfig {
             node_key_path: node_key,
             listen: addr("cluster.listen", &c.listen)?,
             peers,
             anti_entropy: c.anti_entropy.0,
+            cost,
+        })
+    }
+
+    fn cluster_cost(&self, k: &schema::RawClusterCost) -> Result<crate::cluster::cost::CostSharing, ConfigError> {
+        let d = crate::cluster::cost::CostSharing::default();
+        let interval = k.interval.as_ref().map_or(d.interval, |v| v.get_ref().0);
+        let expiry = k.expiry.as_ref().map_or(d.expiry, |v| v.get_ref().0);
+        let threshold = k.threshold.as_ref().map_or(d.threshold, |v| *v.get_ref());
+        let max_groups = k.max_groups.as_ref().map_or(d.max_groups, |v| *v.get_ref());
+        if interval.is_zero() {
+            return Err(self.err("cluster.cost.interval", span_of(&k.interval), "must be greater than 0s"));
+        }
+        if expiry <= interval {
+            return Err(self.err(
+                "cluster.cost.expiry",
+                span_of(&k.expiry).or(span_of(&k.interval)),
+                format!(
+                    "must be longer than cluster.cost.interval ({interval:?}), or peers' figures lapse between reports"
+                ),
+            ));
+        }
+        if !(threshold.is_finite() && threshold >= 0.0) {
+            return Err(self.err(
+                "cluster.cost.threshold",
+                span_of(&k.threshold),
+                "must be a non-negative number",
+            ));
+        }
+        if max_groups == 0 {
+            return Err(self.err("cluster.cost.max_groups", span_of(&k.max_groups), "must be at least 1"));
+        }
+        Ok(crate::cluster::cost::CostSharing {
+            enabled: k.enabled.unwrap_or(d.enabled),
+            interval,
+            threshold,
+            expiry,
+            max_groups,
         })
     }
 
@@ -855,4 +894,8 @@ impl Validator<'_> {
         }
         Ok(tls::server_config(certs))
     }
+}
+
+fn span_of<T>(v: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
+    v.as_ref().map(Spanned::span)
 }

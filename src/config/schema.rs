@@ -47,10 +47,23 @@ pub struct RawCluster {
     pub anti_entropy: Duration,
     #[serde(default)]
     pub peers: Vec<RawClusterPeer>,
+    #[serde(default)]
+    pub cost: RawClusterCost,
 }
 
 fn default_anti_entropy() -> Duration {
     secs(10)
+}
+
+/// `[cluster.cost]`: cluster-wide abuse cost. Unset fields take `cluster::cost::CostSharing`'s defaults.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClusterCost {
+    pub enabled: Option<bool>,
+    pub interval: Option<Spanned<Duration>>,
+    pub threshold: Option<Spanned<f64>>,
+    pub expiry: Option<Spanned<Duration>>,
+    pub max_groups: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,6 +4,13 @@
 //! decayed on read. That keeps an idle session free (no timer per connection) and makes every charge see the
 //! cost as of now, with no lag.
 //!
+//! Cluster-wide cost (issue 4 item 4): each group also holds the latest figure every peer gateway reported
+//! for it. A figure counts as reported until the same peer's next report replaces or drops it, or until it
+//! expires (the peer stopped reporting: down, partitioned, or the group fell below its sharing threshold
+//! and the report that said so was lost). Figures are never decayed here: reports come every second or so
+//! and carry the peer's own decayed value, so decaying them again would count decay twice. Only local cost
+//! is ever reported, so figures do not echo between gateways.
+//!
 //! Lock order is shard → group → session. A charge takes its own session's lock alone, releases it, then takes
 //! its group's lock and each member's lock in turn, so the charge path costs O(members of the group) and never
 //! touches a lock shared by unrelated clients.
@@ -229,18 +236,61 @@ impl Pool {
     }
 }
 
+/// A peer gateway's latest figure for a group.
+#[derive(Debug)]
+struct Remote {
+    peer: PeerId,
+    value: f64,
+    expires: Duration,
+}
+
 #[derive(Debug, Default)]
 struct GroupState {
     members: Vec<Arc<Session>>,
     retained: Pool,
+    /// One entry per peer reporting this group; a handful at most, so a Vec beats a map.
+    remote: Vec<Remote>,
 }
 
 impl GroupState {
-    fn total(&self, now: Duration, p: &CostParams) -> f64 {
+    /// This gateway's share: live sessions plus retained cost.
+    fn local(&self, now: Duration, p: &CostParams) -> f64 {
         let live: f64 = self.members.iter().map(|s| lock(&s.meter).value(now, p)).sum();
         live + self.retained.value(now, p)
     }
+
+    fn remote(&self, now: Duration) -> f64 {
+        self.remote.iter().filter(|r| r.expires > now).map(|r| r.value).sum()
+    }
+
+    fn total(&self, now: Duration, p: &CostParams) -> f64 {
+        let local = self.local(now, p);
+        if self.remote.is_empty() {
+            local
+        } else {
+            local + self.remote(now)
+        }
+    }
+
+    fn is_idle(&self, now: Duration, p: &CostParams) -> bool {
+        self.members.is_empty()
+            && self.retained.value(now, p) <= DRAINED
+            && self.remote.iter().all(|r| r.expires <= now)
+    }
 }
+
+/// Identifies a peer gateway in the ledger (its cluster public key).
+pub type PeerId = [u8; 32];
+
+/// A group's cost as gateways report it to each other.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GroupCost {
+    pub group: IpAddr,
+    pub cost: f64,
+}
+
+/// Figures above this are treated as this: a listed peer is trusted, but one bad float must not poison a group.
+const MAX_REPORTED: f64 = 1e12;
 
 #[derive(Debug, Default)]
 struct Group {
@@ -261,6 +311,9 @@ pub struct Ledger {
     clock: Arc<dyn Clock>,
     shards: Box<[Shard]>,
     hasher: RandomState,
+    /// The groups each peer named in its last report, so a group it leaves out next time stops counting at
+    /// once rather than at expiry.
+    reported: Mutex<HashMap<PeerId, Vec<IpAddr>>>,
 }
 
 impl fmt::Debug for Ledger {
@@ -278,6 +331,7 @@ impl Ledger {
             clock,
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
+            reported: Mutex::new(HashMap::new()),
         })
     }
 
@@ -349,14 +403,99 @@ impl Ledger {
         v
     }
 
-    /// Drops groups with no live session whose retained cost has drained away.
+    /// The figures peers reported for `group` and that still count.
+    pub fn remote_cost(&self, group: IpAddr) -> f64 {
+        let Some(g) = self.find(group) else { return 0.0 };
+        let now = self.clock.now();
+        let v = lock(&g.state).remote(now);
+        v
+    }
+
+    /// This gateway's own cost (live plus retained, without peers' figures) of every group at or above
+    /// `threshold`, highest first, at most `max` of them: what a cluster report carries.
+    pub fn local_costs(&self, threshold: f64, max: usize) -> Vec<GroupCost> {
+        let p = self.params.load();
+        let now = self.clock.now();
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let groups: Vec<(IpAddr, Arc<Group>)> = lock(shard).iter().map(|(k, g)| (*k, g.clone())).collect();
+            for (group, g) in groups {
+                let cost = lock(&g.state).local(now, &p);
+                if cost >= threshold && cost > DRAINED {
+                    out.push(GroupCost { group, cost });
+                }
+            }
+        }
+        if out.len() > max {
+            out.select_nth_unstable_by(max, |a, b| b.cost.total_cmp(&a.cost));
+            out.truncate(max);
+        }
+        out.sort_unstable_by(|a, b| b.cost.total_cmp(&a.cost));
+        out
+    }
+
+    /// Takes a peer's report: its figures replace the ones it sent before, groups it no longer names stop
+    /// counting, and every figure expires after `ttl` unless a later report renews it. Groups are mapped
+    /// onto this gateway's own prefixes; exempt networks and non-finite figures are ignored. Returns how
+    /// many figures were taken.
+    pub fn apply_remote(&self, peer: PeerId, figures: &[GroupCost], ttl: Duration) -> usize {
+        let p = self.params.load();
+        let now = self.clock.now();
+        let expires = now + ttl;
+        let mut named = Vec::with_capacity(figures.len());
+        for f in figures {
+            if !f.cost.is_finite() || f.cost <= 0.0 {
+                continue;
+            }
+            let ip = addr::canonical(f.group);
+            if p.exempt.contains(ip) {
+                continue;
+            }
+            let key = addr::group_of(ip, p.group_prefix_v4, p.group_prefix_v6);
+            let value = f.cost.min(MAX_REPORTED);
+            let g = lock(self.shard(key)).entry(key).or_default().clone();
+            let mut st = lock(&g.state);
+            match st.remote.iter_mut().find(|r| r.peer == peer) {
+                Some(r) => {
+                    r.value = value;
+                    r.expires = expires;
+                }
+                None => st.remote.push(Remote { peer, value, expires }),
+            }
+            drop(st);
+            named.push(key);
+        }
+        let taken = named.len();
+        named.sort_unstable();
+        named.dedup();
+        let before = lock(&self.reported).insert(peer, named.clone()).unwrap_or_default();
+        for gone in before.into_iter().filter(|k| named.binary_search(k).is_err()) {
+            if let Some(g) = self.find(gone) {
+                lock(&g.state).remote.retain(|r| r.peer != peer);
+            }
+        }
+        taken
+    }
+
+    /// Forgets everything `peer` reported (it left the cluster or cost sharing was turned off).
+    pub fn forget_remote(&self, peer: PeerId) {
+        let before = lock(&self.reported).remove(&peer).unwrap_or_default();
+        for k in before {
+            if let Some(g) = self.find(k) {
+                lock(&g.state).remote.retain(|r| r.peer != peer);
+            }
+        }
+    }
+
+    /// Drops groups with no live session, no retained cost left and no peer figure still counting.
     pub fn housekeep(&self) {
         let p = self.params.load();
         let now = self.clock.now();
         for shard in self.shards.iter() {
             lock(shard).retain(|_, g| {
-                let st = lock(&g.state);
-                !st.members.is_empty() || st.retained.value(now, &p) > DRAINED
+                let mut st = lock(&g.state);
+                st.remote.retain(|r| r.expires > now);
+                !st.is_idle(now, &p)
             });
         }
     }
@@ -835,5 +974,108 @@ mod tests {
         a.charge(1.0);
         clock.set(Duration::from_secs(110));
         assert!(close(a.cost(), 41.0, 1e-9));
+    }
+
+    const PEER_A: PeerId = [1; 32];
+    const PEER_B: PeerId = [2; 32];
+
+    fn report(group: &str, cost: f64) -> GroupCost {
+        GroupCost { group: ip(group), cost }
+    }
+
+    #[test]
+    fn peers_figures_add_to_a_groups_cost_until_they_expire() {
+        let (l, clock) = ledger(test_params());
+        let a = l.open(ip("10.1.2.3"));
+        a.charge(100.0);
+        // A peer's figure for any address of the group lands on the group (mapped to this ledger's /24).
+        assert_eq!(
+            l.apply_remote(PEER_A, &[report("10.1.2.77", 300.0)], Duration::from_secs(3)),
+            1
+        );
+        l.apply_remote(PEER_B, &[report("10.1.2.0", 250.0)], Duration::from_secs(3));
+        assert!(close(a.effective_cost(), 650.0, 1e-6), "{}", a.effective_cost());
+        assert!(close(l.remote_cost(ip("10.1.2.0")), 550.0, 1e-9));
+        // A renewal replaces the figure instead of adding to it.
+        l.apply_remote(PEER_A, &[report("10.1.2.0", 400.0)], Duration::from_secs(3));
+        assert!(close(l.remote_cost(ip("10.1.2.0")), 650.0, 1e-9));
+        // Local cost alone is what this gateway reports, so figures never echo.
+        let mine = l.local_costs(0.0, 10);
+        assert_eq!(mine.len(), 1);
+        assert!(close(mine[0].cost, 100.0, 1e-6));
+        clock.advance(Duration::from_secs(3));
+        assert!(close(l.remote_cost(ip("10.1.2.0")), 0.0, 1e-9));
+        assert!(a.effective_cost() < 100.0);
+    }
+
+    #[test]
+    fn a_group_left_out_of_the_next_report_stops_counting_at_once() {
+        let (l, _clock) = ledger(test_params());
+        l.apply_remote(
+            PEER_A,
+            &[report("10.1.2.0", 300.0), report("10.9.9.0", 50.0)],
+            Duration::from_secs(60),
+        );
+        l.apply_remote(PEER_B, &[report("10.1.2.0", 10.0)], Duration::from_secs(60));
+        l.apply_remote(PEER_A, &[report("10.9.9.0", 70.0)], Duration::from_secs(60));
+        assert!(close(l.remote_cost(ip("10.1.2.0")), 10.0, 1e-9));
+        assert!(close(l.remote_cost(ip("10.9.9.0")), 70.0, 1e-9));
+        l.forget_remote(PEER_B);
+        assert_eq!(l.remote_cost(ip("10.1.2.0")), 0.0);
+    }
+
+    #[test]
+    fn a_new_session_starts_with_the_clusters_figure_for_its_group() {
+        let (l, _clock) = ledger(test_params());
+        l.apply_remote(PEER_A, &[report("10.1.2.0", 9000.0)], Duration::from_secs(60));
+        let a = l.open(ip("10.1.2.3"));
+        let t = a.charge(1000.0);
+        assert!(t.over_hard, "{t:?}");
+    }
+
+    #[test]
+    fn bad_figures_and_exempt_networks_are_ignored() {
+        let mut p = test_params();
+        p.exempt = CidrSet::from_nets(["10.7.0.0/16".parse().unwrap()]);
+        let (l, _clock) = ledger(p);
+        let taken = l.apply_remote(
+            PEER_A,
+            &[
+                report("10.1.2.0", f64::NAN),
+                report("10.1.3.0", f64::INFINITY),
+                report("10.1.4.0", -5.0),
+                report("10.7.1.0", 500.0),
+                report("10.1.5.0", 1e300),
+            ],
+            Duration::from_secs(60),
+        );
+        assert_eq!(taken, 1);
+        assert_eq!(l.remote_cost(ip("10.1.2.0")), 0.0);
+        assert_eq!(l.remote_cost(ip("10.7.1.0")), 0.0);
+        assert_eq!(l.remote_cost(ip("10.1.5.0")), MAX_REPORTED);
+    }
+
+    #[test]
+    fn reports_hold_the_costliest_groups_above_the_threshold() {
+        let (l, _clock) = ledger(test_params());
+        let accounts: Vec<Account> = (1..=5).map(|i| l.open(ip(&format!("10.0.{i}.1")))).collect();
+        for (i, a) in accounts.iter().enumerate() {
+            a.charge(100.0 * (i + 1) as f64);
+        }
+        let r = l.local_costs(150.0, 3);
+        let groups: Vec<IpAddr> = r.iter().map(|g| g.group).collect();
+        assert_eq!(groups, vec![ip("10.0.5.0"), ip("10.0.4.0"), ip("10.0.3.0")]);
+        assert!(l.local_costs(1000.0, 10).is_empty());
+    }
+
+    #[test]
+    fn housekeeping_keeps_a_group_while_a_peers_figure_counts() {
+        let (l, clock) = ledger(test_params());
+        l.apply_remote(PEER_A, &[report("10.1.2.0", 300.0)], Duration::from_secs(5));
+        l.housekeep();
+        assert_eq!(l.groups(), 1);
+        clock.advance(Duration::from_secs(5));
+        l.housekeep();
+        assert_eq!(l.groups(), 0);
     }
 }

@@ -476,6 +476,16 @@ pub fn render(live: Option<&Live>) -> String {
                 counter(x.published),
             );
             r.register(
+                "cluster_cost_reports_sent",
+                "Cost reports sent to peers (one per link per report)",
+                counter(x.cost_reports_sent),
+            );
+            r.register(
+                "cluster_cost_reports_received",
+                "Cost reports taken from peers",
+                counter(x.cost_reports_received),
+            );
+            r.register(
                 "cluster_links_refused",
                 "Cluster connections refused (unlisted node, failed handshake)",
                 counter(x.refused_links),

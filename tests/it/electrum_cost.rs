@@ -28,7 +28,7 @@ const SCRIPTHASH: &str = "\"8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cf
 
 /// A backend that answers every request (and every request of a batch) with `"result":null` at once,
 /// except the methods in `silent`, which it never answers.
-async fn stub_backend(silent: &'static [&'static str]) -> SocketAddr {
+pub(crate) async fn stub_backend(silent: &'static [&'static str]) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
@@ -100,19 +100,19 @@ fn frac(effective: f64) -> f64 {
 }
 
 /// A line-oriented Electrum client bound to a chosen source address.
-struct Client {
+pub(crate) struct Client {
     r: BufReader<OwnedReadHalf>,
     w: OwnedWriteHalf,
     next_id: u64,
     /// When the connection was made (the gateway opens the session's account at that tokio instant).
     opened: Instant,
     /// Everything this session has been charged so far, by the model of DESIGN §3, before decay.
-    charged: f64,
+    pub(crate) charged: f64,
 }
 
 /// One reply, with when it arrived.
-struct Reply {
-    v: Value,
+pub(crate) struct Reply {
+    pub(crate) v: Value,
     at: Instant,
 }
 
@@ -123,7 +123,7 @@ impl Reply {
             .unwrap_or_else(|| panic!("reply without a numeric id: {}", self.v))
     }
 
-    fn error_code(&self) -> Option<i64> {
+    pub(crate) fn error_code(&self) -> Option<i64> {
         self.v.get("error").and_then(|e| e["code"].as_i64())
     }
 }
@@ -142,7 +142,7 @@ impl Client {
     }
 
     /// Connects and negotiates (server.version is charged 0.5 plus bytes).
-    async fn open(from: &str, to: SocketAddr) -> Client {
+    pub(crate) async fn open(from: &str, to: SocketAddr) -> Client {
         let mut c = Client::connect(from, to).await;
         let r = c.call("server.version", r#"["test", "1.4"]"#, VERSION_COST).await;
         assert!(r.v.get("error").is_none(), "server.version failed: {}", r.v);
@@ -178,7 +178,7 @@ impl Client {
         Some(Reply { v, at })
     }
 
-    async fn call(&mut self, method: &str, params: &str, method_cost: f64) -> Reply {
+    pub(crate) async fn call(&mut self, method: &str, params: &str, method_cost: f64) -> Reply {
         let id = self.send(method, params, method_cost).await;
         let r = self.recv().await.expect("connection closed instead of a reply");
         assert_eq!(r.id(), id, "reply to another request: {}", r.v);
