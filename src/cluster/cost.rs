@@ -9,8 +9,12 @@
 //! counting at the receiver at once, and a figure not renewed within `expiry` (the sender went away)
 //! stops counting then. Only local cost is reported, so figures never echo around the cluster.
 
+use super::keys::{NodeKey, PublicKey};
 use crate::guard::cost::{GroupCost, Ledger};
-use std::sync::Arc;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A report's figures beyond this are ignored, whatever the sender's `max_groups`.
@@ -43,9 +47,76 @@ impl Default for CostSharing {
 }
 
 /// What a node needs to take part: its ledger and the settings.
-pub(super) struct Sharing {
+pub struct Sharing {
     pub ledger: Arc<Ledger>,
     pub settings: CostSharing,
+    /// The newest signed report taken from each origin, so an old report replayed through a shared
+    /// service (Redis) cannot bring back figures its origin has since lowered.
+    last_seq: Mutex<HashMap<[u8; 32], u64>>,
+}
+
+/// Why a signed report was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportVerdict {
+    Taken,
+    /// Not newer than the last report taken from its origin.
+    Stale,
+    UnlistedOrigin,
+    BadSignature,
+}
+
+/// A cost report as it travels through a shared service, where anyone with access could write: signed
+/// by the reporting node, with a sequence number (its clock in µs) so replays are refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedCostReport {
+    pub origin: [u8; 32],
+    pub seq: u64,
+    pub figures: Vec<GroupCost>,
+    #[serde(with = "super::record::sig_serde")]
+    pub sig: [u8; 64],
+}
+
+/// Domain separation from ban records and anything else a node key signs.
+const REPORT_DOMAIN: &[u8] = b"gatehouse/cluster/cost-report/v1\0";
+
+impl SignedCostReport {
+    /// Fixed-width big-endian fields, as for ban records: every node encodes alike.
+    fn canonical_bytes(origin: &[u8; 32], seq: u64, figures: &[GroupCost]) -> Vec<u8> {
+        let mut b = Vec::with_capacity(REPORT_DOMAIN.len() + 48 + figures.len() * 25);
+        b.extend_from_slice(REPORT_DOMAIN);
+        b.extend_from_slice(origin);
+        b.extend_from_slice(&seq.to_be_bytes());
+        b.extend_from_slice(&(figures.len() as u64).to_be_bytes());
+        for f in figures {
+            match f.group {
+                IpAddr::V4(a) => {
+                    b.push(4);
+                    b.extend_from_slice(&a.octets());
+                }
+                IpAddr::V6(a) => {
+                    b.push(6);
+                    b.extend_from_slice(&a.octets());
+                }
+            }
+            b.extend_from_slice(&f.cost.to_bits().to_be_bytes());
+        }
+        b
+    }
+
+    pub fn sign(key: &NodeKey, seq: u64, figures: Vec<GroupCost>) -> SignedCostReport {
+        let origin = key.public().0;
+        let sig = key.sign(&Self::canonical_bytes(&origin, seq, &figures));
+        SignedCostReport {
+            origin,
+            seq,
+            figures,
+            sig,
+        }
+    }
+
+    pub fn verify(&self) -> bool {
+        PublicKey(self.origin).verify(&Self::canonical_bytes(&self.origin, self.seq, &self.figures), &self.sig)
+    }
 }
 
 impl Sharing {
@@ -62,9 +133,100 @@ impl Sharing {
         Some(figures)
     }
 
+    pub fn new(ledger: Arc<Ledger>, settings: CostSharing) -> Sharing {
+        Sharing {
+            ledger,
+            settings,
+            last_seq: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a signed report from a shared service: only from a listed origin (never this node's own),
+    /// with a valid signature and newer than the last one taken from that origin.
+    pub fn receive_signed(&self, r: &SignedCostReport, listed: impl Fn(&PublicKey) -> bool) -> ReportVerdict {
+        if !listed(&PublicKey(r.origin)) {
+            return ReportVerdict::UnlistedOrigin;
+        }
+        if !r.verify() {
+            return ReportVerdict::BadSignature;
+        }
+        {
+            let mut last = self.last_seq.lock().unwrap_or_else(|p| p.into_inner());
+            let seen = last.entry(r.origin).or_insert(0);
+            if r.seq <= *seen {
+                return ReportVerdict::Stale;
+            }
+            *seen = r.seq;
+        }
+        self.receive(r.origin, &r.figures);
+        ReportVerdict::Taken
+    }
+
     /// Takes a peer's report; returns how many figures counted.
     pub fn receive(&self, peer: [u8; 32], figures: &[GroupCost]) -> usize {
         let n = figures.len().min(MAX_FIGURES);
         self.ledger.apply_remote(peer, &figures[..n], self.settings.expiry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::cost::{CostParams, SystemClock};
+
+    fn sharing() -> Sharing {
+        let params = CostParams {
+            group_private: true,
+            ..CostParams::default()
+        };
+        Sharing::new(
+            Ledger::new(params, Arc::new(SystemClock::new())),
+            CostSharing::default(),
+        )
+    }
+
+    fn figures(cost: f64) -> Vec<GroupCost> {
+        vec![GroupCost {
+            group: "10.1.2.0".parse().unwrap(),
+            cost,
+        }]
+    }
+
+    #[test]
+    fn a_signed_report_from_a_listed_node_counts_once_and_replays_do_not() {
+        let s = sharing();
+        let peer = NodeKey::generate();
+        let listed = |k: &PublicKey| *k == peer.public();
+        let first = SignedCostReport::sign(&peer, 10, figures(500.0));
+        assert_eq!(s.receive_signed(&first, listed), ReportVerdict::Taken);
+        let group = "10.1.2.0".parse().unwrap();
+        assert_eq!(s.ledger.remote_cost(group), 500.0);
+        let lower = SignedCostReport::sign(&peer, 11, figures(100.0));
+        assert_eq!(s.receive_signed(&lower, listed), ReportVerdict::Taken);
+        // The old, higher report replayed changes nothing.
+        assert_eq!(s.receive_signed(&first, listed), ReportVerdict::Stale);
+        assert_eq!(s.ledger.remote_cost(group), 100.0);
+    }
+
+    #[test]
+    fn unlisted_and_tampered_reports_are_refused() {
+        let s = sharing();
+        let peer = NodeKey::generate();
+        let stranger = NodeKey::generate();
+        let listed = |k: &PublicKey| *k == peer.public();
+        let r = SignedCostReport::sign(&stranger, 1, figures(500.0));
+        assert_eq!(s.receive_signed(&r, listed), ReportVerdict::UnlistedOrigin);
+        let mut r = SignedCostReport::sign(&peer, 1, figures(500.0));
+        r.figures[0].cost = 5000.0;
+        assert_eq!(s.receive_signed(&r, listed), ReportVerdict::BadSignature);
+        // A report re-signed by a stranger under a listed origin fails too.
+        let mut r = SignedCostReport::sign(&stranger, 2, figures(500.0));
+        r.origin = peer.public().0;
+        assert_eq!(s.receive_signed(&r, listed), ReportVerdict::BadSignature);
+        assert_eq!(s.ledger.remote_cost("10.1.2.0".parse().unwrap()), 0.0);
+        // The JSON form round-trips and still verifies.
+        let good = SignedCostReport::sign(&peer, 3, figures(7.5));
+        let back: SignedCostReport = serde_json::from_str(&serde_json::to_string(&good).unwrap()).unwrap();
+        assert!(back.verify());
     }
 }

@@ -366,7 +366,7 @@ impl Cluster {
         if !settings.enabled {
             return;
         }
-        if self.inner.sharing.set(cost::Sharing { ledger, settings }).is_ok() {
+        if self.inner.sharing.set(cost::Sharing::new(ledger, settings)).is_ok() {
             tokio::spawn(self.inner.clone().report_costs());
         }
     }

@@ -45,7 +45,7 @@ mod prefix_serde {
     }
 }
 
-mod sig_serde {
+pub(super) mod sig_serde {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(s: &[u8; 64], ser: S) -> Result<S::Ok, S::Error> {
         ser.serialize_bytes(s)
