@@ -50,6 +50,7 @@ async fn start_node(i: usize, seeds: &[[u8; 32]], addrs: &[SocketAddr], ae: Dura
         listen: addrs[i],
         peers,
         anti_entropy: ae,
+        backend: Backend::Links,
     };
     let cluster = Cluster::start_with_key(config, NodeKey::from_seed(seeds[i]), bans.clone())
         .await
@@ -251,6 +252,7 @@ async fn a_link_from_an_unlisted_node_is_refused() {
         listen: free_addr(),
         peers: vec![(addrs[0], a.cluster.node())],
         anti_entropy: Duration::from_millis(100),
+        backend: Backend::Links,
     };
     // The stranger's node dials A only if its key is the smaller; the hand-made dial covers the other case.
     let stranger = Cluster::start_with_key(config, NodeKey::from_seed(stranger_seed), stranger_bans)

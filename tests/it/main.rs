@@ -3,6 +3,7 @@
 mod admission;
 mod bans;
 mod cluster;
+mod cluster_redis;
 mod common;
 mod drain;
 mod electrum_cost;
