@@ -206,6 +206,29 @@ fn cluster_status(admin: &AdminArgs, json: bool) -> ExitCode {
         println!("not part of a cluster");
         return ExitCode::SUCCESS;
     }
+    if b["backend"] == "redis" {
+        let r = &b["redis"];
+        let lag = r["lag_ms"].as_u64().map_or("never synced".to_string(), |ms| {
+            format!("last sync {:.1}s ago", ms as f64 / 1000.0)
+        });
+        println!(
+            "node {}  redis {} (prefix {})  {}  {}  records {}",
+            b["node"].as_str().unwrap_or("?"),
+            r["url"].as_str().unwrap_or("?"),
+            r["prefix"].as_str().unwrap_or("?"),
+            if r["connected"].as_bool().unwrap_or(false) {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            lag,
+            b["records"]
+        );
+        for p in b["peers"].as_array().cloned().unwrap_or_default() {
+            println!("  trusted {}", p["key"].as_str().unwrap_or("?"));
+        }
+        return ExitCode::SUCCESS;
+    }
     println!(
         "node {}  listening on {}  records {}",
         b["node"].as_str().unwrap_or("?"),

@@ -385,6 +385,8 @@ fn reference_config_sets_every_option() {
         "[admission]\nzzz_probe = 1\n",
         "[bans]\nzzz_probe = 1\n",
         "[admin]\nzzz_probe = 1\n",
+        "[cluster]\nzzz_probe = 1\n",
+        "[cluster]\n[[cluster.peers]]\nzzz_probe = 1\n",
         "[[front]]\nzzz_probe = 1\n",
         "[[front]]\n[front.tls]\nzzz_probe = 1\n",
         "[[front]]\n[front.tls]\n[[front.tls.sni]]\nzzz_probe = 1\n",

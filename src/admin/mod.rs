@@ -338,7 +338,8 @@ async fn reload(state: &AdminState, peer: &str) -> Reply {
     }
 }
 
-/// Peers, link state, last sync and lag (time since the last anti-entropy exchange), and counters.
+/// Peers, link state (or the Redis connection), last sync and lag (time since the last anti-entropy
+/// exchange), and counters.
 fn cluster_status(state: &AdminState) -> serde_json::Value {
     let Some(h) = &state.cluster else {
         return json!({ "backend": "none", "peers": [] });
@@ -364,7 +365,7 @@ fn cluster_status(state: &AdminState) -> serde_json::Value {
         })
         .collect();
     let s = st.stats;
-    json!({
+    let mut v = json!({
         "backend": "embedded",
         "node": st.node.to_string(),
         "listen": st.listen.to_string(),
@@ -384,7 +385,23 @@ fn cluster_status(state: &AdminState) -> serde_json::Value {
             "cost_reports_sent": s.cost_reports_sent,
             "cost_reports_received": s.cost_reports_received,
         },
-    })
+    });
+    // Under Redis there are no links: the peers are the trusted origins (keys only) and the one
+    // connection that matters is to Redis.
+    if let Some(r) = &st.redis {
+        v["backend"] = json!("redis");
+        v["listen"] = serde_json::Value::Null;
+        v["peers"] = st.peers.iter().map(|p| json!({ "key": p.key.to_string() })).collect();
+        v["redis"] = json!({
+            "url": r.url,
+            "prefix": r.prefix,
+            "connected": r.connected,
+            "since": unix(r.since),
+            "last_sync": unix(r.last_sync),
+            "lag_ms": r.last_sync.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_millis() as u64),
+        });
+    }
+    v
 }
 
 fn metrics(state: &AdminState) -> Reply {

@@ -36,6 +36,9 @@
 //!   every link at once (flooding; idempotence stops the echo). Each link starts with a digest exchange
 //!   and repeats it every `anti_entropy`: each side sends what the other's digest lacks and asks for what
 //!   its own lacks, so a node that was down or partitioned converges.
+//! - **Redis** ([`redis`], `cluster.backend = "redis"`): the same signed statements, checked by the same
+//!   `ingest`, travel through a Redis deployment instead of links (one key per prefix, a Lua
+//!   compare-and-set by rank, pub/sub for pushes, SCAN for resync); see that module's doc.
 //! - **Local changes**: `BanTable` has no change feed and no way to apply a foreign statement with its
 //!   own origin and version, so this module keeps the cluster's statements itself and applies winners
 //!   through the public `ban`/`unban`, remembering the table version each application produced. Every
@@ -51,6 +54,7 @@ pub mod cost;
 pub mod keys;
 pub mod link;
 pub mod record;
+pub mod redis;
 
 use crate::guard::bans::{normalize, BanError, BanTable};
 use ipnetwork::IpNetwork;
@@ -80,11 +84,26 @@ const MAX_SKEW: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub node_key_path: PathBuf,
+    /// Links backend only ([`UNSPECIFIED_ADDR`] under Redis, which neither listens nor dials).
     pub listen: SocketAddr,
+    /// The trusted origins; the address is used by the links backend only.
     pub peers: Vec<(SocketAddr, PublicKey)>,
     pub anti_entropy: Duration,
     pub cost: cost::CostSharing,
+    pub backend: Backend,
 }
+
+/// How statements travel between gateways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded, authenticated links between the listed nodes.
+    Links,
+    /// A shared Redis deployment.
+    Redis(redis::RedisConfig),
+}
+
+/// Stands for "no address" where the Redis backend needs none (`0.0.0.0:0`).
+pub const UNSPECIFIED_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -94,6 +113,8 @@ pub enum ClusterError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cluster: peer {0} is this node's own key")]
     SelfPeer(PublicKey),
+    #[error(transparent)]
+    Redis(#[from] redis::RedisConfigError),
 }
 
 /// Counters for the metrics endpoint.
@@ -171,6 +192,7 @@ impl StatusHandle {
             peers,
             records: lock(&i.state).records.len(),
             stats: i.stats(),
+            redis: i.redis.as_ref().map(redis::RedisLink::status),
         }
     }
 }
@@ -183,6 +205,8 @@ pub struct ClusterStatus {
     /// Statements held (bans and unban tombstones).
     pub records: usize,
     pub stats: ClusterStats,
+    /// The Redis connection, under the Redis backend.
+    pub redis: Option<redis::RedisStatus>,
 }
 
 /// A statement and this node's deadline for it.
@@ -221,6 +245,8 @@ struct Inner {
     cost_settings: cost::CostSharing,
     /// Set once cost sharing starts (it needs the gateway's ledger, which the cluster does not own).
     sharing: std::sync::OnceLock<cost::Sharing>,
+    /// Under the Redis backend: where `broadcast` hands statements for Redis.
+    redis: Option<redis::RedisLink>,
 }
 
 /// A running cluster member. Dropping it stops its tasks.
@@ -281,13 +307,28 @@ impl Cluster {
         if let Some((_, k)) = config.peers.iter().find(|(_, k)| *k == me) {
             return Err(ClusterError::SelfPeer(*k));
         }
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ClusterError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let listen = listener.local_addr().unwrap_or(config.listen);
+        let (redis, redis_task) = match &config.backend {
+            Backend::Links => (None, None),
+            Backend::Redis(r) => {
+                let (link, task) = redis::RedisLink::new(r, QUEUE, config.anti_entropy)?;
+                (Some(link), Some(task))
+            }
+        };
+        let listener = match redis {
+            Some(_) => None,
+            None => Some(
+                TcpListener::bind(config.listen)
+                    .await
+                    .map_err(|source| ClusterError::Bind {
+                        addr: config.listen,
+                        source,
+                    })?,
+            ),
+        };
+        let listen = listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or(config.listen);
         let status = config
             .peers
             .iter()
@@ -319,16 +360,23 @@ impl Cluster {
             anti_entropy: config.anti_entropy.max(Duration::from_millis(50)),
             cost_settings: config.cost.clone(),
             sharing: std::sync::OnceLock::new(),
+            redis,
         });
         // Whatever the table holds now (the journal's replay) is published with the versions it was
         // recorded with, not fresh ones: a lift made elsewhere while this node was down is newer and
         // wins at the first anti-entropy exchange, instead of being undone by a restart.
         inner.publish_table(true);
-        tracing::info!(node = %me, %listen, peers = inner.peers.len(), "cluster links starting");
-        tokio::spawn(inner.clone().accept_loop(listener));
-        for &(addr, peer) in &inner.peers {
-            if me < peer {
-                tokio::spawn(inner.clone().dial_loop(addr, peer));
+        if let Some(task) = redis_task {
+            tracing::info!(node = %me, peers = inner.peers.len(), "cluster over redis starting");
+            tokio::spawn(task.run(inner.clone()));
+        }
+        if let Some(listener) = listener {
+            tracing::info!(node = %me, %listen, peers = inner.peers.len(), "cluster links starting");
+            tokio::spawn(inner.clone().accept_loop(listener));
+            for &(addr, peer) in &inner.peers {
+                if me < peer {
+                    tokio::spawn(inner.clone().dial_loop(addr, peer));
+                }
             }
         }
         tokio::spawn(inner.clone().timers());
@@ -419,10 +467,21 @@ impl Inner {
         }
     }
 
-    /// Sends to every link but `except`.
+    /// Sends to every link but `except`, and to Redis under that backend. `except == Some(me)` marks
+    /// statements that came from Redis (no link carries this node's own key): Redis already holds them, at
+    /// that rank or newer, so they are not written back.
     fn broadcast(&self, msgs: &[Carried], except: Option<PublicKey>) {
         if msgs.is_empty() {
             return;
+        }
+        if let Some(r) = &self.redis {
+            if except != Some(self.me) {
+                for c in msgs {
+                    if !r.offer(c) {
+                        bump(&self.counters.dropped_sends);
+                    }
+                }
+            }
         }
         let links = lock(&self.links);
         for (peer, l) in links.iter() {

@@ -51,6 +51,7 @@ async fn start_node(i: usize, seeds: &[[u8; 32]], addrs: &[SocketAddr], ae: Dura
         peers,
         anti_entropy: ae,
         cost: Default::default(),
+        backend: Backend::Links,
     };
     let cluster = Cluster::start_with_key(config, NodeKey::from_seed(seeds[i]), bans.clone())
         .await
@@ -253,6 +254,7 @@ async fn a_link_from_an_unlisted_node_is_refused() {
         peers: vec![(addrs[0], a.cluster.node())],
         anti_entropy: Duration::from_millis(100),
         cost: Default::default(),
+        backend: Backend::Links,
     };
     // The stranger's node dials A only if its key is the smaller; the hand-made dial covers the other case.
     let stranger = Cluster::start_with_key(config, NodeKey::from_seed(stranger_seed), stranger_bans)

@@ -592,11 +592,44 @@ impl Validator<'_> {
                 ),
             ));
         }
+        let backend = match c.backend.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
+            None | Some(("links", _)) => crate::cluster::Backend::Links,
+            Some(("redis", span)) => {
+                let Some(url) = &c.redis_url else {
+                    return Err(self.err(
+                        "cluster.redis_url",
+                        Some(span),
+                        "required when cluster.backend = \"redis\" (redis://[:password@]host[:port][/db])",
+                    ));
+                };
+                let redis = crate::cluster::redis::RedisConfig::new(url.get_ref(), &c.redis_prefix)
+                    .map_err(|e| self.err("cluster.redis_url", Some(url.span()), e.to_string()))?;
+                crate::cluster::Backend::Redis(redis)
+            }
+            Some((other, span)) => {
+                return Err(self.err(
+                    "cluster.backend",
+                    Some(span),
+                    format!("`{other}` is not a cluster backend (\"links\" or \"redis\")"),
+                ))
+            }
+        };
+        let links = matches!(backend, crate::cluster::Backend::Links);
+        // The Redis backend neither listens nor dials: addresses are optional there and, when absent, left
+        // unspecified (the status shows none).
+        let optional_addr = |key: &str, s: Option<&Spanned<String>>| match s {
+            Some(s) => addr(key, s),
+            None if links => Err(self.err(key.to_string(), None, "required by the links backend")),
+            None => Ok(crate::cluster::UNSPECIFIED_ADDR),
+        };
         let mut peers = Vec::new();
         for (i, p) in c.peers.iter().enumerate() {
             let key = crate::cluster::keys::PublicKey::parse(p.key.get_ref())
                 .map_err(|e| self.err(format!("cluster.peers[{i}].key"), Some(p.key.span()), e.to_string()))?;
-            peers.push((addr(&format!("cluster.peers[{i}].addr"), &p.addr)?, key));
+            peers.push((
+                optional_addr(&format!("cluster.peers[{i}].addr"), p.addr.as_ref())?,
+                key,
+            ));
         }
         if c.anti_entropy.0.is_zero() {
             return Err(self.err("cluster.anti_entropy", None, "must be greater than 0s"));
@@ -604,10 +637,11 @@ impl Validator<'_> {
         let cost = self.cluster_cost(&c.cost)?;
         Ok(crate::cluster::ClusterConfig {
             node_key_path: node_key,
-            listen: addr("cluster.listen", &c.listen)?,
+            listen: optional_addr("cluster.listen", c.listen.as_ref())?,
             peers,
             anti_entropy: c.anti_entropy.0,
             cost,
+            backend,
         })
     }
 

@@ -41,14 +41,24 @@ pub struct RawConfig {
 pub struct RawCluster {
     /// This node's Ed25519 key file (`gatehouse keygen --out FILE`).
     pub node_key: Spanned<PathBuf>,
-    /// Where the other gateways connect to this one.
-    pub listen: Spanned<String>,
+    /// Where the other gateways connect to this one (links backend; unused with Redis).
+    pub listen: Option<Spanned<String>>,
     #[serde(default = "default_anti_entropy")]
     pub anti_entropy: Duration,
     #[serde(default)]
     pub peers: Vec<RawClusterPeer>,
     #[serde(default)]
     pub cost: RawClusterCost,
+    /// How records travel: "links" (embedded, the default) or "redis".
+    pub backend: Option<Spanned<String>>,
+    /// `redis://[:password@]host[:port][/db]`; required when `backend = "redis"`.
+    pub redis_url: Option<Spanned<String>>,
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+}
+
+fn default_redis_prefix() -> String {
+    "gatehouse:".to_string()
 }
 
 fn default_anti_entropy() -> Duration {
@@ -69,7 +79,8 @@ pub struct RawClusterCost {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawClusterPeer {
-    pub addr: Spanned<String>,
+    /// Required by the links backend; the Redis backend needs only the key.
+    pub addr: Option<Spanned<String>>,
     /// The peer's public key as `gatehouse keygen` printed it.
     pub key: Spanned<String>,
 }

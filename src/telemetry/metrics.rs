@@ -427,27 +427,33 @@ pub fn render(live: Option<&Live>) -> String {
         if let Some(c) = &live.cluster {
             let st = c.status();
             let now = std::time::SystemTime::now();
-            let up = st.peers.iter().filter(|p| p.up).count();
+            // Under Redis the one link is the Redis connection, and the lag is since the last resync.
+            let up = match &st.redis {
+                Some(r) => usize::from(r.connected),
+                None => st.peers.iter().filter(|p| p.up).count(),
+            };
             r.register(
                 "cluster_peers",
                 "Cluster peers configured",
                 gauge(st.peers.len() as i64),
             );
-            r.register("cluster_links_up", "Cluster links up now", gauge(up as i64));
+            r.register(
+                "cluster_links_up",
+                "Cluster links up now (under the Redis backend: 1 while Redis is connected)",
+                gauge(up as i64),
+            );
             // The oldest last sync among the peers; a peer never synced counts from process start.
-            let lag = st
-                .peers
-                .iter()
-                .map(|p| {
-                    p.last_sync
-                        .and_then(|t| now.duration_since(t).ok())
-                        .map_or(-1, |d| d.as_millis() as i64)
-                })
-                .max()
-                .unwrap_or(0);
+            let since = |t: Option<std::time::SystemTime>| {
+                t.and_then(|t| now.duration_since(t).ok())
+                    .map_or(-1, |d| d.as_millis() as i64)
+            };
+            let lag = match &st.redis {
+                Some(r) => since(r.last_sync),
+                None => st.peers.iter().map(|p| since(p.last_sync)).max().unwrap_or(0),
+            };
             r.register(
                 "cluster_sync_lag_milliseconds",
-                "Time since the least recent anti-entropy exchange with a peer (-1: a peer never synced)",
+                "Time since the least recent anti-entropy exchange with a peer, or Redis resync (-1: never synced)",
                 gauge(lag),
             );
             let x = st.stats;

@@ -4,6 +4,7 @@ mod admission;
 mod bans;
 mod cluster;
 mod cluster_cost;
+mod cluster_redis;
 mod common;
 mod drain;
 mod electrum_cost;

@@ -1,0 +1,436 @@
+//! Gateways sharing bans through a real Redis (`cluster.backend = "redis"`): a ban on one is enforced by
+//! the other within a second and lifted by either; Redis going away changes no enforcement and its
+//! return heals it; records by unlisted or tampered signers are refused and counted. The tests need
+//! `redis-server` (`.ci/run` installs it) and fail without it.
+
+use crate::common;
+use gatehouse::cluster::keys::NodeKey;
+use gatehouse::cluster::link::Carried;
+use gatehouse::cluster::record::{Op, SignedRecord};
+use gatehouse::cluster::redis::{channel, encode_value, key, SET_SCRIPT};
+use gatehouse::config::Config;
+use gatehouse::Running;
+use ipnetwork::IpNetwork;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const TOKEN: &str = "cluster-redis-test-token-0123456789";
+const PREFIX: &str = "gatehouse:";
+
+fn redis_server_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("redis-server"))
+            .find(|p| p.is_file())
+    });
+    on_path
+        .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file()))
+        .expect("redis-server is required by the Redis backend tests (apt-get install redis-server)")
+}
+
+/// A throwaway redis-server on a loopback port, without persistence; killed on drop.
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    async fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = RedisServer { port, child: None };
+        s.restart().await;
+        s
+    }
+
+    /// Starts (again) on the same port, empty.
+    async fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(redis_server_binary())
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let start = Instant::now();
+        loop {
+            if let Ok(mut c) = self.conn().await {
+                if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    async fn conn(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(self.url())?
+            .get_multiplexed_async_connection()
+            .await
+    }
+
+    async fn get(&self, k: &str) -> Option<String> {
+        let mut c = self.conn().await.unwrap();
+        redis::cmd("GET").arg(k).query_async(&mut c).await.unwrap()
+    }
+
+    /// Stores and announces a value the way gateways do (the same script), as a rogue writer could.
+    async fn write(&self, c: &Carried) {
+        let mut conn = self.conn().await.unwrap();
+        let stored: i64 = redis::cmd("EVAL")
+            .arg(SET_SCRIPT)
+            .arg(2)
+            .arg(key(PREFIX, &c.rec.prefix))
+            .arg(channel(PREFIX))
+            .arg(encode_value(&c.rec))
+            .arg(c.remaining_ms)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(stored, 1);
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls (bounded by `limit`) until `pred` holds; returns how long it took.
+async fn within(limit: Duration, mut pred: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if pred().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Node keys `node{i}.key` in `dir`; returns the public keys.
+fn keys(dir: &Path, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            NodeKey::generate_file(&dir.join(format!("node{i}.key")))
+                .unwrap()
+                .public()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Gateway `i` of `keys.len()` on Redis `url`: lists the others' keys only (no addresses, no listen).
+fn config(i: usize, keys: &[String], url: &str, upstream: SocketAddr, extra: &str) -> String {
+    let peers: String = (0..keys.len())
+        .filter(|&j| j != i)
+        .map(|j| format!("[[cluster.peers]]\nkey = \"{}\"\n", keys[j]))
+        .collect();
+    format!(
+        "{}{extra}[cluster]\nbackend = \"redis\"\nredis_url = \"{url}\"\nnode_key = \"node{i}.key\"\n\
+         anti_entropy = \"1s\"\n{peers}\n{}",
+        common::RELAXED,
+        common::tcp_front("p", upstream, "")
+    )
+}
+
+async fn redis_connected(g: &Running) -> bool {
+    within(Duration::from_secs(5), async || {
+        g.cluster()
+            .and_then(|c| c.status().redis)
+            .is_some_and(|r| r.connected && r.last_sync.is_some())
+    })
+    .await
+    .is_some()
+}
+
+async fn admin_get(admin: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: gatehouse\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string()
+}
+
+async fn refused_within(g: &Running, ip: &str, limit: Duration) -> bool {
+    let addr = g.addr("p");
+    within(limit, async || common::is_refused(ip, addr).await)
+        .await
+        .is_some()
+}
+
+async fn admitted_within(g: &Running, ip: &str, limit: Duration) -> bool {
+    let addr = g.addr("p");
+    within(limit, async || !common::is_refused(ip, addr).await)
+        .await
+        .is_some()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ban_through_redis_is_enforced_by_all_and_lifted_by_any() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let up = common::echo_backend().await;
+    let keys = keys(dir.path(), 2);
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let admin = "[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n";
+    let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, admin)).await;
+    let b = common::start_in(dir.path(), &config(1, &keys, &redis.url(), up, "")).await;
+    assert!(
+        redis_connected(&a).await && redis_connected(&b).await,
+        "not connected to redis"
+    );
+
+    // Status and metrics name the backend and its connection.
+    let admin = match a.admin_addr() {
+        Some(gatehouse::config::AdminListen::Tcp(a)) => *a,
+        other => panic!("admin not on TCP: {other:?}"),
+    };
+    let v: serde_json::Value = serde_json::from_str(&admin_get(admin, "/v1/cluster").await).unwrap();
+    assert_eq!(v["backend"], "redis", "{v}");
+    assert_eq!(v["redis"]["connected"], true, "{v}");
+    assert_eq!(v["redis"]["url"], redis.url(), "{v}");
+    assert_eq!(v["peers"][0]["key"], keys[1].as_str(), "{v}");
+    let metrics = admin_get(admin, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "gatehouse_cluster_links_up 1"),
+        "{metrics}"
+    );
+
+    for g in [&a, &b] {
+        assert!(!common::is_refused("127.0.0.2", g.addr("p")).await);
+    }
+    let x: IpNetwork = "127.0.0.2/32".parse().unwrap();
+    a.bans().ban(x, Duration::from_secs(600), "test").unwrap();
+    assert!(
+        refused_within(&b, "127.0.0.2", Duration::from_secs(1)).await,
+        "B still admits after 1 s"
+    );
+    assert!(
+        !common::is_refused("127.0.0.3", b.addr("p")).await,
+        "others are unaffected"
+    );
+    // Stored under its key with a TTL of the ban's remaining time.
+    let stored = redis.get(&key(PREFIX, &x)).await.expect("the ban is in redis");
+    assert!(stored.contains("\"Ban\""), "{stored}");
+    let mut c = redis.conn().await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(key(PREFIX, &x))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(pttl > 590_000 && pttl <= 600_000, "pttl {pttl}");
+
+    b.bans().unban(x).unwrap();
+    assert!(
+        admitted_within(&a, "127.0.0.2", Duration::from_secs(1)).await,
+        "A still refuses after the lift on B"
+    );
+    let stored = redis.get(&key(PREFIX, &x)).await.expect("the tombstone is in redis");
+    assert!(stored.contains("\"Unban\""), "{stored}");
+    assert_eq!(a.cluster().unwrap().stats().rejected_bad_signature, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_keep_enforcing_while_redis_is_away_and_heal_when_it_returns() {
+    let mut redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let up = common::echo_backend().await;
+    let keys = keys(dir.path(), 2);
+    let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+    let b = common::start_in(dir.path(), &config(1, &keys, &redis.url(), up, "")).await;
+    assert!(
+        redis_connected(&a).await && redis_connected(&b).await,
+        "not connected to redis"
+    );
+    let x: IpNetwork = "127.0.0.2/32".parse().unwrap();
+    let y: IpNetwork = "127.0.0.3/32".parse().unwrap();
+    a.bans().ban(x, Duration::from_secs(600), "x").unwrap();
+    assert!(
+        refused_within(&b, "127.0.0.2", Duration::from_secs(1)).await,
+        "B never got X"
+    );
+
+    redis.kill();
+    let down = within(Duration::from_secs(5), async || {
+        [&a, &b]
+            .iter()
+            .all(|g| g.cluster().and_then(|c| c.status().redis).is_some_and(|r| !r.connected))
+    })
+    .await;
+    assert!(down.is_some(), "the lost connection is not reported");
+    for g in [&a, &b] {
+        assert!(
+            common::is_refused("127.0.0.2", g.addr("p")).await,
+            "X no longer enforced"
+        );
+    }
+    // Raised while Redis is away: enforced locally at once, shared when Redis is back.
+    a.bans().ban(y, Duration::from_secs(600), "y").unwrap();
+    assert!(refused_within(&a, "127.0.0.3", Duration::from_secs(1)).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for g in [&a, &b] {
+        assert!(
+            common::is_refused("127.0.0.2", g.addr("p")).await,
+            "X no longer enforced"
+        );
+    }
+    assert!(
+        !common::is_refused("127.0.0.3", b.addr("p")).await,
+        "Y reached B without Redis?"
+    );
+
+    // Back, empty (no persistence), on the same port.
+    redis.restart().await;
+    assert!(
+        refused_within(&b, "127.0.0.3", Duration::from_secs(8)).await,
+        "B never got Y after Redis returned"
+    );
+    let healed = within(Duration::from_secs(3), async || {
+        redis.get(&key(PREFIX, &x)).await.is_some() && redis.get(&key(PREFIX, &y)).await.is_some()
+    })
+    .await;
+    assert!(healed.is_some(), "redis did not get the held statements back");
+    for g in [&a, &b] {
+        assert!(common::is_refused("127.0.0.2", g.addr("p")).await);
+        assert!(g.cluster().unwrap().status().redis.unwrap().connected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_by_unlisted_or_tampered_signers_are_refused_and_counted() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let up = common::echo_backend().await;
+    let keys = keys(dir.path(), 2);
+    let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+    assert!(redis_connected(&a).await, "not connected to redis");
+    let cluster = a.cluster().unwrap();
+
+    // Signed by a key nobody lists.
+    let stranger = NodeKey::generate();
+    let s: IpNetwork = "127.0.0.4/32".parse().unwrap();
+    let rec = SignedRecord::sign(&stranger, Op::Ban, s, "rogue".into(), now_ms(), 600_000, u64::MAX / 2);
+    redis
+        .write(&Carried {
+            rec,
+            remaining_ms: 600_000,
+        })
+        .await;
+    let counted = within(Duration::from_secs(1), async || {
+        cluster.stats().rejected_unlisted_origin >= 1
+    })
+    .await;
+    assert!(counted.is_some(), "{:?}", cluster.stats());
+
+    // Signed by a listed node (B), then altered.
+    let b_key = NodeKey::load(&dir.path().join("node1.key")).unwrap();
+    let t: IpNetwork = "127.0.0.5/32".parse().unwrap();
+    let mut rec = SignedRecord::sign(&b_key, Op::Ban, t, "genuine".into(), now_ms(), 600_000, 1);
+    rec.reason = "tampered".into();
+    redis
+        .write(&Carried {
+            rec,
+            remaining_ms: 600_000,
+        })
+        .await;
+    let counted = within(Duration::from_secs(1), async || {
+        cluster.stats().rejected_bad_signature >= 1
+    })
+    .await;
+    assert!(counted.is_some(), "{:?}", cluster.stats());
+
+    // Neither changed anything, and the resyncs that reread them do not count them again.
+    let before = cluster.stats();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = cluster.stats();
+    assert_eq!(
+        after.rejected_unlisted_origin, before.rejected_unlisted_origin,
+        "{after:?}"
+    );
+    assert_eq!(after.rejected_bad_signature, before.rejected_bad_signature, "{after:?}");
+    assert_eq!(after.applied, 0, "{after:?}");
+    assert_eq!(cluster.status().records, 0);
+    assert!(a.bans().list(None).is_empty(), "{:?}", a.bans().list(None));
+    assert!(!common::is_refused("127.0.0.4", a.addr("p")).await);
+    assert!(!common::is_refused("127.0.0.5", a.addr("p")).await);
+}
+
+#[test]
+fn redis_backend_config_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path(), 2);
+    let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let parse = |toml: &str| Config::parse(toml, &dir.path().join("gatehouse.toml"));
+    let base = config(0, &keys, "redis://127.0.0.1:6379/0", up, "");
+
+    // The Redis backend needs neither listen nor the peers' addresses.
+    let ok = parse(&base).unwrap_or_else(|e| panic!("{e}"));
+    let c = ok.cluster.unwrap();
+    assert!(matches!(c.backend, gatehouse::cluster::Backend::Redis(_)));
+
+    let no_url = base.replace("redis_url = \"redis://127.0.0.1:6379/0\"\n", "");
+    let e = parse(&no_url).unwrap_err();
+    assert_eq!(e.key, "cluster.redis_url", "{e}");
+    assert!(e.to_string().contains("cluster.redis_url"), "{e}");
+
+    let e = parse(&base.replace("backend = \"redis\"", "backend = \"etcd\"")).unwrap_err();
+    assert_eq!(e.key, "cluster.backend", "{e}");
+    assert!(e.line.is_some(), "{e}");
+
+    let e = parse(&base.replace("redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6379/0")).unwrap_err();
+    assert_eq!(e.key, "cluster.redis_url", "{e}");
+
+    // A bad URL is refused without echoing its password.
+    let e = parse(&base.replace("redis://127.0.0.1:6379/0", "redis://:hunter2@[::1/0")).unwrap_err();
+    assert_eq!(e.key, "cluster.redis_url", "{e}");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    let with_password = parse(&base.replace("redis://127.0.0.1", "redis://:hunter2@127.0.0.1")).unwrap();
+    assert!(!format!("{:?}", with_password.cluster).contains("hunter2"));
+
+    // The links backend still needs both.
+    let links = base.replace("backend = \"redis\"", "backend = \"links\"");
+    let e = parse(&links).unwrap_err();
+    assert_eq!(e.key, "cluster.peers[0].addr", "{e}");
+    let e = parse(&links.replace("[[cluster.peers]]\n", "[[cluster.peers]]\naddr = \"127.0.0.1:9190\"\n")).unwrap_err();
+    assert_eq!(e.key, "cluster.listen", "{e}");
+}
