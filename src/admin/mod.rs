@@ -526,7 +526,7 @@ async fn add_ban(state: &AdminState, peer: &str, req: Request<Incoming>) -> Repl
             let status = match e {
                 BanError::Allowlisted { .. } => StatusCode::CONFLICT,
                 BanError::ZeroDuration => StatusCode::BAD_REQUEST,
-                BanError::Journal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                BanError::Journal(_) | BanError::ReservedOrigin => StatusCode::INTERNAL_SERVER_ERROR,
             };
             audit_refused(&net.to_string(), status, &e.to_string());
             error(status, e)

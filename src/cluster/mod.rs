@@ -39,16 +39,31 @@
 //! - **Redis** ([`redis`], `cluster.backend = "redis"`): the same signed statements, checked by the same
 //!   `ingest`, travel through a Redis deployment instead of links (one key per prefix, a Lua
 //!   compare-and-set by rank, pub/sub for pushes, SCAN for resync); see that module's doc.
-//! - **Local changes**: `BanTable` has no change feed and no way to apply a foreign statement with its
-//!   own origin and version, so this module keeps the cluster's statements itself and applies winners
-//!   through the public `ban`/`unban`, remembering the table version each application produced. Every
-//!   200 ms it compares `bans.list(None)` with that snapshot: a table record it did not put there is a
-//!   local ban (signed and published), a prefix that vanished before its deadline is a local unban.
-//!   Follow-ups for the lead: a change feed in `BanTable` (instead of polling) and an `apply_remote` that
-//!   keeps origin and version in the table and the journal (then restarts need no re-publication and the
-//!   cluster state survives restarts; today it is in memory and a restarted node re-learns it by
-//!   anti-entropy). At start the bans its journal kept are published with the versions they were
-//!   recorded with, so a lift made elsewhere while the node was down is newer and wins.
+//! - **Local changes** come from the ban table's change feed ([`BanTable::subscribe`]): a task signs each
+//!   local ban or lift with the version the table gave it and pushes it at once, so propagation costs a
+//!   link round trip, not a polling interval. The table raises its clock to every version it hears of,
+//!   so a local statement's own version already outranks whatever this node held for the prefix (the
+//!   Lamport step); a feed entry that something newer overtook before the task saw it is skipped. A
+//!   receiver that lags (the feed buffers a few thousand changes) catches up by comparing the whole table
+//!   with what it last published (`publish_table`), as does [`Cluster::sync_now`]. There is no periodic
+//!   poll: the feed either delivers every change or says it lagged, so a safety-net poll would only cost
+//!   a full table scan for nothing.
+//! - **Remote statements** reach the table through [`BanTable::apply_remote`]: journaled with the origin
+//!   node's key as their origin (so `GET /v1/bans` names it), their signed version, and an attachment
+//!   `<duration_ms>:<base64 signature>` (the signed duration is not derivable from this node's deadline).
+//!   They never appear on the feed, so nothing echoes. Records arriving together (a `Records` message)
+//!   are judged in order and journaled with one fsync.
+//! - **Restart**: the signed-record store is rebuilt from [`BanTable::statements`]: remote statements
+//!   become held records again once their signature verifies and their origin is still listed (others
+//!   stay in the table but are not relayed), and local ones are re-signed with the versions they were
+//!   recorded with (Ed25519 signatures are deterministic, so they are the records peers already hold). A
+//!   restarted node needs no re-learning, and a lift made elsewhere while it was down is newer and wins
+//!   at the first anti-entropy exchange.
+//! - Versions tie only if two nodes pick the same microsecond for one prefix; the table then breaks the
+//!   tie on the origin string (`local` for this node) and the cluster on the key, which can disagree on
+//!   that node until the prefix's next statement.
+//! - **Cost** ([`cost`]): besides ban records, links carry each node's cost report (its costliest client
+//!   groups, every `[cluster.cost].interval`), which peers add to those groups' cost.
 
 pub mod cost;
 pub mod keys;
@@ -56,7 +71,9 @@ pub mod link;
 pub mod record;
 pub mod redis;
 
-use crate::guard::bans::{normalize, BanError, BanTable};
+use crate::guard::bans::{self, normalize, BanChange, BanError, BanTable, Statement, LOCAL_ORIGIN};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use ipnetwork::IpNetwork;
 use keys::{NodeKey, PublicKey};
 use link::{Carried, LinkReader, LinkWriter, Msg};
@@ -68,11 +85,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-/// How often the ban table is compared with the cluster's view (until a change feed exists).
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Records per `Records` message.
 const BATCH: usize = 1000;
 /// Messages queued per link before pushes are dropped (anti-entropy repairs what is dropped).
@@ -219,9 +234,48 @@ struct Held {
 #[derive(Default)]
 struct State {
     records: HashMap<IpNetwork, Held>,
-    /// The ban table as this module last left or saw it: prefix → (table version, until).
-    seen: HashMap<IpNetwork, (u64, SystemTime)>,
-    last_version: u64,
+    /// Per prefix, the table version of the last local statement published (or found overtaken).
+    seen: HashMap<IpNetwork, u64>,
+}
+
+/// Checks many signatures on every core: at ~50-80 µs each, the 100,000 records of a full anti-entropy
+/// exchange or of a restart are seconds of work on one core.
+fn verify_all(recs: &[&SignedRecord]) -> Vec<bool> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || recs.len() < 256 {
+        return recs.iter().map(|r| r.verify()).collect();
+    }
+    let per = recs.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = recs
+            .chunks(per)
+            .map(|c| s.spawn(move || c.iter().map(|r| r.verify()).collect::<Vec<bool>>()))
+            .collect();
+        parts.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    })
+}
+
+/// What the table keeps beside a remote statement so the signed record can be rebuilt after a restart.
+fn attachment(rec: &SignedRecord) -> String {
+    format!("{}:{}", rec.duration_ms, B64.encode(rec.sig))
+}
+
+/// The signed record a remote statement from the table was made from, if its attachment is intact.
+fn from_statement(s: &Statement) -> Option<SignedRecord> {
+    let (duration, sig) = s.attachment.as_deref()?.split_once(':')?;
+    Some(SignedRecord {
+        op: match s.op {
+            bans::Op::Ban => Op::Ban,
+            bans::Op::Unban => Op::Unban,
+        },
+        prefix: s.prefix,
+        reason: s.reason.clone(),
+        created_ms: unix_ms(s.created),
+        duration_ms: duration.parse().ok()?,
+        version: s.version,
+        origin: PublicKey::parse(&s.origin).ok()?.0,
+        sig: B64.decode(sig).ok()?.try_into().ok()?,
+    })
 }
 
 struct LinkHandle {
@@ -269,6 +323,7 @@ fn unix_ms(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+#[cfg(test)]
 fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -362,9 +417,10 @@ impl Cluster {
             sharing: std::sync::OnceLock::new(),
             redis,
         });
-        // Whatever the table holds now (the journal's replay) is published with the versions it was
-        // recorded with, not fresh ones: a lift made elsewhere while this node was down is newer and
-        // wins at the first anti-entropy exchange, instead of being undone by a restart.
+        // Subscribed before the table is read, so nothing made in between is missed (seen twice at
+        // worst, which changes nothing).
+        let feed = inner.bans.subscribe();
+        // Rebuilds the signed-record store from the table (see the module doc, "Restart").
         inner.publish_table(true);
         if let Some(task) = redis_task {
             tracing::info!(node = %me, peers = inner.peers.len(), "cluster over redis starting");
@@ -380,6 +436,7 @@ impl Cluster {
             }
         }
         tokio::spawn(inner.clone().timers());
+        tokio::spawn(inner.clone().follow_table(feed));
         Ok(Cluster { inner })
     }
 
@@ -419,9 +476,10 @@ impl Cluster {
         }
     }
 
-    /// Publishes local table changes now rather than at the next poll.
+    /// Compares the whole table with what was published and publishes the difference. The change feed
+    /// normally leaves nothing to do; this is its catch-up path.
     pub fn sync_now(&self) {
-        self.inner.poll_table();
+        self.inner.publish_table(false);
     }
 
     /// Takes a statement as if a peer had sent it (for tests and for future ban sources); returns what
@@ -498,159 +556,274 @@ impl Inner {
 
     /// Checks an arriving statement and, if it wins, applies it to the ban table and relays it.
     fn ingest(&self, c: Carried, from: Option<PublicKey>) -> Verdict {
-        let v = self.ingest_inner(c, from);
-        let counter = match v {
-            Verdict::Applied => &self.counters.applied,
-            Verdict::Duplicate => &self.counters.duplicate,
-            Verdict::Stale => &self.counters.stale,
-            Verdict::UnlistedOrigin => &self.counters.rejected_unlisted_origin,
-            Verdict::BadSignature => &self.counters.rejected_bad_signature,
-            Verdict::Malformed => &self.counters.rejected_malformed,
-        };
-        bump(counter);
-        if matches!(v, Verdict::UnlistedOrigin | Verdict::BadSignature | Verdict::Malformed) {
-            tracing::warn!(verdict = ?v, from = from.map(tracing::field::display), "cluster: ban record rejected");
-        }
-        v
+        self.ingest_inner(vec![c], from).pop().expect("one verdict per record")
     }
 
-    fn ingest_inner(&self, c: Carried, from: Option<PublicKey>) -> Verdict {
-        let rec = &c.rec;
-        let origin = rec.origin_key();
-        if origin != self.me && !self.listed(&origin) {
-            return Verdict::UnlistedOrigin;
+    /// [`Inner::ingest`] for records that arrived together: judged in order, the winners applied to the
+    /// table with one journal sync and relayed together.
+    fn ingest_batch(&self, batch: Vec<Carried>, from: Option<PublicKey>) {
+        self.ingest_inner(batch, from);
+    }
+
+    fn ingest_inner(&self, batch: Vec<Carried>, from: Option<PublicKey>) -> Vec<Verdict> {
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
+        {
+            // A byte-for-byte copy of a held record was verified when it first came (or signed here):
+            // anti-entropy resends plenty of those, and a signature check costs far more than this.
+            let st = lock(&self.state);
+            for (v, c) in verdicts.iter_mut().zip(&batch) {
+                if st.records.get(&c.rec.prefix).is_some_and(|h| h.rec == c.rec) {
+                    *v = Some(Verdict::Duplicate);
+                }
+            }
         }
-        if !rec.verify() {
-            return Verdict::BadSignature;
+        for (v, c) in verdicts.iter_mut().zip(&batch) {
+            let origin = c.rec.origin_key();
+            if v.is_none() && origin != self.me && !self.listed(&origin) {
+                *v = Some(Verdict::UnlistedOrigin);
+            }
         }
-        if normalize(rec.prefix) != rec.prefix || rec.reason.len() > 1024 {
-            return Verdict::Malformed;
+        let unsure: Vec<usize> = (0..batch.len()).filter(|&i| verdicts[i].is_none()).collect();
+        let checked = verify_all(&unsure.iter().map(|&i| &batch[i].rec).collect::<Vec<_>>());
+        for (i, good) in unsure.into_iter().zip(checked) {
+            let rec = &batch[i].rec;
+            if !good {
+                verdicts[i] = Some(Verdict::BadSignature);
+            } else if normalize(rec.prefix) != rec.prefix || rec.reason.len() > 1024 {
+                verdicts[i] = Some(Verdict::Malformed);
+            }
         }
         let now = SystemTime::now();
-        let remaining = Duration::from_millis(c.remaining_ms.min(rec.duration_ms));
-        let signed_end = UNIX_EPOCH + Duration::from_millis(rec.created_ms.saturating_add(rec.duration_ms));
-        let mut st = lock(&self.state);
-        if let Some(h) = st.records.get(&rec.prefix) {
-            if h.rec.rank() == rec.rank() {
-                return Verdict::Duplicate;
-            }
-            if h.rec.rank() > rec.rank() {
-                return Verdict::Stale;
-            }
-        }
-        if remaining.is_zero() || signed_end + MAX_SKEW < now {
-            return Verdict::Stale;
-        }
-        let held = Held {
-            rec: rec.clone(),
-            until: now + remaining,
-        };
-        st.last_version = st.last_version.max(rec.version);
-        match rec.op {
-            Op::Ban => match self.bans.ban(rec.prefix, remaining, rec.reason.clone()) {
-                Ok(b) => {
-                    st.seen.insert(rec.prefix, (b.version, b.until));
-                }
-                Err(e) => {
-                    bump(&self.counters.refused_by_table);
-                    st.seen.remove(&rec.prefix);
-                    if !matches!(e, BanError::Allowlisted { .. }) {
-                        tracing::error!(error = %e, prefix = %rec.prefix, "cluster: could not apply a ban");
-                    }
-                }
-            },
-            Op::Unban => {
-                if let Err(e) = self.bans.unban(rec.prefix) {
-                    tracing::error!(error = %e, prefix = %rec.prefix, "cluster: could not apply an unban");
-                }
-                st.seen.remove(&rec.prefix);
-            }
-        }
-        let out = Self::carried(&held, now);
-        st.records.insert(rec.prefix, held);
-        drop(st);
-        tracing::debug!(prefix = %rec.prefix, op = ?rec.op, origin = %origin, "cluster: statement applied");
-        self.broadcast(&[out], from);
-        Verdict::Applied
-    }
-
-    fn poll_table(&self) {
-        self.publish_table(false);
-    }
-
-    /// Compares the ban table with what this module last left there; signs and publishes the difference.
-    /// At `startup` the table's own versions are kept (see `start`).
-    fn publish_table(&self, startup: bool) {
         let mut out = Vec::new();
-        {
-            let mut st = lock(&self.state);
-            let list = self.bans.list(None);
-            let now = SystemTime::now();
-            let st = &mut *st;
-            let mut present = HashSet::with_capacity(list.len());
-            for b in list {
-                present.insert(b.prefix);
-                if st.seen.get(&b.prefix).is_some_and(|(v, _)| *v == b.version) {
+        let mut statements = Vec::new();
+        let mut st = lock(&self.state);
+        for (v, c) in verdicts.iter_mut().zip(batch) {
+            if v.is_some() {
+                continue;
+            }
+            let rec = c.rec;
+            if let Some(h) = st.records.get(&rec.prefix) {
+                if h.rec.rank() >= rec.rank() {
+                    *v = Some(if h.rec.rank() == rec.rank() {
+                        Verdict::Duplicate
+                    } else {
+                        Verdict::Stale
+                    });
                     continue;
                 }
-                let held_v = st.records.get(&b.prefix).map_or(0, |h| h.rec.version);
-                let version = if startup {
-                    b.version.max(held_v)
-                } else {
-                    (st.last_version.saturating_add(1))
-                        .max(held_v.saturating_add(1))
-                        .max(b.version)
-                        .max(now_micros())
-                };
-                st.last_version = st.last_version.max(version);
-                let rec = SignedRecord::sign(
-                    &self.key,
-                    Op::Ban,
-                    b.prefix,
-                    b.reason.clone(),
-                    unix_ms(b.created),
-                    ms(b.until.duration_since(b.created).unwrap_or_default()),
-                    version,
-                );
-                let held = Held { rec, until: b.until };
-                out.push(Self::carried(&held, now));
-                st.records.insert(b.prefix, held);
-                st.seen.insert(b.prefix, (b.version, b.until));
             }
-            let gone: Vec<(IpNetwork, SystemTime)> = st
-                .seen
-                .iter()
-                .filter(|(p, _)| !present.contains(*p))
-                .map(|(p, (_, until))| (*p, *until))
-                .collect();
-            for (prefix, until) in gone {
-                st.seen.remove(&prefix);
-                if until <= now {
-                    continue; // expired, not lifted
+            let remaining = Duration::from_millis(c.remaining_ms.min(rec.duration_ms));
+            let signed_end = UNIX_EPOCH + Duration::from_millis(rec.created_ms.saturating_add(rec.duration_ms));
+            if remaining.is_zero() || signed_end + MAX_SKEW < now {
+                *v = Some(Verdict::Stale);
+                continue;
+            }
+            let held = Held {
+                until: now + remaining,
+                rec,
+            };
+            let rec = &held.rec;
+            tracing::debug!(prefix = %rec.prefix, op = ?rec.op, origin = %rec.origin_key(), "cluster: statement applied");
+            statements.push(Statement {
+                op: match rec.op {
+                    Op::Ban => bans::Op::Ban,
+                    Op::Unban => bans::Op::Unban,
+                },
+                prefix: rec.prefix,
+                until: held.until,
+                reason: rec.reason.clone(),
+                origin: rec.origin_key().to_string(),
+                created: UNIX_EPOCH + Duration::from_millis(rec.created_ms),
+                version: rec.version,
+                attachment: Some(attachment(rec)),
+            });
+            out.push(Self::carried(&held, now));
+            st.records.insert(held.rec.prefix, held);
+            *v = Some(Verdict::Applied);
+        }
+        // Held and relayed whatever the table makes of them: the table may refuse a ban (allowlisted
+        // here) that other nodes enforce, or already hold a newer local statement the feed is about to
+        // publish.
+        match self.bans.apply_remote_batch(statements) {
+            Ok(results) if results.is_empty() => {}
+            Ok(results) => {
+                for r in results {
+                    if let Err(e) = r {
+                        bump(&self.counters.refused_by_table);
+                        if !matches!(e, BanError::Allowlisted { .. }) {
+                            tracing::error!(error = %e, "cluster: the ban table refused a statement");
+                        }
+                    }
                 }
-                let held_v = st.records.get(&prefix).map_or(0, |h| h.rec.version);
-                let version = (st.last_version.saturating_add(1))
-                    .max(held_v.saturating_add(1))
-                    .max(now_micros());
-                st.last_version = version;
-                let left = until.duration_since(now).unwrap_or_default();
-                let rec = SignedRecord::sign(
-                    &self.key,
+            }
+            Err(e) => tracing::error!(error = %e, records = out.len(), "cluster: could not apply statements"),
+        }
+        drop(st);
+        let verdicts: Vec<Verdict> = verdicts.into_iter().map(|v| v.expect("every record judged")).collect();
+        for &v in &verdicts {
+            let counter = match v {
+                Verdict::Applied => &self.counters.applied,
+                Verdict::Duplicate => &self.counters.duplicate,
+                Verdict::Stale => &self.counters.stale,
+                Verdict::UnlistedOrigin => &self.counters.rejected_unlisted_origin,
+                Verdict::BadSignature => &self.counters.rejected_bad_signature,
+                Verdict::Malformed => &self.counters.rejected_malformed,
+            };
+            bump(counter);
+            if matches!(v, Verdict::UnlistedOrigin | Verdict::BadSignature | Verdict::Malformed) {
+                tracing::warn!(verdict = ?v, from = from.map(tracing::field::display), "cluster: ban record rejected");
+            }
+        }
+        self.broadcast(&out, from);
+        verdicts
+    }
+
+    /// Signs one local statement with the version the table gave it, unless it was already published
+    /// or something newer overtook it. Returns what to push.
+    #[allow(clippy::too_many_arguments)]
+    fn sign_local(
+        &self,
+        st: &mut State,
+        op: Op,
+        prefix: IpNetwork,
+        reason: String,
+        created: SystemTime,
+        until: SystemTime,
+        version: u64,
+        now: SystemTime,
+    ) -> Option<Carried> {
+        if st.seen.get(&prefix) == Some(&version) {
+            return None;
+        }
+        st.seen.insert(prefix, version);
+        if until <= now
+            || st
+                .records
+                .get(&prefix)
+                .is_some_and(|h| h.rec.rank() >= (version, self.me.0))
+        {
+            return None;
+        }
+        // Whole milliseconds on both ends, as the journal keeps them, so a restart re-signs the very same
+        // record.
+        let created_ms = unix_ms(created);
+        let rec = SignedRecord::sign(
+            &self.key,
+            op,
+            prefix,
+            reason,
+            created_ms,
+            unix_ms(until).saturating_sub(created_ms),
+            version,
+        );
+        let held = Held { rec, until };
+        let c = Self::carried(&held, now);
+        st.records.insert(prefix, held);
+        Some(c)
+    }
+
+    /// Publishes one change from the table's feed.
+    fn publish_change(&self, change: BanChange) {
+        let now = SystemTime::now();
+        let out = {
+            let mut st = lock(&self.state);
+            match change {
+                BanChange::Ban(b) => {
+                    self.sign_local(&mut st, Op::Ban, b.prefix, b.reason, b.created, b.until, b.version, now)
+                }
+                BanChange::Unban {
+                    prefix,
+                    lifted,
+                    version,
+                    created,
+                } => self.sign_local(
+                    &mut st,
                     Op::Unban,
                     prefix,
                     String::new(),
-                    unix_ms(now),
-                    ms(left),
+                    created,
+                    lifted.until,
                     version,
-                );
-                let held = Held { rec, until };
-                out.push(Self::carried(&held, now));
-                st.records.insert(prefix, held);
+                    now,
+                ),
+            }
+        };
+        if let Some(c) = out {
+            bump(&self.counters.published);
+            self.broadcast(&[c], None);
+        }
+    }
+
+    /// Compares the whole table with the signed-record store: local statements not yet published are
+    /// signed and published; remote ones the store lacks (only at `startup`, from the journal) are held
+    /// again if their signature still verifies and their origin is still listed.
+    fn publish_table(&self, startup: bool) {
+        let mut out = Vec::new();
+        let mut restored = 0usize;
+        {
+            let mut st = lock(&self.state);
+            let now = SystemTime::now();
+            let mut remote = Vec::new();
+            for s in self.bans.statements() {
+                let op = match s.op {
+                    bans::Op::Ban => Op::Ban,
+                    bans::Op::Unban => Op::Unban,
+                };
+                if s.origin == LOCAL_ORIGIN {
+                    out.extend(self.sign_local(&mut st, op, s.prefix, s.reason, s.created, s.until, s.version, now));
+                    continue;
+                }
+                let Some(rec) = from_statement(&s) else {
+                    continue;
+                };
+                if st.records.get(&s.prefix).is_some_and(|h| h.rec.rank() >= rec.rank()) {
+                    continue;
+                }
+                let origin = rec.origin_key();
+                if origin == self.me || self.listed(&origin) {
+                    remote.push(Held { rec, until: s.until });
+                }
+            }
+            let good = verify_all(&remote.iter().map(|h| &h.rec).collect::<Vec<_>>());
+            for (h, good) in remote.into_iter().zip(good) {
+                if good {
+                    restored += 1;
+                    st.records.insert(h.rec.prefix, h);
+                } else {
+                    tracing::warn!(prefix = %h.rec.prefix, origin = %h.rec.origin_key(), "cluster: a journaled statement no longer verifies; not relayed");
+                }
             }
             st.records.retain(|_, h| h.until > now);
+            let State { records, seen } = &mut *st;
+            seen.retain(|p, _| records.contains_key(p));
+        }
+        if startup {
+            tracing::info!(
+                published = out.len(),
+                restored,
+                "cluster: signed records rebuilt from the ban table"
+            );
         }
         self.counters.published.fetch_add(out.len() as u64, Ordering::Relaxed);
         self.broadcast(&out, None);
+    }
+
+    /// Publishes local changes as the table makes them; catches up with a full comparison if it lagged.
+    async fn follow_table(self: Arc<Self>, mut feed: broadcast::Receiver<BanChange>) {
+        loop {
+            let next = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                n = feed.recv() => n,
+            };
+            match next {
+                Ok(change) => self.publish_change(change),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "cluster: ban feed lagged; comparing the whole table");
+                    self.publish_table(false);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 
     fn digest(&self) -> Msg {
@@ -786,9 +959,7 @@ impl Inner {
                         Vec::new()
                     }
                     Msg::Records(v) => {
-                        for c in v {
-                            self.ingest(c, Some(peer));
-                        }
+                        self.ingest_batch(v, Some(peer));
                         Vec::new()
                     }
                     Msg::Digest(ids) => {
@@ -855,14 +1026,11 @@ impl Inner {
     }
 
     async fn timers(self: Arc<Self>) {
-        let mut poll = tokio::time::interval(POLL_INTERVAL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ae = tokio::time::interval(self.anti_entropy);
         ae.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
-                _ = poll.tick() => self.poll_table(),
                 _ = ae.tick() => {
                     let d = self.digest();
                     for l in lock(&self.links).values() {

@@ -1,10 +1,13 @@
 //! Several nodes on loopback, real sockets, each with its own ban table.
 
 use super::*;
+use crate::guard::acl::CidrSet;
 use std::net::IpAddr;
 use std::time::Instant;
 
 const HOUR: Duration = Duration::from_secs(3600);
+/// Long enough for an echo, if there were one, to have come back.
+const SETTLE: Duration = Duration::from_millis(600);
 
 fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
@@ -97,8 +100,8 @@ async fn ban_on_a_reaches_b_and_c_and_unban_on_b_reaches_a_and_c() {
     .await
     .expect("unban reached A and C within 1 s");
     println!("unban B→A,C in {took:?}");
-    // Nothing echoes back: after a few polls, still lifted everywhere and nothing was rejected.
-    tokio::time::sleep(POLL_INTERVAL * 3).await;
+    // Nothing echoes back: a while later, still lifted everywhere and nothing was rejected.
+    tokio::time::sleep(SETTLE).await;
     for n in &nodes {
         assert!(!n.bans.is_banned(ip("192.0.2.77")));
         let s = n.cluster.stats();
@@ -218,7 +221,7 @@ async fn unlisted_signer_tampered_record_and_replay_after_unban_are_rejected() {
             .await
             .is_some()
     );
-    tokio::time::sleep(POLL_INTERVAL * 2).await;
+    tokio::time::sleep(SETTLE).await;
 
     for n in [&a, &b] {
         for host in [
@@ -370,4 +373,98 @@ async fn expiry_follows_the_hop_remainder_not_the_origins_clock() {
     );
     let left = crate::guard::bans::remaining(a.bans.lookup(ip("192.0.2.50")).unwrap().1.until);
     assert!(left <= Duration::from_secs(60), "{left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_peers_ban_is_listed_under_the_origin_node() {
+    let (nodes, _, _) = start_mesh(3, Duration::from_secs(5)).await;
+    let [a, b, c] = &nodes[..] else { unreachable!() };
+    let made = a.bans.ban(net("192.0.2.0/24"), HOUR, "scanner").unwrap();
+    assert!(eventually(Duration::from_secs(1), || b.bans.is_banned(ip("192.0.2.1"))
+        && c.bans.is_banned(ip("192.0.2.1")))
+    .await
+    .is_some());
+    assert_eq!(a.bans.list(None)[0].origin, crate::guard::bans::LOCAL_ORIGIN);
+    let a_id = a.cluster.node().to_string();
+    for n in [b, c] {
+        let listed = n.bans.list(None);
+        assert_eq!(listed.len(), 1);
+        let r = &listed[0];
+        assert_eq!((r.origin.as_str(), r.version), (a_id.as_str(), made.version), "{r:?}");
+        assert!(r.attachment.is_some());
+    }
+    // Remote statements are not re-published as the receivers' own.
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        (
+            a.cluster.stats().published,
+            b.cluster.stats().published,
+            c.cluster.stats().published
+        ),
+        (1, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_node_holds_remote_statements_without_any_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("b.journal");
+    let s = seeds(2);
+    let addrs: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let ae = Duration::from_secs(5);
+    let a = start_node(0, &s, &addrs, ae, Arc::new(BanTable::default())).await;
+    let b_bans = Arc::new(BanTable::open(&journal, CidrSet::new()).unwrap());
+    let b = start_node(1, &s, &addrs, ae, b_bans).await;
+    a.bans.ban(net("192.0.2.1/32"), HOUR, "a1").unwrap();
+    a.bans.ban(net("192.0.2.2/32"), HOUR, "a2").unwrap();
+    a.bans.ban(net("2001:db8::/48"), HOUR, "a3").unwrap();
+    b.bans.ban(net("198.51.100.0/24"), HOUR, "b1").unwrap();
+    assert!(eventually(Duration::from_secs(2), || b.bans.is_banned(ip("192.0.2.2"))
+        && b.bans.is_banned(ip("2001:db8::1"))
+        && a.bans.is_banned(ip("198.51.100.1")))
+    .await
+    .is_some());
+    a.bans.unban(net("192.0.2.2/32")).unwrap().unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || !b.bans.is_banned(ip("192.0.2.2")))
+            .await
+            .is_some()
+    );
+    let before = b.cluster.status().records;
+    assert_eq!(before, 4, "three of A's statements (one a lift) and B's own ban");
+    // The journal keeps times to the millisecond; everything else must come back exactly.
+    let summary = |t: &BanTable| {
+        t.list(None)
+            .into_iter()
+            .map(|r| (r.prefix, r.origin, r.version, r.reason, r.attachment))
+            .collect::<Vec<_>>()
+    };
+    let listed_before = summary(&b.bans);
+    a.cluster.shutdown();
+    b.cluster.shutdown();
+    drop(b.bans);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // B alone, from its journal: no peer is up to teach it anything.
+    let b_bans = Arc::new(BanTable::open(&journal, CidrSet::new()).unwrap());
+    let b = start_node(1, &s, &addrs, ae, b_bans).await;
+    assert!(b.cluster.status().peers.iter().all(|p| !p.up));
+    assert_eq!(b.cluster.status().records, before);
+    assert_eq!(summary(&b.bans), listed_before);
+    let a_id = NodeKey::from_seed(s[0]).public().to_string();
+    assert_eq!(b.bans.lookup(ip("192.0.2.1")).unwrap().1.origin, a_id);
+    assert!(!b.bans.is_banned(ip("192.0.2.2")));
+    // Only B's own ban was re-signed; A's statements are held as A signed them.
+    assert_eq!(b.cluster.stats().published, 1);
+    // A comes back and finds nothing to exchange beyond what both already hold.
+    let a = start_node(0, &s, &addrs, Duration::from_millis(200), Arc::new(BanTable::default())).await;
+    assert!(
+        eventually(Duration::from_secs(3), || a.bans.is_banned(ip("192.0.2.1"))
+            && a.bans.is_banned(ip("198.51.100.1")))
+        .await
+        .is_some(),
+        "A relearns from B"
+    );
+    assert_eq!(a.bans.lookup(ip("192.0.2.1")).unwrap().1.origin, a_id);
+    assert_eq!(b.cluster.stats().rejected_bad_signature, 0);
 }

@@ -9,10 +9,19 @@
 //! hybrid clock, `max(previous + 1, now in µs)`: strictly increasing per origin even if the wall clock
 //! steps back, and close to real time so that statements from different origins (cluster nodes, later)
 //! order the way operators expect ("the later unban wins"). Ties between origins break on the origin
-//! name, so every node picks the same winner.
+//! name, so every node picks the same winner. Every version the table hears of, from any origin, raises
+//! the clock, so a local statement always outranks whatever this node had seen for the prefix.
+//!
+//! Two doors serve the cluster. [`BanTable::apply_remote`] takes another node's statement with its own
+//! origin, version and an opaque attachment (the origin's signature), journals all of it, and applies it
+//! only if it is newer than what is held; after a restart [`BanTable::statements`] hands everything back
+//! so the cluster needs no re-learning. [`BanTable::subscribe`] is a feed of this node's own statements,
+//! sent once they are journaled and applied; remote statements never appear on it, so nothing echoes.
+//! The feed is sent under the writers' lock, so its order is the version order.
 
 use super::acl::{CidrSet, PrefixMap};
-use super::journal::{self, CompactPolicy, Entry, Journal, JournalError, Op};
+use super::journal::{self, CompactPolicy, Entry, Journal, JournalError};
+pub use super::journal::{Entry as Statement, Op};
 use arc_swap::ArcSwap;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::collections::HashMap;
@@ -21,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::broadcast;
 
 /// Origin of statements made by this gateway (until cluster nodes have names).
 pub const LOCAL_ORIGIN: &str = "local";
@@ -33,6 +43,8 @@ pub struct BanRecord {
     pub origin: String,
     pub created: SystemTime,
     pub version: u64,
+    /// What the origin gave to vouch for the statement (see [`Entry::attachment`]); None for local bans.
+    pub attachment: Option<String>,
 }
 
 impl BanRecord {
@@ -49,9 +61,37 @@ impl BanRecord {
             origin: self.origin.clone(),
             created: self.created,
             version: self.version,
+            attachment: self.attachment.clone(),
         }
     }
 }
+
+/// A statement this node made, as the change feed carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BanChange {
+    Ban(BanRecord),
+    /// A lift: the tombstone lives as long as `lifted` had left.
+    Unban {
+        prefix: IpNetwork,
+        lifted: BanRecord,
+        version: u64,
+        created: SystemTime,
+    },
+}
+
+/// What became of a remote statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteOutcome {
+    Applied,
+    /// The table already holds a statement for the prefix at least as new.
+    Stale,
+    /// Its deadline had already passed.
+    Expired,
+}
+
+/// How many local changes the feed buffers for a slow subscriber before it must catch up by comparing
+/// the whole table.
+const FEED_CAPACITY: usize = 4096;
 
 /// Who raised a ban, for the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +108,9 @@ pub enum BanError {
     Allowlisted { net: IpNetwork, allowed: IpNetwork },
     #[error("a ban needs a duration greater than zero")]
     ZeroDuration,
+    /// Replay tells local statements by this name; a remote one carrying it would be taken for ours.
+    #[error("a remote statement cannot claim the origin `{LOCAL_ORIGIN}`")]
+    ReservedOrigin,
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -77,6 +120,8 @@ pub enum BanError {
 pub struct BanStats {
     pub added_session: u64,
     pub added_admin: u64,
+    /// Bans other cluster nodes made and this table applied.
+    pub added_cluster: u64,
     pub lifted: u64,
     pub rejected_allowlisted: u64,
     pub expired: u64,
@@ -88,6 +133,7 @@ pub struct BanStats {
 struct Counters {
     added_session: AtomicU64,
     added_admin: AtomicU64,
+    added_cluster: AtomicU64,
     lifted: AtomicU64,
     rejected_allowlisted: AtomicU64,
     expired: AtomicU64,
@@ -101,6 +147,23 @@ struct Lift {
     version: u64,
     origin: String,
     created: SystemTime,
+    reason: String,
+    attachment: Option<String>,
+}
+
+impl Lift {
+    fn entry(&self, prefix: IpNetwork) -> Entry {
+        Entry {
+            op: Op::Unban,
+            prefix,
+            until: self.until,
+            reason: self.reason.clone(),
+            origin: self.origin.clone(),
+            created: self.created,
+            version: self.version,
+            attachment: self.attachment.clone(),
+        }
+    }
 }
 
 /// Everything writers serialise on.
@@ -120,6 +183,7 @@ pub struct BanTable {
     /// Past offences per address, so repeat offenders get longer bans.
     offences: Mutex<HashMap<IpAddr, (u32, SystemTime)>>,
     counters: Counters,
+    feed: broadcast::Sender<BanChange>,
 }
 
 impl Default for BanTable {
@@ -200,6 +264,7 @@ impl BanTable {
             allow: ArcSwap::from_pointee(allow),
             offences: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            feed: broadcast::channel(FEED_CAPACITY).0,
         }
     }
 
@@ -218,9 +283,7 @@ impl BanTable {
             let mut store = lock(&table.store);
             let mut winners: HashMap<IpNetwork, Entry> = HashMap::with_capacity(records);
             for e in replay.entries {
-                if e.origin == LOCAL_ORIGIN {
-                    store.last_version = store.last_version.max(e.version);
-                }
+                store.last_version = store.last_version.max(e.version);
                 let newer = winners
                     .get(&e.prefix)
                     .is_none_or(|w| (e.version, e.origin.as_str()) > (w.version, w.origin.as_str()));
@@ -250,6 +313,7 @@ impl BanTable {
                                 origin: e.origin,
                                 created: e.created,
                                 version: e.version,
+                                attachment: e.attachment,
                             },
                         );
                     }
@@ -261,6 +325,8 @@ impl BanTable {
                                 version: e.version,
                                 origin: e.origin,
                                 created: e.created,
+                                reason: e.reason,
+                                attachment: e.attachment,
                             },
                         );
                     }
@@ -299,6 +365,150 @@ impl BanTable {
 
     pub fn journal_path(&self) -> Option<PathBuf> {
         lock(&self.store).journal.as_ref().map(|j| j.path().to_path_buf())
+    }
+
+    /// The feed of this node's own statements from now on. A receiver that lags loses changes
+    /// ([`broadcast::error::RecvError::Lagged`]) and must catch up from [`BanTable::statements`].
+    pub fn subscribe(&self) -> broadcast::Receiver<BanChange> {
+        self.feed.subscribe()
+    }
+
+    /// Every statement in force: live bans and live lift tombstones, with origin, version and attachment.
+    pub fn statements(&self) -> Vec<Statement> {
+        let store = lock(&self.store);
+        self.live_entries(&store, SystemTime::now())
+    }
+
+    fn live_entries(&self, store: &Store, now: SystemTime) -> Vec<Entry> {
+        let mut live: Vec<Entry> = self
+            .map
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, b)| b.is_live(now))
+            .map(|(_, b)| b.entry(Op::Ban))
+            .collect();
+        live.extend(
+            store
+                .lifts
+                .iter()
+                .filter(|(_, l)| l.until > now)
+                .map(|(net, l)| l.entry(*net)),
+        );
+        live
+    }
+
+    /// Applies another node's statement if `(version, origin)` outranks what the table holds for the
+    /// prefix (a live ban or a lift tombstone). Journaled (synced) with its origin, version and
+    /// attachment before it takes effect, and kept in the record, so listings show the origin and a
+    /// restart restores it whole. Not sent on the change feed. `until` is this node's deadline.
+    pub fn apply_remote(&self, s: Statement) -> Result<RemoteOutcome, BanError> {
+        self.apply_remote_batch(vec![s])?
+            .pop()
+            .expect("one outcome per statement")
+    }
+
+    /// [`BanTable::apply_remote`] for many statements, judged in order, with one journal sync for all
+    /// the winners. The outer error is a journal failure: then none of them was applied.
+    pub fn apply_remote_batch(&self, batch: Vec<Statement>) -> Result<Vec<Result<RemoteOutcome, BanError>>, BanError> {
+        let now = SystemTime::now();
+        let mut store = lock(&self.store);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut winners: Vec<Statement> = Vec::new();
+        // Winners earlier in this batch, which the table does not show yet.
+        let mut pending: HashMap<IpNetwork, (u64, String)> = HashMap::new();
+        {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            let allow = self.allow.load();
+            for s in batch {
+                if s.origin == LOCAL_ORIGIN {
+                    outcomes.push(Err(BanError::ReservedOrigin));
+                    continue;
+                }
+                let s = Statement {
+                    prefix: normalize(s.prefix),
+                    ..s
+                };
+                // Even a losing statement raises the clock: the next local statement must outrank it
+                // wherever it is held.
+                store.last_version = store.last_version.max(s.version);
+                if s.until <= now {
+                    outcomes.push(Ok(RemoteOutcome::Expired));
+                    continue;
+                }
+                let rank = (s.version, s.origin.as_str());
+                let outranked = match pending.get(&s.prefix) {
+                    Some((v, o)) => (*v, o.as_str()) >= rank,
+                    None => {
+                        let ban = map.get_exact(&s.prefix).filter(|b| b.is_live(now));
+                        let lift = store.lifts.get(&s.prefix).filter(|l| l.until > now);
+                        ban.is_some_and(|b| (b.version, b.origin.as_str()) >= rank)
+                            || lift.is_some_and(|l| (l.version, l.origin.as_str()) >= rank)
+                    }
+                };
+                if outranked {
+                    outcomes.push(Ok(RemoteOutcome::Stale));
+                    continue;
+                }
+                if s.op == Op::Ban {
+                    if let Some(allowed) = allowlisted(&allow, &s.prefix) {
+                        self.counters.rejected_allowlisted.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(prefix = %s.prefix, %allowed, origin = %s.origin, "remote ban refused: the network is allowlisted");
+                        outcomes.push(Err(BanError::Allowlisted { net: s.prefix, allowed }));
+                        continue;
+                    }
+                }
+                pending.insert(s.prefix, (s.version, s.origin.clone()));
+                outcomes.push(Ok(RemoteOutcome::Applied));
+                winners.push(s);
+            }
+        }
+        if winners.is_empty() {
+            return Ok(outcomes);
+        }
+        if let Some(j) = store.journal.as_mut() {
+            off_runtime(|| j.append_all(&winners))?;
+        }
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        for s in winners {
+            match s.op {
+                Op::Ban => {
+                    store.lifts.remove(&s.prefix);
+                    map.insert(
+                        s.prefix,
+                        BanRecord {
+                            prefix: s.prefix,
+                            until: s.until,
+                            reason: s.reason,
+                            origin: s.origin,
+                            created: s.created,
+                            version: s.version,
+                            attachment: s.attachment,
+                        },
+                    );
+                    self.counters.added_cluster.fetch_add(1, Ordering::Relaxed);
+                }
+                Op::Unban => {
+                    if map.remove(&s.prefix).is_some_and(|b| b.is_live(now)) {
+                        self.counters.lifted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    store.lifts.insert(
+                        s.prefix,
+                        Lift {
+                            until: s.until,
+                            version: s.version,
+                            origin: s.origin,
+                            created: s.created,
+                            reason: s.reason,
+                            attachment: s.attachment,
+                        },
+                    );
+                }
+            }
+        }
+        drop(map);
+        self.maybe_compact(&mut store);
+        Ok(outcomes)
     }
 
     /// An operator's ban (counted as `admin`).
@@ -347,6 +557,7 @@ impl BanTable {
             origin: LOCAL_ORIGIN.to_string(),
             created: now,
             version,
+            attachment: None,
         };
         if let Some(j) = store.journal.as_mut() {
             if let Err(e) = off_runtime(|| j.append(&record.entry(Op::Ban))) {
@@ -362,6 +573,7 @@ impl BanTable {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(net, record.clone());
+        let _ = self.feed.send(BanChange::Ban(record.clone()));
         match source {
             BanSource::Session => &self.counters.added_session,
             BanSource::Admin => &self.counters.added_admin,
@@ -439,22 +651,21 @@ impl BanTable {
             version,
             origin: LOCAL_ORIGIN.to_string(),
             created: now,
-        };
-        let entry = Entry {
-            op: Op::Unban,
-            prefix: net,
-            until: lift.until,
             reason: String::new(),
-            origin: lift.origin.clone(),
-            created: now,
-            version,
+            attachment: None,
         };
         if let Some(j) = store.journal.as_mut() {
-            off_runtime(|| j.append(&entry))?;
+            off_runtime(|| j.append(&lift.entry(net)))?;
         }
         store.last_version = version;
         store.lifts.insert(net, lift);
         self.map.write().unwrap_or_else(|p| p.into_inner()).remove(&net);
+        let _ = self.feed.send(BanChange::Unban {
+            prefix: net,
+            lifted: current.clone(),
+            version,
+            created: now,
+        });
         self.counters.lifted.fetch_add(1, Ordering::Relaxed);
         self.maybe_compact(&mut store);
         Ok(Some(current))
@@ -564,6 +775,7 @@ impl BanTable {
         BanStats {
             added_session: c.added_session.load(Ordering::Relaxed),
             added_admin: c.added_admin.load(Ordering::Relaxed),
+            added_cluster: c.added_cluster.load(Ordering::Relaxed),
             lifted: c.lifted.load(Ordering::Relaxed),
             rejected_allowlisted: c.rejected_allowlisted.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
@@ -582,24 +794,7 @@ impl BanTable {
         if store.journal.is_none() {
             return Ok(false);
         }
-        let now = SystemTime::now();
-        let mut live: Vec<Entry> = self
-            .map
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(_, b)| b.is_live(now))
-            .map(|(_, b)| b.entry(Op::Ban))
-            .collect();
-        live.extend(store.lifts.iter().filter(|(_, l)| l.until > now).map(|(net, l)| Entry {
-            op: Op::Unban,
-            prefix: *net,
-            until: l.until,
-            reason: String::new(),
-            origin: l.origin.clone(),
-            created: l.created,
-            version: l.version,
-        }));
+        let live = self.live_entries(store, SystemTime::now());
         let j = store.journal.as_mut().expect("checked above");
         let before = j.bytes();
         let started = Instant::now();
@@ -695,6 +890,7 @@ mod tests {
             BanStats {
                 added_session: 1,
                 added_admin: 2,
+                added_cluster: 0,
                 lifted: 1,
                 rejected_allowlisted: 7,
                 expired: 0,
@@ -775,6 +971,196 @@ mod tests {
         assert_eq!(live, ["198.51.100.0/24"]);
     }
 
+    /// A statement from another node, timed to the millisecond as the journal keeps it.
+    fn remote(op: Op, prefix: &str, origin: &str, version: u64) -> Statement {
+        let now = journal::from_unix_ms(unix_ms(SystemTime::now()));
+        Statement {
+            op,
+            prefix: net(prefix),
+            until: now + HOUR,
+            reason: format!("from {origin}"),
+            origin: origin.into(),
+            created: now,
+            version,
+            attachment: Some(format!("sig-{origin}-{version}")),
+        }
+    }
+
+    #[test]
+    fn replay_keeps_origin_version_and_attachment_of_remote_statements() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let far = now_micros() + 10_000_000;
+        let ban = remote(Op::Ban, "198.51.100.0/24", "node-a", far);
+        let lift = remote(Op::Unban, "203.0.113.9/32", "node-b", far + 1);
+        {
+            let t = BanTable::open(&path, CidrSet::new()).unwrap();
+            t.ban(net("192.0.2.1"), HOUR, "mine").unwrap();
+            assert_eq!(t.apply_remote(ban.clone()).unwrap(), RemoteOutcome::Applied);
+            assert_eq!(t.apply_remote(lift.clone()).unwrap(), RemoteOutcome::Applied);
+            assert_eq!(t.stats().added_cluster, 1);
+        }
+        let t = BanTable::open(&path, CidrSet::new()).unwrap();
+        let (_, b) = t.lookup(ip("198.51.100.7")).unwrap();
+        assert_eq!(
+            (
+                b.origin.as_str(),
+                b.version,
+                b.attachment.as_deref(),
+                b.created,
+                b.until
+            ),
+            ("node-a", far, ban.attachment.as_deref(), ban.created, ban.until)
+        );
+        assert_eq!(t.lookup(ip("192.0.2.1")).unwrap().1.origin, LOCAL_ORIGIN);
+        let mut st = t.statements();
+        st.sort_by_key(|s| s.version);
+        assert_eq!(st.len(), 3);
+        assert_eq!(
+            (st[0].origin.as_str(), st[0].attachment.as_deref()),
+            (LOCAL_ORIGIN, None)
+        );
+        assert_eq!(st[1], ban);
+        assert_eq!(st[2], lift);
+        // The tombstone survived the restart: an older ban of that prefix from anyone stays out.
+        let replay = remote(Op::Ban, "203.0.113.9/32", "node-z", far);
+        assert_eq!(t.apply_remote(replay).unwrap(), RemoteOutcome::Stale);
+        // Versions heard from others raise the local clock, so a local statement outranks them.
+        assert!(t.ban(net("192.0.2.2"), HOUR, "later").unwrap().version > far + 1);
+    }
+
+    #[test]
+    fn an_older_or_equal_remote_statement_is_stale() {
+        let t = BanTable::default();
+        assert_eq!(
+            t.apply_remote(remote(Op::Ban, "192.0.2.0/24", "node-b", 10)).unwrap(),
+            RemoteOutcome::Applied
+        );
+        for (origin, v) in [("node-b", 9), ("node-b", 10), ("node-a", 10)] {
+            let s = remote(Op::Unban, "192.0.2.0/24", origin, v);
+            assert_eq!(t.apply_remote(s).unwrap(), RemoteOutcome::Stale, "{origin} {v}");
+        }
+        assert!(t.is_banned(ip("192.0.2.1")));
+        // Equal versions break on the origin, as on every other node.
+        let s = remote(Op::Ban, "192.0.2.0/24", "node-c", 10);
+        assert_eq!(t.apply_remote(s).unwrap(), RemoteOutcome::Applied);
+        assert_eq!(t.lookup(ip("192.0.2.1")).unwrap().1.origin, "node-c");
+        let gone = Statement {
+            until: SystemTime::now() - Duration::from_secs(1),
+            ..remote(Op::Ban, "198.51.100.1", "node-c", 99)
+        };
+        assert_eq!(t.apply_remote(gone).unwrap(), RemoteOutcome::Expired);
+        assert!(!t.is_banned(ip("198.51.100.1")));
+        let local = Statement {
+            origin: LOCAL_ORIGIN.into(),
+            ..remote(Op::Ban, "198.51.100.2", "x", 99)
+        };
+        assert!(matches!(t.apply_remote(local), Err(BanError::ReservedOrigin)));
+    }
+
+    #[test]
+    fn a_remote_unban_beats_an_older_ban_and_its_tombstone_blocks_replays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let t = BanTable::open(&path, CidrSet::new()).unwrap();
+        let local = t.ban(net("192.0.2.9"), HOUR, "local").unwrap();
+        let lift = remote(Op::Unban, "192.0.2.9/32", "node-a", local.version + 1);
+        assert_eq!(t.apply_remote(lift).unwrap(), RemoteOutcome::Applied);
+        assert!(!t.is_banned(ip("192.0.2.9")));
+        assert_eq!(t.stats().lifted, 1);
+        let replay = remote(Op::Ban, "192.0.2.9/32", "node-b", local.version);
+        assert_eq!(t.apply_remote(replay.clone()).unwrap(), RemoteOutcome::Stale);
+        assert!(!t.is_banned(ip("192.0.2.9")));
+        drop(t);
+        let t = BanTable::open(&path, CidrSet::new()).unwrap();
+        assert!(!t.is_banned(ip("192.0.2.9")));
+        assert_eq!(t.apply_remote(replay).unwrap(), RemoteOutcome::Stale);
+        assert!(!t.is_banned(ip("192.0.2.9")));
+        // A newer ban from anyone still wins over the tombstone.
+        let newer = remote(Op::Ban, "192.0.2.9/32", "node-b", local.version + 2);
+        assert_eq!(t.apply_remote(newer).unwrap(), RemoteOutcome::Applied);
+        assert!(t.is_banned(ip("192.0.2.9")));
+    }
+
+    #[test]
+    fn the_feed_carries_local_statements_only_and_reports_lag() {
+        let t = BanTable::default();
+        let mut rx = t.subscribe();
+        let b = t.ban(net("192.0.2.1"), HOUR, "admin").unwrap();
+        t.apply_remote(remote(Op::Ban, "198.51.100.0/24", "node-a", 1)).unwrap();
+        t.apply_remote(remote(Op::Unban, "198.51.100.0/24", "node-a", 2))
+            .unwrap();
+        t.ban_offender(ip("192.0.2.2"), HOUR, HOUR, "session").unwrap();
+        let lifted = t.unban(net("192.0.2.1")).unwrap().unwrap();
+        assert_eq!(rx.try_recv().unwrap(), BanChange::Ban(b));
+        match rx.try_recv().unwrap() {
+            BanChange::Ban(r) => assert_eq!((r.prefix, r.origin.as_str()), (net("192.0.2.2"), LOCAL_ORIGIN)),
+            other => panic!("{other:?}"),
+        }
+        match rx.try_recv().unwrap() {
+            BanChange::Unban {
+                prefix,
+                lifted: l,
+                version,
+                ..
+            } => {
+                assert_eq!((prefix, &l), (net("192.0.2.1"), &lifted));
+                assert!(version > l.version);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Empty)));
+        // A subscriber that falls behind is told so (and recovers from `statements`).
+        for i in 0..=FEED_CAPACITY as u32 {
+            t.ban(
+                IpNetwork::from(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes())),
+                HOUR,
+                "flood",
+            )
+            .unwrap();
+        }
+        assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Lagged(_))));
+    }
+
+    #[test]
+    fn a_batch_is_judged_in_order_and_journaled_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let t = BanTable::open(&path, CidrSet::from_nets([net("10.0.0.0/8")])).unwrap();
+        let out = t
+            .apply_remote_batch(vec![
+                remote(Op::Ban, "192.0.2.1", "node-a", 5),
+                remote(Op::Unban, "192.0.2.1", "node-a", 6),
+                remote(Op::Ban, "192.0.2.1", "node-a", 4),
+                remote(Op::Ban, "10.0.0.1", "node-a", 7),
+                remote(Op::Ban, "192.0.2.2", "node-b", 8),
+            ])
+            .unwrap();
+        let out: Vec<String> = out.into_iter().map(|o| format!("{o:?}")).collect();
+        assert_eq!(out[..3], ["Ok(Applied)", "Ok(Applied)", "Ok(Stale)"]);
+        assert!(out[3].starts_with("Err(Allowlisted"), "{}", out[3]);
+        assert_eq!(out[4], "Ok(Applied)");
+        assert!(!t.is_banned(ip("192.0.2.1")) && t.is_banned(ip("192.0.2.2")));
+        drop(t);
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, 3);
+        let t = BanTable::open(&path, CidrSet::new()).unwrap();
+        assert!(!t.is_banned(ip("192.0.2.1")) && t.is_banned(ip("192.0.2.2")));
+    }
+
+    #[test]
+    fn allowlisted_networks_refuse_remote_bans_too() {
+        let t = BanTable::new(CidrSet::from_nets([net("10.0.0.0/8")]));
+        let r = t.apply_remote(remote(Op::Ban, "10.1.0.0/16", "node-a", 5));
+        assert!(matches!(r, Err(BanError::Allowlisted { .. })), "{r:?}");
+        assert!(!t.is_banned(ip("10.1.2.3")));
+        assert_eq!((t.stats().rejected_allowlisted, t.stats().added_cluster), (1, 0));
+        // A lift is never refused; it only records that the prefix is clear.
+        let lift = remote(Op::Unban, "10.1.0.0/16", "node-a", 6);
+        assert_eq!(t.apply_remote(lift).unwrap(), RemoteOutcome::Applied);
+        assert_eq!(t.statements().len(), 1);
+    }
+
     /// Not a timing assertion (DESIGN §7): prints the cost so the numbers can be read from test output.
     #[test]
     fn lookup_and_replay_cost_with_100k_bans() {
@@ -794,6 +1180,7 @@ mod tests {
                     origin: LOCAL_ORIGIN.into(),
                     created: now,
                     version: u64::from(i) + 1,
+                    attachment: None,
                 })
                 .collect();
             j.compact(entries.iter()).unwrap();

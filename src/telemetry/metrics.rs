@@ -500,12 +500,16 @@ pub fn render(live: Option<&Live>) -> String {
         let s = live.shared.guard.bans().stats();
         r.register("bans_active", "Bans in force now", gauge(s.active as i64));
         let added = Family::<SourceLabels, Counter>::default();
-        for (source, n) in [("session", s.added_session), ("admin", s.added_admin)] {
+        for (source, n) in [
+            ("session", s.added_session),
+            ("admin", s.added_admin),
+            ("cluster", s.added_cluster),
+        ] {
             added.get_or_create(&SourceLabels { source: source.into() }).inc_by(n);
         }
         r.register(
             "bans_added",
-            "Bans added by this process, by source (session: automatic; admin: the API)",
+            "Bans added by this process, by source (session: automatic; admin: the API; cluster: other nodes)",
             added,
         );
         r.register(
