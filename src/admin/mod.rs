@@ -384,6 +384,7 @@ fn cluster_status(state: &AdminState) -> serde_json::Value {
             "dropped_sends": s.dropped_sends,
             "cost_reports_sent": s.cost_reports_sent,
             "cost_reports_received": s.cost_reports_received,
+            "cost_reports_rejected": s.cost_reports_rejected,
         },
     });
     // Under Redis there are no links: the peers are the trusted origins (keys only) and the one

@@ -156,6 +156,8 @@ pub struct ClusterStats {
     pub cost_reports_sent: u64,
     /// Cost reports taken from peers.
     pub cost_reports_received: u64,
+    /// Cost reports refused (through Redis: unlisted origin, bad signature, malformed).
+    pub cost_reports_rejected: u64,
 }
 
 #[derive(Default)]
@@ -172,6 +174,7 @@ struct Counters {
     dropped_sends: AtomicU64,
     cost_reports_sent: AtomicU64,
     cost_reports_received: AtomicU64,
+    cost_reports_rejected: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -511,6 +514,7 @@ impl Inner {
             dropped_sends: g(&c.dropped_sends),
             cost_reports_sent: g(&c.cost_reports_sent),
             cost_reports_received: g(&c.cost_reports_received),
+            cost_reports_rejected: g(&c.cost_reports_rejected),
         }
     }
 
@@ -1000,12 +1004,13 @@ impl Inner {
         tracing::info!(%peer, error = err.map(|e| e.to_string()), "cluster: link down");
     }
 
-    /// Sends this node's cost report to every link each interval.
+    /// Sends this node's cost report to every link (or through Redis) each interval.
     async fn report_costs(self: Arc<Self>) {
         let Some(s) = self.sharing.get() else { return };
         let mut tick = tokio::time::interval(s.settings.interval.max(Duration::from_millis(10)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_was_empty = true;
+        let mut seq = 0u64;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => return,
@@ -1014,6 +1019,13 @@ impl Inner {
             let Some(figures) = s.report(&mut last_was_empty) else {
                 continue;
             };
+            if let Some(r) = &self.redis {
+                // Through a shared service reports are signed; the sequence is this node's clock, kept
+                // increasing so a receiver never takes a newer report for a replay.
+                seq = seq.saturating_add(1).max(crate::guard::bans::now_micros());
+                r.offer_cost(&cost::SignedCostReport::sign(&self.key, seq, figures.clone()));
+                bump(&self.counters.cost_reports_sent);
+            }
             let msg = Msg::Costs(figures);
             for l in lock(&self.links).values() {
                 if l.tx.try_send(msg.clone()).is_ok() {

@@ -34,8 +34,14 @@
 //!   reconnect writes everything held), and the connection is retried with a backoff from 100 ms
 //!   doubling to 5 s. Reconnects are logged at info, failures at warn, the URL always without its
 //!   password.
+//! - **Cost reports** (cluster-wide cost, [`super::cost`]): each node publishes its latest signed report on
+//!   `<prefix>costs` every interval; they are not stored (each is current for one interval and expires at
+//!   the receivers). Anyone who can write to Redis could publish, so reports are signed by their node and
+//!   carry a sequence number: unlisted or tampered reports are counted and dropped, and replays of older
+//!   ones change nothing.
 //! - **TLS** (`rediss://`) is not compiled in: reach Redis over a private network or a local TLS tunnel.
 
+use super::cost::{ReportVerdict, SignedCostReport};
 use super::link::Carried;
 use super::record::SignedRecord;
 use super::{bump, lock, Inner, Verdict, BATCH};
@@ -237,7 +243,15 @@ pub struct RedisStatus {
 /// The cluster's side of the Redis task: where local statements go, and the connection's state.
 pub(super) struct RedisLink {
     tx: mpsc::Sender<Carried>,
+    /// The latest cost report to publish: only the newest matters, so a slow or absent Redis never
+    /// queues old ones.
+    costs: tokio::sync::watch::Sender<Option<Arc<String>>>,
     status: Mutex<RedisStatus>,
+}
+
+/// The channel cost reports are announced on (they are not stored: each is current for one interval).
+pub fn cost_channel(prefix: &str) -> String {
+    format!("{prefix}costs")
 }
 
 /// The task that talks to Redis; started by `Cluster::start_with_key`.
@@ -246,6 +260,7 @@ pub(super) struct RedisTask {
     prefix: String,
     url: String,
     rx: mpsc::Receiver<Carried>,
+    costs: tokio::sync::watch::Receiver<Option<Arc<String>>>,
     anti_entropy: Duration,
 }
 
@@ -257,8 +272,10 @@ impl RedisLink {
     ) -> Result<(RedisLink, RedisTask), RedisConfigError> {
         let client = ::redis::Client::open(cfg.url.as_str()).map_err(|_| RedisConfigError::Invalid)?;
         let (tx, rx) = mpsc::channel(queue);
+        let (costs, costs_rx) = tokio::sync::watch::channel(None);
         let link = RedisLink {
             tx,
+            costs,
             status: Mutex::new(RedisStatus {
                 url: cfg.redacted_url(),
                 prefix: cfg.prefix.clone(),
@@ -272,6 +289,7 @@ impl RedisLink {
             prefix: cfg.prefix.clone(),
             url: cfg.redacted_url(),
             rx,
+            costs: costs_rx,
             anti_entropy: anti_entropy.max(Duration::from_millis(50)),
         };
         Ok((link, task))
@@ -280,6 +298,13 @@ impl RedisLink {
     /// Queues a statement for Redis; false when the queue is full (the next resync repairs that).
     pub(super) fn offer(&self, c: &Carried) -> bool {
         self.tx.try_send(c.clone()).is_ok()
+    }
+
+    /// Hands over this node's latest signed cost report for publishing.
+    pub(super) fn offer_cost(&self, r: &SignedCostReport) {
+        if let Ok(json) = serde_json::to_string(r) {
+            self.costs.send_replace(Some(Arc::new(json)));
+        }
     }
 
     pub(super) fn status(&self) -> RedisStatus {
@@ -364,6 +389,7 @@ impl RedisTask {
             .await?;
         let (mut sink, messages) = timed(self.client.get_async_pubsub()).await?.split();
         timed(sink.subscribe(channel(&self.prefix))).await?;
+        timed(sink.subscribe(cost_channel(&self.prefix))).await?;
         let sha: String = ::redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(SET_SCRIPT)
@@ -388,9 +414,30 @@ impl RedisTask {
             tokio::select! {
                 _ = inner.stop.cancelled() => return None,
                 m = s.messages.next() => match m {
+                    Some(m) if m.get_channel_name() == cost_channel(&self.prefix) => {
+                        on_cost_report(inner, m.get_payload_bytes());
+                    }
                     Some(m) => self.on_message(inner, m.get_payload_bytes(), rejected),
                     None => return Some(SessionError::Closed),
                 },
+                changed = self.costs.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    let report = self.costs.borrow_and_update().clone();
+                    if let Some(report) = report {
+                        let published: Result<(), _> = timed(
+                            ::redis::cmd("PUBLISH")
+                                .arg(cost_channel(&self.prefix))
+                                .arg(report.as_str())
+                                .query_async(&mut s.conn),
+                        )
+                        .await;
+                        if let Err(e) = published {
+                            return Some(e);
+                        }
+                    }
+                }
                 c = self.rx.recv() => {
                     // The channel closes only when the cluster is gone.
                     let c = c?;
@@ -566,6 +613,30 @@ impl RedisTask {
 }
 
 /// Ingests a statement read from Redis; `Some(me)` as the source keeps it from being written back.
+/// A peer's cost report from the channel: taken if signed by a listed node and newer than its last.
+fn on_cost_report(inner: &Inner, payload: &[u8]) {
+    let Some(sharing) = inner.sharing.get() else { return };
+    let report: SignedCostReport = match serde_json::from_slice(payload) {
+        Ok(r) => r,
+        Err(e) => {
+            bump(&inner.counters.cost_reports_rejected);
+            tracing::warn!(error = %e, "cluster: malformed cost report on the redis channel");
+            return;
+        }
+    };
+    if report.origin == inner.me.0 {
+        return; // our own, echoed by the subscription
+    }
+    match sharing.receive_signed(&report, |k| inner.listed(k)) {
+        ReportVerdict::Taken => bump(&inner.counters.cost_reports_received),
+        ReportVerdict::Stale => {}
+        v => {
+            bump(&inner.counters.cost_reports_rejected);
+            tracing::warn!(verdict = ?v, "cluster: cost report on the redis channel rejected");
+        }
+    }
+}
+
 fn from_redis(inner: &Inner, c: Carried) -> Verdict {
     inner.ingest(c, Some(inner.me))
 }

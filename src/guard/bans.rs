@@ -232,7 +232,7 @@ fn allowlisted(allow: &CidrSet, net: &IpNetwork) -> Option<IpNetwork> {
     allow.iter().map(|(a, _)| a).find(|a| overlaps(a, net))
 }
 
-fn now_micros() -> u64 {
+pub(crate) fn now_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))

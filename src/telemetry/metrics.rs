@@ -492,6 +492,11 @@ pub fn render(live: Option<&Live>) -> String {
                 counter(x.cost_reports_received),
             );
             r.register(
+                "cluster_cost_reports_rejected",
+                "Cost reports refused (through Redis: unlisted origin, bad signature, malformed)",
+                counter(x.cost_reports_rejected),
+            );
+            r.register(
                 "cluster_links_refused",
                 "Cluster connections refused (unlisted node, failed handshake)",
                 counter(x.refused_links),

@@ -13,9 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-const HARD: f64 = 3000.0;
+pub(crate) const HARD: f64 = 3000.0;
 /// `server.ping`, priced by the test so that 60 requests reach the hard limit.
-const PING: f64 = 50.0;
+pub(crate) const PING: f64 = 50.0;
 
 fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -68,18 +68,18 @@ async fn three_gateways(dir: &Path, backend: SocketAddr, cost: &str) -> Vec<Runn
 
 /// What ended an abuser's run.
 #[derive(Debug)]
-struct Run {
+pub(crate) struct Run {
     /// Cost charged over all sessions (the model of DESIGN §3: method, bytes, connection) when a
     /// gateway answered -101, or None if none did.
-    cut_at: Option<f64>,
+    pub(crate) cut_at: Option<f64>,
     /// When the -101 arrived (or the run ended).
-    cut_when: std::time::Instant,
-    charged: f64,
+    pub(crate) cut_when: std::time::Instant,
+    pub(crate) charged: f64,
 }
 
 /// Sends pings from `from`, one to each of `targets` in turn, one round every 50 ms, until a gateway
 /// answers -101 or closes, or `budget` units have been spent.
-async fn abuse(from: &str, targets: &[SocketAddr], budget: f64) -> Run {
+pub(crate) async fn abuse(from: &str, targets: &[SocketAddr], budget: f64) -> Run {
     let mut clients = Vec::new();
     for &t in targets {
         clients.push(Client::open(from, t).await);

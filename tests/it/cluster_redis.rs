@@ -434,3 +434,116 @@ fn redis_backend_config_errors_name_the_key() {
     let e = parse(&links.replace("[[cluster.peers]]\n", "[[cluster.peers]]\naddr = \"127.0.0.1:9190\"\n")).unwrap_err();
     assert_eq!(e.key, "cluster.listen", "{e}");
 }
+
+/// Gateway `i` on Redis `url` with one Electrum front priced as in `cluster_cost`, sharing cost every
+/// 100 ms.
+fn electrum_config(i: usize, keys: &[String], url: &str, backend: SocketAddr) -> String {
+    use crate::cluster_cost::{HARD, PING};
+    let peers: String = (0..keys.len())
+        .filter(|&j| j != i)
+        .map(|j| format!("[[cluster.peers]]\nkey = \"{}\"\n", keys[j]))
+        .collect();
+    format!(
+        "{}[cost]\nsoft_limit = 2000\nhard_limit = {HARD}\nmax_sleep = \"20ms\"\ngroup_private = true\n\
+         [cost.methods]\n\"server.ping\" = {PING}\n\n\
+         [cluster]\nbackend = \"redis\"\nredis_url = \"{url}\"\nnode_key = \"node{i}.key\"\nanti_entropy = \"1s\"\n\
+         {peers}\n[cluster.cost]\ninterval = \"100ms\"\nexpiry = \"1s\"\nthreshold = 10\n\n\
+         [[front]]\nname = \"electrum\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
+         upstreams = [\"{backend}\"]\n",
+        common::RELAXED
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_cost_is_shared_through_redis() {
+    use crate::cluster_cost::{abuse, HARD};
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = crate::electrum_cost::stub_backend(&[]).await;
+    let keys = keys(dir.path(), 2);
+    let mut gateways = Vec::new();
+    for i in 0..2 {
+        let g = common::start_in(dir.path(), &electrum_config(i, &keys, &redis.url(), backend)).await;
+        assert!(redis_connected(&g).await, "not connected to redis");
+        gateways.push(g);
+    }
+    let fronts: Vec<SocketAddr> = gateways.iter().map(|g| g.addr("electrum")).collect();
+    let alone = abuse("127.0.1.2", &fronts[..1], 2.0 * HARD).await;
+    let alone_at = alone.cut_at.expect("one gateway alone never cut the client off");
+    let spread = abuse("127.0.2.2", &fronts, 2.0 * HARD).await;
+    eprintln!(
+        "cut off through redis: alone at {alone_at:.1}, spread at {:?}",
+        spread.cut_at
+    );
+    let spread_at = spread
+        .cut_at
+        .unwrap_or_else(|| panic!("never cut off across two gateways: {spread:?}"));
+    assert!(
+        spread_at <= alone_at * 1.25 && spread_at >= alone_at * 0.9,
+        "cut off at {spread_at:.0} over two gateways vs {alone_at:.0} on one"
+    );
+    let group: std::net::IpAddr = "127.0.2.0".parse().unwrap();
+    assert!(gateways[0].ledger().remote_cost(group) > 0.0 || gateways[1].ledger().remote_cost(group) > 0.0);
+    let st = gateways[0].cluster().unwrap().stats();
+    assert!(st.cost_reports_sent > 0 && st.cost_reports_received > 0, "{st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_reports_through_redis_must_be_signed_by_a_listed_node_and_new() {
+    use gatehouse::cluster::cost::SignedCostReport;
+    use gatehouse::cluster::redis::cost_channel;
+    use gatehouse::guard::cost::GroupCost;
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = crate::electrum_cost::stub_backend(&[]).await;
+    let keys = keys(dir.path(), 2);
+    let a = common::start_in(dir.path(), &electrum_config(0, &keys, &redis.url(), backend)).await;
+    assert!(redis_connected(&a).await, "not connected to redis");
+    let cluster = a.cluster().unwrap();
+    let group: std::net::IpAddr = "127.0.3.0".parse().unwrap();
+    let figures = |cost| vec![GroupCost { group, cost }];
+    let publish = async |r: &SignedCostReport| {
+        let mut c = redis.conn().await.unwrap();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(cost_channel(PREFIX))
+            .arg(serde_json::to_string(r).unwrap())
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    };
+    let b_key = NodeKey::load(&dir.path().join("node1.key")).unwrap();
+    let stranger = NodeKey::generate();
+
+    // A stranger's report, a listed node's report altered, and garbage: refused, counted, no effect.
+    publish(&SignedCostReport::sign(&stranger, 1, figures(5000.0))).await;
+    let mut tampered = SignedCostReport::sign(&b_key, 1, figures(5.0));
+    tampered.figures[0].cost = 5000.0;
+    publish(&tampered).await;
+    let mut c = redis.conn().await.unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(cost_channel(PREFIX))
+        .arg("{not a report")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let counted = within(Duration::from_secs(2), async || {
+        cluster.stats().cost_reports_rejected >= 3
+    })
+    .await;
+    assert!(counted.is_some(), "{:?}", cluster.stats());
+    assert_eq!(a.ledger().remote_cost(group), 0.0);
+
+    // B's genuine report counts; an older one replayed afterwards changes nothing.
+    publish(&SignedCostReport::sign(&b_key, 20, figures(700.0))).await;
+    let taken = within(Duration::from_secs(2), async || a.ledger().remote_cost(group) == 700.0).await;
+    assert!(taken.is_some(), "{:?}", cluster.stats());
+    publish(&SignedCostReport::sign(&b_key, 10, figures(2900.0))).await;
+    publish(&SignedCostReport::sign(&b_key, 21, figures(650.0))).await;
+    let newer = within(Duration::from_secs(2), async || a.ledger().remote_cost(group) == 650.0).await;
+    assert!(newer.is_some(), "remote cost {}", a.ledger().remote_cost(group));
+    // A new session of the group starts with B's figure.
+    let mut c = crate::electrum_cost::Client::open("127.0.3.7", a.addr("electrum")).await;
+    let r = c.call("server.ping", "[]", 50.0).await;
+    assert!(r.v.get("error").is_none(), "{}", r.v);
+    assert!(a.ledger().group_cost(group) > 650.0);
+}
