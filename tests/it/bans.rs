@@ -45,7 +45,13 @@ async fn start(dir: &Path, toml: &str) -> Gw {
 }
 
 /// One HTTP/1.1 exchange written by hand, so the tests depend on nothing but the wire format.
-async fn http(admin: SocketAddr, method: &str, path: &str, auth: Option<&str>, body: Option<&str>) -> (u16, Value) {
+pub(crate) async fn http(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
     let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
     let body = body.unwrap_or("");
     let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();

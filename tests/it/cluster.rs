@@ -64,11 +64,7 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
             .filter(|&j| j != i)
             .map(|j| format!("[[cluster.peers]]\naddr = \"{}\"\nkey = \"{}\"\n", links[j], keys[j]))
             .collect();
-        let admin = if i == 0 {
-            "[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n"
-        } else {
-            ""
-        };
+        let admin = "[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n";
         let toml = format!(
             "{}{admin}[cluster]\nnode_key = \"node{i}.key\"\nlisten = \"{}\"\nanti_entropy = \"1s\"\n{peers}\n{}",
             common::RELAXED,
@@ -77,11 +73,15 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
         );
         gateways.push(common::start_in(dir.path(), &toml).await);
     }
+    let admins: Vec<SocketAddr> = gateways
+        .iter()
+        .map(|g| match g.admin_addr() {
+            Some(gatehouse::config::AdminListen::Tcp(a)) => *a,
+            other => panic!("admin not on TCP: {other:?}"),
+        })
+        .collect();
     // The admin API of the first gateway reports both links up.
-    let admin = match gateways[0].admin_addr() {
-        Some(gatehouse::config::AdminListen::Tcp(a)) => *a,
-        other => panic!("admin not on TCP: {other:?}"),
-    };
+    let admin = admins[0];
     let up = within(Duration::from_secs(3), async || {
         let v = cluster_status(admin).await;
         v["backend"] == "embedded"
@@ -102,10 +102,10 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
     for g in &gateways {
         assert!(!common::is_refused("127.0.0.2", g.addr("p")).await);
     }
-    gateways[0]
-        .bans()
-        .ban("127.0.0.2/32".parse().unwrap(), Duration::from_secs(600), "test")
-        .unwrap();
+    let bearer = format!("Bearer {TOKEN}");
+    let body = r#"{"prefix": "127.0.0.2", "duration": "10m", "reason": "scraping"}"#;
+    let (status, v) = crate::bans::http(admins[0], "POST", "/v1/bans", Some(&bearer), Some(body)).await;
+    assert_eq!(status, 201, "{v}");
     for (i, g) in gateways.iter().enumerate().skip(1) {
         let addr = g.addr("p");
         let took = within(Duration::from_secs(1), async || {
@@ -116,9 +116,16 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
     }
     // Others are unaffected.
     assert!(!common::is_refused("127.0.0.3", gateways[2].addr("p")).await);
+    // C lists the ban under the node that raised it, with its reason.
+    let (status, v) = crate::bans::http(admins[2], "GET", "/v1/bans", Some(&bearer), None).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["bans"][0]["prefix"], "127.0.0.2/32", "{v}");
+    assert_eq!(v["bans"][0]["origin"], keys[0].as_str(), "{v}");
+    assert_eq!(v["bans"][0]["reason"], "scraping", "{v}");
 
     // Lifted on B: A and C readmit within a second.
-    gateways[1].bans().unban("127.0.0.2/32".parse().unwrap()).unwrap();
+    let (status, v) = crate::bans::http(admins[1], "DELETE", "/v1/bans/127.0.0.2", Some(&bearer), None).await;
+    assert!(status == 200 || status == 204, "{status} {v}");
     for i in [0, 2] {
         let addr = gateways[i].addr("p");
         let took = within(Duration::from_secs(1), async || {
