@@ -550,9 +550,19 @@ impl Inner {
             if Some(*peer) == except {
                 continue;
             }
-            for c in msgs {
+            // One message per batch, not per record: relaying a peer's 100,000-record sync one record at
+            // a time would overflow the link's queue and leave the rest to the next anti-entropy round.
+            if let [c] = msgs {
                 if l.tx.try_send(Msg::Record(c.clone())).is_err() {
                     bump(&self.counters.dropped_sends);
+                }
+                continue;
+            }
+            for chunk in msgs.chunks(BATCH) {
+                if l.tx.try_send(Msg::Records(chunk.to_vec())).is_err() {
+                    self.counters
+                        .dropped_sends
+                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 }
             }
         }
@@ -726,8 +736,8 @@ impl Inner {
         Some(c)
     }
 
-    /// Publishes one change from the table's feed.
-    fn publish_change(&self, change: BanChange) {
+    /// Signs one change from the table's feed; None if something newer overtook it.
+    fn sign_change(&self, change: BanChange) -> Option<Carried> {
         let now = SystemTime::now();
         let out = {
             let mut st = lock(&self.state);
@@ -752,10 +762,7 @@ impl Inner {
                 ),
             }
         };
-        if let Some(c) = out {
-            bump(&self.counters.published);
-            self.broadcast(&[c], None);
-        }
+        out
     }
 
     /// Compares the whole table with the signed-record store: local statements not yet published are
@@ -820,7 +827,28 @@ impl Inner {
                 n = feed.recv() => n,
             };
             match next {
-                Ok(change) => self.publish_change(change),
+                Ok(change) => {
+                    // Whatever else is already waiting goes out in the same message: a burst of bans
+                    // (a ban list loaded through the API) costs a few messages, not one per ban.
+                    let mut out: Vec<Carried> = self.sign_change(change).into_iter().collect();
+                    let mut lagged = false;
+                    while out.len() < BATCH {
+                        match feed.try_recv() {
+                            Ok(change) => out.extend(self.sign_change(change)),
+                            Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                                lagged = true;
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    self.counters.published.fetch_add(out.len() as u64, Ordering::Relaxed);
+                    self.broadcast(&out, None);
+                    if lagged {
+                        tracing::warn!("cluster: ban feed lagged; comparing the whole table");
+                        self.publish_table(false);
+                    }
+                }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "cluster: ban feed lagged; comparing the whole table");
                     self.publish_table(false);
@@ -931,7 +959,12 @@ impl Inner {
                 _ = self.stop.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            // Capped at half an anti-entropy interval, so a peer that restarts is linked again (and
+            // synced by the digest exchange every link starts with) within the two intervals a
+            // restarted node is promised to converge in.
+            backoff = (backoff * 2)
+                .min(Duration::from_secs(5))
+                .min((self.anti_entropy / 2).max(Duration::from_millis(100)));
         }
     }
 

@@ -468,3 +468,64 @@ async fn a_restarted_node_holds_remote_statements_without_any_peer() {
     assert_eq!(a.bans.lookup(ip("192.0.2.1")).unwrap().1.origin, a_id);
     assert_eq!(b.cluster.stats().rejected_bad_signature, 0);
 }
+
+/// A chain A — B — C (C is not linked to A): a burst of 10,000 bans on A reaches C through B's relay in
+/// batches, with nothing dropped on the way and long before any anti-entropy round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_bans_is_relayed_in_batches_without_drops() {
+    let s = seeds(3);
+    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
+    let key = |i: usize| NodeKey::from_seed(s[i]).public();
+    let mut nodes = Vec::new();
+    // C lists A's key (so it trusts A's records) at an address nothing listens on: no link between them.
+    let nowhere = free_addr();
+    for (i, peers) in [vec![1], vec![0, 2], vec![1, 0]].into_iter().enumerate() {
+        let config = ClusterConfig {
+            node_key_path: PathBuf::new(),
+            listen: addrs[i],
+            peers: peers
+                .into_iter()
+                .map(|j| (if (i, j) == (2, 0) { nowhere } else { addrs[j] }, key(j)))
+                .collect(),
+            anti_entropy: Duration::from_secs(3600),
+            cost: Default::default(),
+            backend: Backend::Links,
+        };
+        let bans = Arc::new(BanTable::default());
+        let cluster = Cluster::start_with_key(config, NodeKey::from_seed(s[i]), bans.clone())
+            .await
+            .unwrap();
+        nodes.push(Node { cluster, bans });
+    }
+    let up = eventually(Duration::from_secs(5), || {
+        nodes
+            .iter()
+            .map(|n| n.cluster.status().peers.iter().filter(|p| p.up).count())
+            .sum::<usize>()
+            == 4
+    })
+    .await;
+    assert!(up.is_some(), "links did not come up");
+    const N: u32 = 10_000;
+    for i in 0..N {
+        let a = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        nodes[0]
+            .bans
+            .ban(IpNetwork::from(IpAddr::V4(a)), HOUR, "burst")
+            .unwrap();
+    }
+    let reached = eventually(Duration::from_secs(30), || nodes[2].bans.len() == N as usize).await;
+    assert!(
+        reached.is_some(),
+        "C holds {} of {N}, B {}; {:?} {:?} {:?}",
+        nodes[2].bans.len(),
+        nodes[1].bans.len(),
+        nodes[0].cluster.stats(),
+        nodes[1].cluster.stats(),
+        nodes[2].cluster.stats()
+    );
+    eprintln!("C holds all {N} after {reached:?}");
+    for (i, n) in nodes.iter().enumerate() {
+        assert_eq!(n.cluster.stats().dropped_sends, 0, "node {i}: {:?}", n.cluster.stats());
+    }
+}
