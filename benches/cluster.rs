@@ -221,7 +221,7 @@ async fn anti_entropy(dir: &Path, n: u32, rows: &mut Vec<Row>) {
     let b = pair.start(1, b_bans).await;
     let rebuild = started.elapsed();
     rows.push(Row {
-        what: format!("Cluster restart: {n} held records rebuilt (signatures checked), no peer up"),
+        what: format!("Cluster restart: {n} held records rebuilt from the journal, no peer up"),
         result: fmt_d(rebuild),
         target: "",
     });
