@@ -271,6 +271,7 @@ fn from_statement(s: &Statement) -> Option<SignedRecord> {
         op: match s.op {
             bans::Op::Ban => Op::Ban,
             bans::Op::Unban => Op::Unban,
+            bans::Op::Offence => return None,
         },
         prefix: s.prefix,
         reason: s.reason.clone(),
@@ -780,6 +781,8 @@ impl Inner {
                 let op = match s.op {
                     bans::Op::Ban => Op::Ban,
                     bans::Op::Unban => Op::Unban,
+                    // Never among the table's statements; here so a new kind of line is a compile error.
+                    bans::Op::Offence => continue,
                 };
                 if s.origin == LOCAL_ORIGIN {
                     out.extend(self.sign_local(&mut st, op, s.prefix, s.reason, s.created, s.until, s.version, now));

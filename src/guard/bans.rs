@@ -166,6 +166,30 @@ impl Lift {
     }
 }
 
+/// A repeat offender's record.
+#[derive(Debug, Clone, Copy)]
+struct Offence {
+    count: u32,
+    last: SystemTime,
+    /// When it is forgiven (the last offence plus twice the longest ban, as of that offence).
+    forgiven: SystemTime,
+}
+
+impl Offence {
+    fn entry(&self, ip: IpAddr) -> Entry {
+        Entry {
+            op: Op::Offence,
+            prefix: IpNetwork::from(ip),
+            until: self.forgiven,
+            reason: String::new(),
+            origin: LOCAL_ORIGIN.to_string(),
+            created: self.last,
+            version: u64::from(self.count),
+            attachment: None,
+        }
+    }
+}
+
 /// Everything writers serialise on.
 #[derive(Debug)]
 struct Store {
@@ -180,8 +204,9 @@ pub struct BanTable {
     store: Mutex<Store>,
     /// Networks that can never be banned (the global admission allowlist); swapped whole on reload.
     allow: ArcSwap<CidrSet>,
-    /// Past offences per address, so repeat offenders get longer bans.
-    offences: Mutex<HashMap<IpAddr, (u32, SystemTime)>>,
+    /// Past offences per address, so repeat offenders get longer bans; journaled, so a restart does
+    /// not give every offender a first-offence ban again.
+    offences: Mutex<HashMap<IpAddr, Offence>>,
     counters: Counters,
     feed: broadcast::Sender<BanChange>,
 }
@@ -282,7 +307,19 @@ impl BanTable {
         let (live, needs_compaction) = {
             let mut store = lock(&table.store);
             let mut winners: HashMap<IpNetwork, Entry> = HashMap::with_capacity(records);
+            let mut offences = lock(&table.offences);
             for e in replay.entries {
+                if e.op == Op::Offence {
+                    if e.until > now {
+                        let o = Offence {
+                            count: u32::try_from(e.version).unwrap_or(u32::MAX),
+                            last: e.created,
+                            forgiven: e.until,
+                        };
+                        offences.insert(e.prefix.ip(), o);
+                    }
+                    continue;
+                }
                 store.last_version = store.last_version.max(e.version);
                 let newer = winners
                     .get(&e.prefix)
@@ -330,8 +367,10 @@ impl BanTable {
                             },
                         );
                     }
+                    Op::Offence => {}
                 }
             }
+            drop(offences);
             let live = map.len() + store.lifts.len();
             store.journal = Some(journal);
             let j = store.journal.as_ref().expect("just set");
@@ -425,6 +464,11 @@ impl BanTable {
                     outcomes.push(Err(BanError::ReservedOrigin));
                     continue;
                 }
+                if s.op == Op::Offence {
+                    // Offence memories are this node's own; another node's say nothing here.
+                    outcomes.push(Ok(RemoteOutcome::Stale));
+                    continue;
+                }
                 let s = Statement {
                     prefix: normalize(s.prefix),
                     ..s
@@ -504,6 +548,7 @@ impl BanTable {
                         },
                     );
                 }
+                Op::Offence => {}
             }
         }
         drop(map);
@@ -525,7 +570,7 @@ impl BanTable {
         reason: String,
         source: BanSource,
     ) -> Result<BanRecord, BanError> {
-        self.ban_inner(net, duration, reason, source, true)
+        self.ban_inner(net, duration, reason, source, true, None)
     }
 
     fn ban_inner(
@@ -535,6 +580,7 @@ impl BanTable {
         reason: String,
         source: BanSource,
         durable_only: bool,
+        offence: Option<Entry>,
     ) -> Result<BanRecord, BanError> {
         let net = normalize(net);
         if duration.is_zero() {
@@ -560,7 +606,9 @@ impl BanTable {
             attachment: None,
         };
         if let Some(j) = store.journal.as_mut() {
-            if let Err(e) = off_runtime(|| j.append(&record.entry(Op::Ban))) {
+            // The offence memory goes with its ban, under one fsync.
+            let lines: Vec<Entry> = offence.into_iter().chain([record.entry(Op::Ban)]).collect();
+            if let Err(e) = off_runtime(|| j.append_all(&lines)) {
                 if durable_only {
                     return Err(e.into());
                 }
@@ -591,16 +639,22 @@ impl BanTable {
     pub fn ban_offender(&self, ip: IpAddr, base: Duration, max: Duration, reason: &str) -> Option<Duration> {
         let ip = super::addr::canonical(ip);
         let now = SystemTime::now();
-        let count = {
+        let offence = {
             let mut off = lock(&self.offences);
-            let e = off.entry(ip).or_insert((0, now));
-            if now.duration_since(e.1).unwrap_or_default() > max + max {
-                e.0 = 0;
+            let e = off.entry(ip).or_insert(Offence {
+                count: 0,
+                last: now,
+                forgiven: now,
+            });
+            if now.duration_since(e.last).unwrap_or_default() > max + max {
+                e.count = 0;
             }
-            e.0 = e.0.saturating_add(1);
-            e.1 = now;
-            e.0
+            e.count = e.count.saturating_add(1);
+            e.last = now;
+            e.forgiven = now.checked_add(max + max).unwrap_or(now);
+            *e
         };
+        let count = offence.count;
         let factor = 1u32.checked_shl(count.saturating_sub(1)).unwrap_or(u32::MAX);
         let duration = base.checked_mul(factor).unwrap_or(max).min(max);
         match self.ban_inner(
@@ -609,6 +663,7 @@ impl BanTable {
             reason.to_string(),
             BanSource::Session,
             false,
+            Some(offence.entry(ip)),
         ) {
             Ok(_) => {
                 tracing::warn!(client = %ip, reason, ban_secs = duration.as_secs(), offence = count, "address banned");
@@ -794,7 +849,13 @@ impl BanTable {
         if store.journal.is_none() {
             return Ok(false);
         }
-        let live = self.live_entries(store, SystemTime::now());
+        let now = SystemTime::now();
+        let mut live = self.live_entries(store, now);
+        {
+            let mut off = lock(&self.offences);
+            off.retain(|_, o| o.forgiven > now);
+            live.extend(off.iter().map(|(ip, o)| o.entry(*ip)));
+        }
         let j = store.journal.as_mut().expect("checked above");
         let before = j.bytes();
         let started = Instant::now();
@@ -947,6 +1008,42 @@ mod tests {
         let v_before = t.list(None).iter().map(|b| b.version).max().unwrap();
         let b = t.ban(net("192.0.2.5"), HOUR, "new").unwrap();
         assert!(b.version > v_before);
+    }
+
+    #[test]
+    fn repeat_offences_survive_a_restart_and_a_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let (base, max) = (Duration::from_secs(60), HOUR);
+        let t = BanTable::open(&path, CidrSet::new()).unwrap();
+        assert_eq!(t.ban_offender(ip("203.0.113.9"), base, max, "hard limit"), Some(base));
+        assert_eq!(
+            t.ban_offender(ip("203.0.113.9"), base, max, "hard limit"),
+            Some(base * 2)
+        );
+        assert_eq!(t.ban_offender(ip("203.0.113.10"), base, max, "hard limit"), Some(base));
+        drop(t);
+        // The third offence after a restart is still the third.
+        let t = BanTable::open(&path, CidrSet::new()).unwrap();
+        assert_eq!(
+            t.ban_offender(ip("203.0.113.9"), base, max, "hard limit"),
+            Some(base * 4)
+        );
+        // A compaction keeps the memory even of an address whose ban was lifted.
+        t.unban(net("203.0.113.10")).unwrap().unwrap();
+        assert!(t.compact_journal().unwrap());
+        drop(t);
+        let t = BanTable::open(&path, CidrSet::new()).unwrap();
+        assert_eq!(
+            t.ban_offender(ip("203.0.113.10"), base, max, "hard limit"),
+            Some(base * 2)
+        );
+        assert_eq!(
+            t.ban_offender(ip("203.0.113.9"), base, max, "hard limit"),
+            Some(base * 8)
+        );
+        // Offence memories are not statements: the cluster never sees them.
+        assert!(t.statements().iter().all(|s| s.op != Op::Offence));
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub enum Op {
     /// A lift. Its `until` is that of the ban it lifted: the statement matters as long as an older ban
     /// for the prefix could still be in force somewhere.
     Unban,
+    /// Not a statement about the prefix but the memory of a repeat offender (one address), so ban
+    /// doubling survives restarts: `version` holds the offence count, `created` the last offence and
+    /// `until` when it is forgiven. It never enters the table, the cluster or the change feed.
+    Offence,
 }
 
 /// One statement about a prefix, as journaled (and, later, as exchanged between cluster nodes).
