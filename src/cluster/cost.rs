@@ -13,7 +13,6 @@ use super::keys::{NodeKey, PublicKey};
 use crate::guard::cost::{GroupCost, Ledger};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,16 +87,7 @@ impl SignedCostReport {
         b.extend_from_slice(&seq.to_be_bytes());
         b.extend_from_slice(&(figures.len() as u64).to_be_bytes());
         for f in figures {
-            match f.group {
-                IpAddr::V4(a) => {
-                    b.push(4);
-                    b.extend_from_slice(&a.octets());
-                }
-                IpAddr::V6(a) => {
-                    b.push(6);
-                    b.extend_from_slice(&a.octets());
-                }
-            }
+            super::record::push_ip(&mut b, f.group);
             b.extend_from_slice(&f.cost.to_bits().to_be_bytes());
         }
         b

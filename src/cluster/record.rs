@@ -57,6 +57,20 @@ pub(super) mod sig_serde {
     }
 }
 
+/// An address in signed bytes: its family, then its octets.
+pub(super) fn push_ip(b: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(a) => {
+            b.push(4);
+            b.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            b.push(6);
+            b.extend_from_slice(&a.octets());
+        }
+    }
+}
+
 /// Domain separation: a signature over a ban statement can never be mistaken for anything else.
 const DOMAIN: &[u8] = b"gatehouse/cluster/ban-record/v1\0";
 
@@ -78,16 +92,7 @@ impl SignedRecord {
             Op::Ban => 1,
             Op::Unban => 2,
         });
-        match prefix.network() {
-            IpAddr::V4(a) => {
-                b.push(4);
-                b.extend_from_slice(&a.octets());
-            }
-            IpAddr::V6(a) => {
-                b.push(6);
-                b.extend_from_slice(&a.octets());
-            }
-        }
+        push_ip(&mut b, prefix.network());
         b.push(prefix.prefix());
         b.extend_from_slice(&version.to_be_bytes());
         b.extend_from_slice(&created_ms.to_be_bytes());

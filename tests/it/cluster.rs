@@ -2,61 +2,21 @@
 //! others within a second, and lifting it on another readmits it everywhere.
 
 use crate::common;
-use gatehouse::cluster::keys::NodeKey;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TOKEN: &str = "cluster-test-token-0123456789";
 
-/// The body of `GET path` on the admin API, over a plain HTTP/1.1 request.
-async fn admin_get(admin: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let req =
-        format!("GET {path} HTTP/1.1\r\nHost: gatehouse\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string()
-}
-
 async fn cluster_status(admin: SocketAddr) -> serde_json::Value {
-    serde_json::from_str(&admin_get(admin, "/v1/cluster").await).unwrap_or(serde_json::Value::Null)
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// Polls (bounded by `limit`) until `pred` holds; returns how long it took.
-async fn within(limit: Duration, mut pred: impl AsyncFnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if pred().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
+    serde_json::from_str(&common::admin_get(admin, TOKEN, "/v1/cluster").await).unwrap_or(serde_json::Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
     let dir = tempfile::tempdir().unwrap();
     let up = common::echo_backend().await;
-    let links: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let keys: Vec<String> = (0..3)
-        .map(|i| {
-            NodeKey::generate_file(&dir.path().join(format!("node{i}.key")))
-                .unwrap()
-                .public()
-                .to_string()
-        })
-        .collect();
+    let links: Vec<SocketAddr> = (0..3).map(|_| common::free_addr()).collect();
+    let keys = common::node_keys(dir.path(), 3);
     std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
     let mut gateways = Vec::new();
     for i in 0..3 {
@@ -82,7 +42,7 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
         .collect();
     // The admin API of the first gateway reports both links up.
     let admin = admins[0];
-    let up = within(Duration::from_secs(3), async || {
+    let up = common::within(Duration::from_secs(3), async || {
         let v = cluster_status(admin).await;
         v["backend"] == "embedded"
             && v["peers"]
@@ -91,7 +51,7 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
     })
     .await;
     assert!(up.is_some(), "links not reported up: {}", cluster_status(admin).await);
-    let metrics = admin_get(admin, "/metrics").await;
+    let metrics = common::admin_get(admin, TOKEN, "/metrics").await;
     assert!(
         metrics.lines().any(|l| l == "gatehouse_cluster_links_up 2"),
         "{metrics}"
@@ -108,7 +68,7 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
     assert_eq!(status, 201, "{v}");
     for (i, g) in gateways.iter().enumerate().skip(1) {
         let addr = g.addr("p");
-        let took = within(Duration::from_secs(1), async || {
+        let took = common::within(Duration::from_secs(1), async || {
             common::is_refused("127.0.0.2", addr).await
         })
         .await;
@@ -128,7 +88,7 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
     assert!(status == 200 || status == 204, "{status} {v}");
     for i in [0, 2] {
         let addr = gateways[i].addr("p");
-        let took = within(Duration::from_secs(1), async || {
+        let took = common::within(Duration::from_secs(1), async || {
             !common::is_refused("127.0.0.2", addr).await
         })
         .await;
@@ -142,15 +102,8 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
 async fn a_restarted_gateway_converges_to_the_live_set() {
     let dir = tempfile::tempdir().unwrap();
     let up = common::echo_backend().await;
-    let links: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let keys: Vec<String> = (0..3)
-        .map(|i| {
-            NodeKey::generate_file(&dir.path().join(format!("node{i}.key")))
-                .unwrap()
-                .public()
-                .to_string()
-        })
-        .collect();
+    let links: Vec<SocketAddr> = (0..3).map(|_| common::free_addr()).collect();
+    let keys = common::node_keys(dir.path(), 3);
     let config = |i: usize| {
         let peers: String = (0..3)
             .filter(|&j| j != i)
@@ -172,28 +125,41 @@ async fn a_restarted_gateway_converges_to_the_live_set() {
     a.bans().ban(x, Duration::from_secs(600), "x").unwrap();
     let b_addr = b.addr("p");
     assert!(
-        within(Duration::from_secs(1), async || common::is_refused("127.0.0.2", b_addr)
+        common::within(Duration::from_secs(1), async || common::is_refused("127.0.0.2", b_addr)
             .await)
         .await
         .is_some(),
         "B never got the first ban"
     );
+    // C must hold X too, or its lift below would lift nothing.
+    let has_x = common::within(Duration::from_secs(1), async || {
+        c.bans().lookup("127.0.0.2".parse().unwrap()).is_some()
+    });
+    assert!(has_x.await.is_some(), "C never got the first ban");
 
     // B goes down; meanwhile C lifts X and A bans Y.
     b.shutdown().await;
-    c.bans().unban(x).unwrap();
+    assert!(c.bans().unban(x).unwrap().is_some());
     a.bans().ban(y, Duration::from_secs(600), "y").unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lifted_on_a = common::within(Duration::from_secs(1), async || {
+        a.bans().lookup("127.0.0.2".parse().unwrap()).is_none()
+    });
+    assert!(lifted_on_a.await.is_some(), "C's lift never reached A");
 
     // B comes back from its journal (which still holds X) and converges within two intervals.
     let b = common::start_in(dir.path(), &config(1)).await;
     let b_addr = b.addr("p");
-    let converged = within(Duration::from_secs(1), async || {
+    let converged = common::within(Duration::from_secs(1), async || {
         b.bans().lookup("127.0.0.3".parse().unwrap()).is_some()
             && b.bans().lookup("127.0.0.2".parse().unwrap()).is_none()
     })
     .await;
-    assert!(converged.is_some(), "B did not converge: {:?}", b.bans().list(None));
+    assert!(
+        converged.is_some(),
+        "B did not converge: {:?}\n{:?}",
+        b.bans().list(None),
+        b.cluster().map(|c| c.status())
+    );
     assert!(common::is_refused("127.0.0.3", b_addr).await);
     assert!(!common::is_refused("127.0.0.2", b_addr).await);
     // And B's restart did not undo C's lift anywhere.

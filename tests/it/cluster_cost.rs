@@ -7,7 +7,6 @@
 
 use crate::common::{self, RELAXED};
 use crate::electrum_cost::{stub_backend, Client};
-use gatehouse::cluster::keys::NodeKey;
 use gatehouse::Running;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -17,24 +16,10 @@ pub(crate) const HARD: f64 = 3000.0;
 /// `server.ping`, priced by the test so that 60 requests reach the hard limit.
 pub(crate) const PING: f64 = 50.0;
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// Three clustered gateways with one Electrum front each; `cost` is the `[cluster.cost]` body.
 async fn three_gateways(dir: &Path, backend: SocketAddr, cost: &str) -> Vec<Running> {
-    let links: Vec<SocketAddr> = (0..3).map(|_| free_addr()).collect();
-    let keys: Vec<String> = (0..3)
-        .map(|i| {
-            NodeKey::generate_file(&dir.join(format!("node{i}.key")))
-                .unwrap()
-                .public()
-                .to_string()
-        })
-        .collect();
+    let links: Vec<SocketAddr> = (0..3).map(|_| common::free_addr()).collect();
+    let keys = common::node_keys(dir, 3);
     let mut gateways = Vec::new();
     for i in 0..3 {
         let peers: String = (0..3)

@@ -12,7 +12,7 @@ use gatehouse::config::Config;
 use gatehouse::Running;
 use ipnetwork::IpNetwork;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -127,30 +127,6 @@ impl Drop for RedisServer {
     }
 }
 
-/// Polls (bounded by `limit`) until `pred` holds; returns how long it took.
-async fn within(limit: Duration, mut pred: impl AsyncFnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if pred().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
-
-/// Node keys `node{i}.key` in `dir`; returns the public keys.
-fn keys(dir: &Path, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            NodeKey::generate_file(&dir.join(format!("node{i}.key")))
-                .unwrap()
-                .public()
-                .to_string()
-        })
-        .collect()
-}
-
 /// Gateway `i` of `keys.len()` on Redis `url`: lists the others' keys only (no addresses, no listen).
 fn config(i: usize, keys: &[String], url: &str, upstream: SocketAddr, extra: &str) -> String {
     let peers: String = (0..keys.len())
@@ -166,7 +142,7 @@ fn config(i: usize, keys: &[String], url: &str, upstream: SocketAddr, extra: &st
 }
 
 async fn redis_connected(g: &Running) -> bool {
-    within(Duration::from_secs(5), async || {
+    common::within(Duration::from_secs(5), async || {
         g.cluster()
             .and_then(|c| c.status().redis)
             .is_some_and(|r| r.connected && r.last_sync.is_some())
@@ -175,28 +151,16 @@ async fn redis_connected(g: &Running) -> bool {
     .is_some()
 }
 
-async fn admin_get(admin: SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let req =
-        format!("GET {path} HTTP/1.1\r\nHost: gatehouse\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw);
-    text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string()
-}
-
 async fn refused_within(g: &Running, ip: &str, limit: Duration) -> bool {
     let addr = g.addr("p");
-    within(limit, async || common::is_refused(ip, addr).await)
+    common::within(limit, async || common::is_refused(ip, addr).await)
         .await
         .is_some()
 }
 
 async fn admitted_within(g: &Running, ip: &str, limit: Duration) -> bool {
     let addr = g.addr("p");
-    within(limit, async || !common::is_refused(ip, addr).await)
+    common::within(limit, async || !common::is_refused(ip, addr).await)
         .await
         .is_some()
 }
@@ -210,7 +174,7 @@ async fn a_ban_through_redis_is_enforced_by_all_and_lifted_by_any() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let up = common::echo_backend().await;
-    let keys = keys(dir.path(), 2);
+    let keys = common::node_keys(dir.path(), 2);
     std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
     let admin = "[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n";
     let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, admin)).await;
@@ -225,12 +189,12 @@ async fn a_ban_through_redis_is_enforced_by_all_and_lifted_by_any() {
         Some(gatehouse::config::AdminListen::Tcp(a)) => *a,
         other => panic!("admin not on TCP: {other:?}"),
     };
-    let v: serde_json::Value = serde_json::from_str(&admin_get(admin, "/v1/cluster").await).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&common::admin_get(admin, TOKEN, "/v1/cluster").await).unwrap();
     assert_eq!(v["backend"], "redis", "{v}");
     assert_eq!(v["redis"]["connected"], true, "{v}");
     assert_eq!(v["redis"]["url"], redis.url(), "{v}");
     assert_eq!(v["peers"][0]["key"], keys[1].as_str(), "{v}");
-    let metrics = admin_get(admin, "/metrics").await;
+    let metrics = common::admin_get(admin, TOKEN, "/metrics").await;
     assert!(
         metrics.lines().any(|l| l == "gatehouse_cluster_links_up 1"),
         "{metrics}"
@@ -275,7 +239,7 @@ async fn gateways_keep_enforcing_while_redis_is_away_and_heal_when_it_returns() 
     let mut redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let up = common::echo_backend().await;
-    let keys = keys(dir.path(), 2);
+    let keys = common::node_keys(dir.path(), 2);
     let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
     let b = common::start_in(dir.path(), &config(1, &keys, &redis.url(), up, "")).await;
     assert!(
@@ -291,7 +255,7 @@ async fn gateways_keep_enforcing_while_redis_is_away_and_heal_when_it_returns() 
     );
 
     redis.kill();
-    let down = within(Duration::from_secs(5), async || {
+    let down = common::within(Duration::from_secs(5), async || {
         [&a, &b]
             .iter()
             .all(|g| g.cluster().and_then(|c| c.status().redis).is_some_and(|r| !r.connected))
@@ -325,7 +289,7 @@ async fn gateways_keep_enforcing_while_redis_is_away_and_heal_when_it_returns() 
         refused_within(&b, "127.0.0.3", Duration::from_secs(8)).await,
         "B never got Y after Redis returned"
     );
-    let healed = within(Duration::from_secs(3), async || {
+    let healed = common::within(Duration::from_secs(3), async || {
         redis.get(&key(PREFIX, &x)).await.is_some() && redis.get(&key(PREFIX, &y)).await.is_some()
     })
     .await;
@@ -341,7 +305,7 @@ async fn records_by_unlisted_or_tampered_signers_are_refused_and_counted() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let up = common::echo_backend().await;
-    let keys = keys(dir.path(), 2);
+    let keys = common::node_keys(dir.path(), 2);
     let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
     assert!(redis_connected(&a).await, "not connected to redis");
     let cluster = a.cluster().unwrap();
@@ -356,7 +320,7 @@ async fn records_by_unlisted_or_tampered_signers_are_refused_and_counted() {
             remaining_ms: 600_000,
         })
         .await;
-    let counted = within(Duration::from_secs(1), async || {
+    let counted = common::within(Duration::from_secs(1), async || {
         cluster.stats().rejected_unlisted_origin >= 1
     })
     .await;
@@ -373,7 +337,7 @@ async fn records_by_unlisted_or_tampered_signers_are_refused_and_counted() {
             remaining_ms: 600_000,
         })
         .await;
-    let counted = within(Duration::from_secs(1), async || {
+    let counted = common::within(Duration::from_secs(1), async || {
         cluster.stats().rejected_bad_signature >= 1
     })
     .await;
@@ -398,7 +362,7 @@ async fn records_by_unlisted_or_tampered_signers_are_refused_and_counted() {
 #[test]
 fn redis_backend_config_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = keys(dir.path(), 2);
+    let keys = common::node_keys(dir.path(), 2);
     let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let parse = |toml: &str| Config::parse(toml, &dir.path().join("gatehouse.toml"));
     let base = config(0, &keys, "redis://127.0.0.1:6379/0", up, "");
@@ -460,7 +424,7 @@ async fn abuse_cost_is_shared_through_redis() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = crate::electrum_cost::stub_backend(&[]).await;
-    let keys = keys(dir.path(), 2);
+    let keys = common::node_keys(dir.path(), 2);
     let mut gateways = Vec::new();
     for i in 0..2 {
         let g = common::start_in(dir.path(), &electrum_config(i, &keys, &redis.url(), backend)).await;
@@ -496,7 +460,7 @@ async fn cost_reports_through_redis_must_be_signed_by_a_listed_node_and_new() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = crate::electrum_cost::stub_backend(&[]).await;
-    let keys = keys(dir.path(), 2);
+    let keys = common::node_keys(dir.path(), 2);
     let a = common::start_in(dir.path(), &electrum_config(0, &keys, &redis.url(), backend)).await;
     assert!(redis_connected(&a).await, "not connected to redis");
     let cluster = a.cluster().unwrap();
@@ -526,7 +490,7 @@ async fn cost_reports_through_redis_must_be_signed_by_a_listed_node_and_new() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let counted = within(Duration::from_secs(2), async || {
+    let counted = common::within(Duration::from_secs(2), async || {
         cluster.stats().cost_reports_rejected >= 3
     })
     .await;
@@ -535,11 +499,11 @@ async fn cost_reports_through_redis_must_be_signed_by_a_listed_node_and_new() {
 
     // B's genuine report counts; an older one replayed afterwards changes nothing.
     publish(&SignedCostReport::sign(&b_key, 20, figures(700.0))).await;
-    let taken = within(Duration::from_secs(2), async || a.ledger().remote_cost(group) == 700.0).await;
+    let taken = common::within(Duration::from_secs(2), async || a.ledger().remote_cost(group) == 700.0).await;
     assert!(taken.is_some(), "{:?}", cluster.stats());
     publish(&SignedCostReport::sign(&b_key, 10, figures(2900.0))).await;
     publish(&SignedCostReport::sign(&b_key, 21, figures(650.0))).await;
-    let newer = within(Duration::from_secs(2), async || a.ledger().remote_cost(group) == 650.0).await;
+    let newer = common::within(Duration::from_secs(2), async || a.ledger().remote_cost(group) == 650.0).await;
     assert!(newer.is_some(), "remote cost {}", a.ledger().remote_cost(group));
     // A new session of the group starts with B's figure.
     let mut c = crate::electrum_cost::Client::open("127.0.3.7", a.addr("electrum")).await;

@@ -190,3 +190,47 @@ pub fn tcp_front(name: &str, upstream: SocketAddr, extra: &str) -> String {
 
 /// Global admission loose enough that only what a test configures on its front can refuse.
 pub const RELAXED: &str = "[admission]\nmax_connections_per_ip = 100000\nmax_connections_per_group = 100000\nconnect_rate_per_ip = \"100000/s\"\nconnect_burst_per_ip = 100000\n\n";
+
+/// A loopback address with a port nothing listens on now (for cluster links, bound later).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Polls (bounded by `limit`) until `pred` holds; returns how long it took.
+pub async fn within(limit: Duration, mut pred: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if pred().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Cluster node keys `node{i}.key` in `dir`; returns their public keys.
+pub fn node_keys(dir: &Path, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            gatehouse::cluster::keys::NodeKey::generate_file(&dir.join(format!("node{i}.key")))
+                .unwrap()
+                .public()
+                .to_string()
+        })
+        .collect()
+}
+
+/// The body of `GET path` on an admin API, with `token`.
+pub async fn admin_get(admin: SocketAddr, token: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: gatehouse\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string()
+}
