@@ -55,9 +55,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 /// Compare-and-set by rank, then publish. KEYS: the prefix's key, the channel. ARGV: the value, its TTL
-/// in ms. Returns 1 when stored, 0 when Redis already held this rank or a newer one.
+/// in ms. Returns 1 when stored, 0 when Redis already held this rank or a newer one. A key of another
+/// type (written by something else) is replaced rather than failing every write to it.
 pub const SET_SCRIPT: &str = r"
-local cur = redis.call('GET', KEYS[1])
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) == 'table' and cur.err then
+  cur = false
+end
 if cur then
   local newer = false
   for i = 1, 80 do
@@ -516,6 +520,10 @@ impl RedisTask {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(BATCH)
+                // Only strings: a GET on a key of another type would fail the whole pipeline, and
+                // with it every resync.
+                .arg("TYPE")
+                .arg("string")
                 .query_async(&mut s.conn)
                 .await?;
             if !keys.is_empty() {
@@ -612,7 +620,6 @@ impl RedisTask {
     }
 }
 
-/// Ingests a statement read from Redis; `Some(me)` as the source keeps it from being written back.
 /// A peer's cost report from the channel: taken if signed by a listed node and newer than its last.
 fn on_cost_report(inner: &Inner, payload: &[u8]) {
     let Some(sharing) = inner.sharing.get() else { return };
@@ -637,6 +644,7 @@ fn on_cost_report(inner: &Inner, payload: &[u8]) {
     }
 }
 
+/// Ingests a statement read from Redis; `Some(me)` as the source keeps it from being written back.
 fn from_redis(inner: &Inner, c: Carried) -> Verdict {
     inner.ingest(c, Some(inner.me))
 }

@@ -511,3 +511,51 @@ async fn cost_reports_through_redis_must_be_signed_by_a_listed_node_and_new() {
     assert!(r.v.get("error").is_none(), "{}", r.v);
     assert!(a.ledger().group_cost(group) > 650.0);
 }
+
+/// Something else wrote keys of other types under the ban prefix: the sync neither stalls nor loops on
+/// them, and a ban for that prefix replaces the foreign key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_another_type_do_not_stop_the_sync() {
+    let redis = RedisServer::start().await;
+    let mut c = redis.conn().await.unwrap();
+    let foreign = key(PREFIX, &"127.0.0.6/32".parse().unwrap());
+    let _: i64 = redis::cmd("HSET")
+        .arg(&foreign)
+        .arg("field")
+        .arg("value")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(format!("{PREFIX}ban:not-a-prefix"))
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let up = common::echo_backend().await;
+    let keys = common::node_keys(dir.path(), 2);
+    let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+    let b = common::start_in(dir.path(), &config(1, &keys, &redis.url(), up, "")).await;
+    assert!(
+        redis_connected(&a).await && redis_connected(&b).await,
+        "not connected to redis"
+    );
+    a.bans()
+        .ban("127.0.0.6/32".parse().unwrap(), Duration::from_secs(600), "over a hash")
+        .unwrap();
+    assert!(
+        refused_within(&b, "127.0.0.6", Duration::from_secs(1)).await,
+        "B still admits after 1 s"
+    );
+    let stored = redis.get(&foreign).await.expect("the ban replaced the foreign key");
+    assert!(stored.contains("over a hash"), "{stored}");
+    // Resyncs keep completing: both stay connected, and the last sync moves on.
+    let first = b.cluster().unwrap().status().redis.unwrap().last_sync;
+    let moved = common::within(Duration::from_secs(3), async || {
+        let r = b.cluster().unwrap().status().redis.unwrap();
+        r.connected && r.last_sync > first
+    })
+    .await;
+    assert!(moved.is_some(), "{:?}", b.cluster().unwrap().status().redis);
+}
