@@ -170,6 +170,19 @@ fn admin_target(a: &AdminArgs) -> Result<(AdminListen, AdminToken), String> {
     Ok((target, token))
 }
 
+/// One line on cluster-wide cost sharing, from `GET /v1/cluster`.
+fn print_cost_sharing(b: &serde_json::Value) {
+    if b["cost_sharing"].as_bool().unwrap_or(false) {
+        let s = &b["stats"];
+        println!(
+            "cost sharing on: {} reports sent, {} received, {} rejected",
+            s["cost_reports_sent"], s["cost_reports_received"], s["cost_reports_rejected"]
+        );
+    } else {
+        println!("cost sharing off");
+    }
+}
+
 fn cluster_status(admin: &AdminArgs, json: bool) -> ExitCode {
     let (target, token) = match admin_target(admin) {
         Ok(x) => x,
@@ -224,6 +237,7 @@ fn cluster_status(admin: &AdminArgs, json: bool) -> ExitCode {
             lag,
             b["records"]
         );
+        print_cost_sharing(b);
         for p in b["peers"].as_array().cloned().unwrap_or_default() {
             println!("  trusted {}", p["key"].as_str().unwrap_or("?"));
         }
@@ -235,6 +249,7 @@ fn cluster_status(admin: &AdminArgs, json: bool) -> ExitCode {
         b["listen"].as_str().unwrap_or("?"),
         b["records"]
     );
+    print_cost_sharing(b);
     for p in b["peers"].as_array().cloned().unwrap_or_default() {
         let lag = p["lag_ms"].as_u64().map_or("never synced".to_string(), |ms| {
             format!("last sync {:.1}s ago", ms as f64 / 1000.0)

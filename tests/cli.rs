@@ -1050,3 +1050,56 @@ fn run_exits_1_when_the_log_file_cannot_be_opened() {
         "it listened anyway"
     );
 }
+
+#[test]
+fn cluster_status_command_reports_the_node_its_peers_and_cost_sharing() {
+    use gatehouse::cluster::keys::NodeKey;
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let link: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let me = NodeKey::generate_file(&dir.path().join("node.key")).unwrap().public();
+    let peer = NodeKey::generate().public();
+    std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let top = format!(
+        "[admin]\nenabled = true\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n\n\
+         [cluster]\nnode_key = \"node.key\"\nlisten = \"{link}\"\n\n\
+         [[cluster.peers]]\naddr = \"{nowhere}\"\nkey = \"{peer}\"\n"
+    );
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, tcp_config(listen, backend, &top)).unwrap();
+    let conf = path.to_str().unwrap();
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    let t = Duration::from_secs(20);
+
+    let out = run_to_end(&["cluster", "status", "-c", conf], t);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines.first().copied(),
+        Some(format!("node {me}  listening on {link}  records 0").as_str()),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("cost sharing on: ")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&nowhere.to_string()) && l.contains("down") && l.contains(&peer.to_string())),
+        "{}",
+        out.stdout
+    );
+    let out = run_to_end(&["cluster", "status", "--json", "-c", conf], t);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["backend"], "embedded", "{v}");
+    assert_eq!(v["cost_sharing"], true, "{v}");
+    assert_eq!(v["peers"][0]["up"], false, "{v}");
+}

@@ -370,6 +370,7 @@ fn cluster_status(state: &AdminState) -> serde_json::Value {
         "node": st.node.to_string(),
         "listen": st.listen.to_string(),
         "records": st.records,
+        "cost_sharing": st.cost_sharing,
         "peers": peers,
         "stats": {
             "published": s.published,

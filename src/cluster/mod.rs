@@ -212,6 +212,7 @@ impl StatusHandle {
             records: lock(&i.state).records.len(),
             stats: i.stats(),
             redis: i.redis.as_ref().map(redis::RedisLink::status),
+            cost_sharing: i.sharing.get().is_some(),
         }
     }
 }
@@ -226,6 +227,8 @@ pub struct ClusterStatus {
     pub stats: ClusterStats,
     /// The Redis connection, under the Redis backend.
     pub redis: Option<redis::RedisStatus>,
+    /// Whether cluster-wide cost sharing runs.
+    pub cost_sharing: bool,
 }
 
 /// A statement and this node's deadline for it.
