@@ -1103,3 +1103,53 @@ fn cluster_status_command_reports_the_node_its_peers_and_cost_sharing() {
     assert_eq!(v["cost_sharing"], true, "{v}");
     assert_eq!(v["peers"][0]["up"], false, "{v}");
 }
+
+#[test]
+fn a_second_gateway_on_the_same_journal_waits_for_the_first_to_exit() {
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = admin_config(dir.path(), listen, admin, backend, "");
+    let mut first = Proc::run_json(&path);
+    wait_accepting(&mut first, listen);
+    let (status, rec) = http(
+        admin,
+        "POST",
+        "/v1/bans",
+        r#"{"prefix": "127.0.0.2", "duration": "1h", "reason": "first"}"#,
+    );
+    assert_eq!(status, 201, "{rec}");
+
+    // The same journal, other ports.
+    let listen2: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin2: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&listen.to_string(), &listen2.to_string())
+        .replace(&admin.to_string(), &admin2.to_string());
+    let path2 = dir.path().join("second.toml");
+    std::fs::write(&path2, text).unwrap();
+    let mut second = Proc::run_json(&path2);
+    let waiting = second
+        .wait_json(Duration::from_secs(10), |v| v["holder_pid"].is_number())
+        .unwrap_or_else(|| panic!("the second gateway did not wait:\n{}", second.log()));
+    assert_eq!(waiting["holder_pid"], first.pid(), "{waiting}");
+    assert!(
+        TcpStream::connect_timeout(&listen2, Duration::from_millis(300)).is_err(),
+        "the second gateway serves while the first holds the journal"
+    );
+
+    // Once the first is gone, the second takes over the journal and its bans.
+    first.signal(libc::SIGKILL);
+    first
+        .wait_exit(Duration::from_secs(10))
+        .expect("first gateway survived SIGKILL");
+    wait_accepting(&mut second, listen2);
+    second
+        .wait_json(Duration::from_secs(5), |v| {
+            v["message"] == "ban journal replayed" && v["live"] == 1
+        })
+        .unwrap_or_else(|| panic!("no replay line:\n{}", second.log()));
+    assert!(refused_from("127.0.0.2", listen2), "{}", second.log());
+}

@@ -300,7 +300,8 @@ impl BanTable {
 
     pub fn open_with(path: &Path, allow: CidrSet, policy: CompactPolicy) -> Result<BanTable, JournalError> {
         let started = Instant::now();
-        let (journal, replay) = Journal::open(path, policy)?;
+        // Off the runtime: opening may wait for another process to let go of the journal.
+        let (journal, replay) = off_runtime(|| Journal::open(path, policy))?;
         let table = BanTable::new(allow);
         let records = replay.entries.len();
         let now = SystemTime::now();

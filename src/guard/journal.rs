@@ -118,6 +118,8 @@ impl Entry {
 pub enum JournalError {
     #[error("ban journal {path}: cannot open: {source}")]
     Open { path: PathBuf, source: std::io::Error },
+    #[error("ban journal {path}: cannot lock {}: {source}", super::journal_lock::lock_path(path).display())]
+    Lock { path: PathBuf, source: std::io::Error },
     #[error("ban journal {path}: cannot read: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("ban journal {path}: cannot write: {source}")]
@@ -161,6 +163,8 @@ pub struct Replay {
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// This process's claim on the journal (see `journal_lock`).
+    _lock: super::journal_lock::JournalLock,
     /// Bytes and lines of the file as written and synced.
     bytes: u64,
     lines: u64,
@@ -194,6 +198,12 @@ impl Journal {
             path: path.to_path_buf(),
             source,
         };
+        // Before reading: what another process appends or compacts meanwhile would be lost.
+        let lock_file = super::journal_lock::open(path).map_err(open_err)?;
+        let lock = super::journal_lock::lock(lock_file, path).map_err(|source| JournalError::Lock {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let existed = path.exists();
         let mut file = OpenOptions::new()
             .read(true)
@@ -253,6 +263,7 @@ impl Journal {
             Journal {
                 path: path.to_path_buf(),
                 file,
+                _lock: lock,
                 bytes: good_len as u64,
                 lines,
                 policy,

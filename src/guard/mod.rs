@@ -11,6 +11,7 @@ pub mod addr;
 pub mod bans;
 pub mod cost;
 pub mod journal;
+pub mod journal_lock;
 pub mod limits;
 
 use crate::config::Admission;
