@@ -453,16 +453,20 @@ impl Ledger {
             }
             let key = addr::group_of(ip, p.group_prefix_v4, p.group_prefix_v6);
             let value = f.cost.min(MAX_REPORTED);
-            let g = lock(self.shard(key)).entry(key).or_default().clone();
-            let mut st = lock(&g.state);
-            match st.remote.iter_mut().find(|r| r.peer == peer) {
-                Some(r) => {
-                    r.value = value;
-                    r.expires = expires;
+            {
+                // Under the shard lock (shard → group is the lock order), so housekeeping cannot drop the
+                // group between lookup and update and leave the figure in an orphan.
+                let mut shard = lock(self.shard(key));
+                let g = shard.entry(key).or_default();
+                let mut st = lock(&g.state);
+                match st.remote.iter_mut().find(|r| r.peer == peer) {
+                    Some(r) => {
+                        r.value = value;
+                        r.expires = expires;
+                    }
+                    None => st.remote.push(Remote { peer, value, expires }),
                 }
-                None => st.remote.push(Remote { peer, value, expires }),
             }
-            drop(st);
             named.push(key);
         }
         let taken = named.len();
