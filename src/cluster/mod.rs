@@ -750,28 +750,16 @@ impl Inner {
         verdicts
     }
 
-    /// Signs one local statement with the version the table gave it, unless it was already published
-    /// or something newer overtook it. Returns what to push.
-    #[allow(clippy::too_many_arguments)]
-    fn sign_local(
-        &self,
-        st: &mut State,
-        op: Op,
-        prefix: IpNetwork,
-        reason: String,
-        created: SystemTime,
-        until: SystemTime,
-        version: u64,
-        now: SystemTime,
-    ) -> Option<Carried> {
-        let u = self.claim_local(st, op, prefix, reason, created, until, version, now)?;
+    /// Signs a claimed local statement and holds it; returns what to push.
+    fn hold_local(&self, st: &mut State, u: Unsigned, now: SystemTime) -> Carried {
+        let until = u.until;
         let held = Held {
             rec: u.sign(&self.key),
             until,
         };
         let c = Self::carried(&held, now);
-        st.records.insert(prefix, held);
-        Some(c)
+        st.records.insert(held.rec.prefix, held);
+        c
     }
 
     /// Whether a local statement still needs signing (not published yet, not expired, not overtaken);
@@ -817,30 +805,28 @@ impl Inner {
     /// Signs one change from the table's feed; None if something newer overtook it.
     fn sign_change(&self, change: BanChange) -> Option<Carried> {
         let now = SystemTime::now();
-        let out = {
-            let mut st = lock(&self.state);
-            match change {
-                BanChange::Ban(b) => {
-                    self.sign_local(&mut st, Op::Ban, b.prefix, b.reason, b.created, b.until, b.version, now)
-                }
-                BanChange::Unban {
-                    prefix,
-                    lifted,
-                    version,
-                    created,
-                } => self.sign_local(
-                    &mut st,
-                    Op::Unban,
-                    prefix,
-                    String::new(),
-                    created,
-                    lifted.until,
-                    version,
-                    now,
-                ),
+        let mut st = lock(&self.state);
+        let claimed = match change {
+            BanChange::Ban(b) => {
+                self.claim_local(&mut st, Op::Ban, b.prefix, b.reason, b.created, b.until, b.version, now)
             }
+            BanChange::Unban {
+                prefix,
+                lifted,
+                version,
+                created,
+            } => self.claim_local(
+                &mut st,
+                Op::Unban,
+                prefix,
+                String::new(),
+                created,
+                lifted.until,
+                version,
+                now,
+            ),
         };
-        out
+        claimed.map(|u| self.hold_local(&mut st, u, now))
     }
 
     /// Compares the whole table with the signed-record store: local statements not yet published are
