@@ -203,6 +203,11 @@ async fn anti_entropy(dir: &Path, n: u32, rows: &mut Vec<Row>) {
         s.rejected_bad_signature,
         a.stats().dropped_sends
     );
+    let sa = a.stats();
+    eprintln!(
+        "anti-entropy messages from A: {} flat digests, {} summaries, {} bucket digests, {} bytes",
+        sa.digests_sent, sa.summaries_sent, sa.bucket_digests_sent, sa.digest_bytes_sent
+    );
     drop(b);
     a.shutdown();
     drop(b_bans);

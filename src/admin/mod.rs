@@ -386,6 +386,10 @@ fn cluster_status(state: &AdminState) -> serde_json::Value {
             "cost_reports_sent": s.cost_reports_sent,
             "cost_reports_received": s.cost_reports_received,
             "cost_reports_rejected": s.cost_reports_rejected,
+            "digests_sent": s.digests_sent,
+            "summaries_sent": s.summaries_sent,
+            "bucket_digests_sent": s.bucket_digests_sent,
+            "digest_bytes_sent": s.digest_bytes_sent,
         },
     });
     // Under Redis there are no links: the peers are the trusted origins (keys only) and the one

@@ -23,7 +23,8 @@ use tokio::net::TcpStream;
 
 pub const NOISE_PARAMS: &str = "Noise_KK_25519_ChaChaPoly_BLAKE2s";
 const MAGIC: &[u8; 8] = b"GHCLUS01";
-/// Largest application message (a digest of 100,000 records is about 2 MB of JSON).
+/// Largest application message (a flat digest of 100,000 records would be about 2 MB of JSON; nodes that
+/// hold that many send bucket summaries instead, but a `Records` answer can still be large).
 pub const MAX_MESSAGE: usize = 32 << 20;
 const NOISE_MAX: usize = 65535;
 const TAG: usize = 16;
@@ -43,8 +44,18 @@ pub struct Carried {
 pub enum Msg {
     /// A new statement, pushed as soon as it is made or first received.
     Record(Carried),
-    /// Anti-entropy: the digest ids of every statement the sender holds.
+    /// Anti-entropy: the digest ids of every statement the sender holds (sent while it holds few).
     Digest(Vec<u64>),
+    /// Anti-entropy for a node holding many statements: per bucket (`digest id % buckets.len()`), a
+    /// fingerprint of the ids in it (see `cluster::summary`).
+    Summary { buckets: Vec<u64> },
+    /// The answer to a `Summary` whose fingerprints differ from the receiver's: the receiver's digest
+    /// ids in the buckets `which` (of `buckets` buckets). Answered like a `Digest` limited to them.
+    BucketDigest {
+        buckets: u32,
+        which: Vec<u32>,
+        ids: Vec<u64>,
+    },
     /// The statements the sender lacks, by digest id.
     Want(Vec<u64>),
     /// Statements, in answer to a digest or a want.
@@ -210,7 +221,8 @@ impl LinkWriter {
         self.peer
     }
 
-    pub async fn send(&mut self, msg: &Msg) -> Result<(), LinkError> {
+    /// Sends one message; returns its encoded size (before encryption and framing).
+    pub async fn send(&mut self, msg: &Msg) -> Result<usize, LinkError> {
         let data = serde_json::to_vec(msg)?;
         if data.len() > MAX_MESSAGE {
             return Err(LinkError::TooLarge(data.len()));
@@ -236,7 +248,7 @@ impl LinkWriter {
             }
         }
         self.w.write_all(&out).await?;
-        Ok(())
+        Ok(data.len())
     }
 }
 

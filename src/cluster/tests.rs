@@ -529,3 +529,114 @@ async fn a_burst_of_bans_is_relayed_in_batches_without_drops() {
         assert_eq!(n.cluster.stats().dropped_sends, 0, "node {i}: {:?}", n.cluster.stats());
     }
 }
+
+#[test]
+fn fingerprints_ignore_order_and_see_one_changed_id() {
+    let ids: Vec<u64> = (0..5_000u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xabcd)
+        .collect();
+    let n = summary::bucket_count(ids.len());
+    let forward = summary::fingerprints(ids.iter().copied(), n);
+    assert_eq!(forward, summary::fingerprints(ids.iter().rev().copied(), n));
+    let mut shuffled = ids.clone();
+    shuffled.sort_unstable();
+    assert_eq!(forward, summary::fingerprints(shuffled, n));
+
+    let mut changed = ids.clone();
+    changed[1234] ^= 1 << 40;
+    let other = summary::fingerprints(changed.iter().copied(), n);
+    let differ: Vec<usize> = (0..n as usize).filter(|&b| forward[b] != other[b]).collect();
+    let (old, new) = (summary::bucket_of(ids[1234], n), summary::bucket_of(changed[1234], n));
+    // Bit 40 is above the bucket bits, so the id stays in its bucket and only that bucket differs.
+    assert_eq!(old, new);
+    assert_eq!(differ, [old as usize]);
+    // One id fewer differs too.
+    let fewer = summary::fingerprints(ids[1..].iter().copied(), n);
+    assert_ne!(fewer, forward);
+}
+
+#[test]
+fn bucket_count_is_a_clamped_power_of_two() {
+    assert_eq!(summary::bucket_count(0), summary::MIN_BUCKETS);
+    assert_eq!(summary::bucket_count(1_024), 64);
+    assert_eq!(summary::bucket_count(5_000), 256);
+    assert_eq!(summary::bucket_count(100_000), 4_096);
+    assert_eq!(summary::bucket_count(10_000_000), summary::MAX_BUCKETS);
+    for n in [0, 1, 31, 33, 2_047, 2_049, 123_456, usize::MAX] {
+        let b = summary::bucket_count(n);
+        assert!(summary::valid_count(b) && b >= summary::MIN_BUCKETS, "{n} -> {b}");
+    }
+    assert!(!summary::valid_count(0) && !summary::valid_count(96) && !summary::valid_count(1 << 17));
+}
+
+/// A and B share 5,000 of A's bans; while their link is down, A makes 2 more and B 3 more. Once linked
+/// again they converge through bucket summaries: no flat digest goes either way, a round costs a few
+/// kilobytes, and only records of the differing buckets travel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_tables_converge_through_bucket_summaries() {
+    const N: u32 = 5_000;
+    let ae = Duration::from_millis(300);
+    let s = seeds(2);
+    let addrs: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let a_bans = Arc::new(BanTable::default());
+    let a = start_node(0, &s, &addrs, ae, a_bans.clone()).await;
+    let b = start_node(1, &s, &addrs, ae, Arc::new(BanTable::default())).await;
+    for i in 0..N {
+        let host = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        a.bans.ban(IpNetwork::from(IpAddr::V4(host)), HOUR, "bulk").unwrap();
+    }
+    let shared = eventually(Duration::from_secs(30), || b.bans.len() == N as usize).await;
+    assert!(shared.is_some(), "B holds {} of {N}", b.bans.len());
+
+    a.cluster.shutdown();
+    let down = eventually(Duration::from_secs(5), || !b.cluster.status().peers[0].up).await;
+    assert!(down.is_some(), "B still sees the link up");
+    for h in ["192.0.2.1/32", "192.0.2.2/32"] {
+        a_bans.ban(net(h), HOUR, "a-only").unwrap();
+    }
+    for h in ["198.51.100.1/32", "198.51.100.2/32", "198.51.100.3/32"] {
+        b.bans.ban(net(h), HOUR, "b-only").unwrap();
+    }
+    let b_before = b.cluster.stats();
+    let a = start_node(0, &s, &addrs, ae, a_bans).await;
+
+    let total = N as usize + 5;
+    let met = eventually(Duration::from_secs(20), || {
+        a.bans.len() == total && b.bans.len() == total
+    })
+    .await;
+    assert!(met.is_some(), "A {} B {} of {total}", a.bans.len(), b.bans.len());
+    // A few more rounds with nothing to repair.
+    tokio::time::sleep(ae * 4).await;
+    let listed = |t: &BanTable| t.list(None).into_iter().map(|r| r.prefix).collect::<HashSet<_>>();
+    assert_eq!(listed(&a.bans), listed(&b.bans));
+    assert_eq!(a.cluster.status().records, total);
+    assert_eq!(b.cluster.status().records, total);
+
+    let (sa, sb) = (a.cluster.stats(), b.cluster.stats());
+    assert_eq!(sa.digests_sent, 0, "A sent a flat digest: {sa:?}");
+    assert_eq!(sb.digests_sent, b_before.digests_sent, "B sent a flat digest: {sb:?}");
+    let b_summaries = sb.summaries_sent - b_before.summaries_sent;
+    assert!(sa.summaries_sent >= 3 && b_summaries >= 3, "{sa:?} {sb:?}");
+    assert!(sa.bucket_digests_sent + sb.bucket_digests_sent >= 1, "{sa:?} {sb:?}");
+    // A flat digest of 5,000 ids is ~100 kB of JSON; a summary of 256 buckets is ~5 kB, and a bucket
+    // digest carries only the few buckets that differed.
+    for (who, bytes, msgs) in [
+        ("A", sa.digest_bytes_sent, sa.summaries_sent + sa.bucket_digests_sent),
+        (
+            "B",
+            sb.digest_bytes_sent - b_before.digest_bytes_sent,
+            b_summaries + sb.bucket_digests_sent - b_before.bucket_digests_sent,
+        ),
+    ] {
+        assert!(bytes / msgs < 10_000, "{who}: {bytes} bytes in {msgs} messages");
+    }
+    // Only the differing buckets' records travelled: answering with every record the peer's bucket
+    // digest did not list would have re-sent thousands of held ones.
+    assert!(sa.duplicate < 50, "A received {} duplicates", sa.duplicate);
+    assert!(
+        sb.duplicate - b_before.duplicate < 50,
+        "B received {} duplicates",
+        sb.duplicate - b_before.duplicate
+    );
+}
