@@ -74,6 +74,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: String,
 }
@@ -480,6 +485,24 @@ pub fn render(live: Option<&Live>) -> String {
                 "cluster_records_published",
                 "Local ban records signed and published",
                 counter(x.published),
+            );
+            let ae = Family::<KindLabels, Counter>::default();
+            for (kind, n) in [
+                ("digest", x.digests_sent),
+                ("summary", x.summaries_sent),
+                ("bucket_digest", x.bucket_digests_sent),
+            ] {
+                ae.get_or_create(&KindLabels { kind: kind.into() }).inc_by(n);
+            }
+            r.register(
+                "cluster_antientropy_messages_sent",
+                "Anti-entropy messages sent, by kind (digest: every id; summary: bucket fingerprints; bucket_digest: the ids of differing buckets)",
+                ae,
+            );
+            r.register(
+                "cluster_antientropy_bytes_sent",
+                "Bytes of anti-entropy messages sent",
+                counter(x.digest_bytes_sent),
             );
             r.register(
                 "cluster_cost_reports_sent",

@@ -57,6 +57,20 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
         "{metrics}"
     );
     assert!(metrics.lines().any(|l| l == "gatehouse_cluster_peers 2"), "{metrics}");
+    // Each link starts with an anti-entropy exchange (small tables: the flat digest).
+    let exchanged = common::within(Duration::from_secs(2), async || {
+        common::admin_get(admin, TOKEN, "/metrics").await.lines().any(|l| {
+            l.strip_prefix("gatehouse_cluster_antientropy_messages_sent_total{kind=\"digest\"} ")
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n >= 2)
+        })
+    })
+    .await;
+    assert!(
+        exchanged.is_some(),
+        "{}",
+        common::admin_get(admin, TOKEN, "/metrics").await
+    );
 
     // Every gateway admits 127.0.0.2 before the ban.
     for g in &gateways {
