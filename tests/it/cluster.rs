@@ -20,10 +20,7 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
     std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
     let mut gateways = Vec::new();
     for i in 0..3 {
-        let peers: String = (0..3)
-            .filter(|&j| j != i)
-            .map(|j| format!("[[cluster.peers]]\naddr = \"{}\"\nkey = \"{}\"\n", links[j], keys[j]))
-            .collect();
+        let peers = common::cluster_peers(i, &links, &keys);
         let admin = "[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n";
         let toml = format!(
             "{}{admin}[cluster]\nnode_key = \"node{i}.key\"\nlisten = \"{}\"\nanti_entropy = \"1s\"\n{peers}\n{}",
@@ -119,10 +116,7 @@ async fn a_restarted_gateway_converges_to_the_live_set() {
     let links: Vec<SocketAddr> = (0..3).map(|_| common::free_addr()).collect();
     let keys = common::node_keys(dir.path(), 3);
     let config = |i: usize| {
-        let peers: String = (0..3)
-            .filter(|&j| j != i)
-            .map(|j| format!("[[cluster.peers]]\naddr = \"{}\"\nkey = \"{}\"\n", links[j], keys[j]))
-            .collect();
+        let peers = common::cluster_peers(i, &links, &keys);
         format!(
             "{}[bans]\njournal = \"bans{i}.journal\"\n\n[cluster]\nnode_key = \"node{i}.key\"\nlisten = \"{}\"\n\
              anti_entropy = \"500ms\"\n{peers}\n{}",

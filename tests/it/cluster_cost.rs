@@ -22,10 +22,7 @@ async fn three_gateways(dir: &Path, backend: SocketAddr, cost: &str) -> Vec<Runn
     let keys = common::node_keys(dir, 3);
     let mut gateways = Vec::new();
     for i in 0..3 {
-        let peers: String = (0..3)
-            .filter(|&j| j != i)
-            .map(|j| format!("[[cluster.peers]]\naddr = \"{}\"\nkey = \"{}\"\n", links[j], keys[j]))
-            .collect();
+        let peers = common::cluster_peers(i, &links, &keys);
         let toml = format!(
             "{RELAXED}[cost]\nsoft_limit = 2000\nhard_limit = {HARD}\nmax_sleep = \"20ms\"\ngroup_private = true\n\
              [cost.methods]\n\"server.ping\" = {PING}\n\n\

@@ -129,10 +129,7 @@ impl Drop for RedisServer {
 
 /// Gateway `i` of `keys.len()` on Redis `url`: lists the others' keys only (no addresses, no listen).
 fn config(i: usize, keys: &[String], url: &str, upstream: SocketAddr, extra: &str) -> String {
-    let peers: String = (0..keys.len())
-        .filter(|&j| j != i)
-        .map(|j| format!("[[cluster.peers]]\nkey = \"{}\"\n", keys[j]))
-        .collect();
+    let peers = common::cluster_peers(i, &[], keys);
     format!(
         "{}{extra}[cluster]\nbackend = \"redis\"\nredis_url = \"{url}\"\nnode_key = \"node{i}.key\"\n\
          anti_entropy = \"1s\"\n{peers}\n{}",
@@ -403,10 +400,7 @@ fn redis_backend_config_errors_name_the_key() {
 /// 100 ms.
 fn electrum_config(i: usize, keys: &[String], url: &str, backend: SocketAddr) -> String {
     use crate::cluster_cost::{HARD, PING};
-    let peers: String = (0..keys.len())
-        .filter(|&j| j != i)
-        .map(|j| format!("[[cluster.peers]]\nkey = \"{}\"\n", keys[j]))
-        .collect();
+    let peers = common::cluster_peers(i, &[], keys);
     format!(
         "{}[cost]\nsoft_limit = 2000\nhard_limit = {HARD}\nmax_sleep = \"20ms\"\ngroup_private = true\n\
          [cost.methods]\n\"server.ping\" = {PING}\n\n\

@@ -234,3 +234,15 @@ pub async fn admin_get(admin: SocketAddr, token: &str, path: &str) -> String {
     let text = String::from_utf8_lossy(&raw);
     text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string()
 }
+
+/// The `[[cluster.peers]]` tables of gateway `me` of a full mesh: every other node's link address and
+/// key (`links` empty: keys only, as under the Redis backend).
+pub fn cluster_peers(me: usize, links: &[SocketAddr], keys: &[String]) -> String {
+    (0..keys.len())
+        .filter(|&j| j != me)
+        .map(|j| match links.get(j) {
+            Some(addr) => format!("[[cluster.peers]]\naddr = \"{addr}\"\nkey = \"{}\"\n", keys[j]),
+            None => format!("[[cluster.peers]]\nkey = \"{}\"\n", keys[j]),
+        })
+        .collect()
+}
