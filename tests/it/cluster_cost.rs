@@ -126,8 +126,10 @@ async fn an_abuser_spread_over_three_gateways_meets_one_budget() {
     let spread_at = spread
         .cut_at
         .unwrap_or_else(|| panic!("never cut off across three gateways: {spread:?}"));
+    // The upper bound leaves room for a report interval or two of lag on a loaded machine; without
+    // sharing the client is never cut off below twice the budget.
     assert!(
-        spread_at <= alone_at * 1.25 && spread_at >= alone_at * 0.9,
+        spread_at <= alone_at * 1.4 && spread_at >= alone_at * 0.9,
         "cut off at {spread_at:.0} spread over three gateways vs {alone_at:.0} on one"
     );
     // Each gateway holds the others' figures for the group, and the cut-off banned the address everywhere.

@@ -436,8 +436,10 @@ async fn abuse_cost_is_shared_through_redis() {
     let spread_at = spread
         .cut_at
         .unwrap_or_else(|| panic!("never cut off across two gateways: {spread:?}"));
+    // The upper bound leaves room for a report interval or two of lag on a loaded machine; without
+    // sharing the client is never cut off below twice the budget.
     assert!(
-        spread_at <= alone_at * 1.25 && spread_at >= alone_at * 0.9,
+        spread_at <= alone_at * 1.4 && spread_at >= alone_at * 0.9,
         "cut off at {spread_at:.0} over two gateways vs {alone_at:.0} on one"
     );
     let group: std::net::IpAddr = "127.0.2.0".parse().unwrap();
