@@ -82,7 +82,9 @@ pub mod record;
 pub mod redis;
 pub mod summary;
 
-use crate::guard::bans::{self, normalize, BanChange, BanError, BanTable, Statement, LOCAL_ORIGIN};
+use crate::guard::bans::{
+    self, normalize, now_micros, unix_ms, BanChange, BanError, BanTable, Statement, LOCAL_ORIGIN,
+};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use ipnetwork::IpNetwork;
@@ -398,18 +400,6 @@ impl Drop for Cluster {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-#[cfg(test)]
-fn now_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -1228,7 +1218,7 @@ impl Inner {
             if let Some(r) = &self.redis {
                 // Through a shared service reports are signed; the sequence is this node's clock, kept
                 // increasing so a receiver never takes a newer report for a replay.
-                seq = seq.saturating_add(1).max(crate::guard::bans::now_micros());
+                seq = seq.saturating_add(1).max(now_micros());
                 r.offer_cost(&cost::SignedCostReport::sign(&self.key, seq, figures.clone()));
                 bump(&self.counters.cost_reports_sent);
             }

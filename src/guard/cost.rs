@@ -436,7 +436,7 @@ impl Ledger {
 
     /// Takes a peer's report: its figures replace the ones it sent before, groups it no longer names stop
     /// counting, and every figure expires after `ttl` unless a later report renews it. Groups are mapped
-    /// onto this gateway's own prefixes; exempt networks and non-finite figures are ignored. Returns how
+    /// onto this gateway's own prefixes; networks it does not group and non-finite figures are ignored. Returns how
     /// many figures were taken.
     pub fn apply_remote(&self, peer: PeerId, figures: &[GroupCost], ttl: Duration) -> usize {
         let p = self.params.load();
@@ -447,11 +447,11 @@ impl Ledger {
             if !f.cost.is_finite() || f.cost <= 0.0 {
                 continue;
             }
-            let ip = addr::canonical(f.group);
-            if p.exempt.contains(ip) {
+            // The same grouping as local sessions get: a figure for a network no session here would join
+            // (exempt, or private while `group_private` is off) would only take memory.
+            let Some(key) = p.group_for(addr::canonical(f.group)) else {
                 continue;
-            }
-            let key = addr::group_of(ip, p.group_prefix_v4, p.group_prefix_v6);
+            };
             let value = f.cost.min(MAX_REPORTED);
             {
                 // Under the shard lock (shard → group is the lock order), so housekeeping cannot drop the
@@ -1057,6 +1057,24 @@ mod tests {
         assert_eq!(l.remote_cost(ip("10.1.2.0")), 0.0);
         assert_eq!(l.remote_cost(ip("10.7.1.0")), 0.0);
         assert_eq!(l.remote_cost(ip("10.1.5.0")), MAX_REPORTED);
+    }
+
+    #[test]
+    fn figures_for_networks_this_gateway_does_not_group_are_ignored() {
+        // group_private off (the default): loopback and private clients are accounted alone here.
+        let (l, _clock) = ledger(CostParams::default());
+        let taken = l.apply_remote(
+            PEER_A,
+            &[
+                report("127.0.0.0", 500.0),
+                report("192.168.1.0", 500.0),
+                report("203.0.113.0", 500.0),
+            ],
+            Duration::from_secs(60),
+        );
+        assert_eq!(taken, 1);
+        assert_eq!(l.groups(), 1);
+        assert_eq!(l.remote_cost(ip("203.0.113.0")), 500.0);
     }
 
     #[test]

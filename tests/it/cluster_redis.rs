@@ -297,6 +297,20 @@ async fn gateways_keep_enforcing_while_redis_is_away_and_heal_when_it_returns() 
     }
 }
 
+/// Writes `rec` into Redis as a rogue writer would and waits (1 s at most) for `counted`.
+async fn write_and_await(redis: &RedisServer, rec: SignedRecord, counted: impl AsyncFnMut() -> bool) {
+    redis
+        .write(&Carried {
+            rec,
+            remaining_ms: 600_000,
+        })
+        .await;
+    assert!(
+        common::within(Duration::from_secs(1), counted).await.is_some(),
+        "the rogue record was not counted"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_by_unlisted_or_tampered_signers_are_refused_and_counted() {
     let redis = RedisServer::start().await;
@@ -311,34 +325,14 @@ async fn records_by_unlisted_or_tampered_signers_are_refused_and_counted() {
     let stranger = NodeKey::generate();
     let s: IpNetwork = "127.0.0.4/32".parse().unwrap();
     let rec = SignedRecord::sign(&stranger, Op::Ban, s, "rogue".into(), now_ms(), 600_000, u64::MAX / 2);
-    redis
-        .write(&Carried {
-            rec,
-            remaining_ms: 600_000,
-        })
-        .await;
-    let counted = common::within(Duration::from_secs(1), async || {
-        cluster.stats().rejected_unlisted_origin >= 1
-    })
-    .await;
-    assert!(counted.is_some(), "{:?}", cluster.stats());
+    write_and_await(&redis, rec, async || cluster.stats().rejected_unlisted_origin >= 1).await;
 
     // Signed by a listed node (B), then altered.
     let b_key = NodeKey::load(&dir.path().join("node1.key")).unwrap();
     let t: IpNetwork = "127.0.0.5/32".parse().unwrap();
     let mut rec = SignedRecord::sign(&b_key, Op::Ban, t, "genuine".into(), now_ms(), 600_000, 1);
     rec.reason = "tampered".into();
-    redis
-        .write(&Carried {
-            rec,
-            remaining_ms: 600_000,
-        })
-        .await;
-    let counted = common::within(Duration::from_secs(1), async || {
-        cluster.stats().rejected_bad_signature >= 1
-    })
-    .await;
-    assert!(counted.is_some(), "{:?}", cluster.stats());
+    write_and_await(&redis, rec, async || cluster.stats().rejected_bad_signature >= 1).await;
 
     // Neither changed anything, and the resyncs that reread them do not count them again.
     let before = cluster.stats();
