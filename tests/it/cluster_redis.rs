@@ -1,7 +1,7 @@
 //! Gateways sharing bans through a real Redis (`cluster.backend = "redis"`): a ban on one is enforced by
 //! the other within a second and lifted by either; Redis going away changes no enforcement and its
 //! return heals it; records by unlisted or tampered signers are refused and counted. The tests need
-//! `redis-server` (`.ci/run` installs it) and fail without it.
+//! `redis-server` (`tests/run` installs it) and fail without it.
 
 use crate::common;
 use gatehouse::cluster::keys::NodeKey;
@@ -27,7 +27,7 @@ fn redis_server_binary() -> PathBuf {
     });
     on_path
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file()))
-        .expect("redis-server is required by the Redis backend tests (apt-get install redis-server)")
+        .expect("redis-server is missing: run tests/run (the README's test command), which installs it, or apt-get install redis-server")
 }
 
 /// A throwaway redis-server on a loopback port, without persistence; killed on drop.
