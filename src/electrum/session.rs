@@ -37,6 +37,16 @@ const MAX_UP_OUT: usize = 1 << 20;
 /// the -101 as its reply, as ElectrumX does) before it is cut with an unsolicited -101.
 const HARD_LIMIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// The client side of a session: a byte stream, and what its transport holds of a message it has not
+/// handed over yet (WebSocket framing), so the memory budget and the slow-line floor see that too.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
+    fn pending(&self) -> usize {
+        0
+    }
+}
+
+impl ClientIo for crate::listen::stream::ClientStream {}
+
 /// What a session reports when it ends.
 pub struct Outcome {
     pub reason: &'static str,
@@ -167,7 +177,10 @@ struct Session<'a> {
     mem: Charge,
     /// Bytes held by both line decoders (partial client lines and partial backend replies).
     dec_bytes: usize,
-    /// Bytes of the client's partial line, and since when it has been arriving.
+    /// Bytes the client transport holds of a message not yet handed over (WebSocket framing).
+    transport_bytes: usize,
+    /// Bytes of the client's partial line (in the decoder or the transport), and since when it has been
+    /// arriving.
     partial: usize,
     line_started: Option<Instant>,
     /// When to check again whether the session, over the hard limit, must be cut though it sends nothing.
@@ -177,7 +190,7 @@ struct Session<'a> {
 /// Runs a session to its end. `client` is the already admitted (and TLS-terminated) client stream.
 pub async fn run<C>(client: &mut C, peer: SocketAddr, local: SocketAddr, front: &FrontState, shared: &Shared) -> Outcome
 where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    C: ClientIo + ?Sized,
 {
     let set = front
         .cfg
@@ -220,6 +233,7 @@ where
         upstream_failed: false,
         mem: shared.memory.open(),
         dec_bytes: 0,
+        transport_bytes: 0,
         partial: 0,
         line_started: None,
         hard_check: None,
@@ -280,7 +294,8 @@ where
                     framed = true;
                 }
                 client_dec.shrink_idle();
-                s.note_partial(client_dec.buffered(), framed);
+                s.transport_bytes = client.pending();
+                s.note_partial(client_dec.buffered() + s.transport_bytes, framed);
                 s.dec_bytes = client_dec.buffered() + up_dec.buffered();
             }
             Event::Upstream(buf, n) => {
@@ -358,12 +373,12 @@ impl Session<'_> {
     }
 
     /// Drives writes as far as they go, then reports the first read or timer event.
-    fn poll_event<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    fn poll_event<C: ClientIo + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         client: &mut C,
         mut upstream: Option<&mut TcpStream>,
-        timer: Pin<&mut Sleep>,
+        mut timer: Pin<&mut Sleep>,
         cancel: Pin<&mut impl Future<Output = ()>>,
     ) -> Poll<Event> {
         if cancel.poll(cx).is_ready() {
@@ -479,6 +494,7 @@ impl Session<'_> {
                 }
                 Poll::Pending => give_buf(buf),
             }
+            self.note_transport(client.pending(), timer.as_mut());
         }
         if timer.poll(cx).is_ready() {
             return Poll::Ready(Event::Timer);
@@ -521,7 +537,26 @@ impl Session<'_> {
             .map(|q| q.bytes.len())
             .sum();
         self.mem
-            .set(self.dec_bytes + self.client_out.len() + self.up_out.len() + queued);
+            .set(self.dec_bytes + self.transport_bytes + self.client_out.len() + self.up_out.len() + queued);
+    }
+
+    /// While no complete message arrives, the transport may still be taking in one's bytes: charge them,
+    /// and start the line's clock with the first of them (arming the timer, which only moves earlier).
+    fn note_transport(&mut self, pending: usize, timer: Pin<&mut Sleep>) {
+        if pending == self.transport_bytes {
+            return;
+        }
+        self.partial = (self.partial + pending).saturating_sub(self.transport_bytes);
+        if pending > self.transport_bytes && self.line_started.is_none() {
+            self.line_started = Some(Instant::now());
+        }
+        self.transport_bytes = pending;
+        self.account_memory();
+        if let Some(d) = self.slow_line_deadline() {
+            if d < timer.deadline() {
+                timer.reset(d);
+            }
+        }
     }
 
     /// After a read: `pending` bytes of a line without its newline are buffered. A line's clock starts

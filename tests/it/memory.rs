@@ -7,6 +7,7 @@
 use crate::common::{self, RELAXED};
 use crate::electrum_cost::{stub_backend, Client};
 use crate::electrum_transport::{flood_backend, FloodEnd};
+use futures_util::{SinkExt, StreamExt};
 use gatehouse::config::AdminListen;
 use gatehouse::Running;
 use serde_json::Value;
@@ -14,6 +15,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 const TOKEN: &str = "memory-budget-token-0123456789";
 
@@ -202,4 +205,109 @@ async fn a_line_trickled_below_the_floor_rate_is_cut() {
     assert!(v.get("error").is_none(), "{v}");
     let r = honest.call("server.ping", "[]", 0.1).await;
     assert!(r.v.get("error").is_none(), "{}", r.v);
+}
+
+/// A client frame header for a masked text frame of `len` payload bytes (mask 0: the payload as is).
+fn ws_text_header(len: usize) -> Vec<u8> {
+    let mut h = vec![0x81];
+    if len < 126 {
+        h.push(0x80 | len as u8);
+    } else {
+        h.push(0x80 | 127);
+        h.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    h.extend_from_slice(&[0, 0, 0, 0]);
+    h
+}
+
+/// A WebSocket client from `from`, negotiated with server.version.
+async fn ws_open(from: &str, to: SocketAddr) -> WebSocketStream<TcpStream> {
+    let tcp = common::connect_from(from, to).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/", tcp).await.unwrap();
+    ws.send(Message::text(
+        r#"{"jsonrpc":"2.0","id":0,"method":"server.version","params":["ws","1.4"]}"#,
+    ))
+    .await
+    .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("server.version answered within 10 s");
+    assert!(matches!(reply, Some(Ok(Message::Text(_)))), "{reply:?}");
+    ws
+}
+
+/// On a ws front the floor applies to a WebSocket message as it does to a line: a text frame whose
+/// payload trickles in at 10 bytes a second is answered -32600 and the session closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_message_trickled_below_the_floor_rate_is_cut() {
+    let backend = stub_backend(&[]).await;
+    let toml = format!(
+        "{RELAXED}[[front]]\nname = \"ws\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\n\
+         transport = \"ws\"\nupstreams = [\"{backend}\"]\n\
+         [front.electrum]\nmin_line_rate = \"100/s\"\nline_grace = \"1s\"\n"
+    );
+    let running = common::start(&toml).await;
+    let mut ws = ws_open("127.0.0.3", running.addr("ws")).await;
+    let payload = br#"{"jsonrpc":"2.0","id":2,"method":"server.ping","params":[]}"#;
+    ws.get_mut().write_all(&ws_text_header(payload.len())).await.unwrap();
+    let start = std::time::Instant::now();
+    let mut got = None;
+    for &b in payload.iter() {
+        ws.get_mut().write_all(&[b]).await.unwrap();
+        // The attack's pace, 10 bytes a second, spent waiting for the gateway's answer.
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
+            got = m;
+            break;
+        }
+    }
+    let Some(Ok(Message::Text(t))) = got else {
+        panic!("no error message while the frame trickled in: {got:?}")
+    };
+    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+    assert_eq!(v["error"]["code"], -32600, "{v}");
+    assert_eq!(v["error"]["message"], "request line arrives too slowly", "{v}");
+    let end = tokio::time::timeout(Duration::from_secs(2), ws.next())
+        .await
+        .expect("not closed");
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{end:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "cut after {:?}",
+        start.elapsed()
+    );
+}
+
+/// The part of a WebSocket message the gateway holds counts against the budget like a partial line: a
+/// client parking 900 KB of a frame is the largest, and is cut when a line parked on another front
+/// passes the 1 MiB budget; the line's owner is served when it finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_websocket_message_counts_against_the_memory_budget() {
+    let backend = stub_backend(&[]).await;
+    let toml = format!(
+        "{RELAXED}[limits]\nmemory_budget = \"1MiB\"\n\n\
+         [[front]]\nname = \"ws\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"ws\"\n\
+         upstreams = [\"{backend}\"]\n\n\
+         [[front]]\nname = \"tcp\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
+         upstreams = [\"{backend}\"]\n"
+    );
+    let running = common::start(&toml).await;
+    let budget = running.memory().clone();
+    let mut ws = ws_open("127.0.0.3", running.addr("ws")).await;
+    ws.get_mut().write_all(&ws_text_header(950_000)).await.unwrap();
+    ws.get_mut().write_all(&vec![b' '; 900_000]).await.unwrap();
+    let b = budget.clone();
+    common::within(Duration::from_secs(10), async || b.used() >= 900_000)
+        .await
+        .expect("the partial WebSocket message was never charged");
+
+    let mut line = Raw::open("127.0.0.4", running.addr("tcp")).await;
+    line.write(parked_line(300_000)).await;
+    common::closed_within(ws.get_mut(), Duration::from_secs(5)).await;
+    line.write(PARK_END.to_owned()).await;
+    let reply = line.line().await.expect("the line's owner was cut");
+    assert_eq!(reply["id"], 1, "{reply}");
+    assert_eq!(budget.cuts(), 1);
 }
