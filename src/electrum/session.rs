@@ -581,6 +581,10 @@ impl Session<'_> {
     }
 
     fn on_cost_alert(&mut self) {
+        // Each alert costs a pass over the group: once a check is due, later alerts add nothing.
+        if self.closing.is_some() || self.hard_check.is_some() {
+            return;
+        }
         self.th = self.account.throttle();
         if self.th.over_hard && self.closing.is_none() && self.hard_check.is_none() {
             self.hard_check = Some(self.now + HARD_LIMIT_GRACE);

@@ -58,8 +58,9 @@ pub struct MemoryBudget {
     cuts: AtomicU64,
     next_id: AtomicU64,
     epoch: Instant,
-    /// Milliseconds since `epoch` of the last scan, so a budget that stays full is not scanned per event.
-    last_reclaim: AtomicU64,
+    /// Milliseconds since `epoch` before which no scan runs, so a budget that stays full is not scanned
+    /// per event.
+    next_reclaim: AtomicU64,
     reclaiming: AtomicBool,
     /// Sessions that have held at least `MIN_CUT`: the only ones that can be cut.
     large: Box<[Shard]>,
@@ -73,7 +74,7 @@ impl MemoryBudget {
             cuts: AtomicU64::new(0),
             next_id: AtomicU64::new(0),
             epoch: Instant::now(),
-            last_reclaim: AtomicU64::new(0),
+            next_reclaim: AtomicU64::new(0),
             reclaiming: AtomicBool::new(false),
             large: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         })
@@ -118,14 +119,15 @@ impl MemoryBudget {
     /// freed (their memory goes as soon as their task ends), so a burst of charges does not cut more.
     fn reclaim(&self) {
         let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_reclaim.load(Ordering::Relaxed);
-        if now_ms < last.saturating_add(RECLAIM_INTERVAL.as_millis() as u64) && last != 0 {
+        if now_ms < self.next_reclaim.load(Ordering::Relaxed) {
             return;
         }
         if self.reclaiming.swap(true, Ordering::Acquire) {
             return;
         }
-        self.last_reclaim.store(now_ms.max(1), Ordering::Relaxed);
+        let interval = u64::try_from(RECLAIM_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        self.next_reclaim
+            .store(now_ms.saturating_add(interval), Ordering::Relaxed);
         let used = self.used();
         let limit = self.limit();
         if used > limit {

@@ -149,6 +149,13 @@ async fn the_largest_buffers_are_cut_when_the_memory_budget_is_reached() {
     assert!(r.v.get("error").is_none(), "{}", r.v);
     assert_eq!(metric(admin, "gatehouse_memory_budget_cuts_total").await, 3.0);
     assert!(metric(admin, "gatehouse_memory_buffered_bytes").await < 1048576.0);
+
+    // A reload moves the budget.
+    let mut running = running;
+    let bigger = toml.replace("memory_budget = \"1MiB\"", "memory_budget = \"2MiB\"");
+    let cfg = gatehouse::config::Config::parse(&bigger, &dir.path().join("gatehouse.toml")).unwrap();
+    running.reload(cfg).await.unwrap();
+    assert_eq!(metric(admin, "gatehouse_memory_budget_bytes").await, 2097152.0);
 }
 
 /// `min_line_rate = "100/s"`, `line_grace = "1s"`: a client trickling a request line at 10 bytes a
