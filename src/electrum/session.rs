@@ -384,9 +384,6 @@ impl Session<'_> {
         if cancel.poll(cx).is_ready() {
             return Poll::Ready(Event::Shutdown);
         }
-        if self.mem.poll_cut(cx).is_ready() {
-            return Poll::Ready(Event::MemoryCut);
-        }
         if self.account.poll_alert(cx).is_ready() {
             return Poll::Ready(Event::CostAlert);
         }
@@ -495,6 +492,11 @@ impl Session<'_> {
                 Poll::Pending => give_buf(buf),
             }
             self.note_transport(client.pending(), timer.as_mut());
+        }
+        // Last, after everything above that may have grown the session's charge: a charge that makes it a
+        // candidate for cutting only then has a waker to be woken by.
+        if self.mem.poll_cut(cx).is_ready() {
+            return Poll::Ready(Event::MemoryCut);
         }
         if timer.poll(cx).is_ready() {
             return Poll::Ready(Event::Timer);

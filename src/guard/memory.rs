@@ -104,10 +104,9 @@ impl MemoryBudget {
     pub fn open(self: &Arc<Self>) -> Charge {
         Charge {
             budget: self.clone(),
-            meter: Arc::new(Meter::default()),
+            meter: None,
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             charged: 0,
-            registered: false,
         }
     }
 
@@ -168,11 +167,12 @@ fn to_usize(n: u64) -> usize {
 #[derive(Debug)]
 pub struct Charge {
     budget: Arc<MemoryBudget>,
-    meter: Arc<Meter>,
+    /// Made, and entered in the registry, the first time the session holds `MIN_CUT`: most sessions
+    /// never do, and then cost neither the allocation nor a waker registration per poll.
+    meter: Option<Arc<Meter>>,
     id: u64,
     /// What this session has added to the budget's counter (a multiple of `STEP`).
     charged: usize,
-    registered: bool,
 }
 
 impl Charge {
@@ -182,7 +182,9 @@ impl Charge {
         if rounded == self.charged {
             return;
         }
-        self.meter.held.store(rounded, Ordering::Relaxed);
+        if let Some(m) = &self.meter {
+            m.held.store(rounded, Ordering::Relaxed);
+        }
         if rounded < self.charged {
             self.budget.used.fetch_sub(self.charged - rounded, Ordering::Relaxed);
             self.charged = rounded;
@@ -191,10 +193,12 @@ impl Charge {
         let delta = rounded - self.charged;
         self.charged = rounded;
         let used = self.budget.used.fetch_add(delta, Ordering::Relaxed) + delta;
-        if rounded >= MIN_CUT && !self.registered {
-            self.registered = true;
+        if rounded >= MIN_CUT && self.meter.is_none() {
+            let m = Arc::new(Meter::default());
+            m.held.store(rounded, Ordering::Relaxed);
             let mut shard = self.budget.shard(self.id).lock().unwrap_or_else(|p| p.into_inner());
-            shard.insert(self.id, self.meter.clone());
+            shard.insert(self.id, m.clone());
+            self.meter = Some(m);
         }
         if used > self.budget.limit() {
             self.budget.reclaim();
@@ -206,13 +210,16 @@ impl Charge {
         self.charged
     }
 
-    /// Ready once the budget has chosen this session to be cut; registers the task to be woken then.
+    /// Ready once the budget has chosen this session to be cut; registers the task to be woken then. The
+    /// session must poll this after each [`set`](Self::set) that grew its charge, before it sleeps.
     pub fn poll_cut(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.meter.cut.load(Ordering::Acquire) {
+        // Never registered: never a candidate.
+        let Some(m) = &self.meter else { return Poll::Pending };
+        if m.cut.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
-        self.meter.waker.register(cx.waker());
-        if self.meter.cut.load(Ordering::Acquire) {
+        m.waker.register(cx.waker());
+        if m.cut.load(Ordering::Acquire) {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -225,7 +232,7 @@ impl Drop for Charge {
         if self.charged > 0 {
             self.budget.used.fetch_sub(self.charged, Ordering::Relaxed);
         }
-        if self.registered {
+        if self.meter.is_some() {
             let mut shard = self.budget.shard(self.id).lock().unwrap_or_else(|p| p.into_inner());
             shard.remove(&self.id);
         }
@@ -304,8 +311,9 @@ mod tests {
         let flag = Arc::new(WakeFlag::default());
         let waker = Waker::from(flag.clone());
         let mut cx = Context::from_waker(&waker);
-        assert!(victim.poll_cut(&mut cx).is_pending());
         victim.set(900 * 1024);
+        // A session polls after each charge; only a candidate registers its task.
+        assert!(victim.poll_cut(&mut cx).is_pending());
         let mut other = b.open();
         other.set(200 * 1024);
         assert!(flag.0.load(Ordering::SeqCst), "the cut session's task was woken");
