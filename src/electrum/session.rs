@@ -588,7 +588,7 @@ impl Session<'_> {
             return;
         }
         self.th = self.account.throttle();
-        if self.th.over_hard && self.closing.is_none() && self.hard_check.is_none() {
+        if self.th.over_hard {
             self.hard_check = Some(self.now + HARD_LIMIT_GRACE);
         }
     }
@@ -1033,7 +1033,6 @@ impl Session<'_> {
         if self.slow_line_deadline().is_some_and(|d| now >= d) && self.closing.is_none() {
             tracing::info!(front = %self.front.cfg.name, client = %self.client, partial = self.partial, "request line arrives too slowly; disconnecting");
             self.line_started = None;
-            metrics::request(Class::Other, ReqResult::Error);
             metrics::slow_line_disconnect();
             self.reply_error(None, -32600, "request line arrives too slowly");
             return self.close_with("slow request line");
