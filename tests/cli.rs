@@ -538,6 +538,21 @@ fn check_rejects_a_memory_budget_too_small_for_one_reply() {
 }
 
 #[test]
+fn check_rejects_a_line_grace_shorter_than_a_second() {
+    let backend = echo_backend();
+    let text = format!(
+        "[[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
+         upstreams = [\"{backend}\"]\n[front.electrum]\nline_grace = \"200ms\"\n"
+    );
+    assert_check_error(
+        &text,
+        "front[0].electrum.line_grace",
+        line_of(&text, "line_grace"),
+        "must be at least 1s",
+    );
+}
+
+#[test]
 fn check_reports_an_unreadable_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("absent.toml");

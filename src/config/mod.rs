@@ -176,6 +176,8 @@ pub const DEFAULT_MIN_LINE_RATE: Rate = Rate {
 };
 /// Default `line_grace`: time any request line gets before its rate is judged.
 pub const DEFAULT_LINE_GRACE: Duration = Duration::from_secs(20);
+/// Shortest `line_grace` accepted.
+pub const MIN_LINE_GRACE: Duration = Duration::from_secs(1);
 
 /// Protocol settings of one Electrum front.
 #[derive(Debug, Clone)]
@@ -592,6 +594,17 @@ impl Validator<'_> {
         if max_batch == 0 {
             return Err(self.err(format!("{key}.max_batch"), None, "must be at least 1"));
         }
+        let line_grace = e.line_grace.as_ref().map_or(DEFAULT_LINE_GRACE, |d| d.get_ref().0);
+        if line_grace < MIN_LINE_GRACE {
+            return Err(self.err(
+                format!("{key}.line_grace"),
+                span_of(&e.line_grace),
+                format!(
+                    "must be at least {} (shorter, a line that merely spans two TCP segments could be cut)",
+                    units::Duration(MIN_LINE_GRACE)
+                ),
+            ));
+        }
         Ok(ElectrumSettings {
             profile,
             version_policy: e.version_policy,
@@ -599,7 +612,7 @@ impl Validator<'_> {
             protocol_max,
             max_line: e.max_line.map_or(1_000_000, |b| b.0 as usize),
             min_line_rate: e.min_line_rate.unwrap_or(DEFAULT_MIN_LINE_RATE),
-            line_grace: e.line_grace.map_or(DEFAULT_LINE_GRACE, |d| d.0),
+            line_grace,
             max_response: e
                 .max_response
                 .map_or(if kevacoin { 10_000_000 } else { 8_100_000 }, |b| b.0 as usize),

@@ -212,7 +212,7 @@ pub struct RawFrontElectrum {
     pub max_line: Option<ByteSize>,
     /// Bytes per second a partial request line must keep arriving at, once `line_grace` has passed.
     pub min_line_rate: Option<Rate>,
-    pub line_grace: Option<Duration>,
+    pub line_grace: Option<Spanned<Duration>>,
     pub max_response: Option<ByteSize>,
     pub max_batch: Option<usize>,
     #[serde(default)]
