@@ -34,7 +34,8 @@ pub const STEP: usize = 4096;
 pub const MIN_CUT: usize = 64 * 1024;
 
 /// While the budget stays exceeded (e.g. by many small sessions, which are never cut), the candidates
-/// are scanned at most this often.
+/// are scanned at most this often; a charge that finds the budget exceeded within this time of the last
+/// scan leaves it to the next charge that finds it so.
 const RECLAIM_INTERVAL: Duration = Duration::from_millis(10);
 
 const SHARDS: usize = 16;
@@ -186,8 +187,13 @@ impl Charge {
             m.held.store(rounded, Ordering::Relaxed);
         }
         if rounded < self.charged {
-            self.budget.used.fetch_sub(self.charged - rounded, Ordering::Relaxed);
+            let freed = self.charged - rounded;
             self.charged = rounded;
+            let used = self.budget.used.fetch_sub(freed, Ordering::Relaxed) - freed;
+            // A scan skipped for the rate limit is made up at the next change of any session.
+            if used > self.budget.limit() {
+                self.budget.reclaim();
+            }
             return;
         }
         let delta = rounded - self.charged;
@@ -293,9 +299,9 @@ mod tests {
         assert_eq!(b.cuts(), 1);
         drop(big);
         // Only small sessions left over the budget: nobody is cut.
-        b.set_limit(100 * 1024);
         mid.set(0);
         late.set(0);
+        b.set_limit(100 * 1024);
         std::thread::sleep(RECLAIM_INTERVAL);
         small[0].set(MIN_CUT - 2 * STEP);
         small[0].set(MIN_CUT - STEP);
