@@ -51,6 +51,8 @@ pub struct Shared {
     pub ban_policy: ArcSwap<BanPolicy>,
     /// Subscriptions held per client group.
     pub group_subs: KeyedCounts,
+    /// Bytes buffered by every Electrum session together, against `[limits] memory_budget`.
+    pub memory: Arc<guard::memory::MemoryBudget>,
     /// Every front's current slot (for housekeeping and certificate watching, which follow reloads).
     pub fronts: ArcSwap<Vec<Arc<FrontSlot>>>,
     /// The `hosts` object announced in server.features.
@@ -257,6 +259,7 @@ impl Gatehouse {
             cost: ArcSwap::from_pointee(config.cost.clone()),
             ban_policy: ArcSwap::from_pointee(config.bans.clone()),
             group_subs: KeyedCounts::default(),
+            memory: guard::memory::MemoryBudget::new(config.limits.memory_budget),
             features_hosts: ArcSwap::from_pointee(features_hosts),
             fronts: ArcSwap::from_pointee(Vec::new()),
             guard: Guard::new(config.admission.clone(), bans, config.log.refusal_interval),
@@ -399,6 +402,11 @@ impl Running {
         &self.shared.ledger
     }
 
+    /// The process-wide budget for bytes Electrum sessions buffer.
+    pub fn memory(&self) -> &Arc<guard::memory::MemoryBudget> {
+        &self.shared.memory
+    }
+
     /// The current version of a front.
     pub fn front(&self, name: &str) -> Option<Arc<FrontState>> {
         self.fronts.get(name).map(|r| r.slot.state.load_full())
@@ -465,6 +473,7 @@ impl Running {
         shared.ledger.set_params(cost_params(&config));
         shared.cost.store(Arc::new(config.cost.clone()));
         shared.ban_policy.store(Arc::new(config.bans.clone()));
+        shared.memory.set_limit(config.limits.memory_budget);
         let states: Vec<Arc<FrontState>> = self.fronts.values().map(|r| r.slot.state.load_full()).collect();
         let refs: Vec<&FrontState> = states.iter().map(|s| s.as_ref()).collect();
         let addrs: BTreeMap<String, Vec<SocketAddr>> =

@@ -385,6 +385,7 @@ fn reference_config_sets_every_option() {
         "[admission]\nzzz_probe = 1\n",
         "[bans]\nzzz_probe = 1\n",
         "[admin]\nzzz_probe = 1\n",
+        "[limits]\nzzz_probe = 1\n",
         "[cluster]\nzzz_probe = 1\n",
         "[cluster]\n[[cluster.peers]]\nzzz_probe = 1\n",
         "[[front]]\nzzz_probe = 1\n",
@@ -520,6 +521,34 @@ fn check_rejects_a_cluster_cost_expiry_shorter_than_its_interval() {
         "cluster.cost.expiry",
         line_of(&text, "expiry"),
         "must be longer than cluster.cost.interval",
+    );
+}
+
+#[test]
+fn check_rejects_a_memory_budget_too_small_for_one_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "server");
+    let text = format!("[limits]\nmemory_budget = \"64KiB\"\n\n{}", tls_config(&cert, &key));
+    assert_check_error(
+        &text,
+        "limits.memory_budget",
+        line_of(&text, "memory_budget"),
+        "64KiB is too small: at least 1MiB",
+    );
+}
+
+#[test]
+fn check_rejects_a_line_grace_shorter_than_a_second() {
+    let backend = echo_backend();
+    let text = format!(
+        "[[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
+         upstreams = [\"{backend}\"]\n[front.electrum]\nline_grace = \"200ms\"\n"
+    );
+    assert_check_error(
+        &text,
+        "front[0].electrum.line_grace",
+        line_of(&text, "line_grace"),
+        "must be at least 1s",
     );
 }
 

@@ -56,6 +56,7 @@ pub struct Config {
     pub cost: CostConfig,
     pub bans: BanPolicy,
     pub admin: AdminConfig,
+    pub limits: Limits,
     /// Ban sharing with other gateways (None = standalone).
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Host names announced in server.features.
@@ -79,6 +80,13 @@ pub struct CostConfig {
     pub parse_error_cost: f64,
     pub max_subscriptions_per_group: usize,
     pub method_costs: HashMap<String, f64>,
+}
+
+/// Process-wide resource limits (`[limits]`); reloadable.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes all Electrum sessions together may buffer (see `guard::memory`).
+    pub memory_budget: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +169,16 @@ pub struct AdminConfig {
     pub metrics_public: bool,
 }
 
+/// Default `min_line_rate`: 500 bytes per second, as Apache's mod_reqtimeout demands of request headers.
+pub const DEFAULT_MIN_LINE_RATE: Rate = Rate {
+    count: 500,
+    per: Duration::from_secs(1),
+};
+/// Default `line_grace`: time any request line gets before its rate is judged.
+pub const DEFAULT_LINE_GRACE: Duration = Duration::from_secs(20);
+/// Shortest `line_grace` accepted.
+pub const MIN_LINE_GRACE: Duration = Duration::from_secs(1);
+
 /// Protocol settings of one Electrum front.
 #[derive(Debug, Clone)]
 pub struct ElectrumSettings {
@@ -169,6 +187,10 @@ pub struct ElectrumSettings {
     pub protocol_min: ProtoVersion,
     pub protocol_max: ProtoVersion,
     pub max_line: usize,
+    /// Bytes per second a partial request line must average once `line_grace` has passed (a line may
+    /// take `line_grace + its length / min_line_rate` to arrive); slower lines are a slowloris.
+    pub min_line_rate: Rate,
+    pub line_grace: Duration,
     pub max_response: usize,
     pub max_batch: usize,
     pub extra_methods: Vec<String>,
@@ -399,6 +421,7 @@ impl Validator<'_> {
                 journal: b.journal.as_ref().map(|p| self.path(p.get_ref())),
             },
             admin: self.admin(&raw.admin)?,
+            limits: self.limits(&raw.limits)?,
             cluster: raw.cluster.as_ref().map(|c| self.cluster(c)).transpose()?,
             public_hosts: raw.electrum.public_hosts.clone(),
             source: self.file.to_path_buf(),
@@ -473,6 +496,26 @@ impl Validator<'_> {
             allow_remote: a.allow_remote,
             metrics_public: a.metrics_public,
         })
+    }
+
+    fn limits(&self, l: &schema::RawLimits) -> Result<Limits, ConfigError> {
+        use crate::guard::memory::{DEFAULT_MEMORY_BUDGET, MIN_MEMORY_BUDGET};
+        let memory_budget = l
+            .memory_budget
+            .as_ref()
+            .map_or(DEFAULT_MEMORY_BUDGET, |b| b.get_ref().0);
+        if memory_budget < MIN_MEMORY_BUDGET {
+            return Err(self.err(
+                "limits.memory_budget",
+                span_of(&l.memory_budget),
+                format!(
+                    "{} is too small: at least {} (one large but legitimate reply must fit)",
+                    units::ByteSize(memory_budget),
+                    units::ByteSize(MIN_MEMORY_BUDGET)
+                ),
+            ));
+        }
+        Ok(Limits { memory_budget })
     }
 
     fn cost(&self, c: &schema::RawCost) -> Result<CostConfig, ConfigError> {
@@ -551,12 +594,25 @@ impl Validator<'_> {
         if max_batch == 0 {
             return Err(self.err(format!("{key}.max_batch"), None, "must be at least 1"));
         }
+        let line_grace = e.line_grace.as_ref().map_or(DEFAULT_LINE_GRACE, |d| d.get_ref().0);
+        if line_grace < MIN_LINE_GRACE {
+            return Err(self.err(
+                format!("{key}.line_grace"),
+                span_of(&e.line_grace),
+                format!(
+                    "must be at least {} (shorter, a line that merely spans two TCP segments could be cut)",
+                    units::Duration(MIN_LINE_GRACE)
+                ),
+            ));
+        }
         Ok(ElectrumSettings {
             profile,
             version_policy: e.version_policy,
             protocol_min,
             protocol_max,
             max_line: e.max_line.map_or(1_000_000, |b| b.0 as usize),
+            min_line_rate: e.min_line_rate.unwrap_or(DEFAULT_MIN_LINE_RATE),
+            line_grace,
             max_response: e
                 .max_response
                 .map_or(if kevacoin { 10_000_000 } else { 8_100_000 }, |b| b.0 as usize),

@@ -30,6 +30,9 @@ pub struct RawConfig {
     pub electrum: RawElectrum,
     #[serde(default)]
     pub admin: RawAdmin,
+    /// Process-wide resource limits.
+    #[serde(default)]
+    pub limits: RawLimits,
     /// Ban sharing with the operator's other gateways; absent = this gateway stands alone.
     pub cluster: Option<RawCluster>,
     #[serde(default, rename = "front")]
@@ -151,6 +154,14 @@ impl Default for RawBans {
     }
 }
 
+/// `[limits]`: process-wide resource limits. Unset fields take the defaults named in `guard::memory`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Bytes all Electrum sessions together may buffer before the largest are cut.
+    pub memory_budget: Option<Spanned<ByteSize>>,
+}
+
 /// The HTTP admin API (bans, health).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -199,6 +210,9 @@ pub struct RawFrontElectrum {
     pub protocol_min: Option<Spanned<String>>,
     pub protocol_max: Option<Spanned<String>>,
     pub max_line: Option<ByteSize>,
+    /// Bytes per second a partial request line must keep arriving at, once `line_grace` has passed.
+    pub min_line_rate: Option<Rate>,
+    pub line_grace: Option<Spanned<Duration>>,
     pub max_response: Option<ByteSize>,
     pub max_batch: Option<usize>,
     #[serde(default)]

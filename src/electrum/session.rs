@@ -13,6 +13,7 @@ use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
 use crate::config::{BanPolicy, CostConfig, ElectrumSettings, VersionPolicy};
 use crate::front::FrontState;
 use crate::guard::cost::{Account, Throttle};
+use crate::guard::memory::Charge;
 use crate::relay::{give_buf, take_buf};
 use crate::telemetry::metrics::{self, Class, ReqResult};
 use crate::Shared;
@@ -32,6 +33,19 @@ use tokio::time::{Instant, Sleep};
 const MAX_QUEUED: usize = 64;
 /// Bytes queued towards the upstream at which the session stops reading the client.
 const MAX_UP_OUT: usize = 1 << 20;
+/// How long a session found over the cost hard limit may still send its next request (which then gets
+/// the -101 as its reply, as ElectrumX does) before it is cut with an unsolicited -101.
+const HARD_LIMIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The client side of a session: a byte stream, and what its transport holds of a message it has not
+/// handed over yet (WebSocket framing), so the memory budget and the slow-line floor see that too.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
+    fn pending(&self) -> usize {
+        0
+    }
+}
+
+impl ClientIo for crate::listen::stream::ClientStream {}
 
 /// What a session reports when it ends.
 pub struct Outcome {
@@ -119,6 +133,10 @@ enum Event {
     Timer,
     Flushed,
     Shutdown,
+    /// The process-wide memory budget chose this session to be cut.
+    MemoryCut,
+    /// The session's group reached the cost hard limit (possibly through others' charges).
+    CostAlert,
 }
 
 struct Session<'a> {
@@ -155,12 +173,24 @@ struct Session<'a> {
     /// Set when the session must end now, without flushing.
     abort: Option<&'static str>,
     upstream_failed: bool,
+    /// This session's share of the process-wide memory budget.
+    mem: Charge,
+    /// Bytes held by both line decoders (partial client lines and partial backend replies).
+    dec_bytes: usize,
+    /// Bytes the client transport holds of a message not yet handed over (WebSocket framing).
+    transport_bytes: usize,
+    /// Bytes of the client's partial line (in the decoder or the transport), and since when it has been
+    /// arriving.
+    partial: usize,
+    line_started: Option<Instant>,
+    /// When to check again whether the session, over the hard limit, must be cut though it sends nothing.
+    hard_check: Option<Instant>,
 }
 
 /// Runs a session to its end. `client` is the already admitted (and TLS-terminated) client stream.
 pub async fn run<C>(client: &mut C, peer: SocketAddr, local: SocketAddr, front: &FrontState, shared: &Shared) -> Outcome
 where
-    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    C: ClientIo + ?Sized,
 {
     let set = front
         .cfg
@@ -201,6 +231,12 @@ where
         closing: None,
         abort: None,
         upstream_failed: false,
+        mem: shared.memory.open(),
+        dec_bytes: 0,
+        transport_bytes: 0,
+        partial: 0,
+        line_started: None,
+        hard_check: None,
     };
     let mut client_dec = LineDecoder::new(set.max_line);
     let mut up_dec = LineDecoder::new(set.max_response);
@@ -229,6 +265,7 @@ where
                 }
             }
         }
+        s.account_memory();
         // The timer only ever moves earlier here; when it fires early, the Timer event re-arms it. Busy
         // sessions thus do not touch the timer wheel per message.
         let deadline = s.next_deadline();
@@ -247,14 +284,19 @@ where
                 s.charge_bytes(n);
                 client_dec.feed(&buf[..n]);
                 give_buf(buf);
+                let mut framed = false;
                 while s.closing.is_none() && s.abort.is_none() {
                     match client_dec.next_frame() {
                         Some(Frame::Line(line)) => s.on_client_line(line),
                         Some(Frame::Oversized { discarded }) => s.on_oversized(discarded),
                         None => break,
                     }
+                    framed = true;
                 }
                 client_dec.shrink_idle();
+                s.transport_bytes = client.pending();
+                s.note_partial(client_dec.buffered() + s.transport_bytes, framed);
+                s.dec_bytes = client_dec.buffered() + up_dec.buffered();
             }
             Event::Upstream(buf, n) => {
                 s.charge_bytes(n);
@@ -268,6 +310,7 @@ where
                     }
                 }
                 up_dec.shrink_idle();
+                s.dec_bytes = client_dec.buffered() + up_dec.buffered();
             }
             Event::ClientEof => break "client closed",
             Event::ClientError => break "client error",
@@ -285,6 +328,11 @@ where
             }
             Event::Flushed => {}
             Event::Shutdown => break "shutdown",
+            Event::MemoryCut => {
+                tracing::warn!(front = %front.cfg.name, client = %s.client, held = s.mem.held(), "memory budget reached; disconnecting one of the largest sessions");
+                s.abort = Some("memory budget");
+            }
+            Event::CostAlert => s.on_cost_alert(),
         }
     };
     s.release_group_subs();
@@ -325,22 +373,27 @@ impl Session<'_> {
     }
 
     /// Drives writes as far as they go, then reports the first read or timer event.
-    fn poll_event<C: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    fn poll_event<C: ClientIo + ?Sized>(
         &mut self,
         cx: &mut Context<'_>,
         client: &mut C,
         mut upstream: Option<&mut TcpStream>,
-        timer: Pin<&mut Sleep>,
+        mut timer: Pin<&mut Sleep>,
         cancel: Pin<&mut impl Future<Output = ()>>,
     ) -> Poll<Event> {
         if cancel.poll(cx).is_ready() {
             return Poll::Ready(Event::Shutdown);
         }
+        if self.account.poll_alert(cx).is_ready() {
+            return Poll::Ready(Event::CostAlert);
+        }
+        let mut wrote = false;
         // Client writes.
         while !self.client_out.is_empty() {
             match Pin::new(&mut *client).poll_write(cx, &self.client_out) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::ClientError),
                 Poll::Ready(Ok(n)) => {
+                    wrote = true;
                     self.client_out.drain(..n);
                     self.bytes_out += n as u64;
                     // Any progress resets the slow-reader clock: only a client that takes nothing is cut.
@@ -370,6 +423,7 @@ impl Session<'_> {
                 match Pin::new(&mut *up).poll_write(cx, &self.up_out) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::UpstreamError),
                     Poll::Ready(Ok(n)) => {
+                        wrote = true;
                         self.up_out.drain(..n);
                     }
                     Poll::Pending => break,
@@ -378,6 +432,10 @@ impl Session<'_> {
             if self.up_out.is_empty() && self.up_out.capacity() > 16 * 1024 {
                 self.up_out = Vec::new();
             }
+        }
+        if wrote {
+            // What was written is no longer held: give it back to the budget before sleeping.
+            self.account_memory();
         }
         // Upstream reads: always, so notifications keep flowing until the slow-reader limit decides.
         if let Some(up) = upstream {
@@ -407,6 +465,10 @@ impl Session<'_> {
             || self.waiting.len() >= MAX_QUEUED
             || queued_bytes >= MAX_UP_OUT
             || self.up_out.len() >= MAX_UP_OUT;
+        if paused && self.line_started.is_some() {
+            // The gateway, not the client, holds the line up: its clock restarts with the next read.
+            self.line_started = None;
+        }
         if !paused {
             let mut buf = take_buf();
             let mut rb = ReadBuf::new(&mut buf);
@@ -429,6 +491,12 @@ impl Session<'_> {
                 }
                 Poll::Pending => give_buf(buf),
             }
+            self.note_transport(client.pending(), timer.as_mut());
+        }
+        // Last, after everything above that may have grown the session's charge: a charge that makes it a
+        // candidate for cutting only then has a waker to be woken by.
+        if self.mem.poll_cut(cx).is_ready() {
+            return Poll::Ready(Event::MemoryCut);
         }
         if timer.poll(cx).is_ready() {
             return Poll::Ready(Event::Timer);
@@ -451,7 +519,83 @@ impl Session<'_> {
         if let Some(f) = self.inflight.iter().find(|f| !f.timed_out) {
             d = d.min(f.arrived + timeout);
         }
+        if let Some(l) = self.slow_line_deadline() {
+            d = d.min(l);
+        }
+        if let Some(h) = self.hard_check {
+            d = d.min(h);
+        }
         d
+    }
+
+    // ---- memory, slow lines and the hard limit between requests ----------------------------------
+
+    /// Reports what the session buffers to the process-wide budget (cheap unless a step is crossed).
+    fn account_memory(&mut self) {
+        let queued: usize = self
+            .waiting
+            .iter()
+            .chain(self.sleeping.iter())
+            .map(|q| q.bytes.len())
+            .sum();
+        self.mem
+            .set(self.dec_bytes + self.transport_bytes + self.client_out.len() + self.up_out.len() + queued);
+    }
+
+    /// While no complete message arrives, the transport may still be taking in one's bytes: charge them,
+    /// and start the line's clock with the first of them (arming the timer, which only moves earlier).
+    fn note_transport(&mut self, pending: usize, timer: Pin<&mut Sleep>) {
+        if pending == self.transport_bytes {
+            return;
+        }
+        self.partial = (self.partial + pending).saturating_sub(self.transport_bytes);
+        if pending > self.transport_bytes && self.line_started.is_none() {
+            self.line_started = Some(Instant::now());
+        }
+        self.transport_bytes = pending;
+        self.account_memory();
+        if let Some(d) = self.slow_line_deadline() {
+            if d < timer.deadline() {
+                timer.reset(d);
+            }
+        }
+    }
+
+    /// After a read: `pending` bytes of a line without its newline are buffered. A line's clock starts
+    /// when its first byte is left over, and restarts whenever a complete line was taken.
+    fn note_partial(&mut self, pending: usize, framed: bool) {
+        if pending == 0 {
+            self.line_started = None;
+        } else if framed || self.line_started.is_none() {
+            self.line_started = Some(self.now);
+        }
+        self.partial = pending;
+    }
+
+    /// When the partial line is too slow: it may take `line_grace` plus its length at `min_line_rate`.
+    fn slow_line_deadline(&self) -> Option<Instant> {
+        let started = self.line_started?;
+        let rate = self.set.min_line_rate;
+        let per_byte = rate.per.as_secs_f64() / f64::from(rate.count.max(1));
+        let allowed =
+            std::time::Duration::try_from_secs_f64(self.partial as f64 * per_byte).unwrap_or(std::time::Duration::MAX);
+        Some(started + self.set.line_grace.saturating_add(allowed))
+    }
+
+    fn on_cost_alert(&mut self) {
+        // Each alert costs a pass over the group: once a check is due, later alerts add nothing.
+        if self.closing.is_some() || self.hard_check.is_some() {
+            return;
+        }
+        self.th = self.account.throttle();
+        if self.th.over_hard {
+            self.hard_check = Some(self.now + HARD_LIMIT_GRACE);
+        }
+    }
+
+    /// Requests the client is still owed an answer for.
+    fn awaits_replies(&self) -> bool {
+        !(self.waiting.is_empty() && self.sleeping.is_empty()) || self.inflight.iter().any(|f| !f.timed_out)
     }
 
     // ---- output helpers -------------------------------------------------------------------------
@@ -885,6 +1029,25 @@ impl Session<'_> {
             tracing::info!(front = %self.front.cfg.name, client = %self.client, "client stopped reading; disconnecting");
             self.abort = Some("slow reader");
             return;
+        }
+        if self.slow_line_deadline().is_some_and(|d| now >= d) && self.closing.is_none() {
+            tracing::info!(front = %self.front.cfg.name, client = %self.client, partial = self.partial, "request line arrives too slowly; disconnecting");
+            self.line_started = None;
+            metrics::slow_line_disconnect();
+            self.reply_error(None, -32600, "request line arrives too slowly");
+            return self.close_with("slow request line");
+        }
+        if self.hard_check.is_some_and(|h| now >= h) {
+            self.hard_check = None;
+            if self.th.over_hard && self.closing.is_none() {
+                if self.awaits_replies() {
+                    // Its pending requests are answered first (the next request then gets the -101).
+                    self.hard_check = Some(now + HARD_LIMIT_GRACE);
+                } else {
+                    // No request to answer with -101: say it unsolicited (id null), then close and ban.
+                    return self.hard_limit(None);
+                }
+            }
         }
         let timeout = self.cost.request_timeout;
         // Requests that could not be served in time get -102 and pay for the error.

@@ -14,7 +14,10 @@ use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 pub struct WsLines<S> {
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<Counted<S>>,
+    /// Socket bytes read up to the last complete message: what was read since is (about) the part of a
+    /// message tungstenite holds until it completes, which the memory budget and the slow-line floor see.
+    mark: u64,
     /// The message being handed to the reader, already converted to a line.
     rd: Vec<u8>,
     rd_pos: usize,
@@ -31,8 +34,9 @@ where
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(max_message);
     cfg.max_frame_size = Some(max_message);
-    let ws = tokio_tungstenite::accept_async_with_config(stream, Some(cfg)).await?;
+    let ws = tokio_tungstenite::accept_async_with_config(Counted { inner: stream, read: 0 }, Some(cfg)).await?;
     Ok(WsLines {
+        mark: ws.get_ref().read,
         ws,
         rd: Vec::new(),
         rd_pos: 0,
@@ -67,6 +71,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsLines<S> {
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
                 Some(Ok(m)) => m,
             };
+            this.mark = this.ws.get_ref().read;
             let data: &[u8] = match &msg {
                 Message::Text(t) => t.as_bytes(),
                 Message::Binary(b) => b,
@@ -83,6 +88,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsLines<S> {
             this.rd = line;
             this.rd_pos = 0;
         }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> super::session::ClientIo for WsLines<S> {
+    fn pending(&self) -> usize {
+        let partial = self.ws.get_ref().read.saturating_sub(self.mark);
+        usize::try_from(partial).unwrap_or(usize::MAX) + (self.rd.len() - self.rd_pos)
     }
 }
 
@@ -114,5 +126,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsLines<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.ws).poll_close(cx).map_err(to_io)
+    }
+}
+
+/// The stream under the WebSocket, counting the bytes read from it.
+pub struct Counted<S> {
+    inner: S,
+    read: u64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        self.read += (buf.filled().len() - before) as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -18,12 +18,14 @@
 use crate::guard::acl::CidrSet;
 use crate::guard::addr;
 use arc_swap::ArcSwap;
+use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Time source, so tests can advance time. Monotonic, as a Duration since an arbitrary epoch.
@@ -215,6 +217,17 @@ impl Meter {
 #[derive(Debug)]
 struct Session {
     meter: Mutex<Meter>,
+    /// Set when the session's group (or the session alone, if ungrouped) has reached the hard limit, so a
+    /// session that sends nothing can be cut without waiting for its next line.
+    alerted: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Session {
+    fn alert(&self) {
+        self.alerted.store(true, Ordering::Release);
+        self.waker.wake();
+    }
 }
 
 /// A group's retained cost as of `at`.
@@ -364,6 +377,8 @@ impl Ledger {
                 at: now,
                 subs: 0,
             }),
+            alerted: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         });
         let group = p.group_for(ip).map(|key| {
             // The member is added under the shard lock so housekeeping cannot drop the group between lookup
@@ -466,6 +481,13 @@ impl Ledger {
                     }
                     None => st.remote.push(Remote { peer, value, expires }),
                 }
+                // The peers' figure alone can push the group over: its local sessions must hear of it now,
+                // not at their next request.
+                if !st.members.is_empty() && p.hard_limit > 0.0 && st.total(now, &p) >= p.hard_limit {
+                    for m in &st.members {
+                        m.alert();
+                    }
+                }
             }
             named.push(key);
         }
@@ -542,7 +564,38 @@ impl Account {
                 crate::telemetry::metrics::cost_charged(units);
             }
         }
-        Throttle::compute(self.effective_at(now, &p), &p)
+        let t = Throttle::compute(self.effective_at(now, &p), &p);
+        if t.over_hard {
+            self.alert_group();
+        }
+        t
+    }
+
+    /// Tells every session of the group (or this one alone, if ungrouped) that the hard limit is reached.
+    fn alert_group(&self) {
+        match &self.group {
+            Some((_, g)) => {
+                for m in &lock(&g.state).members {
+                    m.alert();
+                }
+            }
+            None => self.session.alert(),
+        }
+    }
+
+    /// Ready once a charge (this session's, a group member's, or a peer gateway's report) has taken the
+    /// group to the hard limit since the last time this returned Ready; registers the task to be woken
+    /// then. The caller re-reads [`Account::throttle`]: decay may have brought the cost back down.
+    pub fn poll_alert(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.session.alerted.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.session.waker.register(cx.waker());
+        if self.session.alerted.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     pub fn charge_bytes(&self, n: usize) -> Throttle {
@@ -1088,6 +1141,43 @@ mod tests {
         let groups: Vec<IpAddr> = r.iter().map(|g| g.group).collect();
         assert_eq!(groups, vec![ip("10.0.5.0"), ip("10.0.4.0"), ip("10.0.3.0")]);
         assert!(l.local_costs(1000.0, 10).is_empty());
+    }
+
+    fn alerted(a: &Account) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        a.poll_alert(&mut cx).is_ready()
+    }
+
+    #[test]
+    fn reaching_the_hard_limit_alerts_every_session_of_the_group() {
+        let (l, _clock) = ledger(test_params());
+        let idle = l.open(ip("10.1.2.3"));
+        let busy = l.open(ip("10.1.2.4"));
+        let elsewhere = l.open(ip("10.1.3.4"));
+        busy.charge(9000.0);
+        assert!(!alerted(&idle) && !alerted(&busy));
+        busy.charge(1000.0);
+        assert!(alerted(&idle) && alerted(&busy));
+        assert!(!alerted(&elsewhere));
+        // Taken once: the next poll waits for the next alert.
+        assert!(!alerted(&idle));
+        // An ungrouped session is alerted by its own charges only.
+        let (l, _clock) = ledger(CostParams::default());
+        let lone = l.open(ip("10.0.0.1"));
+        lone.charge(10_000.0);
+        assert!(alerted(&lone));
+    }
+
+    #[test]
+    fn a_peers_report_that_takes_a_group_over_alerts_its_sessions() {
+        let (l, _clock) = ledger(test_params());
+        let a = l.open(ip("10.1.2.3"));
+        a.charge(100.0);
+        l.apply_remote(PEER_A, &[report("10.1.2.0", 5000.0)], Duration::from_secs(5));
+        assert!(!alerted(&a));
+        l.apply_remote(PEER_A, &[report("10.1.2.0", 9950.0)], Duration::from_secs(5));
+        assert!(alerted(&a));
+        assert!(a.throttle().over_hard);
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod cost;
 pub mod journal;
 pub mod journal_lock;
 pub mod limits;
+pub mod memory;
 
 use crate::config::Admission;
 use arc_swap::ArcSwap;

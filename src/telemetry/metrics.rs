@@ -202,6 +202,7 @@ struct Metrics {
     cost_units: Counter<f64, AtomicU64>,
     throttled: Counter,
     hard_limit: Counter,
+    slow_lines: Counter,
     upstream_connect_seconds: HistogramFamily<UpstreamLabels>,
     reloads: Family<ResultLabels, Counter>,
     reload_handles: [Counter; 2],
@@ -235,6 +236,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cost_units: Counter::default(),
         throttled: Counter::default(),
         hard_limit: Counter::default(),
+        slow_lines: Counter::default(),
         upstream_connect_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         reloads,
         reload_handles,
@@ -353,6 +355,11 @@ pub fn throttled() {
 /// A session closed for reaching the cost hard limit.
 pub fn hard_limit_disconnect() {
     METRICS.hard_limit.inc();
+}
+
+/// A session closed because its partial request line arrived slower than `min_line_rate`.
+pub fn slow_line_disconnect() {
+    METRICS.slow_lines.inc();
 }
 
 /// A configuration reload, applied (`ok`) or rejected.
@@ -525,6 +532,22 @@ pub fn render(live: Option<&Live>) -> String {
                 counter(x.refused_links),
             );
         }
+        let mem = &live.shared.memory;
+        r.register(
+            "memory_budget_bytes",
+            "Bytes all Electrum sessions together may buffer ([limits] memory_budget)",
+            gauge(mem.limit() as i64),
+        );
+        r.register(
+            "memory_buffered_bytes",
+            "Bytes Electrum sessions buffer now (partial lines, queued output and requests), in 4 KiB steps",
+            gauge(mem.used() as i64),
+        );
+        r.register(
+            "memory_budget_cuts",
+            "Sessions disconnected, largest first, because the memory budget was reached",
+            counter(mem.cuts()),
+        );
         let s = live.shared.guard.bans().stats();
         r.register("bans_active", "Bans in force now", gauge(s.active as i64));
         let added = Family::<SourceLabels, Counter>::default();
@@ -589,6 +612,11 @@ pub fn render(live: Option<&Live>) -> String {
         "electrum_hard_limit_disconnects",
         "Electrum sessions closed for reaching the cost hard limit",
         m.hard_limit.clone(),
+    );
+    r.register(
+        "electrum_slow_line_disconnects",
+        "Electrum sessions closed because a request line arrived slower than min_line_rate",
+        m.slow_lines.clone(),
     );
     r.register_with_unit(
         "upstream_connect_duration",

@@ -17,7 +17,7 @@ pub(crate) const HARD: f64 = 3000.0;
 pub(crate) const PING: f64 = 50.0;
 
 /// Three clustered gateways with one Electrum front each; `cost` is the `[cluster.cost]` body.
-async fn three_gateways(dir: &Path, backend: SocketAddr, cost: &str) -> Vec<Running> {
+pub(crate) async fn three_gateways(dir: &Path, backend: SocketAddr, cost: &str) -> Vec<Running> {
     let links: Vec<SocketAddr> = (0..3).map(|_| common::free_addr()).collect();
     let keys = common::node_keys(dir, 3);
     let mut gateways = Vec::new();

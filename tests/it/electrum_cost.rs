@@ -75,7 +75,7 @@ pub(crate) async fn stub_backend(silent: &'static [&'static str]) -> SocketAddr 
 
 /// The gateway config of this module: the brief's [cost] settings, `methods` as `[cost.methods]` lines,
 /// one Electrum tcp front named "electrum" on `listen`.
-fn config(backend: SocketAddr, cost_extra: &str, methods: &str, listen: &str, front_extra: &str) -> String {
+pub(crate) fn config(backend: SocketAddr, cost_extra: &str, methods: &str, listen: &str, front_extra: &str) -> String {
     format!(
         "{RELAXED}[cost]\nsoft_limit = 1000\nhard_limit = 10000\nmax_sleep = \"2500ms\"\ninitial_concurrency = 10\n\
          bandwidth_unit = \"5000B\"\nretained_drain = \"600/300s\"\ngroup_private = true\n{cost_extra}\n\
@@ -161,7 +161,7 @@ impl Client {
 
     /// The next reply line, or None once the gateway has closed the connection. The reply's bytes are
     /// charged to the model (the gateway passes the backend's line through unchanged).
-    async fn recv(&mut self) -> Option<Reply> {
+    pub(crate) async fn recv(&mut self) -> Option<Reply> {
         let mut line = String::new();
         let n = tokio::time::timeout(Duration::from_secs(120), self.r.read_line(&mut line))
             .await

@@ -266,7 +266,7 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<String>) -> Vec<String> {
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
-enum FloodEnd {
+pub(crate) enum FloodEnd {
     /// A write failed: the gateway closed (or reset) the connection.
     WriteError,
     /// A write made no progress for 3 s: the gateway stopped reading but kept the connection.
@@ -280,9 +280,9 @@ enum FloodEnd {
 }
 
 #[derive(Debug)]
-struct FloodReport {
-    written: u64,
-    end: FloodEnd,
+pub(crate) struct FloodReport {
+    pub(crate) written: u64,
+    pub(crate) end: FloodEnd,
     /// From the subscribe's reply to the end.
     elapsed: Duration,
 }
@@ -298,7 +298,7 @@ fn header_notification(height: u64) -> String {
 /// A backend that answers server.version, and after blockchain.headers.subscribe sends headers
 /// notifications as fast as it can, up to `budget` bytes. With `wait`, it then keeps the connection open
 /// and reports when the gateway closes it; otherwise it reports how the flood ended.
-async fn flood_backend(budget: u64, wait: bool) -> (SocketAddr, oneshot::Receiver<FloodReport>) {
+pub(crate) async fn flood_backend(budget: u64, wait: bool) -> (SocketAddr, oneshot::Receiver<FloodReport>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();

@@ -10,6 +10,8 @@ mod drain;
 mod electrum_cost;
 mod electrum_protocol;
 mod electrum_transport;
+mod hard_limit;
+mod memory;
 mod metrics;
 mod proxy;
 mod reload;

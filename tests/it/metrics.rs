@@ -424,6 +424,10 @@ async fn counters_move_with_traffic() {
         ("gatehouse_upstream_up", "gauge"),
         ("gatehouse_upstream_connect_duration_seconds", "histogram"),
         ("gatehouse_reloads_total", "counter"),
+        ("gatehouse_electrum_slow_line_disconnects_total", "counter"),
+        ("gatehouse_memory_budget_bytes", "gauge"),
+        ("gatehouse_memory_buffered_bytes", "gauge"),
+        ("gatehouse_memory_budget_cuts_total", "counter"),
     ] {
         assert_eq!(before.types.get(name).map(String::as_str), Some(ty), "{name}");
     }

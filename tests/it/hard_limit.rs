@@ -1,0 +1,96 @@
+//! The cost hard limit reaches sessions that send nothing: when a group goes over it, through another
+//! member's requests or through the figure a cluster peer reports, its idle sessions get an unsolicited
+//! -101 (id null) and are closed and banned within a second, without waiting for their next line.
+
+use crate::cluster_cost::{abuse, three_gateways, HARD};
+use crate::common;
+use crate::electrum_cost::{config, stub_backend, Client};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::time::Instant;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// The idle client's next message must be the unsolicited -101, then the close, both within `limit`.
+async fn cut_with_101(idle: &mut Client, limit: Duration) {
+    let start = Instant::now();
+    let r = tokio::time::timeout(limit, idle.recv())
+        .await
+        .unwrap_or_else(|_| panic!("idle session still open and silent {limit:?} after its group went over"))
+        .expect("closed without -101");
+    assert_eq!(r.error_code(), Some(-101), "{}", r.v);
+    assert!(r.v["id"].is_null(), "{}", r.v);
+    let left = limit.saturating_sub(start.elapsed());
+    let end = tokio::time::timeout(left, idle.recv())
+        .await
+        .unwrap_or_else(|_| panic!("not closed within {limit:?} of going over"));
+    assert!(end.is_none(), "data after -101: {:?}", end.map(|r| r.v));
+}
+
+/// Two sessions of one /24: one idle, the other takes the group over the hard limit with one request.
+/// The idle one is cut within a second (tokio time) and its address banned; the busy one's request is
+/// still served and its next request gets -101 as the reply, as before.
+#[tokio::test(start_paused = true)]
+async fn an_idle_session_is_cut_when_its_group_goes_over_the_hard_limit() {
+    let backend = stub_backend(&[]).await;
+    let running = common::start(&config(
+        backend,
+        "",
+        "\"blockchain.estimatefee\" = 10000",
+        "\"127.0.0.1:0\"",
+        "",
+    ))
+    .await;
+    let addr = running.addr("electrum");
+    let mut idle = Client::open("127.0.0.2", addr).await;
+    let mut busy = Client::open("127.0.0.3", addr).await;
+    let mut stranger = Client::open("127.0.1.2", addr).await;
+
+    let busy_call = tokio::spawn(async move {
+        let r = busy.call("blockchain.estimatefee", "[6]", 10000.0).await;
+        (busy, r)
+    });
+    cut_with_101(&mut idle, Duration::from_secs(1)).await;
+    assert!(
+        running.guard().bans().lookup(ip("127.0.0.2")).is_some(),
+        "the idle session's address was not banned"
+    );
+
+    let (mut busy, r) = busy_call.await.unwrap();
+    assert!(r.v.get("error").is_none(), "{}", r.v);
+    let r = busy.call("server.ping", "[]", 0.1).await;
+    assert_eq!(r.error_code(), Some(-101), "{}", r.v);
+
+    // Another /24 is not touched.
+    let r = stranger.call("server.ping", "[]", 0.1).await;
+    assert!(r.v.get("error").is_none(), "{}", r.v);
+}
+
+/// Three clustered gateways: a client pings gateway 0 until it is cut off there. Gateway 1 only hears
+/// of that cost through gateway 0's reports, and that figure takes the group over at gateway 1: its idle
+/// session of the same /24 is cut with -101 without sending anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_reported_cost_cuts_an_idle_session_of_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = stub_backend(&[]).await;
+    let gateways = three_gateways(
+        dir.path(),
+        backend,
+        "interval = \"100ms\"\nexpiry = \"1s\"\nthreshold = 10",
+    )
+    .await;
+    let fronts: Vec<SocketAddr> = gateways.iter().map(|g| g.addr("electrum")).collect();
+    let mut idle = Client::open("127.0.3.2", fronts[1]).await;
+
+    let run = abuse("127.0.3.3", &fronts[..1], 2.0 * HARD).await;
+    assert!(run.cut_at.is_some(), "{run:?}");
+    // A report interval, the cut's grace and a loaded machine's slack.
+    cut_with_101(&mut idle, Duration::from_secs(3)).await;
+    assert!(gateways[1].ledger().remote_cost(ip("127.0.3.0")) > 0.0);
+    assert!(
+        gateways[1].bans().lookup(ip("127.0.3.2")).is_some(),
+        "the idle session's address was not banned"
+    );
+}
