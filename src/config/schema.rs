@@ -198,14 +198,14 @@ pub struct RawFrontElectrum {
     pub version_policy: VersionPolicy,
     pub protocol_min: Option<Spanned<String>>,
     pub protocol_max: Option<Spanned<String>>,
-    pub max_line: Option<ByteSize>,
+    pub max_line: Option<Spanned<ByteSize>>,
     pub max_response: Option<ByteSize>,
     pub max_batch: Option<usize>,
     #[serde(default)]
     pub extra_methods: Vec<String>,
     pub banner: Option<String>,
     pub max_subscriptions: Option<usize>,
-    pub max_pending_output: Option<ByteSize>,
+    pub max_pending_output: Option<Spanned<ByteSize>>,
     pub slow_reader_timeout: Option<Duration>,
 }
 
@@ -214,7 +214,7 @@ pub struct RawFrontElectrum {
 pub struct RawRuntime {
     /// 0 = one per core.
     #[serde(default)]
-    pub worker_threads: usize,
+    pub worker_threads: Option<Spanned<usize>>,
     #[serde(default = "default_drain")]
     pub drain_deadline: Duration,
     /// The last part of the drain, over which remaining sessions are closed a few at a time.
@@ -238,7 +238,7 @@ fn default_nofile() -> u64 {
 impl Default for RawRuntime {
     fn default() -> Self {
         RawRuntime {
-            worker_threads: 0,
+            worker_threads: None,
             drain_deadline: default_drain(),
             drain_spread: default_spread(),
             max_open_files: default_nofile(),
@@ -303,9 +303,9 @@ pub struct RawAdmission {
     pub deny_files: Vec<Spanned<PathBuf>>,
     #[serde(default)]
     pub allowlist_only: bool,
-    pub max_connections: Option<usize>,
-    pub max_connections_per_ip: Option<usize>,
-    pub max_connections_per_group: Option<usize>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub max_connections_per_ip: Option<Spanned<usize>>,
+    pub max_connections_per_group: Option<Spanned<usize>>,
     pub group_prefix_v4: Option<u8>,
     pub group_prefix_v6: Option<u8>,
     pub connect_rate_per_ip: Option<Rate>,
