@@ -278,6 +278,7 @@ impl Gatehouse {
         let cluster = match &config.cluster {
             Some(c) => {
                 let cluster = cluster::Cluster::start(c.clone(), shared.guard.bans().clone()).await?;
+                cluster.gate_refusal_logs(shared.guard.refusal_log().clone());
                 cluster.share_costs(shared.ledger.clone());
                 Some(cluster)
             }

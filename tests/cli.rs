@@ -1244,6 +1244,80 @@ fn run_exits_1_when_the_log_file_cannot_be_opened() {
     );
 }
 
+/// The cluster listener refuses whoever does not complete the handshake as a listed node; a flood of such
+/// connections leaves one log line per address and reason per `log.refusal_interval`, like the fronts'
+/// refusals, and every refusal is still counted.
+#[test]
+fn refused_cluster_links_do_not_flood_the_log() {
+    use gatehouse::cluster::keys::NodeKey;
+    use socket2::{Domain, Socket, Type};
+    const SOURCES: [&str; 5] = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"];
+    const CONNECTIONS: usize = 500;
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let link: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    NodeKey::generate_file(&dir.path().join("node.key")).unwrap();
+    let peer = NodeKey::generate().public();
+    std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let top = format!(
+        "[runtime]\ndrain_deadline = \"1s\"\n\n\
+         [admin]\nenabled = true\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n\n\
+         [cluster]\nnode_key = \"node.key\"\nlisten = \"{link}\"\n\n\
+         [[cluster.peers]]\naddr = \"{nowhere}\"\nkey = \"{peer}\"\n"
+    );
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, tcp_config(listen, backend, &top)).unwrap();
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    wait_accepting(&mut gw, link);
+    for i in 0..CONNECTIONS {
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let from: SocketAddr = format!("{}:0", SOURCES[i % SOURCES.len()]).parse().unwrap();
+        sock.bind(&from.into()).unwrap();
+        sock.connect_timeout(&link.into(), Duration::from_secs(2)).unwrap();
+        let mut s: TcpStream = sock.into();
+        // As long as a cluster hello, but not one: refused as soon as it is read.
+        s.write_all(&[b'x'; 72]).unwrap();
+    }
+    let refused = || http(admin, "GET", "/v1/cluster", "").1["stats"]["refused_links"].as_u64();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused() < Some(CONNECTIONS as u64) {
+        assert!(
+            Instant::now() < deadline,
+            "refusals not counted: {:?}\n{}",
+            refused(),
+            gw.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Stopping the gateway flushes its log: every line it wrote is read before counting.
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(20)).is_some(), "gateway did not exit");
+    let lines = gw.stderr_until_eof(Duration::from_secs(5));
+    let refusals: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "cluster: link refused")
+        .collect();
+    for from in SOURCES {
+        let n = refusals
+            .iter()
+            .filter(|v| v["addr"].as_str().is_some_and(|a| a.starts_with(&format!("{from}:"))))
+            .count();
+        assert_eq!(
+            n,
+            1,
+            "{from}: {n} log lines for {} refusals",
+            CONNECTIONS / SOURCES.len()
+        );
+    }
+    // Plus at most the line for wait_accepting's probe from 127.0.0.1 (it closes without a hello).
+    assert!(refusals.len() <= SOURCES.len() + 1, "{refusals:#?}");
+}
+
 #[test]
 fn cluster_status_command_reports_the_node_its_peers_and_cost_sharing() {
     use gatehouse::cluster::keys::NodeKey;
