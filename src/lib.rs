@@ -293,7 +293,8 @@ impl Gatehouse {
                     config.admin.metrics_public,
                 )
                 .with_reload(reload_tx)
-                .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle));
+                .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle))
+                .with_connections_per_peer(config.admin.max_connections_per_peer);
             admin::AdminServer::spawn(l, Arc::new(state))
         });
         tokio::spawn(housekeeping(shared.clone()));

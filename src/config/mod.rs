@@ -116,6 +116,12 @@ pub const MIN_MAX_LINE: u64 = 128;
 /// count as a slow reader and cut every client that asks for them.
 pub const MIN_PENDING_OUTPUT: u64 = 64 * 1024;
 
+/// Admin clients are a handful of operators and scripts; more connections at once is a misbehaving client.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Default of `[admin] max_connections_per_peer`: connections one address (or one uid, on a unix socket)
+/// may hold at once. A CLI, a scraper and a probe need a few; more is one local process hoarding slots.
+pub const DEFAULT_ADMIN_CONNECTIONS_PER_PEER: usize = 8;
+
 /// Default admin listen address: loopback, and not a port any blockchain daemon uses.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
 
@@ -184,6 +190,8 @@ pub struct AdminConfig {
     pub allow_remote: bool,
     /// `GET /metrics` answers without the bearer token.
     pub metrics_public: bool,
+    /// Connections one peer may hold at once (at most [`ADMIN_MAX_CONNECTIONS`]).
+    pub max_connections_per_peer: usize,
 }
 
 /// Protocol settings of one Electrum front.
@@ -550,7 +558,22 @@ impl Validator<'_> {
                 ))
             }
         };
+        let max_connections_per_peer = match &a.max_connections_per_peer {
+            None => DEFAULT_ADMIN_CONNECTIONS_PER_PEER,
+            Some(n) if (1..=ADMIN_MAX_CONNECTIONS).contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                return Err(self.err(
+                    "admin.max_connections_per_peer",
+                    Some(n.span()),
+                    format!(
+                        "must be between 1 and {} (all admin connections)",
+                        ADMIN_MAX_CONNECTIONS
+                    ),
+                ))
+            }
+        };
         Ok(AdminConfig {
+            max_connections_per_peer,
             enabled: a.enabled,
             listen,
             token_file,

@@ -164,6 +164,8 @@ pub struct RawAdmin {
     pub allow_remote: bool,
     /// Serves `GET /metrics` without the bearer token.
     pub metrics_public: bool,
+    /// Connections one peer (address, or uid on a unix socket) may hold at once.
+    pub max_connections_per_peer: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
