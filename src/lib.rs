@@ -281,6 +281,7 @@ impl Gatehouse {
         let cluster = match &config.cluster {
             Some(c) => {
                 let cluster = cluster::Cluster::start(c.clone(), shared.guard.bans().clone()).await?;
+                cluster.gate_refusal_logs(shared.guard.refusal_log().clone());
                 cluster.share_costs(shared.ledger.clone());
                 Some(cluster)
             }
@@ -295,7 +296,8 @@ impl Gatehouse {
                     config.admin.metrics_public,
                 )
                 .with_reload(reload_tx)
-                .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle));
+                .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle))
+                .with_connections_per_peer(config.admin.max_connections_per_peer);
             admin::AdminServer::spawn(l, Arc::new(state))
         });
         tokio::spawn(housekeeping(shared.clone()));

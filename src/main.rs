@@ -352,6 +352,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
             println!("{}: ok", path.display());
+            for w in cfg.warnings() {
+                eprintln!("warning: {w}");
+            }
             for f in &cfg.fronts {
                 let listen: Vec<String> = f.listen.iter().map(|a| a.to_string()).collect();
                 let up: Vec<String> = f.upstreams.iter().map(|a| a.to_string()).collect();
@@ -409,6 +412,9 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for w in cfg.warnings() {
+        tracing::warn!(key = %w.key, "{}", w.reason);
+    }
     gatehouse::listen::activation::init(); // before any thread: it edits the environment
     raise_nofile(cfg.runtime.max_open_files);
     let mut rt = tokio::runtime::Builder::new_multi_thread();

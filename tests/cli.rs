@@ -232,7 +232,15 @@ fn version_prints_the_crate_version() {
 fn check_accepts_a_valid_config_and_summarises_fronts() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = write_cert(dir.path(), "server");
-    let (path, out) = check_text(dir.path(), &tls_config(&cert, &key));
+    // Loopback fronts with private clients grouped: nothing to warn about either.
+    let text = format!(
+        "[cost]
+group_private = true
+
+{}",
+        tls_config(&cert, &key)
+    );
+    let (path, out) = check_text(dir.path(), &text);
     assert_eq!(out.code(), Some(0), "stderr: {}", out.stderr);
     assert!(
         out.stdout.contains(&format!("{}: ok", path.display())),
@@ -563,6 +571,191 @@ fn check_reports_an_unreadable_file() {
         "{}",
         out.stderr
     );
+}
+
+/// `tls_config` from a fresh folder with `edit` applied; the folder must outlive the check.
+fn edited_tls_config(dir: &Path, edit: impl FnOnce(String) -> String) -> String {
+    let (cert, key) = write_cert(dir, "server");
+    edit(tls_config(&cert, &key))
+}
+
+#[test]
+fn check_rejects_an_address_next_to_the_wildcard_on_its_port() {
+    let dir = tempfile::tempdir().unwrap();
+    // The wildcard takes port 9338 on every IPv4 address, so binding 127.0.0.1:9338 as well fails at start.
+    let text = edited_tls_config(dir.path(), |t| {
+        t.replace(
+            "listen = [\"127.0.0.1:9338\"]",
+            "listen = [\"0.0.0.0:9338\", \"127.0.0.1:9338\"]",
+        )
+    });
+    assert_check_error(
+        &text,
+        "front[1].listen[1]",
+        line_of(&text, "\"0.0.0.0:9338\""),
+        "127.0.0.1:9338 cannot be bound next to 0.0.0.0:9338 (front `p2p`)",
+    );
+}
+
+#[test]
+fn check_rejects_the_ipv6_wildcard_next_to_an_address_on_its_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = edited_tls_config(dir.path(), |t| {
+        t.replace("listen = [\"127.0.0.1:9338\"]", "listen = [\"[::]:50002\"]")
+    });
+    assert_check_error(
+        &text,
+        "front[1].listen[0]",
+        line_of(&text, "\"[::]:50002\""),
+        "[::]:50002 cannot be bound next to [::1]:50002 (front `wallets`)",
+    );
+}
+
+#[test]
+fn check_rejects_a_front_on_the_admin_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    let text = edited_tls_config(dir.path(), |t| {
+        format!(
+            "[admin]\nenabled = true\nlisten = \"127.0.0.1:9338\"\ntoken_file = \"{}\"\n\n{t}",
+            token.display()
+        )
+    });
+    assert_check_error(
+        &text,
+        "front[1].listen[0]",
+        line_of(&text, "listen = [\"127.0.0.1:9338\"]"),
+        "127.0.0.1:9338 takes the admin API's address (admin.listen = 127.0.0.1:9338)",
+    );
+}
+
+#[test]
+fn check_rejects_a_ban_journal_in_a_missing_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("absent").join("bans.journal");
+    let text = edited_tls_config(dir.path(), |t| {
+        format!("[bans]\njournal = \"{}\"\n\n{t}", journal.display())
+    });
+    assert_check_error(
+        &text,
+        "bans.journal",
+        line_of(&text, "journal ="),
+        &format!("folder {} does not exist", dir.path().join("absent").display()),
+    );
+}
+
+#[test]
+fn check_rejects_a_ban_journal_in_a_folder_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    // sysfs takes no new files, not even from root (the tests may run as root, which ignores modes).
+    let text = edited_tls_config(dir.path(), |t| {
+        format!("[bans]\njournal = \"/sys/bans.journal\"\n\n{t}")
+    });
+    assert_check_error(
+        &text,
+        "bans.journal",
+        line_of(&text, "journal ="),
+        "cannot create files in /sys",
+    );
+}
+
+/// `tls_config` with `setting` in the wallets front's `[front.electrum]`.
+fn with_electrum_setting(dir: &Path, setting: &str) -> String {
+    edited_tls_config(dir, |t| {
+        t.replace(
+            "idle = \"10m\"\n",
+            &format!("idle = \"10m\"\n\n[front.electrum]\n{setting}\n"),
+        )
+    })
+}
+
+#[test]
+fn check_rejects_a_zero_max_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_electrum_setting(dir.path(), "max_line = \"0B\"");
+    assert_check_error(
+        &text,
+        "front[0].electrum.max_line",
+        line_of(&text, "max_line"),
+        "0B is below the smallest useful value, 128B",
+    );
+}
+
+#[test]
+fn check_rejects_a_zero_max_pending_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = with_electrum_setting(dir.path(), "max_pending_output = \"0B\"");
+    assert_check_error(
+        &text,
+        "front[0].electrum.max_pending_output",
+        line_of(&text, "max_pending_output"),
+        "0B is below the smallest useful value, 64KiB",
+    );
+}
+
+#[test]
+fn check_rejects_max_connections_of_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = edited_tls_config(dir.path(), |t| format!("[admission]\nmax_connections = 0\n\n{t}"));
+    assert_check_error(
+        &text,
+        "admission.max_connections",
+        line_of(&text, "max_connections = 0"),
+        "must be at least 1 (0 would refuse every connection)",
+    );
+}
+
+#[test]
+fn check_rejects_an_unbounded_worker_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = edited_tls_config(dir.path(), |t| {
+        t.replace(
+            "drain_deadline = \"5s\"",
+            "drain_deadline = \"5s\"\nworker_threads = 100000",
+        )
+    });
+    assert_check_error(
+        &text,
+        "runtime.worker_threads",
+        line_of(&text, "worker_threads"),
+        "100000 is more than 1024 threads (0 = one per core)",
+    );
+}
+
+#[test]
+fn check_warns_when_every_electrum_client_arrives_from_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    // tls_config's only Electrum front listens on 127.0.0.1 and ::1 and takes no PROXY headers.
+    let base = edited_tls_config(dir.path(), |t| t);
+    let (path, out) = check_text(dir.path(), &base);
+    assert_eq!(out.code(), Some(0), "a warning is not an error: {}", out.stderr);
+    assert!(out.stdout.contains(": ok"), "{}", out.stdout);
+    let warning = format!("warning: {}: cost.group_private: ", path.display());
+    assert!(
+        out.stderr.contains(&warning),
+        "stderr lacks `{warning}`: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("fresh cost budget each time it reconnects"),
+        "{}",
+        out.stderr
+    );
+    // What takes the warning away: PROXY intake, grouping private clients, or a listener reachable from
+    // outside the host.
+    for fix in [
+        base.replace(
+            "[front.timeouts]\nhandshake",
+            "[front.proxy_protocol]\naccept_from = [\"127.0.0.9\"]\n\n[front.timeouts]\nhandshake",
+        ),
+        format!("[cost]\ngroup_private = true\n\n{base}"),
+        base.replace("\"127.0.0.1:50002\"", "\"0.0.0.0:50002\""),
+    ] {
+        let (_, out) = check_text(dir.path(), &fix);
+        assert_eq!(out.code(), Some(0), "{}", out.stderr);
+        assert!(!out.stderr.contains("warning"), "{fix}\nwarned: {}", out.stderr);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1078,6 +1271,80 @@ fn run_exits_1_when_the_log_file_cannot_be_opened() {
         TcpStream::connect_timeout(&listen, Duration::from_millis(300)).is_err(),
         "it listened anyway"
     );
+}
+
+/// The cluster listener refuses whoever does not complete the handshake as a listed node; a flood of such
+/// connections leaves one log line per address and reason per `log.refusal_interval`, like the fronts'
+/// refusals, and every refusal is still counted.
+#[test]
+fn refused_cluster_links_do_not_flood_the_log() {
+    use gatehouse::cluster::keys::NodeKey;
+    use socket2::{Domain, Socket, Type};
+    const SOURCES: [&str; 5] = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"];
+    const CONNECTIONS: usize = 500;
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let link: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let nowhere: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    NodeKey::generate_file(&dir.path().join("node.key")).unwrap();
+    let peer = NodeKey::generate().public();
+    std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let top = format!(
+        "[runtime]\ndrain_deadline = \"1s\"\n\n\
+         [admin]\nenabled = true\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n\n\
+         [cluster]\nnode_key = \"node.key\"\nlisten = \"{link}\"\n\n\
+         [[cluster.peers]]\naddr = \"{nowhere}\"\nkey = \"{peer}\"\n"
+    );
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, tcp_config(listen, backend, &top)).unwrap();
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    wait_accepting(&mut gw, link);
+    for i in 0..CONNECTIONS {
+        let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        let from: SocketAddr = format!("{}:0", SOURCES[i % SOURCES.len()]).parse().unwrap();
+        sock.bind(&from.into()).unwrap();
+        sock.connect_timeout(&link.into(), Duration::from_secs(2)).unwrap();
+        let mut s: TcpStream = sock.into();
+        // As long as a cluster hello, but not one: refused as soon as it is read.
+        s.write_all(&[b'x'; 72]).unwrap();
+    }
+    let refused = || http(admin, "GET", "/v1/cluster", "").1["stats"]["refused_links"].as_u64();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while refused() < Some(CONNECTIONS as u64) {
+        assert!(
+            Instant::now() < deadline,
+            "refusals not counted: {:?}\n{}",
+            refused(),
+            gw.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Stopping the gateway flushes its log: every line it wrote is read before counting.
+    gw.signal(libc::SIGTERM);
+    assert!(gw.wait_exit(Duration::from_secs(20)).is_some(), "gateway did not exit");
+    let lines = gw.stderr_until_eof(Duration::from_secs(5));
+    let refusals: Vec<serde_json::Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "cluster: link refused")
+        .collect();
+    for from in SOURCES {
+        let n = refusals
+            .iter()
+            .filter(|v| v["addr"].as_str().is_some_and(|a| a.starts_with(&format!("{from}:"))))
+            .count();
+        assert_eq!(
+            n,
+            1,
+            "{from}: {n} log lines for {} refusals",
+            CONNECTIONS / SOURCES.len()
+        );
+    }
+    // Plus at most the line for wait_accepting's probe from 127.0.0.1 (it closes without a hello).
+    assert!(refusals.len() <= SOURCES.len() + 1, "{refusals:#?}");
 }
 
 #[test]

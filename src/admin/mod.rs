@@ -7,22 +7,26 @@
 
 pub mod client;
 
-use crate::config::{AdminListen, AdminToken};
+use crate::config::{
+    AdminListen, AdminToken, ADMIN_MAX_CONNECTIONS as MAX_CONNECTIONS, DEFAULT_ADMIN_CONNECTIONS_PER_PEER,
+};
 use crate::guard::acl::parse_cidr;
 use crate::guard::bans::{BanError, BanRecord, BanTable};
+use crate::telemetry::metrics::AdminShed as Shed;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
@@ -30,10 +34,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
-/// Admin clients are a handful of operators and scripts; more at once is a misbehaving client.
-const MAX_CONNECTIONS: usize = 64;
 /// A connection that sends nothing useful for this long is dropped, so idle clients cannot pin slots.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections shed for lack of room are logged at most this often (with how many since the last line),
+/// so a local process hammering the API cannot flood the log either.
+const SHED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// Longest ban an operator can set; longer is almost certainly a typo (`1000d`).
 const MAX_BAN: Duration = Duration::from_secs(10 * 365 * 86_400);
@@ -64,12 +69,20 @@ pub struct AdminState {
     reload: Option<tokio::sync::mpsc::Sender<crate::ReloadRequest>>,
     /// The cluster links, when this gateway is part of a cluster.
     cluster: Option<crate::cluster::StatusHandle>,
+    /// Connections one peer may hold at once.
+    per_peer: usize,
 }
 
 impl AdminState {
     /// Lets `GET /v1/cluster` report the cluster links.
     pub fn with_cluster(mut self, cluster: Option<crate::cluster::StatusHandle>) -> AdminState {
         self.cluster = cluster;
+        self
+    }
+
+    /// Caps the connections one peer (address, or uid on a unix socket) may hold at once.
+    pub fn with_connections_per_peer(mut self, n: usize) -> AdminState {
+        self.per_peer = n.clamp(1, MAX_CONNECTIONS);
         self
     }
 
@@ -88,6 +101,7 @@ impl AdminState {
             metrics_public: false,
             reload: None,
             cluster: None,
+            per_peer: DEFAULT_ADMIN_CONNECTIONS_PER_PEER,
         }
     }
 
@@ -184,15 +198,157 @@ impl AdminServer {
     }
 }
 
+/// Who a connection comes from, for the per-peer cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerKey {
+    Ip(IpAddr),
+    Uid(u32),
+    /// A unix-socket peer whose credentials could not be read: all such share one cap.
+    Unknown,
+}
+
+/// One open admin connection.
+struct Slot {
+    id: u64,
+    peer: PeerKey,
+    /// A request on this connection carried the token: the operator's, never displaced.
+    authenticated: AtomicBool,
+    /// A request is being handled right now.
+    busy: AtomicBool,
+    /// Cancelled to close the connection when it is displaced.
+    close: CancellationToken,
+}
+
+/// The open connections, oldest first. Kept by the connections themselves (each removes its own entry
+/// when it ends), so the count is never stale, and capped at [`MAX_CONNECTIONS`].
+struct Slots {
+    open: Mutex<Vec<Arc<Slot>>>,
+    per_peer: usize,
+    next_id: AtomicU64,
+    shed_log: Mutex<ShedLog>,
+}
+
+#[derive(Default)]
+struct ShedLog {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl Slots {
+    fn new(per_peer: usize) -> Slots {
+        Slots {
+            open: Mutex::new(Vec::with_capacity(MAX_CONNECTIONS)),
+            per_peer,
+            next_id: AtomicU64::new(0),
+            shed_log: Mutex::new(ShedLog::default()),
+        }
+    }
+
+    /// A slot for a new connection from `peer`. When the peer is at its cap (or the table is full), the
+    /// oldest connection of that peer (or of anyone) that is neither authenticated nor being served
+    /// makes room: it has not shown the token and is only waiting, while the newcomer may be the operator.
+    /// `None` when nothing can make room.
+    fn take(&self, peer: PeerKey) -> Option<Arc<Slot>> {
+        let mut open = lock(&self.open);
+        let mine = open.iter().filter(|s| s.peer == peer).count();
+        let room = if mine >= self.per_peer {
+            Some(peer)
+        } else if open.len() >= MAX_CONNECTIONS {
+            None
+        } else {
+            let slot = self.slot(peer);
+            open.push(slot.clone());
+            return Some(slot);
+        };
+        let victim = open.iter().position(|s| {
+            room.is_none_or(|p| s.peer == p)
+                && !s.authenticated.load(Ordering::Acquire)
+                && !s.busy.load(Ordering::Acquire)
+        });
+        let Some(i) = victim else {
+            drop(open);
+            self.shed(peer, Shed::Refused);
+            return None;
+        };
+        open.remove(i).close.cancel();
+        let slot = self.slot(peer);
+        open.push(slot.clone());
+        drop(open);
+        self.shed(peer, Shed::Displaced);
+        Some(slot)
+    }
+
+    fn slot(&self, peer: PeerKey) -> Arc<Slot> {
+        Arc::new(Slot {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            peer,
+            authenticated: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+            close: CancellationToken::new(),
+        })
+    }
+
+    fn release(&self, id: u64) {
+        lock(&self.open).retain(|s| s.id != id);
+    }
+
+    fn shed(&self, peer: PeerKey, how: Shed) {
+        crate::telemetry::metrics::admin_connection_shed(how);
+        let mut log = lock(&self.shed_log);
+        log.since += 1;
+        let now = Instant::now();
+        if log.last.is_none_or(|t| now.duration_since(t) >= SHED_LOG_INTERVAL) {
+            tracing::warn!(
+                ?peer,
+                last = how.as_str(),
+                shed = log.since,
+                "admin API: connection slots exhausted; shedding connections that have not shown the token"
+            );
+            log.last = Some(now);
+            log.since = 0;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Gives the slot back when the connection's task ends, however it ends.
+struct Release(Arc<Slots>, u64);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
+}
+
+/// Marks a slot busy while one request is handled.
+struct Busy(Arc<Slot>);
+
+impl Busy {
+    fn enter(slot: &Arc<Slot>) -> Busy {
+        slot.busy.store(true, Ordering::Release);
+        Busy(slot.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.store(false, Ordering::Release);
+    }
+}
+
 async fn serve(listener: AdminListener, state: Arc<AdminState>, stop: CancellationToken) {
     let mut conns = JoinSet::new();
+    let slots = Arc::new(Slots::new(state.per_peer));
     loop {
         while conns.try_join_next().is_some() {}
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             a = accept(&listener) => a,
         };
-        let (io, peer) = match accepted {
+        let (io, peer, key) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -201,22 +357,41 @@ async fn serve(listener: AdminListener, state: Arc<AdminState>, stop: Cancellati
                 continue;
             }
         };
-        if conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!(%peer, "admin API: too many connections; dropping one");
-            continue;
-        }
+        let Some(slot) = slots.take(key) else { continue };
+        let release = Release(slots.clone(), slot.id);
         let state = state.clone();
         conns.spawn(async move {
+            let _release = release;
+            let close = slot.close.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 let peer = peer.clone();
-                async move { Ok::<_, Infallible>(handle(&state, &peer, req).await) }
+                let slot = slot.clone();
+                async move {
+                    let _busy = Busy::enter(&slot);
+                    let authorized = state.authorized(&req);
+                    if authorized {
+                        slot.authenticated.store(true, Ordering::Release);
+                    }
+                    let mut reply = handle(&state, &peer, authorized, req).await;
+                    if !authorized {
+                        // No keep-alive without the token: a probe or a stranger gets its answer and the
+                        // connection ends, so unauthenticated clients cannot sit on slots between requests.
+                        reply
+                            .headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    Ok::<_, Infallible>(reply)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(io, svc);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, conn) => {}
+                _ = close.cancelled() => {}
+            }
         });
     }
     conns.shutdown().await;
@@ -230,20 +405,25 @@ type Io = TokioIo<Box<dyn AsyncStream>>;
 pub(crate) trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AsyncStream for T {}
 
-/// The peer as audit lines name it: its address, or the uid/pid of a unix-socket client.
-async fn accept(l: &AdminListener) -> std::io::Result<(Io, String)> {
+/// The peer as audit lines name it (its address, or the uid/pid of a unix-socket client) and as the
+/// per-peer cap counts it (its address without the port, or its uid).
+async fn accept(l: &AdminListener) -> std::io::Result<(Io, String, PeerKey)> {
     match l {
         AdminListener::Tcp(l) => {
             let (s, a) = l.accept().await?;
-            Ok((TokioIo::new(Box::new(s)), a.to_string()))
+            let key = PeerKey::Ip(crate::guard::addr::canonical(a.ip()));
+            Ok((TokioIo::new(Box::new(s)), a.to_string(), key))
         }
         AdminListener::Unix(l, _) => {
             let (s, _) = l.accept().await?;
-            let who = match s.peer_cred() {
-                Ok(c) => format!("unix:uid={},pid={}", c.uid(), c.pid().map_or(-1, |p| p)),
-                Err(_) => "unix".to_string(),
+            let (who, key) = match s.peer_cred() {
+                Ok(c) => (
+                    format!("unix:uid={},pid={}", c.uid(), c.pid().map_or(-1, |p| p)),
+                    PeerKey::Uid(c.uid()),
+                ),
+                Err(_) => ("unix".to_string(), PeerKey::Unknown),
             };
-            Ok((TokioIo::new(Box::new(s)), who))
+            Ok((TokioIo::new(Box::new(s)), who, key))
         }
     }
 }
@@ -268,7 +448,7 @@ fn method_not_allowed(allow: &'static str) -> Reply {
     r
 }
 
-async fn handle(state: &AdminState, peer: &str, req: Request<Incoming>) -> Reply {
+async fn handle(state: &AdminState, peer: &str, authorized: bool, req: Request<Incoming>) -> Reply {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match (&method, path.as_str()) {
@@ -284,7 +464,7 @@ async fn handle(state: &AdminState, peer: &str, req: Request<Incoming>) -> Reply
         (&Method::GET, "/metrics") if state.metrics_public => return metrics(state),
         _ => {}
     }
-    if !state.authorized(&req) {
+    if !authorized {
         if method != Method::GET {
             tracing::warn!(target: "gatehouse::audit", peer, %method, path, result = "unauthorized", "admin request refused");
         }

@@ -85,6 +85,20 @@ pub enum LinkError {
 }
 
 impl LinkError {
+    /// A short name of the failure, for the refusal log gate.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LinkError::Io(_) => "io",
+            LinkError::Noise(_) => "noise",
+            LinkError::Timeout => "handshake_timeout",
+            LinkError::BadHello => "bad_hello",
+            LinkError::Unlisted(_) => "unlisted",
+            LinkError::WrongNode(_) => "wrong_node",
+            LinkError::TooLarge(_) => "too_large",
+            LinkError::Decode(_) => "bad_message",
+        }
+    }
+
     /// Whether the failure says the peer is not (provably) a listed node, as opposed to a network fault.
     pub fn is_auth_failure(&self) -> bool {
         matches!(

@@ -92,7 +92,7 @@ use keys::{NodeKey, PublicKey};
 use link::{Carried, LinkReader, LinkWriter, Msg};
 use record::{Op, SignedRecord};
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -385,7 +385,13 @@ struct Inner {
     sharing: std::sync::OnceLock<cost::Sharing>,
     /// Under the Redis backend: where `broadcast` hands statements for Redis.
     redis: Option<redis::RedisLink>,
+    /// The gateway's refusal log gate, once attached (see [`Cluster::gate_refusal_logs`]).
+    refusal_log: std::sync::OnceLock<Arc<crate::guard::RefusalLog>>,
 }
+
+/// The log gate's address for what arrives without one of its own (messages read from Redis, records
+/// relayed by listed peers): one line per reason per interval for all of them.
+const NO_ADDR: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
 /// A running cluster member. Dropping it stops its tasks.
 pub struct Cluster {
@@ -404,6 +410,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The refusal gate's reason for a rejected statement.
+fn verdict_reason(v: Verdict) -> &'static str {
+    match v {
+        Verdict::UnlistedOrigin => "record_unlisted_origin",
+        Verdict::BadSignature => "record_bad_signature",
+        Verdict::Malformed => "record_malformed",
+        _ => "record_rejected",
+    }
 }
 
 /// Why an arriving statement was not taken.
@@ -488,6 +504,7 @@ impl Cluster {
             cost_settings: config.cost.clone(),
             sharing: std::sync::OnceLock::new(),
             redis,
+            refusal_log: std::sync::OnceLock::new(),
         });
         // Subscribed before the table is read, so nothing made in between is missed (seen twice at
         // worst, which changes nothing).
@@ -546,6 +563,12 @@ impl Cluster {
         if self.inner.sharing.set(cost::Sharing::new(ledger, settings)).is_ok() {
             tokio::spawn(self.inner.clone().report_costs());
         }
+    }
+
+    /// Logs refused links and rejected messages through the gateway's refusal gate (once per address and
+    /// reason per `log.refusal_interval`), so a flood of them cannot flood the log. Later calls do nothing.
+    pub fn gate_refusal_logs(&self, log: Arc<crate::guard::RefusalLog>) {
+        let _ = self.inner.refusal_log.set(log);
     }
 
     /// Compares the whole table with what was published and publishes the difference. The change feed
@@ -757,7 +780,9 @@ impl Inner {
                 Verdict::Malformed => &self.counters.rejected_malformed,
             };
             bump(counter);
-            if matches!(v, Verdict::UnlistedOrigin | Verdict::BadSignature | Verdict::Malformed) {
+            if matches!(v, Verdict::UnlistedOrigin | Verdict::BadSignature | Verdict::Malformed)
+                && self.should_log(NO_ADDR, verdict_reason(v))
+            {
                 tracing::warn!(verdict = ?v, from = from.map(tracing::field::display), "cluster: ban record rejected");
             }
         }
@@ -1053,6 +1078,12 @@ impl Inner {
         }
     }
 
+    /// Whether a refusal from `ip` for `reason` is logged now: through the gateway's gate once attached,
+    /// always before that (a cluster started on its own, as in tests).
+    fn should_log(&self, ip: IpAddr, reason: &'static str) -> bool {
+        self.refusal_log.get().is_none_or(|g| g.should_log(ip, reason))
+    }
+
     fn set_up(&self, peer: PublicKey, up: bool) {
         if let Some(s) = lock(&self.status).get_mut(&peer) {
             s.up = up;
@@ -1078,7 +1109,9 @@ impl Inner {
                         if e.is_auth_failure() {
                             bump(&me.counters.refused_links);
                         }
-                        tracing::warn!(%addr, error = %e, "cluster: link refused");
+                        if me.should_log(addr.ip(), e.reason()) {
+                            tracing::warn!(%addr, error = %e, "cluster: link refused");
+                        }
                     }
                 }
             });

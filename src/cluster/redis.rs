@@ -44,7 +44,7 @@
 use super::cost::{ReportVerdict, SignedCostReport};
 use super::link::Carried;
 use super::record::SignedRecord;
-use super::{bump, lock, Inner, Verdict, BATCH};
+use super::{bump, lock, Inner, Verdict, BATCH, NO_ADDR};
 use futures_util::StreamExt;
 use ipnetwork::IpNetwork;
 use std::collections::{HashMap, HashSet};
@@ -476,7 +476,9 @@ impl RedisTask {
             }
             Err(e) => {
                 bump(&inner.counters.rejected_malformed);
-                tracing::warn!(error = %e, "cluster: malformed message on the redis channel");
+                if inner.should_log(NO_ADDR, "redis_malformed_message") {
+                    tracing::warn!(error = %e, "cluster: malformed message on the redis channel");
+                }
             }
         }
     }
@@ -614,7 +616,9 @@ impl RedisTask {
             Err(e) => {
                 bump(&inner.counters.rejected_malformed);
                 still_rejected.insert(hash);
-                tracing::warn!(prefix = %net, error = %e, "cluster: malformed value in redis");
+                if inner.should_log(NO_ADDR, "redis_malformed_value") {
+                    tracing::warn!(prefix = %net, error = %e, "cluster: malformed value in redis");
+                }
             }
         }
     }
@@ -627,7 +631,9 @@ fn on_cost_report(inner: &Inner, payload: &[u8]) {
         Ok(r) => r,
         Err(e) => {
             bump(&inner.counters.cost_reports_rejected);
-            tracing::warn!(error = %e, "cluster: malformed cost report on the redis channel");
+            if inner.should_log(NO_ADDR, "redis_malformed_cost_report") {
+                tracing::warn!(error = %e, "cluster: malformed cost report on the redis channel");
+            }
             return;
         }
     };
@@ -639,7 +645,9 @@ fn on_cost_report(inner: &Inner, payload: &[u8]) {
         ReportVerdict::Stale => {}
         v => {
             bump(&inner.counters.cost_reports_rejected);
-            tracing::warn!(verdict = ?v, "cluster: cost report on the redis channel rejected");
+            if inner.should_log(NO_ADDR, "redis_cost_report_rejected") {
+                tracing::warn!(verdict = ?v, "cluster: cost report on the redis channel rejected");
+            }
         }
     }
 }

@@ -46,6 +46,21 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Something `gatehouse check` points out without refusing the file: the gateway runs, but probably not
+/// as the operator meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub file: PathBuf,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -98,6 +113,22 @@ pub struct BanPolicy {
     /// Where bans are journaled; None = in memory only.
     pub journal: Option<PathBuf>,
 }
+
+/// Most Tokio worker threads `runtime.worker_threads` may ask for: more only costs memory and scheduling
+/// (the gateway is I/O-bound), and a typo such as `40000` would otherwise make the runtime fail to start.
+pub const MAX_WORKER_THREADS: usize = 1024;
+/// Smallest `max_line` accepted: below it a wallet's first request (`server.version`, about 80 bytes)
+/// would already be refused, so every client would be turned away.
+pub const MIN_MAX_LINE: u64 = 128;
+/// Smallest `max_pending_output` accepted: below it ordinary replies (a history, a chunk of headers) would
+/// count as a slow reader and cut every client that asks for them.
+pub const MIN_PENDING_OUTPUT: u64 = 64 * 1024;
+
+/// Admin clients are a handful of operators and scripts; more connections at once is a misbehaving client.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// Default of `[admin] max_connections_per_peer`: connections one address (or one uid, on a unix socket)
+/// may hold at once. A CLI, a scraper and a probe need a few; more is one local process hoarding slots.
+pub const DEFAULT_ADMIN_CONNECTIONS_PER_PEER: usize = 8;
 
 /// Default admin listen address: loopback, and not a port any blockchain daemon uses.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
@@ -167,6 +198,8 @@ pub struct AdminConfig {
     pub allow_remote: bool,
     /// `GET /metrics` answers without the bearer token.
     pub metrics_public: bool,
+    /// Connections one peer may hold at once (at most [`ADMIN_MAX_CONNECTIONS`]).
+    pub max_connections_per_peer: usize,
 }
 
 /// Default `min_line_rate`: 500 bytes per second, as Apache's mod_reqtimeout demands of request headers.
@@ -279,6 +312,31 @@ impl Config {
         Validator { text, file, base }.config(raw)
     }
 
+    /// What is valid but probably not meant. Today one rule: when every Electrum front listens on loopback
+    /// only and none takes PROXY headers, every wallet arrives from a loopback address (through a local
+    /// proxy or tunnel), and with `cost.group_private = false` each connection is accounted alone, so
+    /// reconnecting hands a client a fresh budget. Private listen addresses are not enough to tell: port
+    /// forwarding and cloud 1:1 NAT deliver public clients to them with their own addresses.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut electrum = self.fronts.iter().filter(|f| f.electrum.is_some()).peekable();
+        let local_only = electrum.peek().is_some()
+            && electrum.all(|f| {
+                f.proxy_accept_from.is_empty() && f.listen.iter().all(|a| a.ip().to_canonical().is_loopback())
+            });
+        if !local_only || self.cost.group_private {
+            return Vec::new();
+        }
+        vec![ConfigWarning {
+            file: self.source.clone(),
+            key: "cost.group_private".to_string(),
+            reason: "every Electrum front listens on loopback only without [front.proxy_protocol], so every \
+                     client arrives from a loopback address and, with group_private = false, gets a fresh \
+                     cost budget each time it reconnects; take the clients' real addresses with PROXY intake \
+                     (accept_from), or set group_private = true (then all of them share one budget)"
+                .to_string(),
+        }]
+    }
+
     /// Only the `[admin]` section, validated, for the `bans` commands: they run as an operator who need
     /// not be able to read the gateway's certificates or lists.
     pub fn load_admin(path: &Path) -> Result<AdminConfig, ConfigError> {
@@ -366,18 +424,50 @@ impl Validator<'_> {
             }
             fronts.push(front);
         }
+        let admin = self.admin(&raw.admin)?;
+        let admin_addr = match &admin.listen {
+            AdminListen::Tcp(a) if admin.enabled && a.port() != 0 => Some(*a),
+            _ => None,
+        };
         let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
-        for f in &fronts {
-            // Port 0 asks the kernel for a fresh port each time, so it never collides.
-            for a in f.listen.iter().filter(|a| a.port() != 0) {
-                if let Some((_, other)) = seen.iter().find(|(s, _)| s == a) {
+        for (i, (f, rf)) in fronts.iter().zip(&raw.fronts).enumerate() {
+            for (j, (a, text)) in f.listen.iter().zip(&rf.listen).enumerate() {
+                // Port 0 asks the kernel for a fresh port each time, so it never collides.
+                if a.port() == 0 {
+                    continue;
+                }
+                let key = format!("front[{i}].listen[{j}]");
+                if let Some((other, name)) = seen.iter().find(|(s, _)| listens_overlap(*s, *a)) {
+                    let reason = if other == a {
+                        format!("listen address {a} used by both `{name}` and `{}`", f.name)
+                    } else {
+                        format!(
+                            "{a} cannot be bound next to {other} (front `{name}`): a wildcard address takes its \
+                             port on every address of its family"
+                        )
+                    };
+                    return Err(self.err(key, Some(text.span()), reason));
+                }
+                if let Some(m) = admin_addr.filter(|m| listens_overlap(*m, *a)) {
                     return Err(self.err(
-                        "front",
-                        None,
-                        format!("listen address {a} used by both `{other}` and `{}`", f.name),
+                        key,
+                        Some(text.span()),
+                        format!("{a} takes the admin API's address (admin.listen = {m})"),
                     ));
                 }
                 seen.push((*a, &f.name));
+            }
+        }
+        if let Some(w) = &raw.runtime.worker_threads {
+            if *w.get_ref() > MAX_WORKER_THREADS {
+                return Err(self.err(
+                    "runtime.worker_threads",
+                    Some(w.span()),
+                    format!(
+                        "{} is more than {MAX_WORKER_THREADS} threads (0 = one per core)",
+                        w.get_ref()
+                    ),
+                ));
             }
         }
         if raw.log.level.parse::<tracing_subscriber::EnvFilter>().is_err() {
@@ -411,6 +501,9 @@ impl Validator<'_> {
         if b.enabled && (b.duration.0.is_zero() || b.max_duration.0 < b.duration.0) {
             return Err(self.err("bans", None, "need 0 < duration <= max_duration"));
         }
+        if let Some(j) = &b.journal {
+            journal_writable(&self.path(j.get_ref())).map_err(|r| self.err("bans.journal", Some(j.span()), r))?;
+        }
         Ok(Config {
             cost,
             bans: BanPolicy {
@@ -420,13 +513,13 @@ impl Validator<'_> {
                 max_violations: b.max_violations,
                 journal: b.journal.as_ref().map(|p| self.path(p.get_ref())),
             },
-            admin: self.admin(&raw.admin)?,
+            admin,
             limits: self.limits(&raw.limits)?,
             cluster: raw.cluster.as_ref().map(|c| self.cluster(c)).transpose()?,
             public_hosts: raw.electrum.public_hosts.clone(),
             source: self.file.to_path_buf(),
             runtime: Runtime {
-                worker_threads: raw.runtime.worker_threads,
+                worker_threads: raw.runtime.worker_threads.as_ref().map_or(0, |w| *w.get_ref()),
                 drain_deadline: raw.runtime.drain_deadline.0,
                 drain_spread: raw.runtime.drain_spread.0.min(raw.runtime.drain_deadline.0),
                 max_open_files: raw.runtime.max_open_files,
@@ -488,7 +581,22 @@ impl Validator<'_> {
                 ))
             }
         };
+        let max_connections_per_peer = match &a.max_connections_per_peer {
+            None => DEFAULT_ADMIN_CONNECTIONS_PER_PEER,
+            Some(n) if (1..=ADMIN_MAX_CONNECTIONS).contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                return Err(self.err(
+                    "admin.max_connections_per_peer",
+                    Some(n.span()),
+                    format!(
+                        "must be between 1 and {} (all admin connections)",
+                        ADMIN_MAX_CONNECTIONS
+                    ),
+                ))
+            }
+        };
         Ok(AdminConfig {
+            max_connections_per_peer,
             enabled: a.enabled,
             listen,
             token_file,
@@ -590,6 +698,20 @@ impl Validator<'_> {
         if protocol_min > protocol_max {
             return Err(self.err(format!("{key}.protocol_min"), None, "must not be above protocol_max"));
         }
+        let at_least = |v: &Option<Spanned<units::ByteSize>>, k: &str, min: u64| match v {
+            Some(b) if b.get_ref().0 < min => Err(self.err(
+                format!("{key}.{k}"),
+                Some(b.span()),
+                format!(
+                    "{} is below the smallest useful value, {}",
+                    b.get_ref(),
+                    units::ByteSize(min)
+                ),
+            )),
+            _ => Ok(v.as_ref().map(|b| b.get_ref().0 as usize)),
+        };
+        let max_line = at_least(&e.max_line, "max_line", MIN_MAX_LINE)?;
+        let max_pending_output = at_least(&e.max_pending_output, "max_pending_output", MIN_PENDING_OUTPUT)?;
         let max_batch = e.max_batch.unwrap_or(200);
         if max_batch == 0 {
             return Err(self.err(format!("{key}.max_batch"), None, "must be at least 1"));
@@ -610,7 +732,7 @@ impl Validator<'_> {
             version_policy: e.version_policy,
             protocol_min,
             protocol_max,
-            max_line: e.max_line.map_or(1_000_000, |b| b.0 as usize),
+            max_line: max_line.unwrap_or(1_000_000),
             min_line_rate: e.min_line_rate.unwrap_or(DEFAULT_MIN_LINE_RATE),
             line_grace,
             max_response: e
@@ -620,7 +742,7 @@ impl Validator<'_> {
             extra_methods: e.extra_methods.clone(),
             banner: e.banner.clone(),
             max_subscriptions: e.max_subscriptions.unwrap_or(50_000),
-            max_pending_output: e.max_pending_output.map_or(8 << 20, |b| b.0 as usize),
+            max_pending_output: max_pending_output.unwrap_or(8 << 20),
             slow_reader_timeout: e
                 .slow_reader_timeout
                 .map_or(std::time::Duration::from_secs(20), |d| d.0),
@@ -780,6 +902,15 @@ impl Validator<'_> {
             ));
         }
         let global = parent.is_none();
+        let cap = |v: &Option<Spanned<usize>>, k: &str| match v {
+            Some(n) if *n.get_ref() == 0 => Err(self.err(
+                format!("{key}.{k}"),
+                Some(n.span()),
+                "must be at least 1 (0 would refuse every connection)",
+            )),
+            Some(n) => Ok(Some(*n.get_ref())),
+            None => Ok(None),
+        };
         let rate = |r: Option<Rate>,
                     b: Option<u32>,
                     rk: &str,
@@ -809,9 +940,10 @@ impl Validator<'_> {
             allow: CidrSet::from_nets(allow),
             deny: CidrSet::from_nets(deny),
             allowlist_only: a.allowlist_only,
-            max_connections: a.max_connections.or(global.then_some(20_000)),
-            max_connections_per_ip: a.max_connections_per_ip.or(global.then_some(32)),
-            max_connections_per_group: a.max_connections_per_group.or(global.then_some(256)),
+            max_connections: cap(&a.max_connections, "max_connections")?.or(global.then_some(20_000)),
+            max_connections_per_ip: cap(&a.max_connections_per_ip, "max_connections_per_ip")?.or(global.then_some(32)),
+            max_connections_per_group: cap(&a.max_connections_per_group, "max_connections_per_group")?
+                .or(global.then_some(256)),
             group_prefix_v4: v4,
             group_prefix_v6: v6,
             rate_per_ip: rate(
@@ -984,6 +1116,46 @@ impl Validator<'_> {
         }
         Ok(tls::server_config(certs))
     }
+}
+
+/// Whether binding `a` and `b` would collide: the same port and family, and the same address or a wildcard
+/// on either side (IPv6 sockets are v6-only, so `0.0.0.0:P` and `[::]:P` do not collide).
+fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// Whether the gateway can keep its ban journal at `path`: the folder must exist and take new files (the
+/// journal, its lock file and its compacted copy are made there), and an existing journal must open for
+/// appending. Probing with a real file answers for permissions, ACLs and read-only mounts alike.
+fn journal_writable(path: &Path) -> Result<(), String> {
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "folder {} does not exist (create it; under systemd, StateDirectory= does)",
+            dir.display()
+        ));
+    }
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(".gatehouse-check-{}-{n}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+        }
+        Err(e) => return Err(format!("cannot create files in {}: {e}", dir.display())),
+    }
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open {} for appending: {e}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn span_of<T>(v: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {

@@ -175,6 +175,8 @@ pub struct RawAdmin {
     pub allow_remote: bool,
     /// Serves `GET /metrics` without the bearer token.
     pub metrics_public: bool,
+    /// Connections one peer (address, or uid on a unix socket) may hold at once.
+    pub max_connections_per_peer: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -209,7 +211,7 @@ pub struct RawFrontElectrum {
     pub version_policy: VersionPolicy,
     pub protocol_min: Option<Spanned<String>>,
     pub protocol_max: Option<Spanned<String>>,
-    pub max_line: Option<ByteSize>,
+    pub max_line: Option<Spanned<ByteSize>>,
     /// Bytes per second a partial request line must keep arriving at, once `line_grace` has passed.
     pub min_line_rate: Option<Rate>,
     pub line_grace: Option<Spanned<Duration>>,
@@ -219,7 +221,7 @@ pub struct RawFrontElectrum {
     pub extra_methods: Vec<String>,
     pub banner: Option<String>,
     pub max_subscriptions: Option<usize>,
-    pub max_pending_output: Option<ByteSize>,
+    pub max_pending_output: Option<Spanned<ByteSize>>,
     pub slow_reader_timeout: Option<Duration>,
 }
 
@@ -228,7 +230,7 @@ pub struct RawFrontElectrum {
 pub struct RawRuntime {
     /// 0 = one per core.
     #[serde(default)]
-    pub worker_threads: usize,
+    pub worker_threads: Option<Spanned<usize>>,
     #[serde(default = "default_drain")]
     pub drain_deadline: Duration,
     /// The last part of the drain, over which remaining sessions are closed a few at a time.
@@ -252,7 +254,7 @@ fn default_nofile() -> u64 {
 impl Default for RawRuntime {
     fn default() -> Self {
         RawRuntime {
-            worker_threads: 0,
+            worker_threads: None,
             drain_deadline: default_drain(),
             drain_spread: default_spread(),
             max_open_files: default_nofile(),
@@ -317,9 +319,9 @@ pub struct RawAdmission {
     pub deny_files: Vec<Spanned<PathBuf>>,
     #[serde(default)]
     pub allowlist_only: bool,
-    pub max_connections: Option<usize>,
-    pub max_connections_per_ip: Option<usize>,
-    pub max_connections_per_group: Option<usize>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub max_connections_per_ip: Option<Spanned<usize>>,
+    pub max_connections_per_group: Option<Spanned<usize>>,
     pub group_prefix_v4: Option<u8>,
     pub group_prefix_v6: Option<u8>,
     pub connect_rate_per_ip: Option<Rate>,

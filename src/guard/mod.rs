@@ -157,8 +157,14 @@ pub struct Guard {
     global: Arc<Level>,
     bans: Arc<BanTable>,
     refused: [AtomicU64; Refusal::ALL.len()],
-    log_gate: Box<[Mutex<GateShard>]>,
-    log_interval: Duration,
+    refusal_log: Arc<RefusalLog>,
+}
+
+/// The refusal log gate: a refusal is logged at most once per (address, reason) per interval, so a flood
+/// produces one line per offender instead of one per connection. The fronts and the cluster share it.
+pub struct RefusalLog {
+    shards: Box<[Mutex<GateShard>]>,
+    interval: Duration,
 }
 
 /// Bound on remembered (address, reason) pairs for log suppression; a flood from many addresses must
@@ -169,7 +175,7 @@ const LOG_GATE_SHARDS: usize = 32;
 
 /// Part of the log gate: when each (address, reason) was last logged.
 struct GateShard {
-    last: HashMap<(IpAddr, Refusal), Instant>,
+    last: HashMap<(IpAddr, &'static str), Instant>,
     /// When this shard was last swept; a full shard is swept at most once a second, so a flood from more
     /// addresses than the gate holds costs a lookup per refusal, not a sweep.
     swept: Instant,
@@ -181,16 +187,13 @@ impl Guard {
             global: Level::new(global),
             bans,
             refused: Default::default(),
-            log_gate: (0..LOG_GATE_SHARDS)
-                .map(|_| {
-                    Mutex::new(GateShard {
-                        last: HashMap::new(),
-                        swept: Instant::now(),
-                    })
-                })
-                .collect(),
-            log_interval,
+            refusal_log: Arc::new(RefusalLog::new(log_interval)),
         }
+    }
+
+    /// The refusal log gate, for other listeners (the cluster's) to log their refusals through.
+    pub fn refusal_log(&self) -> &Arc<RefusalLog> {
+        &self.refusal_log
     }
 
     pub fn global(&self) -> &Arc<Level> {
@@ -282,11 +285,43 @@ impl Guard {
     /// True if this (address, reason) has not been logged within the interval, so a flood produces one
     /// log line per offender per interval instead of one per connection.
     pub fn should_log(&self, ip: IpAddr, r: Refusal) -> bool {
+        self.refusal_log.should_log(ip, r.as_str())
+    }
+
+    /// Periodic upkeep: forget idle rate-limit keys, expired bans and stale log-gate entries.
+    pub fn housekeep(&self, fronts: &[Arc<Level>]) {
+        self.global.housekeep();
+        for f in fronts {
+            f.housekeep();
+        }
+        self.bans.purge_expired();
+        self.refusal_log.sweep();
+    }
+}
+
+impl RefusalLog {
+    pub fn new(interval: Duration) -> RefusalLog {
+        RefusalLog {
+            shards: (0..LOG_GATE_SHARDS)
+                .map(|_| {
+                    Mutex::new(GateShard {
+                        last: HashMap::new(),
+                        swept: Instant::now(),
+                    })
+                })
+                .collect(),
+            interval,
+        }
+    }
+
+    /// True if `reason` (a refusal's short name, such as [`Refusal::as_str`]) has not been logged for `ip`
+    /// within the interval.
+    pub fn should_log(&self, ip: IpAddr, reason: &'static str) -> bool {
         let now = Instant::now();
-        let interval = self.log_interval;
+        let interval = self.interval;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(&ip, &mut h);
-        let shard = &self.log_gate[std::hash::Hasher::finish(&h) as usize % LOG_GATE_SHARDS];
+        let shard = &self.shards[std::hash::Hasher::finish(&h) as usize % LOG_GATE_SHARDS];
         let mut gate = shard.lock().unwrap_or_else(|p| p.into_inner());
         if gate.last.len() >= LOG_GATE_MAX / LOG_GATE_SHARDS {
             if now.duration_since(gate.swept) >= std::time::Duration::from_secs(1) {
@@ -298,31 +333,25 @@ impl Guard {
                 return false;
             }
         }
-        match gate.last.get_mut(&(ip, r)) {
+        match gate.last.get_mut(&(ip, reason)) {
             Some(t) if now.duration_since(*t) < interval => false,
             Some(t) => {
                 *t = now;
                 true
             }
             None => {
-                gate.last.insert((ip, r), now);
+                gate.last.insert((ip, reason), now);
                 true
             }
         }
     }
 
-    /// Periodic upkeep: forget idle rate-limit keys, expired bans and stale log-gate entries.
-    pub fn housekeep(&self, fronts: &[Arc<Level>]) {
-        self.global.housekeep();
-        for f in fronts {
-            f.housekeep();
-        }
-        self.bans.purge_expired();
+    /// Forgets entries older than the interval.
+    fn sweep(&self) {
         let now = Instant::now();
-        let interval = self.log_interval;
-        for shard in self.log_gate.iter() {
+        for shard in self.shards.iter() {
             let mut g = shard.lock().unwrap_or_else(|p| p.into_inner());
-            g.last.retain(|_, t| now.duration_since(*t) < interval);
+            g.last.retain(|_, t| now.duration_since(*t) < self.interval);
             g.swept = now;
         }
     }
@@ -367,7 +396,7 @@ mod tests {
         // Each shard fills, then stays quiet: at most the gate's size, however many addresses come.
         assert!(logged <= LOG_GATE_MAX, "{logged} lines logged");
         assert!(logged >= LOG_GATE_MAX / 2, "only {logged} lines logged");
-        let held: usize = g.log_gate.iter().map(|s| s.lock().unwrap().last.len()).sum();
+        let held: usize = g.refusal_log.shards.iter().map(|s| s.lock().unwrap().last.len()).sum();
         assert!(held <= LOG_GATE_MAX);
     }
 }

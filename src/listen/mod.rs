@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stream::{ClientStream, Prefixed};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Binds a listening socket. IPv6 sockets are v6-only so that `0.0.0.0:P` and `[::]:P` can both be
@@ -171,8 +172,8 @@ async fn intake_proxied(
 /// Refuses a PROXY header from a peer that is not a trusted balancer (it may be forging its address),
 /// then terminates TLS when the front asks for it.
 async fn finish_intake(
-    sock: TcpStream,
-    prefix: Vec<u8>,
+    mut sock: TcpStream,
+    mut prefix: Vec<u8>,
     id: Identity,
     accepted_at: Instant,
     permit: Permit,
@@ -182,13 +183,13 @@ async fn finish_intake(
     let timeout = front.cfg.handshake_timeout;
     let deadline = tokio::time::Instant::from_std(accepted_at + timeout);
     if id.via.is_none() && !front.cfg.proxy_accept_from.is_empty() {
-        match tokio::time::timeout_at(deadline, peek_proxy(&sock)).await {
-            Ok(true) => {
+        match tokio::time::timeout_at(deadline, read_unless_proxy(&mut sock)).await {
+            Ok(None) => {
                 shared.guard.count(Refusal::ProxyUntrusted);
                 log_refusal(front, shared, id.client.ip(), None, Refusal::ProxyUntrusted);
                 return None;
             }
-            Ok(false) => {}
+            Ok(Some(first)) => prefix = first,
             Err(_) => {
                 front.log_early_close(id.client, None, accepted_at, "handshake timeout");
                 return None;
@@ -228,22 +229,25 @@ async fn finish_intake(
     })
 }
 
-/// Whether the first bytes the peer sends look like a PROXY header. Waits for the first byte; if what
-/// arrived is a strict prefix of a signature, waits briefly for more so a split header is still caught.
-async fn peek_proxy(sock: &TcpStream) -> bool {
-    let mut buf = [0u8; 16];
+/// Reads a direct client's first bytes, as many as it takes to tell them from a PROXY signature, and
+/// returns them for the session to replay; `None` when they are a PROXY header. Reading (rather than
+/// peeking) makes every wait a wait for new bytes: a peer that stops inside a signature costs nothing until
+/// it sends more or the caller's deadline ends the wait.
+async fn read_unless_proxy(sock: &mut TcpStream) -> Option<Vec<u8>> {
+    // A v2 signature is 12 bytes and v1's "PROXY " 6: never consume more than it takes to decide.
+    let mut buf = [0u8; 12];
+    let mut n = 0;
     loop {
-        let n = match sock.peek(&mut buf).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => n,
-        };
+        match sock.read(&mut buf[n..]).await {
+            // What arrived so far goes to the session, which then sees the end or the error itself.
+            Ok(0) | Err(_) => return Some(buf[..n].to_vec()),
+            Ok(k) => n += k,
+        }
         if !proxy::starts_like_proxy(&buf[..n]) {
-            return false;
+            return Some(buf[..n].to_vec());
         }
-        if n >= 12 || buf[..n].starts_with(b"PROXY ") {
-            return true;
+        if n == buf.len() || buf[..n].starts_with(b"PROXY ") {
+            return None;
         }
-        // A strict prefix of a signature: peek again after more bytes can have arrived.
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }

@@ -91,10 +91,10 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, ProxyError> {
     }
 }
 
-/// True when `buf` (a first peek of a connection, possibly only 1 byte) is a prefix of,
+/// True when `buf` (a connection's first bytes, possibly only 1) is a prefix of,
 /// or starts with, a v1 ("PROXY ") or v2 (12-byte signature) header. Used to refuse headers from untrusted peers.
 ///
-/// An empty peek says nothing about the peer (it is what EOF looks like), so it is `false`.
+/// Nothing read says nothing about the peer (it is what EOF looks like), so it is `false`.
 pub fn starts_like_proxy(buf: &[u8]) -> bool {
     !buf.is_empty() && (match_sig(buf, V1_SIG) != Sig::Mismatch || match_sig(buf, V2_SIG) != Sig::Mismatch)
 }

@@ -192,6 +192,26 @@ impl Handshake {
     }
 }
 
+/// Why a new admin API connection could not get a slot of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminShed {
+    /// An older connection that had not presented the token and was not being served was closed for it.
+    Displaced,
+    /// Every slot it could take is busy or authenticated: the new connection is closed.
+    Refused,
+}
+
+impl AdminShed {
+    pub const ALL: [AdminShed; 2] = [AdminShed::Displaced, AdminShed::Refused];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminShed::Displaced => "displaced",
+            AdminShed::Refused => "refused",
+        }
+    }
+}
+
 struct Metrics {
     accepted: Family<FrontLabels, Counter>,
     handshakes: Family<FrontResultLabels, Counter>,
@@ -207,6 +227,8 @@ struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     reload_handles: [Counter; 2],
     build_info: Family<VersionLabels, Gauge>,
+    admin_shed: Family<ReasonLabels, Counter>,
+    admin_shed_handles: [Counter; AdminShed::ALL.len()],
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -221,6 +243,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     });
     let reloads = Family::<ResultLabels, Counter>::default();
     let reload_handles = ["ok", "error"].map(|r| reloads.get_or_create_owned(&ResultLabels { result: r.into() }));
+    let admin_shed = Family::<ReasonLabels, Counter>::default();
+    let admin_shed_handles = AdminShed::ALL.map(|s| {
+        admin_shed.get_or_create_owned(&ReasonLabels {
+            reason: s.as_str().into(),
+        })
+    });
     let build_info = Family::<VersionLabels, Gauge>::default();
     build_info
         .get_or_create(&VersionLabels {
@@ -241,6 +269,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         reloads,
         reload_handles,
         build_info,
+        admin_shed,
+        admin_shed_handles,
     }
 });
 
@@ -365,6 +395,11 @@ pub fn slow_line_disconnect() {
 /// A configuration reload, applied (`ok`) or rejected.
 pub fn reload(ok: bool) {
     METRICS.reload_handles[usize::from(!ok)].inc();
+}
+
+/// An admin connection shed for lack of slots.
+pub fn admin_connection_shed(how: AdminShed) {
+    METRICS.admin_shed_handles[AdminShed::ALL.iter().position(|&s| s == how).unwrap_or(0)].inc();
 }
 
 /// The running gateway's state that a scrape reads.
@@ -628,6 +663,11 @@ pub fn render(live: Option<&Live>) -> String {
         "reloads",
         "Configuration reloads, by result (ok, error)",
         m.reloads.clone(),
+    );
+    r.register(
+        "admin_connections_shed",
+        "Admin API connections shed for lack of slots: displaced (an older one without the token was closed) or refused",
+        m.admin_shed.clone(),
     );
     let mut out = String::with_capacity(16 * 1024);
     // Writing to a String cannot fail.

@@ -457,6 +457,7 @@ fn admin_config_is_validated() {
     assert!(!d.admin.enabled && d.admin.token.is_none());
     assert_eq!(d.admin.listen, AdminListen::Tcp("127.0.0.1:9180".parse().unwrap()));
     assert!(d.bans.journal.is_none());
+    std::fs::create_dir(dir.path().join("state")).unwrap();
     let j = parse(
         dir.path(),
         &format!("[bans]\njournal = \"state/bans.journal\"\n\n{front}"),
@@ -472,7 +473,10 @@ async fn a_journal_that_cannot_be_opened_stops_the_start() {
         "[bans]\njournal = \"no-such-dir/bans.journal\"\n\n{}",
         common::tcp_front("relay", "127.0.0.1:1".parse().unwrap(), "")
     );
+    // The folder is there when the file is checked and gone by the start.
+    std::fs::create_dir(dir.path().join("no-such-dir")).unwrap();
     let cfg = parse(dir.path(), &toml).unwrap();
+    std::fs::remove_dir(dir.path().join("no-such-dir")).unwrap();
     let err = match gatehouse::Gatehouse::start(cfg).await {
         Ok(_) => panic!("started without its journal"),
         Err(e) => e.to_string(),

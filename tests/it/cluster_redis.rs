@@ -549,3 +549,79 @@ async fn keys_of_another_type_do_not_stop_the_sync() {
     .await;
     assert!(moved.is_some(), "{:?}", b.cluster().unwrap().status().redis);
 }
+
+/// Log output captured in memory.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines_with(&self, text: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(text))
+            .count()
+    }
+}
+
+/// Whoever can publish on the fleet's Redis channels can send garbage as fast as Redis relays it: each
+/// message is refused and counted, but the log gets one line per reason per `log.refusal_interval`, as for
+/// refused connections on the fronts.
+#[test]
+fn malformed_messages_on_the_redis_channels_do_not_flood_the_log() {
+    use gatehouse::cluster::redis::cost_channel;
+    const SENT: u64 = 500;
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+    // One thread runs the gateway and its Redis link, so every line they log reaches the subscriber above.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let redis = RedisServer::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let up = common::echo_backend().await;
+        let keys = common::node_keys(dir.path(), 2);
+        let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+        assert!(redis_connected(&a).await, "not connected to redis");
+        let cluster = a.cluster().unwrap();
+        let mut c = redis.conn().await.unwrap();
+        for i in 0..SENT {
+            for ch in [channel(PREFIX), cost_channel(PREFIX)] {
+                let _: i64 = redis::cmd("PUBLISH")
+                    .arg(ch)
+                    .arg(format!("garbage {i}"))
+                    .query_async(&mut c)
+                    .await
+                    .unwrap();
+            }
+        }
+        let counted = common::within(Duration::from_secs(10), async || {
+            let s = cluster.stats();
+            s.rejected_malformed >= SENT && s.cost_reports_rejected >= SENT
+        })
+        .await;
+        assert!(counted.is_some(), "{:?}", cluster.stats());
+    });
+    for message in [
+        "cluster: malformed message on the redis channel",
+        "cluster: malformed cost report on the redis channel",
+    ] {
+        assert_eq!(captured.lines_with(message), 1, "`{message}` for {SENT} messages");
+    }
+}

@@ -350,6 +350,78 @@ async fn split_header_from_untrusted_source_is_refused() {
     }
 }
 
+/// Name of the runtime threads the CPU test measures (other tests run in the same process).
+const CPU_THREADS: &str = "gw-proxy-cpu";
+
+/// CPU time (user + system, in clock ticks of 1/100 s) spent so far by this process's threads named
+/// [`CPU_THREADS`].
+fn runtime_cpu_ticks() -> u64 {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != CPU_THREADS {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command's closing parenthesis start at field 3 (state); utime and stime are
+        // fields 14 and 15.
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    }
+    ticks
+}
+
+/// Untrusted clients that stop after the first byte of a PROXY v2 signature are waited for (the rest of a
+/// split header must still be caught), but the wait costs nothing while no byte arrives: a thousand of them
+/// held for two seconds spend next to no CPU, where polling for more bytes spent a good part of a core.
+#[test]
+fn stalled_signatures_cost_no_cpu() {
+    const HELD: usize = 1000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(CPU_THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let up = common::echo_backend().await;
+        // A long handshake deadline, so no connection times out inside the measured window.
+        let running = common::start(&front(up, "[front.timeouts]\nhandshake = \"60s\"")).await;
+        let to = running.addr("f");
+        let before = counters(&running);
+        let mut held = Vec::with_capacity(HELD);
+        for _ in 0..HELD {
+            held.push(send_from("127.0.0.2", to, &V2_SIG[..1]).await);
+        }
+        let level = running.guard().global().clone();
+        assert!(
+            common::within(Duration::from_secs(20), async || level.open_connections() == HELD)
+                .await
+                .is_some(),
+            "only {} of {HELD} connections admitted",
+            level.open_connections()
+        );
+        let start = runtime_cpu_ticks();
+        let window = Duration::from_secs(2);
+        tokio::time::sleep(window).await; // the measured window itself, not a synchronisation
+        let spent = runtime_cpu_ticks() - start;
+        // 8 ticks = 0.08 s of CPU in 2 s: above an idle runtime (0), several times below what polling for
+        // the rest of the signature cost (over 30 ticks in a debug build).
+        assert!(
+            spent <= 8,
+            "{HELD} stalled signatures cost {spent} ticks of CPU in {window:?}"
+        );
+        // They were still waiting, and the rest of the signature is still caught and refused.
+        assert_eq!(level.open_connections(), HELD);
+        let s = &mut held[0];
+        s.write_all(&v2_client()[1..]).await.unwrap();
+        assert!(closed_silently(s).await);
+        assert_eq!(counters(&running), plus(&before, Refusal::ProxyUntrusted, 1));
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_is_refused_on_untrusted_even_when_address_is_allowed() {
     let up = common::echo_backend().await;
