@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A report's figures beyond this are ignored, whatever the sender's `max_groups`.
-const MAX_FIGURES: usize = 100_000;
+/// What one peer's report may add, in multiples of `[cost] hard_limit`.
+pub const DEFAULT_MAX_REPORT_COST: f64 = 100.0;
 
 /// Settings of `[cluster.cost]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +29,11 @@ pub struct CostSharing {
     pub threshold: f64,
     /// How long a peer's figure counts without being renewed.
     pub expiry: Duration,
-    /// Reports carry at most this many groups, the costliest first.
+    /// Reports carry at most this many groups, the costliest first; a peer's report is read no further.
     pub max_groups: usize,
+    /// The cost one report may add, in hard limits: each figure counts at most one hard limit, and
+    /// all of them together at most this many (so a peer cannot cut off more groups at once).
+    pub max_report_cost: f64,
 }
 
 impl Default for CostSharing {
@@ -41,6 +44,7 @@ impl Default for CostSharing {
             threshold: 100.0,
             expiry: Duration::from_secs(5),
             max_groups: 10_000,
+            max_report_cost: DEFAULT_MAX_REPORT_COST,
         }
     }
 }
@@ -52,6 +56,8 @@ pub struct Sharing {
     /// The newest signed report taken from each origin, so an old report replayed through a shared
     /// service (Redis) cannot bring back figures its origin has since lowered.
     last_seq: Mutex<HashMap<[u8; 32], u64>>,
+    /// Figures ignored: beyond `max_groups`, repeated, or past `max_report_cost`.
+    pub ignored: std::sync::atomic::AtomicU64,
 }
 
 /// Why a signed report was not taken.
@@ -128,6 +134,7 @@ impl Sharing {
             ledger,
             settings,
             last_seq: Mutex::new(HashMap::new()),
+            ignored: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -154,8 +161,18 @@ impl Sharing {
 
     /// Takes a peer's report; returns how many figures counted.
     pub fn receive(&self, peer: [u8; 32], figures: &[GroupCost]) -> usize {
-        let n = figures.len().min(MAX_FIGURES);
-        self.ledger.apply_remote(peer, &figures[..n], self.settings.expiry)
+        let n = figures.len().min(self.settings.max_groups);
+        let r = self.ledger.apply_remote_bounded(
+            peer,
+            &figures[..n],
+            self.settings.expiry,
+            Some(self.settings.max_report_cost),
+        );
+        let ignored = (figures.len() - n + r.ignored) as u64;
+        if ignored > 0 {
+            self.ignored.fetch_add(ignored, std::sync::atomic::Ordering::Relaxed);
+        }
+        r.taken
     }
 }
 

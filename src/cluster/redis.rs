@@ -82,6 +82,9 @@ return 1
 
 /// Length of a value's rank head.
 const HEAD: usize = 80;
+/// Rejected values remembered (so each is counted once, not at every resync). Whoever writes to Redis
+/// chooses how many bad values there are; past this many, the rest are simply judged again.
+const MAX_REJECTED: usize = 10_000;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Bounds every connect and command, so a Redis that stops answering (no reset) is noticed.
@@ -470,7 +473,7 @@ impl RedisTask {
         });
         match taken {
             Ok((c, value)) => {
-                if is_rejection(from_redis(inner, c)) {
+                if is_rejection(from_redis(inner, c)) && rejected.len() < MAX_REJECTED {
                     rejected.insert(value_hash(value));
                 }
             }
@@ -544,7 +547,9 @@ impl RedisTask {
                     let Some(net) = k.get(key_start..).and_then(|p| p.parse::<IpNetwork>().ok()) else {
                         continue;
                     };
-                    if value.len() >= HEAD {
+                    // Only what this node holds needs comparing; a writer filling Redis with keys
+                    // must not fill this map too.
+                    if value.len() >= HEAD && lock(&inner.state).records.contains_key(&net) {
                         in_redis.insert(net, value[..HEAD].to_vec());
                     }
                     self.take(inner, net, &value, remaining, rejected, &mut still_rejected);
@@ -590,7 +595,9 @@ impl RedisTask {
     ) {
         let hash = value_hash(value);
         if rejected.contains(&hash) {
-            still_rejected.insert(hash);
+            if still_rejected.len() < MAX_REJECTED {
+                still_rejected.insert(hash);
+            }
             return;
         }
         let held = lock(&inner.state).records.get(&net).map(|h| head(&h.rec));
@@ -607,13 +614,16 @@ impl RedisTask {
         match rec {
             Ok(rec) => {
                 let remaining_ms = remaining.unwrap_or(rec.duration_ms);
-                if is_rejection(from_redis(inner, Carried { rec, remaining_ms })) {
+                if is_rejection(from_redis(inner, Carried { rec, remaining_ms })) && still_rejected.len() < MAX_REJECTED
+                {
                     still_rejected.insert(hash);
                 }
             }
             Err(e) => {
                 bump(&inner.counters.rejected_malformed);
-                still_rejected.insert(hash);
+                if still_rejected.len() < MAX_REJECTED {
+                    still_rejected.insert(hash);
+                }
                 tracing::warn!(prefix = %net, error = %e, "cluster: malformed value in redis");
             }
         }
@@ -649,8 +659,13 @@ fn from_redis(inner: &Inner, c: Carried) -> Verdict {
     inner.ingest(c, Some(inner.me))
 }
 
+/// Verdicts that the same value would get again (unlike a full origin, which may free up, or a
+/// version ahead of this node's clock, which this clock catches up with).
 fn is_rejection(v: Verdict) -> bool {
-    matches!(v, Verdict::UnlistedOrigin | Verdict::BadSignature | Verdict::Malformed)
+    matches!(
+        v,
+        Verdict::UnlistedOrigin | Verdict::BadSignature | Verdict::Malformed | Verdict::TooWide | Verdict::TooLong
+    )
 }
 
 fn set_connected(inner: &Inner, up: bool) {

@@ -55,6 +55,7 @@ async fn start_node(i: usize, seeds: &[[u8; 32]], addrs: &[SocketAddr], ae: Dura
         anti_entropy: ae,
         cost: Default::default(),
         backend: Backend::Links,
+        limits: Default::default(),
     };
     let cluster = Cluster::start_with_key(config, NodeKey::from_seed(seeds[i]), bans.clone())
         .await
@@ -258,6 +259,7 @@ async fn a_link_from_an_unlisted_node_is_refused() {
         anti_entropy: Duration::from_millis(100),
         cost: Default::default(),
         backend: Backend::Links,
+        limits: Default::default(),
     };
     // The stranger's node dials A only if its key is the smaller; the hand-made dial covers the other case.
     let stranger = Cluster::start_with_key(config, NodeKey::from_seed(stranger_seed), stranger_bans)
@@ -490,6 +492,7 @@ async fn a_burst_of_bans_is_relayed_in_batches_without_drops() {
             anti_entropy: Duration::from_secs(3600),
             cost: Default::default(),
             backend: Backend::Links,
+            limits: Default::default(),
         };
         let bans = Arc::new(BanTable::default());
         let cluster = Cluster::start_with_key(config, NodeKey::from_seed(s[i]), bans.clone())

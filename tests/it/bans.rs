@@ -480,3 +480,68 @@ async fn a_journal_that_cannot_be_opened_stops_the_start() {
     assert!(err.contains("no-such-dir/bans.journal"), "{err}");
     assert!(err.contains("cannot open"), "{err}");
 }
+
+/// A journal line as the gateway writes it (CRC-32 of the JSON, a space, the JSON), for planting
+/// statements a gateway never wrote itself.
+pub(crate) fn journal_line(json: &str) -> String {
+    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
+}
+
+fn journaled_ban(prefix: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    journal_line(&format!(
+        r#"{{"op":"ban","prefix":"{prefix}","until_ms":{},"reason":"planted","origin":"local","created_ms":{now},"version":{}}}"#,
+        now + 3_600_000,
+        now * 1000
+    ))
+}
+
+#[tokio::test]
+async fn no_ban_may_cover_everyone_whether_from_the_api_or_the_journal() {
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(dir.path(), backend, "");
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    // A ban of everyone already in the journal (an older version, or a hand edit) must not lock
+    // everyone out at the next start.
+    let planted = journaled_ban("0.0.0.0/0") + &journaled_ban("127.0.0.9/32");
+    std::fs::write(dir.path().join("state/bans.journal"), planted).unwrap();
+    let gw = start(dir.path(), &toml).await;
+    assert!(
+        !is_refused("127.0.0.2", gw.front).await,
+        "a journaled 0.0.0.0/0 was applied"
+    );
+    assert!(
+        is_refused("127.0.0.9", gw.front).await,
+        "the narrow journaled ban was lost"
+    );
+
+    for (prefix, widest) in [
+        ("0.0.0.0/0", "/8"),
+        ("::/0", "/19"),
+        // The IPv4-mapped form of 0.0.0.0/0 is 0.0.0.0/0.
+        ("::ffff:0.0.0.0/96", "/8"),
+        ("10.0.0.0/7", "/8"),
+        ("2001::/18", "/19"),
+    ] {
+        let (status, v) = post_ban(gw.admin, prefix, "1h").await;
+        assert_eq!(status, 400, "{prefix}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains(&format!("wider than {widest}")), "{prefix}: {msg}");
+    }
+    let (status, v) = post_ban(gw.admin, "::ffff:0.0.0.0/96", "1h").await;
+    assert!(v["error"].as_str().unwrap().starts_with("0.0.0.0/0 "), "{status} {v}");
+    assert!(!is_refused("127.0.0.2", gw.front).await);
+    // The limit itself is allowed.
+    assert_eq!(post_ban(gw.admin, "10.0.0.0/8", "1h").await.0, 201);
+    assert_eq!(listed(gw.admin).await, ["10.0.0.0/8", "127.0.0.9/32"]);
+    let metrics = common::admin_get(gw.admin, TOKEN, "/metrics").await;
+    assert!(
+        metrics.contains("gatehouse_bans_rejected_total{reason=\"too_wide\"} 6"),
+        "{metrics}"
+    );
+    gw.running.shutdown().await;
+}
