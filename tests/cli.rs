@@ -1153,3 +1153,67 @@ fn a_second_gateway_on_the_same_journal_waits_for_the_first_to_exit() {
         .unwrap_or_else(|| panic!("no replay line:\n{}", second.log()));
     assert!(refused_from("127.0.0.2", listen2), "{}", second.log());
 }
+
+/// A ban line as the journal holds it (CRC-32 of the JSON, a space, the JSON, a newline).
+fn journal_ban_line(prefix: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let json = format!(
+        r#"{{"op":"ban","prefix":"{prefix}","until_ms":{},"reason":"planted","origin":"local","created_ms":{now},"version":{}}}"#,
+        now + 3_600_000,
+        now * 1000
+    );
+    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
+}
+
+#[test]
+fn journal_recovery_keeps_the_damaged_original_and_names_the_dropped_lines() {
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = admin_config(dir.path(), listen, admin, backend, "");
+    // Four acknowledged bans; then line 2 is damaged on disk (one bit) and line 4's checksum too.
+    let mut lines: Vec<String> = (2..=5).map(|i| journal_ban_line(&format!("127.0.0.{i}/32"))).collect();
+    lines[1] = lines[1].replacen("planted", "plantec", 1);
+    lines[3] = format!("00000000{}", &lines[3][8..]);
+    let original = lines.concat();
+    let journal = dir.path().join("bans.journal");
+    std::fs::write(&journal, &original).unwrap();
+
+    let mut gw = Proc::run_json(&path);
+    let skipped = gw
+        .wait_json(Duration::from_secs(10), |v| {
+            v["message"] == "ban journal: line dropped" && v["line"] == 2
+        })
+        .unwrap_or_else(|| panic!("line 2 not named:\n{}", gw.log()));
+    assert_eq!(skipped["why"], "checksum mismatch", "{skipped}");
+    let cut = gw
+        .wait_json(Duration::from_secs(10), |v| {
+            v["message"] == "ban journal: line dropped" && v["line"] == 4
+        })
+        .unwrap_or_else(|| panic!("line 4 not named:\n{}", gw.log()));
+    assert_eq!(cut["why"], "checksum mismatch", "{cut}");
+    assert!(cut["action"].as_str().unwrap().starts_with("cut"), "{cut}");
+    let summary = gw
+        .wait_json(Duration::from_secs(10), |v| v["copy"].is_string())
+        .unwrap_or_else(|| panic!("no line naming the copy:\n{}", gw.log()));
+    wait_accepting(&mut gw, listen);
+
+    // The original, byte for byte, beside the journal under the name the log gives.
+    let copies: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("bans.journal.damaged-"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(summary["copy"], copies[0].to_str().unwrap());
+    assert_eq!(std::fs::read_to_string(&copies[0]).unwrap(), original);
+    // The journal itself was rewritten to the intact lines, and they are in force.
+    let rewritten = std::fs::read_to_string(&journal).unwrap();
+    assert_eq!(rewritten.lines().count(), 2, "{rewritten}");
+    assert!(refused_from("127.0.0.2", listen) && refused_from("127.0.0.4", listen));
+    assert!(!refused_from("127.0.0.3", listen) && !refused_from("127.0.0.5", listen));
+}

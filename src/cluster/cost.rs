@@ -236,4 +236,76 @@ mod tests {
         let back: SignedCostReport = serde_json::from_str(&serde_json::to_string(&good).unwrap()).unwrap();
         assert!(back.verify());
     }
+
+    fn sharing_with(settings: CostSharing) -> Sharing {
+        let params = CostParams {
+            group_private: true,
+            ..CostParams::default()
+        };
+        Sharing::new(Ledger::new(params, Arc::new(SystemClock::new())), settings)
+    }
+
+    fn figure(group: &str, cost: f64) -> GroupCost {
+        GroupCost {
+            group: group.parse().unwrap(),
+            cost,
+        }
+    }
+
+    #[test]
+    fn a_listed_peers_report_is_read_up_to_its_group_cap() {
+        let s = sharing_with(CostSharing {
+            max_groups: 3,
+            ..CostSharing::default()
+        });
+        let peer = NodeKey::generate();
+        let listed = |k: &PublicKey| *k == peer.public();
+        let figures: Vec<GroupCost> = (1..=5).map(|i| figure(&format!("10.0.{i}.0"), 500.0)).collect();
+        let r = SignedCostReport::sign(&peer, 1, figures);
+        assert_eq!(s.receive_signed(&r, listed), ReportVerdict::Taken);
+        let counted = (1..=5)
+            .filter(|i| s.ledger.remote_cost(format!("10.0.{i}.0").parse().unwrap()) > 0.0)
+            .count();
+        assert_eq!(counted, 3);
+        assert_eq!(s.ignored.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_group_repeated_in_a_report_counts_once_and_replaces_the_last_figure() {
+        let s = sharing();
+        let peer = NodeKey::generate();
+        let listed = |k: &PublicKey| *k == peer.public();
+        let group = "10.1.2.0".parse().unwrap();
+        let first = SignedCostReport::sign(&peer, 1, vec![figure("10.1.2.0", 300.0)]);
+        assert_eq!(s.receive_signed(&first, listed), ReportVerdict::Taken);
+        // The same /24 named three times, under three of its addresses.
+        let repeated = vec![
+            figure("10.1.2.0", 400.0),
+            figure("10.1.2.7", 400.0),
+            figure("10.1.2.0", 400.0),
+        ];
+        let r = SignedCostReport::sign(&peer, 2, repeated);
+        assert_eq!(s.receive_signed(&r, listed), ReportVerdict::Taken);
+        assert_eq!(s.ledger.remote_cost(group), 400.0);
+        assert_eq!(s.ignored.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn one_report_adds_at_most_its_cost_cap() {
+        let s = sharing_with(CostSharing {
+            max_report_cost: 2.5,
+            ..CostSharing::default()
+        });
+        let hard = CostParams::default().hard_limit;
+        let peer = NodeKey::generate();
+        let listed = |k: &PublicKey| *k == peer.public();
+        let figures: Vec<GroupCost> = (1..=5).map(|i| figure(&format!("10.0.{i}.0"), 1e9)).collect();
+        let r = SignedCostReport::sign(&peer, 1, figures);
+        assert_eq!(s.receive_signed(&r, listed), ReportVerdict::Taken);
+        let costs: Vec<f64> = (1..=5)
+            .map(|i| s.ledger.remote_cost(format!("10.0.{i}.0").parse().unwrap()))
+            .collect();
+        // One hard limit per group at most, two and a half in all: two groups cut off, not five.
+        assert_eq!(costs, [hard, hard, hard / 2.0, 0.0, 0.0]);
+    }
 }

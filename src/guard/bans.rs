@@ -899,14 +899,15 @@ impl BanTable {
             tracing::warn!(prefix = %target, %allowed, reason, "ban refused: the network is allowlisted");
             return None;
         }
+        let now = SystemTime::now();
+        let mut store = lock(&self.store);
         // Already covered by a wider ban (its group was banned, or an operator's): nothing to add.
+        // Checked under the writers' lock, so an escalation made meanwhile is seen.
         if let Some((net, b)) = self.lookup(ip) {
             if net.prefix() < target.prefix() {
                 return Some(remaining(b.until));
             }
         }
-        let now = SystemTime::now();
-        let mut store = lock(&self.store);
         if self.len() >= limits.max_entries {
             drop(store);
             self.note_full(ip, limits.max_entries);
@@ -1329,6 +1330,28 @@ mod tests {
                 ..BanStats::default()
             }
         );
+    }
+
+    #[test]
+    fn automatic_ipv6_bans_cover_a_64_and_escalate_to_the_48() {
+        let t = BanTable::default();
+        assert_eq!(t.ban_offender(ip("2001:db8:1:2::1"), HOUR, HOUR, "x"), Some(HOUR));
+        assert_eq!(
+            t.lookup(ip("2001:db8:1:2:ffff::9")).unwrap().0,
+            net("2001:db8:1:2::/64")
+        );
+        // Another address of the same /64 is the same offender: no new entry.
+        t.ban_offender(ip("2001:db8:1:2::2"), HOUR, HOUR, "x").unwrap();
+        assert_eq!(t.len(), 1);
+        for i in 3..=5 {
+            t.ban_offender(ip(&format!("2001:db8:1:{i}::1")), HOUR, HOUR, "x")
+                .unwrap();
+        }
+        let prefixes: Vec<String> = t.list(None).iter().map(|b| b.prefix.to_string()).collect();
+        assert_eq!(prefixes, ["2001:db8:1::/48"]);
+        assert_eq!(t.stats().escalated, 1);
+        assert!(t.is_banned(ip("2001:db8:1:ffff::1")));
+        assert!(!t.is_banned(ip("2001:db8:2::1")));
     }
 
     #[test]

@@ -545,3 +545,91 @@ async fn no_ban_may_cover_everyone_whether_from_the_api_or_the_journal() {
     );
     gw.running.shutdown().await;
 }
+
+/// A gateway whose Electrum front bans at the first garbage line, with a journal and the admin API;
+/// `bans` joins the [bans] table.
+async fn electrum_gateway(dir: &Path, bans: &str) -> (Running, SocketAddr, SocketAddr) {
+    let backend = crate::electrum_cost::stub_backend(&[]).await;
+    std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let toml = format!(
+        "{}[bans]\njournal = \"state/bans.journal\"\nmax_violations = 0\n{bans}\n\n\
+         [admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n\
+         [[front]]\nname = \"electrum\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
+         upstreams = [\"{backend}\"]\n",
+        common::RELAXED
+    );
+    let running = common::start_in(dir, &toml).await;
+    let admin = match running.admin_addr() {
+        Some(AdminListen::Tcp(a)) => *a,
+        other => panic!("admin API not on TCP: {other:?}"),
+    };
+    let front = running.addr("electrum");
+    (running, admin, front)
+}
+
+/// One garbage line from `from` (a violation, so a ban), read until the gateway closes; false if the
+/// connection was refused at once (already banned).
+async fn offend(from: String, front: SocketAddr) -> bool {
+    let Ok(mut s) = common::connect_from(&from, front).await else {
+        return false;
+    };
+    if s.write_all(b"this is not json\n").await.is_err() {
+        return false;
+    }
+    common::closed_within(&mut s, Duration::from_secs(10)).await;
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offenders_from_one_24_end_as_one_ban_of_the_24() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, admin, front) = electrum_gateway(dir.path(), "").await;
+    // 250 addresses of one /24, fifty at a time.
+    let hosts: Vec<String> = (1..=250).map(|i| format!("127.0.7.{i}")).collect();
+    for chunk in hosts.chunks(50) {
+        futures_util::future::join_all(chunk.iter().map(|h| offend(h.clone(), front))).await;
+    }
+    assert_eq!(listed(admin).await, ["127.0.7.0/24"]);
+    for h in ["127.0.7.1", "127.0.7.128", "127.0.7.254"] {
+        assert!(is_refused(h, front).await, "{h} admitted");
+    }
+    // On disk: a handful of lines (the first addresses, their lifts, the /24), not 250 bans.
+    let journal = std::fs::read_to_string(dir.path().join("state/bans.journal")).unwrap();
+    let bans: Vec<&str> = journal.lines().filter(|l| l.contains(r#""op":"ban""#)).collect();
+    assert!(bans.len() <= 4, "{journal}");
+    assert!(bans.last().unwrap().contains("127.0.7.0/24"), "{journal}");
+    let s = running.bans().stats();
+    assert_eq!(s.escalated, 1, "{s:?}");
+    assert!(s.journal_syncs <= 8, "{s:?}");
+    running.shutdown().await;
+
+    // The escalation survives a restart whole: the /24, and none of the lifted single bans.
+    let (running, admin, _) = electrum_gateway(dir.path(), "").await;
+    assert_eq!(listed(admin).await, ["127.0.7.0/24"]);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ban_table_refuses_automatic_bans_but_never_an_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, admin, front) = electrum_gateway(dir.path(), "max_entries = 5\nescalate_after = 0").await;
+    for i in 1..=8 {
+        assert!(offend(format!("127.0.{}.9", 20 + i), front).await);
+    }
+    assert_eq!(listed(admin).await.len(), 5);
+    assert!(is_refused("127.0.21.9", front).await);
+    assert!(
+        !listed(admin).await.contains(&"127.0.28.9/32".to_string()),
+        "banned past the cap"
+    );
+    let (status, v) = post_ban(admin, "192.0.2.0/24", "1h").await;
+    assert_eq!(status, 201, "an operator's ban did not fit: {v}");
+    assert_eq!(listed(admin).await.len(), 6);
+    let metrics = common::admin_get(admin, TOKEN, "/metrics").await;
+    assert!(
+        metrics.contains("gatehouse_bans_rejected_total{reason=\"table_full\"} 3"),
+        "{metrics}"
+    );
+    running.shutdown().await;
+}
