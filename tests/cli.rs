@@ -817,6 +817,19 @@ fn bans_commands_talk_to_the_running_gateway() {
             vec!["bans", "add", "127.0.0.0/24", "--duration", "1h", "-c", conf],
             "allowlisted",
         ),
+        // Nobody bans everyone, nor the IPv4-mapped spelling of everyone.
+        (
+            vec!["bans", "add", "0.0.0.0/0", "--duration", "1h", "-c", conf],
+            "wider than /8",
+        ),
+        (
+            vec!["bans", "add", "::ffff:0.0.0.0/96", "--duration", "1h", "-c", conf],
+            "wider than /8",
+        ),
+        (
+            vec!["bans", "add", "::/0", "--duration", "1h", "-c", conf],
+            "wider than /19",
+        ),
     ] {
         let out = run_to_end(&args, t);
         assert_eq!(out.code(), Some(1), "{args:?}: {}", out.stdout);
@@ -1216,4 +1229,144 @@ fn journal_recovery_keeps_the_damaged_original_and_names_the_dropped_lines() {
     assert_eq!(rewritten.lines().count(), 2, "{rewritten}");
     assert!(refused_from("127.0.0.2", listen) && refused_from("127.0.0.4", listen));
     assert!(!refused_from("127.0.0.3", listen) && !refused_from("127.0.0.5", listen));
+}
+
+/// A blocking wait (bounded) for `pred`, polled every 50 ms.
+fn poll_until(limit: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if pred() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    pred()
+}
+
+/// The metrics text of the admin API at `admin`.
+fn metrics_text(admin: SocketAddr) -> String {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("connect to admin API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_peers_ban_the_journal_cannot_take_is_retried_until_it_is_and_readyz_says_degraded_meanwhile() {
+    use gatehouse::cluster::keys::NodeKey;
+    let backend = echo_backend();
+    let port = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+    let (links, fronts, admins) = ([port(), port()], [port(), port()], [port(), port()]);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let keys: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            NodeKey::generate_file(&d.path().join("node.key"))
+                .unwrap()
+                .public()
+                .to_string()
+        })
+        .collect();
+    let paths: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let dir = dirs[i].path();
+            std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+            let top = format!(
+                "[bans]\njournal = \"bans.journal\"\n\n\
+                 [admin]\nenabled = true\nlisten = \"{}\"\ntoken_file = \"admin.token\"\n\n\
+                 [cluster]\nnode_key = \"node.key\"\nlisten = \"{}\"\nanti_entropy = \"1s\"\n\n\
+                 [[cluster.peers]]\naddr = \"{}\"\nkey = \"{}\"\n",
+                admins[i],
+                links[i],
+                links[1 - i],
+                keys[1 - i]
+            );
+            let path = dir.join("gatehouse.toml");
+            std::fs::write(&path, tcp_config(fronts[i], backend, &top)).unwrap();
+            path
+        })
+        .collect();
+    let mut a = Proc::run_json(&paths[0]);
+    // B ignores SIGXFSZ (as an inherited disposition), so a file-size limit makes its journal writes
+    // fail with EFBIG, as a full disk would, instead of killing it.
+    let child = Command::new("sh")
+        .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
+        .arg(BIN)
+        .args(["run", "-c", paths[1].to_str().unwrap(), "--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut b = Proc::new(child);
+    wait_accepting(&mut a, fronts[0]);
+    wait_accepting(&mut b, fronts[1]);
+    let linked = || metrics_text(admins[1]).contains("gatehouse_cluster_links_up 1");
+    assert!(poll_until(Duration::from_secs(10), linked), "no link:\n{}", b.log());
+    let prlimit = |value: &str| {
+        let st = Command::new("prlimit")
+            .args(["--pid", &b.pid().to_string(), &format!("--fsize={value}")])
+            .status()
+            .expect("prlimit (util-linux) is needed");
+        assert!(st.success(), "prlimit {value}");
+    };
+    let journal = dirs[1].path().join("bans.journal");
+    let size = std::fs::metadata(&journal).unwrap().len();
+    // The soft limit only: raising a hard limit again would need CAP_SYS_RESOURCE.
+    prlimit(&format!("{size}:unlimited"));
+
+    let (status, rec) = http(
+        admins[0],
+        "POST",
+        "/v1/bans",
+        r#"{"prefix": "127.0.0.2", "duration": "1h", "reason": "disk full on B"}"#,
+    );
+    assert_eq!(status, 201, "{rec}");
+    let not_journaled = |m: &str| {
+        m.lines().any(|l| {
+            l.starts_with("gatehouse_cluster_records_received_total{reason=\"not_journaled\"}") && !l.ends_with(" 0")
+        })
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), || not_journaled(&metrics_text(admins[1]))),
+        "{}",
+        metrics_text(admins[1])
+    );
+    let (status, ready) = http(admins[1], "GET", "/readyz", "");
+    assert_eq!((status, ready["status"].as_str()), (503, Some("degraded")), "{ready}");
+    let m = metrics_text(admins[1]);
+    assert!(m.contains("gatehouse_bans_journal_failing 1"), "{m}");
+    assert!(
+        m.contains("gatehouse_cluster_records_received_total{reason=\"applied\"} 0"),
+        "counted applied though not held:\n{m}"
+    );
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), size);
+
+    // The disk works again: the next anti-entropy round brings the statement, journaled this time.
+    prlimit("unlimited:unlimited");
+    assert!(
+        poll_until(Duration::from_secs(10), || refused_from("127.0.0.2", fronts[1])),
+        "B never enforced the ban:\n{}",
+        b.log()
+    );
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(text.contains("127.0.0.2/32"), "{text}");
+    assert!(poll_until(Duration::from_secs(5), || http(
+        admins[1], "GET", "/readyz", ""
+    )
+    .0 == 200));
+    let m = metrics_text(admins[1]);
+    assert!(m.contains("gatehouse_bans_journal_failing 0"), "{m}");
+    assert!(
+        m.contains("gatehouse_cluster_records_received_total{reason=\"applied\"} 1"),
+        "{m}"
+    );
 }
