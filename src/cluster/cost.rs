@@ -110,6 +110,11 @@ impl SignedCostReport {
         }
     }
 
+    /// A report as it arrives through a shared service (JSON).
+    pub fn decode(data: &[u8]) -> Result<SignedCostReport, serde_json::Error> {
+        serde_json::from_slice(data)
+    }
+
     pub fn verify(&self) -> bool {
         PublicKey(self.origin).verify(&Self::canonical_bytes(&self.origin, self.seq, &self.figures), &self.sig)
     }

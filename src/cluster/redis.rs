@@ -207,6 +207,15 @@ pub fn decode_value(value: &[u8]) -> Result<SignedRecord, ValueError> {
     Ok(rec)
 }
 
+/// A statement as announced on the channel: `<remaining ms> <value>` (for fuzzing the decoder).
+pub fn decode_message(payload: &[u8]) -> Result<Carried, ValueError> {
+    let (remaining_ms, value) = split_message(payload)?;
+    Ok(Carried {
+        rec: decode_value(value)?,
+        remaining_ms,
+    })
+}
+
 fn split_message(payload: &[u8]) -> Result<(u64, &[u8]), ValueError> {
     let sp = payload.iter().position(|&b| b == b' ').ok_or(ValueError::Message)?;
     let ms = std::str::from_utf8(&payload[..sp])
@@ -633,7 +642,7 @@ impl RedisTask {
 /// A peer's cost report from the channel: taken if signed by a listed node and newer than its last.
 fn on_cost_report(inner: &Inner, payload: &[u8]) {
     let Some(sharing) = inner.sharing.get() else { return };
-    let report: SignedCostReport = match serde_json::from_slice(payload) {
+    let report = match SignedCostReport::decode(payload) {
         Ok(r) => r,
         Err(e) => {
             bump(&inner.counters.cost_reports_rejected);

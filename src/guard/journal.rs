@@ -145,6 +145,13 @@ pub fn parse_line(line: &[u8]) -> Result<Entry, LineError> {
     Entry::decode(line)
 }
 
+/// One journal line for `e`, newline included, as appends write it.
+pub fn encode_line(e: &Entry) -> Vec<u8> {
+    let mut out = Vec::new();
+    e.encode(&mut out);
+    out
+}
+
 /// A line replay dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DroppedLine {
