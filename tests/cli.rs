@@ -1352,11 +1352,13 @@ fn a_peers_ban_the_journal_cannot_take_is_retried_until_it_is_and_readyz_says_de
 
     // The disk works again: the next anti-entropy round brings the statement, journaled this time.
     prlimit("unlimited:unlimited");
+    let held = || http(admins[1], "GET", "/v1/bans", "").1["bans"].to_string().contains("127.0.0.2/32");
     assert!(
-        poll_until(Duration::from_secs(10), || refused_from("127.0.0.2", fronts[1])),
-        "B never enforced the ban:\n{}",
+        poll_until(Duration::from_secs(10), held),
+        "B never took the ban:\n{}",
         b.log()
     );
+    assert!(refused_from("127.0.0.2", fronts[1]), "B does not enforce the ban");
     let text = std::fs::read_to_string(&journal).unwrap();
     assert!(text.contains("127.0.0.2/32"), "{text}");
     assert!(poll_until(Duration::from_secs(5), || http(
