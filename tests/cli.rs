@@ -1352,7 +1352,11 @@ fn a_peers_ban_the_journal_cannot_take_is_retried_until_it_is_and_readyz_says_de
 
     // The disk works again: the next anti-entropy round brings the statement, journaled this time.
     prlimit("unlimited:unlimited");
-    let held = || http(admins[1], "GET", "/v1/bans", "").1["bans"].to_string().contains("127.0.0.2/32");
+    let held = || {
+        http(admins[1], "GET", "/v1/bans", "").1["bans"]
+            .to_string()
+            .contains("127.0.0.2/32")
+    };
     assert!(
         poll_until(Duration::from_secs(10), held),
         "B never took the ban:\n{}",

@@ -84,7 +84,7 @@ return 1
 const HEAD: usize = 80;
 /// Rejected values remembered (so each is counted once, not at every resync). Whoever writes to Redis
 /// chooses how many bad values there are; past this many, the rest are simply judged again.
-const MAX_REJECTED: usize = 10_000;
+pub const MAX_REJECTED: usize = 10_000;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Bounds every connect and command, so a Redis that stops answering (no reset) is noticed.
@@ -254,6 +254,8 @@ pub struct RedisStatus {
     pub since: Option<SystemTime>,
     /// When the last full resync finished.
     pub last_sync: Option<SystemTime>,
+    /// Rejected values remembered so each is counted once (at most `MAX_REJECTED`).
+    pub rejected_remembered: usize,
 }
 
 /// The cluster's side of the Redis task: where local statements go, and the connection's state.
@@ -298,6 +300,7 @@ impl RedisLink {
                 connected: false,
                 since: None,
                 last_sync: None,
+                rejected_remembered: 0,
             }),
         };
         let task = RedisTask {
@@ -587,7 +590,9 @@ impl RedisTask {
         }
         self.write(s, &missing).await?;
         if let Some(r) = &inner.redis {
-            lock(&r.status).last_sync = Some(SystemTime::now());
+            let mut st = lock(&r.status);
+            st.last_sync = Some(SystemTime::now());
+            st.rejected_remembered = rejected.len();
         }
         Ok(())
     }

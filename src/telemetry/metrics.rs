@@ -524,6 +524,13 @@ pub fn render(live: Option<&Live>) -> String {
                 "Cost reports refused (through Redis: unlisted origin, bad signature, malformed)",
                 counter(x.cost_reports_rejected),
             );
+            if let Some(redis) = &st.redis {
+                r.register(
+                    "cluster_redis_rejected_remembered",
+                    "Rejected values in Redis remembered so each is counted once (at most 10000; past that they are judged again)",
+                    gauge(redis.rejected_remembered as i64),
+                );
+            }
             r.register(
                 "cluster_cost_figures_ignored",
                 "Figures of peers' cost reports ignored: past the report's group cap, repeated, or past its cost cap",
