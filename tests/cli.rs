@@ -1376,3 +1376,27 @@ fn a_peers_ban_the_journal_cannot_take_is_retried_until_it_is_and_readyz_says_de
         "{m}"
     );
 }
+
+#[test]
+fn check_rejects_ban_limits_that_would_ban_everyone_or_a_group_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "server");
+    for (setting, key_name, reason) in [
+        ("min_prefix_v4 = 0", "bans.min_prefix_v4", "must be 1..=32"),
+        ("min_prefix_v6 = 0", "bans.min_prefix_v6", "must be 1..=128"),
+        (
+            "ipv6_prefix = 16",
+            "bans.ipv6_prefix",
+            "between bans.min_prefix_v6 (19) and 128",
+        ),
+        (
+            "escalate_after = 1",
+            "bans.escalate_after",
+            "must be 0 (never) or at least 2",
+        ),
+        ("max_entries = 0", "bans.max_entries", "must be at least 1"),
+    ] {
+        let text = format!("[bans]\n{setting}\n\n{}", tls_config(&cert, &key));
+        assert_check_error(&text, key_name, line_of(&text, setting), reason);
+    }
+}

@@ -1355,6 +1355,20 @@ mod tests {
     }
 
     #[test]
+    fn escalation_never_goes_wider_than_the_minimum_prefix() {
+        let t = BanTable::default().with_limits(BanLimits {
+            group_prefix_v4: 0,
+            escalate_after: 2,
+            ..BanLimits::default()
+        });
+        t.ban_offender(ip("198.51.100.1"), HOUR, HOUR, "x").unwrap();
+        t.ban_offender(ip("198.2.0.1"), HOUR, HOUR, "x").unwrap();
+        let prefixes: Vec<String> = t.list(None).iter().map(|b| b.prefix.to_string()).collect();
+        assert_eq!(prefixes, ["198.0.0.0/8"]);
+        assert!(!t.is_banned(ip("199.0.0.1")));
+    }
+
+    #[test]
     fn list_filters_by_overlap_and_unban_is_exact() {
         let t = BanTable::default();
         t.ban(net("192.0.2.0/24"), HOUR, "a").unwrap();
