@@ -61,7 +61,13 @@
 //!   node's key as their origin (so `GET /v1/bans` names it), their signed version, and an attachment
 //!   `<duration_ms>:<base64 signature>` (the signed duration is not derivable from this node's deadline).
 //!   They never appear on the feed, so nothing echoes. Records arriving together (a `Records` message)
-//!   are judged in order and journaled with one fsync.
+//!   are judged in order and journaled with one fsync. A winner is held (and counted, and relayed) only
+//!   once the table has journaled it: if the journal fails, the record is not held, so the next
+//!   anti-entropy round (or Redis resync) finds it missing and brings it again.
+//! - **Bounds on peers**: a listed key is trusted to sign, not to exhaust this node. Bans wider than the
+//!   table's minimum prefix, statements longer than `max_record_duration`, past `max_records_per_origin`
+//!   held for their origin, or versioned more than [`bans::MAX_VERSION_AHEAD`] ahead of this clock are
+//!   refused and counted, whether or not they would have won.
 //! - **Restart**: the signed-record store is rebuilt from [`BanTable::statements`]: remote statements
 //!   become held records again if their origin is still listed (others stay in the table but are not
 //!   relayed), without checking their signatures again (the journal is this node's own; peers verify

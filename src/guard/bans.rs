@@ -3,7 +3,13 @@
 //! Reads happen on every accept and writes are rare, so a read-mostly lock over a longest-prefix map is
 //! enough; lookups never hold it across an await and never touch the journal. Writes go through one
 //! mutex that owns the journal: a statement is on disk before it changes the map, so anything a caller
-//! was told has happened survives a crash.
+//! was told has happened survives a crash. Automatic bans are the exception: they cut the offender off
+//! at once and their lines join a queue that the next sync writes whole, so a burst of offenders costs
+//! a few fsyncs (and a crash may forget the last few, which the offenders then earn again).
+//!
+//! What enters is bounded ([`BanLimits`]): no prefix shorter than the minimum (from anyone, replay
+//! included), automatic bans of several addresses of one group become one ban of the group, and
+//! automatic bans stop at a cap that operators' bans ignore.
 //!
 //! Statements about a prefix (a ban or a lift) carry a version; the newest one wins. Versions are a
 //! hybrid clock, `max(previous + 1, now in µs)`: strictly increasing per origin even if the wall clock
@@ -919,7 +925,7 @@ impl BanTable {
                 off.retain(|_, o| o.forgiven > now);
             }
             let remembered = off.len() < limits.max_entries || off.contains_key(&target.network());
-            let fresh = Offence {
+            let mut fresh = Offence {
                 count: 0,
                 last: now,
                 forgiven: now,
@@ -928,7 +934,7 @@ impl BanTable {
                 off.entry(target.network()).or_insert(fresh)
             } else {
                 // Memory full: this offender is judged as a first offender rather than grow it.
-                &mut { fresh }
+                &mut fresh
             };
             if now.duration_since(e.last).unwrap_or_default() > max + max {
                 e.count = 0;
