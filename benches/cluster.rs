@@ -62,6 +62,7 @@ impl Pair {
             anti_entropy: Duration::from_secs(5),
             cost: Default::default(),
             backend: gatehouse::cluster::Backend::Links,
+            limits: Default::default(),
         };
         Cluster::start_with_key(config, NodeKey::from_seed(self.seeds[i]), bans)
             .await

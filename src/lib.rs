@@ -237,8 +237,8 @@ impl Gatehouse {
         // The journal first: a gateway that cannot remember its bans must not start serving.
         let allow = config.admission.allow.clone();
         let bans = Arc::new(match &config.bans.journal {
-            Some(path) => BanTable::open(path, allow)?,
-            None => BanTable::new(allow),
+            Some(path) => BanTable::open_limited(path, allow, Default::default(), config.bans.limits)?,
+            None => BanTable::new(allow).with_limits(config.bans.limits),
         });
         let mut bound = Vec::new();
         for f in std::mem::take(&mut config.fronts) {
@@ -472,6 +472,7 @@ impl Running {
         let shared = &self.shared;
         shared.guard.global().set_policy(config.admission.clone());
         shared.guard.bans().set_allowlist(config.admission.allow.clone());
+        shared.guard.bans().set_limits(config.bans.limits);
         shared.ledger.set_params(cost_params(&config));
         shared.cost.store(Arc::new(config.cost.clone()));
         shared.ban_policy.store(Arc::new(config.bans.clone()));

@@ -1039,6 +1039,19 @@ fn bans_commands_talk_to_the_running_gateway() {
             vec!["bans", "add", "127.0.0.0/24", "--duration", "1h", "-c", conf],
             "allowlisted",
         ),
+        // Nobody bans everyone, nor the IPv4-mapped spelling of everyone.
+        (
+            vec!["bans", "add", "0.0.0.0/0", "--duration", "1h", "-c", conf],
+            "wider than /8",
+        ),
+        (
+            vec!["bans", "add", "::ffff:0.0.0.0/96", "--duration", "1h", "-c", conf],
+            "wider than /8",
+        ),
+        (
+            vec!["bans", "add", "::/0", "--duration", "1h", "-c", conf],
+            "wider than /19",
+        ),
     ] {
         let out = run_to_end(&args, t);
         assert_eq!(out.code(), Some(1), "{args:?}: {}", out.stdout);
@@ -1448,4 +1461,238 @@ fn a_second_gateway_on_the_same_journal_waits_for_the_first_to_exit() {
         })
         .unwrap_or_else(|| panic!("no replay line:\n{}", second.log()));
     assert!(refused_from("127.0.0.2", listen2), "{}", second.log());
+}
+
+/// A ban line as the journal holds it (CRC-32 of the JSON, a space, the JSON, a newline).
+fn journal_ban_line(prefix: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let json = format!(
+        r#"{{"op":"ban","prefix":"{prefix}","until_ms":{},"reason":"planted","origin":"local","created_ms":{now},"version":{}}}"#,
+        now + 3_600_000,
+        now * 1000
+    );
+    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
+}
+
+#[test]
+fn journal_recovery_keeps_the_damaged_original_and_names_the_dropped_lines() {
+    let backend = echo_backend();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = admin_config(dir.path(), listen, admin, backend, "");
+    // Four acknowledged bans; then line 2 is damaged on disk (one bit) and line 4's checksum too.
+    let mut lines: Vec<String> = (2..=5).map(|i| journal_ban_line(&format!("127.0.0.{i}/32"))).collect();
+    lines[1] = lines[1].replacen("planted", "plantec", 1);
+    lines[3] = format!("00000000{}", &lines[3][8..]);
+    let original = lines.concat();
+    let journal = dir.path().join("bans.journal");
+    std::fs::write(&journal, &original).unwrap();
+
+    let mut gw = Proc::run_json(&path);
+    let skipped = gw
+        .wait_json(Duration::from_secs(10), |v| {
+            v["message"] == "ban journal: line dropped" && v["line"] == 2
+        })
+        .unwrap_or_else(|| panic!("line 2 not named:\n{}", gw.log()));
+    assert_eq!(skipped["why"], "checksum mismatch", "{skipped}");
+    let cut = gw
+        .wait_json(Duration::from_secs(10), |v| {
+            v["message"] == "ban journal: line dropped" && v["line"] == 4
+        })
+        .unwrap_or_else(|| panic!("line 4 not named:\n{}", gw.log()));
+    assert_eq!(cut["why"], "checksum mismatch", "{cut}");
+    assert!(cut["action"].as_str().unwrap().starts_with("cut"), "{cut}");
+    let summary = gw
+        .wait_json(Duration::from_secs(10), |v| v["copy"].is_string())
+        .unwrap_or_else(|| panic!("no line naming the copy:\n{}", gw.log()));
+    wait_accepting(&mut gw, listen);
+
+    // The original, byte for byte, beside the journal under the name the log gives.
+    let copies: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("bans.journal.damaged-"))
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    assert_eq!(summary["copy"], copies[0].to_str().unwrap());
+    assert_eq!(std::fs::read_to_string(&copies[0]).unwrap(), original);
+    // The journal itself was rewritten to the intact lines, and they are in force.
+    let rewritten = std::fs::read_to_string(&journal).unwrap();
+    assert_eq!(rewritten.lines().count(), 2, "{rewritten}");
+    assert!(refused_from("127.0.0.2", listen) && refused_from("127.0.0.4", listen));
+    assert!(!refused_from("127.0.0.3", listen) && !refused_from("127.0.0.5", listen));
+}
+
+/// A blocking wait (bounded) for `pred`, polled every 50 ms.
+fn poll_until(limit: Duration, mut pred: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if pred() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    pred()
+}
+
+/// The metrics text of the admin API at `admin`.
+fn metrics_text(admin: SocketAddr) -> String {
+    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("connect to admin API");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_peers_ban_the_journal_cannot_take_is_retried_until_it_is_and_readyz_says_degraded_meanwhile() {
+    use gatehouse::cluster::keys::NodeKey;
+    let backend = echo_backend();
+    let port = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
+    let (links, fronts, admins) = ([port(), port()], [port(), port()], [port(), port()]);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let keys: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            NodeKey::generate_file(&d.path().join("node.key"))
+                .unwrap()
+                .public()
+                .to_string()
+        })
+        .collect();
+    let paths: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let dir = dirs[i].path();
+            std::fs::write(dir.join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+            let top = format!(
+                "[bans]\njournal = \"bans.journal\"\n\n\
+                 [admin]\nenabled = true\nlisten = \"{}\"\ntoken_file = \"admin.token\"\n\n\
+                 [cluster]\nnode_key = \"node.key\"\nlisten = \"{}\"\nanti_entropy = \"1s\"\n\n\
+                 [[cluster.peers]]\naddr = \"{}\"\nkey = \"{}\"\n",
+                admins[i],
+                links[i],
+                links[1 - i],
+                keys[1 - i]
+            );
+            let path = dir.join("gatehouse.toml");
+            std::fs::write(&path, tcp_config(fronts[i], backend, &top)).unwrap();
+            path
+        })
+        .collect();
+    let mut a = Proc::run_json(&paths[0]);
+    // B ignores SIGXFSZ (as an inherited disposition), so a file-size limit makes its journal writes
+    // fail with EFBIG, as a full disk would, instead of killing it.
+    let child = Command::new("sh")
+        .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
+        .arg(BIN)
+        .args(["run", "-c", paths[1].to_str().unwrap(), "--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut b = Proc::new(child);
+    wait_accepting(&mut a, fronts[0]);
+    wait_accepting(&mut b, fronts[1]);
+    let linked = || metrics_text(admins[1]).contains("gatehouse_cluster_links_up 1");
+    assert!(poll_until(Duration::from_secs(10), linked), "no link:\n{}", b.log());
+    let prlimit = |value: &str| {
+        let st = Command::new("prlimit")
+            .args(["--pid", &b.pid().to_string(), &format!("--fsize={value}")])
+            .status()
+            .expect("prlimit (util-linux) is needed");
+        assert!(st.success(), "prlimit {value}");
+    };
+    let journal = dirs[1].path().join("bans.journal");
+    let size = std::fs::metadata(&journal).unwrap().len();
+    // The soft limit only: raising a hard limit again would need CAP_SYS_RESOURCE.
+    prlimit(&format!("{size}:unlimited"));
+
+    let (status, rec) = http(
+        admins[0],
+        "POST",
+        "/v1/bans",
+        r#"{"prefix": "127.0.0.2", "duration": "1h", "reason": "disk full on B"}"#,
+    );
+    assert_eq!(status, 201, "{rec}");
+    let not_journaled = |m: &str| {
+        m.lines().any(|l| {
+            l.starts_with("gatehouse_cluster_records_received_total{reason=\"not_journaled\"}") && !l.ends_with(" 0")
+        })
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), || not_journaled(&metrics_text(admins[1]))),
+        "{}",
+        metrics_text(admins[1])
+    );
+    let (status, ready) = http(admins[1], "GET", "/readyz", "");
+    assert_eq!((status, ready["status"].as_str()), (503, Some("degraded")), "{ready}");
+    let m = metrics_text(admins[1]);
+    assert!(m.contains("gatehouse_bans_journal_failing 1"), "{m}");
+    assert!(
+        m.contains("gatehouse_cluster_records_received_total{reason=\"applied\"} 0"),
+        "counted applied though not held:\n{m}"
+    );
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), size);
+
+    // The disk works again: the next anti-entropy round brings the statement, journaled this time.
+    prlimit("unlimited:unlimited");
+    let held = || {
+        http(admins[1], "GET", "/v1/bans", "").1["bans"]
+            .to_string()
+            .contains("127.0.0.2/32")
+    };
+    assert!(
+        poll_until(Duration::from_secs(10), held),
+        "B never took the ban:\n{}",
+        b.log()
+    );
+    assert!(refused_from("127.0.0.2", fronts[1]), "B does not enforce the ban");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    assert!(text.contains("127.0.0.2/32"), "{text}");
+    assert!(poll_until(Duration::from_secs(5), || http(
+        admins[1], "GET", "/readyz", ""
+    )
+    .0 == 200));
+    let m = metrics_text(admins[1]);
+    assert!(m.contains("gatehouse_bans_journal_failing 0"), "{m}");
+    assert!(
+        m.contains("gatehouse_cluster_records_received_total{reason=\"applied\"} 1"),
+        "{m}"
+    );
+}
+
+#[test]
+fn check_rejects_ban_limits_that_would_ban_everyone_or_a_group_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path(), "server");
+    for (setting, key_name, reason) in [
+        ("min_prefix_v4 = 0", "bans.min_prefix_v4", "must be 1..=32"),
+        ("min_prefix_v6 = 0", "bans.min_prefix_v6", "must be 1..=128"),
+        (
+            "ipv6_prefix = 16",
+            "bans.ipv6_prefix",
+            "between bans.min_prefix_v6 (19) and 128",
+        ),
+        (
+            "escalate_after = 1",
+            "bans.escalate_after",
+            "must be 0 (never) or at least 2",
+        ),
+        ("max_entries = 0", "bans.max_entries", "must be at least 1"),
+    ] {
+        let text = format!("[bans]\n{setting}\n\n{}", tls_config(&cert, &key));
+        assert_check_error(&text, key_name, line_of(&text, setting), reason);
+    }
 }

@@ -456,9 +456,15 @@ async fn handle(state: &AdminState, peer: &str, authorized: bool, req: Request<I
         (&Method::GET, "/readyz") => {
             return if state.stop_accepting.is_cancelled() {
                 reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "draining" }))
+            } else if state.bans.journal_failing() {
+                // Bans it is told about may not hold here: better out of rotation than a hole.
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({ "status": "degraded", "reason": "the ban journal is failing writes" }),
+                )
             } else {
                 reply(StatusCode::OK, json!({ "status": "ready" }))
-            }
+            };
         }
         (_, "/healthz" | "/readyz") => return method_not_allowed("GET"),
         (&Method::GET, "/metrics") if state.metrics_public => return metrics(state),
@@ -711,7 +717,8 @@ async fn add_ban(state: &AdminState, peer: &str, req: Request<Incoming>) -> Repl
         Err(e) => {
             let status = match e {
                 BanError::Allowlisted { .. } => StatusCode::CONFLICT,
-                BanError::ZeroDuration => StatusCode::BAD_REQUEST,
+                BanError::ZeroDuration | BanError::TooWide { .. } => StatusCode::BAD_REQUEST,
+                BanError::TableFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 BanError::Journal(_) | BanError::ReservedOrigin => StatusCode::INTERNAL_SERVER_ERROR,
             };
             audit_refused(&net.to_string(), status, &e.to_string());

@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// A report's figures beyond this are ignored, whatever the sender's `max_groups`.
-const MAX_FIGURES: usize = 100_000;
+/// What one peer's report may add, in multiples of `[cost] hard_limit`.
+pub const DEFAULT_MAX_REPORT_COST: f64 = 100.0;
 
 /// Settings of `[cluster.cost]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +29,11 @@ pub struct CostSharing {
     pub threshold: f64,
     /// How long a peer's figure counts without being renewed.
     pub expiry: Duration,
-    /// Reports carry at most this many groups, the costliest first.
+    /// Reports carry at most this many groups, the costliest first; a peer's report is read no further.
     pub max_groups: usize,
+    /// The cost one report may add, in hard limits: each figure counts at most one hard limit, and
+    /// all of them together at most this many (so a peer cannot cut off more groups at once).
+    pub max_report_cost: f64,
 }
 
 impl Default for CostSharing {
@@ -41,6 +44,7 @@ impl Default for CostSharing {
             threshold: 100.0,
             expiry: Duration::from_secs(5),
             max_groups: 10_000,
+            max_report_cost: DEFAULT_MAX_REPORT_COST,
         }
     }
 }
@@ -52,6 +56,8 @@ pub struct Sharing {
     /// The newest signed report taken from each origin, so an old report replayed through a shared
     /// service (Redis) cannot bring back figures its origin has since lowered.
     last_seq: Mutex<HashMap<[u8; 32], u64>>,
+    /// Figures ignored: beyond `max_groups`, repeated, or past `max_report_cost`.
+    pub ignored: std::sync::atomic::AtomicU64,
 }
 
 /// Why a signed report was not taken.
@@ -104,6 +110,11 @@ impl SignedCostReport {
         }
     }
 
+    /// A report as it arrives through a shared service (JSON).
+    pub fn decode(data: &[u8]) -> Result<SignedCostReport, serde_json::Error> {
+        serde_json::from_slice(data)
+    }
+
     pub fn verify(&self) -> bool {
         PublicKey(self.origin).verify(&Self::canonical_bytes(&self.origin, self.seq, &self.figures), &self.sig)
     }
@@ -128,6 +139,7 @@ impl Sharing {
             ledger,
             settings,
             last_seq: Mutex::new(HashMap::new()),
+            ignored: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -154,8 +166,18 @@ impl Sharing {
 
     /// Takes a peer's report; returns how many figures counted.
     pub fn receive(&self, peer: [u8; 32], figures: &[GroupCost]) -> usize {
-        let n = figures.len().min(MAX_FIGURES);
-        self.ledger.apply_remote(peer, &figures[..n], self.settings.expiry)
+        let n = figures.len().min(self.settings.max_groups);
+        let r = self.ledger.apply_remote_bounded(
+            peer,
+            &figures[..n],
+            self.settings.expiry,
+            Some(self.settings.max_report_cost),
+        );
+        let ignored = (figures.len() - n + r.ignored) as u64;
+        if ignored > 0 {
+            self.ignored.fetch_add(ignored, std::sync::atomic::Ordering::Relaxed);
+        }
+        r.taken
     }
 }
 
@@ -218,5 +240,77 @@ mod tests {
         let good = SignedCostReport::sign(&peer, 3, figures(7.5));
         let back: SignedCostReport = serde_json::from_str(&serde_json::to_string(&good).unwrap()).unwrap();
         assert!(back.verify());
+    }
+
+    fn sharing_with(settings: CostSharing) -> Sharing {
+        let params = CostParams {
+            group_private: true,
+            ..CostParams::default()
+        };
+        Sharing::new(Ledger::new(params, Arc::new(SystemClock::new())), settings)
+    }
+
+    fn figure(group: &str, cost: f64) -> GroupCost {
+        GroupCost {
+            group: group.parse().unwrap(),
+            cost,
+        }
+    }
+
+    #[test]
+    fn a_listed_peers_report_is_read_up_to_its_group_cap() {
+        let s = sharing_with(CostSharing {
+            max_groups: 3,
+            ..CostSharing::default()
+        });
+        let peer = NodeKey::generate();
+        let listed = |k: &PublicKey| *k == peer.public();
+        let figures: Vec<GroupCost> = (1..=5).map(|i| figure(&format!("10.0.{i}.0"), 500.0)).collect();
+        let r = SignedCostReport::sign(&peer, 1, figures);
+        assert_eq!(s.receive_signed(&r, listed), ReportVerdict::Taken);
+        let counted = (1..=5)
+            .filter(|i| s.ledger.remote_cost(format!("10.0.{i}.0").parse().unwrap()) > 0.0)
+            .count();
+        assert_eq!(counted, 3);
+        assert_eq!(s.ignored.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_group_repeated_in_a_report_counts_once_and_replaces_the_last_figure() {
+        let s = sharing();
+        let peer = NodeKey::generate();
+        let listed = |k: &PublicKey| *k == peer.public();
+        let group = "10.1.2.0".parse().unwrap();
+        let first = SignedCostReport::sign(&peer, 1, vec![figure("10.1.2.0", 300.0)]);
+        assert_eq!(s.receive_signed(&first, listed), ReportVerdict::Taken);
+        // The same /24 named three times, under three of its addresses.
+        let repeated = vec![
+            figure("10.1.2.0", 400.0),
+            figure("10.1.2.7", 400.0),
+            figure("10.1.2.0", 400.0),
+        ];
+        let r = SignedCostReport::sign(&peer, 2, repeated);
+        assert_eq!(s.receive_signed(&r, listed), ReportVerdict::Taken);
+        assert_eq!(s.ledger.remote_cost(group), 400.0);
+        assert_eq!(s.ignored.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn one_report_adds_at_most_its_cost_cap() {
+        let s = sharing_with(CostSharing {
+            max_report_cost: 2.5,
+            ..CostSharing::default()
+        });
+        let hard = CostParams::default().hard_limit;
+        let peer = NodeKey::generate();
+        let listed = |k: &PublicKey| *k == peer.public();
+        let figures: Vec<GroupCost> = (1..=5).map(|i| figure(&format!("10.0.{i}.0"), 1e9)).collect();
+        let r = SignedCostReport::sign(&peer, 1, figures);
+        assert_eq!(s.receive_signed(&r, listed), ReportVerdict::Taken);
+        let costs: Vec<f64> = (1..=5)
+            .map(|i| s.ledger.remote_cost(format!("10.0.{i}.0").parse().unwrap()))
+            .collect();
+        // One hard limit per group at most, two and a half in all: two groups cut off, not five.
+        assert_eq!(costs, [hard, hard, hard / 2.0, 0.0, 0.0]);
     }
 }

@@ -289,8 +289,16 @@ impl LinkReader {
                 break;
             }
         }
-        Ok(serde_json::from_slice(&data)?)
+        decode_message(&data)
     }
+}
+
+/// A decrypted application message as a link reads it (for fuzzing the decoder).
+pub fn decode_message(data: &[u8]) -> Result<Msg, LinkError> {
+    if data.len() > MAX_MESSAGE {
+        return Err(LinkError::TooLarge(data.len()));
+    }
+    Ok(serde_json::from_slice(data)?)
 }
 
 #[cfg(test)]

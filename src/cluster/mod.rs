@@ -61,7 +61,13 @@
 //!   node's key as their origin (so `GET /v1/bans` names it), their signed version, and an attachment
 //!   `<duration_ms>:<base64 signature>` (the signed duration is not derivable from this node's deadline).
 //!   They never appear on the feed, so nothing echoes. Records arriving together (a `Records` message)
-//!   are judged in order and journaled with one fsync.
+//!   are judged in order and journaled with one fsync. A winner is held (and counted, and relayed) only
+//!   once the table has journaled it: if the journal fails, the record is not held, so the next
+//!   anti-entropy round (or Redis resync) finds it missing and brings it again.
+//! - **Bounds on peers**: a listed key is trusted to sign, not to exhaust this node. Bans wider than the
+//!   table's minimum prefix, statements longer than `max_record_duration`, past `max_records_per_origin`
+//!   held for their origin, or versioned more than [`bans::MAX_VERSION_AHEAD`] ahead of this clock are
+//!   refused and counted, whether or not they would have won.
 //! - **Restart**: the signed-record store is rebuilt from [`BanTable::statements`]: remote statements
 //!   become held records again if their origin is still listed (others stay in the table but are not
 //!   relayed), without checking their signatures again (the journal is this node's own; peers verify
@@ -119,6 +125,31 @@ pub struct ClusterConfig {
     pub anti_entropy: Duration,
     pub cost: cost::CostSharing,
     pub backend: Backend,
+    /// Bounds on what a listed peer's statements may say.
+    pub limits: RecordLimits,
+}
+
+/// The longest ban (or tombstone) a peer's statement may carry.
+pub const DEFAULT_MAX_RECORD_DURATION: Duration = Duration::from_secs(365 * 86_400);
+/// Statements held per remote origin: twice the ban table's default cap, so a peer's full table fits.
+pub const DEFAULT_MAX_RECORDS_PER_ORIGIN: usize = 200_000;
+
+/// What a listed peer may say (`[cluster] max_record_duration`, `max_records_per_origin`). Its key
+/// is trusted to sign, not to exhaust this node: a bug or a stolen key must not ban the Internet,
+/// forever, a million times over. (The widest prefix is the ban table's own limit.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordLimits {
+    pub max_duration: Duration,
+    pub max_per_origin: usize,
+}
+
+impl Default for RecordLimits {
+    fn default() -> Self {
+        RecordLimits {
+            max_duration: DEFAULT_MAX_RECORD_DURATION,
+            max_per_origin: DEFAULT_MAX_RECORDS_PER_ORIGIN,
+        }
+    }
 }
 
 /// How statements travel between gateways.
@@ -161,6 +192,19 @@ pub struct ClusterStats {
     pub rejected_malformed: u64,
     /// Winning bans the table refused (allowlisted here).
     pub refused_by_table: u64,
+    /// Bans wider than the table's minimum prefix.
+    pub rejected_too_wide: u64,
+    /// Statements lasting longer than `max_record_duration`.
+    pub rejected_too_long: u64,
+    /// Statements from an origin already holding `max_records_per_origin`.
+    pub rejected_origin_full: u64,
+    /// Statements versioned further ahead of this node's clock than `bans::MAX_VERSION_AHEAD`.
+    pub rejected_future_version: u64,
+    /// Winning statements the journal could not take: not held, not relayed, asked for again at the
+    /// next anti-entropy round.
+    pub not_journaled: u64,
+    /// Cost figures ignored: beyond a report's group cap, repeated, or past its cost cap.
+    pub cost_figures_ignored: u64,
     /// Connections refused: unlisted node, failed handshake.
     pub refused_links: u64,
     /// Pushes dropped because a link's queue was full.
@@ -190,6 +234,11 @@ struct Counters {
     rejected_bad_signature: AtomicU64,
     rejected_malformed: AtomicU64,
     refused_by_table: AtomicU64,
+    rejected_too_wide: AtomicU64,
+    rejected_too_long: AtomicU64,
+    rejected_origin_full: AtomicU64,
+    rejected_future_version: AtomicU64,
+    not_journaled: AtomicU64,
     refused_links: AtomicU64,
     dropped_sends: AtomicU64,
     cost_reports_sent: AtomicU64,
@@ -266,6 +315,49 @@ struct State {
     records: HashMap<IpNetwork, Held>,
     /// Per prefix, the table version of the last local statement published (or found overtaken).
     seen: HashMap<IpNetwork, u64>,
+    /// Statements held per origin, for `max_records_per_origin`.
+    per_origin: HashMap<[u8; 32], usize>,
+}
+
+impl State {
+    fn hold(&mut self, h: Held) {
+        *self.per_origin.entry(h.rec.origin).or_default() += 1;
+        if let Some(old) = self.records.insert(h.rec.prefix, h) {
+            self.forget_origin(old.rec.origin);
+        }
+    }
+
+    fn forget_origin(&mut self, origin: [u8; 32]) {
+        if let Some(n) = self.per_origin.get_mut(&origin) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_origin.remove(&origin);
+            }
+        }
+    }
+
+    fn expire(&mut self, now: SystemTime) {
+        let per_origin = &mut self.per_origin;
+        self.records.retain(|_, h| {
+            let live = h.until > now;
+            if !live {
+                if let Some(n) = per_origin.get_mut(&h.rec.origin) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            live
+        });
+        per_origin.retain(|_, n| *n > 0);
+    }
+
+    /// Whether holding `rec` would take its origin past `max` statements.
+    fn origin_full(&self, rec: &SignedRecord, max: usize) -> bool {
+        let replaces_own = self
+            .records
+            .get(&rec.prefix)
+            .is_some_and(|h| h.rec.origin == rec.origin);
+        !replaces_own && self.per_origin.get(&rec.origin).copied().unwrap_or(0) >= max
+    }
 }
 
 /// Checks many signatures on every core: at ~50-80 µs each, the 100,000 records of a full anti-entropy
@@ -381,6 +473,7 @@ struct Inner {
     stop: CancellationToken,
     anti_entropy: Duration,
     cost_settings: cost::CostSharing,
+    limits: RecordLimits,
     /// Set once cost sharing starts (it needs the gateway's ledger, which the cluster does not own).
     sharing: std::sync::OnceLock<cost::Sharing>,
     /// Under the Redis backend: where `broadcast` hands statements for Redis.
@@ -418,6 +511,10 @@ fn verdict_reason(v: Verdict) -> &'static str {
         Verdict::UnlistedOrigin => "record_unlisted_origin",
         Verdict::BadSignature => "record_bad_signature",
         Verdict::Malformed => "record_malformed",
+        Verdict::TooWide => "record_too_wide",
+        Verdict::TooLong => "record_too_long",
+        Verdict::OriginFull => "record_origin_full",
+        Verdict::FutureVersion => "record_future_version",
         _ => "record_rejected",
     }
 }
@@ -431,6 +528,16 @@ pub enum Verdict {
     UnlistedOrigin,
     BadSignature,
     Malformed,
+    /// A ban wider than the minimum prefix.
+    TooWide,
+    /// Longer than `max_record_duration`.
+    TooLong,
+    /// Its origin holds `max_records_per_origin` statements already.
+    OriginFull,
+    /// Versioned too far ahead of this node's clock.
+    FutureVersion,
+    /// It won, but the journal failed: not held, so the next anti-entropy round brings it again.
+    NotJournaled,
 }
 
 impl Cluster {
@@ -502,6 +609,7 @@ impl Cluster {
             stop: CancellationToken::new(),
             anti_entropy: config.anti_entropy.max(Duration::from_millis(50)),
             cost_settings: config.cost.clone(),
+            limits: config.limits,
             sharing: std::sync::OnceLock::new(),
             redis,
             refusal_log: std::sync::OnceLock::new(),
@@ -602,6 +710,12 @@ impl Inner {
             rejected_bad_signature: g(&c.rejected_bad_signature),
             rejected_malformed: g(&c.rejected_malformed),
             refused_by_table: g(&c.refused_by_table),
+            rejected_too_wide: g(&c.rejected_too_wide),
+            rejected_too_long: g(&c.rejected_too_long),
+            rejected_origin_full: g(&c.rejected_origin_full),
+            rejected_future_version: g(&c.rejected_future_version),
+            not_journaled: g(&c.not_journaled),
+            cost_figures_ignored: self.sharing.get().map_or(0, |s| g(&s.ignored)),
             refused_links: g(&c.refused_links),
             dropped_sends: g(&c.dropped_sends),
             cost_reports_sent: g(&c.cost_reports_sent),
@@ -695,26 +809,45 @@ impl Inner {
         }
         let unsure: Vec<usize> = (0..batch.len()).filter(|&i| verdicts[i].is_none()).collect();
         let checked = verify_all(&unsure.iter().map(|&i| &batch[i].rec).collect::<Vec<_>>());
+        let now = SystemTime::now();
+        let max_version = now_micros().saturating_add(bans::MAX_VERSION_AHEAD.as_micros() as u64);
+        let table_limits = self.bans.limits();
+        let max_duration = ms(self.limits.max_duration);
         for (i, good) in unsure.into_iter().zip(checked) {
             let rec = &batch[i].rec;
-            if !good {
-                verdicts[i] = Some(Verdict::BadSignature);
+            verdicts[i] = if !good {
+                Some(Verdict::BadSignature)
             } else if normalize(rec.prefix) != rec.prefix || rec.reason.len() > 1024 {
-                verdicts[i] = Some(Verdict::Malformed);
-            }
+                Some(Verdict::Malformed)
+            } else if rec.op == Op::Ban && table_limits.check_width(&rec.prefix).is_err() {
+                Some(Verdict::TooWide)
+            } else if rec.duration_ms > max_duration {
+                Some(Verdict::TooLong)
+            } else if rec.version > max_version {
+                // Even a record that would lose or has expired: taking it would raise this node's
+                // clock past what its own statements could outrank.
+                Some(Verdict::FutureVersion)
+            } else {
+                None
+            };
         }
-        let now = SystemTime::now();
-        let mut out = Vec::new();
-        let mut statements = Vec::new();
         let mut st = lock(&self.state);
-        for (v, c) in verdicts.iter_mut().zip(batch) {
+        // The winners, not held until the table has journaled them.
+        let mut candidates: Vec<(usize, Held)> = Vec::new();
+        let mut statements = Vec::new();
+        // Ranks and per-origin additions of earlier winners of this batch, which `st` does not show yet.
+        let mut batch_rank: HashMap<IpNetwork, (u64, [u8; 32])> = HashMap::new();
+        let mut batch_added: HashMap<[u8; 32], usize> = HashMap::new();
+        for (i, (v, c)) in verdicts.iter_mut().zip(batch).enumerate() {
             if v.is_some() {
                 continue;
             }
             let rec = c.rec;
-            if let Some(h) = st.records.get(&rec.prefix) {
-                if h.rec.rank() >= rec.rank() {
-                    *v = Some(if h.rec.rank() == rec.rank() {
+            let held_rank = st.records.get(&rec.prefix).map(|h| h.rec.rank());
+            let best = held_rank.max(batch_rank.get(&rec.prefix).copied());
+            if let Some(best) = best {
+                if best >= rec.rank() {
+                    *v = Some(if best == rec.rank() {
                         Verdict::Duplicate
                     } else {
                         Verdict::Stale
@@ -728,12 +861,20 @@ impl Inner {
                 *v = Some(Verdict::Stale);
                 continue;
             }
+            if rec.origin != self.me.0 {
+                let added = batch_added.get(&rec.origin).copied().unwrap_or(0);
+                if st.origin_full(&rec, self.limits.max_per_origin.saturating_sub(added)) {
+                    *v = Some(Verdict::OriginFull);
+                    continue;
+                }
+                *batch_added.entry(rec.origin).or_default() += 1;
+            }
+            batch_rank.insert(rec.prefix, rec.rank());
             let held = Held {
                 until: now + remaining,
                 rec,
             };
             let rec = &held.rec;
-            tracing::debug!(prefix = %rec.prefix, op = ?rec.op, origin = %rec.origin_key(), "cluster: statement applied");
             statements.push(Statement {
                 op: match rec.op {
                     Op::Ban => bans::Op::Ban,
@@ -747,26 +888,37 @@ impl Inner {
                 version: rec.version,
                 attachment: Some(attachment(rec)),
             });
-            out.push(Self::carried(&held, now));
-            st.records.insert(held.rec.prefix, held);
-            *v = Some(Verdict::Applied);
+            candidates.push((i, held));
         }
-        // Held and relayed whatever the table makes of them: the table may refuse a ban (allowlisted
-        // here) that other nodes enforce, or already hold a newer local statement the feed is about to
-        // publish.
+        let mut out = Vec::new();
+        // Held and relayed whatever the table makes of them, once journaled: the table may refuse a
+        // ban (allowlisted here) that other nodes enforce, or already hold a newer local statement the
+        // feed is about to publish. If the journal fails, nothing is held: this node would otherwise
+        // relay and count a ban it does not enforce, and anti-entropy (which compares held records)
+        // would never bring it again.
         match self.bans.apply_remote_batch(statements) {
-            Ok(results) if results.is_empty() => {}
             Ok(results) => {
                 for r in results {
                     if let Err(e) = r {
                         bump(&self.counters.refused_by_table);
-                        if !matches!(e, BanError::Allowlisted { .. }) {
+                        if !matches!(e, BanError::Allowlisted { .. } | BanError::TooWide { .. }) {
                             tracing::error!(error = %e, "cluster: the ban table refused a statement");
                         }
                     }
                 }
+                for (i, held) in candidates {
+                    tracing::debug!(prefix = %held.rec.prefix, op = ?held.rec.op, origin = %held.rec.origin_key(), "cluster: statement applied");
+                    out.push(Self::carried(&held, now));
+                    st.hold(held);
+                    verdicts[i] = Some(Verdict::Applied);
+                }
             }
-            Err(e) => tracing::error!(error = %e, records = out.len(), "cluster: could not apply statements"),
+            Err(e) => {
+                tracing::error!(error = %e, records = candidates.len(), "cluster: statements not journaled; not held, asked for again at the next anti-entropy round");
+                for (i, _) in candidates {
+                    verdicts[i] = Some(Verdict::NotJournaled);
+                }
+            }
         }
         drop(st);
         let verdicts: Vec<Verdict> = verdicts.into_iter().map(|v| v.expect("every record judged")).collect();
@@ -778,10 +930,23 @@ impl Inner {
                 Verdict::UnlistedOrigin => &self.counters.rejected_unlisted_origin,
                 Verdict::BadSignature => &self.counters.rejected_bad_signature,
                 Verdict::Malformed => &self.counters.rejected_malformed,
+                Verdict::TooWide => &self.counters.rejected_too_wide,
+                Verdict::TooLong => &self.counters.rejected_too_long,
+                Verdict::OriginFull => &self.counters.rejected_origin_full,
+                Verdict::FutureVersion => &self.counters.rejected_future_version,
+                Verdict::NotJournaled => &self.counters.not_journaled,
             };
             bump(counter);
-            if matches!(v, Verdict::UnlistedOrigin | Verdict::BadSignature | Verdict::Malformed)
-                && self.should_log(NO_ADDR, verdict_reason(v))
+            if matches!(
+                v,
+                Verdict::UnlistedOrigin
+                    | Verdict::BadSignature
+                    | Verdict::Malformed
+                    | Verdict::TooWide
+                    | Verdict::TooLong
+                    | Verdict::OriginFull
+                    | Verdict::FutureVersion
+            ) && self.should_log(NO_ADDR, verdict_reason(v))
             {
                 tracing::warn!(verdict = ?v, from = from.map(tracing::field::display), "cluster: ban record rejected");
             }
@@ -798,7 +963,7 @@ impl Inner {
             until,
         };
         let c = Self::carried(&held, now);
-        st.records.insert(held.rec.prefix, held);
+        st.hold(held);
         c
     }
 
@@ -909,14 +1074,14 @@ impl Inner {
             // start-up back by seconds.)
             restored = remote.len();
             for h in remote {
-                st.records.insert(h.rec.prefix, h);
+                st.hold(h);
             }
             for held in sign_all(&self.key, unsigned) {
                 out.push(Self::carried(&held, now));
-                st.records.insert(held.rec.prefix, held);
+                st.hold(held);
             }
-            st.records.retain(|_, h| h.until > now);
-            let State { records, seen } = &mut *st;
+            st.expire(now);
+            let State { records, seen, .. } = &mut *st;
             seen.retain(|p, _| records.contains_key(p));
         }
         if startup {

@@ -82,6 +82,9 @@ return 1
 
 /// Length of a value's rank head.
 const HEAD: usize = 80;
+/// Rejected values remembered (so each is counted once, not at every resync). Whoever writes to Redis
+/// chooses how many bad values there are; past this many, the rest are simply judged again.
+pub const MAX_REJECTED: usize = 10_000;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Bounds every connect and command, so a Redis that stops answering (no reset) is noticed.
@@ -204,6 +207,15 @@ pub fn decode_value(value: &[u8]) -> Result<SignedRecord, ValueError> {
     Ok(rec)
 }
 
+/// A statement as announced on the channel: `<remaining ms> <value>` (for fuzzing the decoder).
+pub fn decode_message(payload: &[u8]) -> Result<Carried, ValueError> {
+    let (remaining_ms, value) = split_message(payload)?;
+    Ok(Carried {
+        rec: decode_value(value)?,
+        remaining_ms,
+    })
+}
+
 fn split_message(payload: &[u8]) -> Result<(u64, &[u8]), ValueError> {
     let sp = payload.iter().position(|&b| b == b' ').ok_or(ValueError::Message)?;
     let ms = std::str::from_utf8(&payload[..sp])
@@ -242,6 +254,8 @@ pub struct RedisStatus {
     pub since: Option<SystemTime>,
     /// When the last full resync finished.
     pub last_sync: Option<SystemTime>,
+    /// Rejected values remembered so each is counted once (at most `MAX_REJECTED`).
+    pub rejected_remembered: usize,
 }
 
 /// The cluster's side of the Redis task: where local statements go, and the connection's state.
@@ -286,6 +300,7 @@ impl RedisLink {
                 connected: false,
                 since: None,
                 last_sync: None,
+                rejected_remembered: 0,
             }),
         };
         let task = RedisTask {
@@ -470,7 +485,7 @@ impl RedisTask {
         });
         match taken {
             Ok((c, value)) => {
-                if is_rejection(from_redis(inner, c)) {
+                if is_rejection(from_redis(inner, c)) && rejected.len() < MAX_REJECTED {
                     rejected.insert(value_hash(value));
                 }
             }
@@ -546,7 +561,9 @@ impl RedisTask {
                     let Some(net) = k.get(key_start..).and_then(|p| p.parse::<IpNetwork>().ok()) else {
                         continue;
                     };
-                    if value.len() >= HEAD {
+                    // Only what this node holds needs comparing; a writer filling Redis with keys
+                    // must not fill this map too.
+                    if value.len() >= HEAD && lock(&inner.state).records.contains_key(&net) {
                         in_redis.insert(net, value[..HEAD].to_vec());
                     }
                     self.take(inner, net, &value, remaining, rejected, &mut still_rejected);
@@ -575,7 +592,9 @@ impl RedisTask {
         }
         self.write(s, &missing).await?;
         if let Some(r) = &inner.redis {
-            lock(&r.status).last_sync = Some(SystemTime::now());
+            let mut st = lock(&r.status);
+            st.last_sync = Some(SystemTime::now());
+            st.rejected_remembered = rejected.len();
         }
         Ok(())
     }
@@ -592,7 +611,9 @@ impl RedisTask {
     ) {
         let hash = value_hash(value);
         if rejected.contains(&hash) {
-            still_rejected.insert(hash);
+            if still_rejected.len() < MAX_REJECTED {
+                still_rejected.insert(hash);
+            }
             return;
         }
         let held = lock(&inner.state).records.get(&net).map(|h| head(&h.rec));
@@ -609,13 +630,16 @@ impl RedisTask {
         match rec {
             Ok(rec) => {
                 let remaining_ms = remaining.unwrap_or(rec.duration_ms);
-                if is_rejection(from_redis(inner, Carried { rec, remaining_ms })) {
+                if is_rejection(from_redis(inner, Carried { rec, remaining_ms })) && still_rejected.len() < MAX_REJECTED
+                {
                     still_rejected.insert(hash);
                 }
             }
             Err(e) => {
                 bump(&inner.counters.rejected_malformed);
-                still_rejected.insert(hash);
+                if still_rejected.len() < MAX_REJECTED {
+                    still_rejected.insert(hash);
+                }
                 if inner.should_log(NO_ADDR, "redis_malformed_value") {
                     tracing::warn!(prefix = %net, error = %e, "cluster: malformed value in redis");
                 }
@@ -627,7 +651,7 @@ impl RedisTask {
 /// A peer's cost report from the channel: taken if signed by a listed node and newer than its last.
 fn on_cost_report(inner: &Inner, payload: &[u8]) {
     let Some(sharing) = inner.sharing.get() else { return };
-    let report: SignedCostReport = match serde_json::from_slice(payload) {
+    let report = match SignedCostReport::decode(payload) {
         Ok(r) => r,
         Err(e) => {
             bump(&inner.counters.cost_reports_rejected);
@@ -657,8 +681,13 @@ fn from_redis(inner: &Inner, c: Carried) -> Verdict {
     inner.ingest(c, Some(inner.me))
 }
 
+/// Verdicts that the same value would get again (unlike a full origin, which may free up, or a
+/// version ahead of this node's clock, which this clock catches up with).
 fn is_rejection(v: Verdict) -> bool {
-    matches!(v, Verdict::UnlistedOrigin | Verdict::BadSignature | Verdict::Malformed)
+    matches!(
+        v,
+        Verdict::UnlistedOrigin | Verdict::BadSignature | Verdict::Malformed | Verdict::TooWide | Verdict::TooLong
+    )
 }
 
 fn set_connected(inner: &Inner, up: bool) {

@@ -44,6 +44,17 @@ fn seeds(n: usize) -> Vec<[u8; 32]> {
 }
 
 async fn start_node(i: usize, seeds: &[[u8; 32]], addrs: &[SocketAddr], ae: Duration, bans: Arc<BanTable>) -> Node {
+    start_node_with(i, seeds, addrs, ae, bans, RecordLimits::default()).await
+}
+
+async fn start_node_with(
+    i: usize,
+    seeds: &[[u8; 32]],
+    addrs: &[SocketAddr],
+    ae: Duration,
+    bans: Arc<BanTable>,
+    limits: RecordLimits,
+) -> Node {
     let peers = (0..seeds.len())
         .filter(|&j| j != i)
         .map(|j| (addrs[j], NodeKey::from_seed(seeds[j]).public()))
@@ -55,6 +66,7 @@ async fn start_node(i: usize, seeds: &[[u8; 32]], addrs: &[SocketAddr], ae: Dura
         anti_entropy: ae,
         cost: Default::default(),
         backend: Backend::Links,
+        limits,
     };
     let cluster = Cluster::start_with_key(config, NodeKey::from_seed(seeds[i]), bans.clone())
         .await
@@ -258,6 +270,7 @@ async fn a_link_from_an_unlisted_node_is_refused() {
         anti_entropy: Duration::from_millis(100),
         cost: Default::default(),
         backend: Backend::Links,
+        limits: Default::default(),
     };
     // The stranger's node dials A only if its key is the smaller; the hand-made dial covers the other case.
     let stranger = Cluster::start_with_key(config, NodeKey::from_seed(stranger_seed), stranger_bans)
@@ -490,6 +503,7 @@ async fn a_burst_of_bans_is_relayed_in_batches_without_drops() {
             anti_entropy: Duration::from_secs(3600),
             cost: Default::default(),
             backend: Backend::Links,
+            limits: Default::default(),
         };
         let bans = Arc::new(BanTable::default());
         let cluster = Cluster::start_with_key(config, NodeKey::from_seed(s[i]), bans.clone())
@@ -639,4 +653,96 @@ async fn large_tables_converge_through_bucket_summaries() {
         "B received {} duplicates",
         sb.duplicate - b_before.duplicate
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_listed_peer_cannot_ban_everyone_forever_endlessly_or_from_the_future() {
+    // Node 0 is A, with a small per-origin cap; node 1 is a listed peer played by the test.
+    let s = seeds(2);
+    let addrs: Vec<SocketAddr> = (0..2).map(|_| free_addr()).collect();
+    let limits = RecordLimits {
+        max_duration: Duration::from_secs(86_400),
+        max_per_origin: 3,
+    };
+    let ae = Duration::from_secs(30);
+    let a = start_node_with(0, &s, &addrs, ae, Arc::new(BanTable::default()), limits).await;
+    let (_r, mut w) = rogue_link(&a, s[1]).await;
+    let peer = NodeKey::from_seed(s[1]);
+    let now = unix_ms(SystemTime::now());
+    let ban = |prefix: &str, duration_ms: u64, version: u64| {
+        Msg::Record(Carried {
+            rec: SignedRecord::sign(&peer, Op::Ban, net(prefix), "forged".into(), now, duration_ms, version),
+            remaining_ms: duration_ms,
+        })
+    };
+    let day = 86_400_000;
+    // Everyone, or a sizeable part of the Internet: refused whatever the signature.
+    for p in ["0.0.0.0/0", "::/0", "10.0.0.0/7", "2001::/18"] {
+        w.send(&ban(p, 60_000, now_micros())).await.unwrap();
+    }
+    // Longer than max_record_duration.
+    w.send(&ban("198.51.100.1/32", 2 * day, now_micros())).await.unwrap();
+    // From the future: an hour ahead, and far ahead on a record that has already expired.
+    w.send(&ban("198.51.100.2/32", 60_000, now_micros() + 3_600_000_000))
+        .await
+        .unwrap();
+    let expired = Msg::Record(Carried {
+        rec: SignedRecord::sign(
+            &peer,
+            Op::Ban,
+            net("198.51.100.3/32"),
+            "old".into(),
+            now - 10_000,
+            1_000,
+            u64::MAX / 2,
+        ),
+        remaining_ms: 0,
+    });
+    w.send(&expired).await.unwrap();
+    let refused = eventually(Duration::from_secs(2), || {
+        let st = a.cluster.stats();
+        (st.rejected_too_wide, st.rejected_too_long, st.rejected_future_version) == (4, 1, 2)
+    })
+    .await;
+    assert!(refused.is_some(), "{:?}", a.cluster.stats());
+    for host in [
+        "192.0.2.1",
+        "10.1.2.3",
+        "2001::1",
+        "198.51.100.1",
+        "198.51.100.2",
+        "198.51.100.3",
+    ] {
+        assert!(!a.bans.is_banned(ip(host)), "{host} banned");
+    }
+    // Nothing pushed this node's clock ahead: its own next statement is versioned about now.
+    let mine = a.bans.ban(net("192.0.2.9/32"), HOUR, "local").unwrap();
+    assert!(
+        mine.version < now_micros() + 60_000_000,
+        "the clock was pushed to {}",
+        mine.version
+    );
+
+    // At most three statements held for this origin; replacing one it holds is still fine.
+    for i in 1..=5 {
+        w.send(&ban(&format!("203.0.113.{i}/32"), 60_000, now_micros()))
+            .await
+            .unwrap();
+    }
+    let capped = eventually(Duration::from_secs(2), || {
+        let st = a.cluster.stats();
+        st.applied == 3 && st.rejected_origin_full == 2
+    })
+    .await;
+    assert!(capped.is_some(), "{:?}", a.cluster.stats());
+    assert!(a.bans.is_banned(ip("203.0.113.3")) && !a.bans.is_banned(ip("203.0.113.4")));
+    w.send(&ban("203.0.113.1/32", 120_000, now_micros())).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(2), || a.cluster.stats().applied == 4)
+            .await
+            .is_some(),
+        "{:?}",
+        a.cluster.stats()
+    );
+    assert_eq!(a.cluster.status().records, 4, "three of the peer's and A's own");
 }

@@ -112,6 +112,8 @@ pub struct BanPolicy {
     pub max_violations: u32,
     /// Where bans are journaled; None = in memory only.
     pub journal: Option<PathBuf>,
+    /// What may enter the ban table, and how automatic bans aggregate.
+    pub limits: crate::guard::bans::BanLimits,
 }
 
 /// Most Tokio worker threads `runtime.worker_threads` may ask for: more only costs memory and scheduling
@@ -504,6 +506,7 @@ impl Validator<'_> {
         if let Some(j) = &b.journal {
             journal_writable(&self.path(j.get_ref())).map_err(|r| self.err("bans.journal", Some(j.span()), r))?;
         }
+        let ban_limits = self.ban_limits(b, &global)?;
         Ok(Config {
             cost,
             bans: BanPolicy {
@@ -512,6 +515,7 @@ impl Validator<'_> {
                 max_duration: b.max_duration.0,
                 max_violations: b.max_violations,
                 journal: b.journal.as_ref().map(|p| self.path(p.get_ref())),
+                limits: ban_limits,
             },
             admin,
             limits: self.limits(&raw.limits)?,
@@ -749,6 +753,60 @@ impl Validator<'_> {
         })
     }
 
+    fn ban_limits(
+        &self,
+        b: &schema::RawBans,
+        global: &Admission,
+    ) -> Result<crate::guard::bans::BanLimits, ConfigError> {
+        let d = crate::guard::bans::BanLimits::default();
+        let pick = |v: &Option<Spanned<u8>>, default: u8| v.as_ref().map_or(default, |v| *v.get_ref());
+        let v4 = pick(&b.min_prefix_v4, d.min_prefix_v4);
+        let v6 = pick(&b.min_prefix_v6, d.min_prefix_v6);
+        let ipv6 = pick(&b.ipv6_prefix, d.ipv6_prefix);
+        if !(1..=32).contains(&v4) {
+            return Err(self.err(
+                "bans.min_prefix_v4",
+                span_of(&b.min_prefix_v4),
+                "must be 1..=32 (a /0 ban covers everyone)",
+            ));
+        }
+        if !(1..=128).contains(&v6) {
+            return Err(self.err(
+                "bans.min_prefix_v6",
+                span_of(&b.min_prefix_v6),
+                "must be 1..=128 (a /0 ban covers everyone)",
+            ));
+        }
+        if !(v6..=128).contains(&ipv6) {
+            return Err(self.err(
+                "bans.ipv6_prefix",
+                span_of(&b.ipv6_prefix),
+                format!("must be between bans.min_prefix_v6 ({v6}) and 128"),
+            ));
+        }
+        let max_entries = b.max_entries.as_ref().map_or(d.max_entries, |v| *v.get_ref());
+        if max_entries == 0 {
+            return Err(self.err("bans.max_entries", span_of(&b.max_entries), "must be at least 1"));
+        }
+        let escalate_after = b.escalate_after.as_ref().map_or(d.escalate_after, |v| *v.get_ref());
+        if escalate_after == 1 {
+            return Err(self.err(
+                "bans.escalate_after",
+                span_of(&b.escalate_after),
+                "must be 0 (never) or at least 2: 1 would ban a whole group for one address",
+            ));
+        }
+        Ok(crate::guard::bans::BanLimits {
+            min_prefix_v4: v4,
+            min_prefix_v6: v6,
+            group_prefix_v4: global.group_prefix_v4,
+            group_prefix_v6: global.group_prefix_v6,
+            ipv6_prefix: ipv6,
+            escalate_after,
+            max_entries,
+        })
+    }
+
     fn cluster(&self, c: &schema::RawCluster) -> Result<crate::cluster::ClusterConfig, ConfigError> {
         let addr = |key: &str, s: &Spanned<String>| {
             s.get_ref().parse::<SocketAddr>().map_err(|e| {
@@ -813,6 +871,28 @@ impl Validator<'_> {
             return Err(self.err("cluster.anti_entropy", None, "must be greater than 0s"));
         }
         let cost = self.cluster_cost(&c.cost)?;
+        let d = crate::cluster::RecordLimits::default();
+        let limits = crate::cluster::RecordLimits {
+            max_duration: c.max_record_duration.as_ref().map_or(d.max_duration, |v| v.get_ref().0),
+            max_per_origin: c
+                .max_records_per_origin
+                .as_ref()
+                .map_or(d.max_per_origin, |v| *v.get_ref()),
+        };
+        if limits.max_duration.is_zero() {
+            return Err(self.err(
+                "cluster.max_record_duration",
+                span_of(&c.max_record_duration),
+                "must be greater than 0s",
+            ));
+        }
+        if limits.max_per_origin == 0 {
+            return Err(self.err(
+                "cluster.max_records_per_origin",
+                span_of(&c.max_records_per_origin),
+                "must be at least 1",
+            ));
+        }
         Ok(crate::cluster::ClusterConfig {
             node_key_path: node_key,
             listen: optional_addr("cluster.listen", c.listen.as_ref())?,
@@ -820,6 +900,7 @@ impl Validator<'_> {
             anti_entropy: c.anti_entropy.0,
             cost,
             backend,
+            limits,
         })
     }
 
@@ -851,12 +932,21 @@ impl Validator<'_> {
         if max_groups == 0 {
             return Err(self.err("cluster.cost.max_groups", span_of(&k.max_groups), "must be at least 1"));
         }
+        let max_report_cost = k.max_report_cost.as_ref().map_or(d.max_report_cost, |v| *v.get_ref());
+        if !(max_report_cost.is_finite() && max_report_cost > 0.0) {
+            return Err(self.err(
+                "cluster.cost.max_report_cost",
+                span_of(&k.max_report_cost),
+                "must be a positive number (of [cost] hard limits)",
+            ));
+        }
         Ok(crate::cluster::cost::CostSharing {
             enabled: k.enabled.unwrap_or(d.enabled),
             interval,
             threshold,
             expiry,
             max_groups,
+            max_report_cost,
         })
     }
 

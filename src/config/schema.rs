@@ -58,6 +58,10 @@ pub struct RawCluster {
     pub redis_url: Option<Spanned<String>>,
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
+    /// The longest statement a peer may make (`cluster::DEFAULT_MAX_RECORD_DURATION`).
+    pub max_record_duration: Option<Spanned<Duration>>,
+    /// Statements held per peer (`cluster::DEFAULT_MAX_RECORDS_PER_ORIGIN`).
+    pub max_records_per_origin: Option<Spanned<usize>>,
 }
 
 fn default_redis_prefix() -> String {
@@ -77,6 +81,8 @@ pub struct RawClusterCost {
     pub threshold: Option<Spanned<f64>>,
     pub expiry: Option<Spanned<Duration>>,
     pub max_groups: Option<Spanned<usize>>,
+    /// What one peer's report may add, in `[cost] hard_limit`s.
+    pub max_report_cost: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +146,15 @@ pub struct RawBans {
     pub max_violations: u32,
     /// Append-only ban journal; unset = bans live in memory only.
     pub journal: Option<Spanned<PathBuf>>,
+    /// The widest ban anyone may make, per family (`guard::bans::DEFAULT_MIN_PREFIX_V4` / `_V6`).
+    pub min_prefix_v4: Option<Spanned<u8>>,
+    pub min_prefix_v6: Option<Spanned<u8>>,
+    /// What an automatic ban of an IPv6 client covers (`DEFAULT_IPV6_PREFIX`).
+    pub ipv6_prefix: Option<Spanned<u8>>,
+    /// Automatic bans in one group before the group is banned; 0 never (`DEFAULT_ESCALATE_AFTER`).
+    pub escalate_after: Option<Spanned<u32>>,
+    /// Entries beyond which automatic bans are refused (`DEFAULT_MAX_ENTRIES`).
+    pub max_entries: Option<Spanned<usize>>,
 }
 
 impl Default for RawBans {
@@ -150,6 +165,11 @@ impl Default for RawBans {
             max_duration: secs(86_400),
             max_violations: 10,
             journal: None,
+            min_prefix_v4: None,
+            min_prefix_v6: None,
+            ipv6_prefix: None,
+            escalate_after: None,
+            max_entries: None,
         }
     }
 }

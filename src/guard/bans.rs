@@ -3,7 +3,13 @@
 //! Reads happen on every accept and writes are rare, so a read-mostly lock over a longest-prefix map is
 //! enough; lookups never hold it across an await and never touch the journal. Writes go through one
 //! mutex that owns the journal: a statement is on disk before it changes the map, so anything a caller
-//! was told has happened survives a crash.
+//! was told has happened survives a crash. Automatic bans are the exception: they cut the offender off
+//! at once and their lines join a queue that the next sync writes whole, so a burst of offenders costs
+//! a few fsyncs (and a crash may forget the last few, which the offenders then earn again).
+//!
+//! What enters is bounded ([`BanLimits`]): no prefix shorter than the minimum (from anyone, replay
+//! included), automatic bans of several addresses of one group become one ban of the group, and
+//! automatic bans stop at a cap that operators' bans ignore.
 //!
 //! Statements about a prefix (a ban or a lift) carry a version; the newest one wins. Versions are a
 //! hybrid clock, `max(previous + 1, now in µs)`: strictly increasing per origin even if the wall clock
@@ -34,6 +40,91 @@ use tokio::sync::broadcast;
 
 /// Origin of statements made by this gateway (until cluster nodes have names).
 pub const LOCAL_ORIGIN: &str = "local";
+
+/// The widest IPv4 ban accepted from anyone (operator, session, journal, peer): a /8. Wider bans would
+/// cover a sizeable part of the Internet, and `0.0.0.0/0` everyone.
+pub const DEFAULT_MIN_PREFIX_V4: u8 = 8;
+/// The widest IPv6 ban: a /19, narrower than the /12–/16 blocks the registries hand out, so no one
+/// ban covers a whole region's allocations.
+pub const DEFAULT_MIN_PREFIX_V6: u8 = 19;
+/// Automatic bans of an IPv6 client cover its /64: one subscriber is handed at least that many
+/// addresses, so banning a single one costs an attacker nothing.
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// Automatic bans of this many addresses (IPv6: /64s) of one group become one ban of the group.
+pub const DEFAULT_ESCALATE_AFTER: u32 = 4;
+/// Bans the table holds before automatic ones are refused (operators' always fit).
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+
+/// Bounds on what enters the table (`[bans]`), swapped whole on reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BanLimits {
+    /// The shortest prefix a ban may have, per family.
+    pub min_prefix_v4: u8,
+    pub min_prefix_v6: u8,
+    /// What automatic bans escalate to (the cost groups), never wider than the minimum prefix.
+    pub group_prefix_v4: u8,
+    pub group_prefix_v6: u8,
+    /// The prefix an automatic ban of an IPv6 address covers.
+    pub ipv6_prefix: u8,
+    /// Automatic bans in one group that make the group banned; 0 never escalates.
+    pub escalate_after: u32,
+    /// Entries (bans and lift tombstones) beyond which automatic bans are refused.
+    pub max_entries: usize,
+}
+
+impl Default for BanLimits {
+    fn default() -> Self {
+        BanLimits {
+            min_prefix_v4: DEFAULT_MIN_PREFIX_V4,
+            min_prefix_v6: DEFAULT_MIN_PREFIX_V6,
+            group_prefix_v4: 24,
+            group_prefix_v6: 48,
+            ipv6_prefix: DEFAULT_IPV6_PREFIX,
+            escalate_after: DEFAULT_ESCALATE_AFTER,
+            max_entries: DEFAULT_MAX_ENTRIES,
+        }
+    }
+}
+
+impl BanLimits {
+    /// The shortest prefix allowed for `net`'s family.
+    pub fn min_prefix(&self, net: &IpNetwork) -> u8 {
+        if net.is_ipv4() {
+            self.min_prefix_v4
+        } else {
+            self.min_prefix_v6
+        }
+    }
+
+    /// Refuses a (normalised) network wider than the minimum prefix of its family.
+    pub fn check_width(&self, net: &IpNetwork) -> Result<(), BanError> {
+        let min = self.min_prefix(net);
+        if net.prefix() < min {
+            return Err(BanError::TooWide { net: *net, min });
+        }
+        Ok(())
+    }
+
+    fn net(ip: IpAddr, len: u8) -> IpNetwork {
+        normalize(IpNetwork::new(ip, len).unwrap_or_else(|_| IpNetwork::from(ip)))
+    }
+
+    /// What an automatic ban of `ip` covers: the address, or its /64 (`ipv6_prefix`) for IPv6.
+    fn automatic(&self, ip: IpAddr) -> IpNetwork {
+        match ip {
+            IpAddr::V4(_) => IpNetwork::from(ip),
+            IpAddr::V6(_) => Self::net(ip, self.ipv6_prefix.clamp(self.min_prefix_v6, 128)),
+        }
+    }
+
+    /// The group automatic bans of `ip` escalate to.
+    fn group(&self, ip: IpAddr) -> IpNetwork {
+        match ip {
+            IpAddr::V4(_) => Self::net(ip, self.group_prefix_v4.clamp(self.min_prefix_v4, 32)),
+            IpAddr::V6(_) => Self::net(ip, self.group_prefix_v6.clamp(self.min_prefix_v6, 128)),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BanRecord {
@@ -89,6 +180,9 @@ pub enum RemoteOutcome {
     Expired,
 }
 
+/// How far ahead of this node's clock a version heard from elsewhere may raise the table's clock.
+pub const MAX_VERSION_AHEAD: Duration = Duration::from_secs(60);
+
 /// How many local changes the feed buffers for a slow subscriber before it must catch up by comparing
 /// the whole table.
 const FEED_CAPACITY: usize = 4096;
@@ -111,6 +205,10 @@ pub enum BanError {
     /// Replay tells local statements by this name; a remote one carrying it would be taken for ours.
     #[error("a remote statement cannot claim the origin `{LOCAL_ORIGIN}`")]
     ReservedOrigin,
+    #[error("{net} is wider than /{min}, the widest ban allowed ([bans] min_prefix_v4 / min_prefix_v6); a ban must never cover everyone")]
+    TooWide { net: IpNetwork, min: u8 },
+    #[error("the ban table is full ({max} entries, [bans] max_entries); automatic bans are refused until some expire")]
+    TableFull { max: usize },
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -124,6 +222,16 @@ pub struct BanStats {
     pub added_cluster: u64,
     pub lifted: u64,
     pub rejected_allowlisted: u64,
+    /// Bans refused for covering more than the minimum prefix allows.
+    pub rejected_too_wide: u64,
+    /// Automatic bans refused because the table was full.
+    pub rejected_table_full: u64,
+    /// Groups banned whole because several of their addresses were.
+    pub escalated: u64,
+    /// Journal writes (each one fsync): automatic bans made together share one.
+    pub journal_syncs: u64,
+    /// 1 while the last journal write failed (bans in memory, or peers' statements not held).
+    pub journal_failing: bool,
     pub expired: u64,
     /// Bans in force now.
     pub active: u64,
@@ -136,7 +244,13 @@ struct Counters {
     added_cluster: AtomicU64,
     lifted: AtomicU64,
     rejected_allowlisted: AtomicU64,
+    rejected_too_wide: AtomicU64,
+    rejected_table_full: AtomicU64,
+    escalated: AtomicU64,
+    journal_syncs: AtomicU64,
     expired: AtomicU64,
+    /// Unix seconds of the last "table full" warning, so a flood logs one line per interval.
+    full_logged: AtomicU64,
 }
 
 /// The newest lift of a prefix, kept while an older ban for it could still be live, so a late replay
@@ -196,12 +310,24 @@ struct Store {
     journal: Option<Journal>,
     last_version: u64,
     lifts: HashMap<IpNetwork, Lift>,
+    /// Lines of automatic bans already in force but not yet written: one sync writes all that piled up
+    /// meanwhile, so a burst of offenders costs a few fsyncs, not one each.
+    pending: Vec<Entry>,
+    /// Automatic bans in force per group, for escalation; each member is a live entry of the map.
+    auto: HashMap<IpNetwork, Vec<IpNetwork>>,
+    /// Whether the last journal write failed.
+    failing: bool,
 }
 
 #[derive(Debug)]
 pub struct BanTable {
     map: RwLock<PrefixMap<BanRecord>>,
     store: Mutex<Store>,
+    /// Serialises flushes of `Store::pending`, so callers that queue while one is syncing share the next.
+    flush: Mutex<()>,
+    limits: ArcSwap<BanLimits>,
+    /// Mirrors `Store::failing` for readers that must not wait for a sync (readiness, metrics).
+    journal_failing: std::sync::atomic::AtomicBool,
     /// Networks that can never be banned (the global admission allowlist); swapped whole on reload.
     allow: ArcSwap<CidrSet>,
     /// Past offences per address, so repeat offenders get longer bans; journaled, so a restart does
@@ -285,7 +411,13 @@ impl BanTable {
                 journal: None,
                 last_version: 0,
                 lifts: HashMap::new(),
+                pending: Vec::new(),
+                auto: HashMap::new(),
+                failing: false,
             }),
+            flush: Mutex::new(()),
+            limits: ArcSwap::from_pointee(BanLimits::default()),
+            journal_failing: std::sync::atomic::AtomicBool::new(false),
             allow: ArcSwap::from_pointee(allow),
             offences: Mutex::new(HashMap::new()),
             counters: Counters::default(),
@@ -299,10 +431,27 @@ impl BanTable {
     }
 
     pub fn open_with(path: &Path, allow: CidrSet, policy: CompactPolicy) -> Result<BanTable, JournalError> {
+        Self::open_limited(path, allow, policy, BanLimits::default())
+    }
+
+    /// An in-memory table with these limits.
+    pub fn with_limits(self, limits: BanLimits) -> BanTable {
+        self.limits.store(std::sync::Arc::new(limits));
+        self
+    }
+
+    /// The table at `path` with these limits from the start, so replay already applies them.
+    pub fn open_limited(
+        path: &Path,
+        allow: CidrSet,
+        policy: CompactPolicy,
+        limits: BanLimits,
+    ) -> Result<BanTable, JournalError> {
         let started = Instant::now();
         // Off the runtime: opening may wait for another process to let go of the journal.
         let (journal, replay) = off_runtime(|| Journal::open(path, policy))?;
-        let table = BanTable::new(allow);
+        let table = BanTable::new(allow).with_limits(limits);
+        let mut too_wide = 0usize;
         let records = replay.entries.len();
         let now = SystemTime::now();
         let (live, needs_compaction) = {
@@ -337,6 +486,13 @@ impl BanTable {
                 }
                 match e.op {
                     Op::Ban => {
+                        // Journaled before the limit existed, or by hand: never applied, and dropped
+                        // at the next compaction.
+                        if let Err(err) = limits.check_width(&prefix) {
+                            tracing::warn!(%prefix, origin = %e.origin, error = %err, "journaled ban not applied: too wide");
+                            too_wide += 1;
+                            continue;
+                        }
                         // The allowlist may have grown since the ban was journaled; it still wins.
                         if let Some(allowed) = allowlisted(&allow, &prefix) {
                             tracing::warn!(%prefix, %allowed, "journaled ban not applied: network is allowlisted");
@@ -375,7 +531,10 @@ impl BanTable {
             let live = map.len() + store.lifts.len();
             store.journal = Some(journal);
             let j = store.journal.as_ref().expect("just set");
-            (map.len(), replay.damaged > 0 || j.needs_compaction(live))
+            (
+                map.len(),
+                replay.damaged > 0 || too_wide > 0 || j.needs_compaction(live),
+            )
         };
         tracing::info!(
             path = %path.display(),
@@ -386,11 +545,19 @@ impl BanTable {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "ban journal replayed"
         );
-        if replay.torn_tail {
-            tracing::warn!(path = %path.display(), "ban journal: cut off a torn last line (an unacknowledged write)");
+        for d in &replay.dropped {
+            tracing::warn!(path = %path.display(), line = d.line, why = %d.why, action = if d.cut { "cut (the last line: an unacknowledged write)" } else { "skipped" }, "ban journal: line dropped");
         }
-        if replay.damaged > 0 {
-            tracing::warn!(path = %path.display(), damaged = replay.damaged, "ban journal: skipped damaged lines; rewriting the journal");
+        if let Some(copy) = &replay.evidence {
+            tracing::warn!(
+                path = %path.display(),
+                copy = %copy.display(),
+                lines = ?replay.dropped.iter().map(|d| d.line).collect::<Vec<_>>(),
+                "ban journal: damaged lines dropped; the original is kept as the copy"
+            );
+        }
+        if too_wide > 0 {
+            tracing::warn!(path = %path.display(), too_wide, "ban journal: bans wider than the minimum prefix were not applied");
         }
         if needs_compaction {
             table.compact_journal()?;
@@ -452,6 +619,8 @@ impl BanTable {
     /// the winners. The outer error is a journal failure: then none of them was applied.
     pub fn apply_remote_batch(&self, batch: Vec<Statement>) -> Result<Vec<Result<RemoteOutcome, BanError>>, BanError> {
         let now = SystemTime::now();
+        let max_version = now_micros().saturating_add(MAX_VERSION_AHEAD.as_micros() as u64);
+        let limits = self.limits();
         let mut store = lock(&self.store);
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut winners: Vec<Statement> = Vec::new();
@@ -475,8 +644,9 @@ impl BanTable {
                     ..s
                 };
                 // Even a losing statement raises the clock: the next local statement must outrank it
-                // wherever it is held.
-                store.last_version = store.last_version.max(s.version);
+                // wherever it is held. Never beyond a little ahead of now, though: a version from the
+                // far future would leave this node's own statements unable to outrank anything.
+                store.last_version = store.last_version.max(s.version.min(max_version));
                 if s.until <= now {
                     outcomes.push(Ok(RemoteOutcome::Expired));
                     continue;
@@ -496,6 +666,12 @@ impl BanTable {
                     continue;
                 }
                 if s.op == Op::Ban {
+                    if let Err(e) = limits.check_width(&s.prefix) {
+                        self.counters.rejected_too_wide.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(prefix = %s.prefix, origin = %s.origin, "remote ban refused: too wide");
+                        outcomes.push(Err(e));
+                        continue;
+                    }
                     if let Some(allowed) = allowlisted(&allow, &s.prefix) {
                         self.counters.rejected_allowlisted.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(prefix = %s.prefix, %allowed, origin = %s.origin, "remote ban refused: the network is allowlisted");
@@ -511,9 +687,7 @@ impl BanTable {
         if winners.is_empty() {
             return Ok(outcomes);
         }
-        if let Some(j) = store.journal.as_mut() {
-            off_runtime(|| j.append_all(&winners))?;
-        }
+        self.write_journal(&mut store, &winners)?;
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         for s in winners {
             match s.op {
@@ -571,21 +745,14 @@ impl BanTable {
         reason: String,
         source: BanSource,
     ) -> Result<BanRecord, BanError> {
-        self.ban_inner(net, duration, reason, source, true, None)
-    }
-
-    fn ban_inner(
-        &self,
-        net: IpNetwork,
-        duration: Duration,
-        reason: String,
-        source: BanSource,
-        durable_only: bool,
-        offence: Option<Entry>,
-    ) -> Result<BanRecord, BanError> {
         let net = normalize(net);
         if duration.is_zero() {
             return Err(BanError::ZeroDuration);
+        }
+        if let Err(e) = self.limits.load().check_width(&net) {
+            self.counters.rejected_too_wide.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(prefix = %net, reason, ?source, error = %e, "ban refused: too wide");
+            return Err(e);
         }
         if let Some(allowed) = allowlisted(&self.allow.load(), &net) {
             self.counters.rejected_allowlisted.fetch_add(1, Ordering::Relaxed);
@@ -594,35 +761,9 @@ impl BanTable {
         }
         let now = SystemTime::now();
         let mut store = lock(&self.store);
-        let version = store.last_version.saturating_add(1).max(now_micros());
-        let record = BanRecord {
-            prefix: net,
-            until: now
-                .checked_add(duration)
-                .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400)),
-            reason,
-            origin: LOCAL_ORIGIN.to_string(),
-            created: now,
-            version,
-            attachment: None,
-        };
-        if let Some(j) = store.journal.as_mut() {
-            // The offence memory goes with its ban, under one fsync.
-            let lines: Vec<Entry> = offence.into_iter().chain([record.entry(Op::Ban)]).collect();
-            if let Err(e) = off_runtime(|| j.append_all(&lines)) {
-                if durable_only {
-                    return Err(e.into());
-                }
-                tracing::error!(error = %e, prefix = %net, "ban applied in memory only: a restart will forget it");
-            }
-        }
-        store.last_version = version;
-        store.lifts.remove(&net);
-        self.map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(net, record.clone());
-        let _ = self.feed.send(BanChange::Ban(record.clone()));
+        let record = Self::local_record(&store, net, now, duration, reason);
+        self.write_journal(&mut store, &[record.entry(Op::Ban)])?;
+        self.install(&mut store, record.clone());
         match source {
             BanSource::Session => &self.counters.added_session,
             BanSource::Admin => &self.counters.added_admin,
@@ -632,21 +773,169 @@ impl BanTable {
         Ok(record)
     }
 
-    /// Bans one address for `base`, doubled for each earlier offence (up to `max`); offences older than
-    /// `max` are forgiven. Returns the ban's duration, or None if the address may not be banned.
+    /// A new local ban, versioned above everything the table has heard of.
+    fn local_record(store: &Store, net: IpNetwork, now: SystemTime, duration: Duration, reason: String) -> BanRecord {
+        BanRecord {
+            prefix: net,
+            until: now
+                .checked_add(duration)
+                .unwrap_or(now + Duration::from_secs(100 * 365 * 86_400)),
+            reason,
+            origin: LOCAL_ORIGIN.to_string(),
+            created: now,
+            version: store.last_version.saturating_add(1).max(now_micros()),
+            attachment: None,
+        }
+    }
+
+    /// Puts a journaled (or pending) local ban in force and on the feed.
+    fn install(&self, store: &mut Store, record: BanRecord) {
+        store.last_version = store.last_version.max(record.version);
+        store.lifts.remove(&record.prefix);
+        self.map
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(record.prefix, record.clone());
+        let _ = self.feed.send(BanChange::Ban(record));
+    }
+
+    /// Writes the pending automatic-ban lines and then `lines`, with one sync. On failure nothing of
+    /// `lines` counts as written and the pending lines wait for the next write.
+    fn write_journal(&self, store: &mut Store, lines: &[Entry]) -> Result<(), JournalError> {
+        let Store {
+            journal,
+            pending,
+            failing,
+            ..
+        } = store;
+        let Some(j) = journal.as_mut() else {
+            pending.clear();
+            return Ok(());
+        };
+        if lines.is_empty() && pending.is_empty() {
+            return Ok(());
+        }
+        let result = if pending.is_empty() {
+            off_runtime(|| j.append_all(lines))
+        } else {
+            let queued = pending.len();
+            pending.extend_from_slice(lines);
+            let r = off_runtime(|| j.append_all(pending));
+            if r.is_ok() {
+                pending.clear();
+            } else {
+                pending.truncate(queued);
+            }
+            r
+        };
+        self.counters.journal_syncs.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() != *failing {
+            *failing = result.is_err();
+            self.journal_failing.store(*failing, Ordering::Relaxed);
+            if result.is_ok() {
+                tracing::info!("ban journal: writes succeed again");
+            }
+        }
+        result
+    }
+
+    /// Writes the automatic bans that piled up. Whoever comes while another caller syncs waits for its
+    /// turn and then writes everything queued meanwhile (group commit).
+    fn flush_pending(&self) {
+        let _turn = lock(&self.flush);
+        let mut store = lock(&self.store);
+        if store.pending.is_empty() {
+            return;
+        }
+        if let Err(e) = self.write_journal(&mut store, &[]) {
+            tracing::error!(error = %e, queued = store.pending.len(), "automatic bans in force in memory only until the journal takes writes again");
+        }
+        self.maybe_compact(&mut store);
+    }
+
+    /// Whether the journal is failing writes: automatic bans are then held in memory only, and peers'
+    /// statements are not taken (see the cluster).
+    pub fn journal_failing(&self) -> bool {
+        self.journal_failing.load(Ordering::Relaxed)
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> BanLimits {
+        **self.limits.load()
+    }
+
+    /// Replaces the limits; bans already in force stay.
+    pub fn set_limits(&self, limits: BanLimits) {
+        self.limits.store(std::sync::Arc::new(limits));
+    }
+
+    /// Logs a refused automatic ban at most once per 10 s.
+    fn note_full(&self, ip: IpAddr, max: usize) {
+        self.counters.rejected_table_full.fetch_add(1, Ordering::Relaxed);
+        let now = unix_ms(SystemTime::now()) / 1000;
+        let last = self.counters.full_logged.load(Ordering::Relaxed);
+        if now >= last + 10
+            && self
+                .counters
+                .full_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let refused = self.counters.rejected_table_full.load(Ordering::Relaxed);
+            tracing::warn!(client = %ip, max_entries = max, refused_total = refused, "ban table full: automatic ban refused (operators' bans still fit)");
+        }
+    }
+
+    /// Bans an offending address (IPv6: its /64) for `base`, doubled for each earlier offence (up to
+    /// `max`); offences older than `max` are forgiven. Once `escalate_after` addresses of one group are
+    /// banned, the group is banned instead (at least as long as any of them) and their own bans are
+    /// lifted. Returns the ban's duration, or None if none was made (allowlisted, or the table is full).
     ///
-    /// Unlike [`BanTable::ban`], a journal failure does not stop the ban: the offender is cut off now
-    /// and the failure is logged, since a ban only lost at the next restart beats no ban.
+    /// Unlike [`BanTable::ban`], the ban takes effect before it is journaled: the offender is cut off
+    /// now, the journal line is written with whatever other automatic bans queue meanwhile (one sync
+    /// for a burst), and a journal failure is logged rather than stopping the ban, since a ban only
+    /// lost at the next restart beats no ban.
     pub fn ban_offender(&self, ip: IpAddr, base: Duration, max: Duration, reason: &str) -> Option<Duration> {
         let ip = super::addr::canonical(ip);
+        let limits = self.limits();
+        let target = limits.automatic(ip);
+        let allow = self.allow.load();
+        if let Some(allowed) = allowlisted(&allow, &target) {
+            self.counters.rejected_allowlisted.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(prefix = %target, %allowed, reason, "ban refused: the network is allowlisted");
+            return None;
+        }
         let now = SystemTime::now();
+        let mut store = lock(&self.store);
+        // Already covered by a wider ban (its group was banned, or an operator's): nothing to add.
+        // Checked under the writers' lock, so an escalation made meanwhile is seen.
+        if let Some((net, b)) = self.lookup(ip) {
+            if net.prefix() < target.prefix() {
+                return Some(remaining(b.until));
+            }
+        }
+        if self.len() >= limits.max_entries {
+            drop(store);
+            self.note_full(ip, limits.max_entries);
+            return None;
+        }
         let offence = {
             let mut off = lock(&self.offences);
-            let e = off.entry(ip).or_insert(Offence {
+            if off.len() >= limits.max_entries && !off.contains_key(&target.network()) {
+                off.retain(|_, o| o.forgiven > now);
+            }
+            let remembered = off.len() < limits.max_entries || off.contains_key(&target.network());
+            let mut fresh = Offence {
                 count: 0,
                 last: now,
                 forgiven: now,
-            });
+            };
+            let e = if remembered {
+                off.entry(target.network()).or_insert(fresh)
+            } else {
+                // Memory full: this offender is judged as a first offender rather than grow it.
+                &mut fresh
+            };
             if now.duration_since(e.last).unwrap_or_default() > max + max {
                 e.count = 0;
             }
@@ -658,20 +947,88 @@ impl BanTable {
         let count = offence.count;
         let factor = 1u32.checked_shl(count.saturating_sub(1)).unwrap_or(u32::MAX);
         let duration = base.checked_mul(factor).unwrap_or(max).min(max);
-        match self.ban_inner(
-            IpNetwork::from(ip),
-            duration,
-            reason.to_string(),
-            BanSource::Session,
-            false,
-            Some(offence.entry(ip)),
-        ) {
-            Ok(_) => {
-                tracing::warn!(client = %ip, reason, ban_secs = duration.as_secs(), offence = count, "address banned");
-                Some(duration)
+        let group = limits.group(ip);
+        let members: Vec<BanRecord> = {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            store
+                .auto
+                .get(&group)
+                .into_iter()
+                .flatten()
+                .filter_map(|m| map.get_exact(m))
+                .filter(|b| b.is_live(now) && b.origin == LOCAL_ORIGIN && b.prefix != target)
+                .cloned()
+                .collect()
+        };
+        let escalate = limits.escalate_after > 0
+            && group.prefix() < target.prefix()
+            && members.len() + 1 >= limits.escalate_after as usize
+            && allowlisted(&allow, &group).is_none();
+        let mut lines = vec![offence.entry(target.network())];
+        if escalate {
+            let until = members.iter().map(|m| m.until).fold(now + duration, SystemTime::max);
+            let record = Self::local_record(
+                &store,
+                group,
+                now,
+                until.duration_since(now).unwrap_or(duration),
+                format!("{reason} ({} addresses of the group)", members.len() + 1),
+            );
+            lines.push(record.entry(Op::Ban));
+            let mut lifted = Vec::with_capacity(members.len());
+            for (version, m) in (record.version + 1..).zip(members) {
+                let lift = Lift {
+                    until: m.until,
+                    version,
+                    origin: LOCAL_ORIGIN.to_string(),
+                    created: now,
+                    reason: String::new(),
+                    attachment: None,
+                };
+                lines.push(lift.entry(m.prefix));
+                lifted.push((m, lift));
             }
-            Err(_) => None,
+            store.pending.extend(lines);
+            self.install(&mut store, record.clone());
+            {
+                let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+                for (m, _) in &lifted {
+                    map.remove(&m.prefix);
+                }
+            }
+            for (m, lift) in lifted {
+                store.last_version = store.last_version.max(lift.version);
+                let _ = self.feed.send(BanChange::Unban {
+                    prefix: m.prefix,
+                    lifted: m.clone(),
+                    version: lift.version,
+                    created: now,
+                });
+                store.lifts.insert(m.prefix, lift);
+            }
+            store.auto.remove(&group);
+            self.counters.escalated.fetch_add(1, Ordering::Relaxed);
+            self.counters.added_session.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(client = %ip, prefix = %group, reason, ban_secs = remaining(record.until).as_secs(), "group banned: automatic bans of several of its addresses");
+            drop(store);
+            self.flush_pending();
+            return Some(remaining(record.until));
         }
+        let record = Self::local_record(&store, target, now, duration, reason.to_string());
+        lines.push(record.entry(Op::Ban));
+        store.pending.extend(lines);
+        self.install(&mut store, record);
+        if group.prefix() < target.prefix() {
+            let members = store.auto.entry(group).or_default();
+            if !members.contains(&target) {
+                members.push(target);
+            }
+        }
+        self.counters.added_session.fetch_add(1, Ordering::Relaxed);
+        drop(store);
+        tracing::warn!(client = %ip, prefix = %target, reason, ban_secs = duration.as_secs(), offence = count, "address banned");
+        self.flush_pending();
+        Some(duration)
     }
 
     /// Lifts the ban on exactly `net` (not bans on networks inside or around it). Returns the lifted
@@ -710,9 +1067,7 @@ impl BanTable {
             reason: String::new(),
             attachment: None,
         };
-        if let Some(j) = store.journal.as_mut() {
-            off_runtime(|| j.append(&lift.entry(net)))?;
-        }
+        self.write_journal(&mut store, &[lift.entry(net)])?;
         store.last_version = version;
         store.lifts.insert(net, lift);
         self.map.write().unwrap_or_else(|p| p.into_inner()).remove(&net);
@@ -804,9 +1159,19 @@ impl BanTable {
             live
         });
         self.counters.expired.fetch_add(expired, Ordering::Relaxed);
-        let mut store = lock(&self.store);
-        store.lifts.retain(|_, l| l.until > now);
-        self.maybe_compact(&mut store);
+        {
+            let mut store = lock(&self.store);
+            store.lifts.retain(|_, l| l.until > now);
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            store.auto.retain(|_, members| {
+                members.retain(|m| map.get_exact(m).is_some());
+                !members.is_empty()
+            });
+            drop(map);
+            self.maybe_compact(&mut store);
+        }
+        // Automatic bans a failing journal left in memory only get another chance here.
+        self.flush_pending();
     }
 
     /// Stored bans, including expired ones housekeeping has not removed yet.
@@ -834,6 +1199,11 @@ impl BanTable {
             added_cluster: c.added_cluster.load(Ordering::Relaxed),
             lifted: c.lifted.load(Ordering::Relaxed),
             rejected_allowlisted: c.rejected_allowlisted.load(Ordering::Relaxed),
+            rejected_too_wide: c.rejected_too_wide.load(Ordering::Relaxed),
+            rejected_table_full: c.rejected_table_full.load(Ordering::Relaxed),
+            escalated: c.escalated.load(Ordering::Relaxed),
+            journal_syncs: c.journal_syncs.load(Ordering::Relaxed),
+            journal_failing: self.journal_failing.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
             active,
         }
@@ -869,6 +1239,12 @@ impl BanTable {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "ban journal compacted"
         );
+        // Everything pending is in force, so the rewrite holds it.
+        store.pending.clear();
+        if store.failing {
+            store.failing = false;
+            self.journal_failing.store(false, Ordering::Relaxed);
+        }
         Ok(true)
     }
 
@@ -930,7 +1306,6 @@ mod tests {
         for n in [
             "10.1.2.3/32",
             "10.0.0.0/8",
-            "0.0.0.0/0",
             "192.0.2.0/24",
             "192.0.0.0/16",
             "::ffff:10.0.0.1",
@@ -954,11 +1329,49 @@ mod tests {
                 added_admin: 2,
                 added_cluster: 0,
                 lifted: 1,
-                rejected_allowlisted: 7,
+                rejected_allowlisted: 6,
                 expired: 0,
                 active: 2,
+                journal_syncs: 0,
+                ..BanStats::default()
             }
         );
+    }
+
+    #[test]
+    fn automatic_ipv6_bans_cover_a_64_and_escalate_to_the_48() {
+        let t = BanTable::default();
+        assert_eq!(t.ban_offender(ip("2001:db8:1:2::1"), HOUR, HOUR, "x"), Some(HOUR));
+        assert_eq!(
+            t.lookup(ip("2001:db8:1:2:ffff::9")).unwrap().0,
+            net("2001:db8:1:2::/64")
+        );
+        // Another address of the same /64 is the same offender: no new entry.
+        t.ban_offender(ip("2001:db8:1:2::2"), HOUR, HOUR, "x").unwrap();
+        assert_eq!(t.len(), 1);
+        for i in 3..=5 {
+            t.ban_offender(ip(&format!("2001:db8:1:{i}::1")), HOUR, HOUR, "x")
+                .unwrap();
+        }
+        let prefixes: Vec<String> = t.list(None).iter().map(|b| b.prefix.to_string()).collect();
+        assert_eq!(prefixes, ["2001:db8:1::/48"]);
+        assert_eq!(t.stats().escalated, 1);
+        assert!(t.is_banned(ip("2001:db8:1:ffff::1")));
+        assert!(!t.is_banned(ip("2001:db8:2::1")));
+    }
+
+    #[test]
+    fn escalation_never_goes_wider_than_the_minimum_prefix() {
+        let t = BanTable::default().with_limits(BanLimits {
+            group_prefix_v4: 0,
+            escalate_after: 2,
+            ..BanLimits::default()
+        });
+        t.ban_offender(ip("198.51.100.1"), HOUR, HOUR, "x").unwrap();
+        t.ban_offender(ip("198.2.0.1"), HOUR, HOUR, "x").unwrap();
+        let prefixes: Vec<String> = t.list(None).iter().map(|b| b.prefix.to_string()).collect();
+        assert_eq!(prefixes, ["198.0.0.0/8"]);
+        assert!(!t.is_banned(ip("199.0.0.1")));
     }
 
     #[test]

@@ -302,6 +302,14 @@ pub struct GroupCost {
     pub cost: f64,
 }
 
+/// What became of a peer's report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteTaken {
+    pub taken: usize,
+    /// Repeated groups and figures past the report's cost budget.
+    pub ignored: usize,
+}
+
 /// Figures above this are treated as this: a listed peer is trusted, but one bad float must not poison a group.
 const MAX_REPORTED: f64 = 1e12;
 
@@ -454,10 +462,30 @@ impl Ledger {
     /// onto this gateway's own prefixes; networks it does not group and non-finite figures are ignored. Returns how
     /// many figures were taken.
     pub fn apply_remote(&self, peer: PeerId, figures: &[GroupCost], ttl: Duration) -> usize {
+        self.apply_remote_bounded(peer, figures, ttl, None).taken
+    }
+
+    /// [`Ledger::apply_remote`] with a budget: with `Some(n)`, each figure counts at most one hard limit
+    /// (beyond it a group is cut off anyway) and the report's figures together at most `n` hard
+    /// limits; the rest are ignored, so a listed peer cannot cut off more than `n` groups at once. A
+    /// group named twice counts once, the first time. Returns what was taken and ignored.
+    pub fn apply_remote_bounded(
+        &self,
+        peer: PeerId,
+        figures: &[GroupCost],
+        ttl: Duration,
+        hard_limits: Option<f64>,
+    ) -> RemoteTaken {
         let p = self.params.load();
         let now = self.clock.now();
         let expires = now + ttl;
+        let (per_figure, mut budget) = match hard_limits {
+            Some(n) if p.hard_limit > 0.0 => (p.hard_limit, n * p.hard_limit),
+            _ => (MAX_REPORTED, f64::INFINITY),
+        };
         let mut named = Vec::with_capacity(figures.len());
+        let mut seen = std::collections::HashSet::with_capacity(figures.len());
+        let mut ignored = 0usize;
         for f in figures {
             if !f.cost.is_finite() || f.cost <= 0.0 {
                 continue;
@@ -467,7 +495,12 @@ impl Ledger {
             let Some(key) = p.group_for(addr::canonical(f.group)) else {
                 continue;
             };
-            let value = f.cost.min(MAX_REPORTED);
+            if budget <= 0.0 || !seen.insert(key) {
+                ignored += 1;
+                continue;
+            }
+            let value = f.cost.min(MAX_REPORTED).min(per_figure).min(budget);
+            budget -= value;
             {
                 // Under the shard lock (shard → group is the lock order), so housekeeping cannot drop the
                 // group between lookup and update and leave the figure in an orphan.
@@ -500,7 +533,7 @@ impl Ledger {
                 lock(&g.state).remote.retain(|r| r.peer != peer);
             }
         }
-        taken
+        RemoteTaken { taken, ignored }
     }
 
     /// Forgets everything `peer` reported (it left the cluster or cost sharing was turned off).

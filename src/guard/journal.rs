@@ -90,20 +90,27 @@ impl Entry {
         out.push(b'\n');
     }
 
-    /// `line` without its newline. None if the checksum or the content is wrong.
-    fn decode(line: &[u8]) -> Option<Entry> {
-        let (crc, json) = (line.get(..8)?, line.get(9..)?);
+    /// `line` without its newline.
+    fn decode(line: &[u8]) -> Result<Entry, LineError> {
+        let (crc, json) = match (line.get(..8), line.get(9..)) {
+            (Some(c), Some(j)) => (c, j),
+            _ => return Err(LineError::Short),
+        };
         if line[8] != b' ' {
-            return None;
+            return Err(LineError::Separator);
         }
-        let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
+        let crc = std::str::from_utf8(crc)
+            .ok()
+            .and_then(|c| u32::from_str_radix(c, 16).ok())
+            .ok_or(LineError::ChecksumField)?;
         if crc32fast::hash(json) != crc {
-            return None;
+            return Err(LineError::Checksum);
         }
-        let w: Wire = serde_json::from_slice(json).ok()?;
-        Some(Entry {
+        let w: Wire = serde_json::from_slice(json).map_err(|e| LineError::Json(e.to_string()))?;
+        let prefix = crate::guard::acl::parse_cidr(&w.prefix).map_err(|e| LineError::Prefix(e.to_string()))?;
+        Ok(Entry {
             op: w.op,
-            prefix: crate::guard::acl::parse_cidr(&w.prefix).ok()?,
+            prefix,
             until: from_unix_ms(w.until_ms),
             reason: w.reason.into_owned(),
             origin: w.origin.into_owned(),
@@ -112,6 +119,47 @@ impl Entry {
             attachment: w.sig.map(std::borrow::Cow::into_owned),
         })
     }
+}
+
+/// Why a journal line could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("shorter than a checksum and a separator")]
+    Short,
+    #[error("no space after the checksum")]
+    Separator,
+    #[error("the checksum is not 8 hex digits")]
+    ChecksumField,
+    #[error("checksum mismatch")]
+    Checksum,
+    #[error("not a journal record: {0}")]
+    Json(String),
+    #[error("bad prefix: {0}")]
+    Prefix(String),
+    #[error("no newline (torn write)")]
+    Unterminated,
+}
+
+/// Parses one journal line (without its newline), as replay does; for tools and fuzzing.
+pub fn parse_line(line: &[u8]) -> Result<Entry, LineError> {
+    Entry::decode(line)
+}
+
+/// One journal line for `e`, newline included, as appends write it.
+pub fn encode_line(e: &Entry) -> Vec<u8> {
+    let mut out = Vec::new();
+    e.encode(&mut out);
+    out
+}
+
+/// A line replay dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DroppedLine {
+    /// 1-based line number in the file as found.
+    pub line: usize,
+    pub why: LineError,
+    /// Cut off the end of the file (a possibly unacknowledged last write) rather than skipped.
+    pub cut: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +206,10 @@ pub struct Replay {
     pub torn_tail: bool,
     /// Damaged lines before the last one (not a crash pattern: disk or manual damage); skipped.
     pub damaged: usize,
+    /// Every line dropped, skipped or cut, in file order.
+    pub dropped: Vec<DroppedLine>,
+    /// Where the file as found was copied before anything was dropped from it.
+    pub evidence: Option<PathBuf>,
 }
 
 pub struct Journal {
@@ -189,6 +241,30 @@ fn sync_dir(path: &Path) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     File::open(dir)?.sync_all()
+}
+
+/// Copies the journal's bytes as found to `<journal>.damaged-<unix ms>` (a fresh name), synced.
+fn keep_evidence(path: &Path, data: &[u8]) -> std::io::Result<PathBuf> {
+    let stamp = unix_ms(SystemTime::now());
+    let mut n = 0u32;
+    loop {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".damaged-{stamp}"));
+        if n > 0 {
+            name.push(format!("-{n}"));
+        }
+        let copy = path.with_file_name(name);
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&copy) {
+            Ok(mut f) => {
+                f.write_all(data)?;
+                f.sync_all()?;
+                sync_dir(&copy)?;
+                return Ok(copy);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => n += 1,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 impl Journal {
@@ -226,30 +302,55 @@ impl Journal {
         let mut good_len = 0usize;
         let mut lines = 0u64;
         let mut pos = 0usize;
+        let mut number = 0usize;
         while pos < data.len() {
+            number += 1;
             let Some(nl) = data[pos..].iter().position(|&b| b == b'\n') else {
                 replay.torn_tail = true;
+                replay.dropped.push(DroppedLine {
+                    line: number,
+                    why: LineError::Unterminated,
+                    cut: true,
+                });
                 break;
             };
             let line = &data[pos..pos + nl];
             let next = pos + nl + 1;
             match Entry::decode(line) {
-                Some(e) => {
+                Ok(e) => {
                     replay.entries.push(e);
                     good_len = next;
                     lines += 1;
                 }
-                None if next == data.len() => {
+                Err(why) if next == data.len() => {
                     replay.torn_tail = true;
+                    replay.dropped.push(DroppedLine {
+                        line: number,
+                        why,
+                        cut: true,
+                    });
                     break;
                 }
-                None => {
+                Err(why) => {
                     replay.damaged += 1;
+                    replay.dropped.push(DroppedLine {
+                        line: number,
+                        why,
+                        cut: false,
+                    });
                     good_len = next;
                     lines += 1;
                 }
             }
             pos = next;
+        }
+        if !replay.dropped.is_empty() {
+            // Before anything is cut or rewritten: what was dropped may be all an operator has to find
+            // out what went wrong (or to recover a ban by hand).
+            replay.evidence = Some(keep_evidence(path, &data).map_err(|source| JournalError::Write {
+                path: path.to_path_buf(),
+                source,
+            })?);
         }
         if replay.torn_tail {
             file.set_len(good_len as u64)

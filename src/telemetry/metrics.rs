@@ -513,6 +513,11 @@ pub fn render(live: Option<&Live>) -> String {
                 ("bad_signature", x.rejected_bad_signature),
                 ("malformed", x.rejected_malformed),
                 ("refused_by_table", x.refused_by_table),
+                ("too_wide", x.rejected_too_wide),
+                ("too_long", x.rejected_too_long),
+                ("origin_full", x.rejected_origin_full),
+                ("future_version", x.rejected_future_version),
+                ("not_journaled", x.not_journaled),
             ] {
                 received
                     .get_or_create(&ReasonLabels { reason: reason.into() })
@@ -561,6 +566,18 @@ pub fn render(live: Option<&Live>) -> String {
                 "Cost reports refused (through Redis: unlisted origin, bad signature, malformed)",
                 counter(x.cost_reports_rejected),
             );
+            if let Some(redis) = &st.redis {
+                r.register(
+                    "cluster_redis_rejected_remembered",
+                    "Rejected values in Redis remembered so each is counted once (at most 10000; past that they are judged again)",
+                    gauge(redis.rejected_remembered as i64),
+                );
+            }
+            r.register(
+                "cluster_cost_figures_ignored",
+                "Figures of peers' cost reports ignored: past the report's group cap, repeated, or past its cost cap",
+                counter(x.cost_figures_ignored),
+            );
             r.register(
                 "cluster_links_refused",
                 "Cluster connections refused (unlisted node, failed handshake)",
@@ -605,12 +622,31 @@ pub fn render(live: Option<&Live>) -> String {
         );
         r.register("bans_expired", "Bans that reached their end", counter(s.expired));
         let rejected = Family::<ReasonLabels, Counter>::default();
-        rejected
-            .get_or_create(&ReasonLabels {
-                reason: "allowlisted".into(),
-            })
-            .inc_by(s.rejected_allowlisted);
+        for (reason, n) in [
+            ("allowlisted", s.rejected_allowlisted),
+            ("too_wide", s.rejected_too_wide),
+            ("table_full", s.rejected_table_full),
+        ] {
+            rejected
+                .get_or_create(&ReasonLabels { reason: reason.into() })
+                .inc_by(n);
+        }
         r.register("bans_rejected", "Bans refused, by reason", rejected);
+        r.register(
+            "bans_escalated",
+            "Groups banned whole because several of their addresses were banned automatically",
+            counter(s.escalated),
+        );
+        r.register(
+            "bans_journal_syncs",
+            "Ban journal writes, each one fsync (automatic bans made together share one)",
+            counter(s.journal_syncs),
+        );
+        r.register(
+            "bans_journal_failing",
+            "1 while the ban journal fails writes (the node is degraded: see /readyz)",
+            gauge(i64::from(s.journal_failing)),
+        );
     }
     r.register(
         "connections_accepted",

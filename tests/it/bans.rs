@@ -484,3 +484,161 @@ async fn a_journal_that_cannot_be_opened_stops_the_start() {
     assert!(err.contains("no-such-dir/bans.journal"), "{err}");
     assert!(err.contains("cannot open"), "{err}");
 }
+
+/// A journal line as the gateway writes it (CRC-32 of the JSON, a space, the JSON), for planting
+/// statements a gateway never wrote itself.
+pub(crate) fn journal_line(json: &str) -> String {
+    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
+}
+
+fn journaled_ban(prefix: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    journal_line(&format!(
+        r#"{{"op":"ban","prefix":"{prefix}","until_ms":{},"reason":"planted","origin":"local","created_ms":{now},"version":{}}}"#,
+        now + 3_600_000,
+        now * 1000
+    ))
+}
+
+#[tokio::test]
+async fn no_ban_may_cover_everyone_whether_from_the_api_or_the_journal() {
+    let backend = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = config(dir.path(), backend, "");
+    std::fs::create_dir_all(dir.path().join("state")).unwrap();
+    // A ban of everyone already in the journal (an older version, or a hand edit) must not lock
+    // everyone out at the next start.
+    let planted = journaled_ban("0.0.0.0/0") + &journaled_ban("127.0.0.9/32");
+    std::fs::write(dir.path().join("state/bans.journal"), planted).unwrap();
+    let gw = start(dir.path(), &toml).await;
+    assert!(
+        !is_refused("127.0.0.2", gw.front).await,
+        "a journaled 0.0.0.0/0 was applied"
+    );
+    assert!(
+        is_refused("127.0.0.9", gw.front).await,
+        "the narrow journaled ban was lost"
+    );
+
+    for (prefix, widest) in [
+        ("0.0.0.0/0", "/8"),
+        ("::/0", "/19"),
+        // The IPv4-mapped form of 0.0.0.0/0 is 0.0.0.0/0.
+        ("::ffff:0.0.0.0/96", "/8"),
+        ("10.0.0.0/7", "/8"),
+        ("2001::/18", "/19"),
+    ] {
+        let (status, v) = post_ban(gw.admin, prefix, "1h").await;
+        assert_eq!(status, 400, "{prefix}: {v}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains(&format!("wider than {widest}")), "{prefix}: {msg}");
+    }
+    let (status, v) = post_ban(gw.admin, "::ffff:0.0.0.0/96", "1h").await;
+    assert!(v["error"].as_str().unwrap().starts_with("0.0.0.0/0 "), "{status} {v}");
+    assert!(!is_refused("127.0.0.2", gw.front).await);
+    // The limit itself is allowed.
+    assert_eq!(post_ban(gw.admin, "10.0.0.0/8", "1h").await.0, 201);
+    assert_eq!(listed(gw.admin).await, ["10.0.0.0/8", "127.0.0.9/32"]);
+    let metrics = common::admin_get(gw.admin, TOKEN, "/metrics").await;
+    assert!(
+        metrics.contains("gatehouse_bans_rejected_total{reason=\"too_wide\"} 6"),
+        "{metrics}"
+    );
+    gw.running.shutdown().await;
+}
+
+/// A gateway whose Electrum front bans at the first garbage line, with a journal and the admin API;
+/// `bans` joins the [bans] table.
+async fn electrum_gateway(dir: &Path, bans: &str) -> (Running, SocketAddr, SocketAddr) {
+    let backend = crate::electrum_cost::stub_backend(&[]).await;
+    std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let toml = format!(
+        "{}[bans]\njournal = \"state/bans.journal\"\nmax_violations = 0\n{bans}\n\n\
+         [admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n\
+         [[front]]\nname = \"electrum\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
+         upstreams = [\"{backend}\"]\n",
+        common::RELAXED
+    );
+    let running = common::start_in(dir, &toml).await;
+    let admin = match running.admin_addr() {
+        Some(AdminListen::Tcp(a)) => *a,
+        other => panic!("admin API not on TCP: {other:?}"),
+    };
+    let front = running.addr("electrum");
+    (running, admin, front)
+}
+
+/// One garbage line from `from` (a violation, so a ban), read until the gateway closes; false if the
+/// connection was refused at once (already banned).
+async fn offend(from: String, front: SocketAddr) -> bool {
+    let Ok(mut s) = common::connect_from(&from, front).await else {
+        return false;
+    };
+    if s.write_all(b"this is not json\n").await.is_err() {
+        return false;
+    }
+    common::closed_within(&mut s, Duration::from_secs(10)).await;
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offenders_from_one_24_end_as_one_ban_of_the_24() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, admin, front) = electrum_gateway(dir.path(), "").await;
+    // 250 addresses of one /24, fifty at a time.
+    let hosts: Vec<String> = (1..=250).map(|i| format!("127.0.7.{i}")).collect();
+    for chunk in hosts.chunks(50) {
+        futures_util::future::join_all(chunk.iter().map(|h| offend(h.clone(), front))).await;
+    }
+    assert_eq!(listed(admin).await, ["127.0.7.0/24"]);
+    for h in ["127.0.7.1", "127.0.7.128", "127.0.7.254"] {
+        assert!(is_refused(h, front).await, "{h} admitted");
+    }
+    // On disk: a handful of lines (the first addresses, their lifts, the /24), not 250 bans.
+    let journal = std::fs::read_to_string(dir.path().join("state/bans.journal")).unwrap();
+    let bans: Vec<&str> = journal.lines().filter(|l| l.contains(r#""op":"ban""#)).collect();
+    assert!(bans.len() <= 4, "{journal}");
+    assert!(bans.last().unwrap().contains("127.0.7.0/24"), "{journal}");
+    let metrics = common::admin_get(admin, TOKEN, "/metrics").await;
+    assert!(metrics.contains("\ngatehouse_bans_escalated_total 1\n"), "{metrics}");
+    let syncs: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_bans_journal_syncs_total "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no journal syncs counted:\n{metrics}"));
+    assert!(syncs <= 8, "{syncs} syncs for one escalation");
+    running.shutdown().await;
+
+    // The escalation survives a restart whole: the /24, and none of the lifted single bans.
+    let (running, admin, _) = electrum_gateway(dir.path(), "").await;
+    assert_eq!(listed(admin).await, ["127.0.7.0/24"]);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ban_table_refuses_automatic_bans_but_never_an_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let (running, admin, front) = electrum_gateway(dir.path(), "max_entries = 5\nescalate_after = 0").await;
+    for i in 1..=8 {
+        assert!(offend(format!("127.0.{}.9", 20 + i), front).await);
+    }
+    assert_eq!(listed(admin).await.len(), 5);
+    assert!(is_refused("127.0.21.9", front).await);
+    assert!(
+        !listed(admin).await.contains(&"127.0.28.9/32".to_string()),
+        "banned past the cap"
+    );
+    let (status, v) = post_ban(admin, "192.0.2.0/24", "1h").await;
+    assert_eq!(status, 201, "an operator's ban did not fit: {v}");
+    assert_eq!(listed(admin).await.len(), 6);
+    let metrics = common::admin_get(admin, TOKEN, "/metrics").await;
+    assert!(
+        metrics.contains("gatehouse_bans_rejected_total{reason=\"table_full\"} 3"),
+        "{metrics}"
+    );
+    running.shutdown().await;
+}

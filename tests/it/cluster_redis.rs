@@ -7,7 +7,7 @@ use crate::common;
 use gatehouse::cluster::keys::NodeKey;
 use gatehouse::cluster::link::Carried;
 use gatehouse::cluster::record::{Op, SignedRecord};
-use gatehouse::cluster::redis::{channel, encode_value, key, SET_SCRIPT};
+use gatehouse::cluster::redis::{channel, encode_value, key, MAX_REJECTED, SET_SCRIPT};
 use gatehouse::config::Config;
 use gatehouse::Running;
 use ipnetwork::IpNetwork;
@@ -624,4 +624,53 @@ fn malformed_messages_on_the_redis_channels_do_not_flood_the_log() {
     ] {
         assert_eq!(captured.lines_with(message), 1, "`{message}` for {SENT} messages");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_nodes_bounds_hold_through_redis_and_a_writer_cannot_grow_the_rejected_set() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let up = common::echo_backend().await;
+    let keys = common::node_keys(dir.path(), 2);
+    let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+    assert!(redis_connected(&a).await, "not connected to redis");
+    let cluster = a.cluster().unwrap();
+
+    // Validly signed by the listed node B: a ban of everyone, and one for ten years.
+    let b_key = NodeKey::load(&dir.path().join("node1.key")).unwrap();
+    let everyone: IpNetwork = "0.0.0.0/0".parse().unwrap();
+    let rec = SignedRecord::sign(&b_key, Op::Ban, everyone, "forged".into(), now_ms(), 600_000, 1);
+    write_and_await(&redis, rec, async || cluster.stats().rejected_too_wide >= 1).await;
+    let long: IpNetwork = "127.0.0.6/32".parse().unwrap();
+    let ten_years = 10 * 365 * 86_400_000;
+    let rec = SignedRecord::sign(&b_key, Op::Ban, long, "forged".into(), now_ms(), ten_years, 2);
+    write_and_await(&redis, rec, async || cluster.stats().rejected_too_long >= 1).await;
+    assert!(a.bans().list(None).is_empty(), "{:?}", a.bans().list(None));
+    assert!(!common::is_refused("127.0.0.2", a.addr("p")).await);
+    assert!(!common::is_refused("127.0.0.6", a.addr("p")).await);
+
+    // A writer fills Redis with junk under well-formed keys: every value is refused, but only so many
+    // are remembered, whatever the writer adds.
+    let junk = MAX_REJECTED + 500;
+    let mut conn = redis.conn().await.unwrap();
+    let mut p = ::redis::pipe();
+    for i in 0..junk {
+        p.cmd("SET")
+            .arg(format!("{PREFIX}ban:10.{}.{}.0/24", i / 256, i % 256))
+            .arg(format!("junk {i}"))
+            .ignore();
+    }
+    let () = p.query_async(&mut conn).await.unwrap();
+    let remembered = common::within(Duration::from_secs(10), async || {
+        let s = cluster.status();
+        s.stats.rejected_malformed >= junk as u64 && s.redis.unwrap().rejected_remembered > 0
+    })
+    .await;
+    assert!(remembered.is_some(), "{:?}", cluster.status());
+    let st = cluster.status().redis.unwrap();
+    assert!(
+        st.rejected_remembered <= MAX_REJECTED,
+        "{} remembered",
+        st.rejected_remembered
+    );
 }
