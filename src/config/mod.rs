@@ -161,6 +161,10 @@ pub struct AdminConfig {
     pub metrics_public: bool,
 }
 
+/// How deeply a client's JSON may nest arrays and objects: Electrum requests need 5 levels at most
+/// (a batched server.add_peer), and a Python backend's parser recurses once per level.
+pub const DEFAULT_MAX_NESTING: usize = 32;
+
 /// Protocol settings of one Electrum front.
 #[derive(Debug, Clone)]
 pub struct ElectrumSettings {
@@ -171,6 +175,8 @@ pub struct ElectrumSettings {
     pub max_line: usize,
     pub max_response: usize,
     pub max_batch: usize,
+    /// Deeper messages are refused with -32600 and never forwarded.
+    pub max_nesting: usize,
     pub extra_methods: Vec<String>,
     pub banner: Option<String>,
     pub max_subscriptions: usize,
@@ -551,6 +557,14 @@ impl Validator<'_> {
         if max_batch == 0 {
             return Err(self.err(format!("{key}.max_batch"), None, "must be at least 1"));
         }
+        let max_nesting = e.max_nesting.unwrap_or(DEFAULT_MAX_NESTING);
+        if max_nesting < 2 {
+            return Err(self.err(
+                format!("{key}.max_nesting"),
+                None,
+                "must be at least 2 (a request with parameters nests 2 levels)",
+            ));
+        }
         Ok(ElectrumSettings {
             profile,
             version_policy: e.version_policy,
@@ -561,6 +575,7 @@ impl Validator<'_> {
                 .max_response
                 .map_or(if kevacoin { 10_000_000 } else { 8_100_000 }, |b| b.0 as usize),
             max_batch,
+            max_nesting,
             extra_methods: e.extra_methods.clone(),
             banner: e.banner.clone(),
             max_subscriptions: e.max_subscriptions.unwrap_or(50_000),

@@ -202,6 +202,7 @@ struct Metrics {
     cost_units: Counter<f64, AtomicU64>,
     throttled: Counter,
     hard_limit: Counter,
+    unmatched_replies: Counter,
     upstream_connect_seconds: HistogramFamily<UpstreamLabels>,
     reloads: Family<ResultLabels, Counter>,
     reload_handles: [Counter; 2],
@@ -235,6 +236,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         cost_units: Counter::default(),
         throttled: Counter::default(),
         hard_limit: Counter::default(),
+        unmatched_replies: Counter::default(),
         upstream_connect_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         reloads,
         reload_handles,
@@ -353,6 +355,11 @@ pub fn throttled() {
 /// A session closed for reaching the cost hard limit.
 pub fn hard_limit_disconnect() {
     METRICS.hard_limit.inc();
+}
+
+/// A backend reply that answered no request in flight, dropped.
+pub fn unmatched_reply() {
+    METRICS.unmatched_replies.inc();
 }
 
 /// A configuration reload, applied (`ok`) or rejected.
@@ -589,6 +596,11 @@ pub fn render(live: Option<&Live>) -> String {
         "electrum_hard_limit_disconnects",
         "Electrum sessions closed for reaching the cost hard limit",
         m.hard_limit.clone(),
+    );
+    r.register(
+        "electrum_unmatched_replies",
+        "Electrum backend replies dropped because they answered no request in flight",
+        m.unmatched_replies.clone(),
     );
     r.register_with_unit(
         "upstream_connect_duration",
