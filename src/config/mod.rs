@@ -557,11 +557,11 @@ impl Validator<'_> {
         if max_batch == 0 {
             return Err(self.err(format!("{key}.max_batch"), None, "must be at least 1"));
         }
-        let max_nesting = e.max_nesting.unwrap_or(DEFAULT_MAX_NESTING);
+        let max_nesting = e.max_nesting.as_ref().map_or(DEFAULT_MAX_NESTING, |n| *n.get_ref());
         if max_nesting < 2 {
             return Err(self.err(
                 format!("{key}.max_nesting"),
-                None,
+                e.max_nesting.as_ref().map(|n| n.span()),
                 "must be at least 2 (a request with parameters nests 2 levels)",
             ));
         }

@@ -201,7 +201,7 @@ pub struct RawFrontElectrum {
     pub max_line: Option<ByteSize>,
     pub max_response: Option<ByteSize>,
     pub max_batch: Option<usize>,
-    pub max_nesting: Option<usize>,
+    pub max_nesting: Option<Spanned<usize>>,
     #[serde(default)]
     pub extra_methods: Vec<String>,
     pub banner: Option<String>,

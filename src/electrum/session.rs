@@ -585,8 +585,13 @@ impl Session<'_> {
 
     /// Hard limit: answer -101, close, and ban the address.
     fn hard_limit(&mut self, id: Option<&RawValue>) {
-        metrics::hard_limit_disconnect();
         self.reply_error(id, -101, "excessive resource usage");
+        self.cut_off();
+    }
+
+    /// The hard limit's close and ban, once its -101 is written.
+    fn cut_off(&mut self) {
+        metrics::hard_limit_disconnect();
         self.close_with("cost hard limit");
         let p = self.ban_policy.clone();
         if p.enabled {
@@ -826,8 +831,22 @@ impl Session<'_> {
         let key = self.last_batch;
         let mut local = Vec::new();
         let mut forwarded = 0usize;
+        let mut cut = false;
         for item in items {
             let before = local.len();
+            // The hard limit applies to each item as to a single request: the rest of the batch is
+            // not served.
+            if self.th.over_hard {
+                let (id, class) = item
+                    .as_ref()
+                    .map_or((None, Class::Other), |r| (r.id, Class::of(r.method)));
+                metrics::request(class, ReqResult::Refused);
+                jsonrpc::write_error(&mut local, id, -101, "excessive resource usage");
+                local.pop();
+                self.charge(self.cost.error_cost);
+                cut = true;
+                break;
+            }
             match item {
                 Err(ParseError::Invalid { id }) => {
                     metrics::request(Class::Other, ReqResult::Error);
@@ -895,6 +914,11 @@ impl Session<'_> {
         }
         if local.last() == Some(&b',') {
             local.pop();
+        }
+        if cut {
+            // Items already forwarded are not waited for: the session closes once this is written.
+            self.emit_batch(&local);
+            return self.cut_off();
         }
         if forwarded == 0 {
             return self.emit_batch(&local);

@@ -716,3 +716,42 @@ async fn batch_items_and_notifications_each_hold_a_throttle_slot() {
         "{most} requests at the backend at once, against a concurrency of 10"
     );
 }
+
+/// The hard limit applies to each item of a batch: the item that finds the session past it gets -101,
+/// the rest never reach the backend, and the session closes and is banned.
+#[tokio::test(start_paused = true)]
+async fn a_batch_crossing_the_hard_limit_is_cut_at_the_item_that_crosses_it() {
+    let (backend, _, total) = slow_backend(Duration::ZERO).await;
+    let running = common::start(&config(
+        backend,
+        "",
+        "\"blockchain.scripthash.get_balance\" = 1000",
+        "\"127.0.0.1:0\"",
+        "",
+    ))
+    .await;
+    let mut c = Client::open("127.0.41.2", running.addr("electrum")).await;
+    let items: Vec<String> = (1..=20)
+        .map(|id| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"blockchain.scripthash.get_balance","params":[{SCRIPTHASH}]}}"#
+            )
+        })
+        .collect();
+    c.w.write_all(format!("[{}]\n", items.join(",")).as_bytes())
+        .await
+        .unwrap();
+    let r = c.recv().await.expect("closed instead of answering the batch");
+    let entries = r.v.as_array().unwrap_or_else(|| panic!("{}", r.v));
+    let cut: Vec<&Value> = entries.iter().filter(|e| e["error"]["code"] == -101).collect();
+    assert_eq!(cut.len(), 1, "{}", r.v);
+    // 1000 units each: the 11th finds the session at 10000 (plus bytes and the connection).
+    assert_eq!(cut[0]["id"], 11, "{}", r.v);
+    assert!(c.recv().await.is_none(), "the session must close after -101");
+    assert!(
+        total.load(Ordering::SeqCst) <= 11,
+        "{} requests reached the backend",
+        total.load(Ordering::SeqCst)
+    );
+    assert!(running.guard().bans().lookup(ip("127.0.41.2")).is_some(), "not banned");
+}
