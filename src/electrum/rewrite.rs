@@ -31,6 +31,15 @@ fn result_of(reply: &[u8]) -> Option<Value> {
     serde_json::from_slice::<Reply>(reply).ok()?.result
 }
 
+/// Whether a reply is an error reply (a non-null `error`).
+pub fn is_error(reply: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        error: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Reply>(reply).is_ok_and(|r| r.error.is_some())
+}
+
 /// The `result` of a server.features reply with `hosts` replaced. `None` if the reply has no result
 /// object (an error is passed on unchanged).
 pub fn features(reply: &[u8], hosts: &Value) -> Option<String> {
@@ -95,7 +104,11 @@ mod tests {
         );
         assert_eq!(v["server_version"], "ElectrumX 1.16");
         assert!(!out.contains("10.0.0.5"));
-        assert_eq!(features(br#"{"id":1,"error":{"code":1,"message":"x"}}"#, &hosts), None);
+        let error = br#"{"id":1,"error":{"code":1,"message":"x"}}"#;
+        assert_eq!(features(error, &hosts), None);
+        assert!(is_error(error));
+        assert!(!is_error(br#"{"id":1,"error":null,"result":"10.0.0.5"}"#));
+        assert_eq!(features(br#"{"id":1,"error":null,"result":"10.0.0.5"}"#, &hosts), None);
     }
 
     #[test]

@@ -1121,15 +1121,15 @@ impl Session<'_> {
         }
         let info = f.track.info;
         self.charge_response(info, line);
-        let rewritten = match info.special {
+        let policed = match info.special {
             Special::Version => {
                 if let Some(v) = negotiated_from_reply(line) {
                     self.negotiated = Some(v);
                 }
                 None
             }
-            Special::Features => super::rewrite::features(line, &self.shared.features_hosts.load()),
-            Special::Peers => super::rewrite::peers(line, &self.front.cfg.upstreams),
+            Special::Features => Some(super::rewrite::features(line, &self.shared.features_hosts.load())),
+            Special::Peers => Some(super::rewrite::peers(line, &self.front.cfg.upstreams)),
             Special::Unsubscribe => {
                 // Only the backend knows whether the scripthash was subscribed: count the release
                 // when it says so, or unsubscribing unknown hashes would lift the cap.
@@ -1140,9 +1140,17 @@ impl Session<'_> {
             }
             _ => None,
         };
-        match rewritten {
-            Some(result) => self.finish(&f.track, Entry::Result(&result)),
-            None => {
+        match policed {
+            Some(Some(result)) => self.finish(&f.track, Entry::Result(&result)),
+            // Neither a result the policy can read nor an error: none of it can be passed on safely.
+            Some(None) if !super::rewrite::is_error(line) => {
+                tracing::debug!(front = %self.front.cfg.name, method = info.name, "backend reply of an unexpected shape");
+                self.finish(
+                    &f.track,
+                    Entry::Error(-32603, "unexpected reply from the Electrum backend"),
+                )
+            }
+            _ => {
                 // The reply's bytes were charged as read; the client's id may be longer than the
                 // gateway's, and the client pays for what it receives.
                 let grow = f

@@ -879,6 +879,27 @@ async fn ids_come_back_byte_for_byte_and_policy_holds_whatever_the_backend_does_
 }
 
 #[tokio::test]
+async fn a_policed_reply_of_an_unexpected_shape_is_not_passed_on() {
+    let be = stub_with(|method, params| match method {
+        "server.peers.subscribe" => Some(json!({"peers": [["10.0.0.5", "backend.lan", ["v1.4"]]]})),
+        "server.features" => Some(json!("backend.internal:50001")),
+        _ => base_answer(method, params),
+    })
+    .await;
+    let running = gateway(be.addr, "", "", "").await;
+    let mut c = Client::connect("127.0.9.8", &running).await;
+    c.version(json!("1.4")).await;
+    for (id, method) in [(1, "server.peers.subscribe"), (2, "server.features")] {
+        c.send_json(&req(id, method, json!([]))).await;
+        let line = c.recv_line().await;
+        assert!(!line.contains("10.0.0.5") && !line.contains("backend."), "{line}");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["id"], id, "{v}");
+        assert_eq!(code(&v), Some(-32603), "{v}");
+    }
+}
+
+#[tokio::test]
 async fn add_peer_is_answered_false_and_never_forwarded() {
     let be = stub().await;
     let running = gateway(be.addr, "", "", "").await;
