@@ -441,11 +441,15 @@ mod tests {
     }
 
     fn run(limit: &mut MessageLimit, input: &[u8], step: usize) -> Vec<u8> {
+        run_with_room(limit, input, step, 7)
+    }
+
+    fn run_with_room(limit: &mut MessageLimit, input: &[u8], step: usize, room: usize) -> Vec<u8> {
         let mut out = Vec::new();
         for chunk in input.chunks(step) {
             let mut pos = 0;
             loop {
-                let mut room = [0u8; 7];
+                let mut room = vec![0u8; room];
                 let (used, made) = limit.process(&chunk[pos..], &mut room);
                 if used == 0 && made == 0 {
                     break;
@@ -484,6 +488,52 @@ mod tests {
             want.extend(frame(0x82, b"ok"));
             assert_eq!(run(&mut limit, &input, step), want, "step {step}");
             assert_eq!(limit.take_discarded(), 5 + 1 + 300, "step {step}");
+        }
+    }
+
+    #[test]
+    fn random_streams_match_a_model_of_the_cut() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        const MAX: usize = 8;
+        for _ in 0..500 {
+            let mut limit = MessageLimit::new(MAX);
+            let mut input = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+            let mut want = input.clone();
+            let mut dropped = 0;
+            for _ in 0..rand(6) {
+                let fragments = 1 + rand(3);
+                let mut budget = MAX + 1;
+                for f in 0..fragments {
+                    let fin = if f + 1 == fragments { 0x80 } else { 0 };
+                    let (op_in, op_out) = match (f, rand(2)) {
+                        (0, 0) => (1, 2),
+                        (0, _) => (2, 2),
+                        _ => (0, 0),
+                    };
+                    let span = if rand(4) == 0 { 300 } else { 12 };
+                    let len = rand(span) as usize;
+                    let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
+                    let pass = len.min(budget);
+                    budget -= pass;
+                    dropped += len - pass;
+                    input.extend(frame(fin | op_in, &payload));
+                    want.extend(frame(fin | op_out, &payload[..pass]));
+                    if rand(3) == 0 {
+                        input.extend(frame(0x89, b"ping"));
+                        want.extend(frame(0x89, b"ping"));
+                    }
+                }
+            }
+            let step = 1 + rand(40) as usize;
+            let room = 1 + rand(20) as usize;
+            assert_eq!(run_with_room(&mut limit, &input, step, room), want);
+            assert_eq!(limit.take_discarded(), dropped as u64);
         }
     }
 }

@@ -94,6 +94,8 @@ struct Quirks {
     reorder: bool,
     /// Before each answer, also answers an id the gateway never issued, with private peers in it.
     stray: bool,
+    /// Never answers this method.
+    silent: Option<&'static str>,
 }
 
 /// An id as a backend that parses it into a float writes it back.
@@ -144,6 +146,9 @@ async fn stub_quirky(handler: impl Fn(&str, &Value) -> Option<Value> + Send + Sy
                                     id = as_float(id);
                                 }
                                 let method = req["method"].as_str().unwrap_or("");
+                                if quirks.silent == Some(method) {
+                                    return None;
+                                }
                                 Some(match handler(method, &req["params"]) {
                                     Some(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
                                     None => json!({"jsonrpc": "2.0", "id": id,
@@ -796,13 +801,15 @@ async fn ids_come_back_byte_for_byte_and_policy_holds_whatever_the_backend_does_
         float_ids: true,
         reorder: true,
         stray: true,
+        silent: Some("blockchain.estimatefee"),
     };
     let be = stub_quirky(leaky_answer, quirks).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), "ids-token-0123456789abcdef").unwrap();
     let global = "[electrum]\npublic_hosts = [\"electrum.example.org\"]\n\n\
                   [admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"";
-    let running = common::start_in(dir.path(), &config_on("127.0.0.1:0", be.addr, "", global, "")).await;
+    let toml = config_on("127.0.0.1:0", be.addr, "request_timeout = \"1s\"", global, "");
+    let running = common::start_in(dir.path(), &toml).await;
     let port = running.addr("el").port();
     let mut c = Client::connect("127.0.14.2", &running).await;
 
@@ -863,6 +870,11 @@ async fn ids_come_back_byte_for_byte_and_policy_holds_whatever_the_backend_does_
     c.send(r#"{"jsonrpc":"2.0","id":1.50,"method":5}"#).await;
     let line = c.recv_line().await;
     assert_eq!(raw_id(&line), "1.50", "{line}");
+    c.send(r#"{"jsonrpc":"2.0","id":"late\u0021","method":"blockchain.estimatefee","params":[6]}"#)
+        .await;
+    let line = c.recv_line().await;
+    assert_eq!(raw_id(&line), r#""late\u0021""#, "{line}");
+    assert_eq!(code(&serde_json::from_str(&line).unwrap()), Some(-102), "{line}");
 
     // Every stray reply was dropped, and counted.
     let Some(gatehouse::config::AdminListen::Tcp(admin)) = running.admin_addr() else {
