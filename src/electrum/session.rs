@@ -1037,7 +1037,7 @@ impl Session<'_> {
             self.finish(&t, Entry::Error(-102, "server busy - request timed out"));
         }
         for gid in late {
-            if let Ok(pos) = self.inflight.binary_search_by_key(&gid, |f| f.gid) {
+            if let Some(pos) = self.inflight_position(gid) {
                 // Answered now: the entry stays only to hold the slot.
                 let f = &mut self.inflight[pos];
                 let t = Track {
@@ -1108,7 +1108,7 @@ impl Session<'_> {
     /// client's id. A reply that matches nothing in flight (an id the gateway never issued, or a second
     /// answer to one already answered) is dropped and counted: passing it on would skip the rewrites.
     fn on_reply(&mut self, line: &[u8], id: &RawValue) {
-        let pos = jsonrpc::gateway_id(id).and_then(|gid| self.inflight.binary_search_by_key(&gid, |f| f.gid).ok());
+        let pos = jsonrpc::gateway_id(id).and_then(|gid| self.inflight_position(gid));
         let (Some(pos), Some(at)) = (pos, jsonrpc::span_of(line, id.get())) else {
             metrics::unmatched_reply();
             tracing::debug!(front = %self.front.cfg.name, client = %self.client, "dropping a backend reply that answers no request in flight");
@@ -1164,6 +1164,15 @@ impl Session<'_> {
                 self.finish(&f.track, Entry::Backend { line, id: at })
             }
         }
+    }
+
+    /// Where the request with gateway id `gid` is in flight. Replies mostly come in order, so the
+    /// oldest is tried first.
+    fn inflight_position(&self, gid: u64) -> Option<usize> {
+        if self.inflight.front()?.gid == gid {
+            return Some(0);
+        }
+        self.inflight.binary_search_by_key(&gid, |f| f.gid).ok()
     }
 
     /// Costs that depend on the answer.
