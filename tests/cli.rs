@@ -561,6 +561,18 @@ fn check_rejects_a_line_grace_shorter_than_a_second() {
 }
 
 #[test]
+fn check_rejects_a_nesting_limit_below_2() {
+    let text = "[[front]]\nname = \"el\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
+                upstreams = [\"127.0.0.1:50001\"]\n\n[front.electrum]\nmax_nesting = 1\n";
+    assert_check_error(
+        text,
+        "front[0].electrum.max_nesting",
+        line_of(text, "max_nesting"),
+        "must be at least 2",
+    );
+}
+
+#[test]
 fn check_reports_an_unreadable_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("absent.toml");

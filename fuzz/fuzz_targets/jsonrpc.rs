@@ -1,13 +1,14 @@
 //! Feeds arbitrary bytes to the line decoder (in reads of varying size) and to the JSON-RPC parsers,
 //! and checks the properties the session relies on: no panic, lines within the limit with no
 //! newline or trailing whitespace, a memory bound while a line is oversized, requests that borrow
-//! from the input, and error replies that are valid JSON.
+//! from the input, error replies that are valid JSON, reply ids found inside the reply, and a nesting
+//! check that is monotonic in its limit.
 #![no_main]
 
 use gatehouse::electrum::frame::{Frame, LineDecoder};
 use gatehouse::electrum::jsonrpc::{
-    param_array_len, param_count, param_str, param_u64, parse_incoming, parse_message, write_error, Incoming, Message,
-    ParseError, Request,
+    gateway_id, nesting_exceeds, param_array_len, param_count, param_str, param_u64, parse_incoming, parse_message,
+    span_of, write_error, Incoming, Message, ParseError, Request,
 };
 use gatehouse::electrum::methods::{lookup, request_cost, validate, Profile, ProtoVersion};
 use libfuzzer_sys::fuzz_target;
@@ -52,16 +53,23 @@ fn check_line(line: &[u8]) {
                 e.code(),
                 &format!("{e} {}", String::from_utf8_lossy(line)),
             );
-            assert!(matches!(
-                parse_incoming(&out),
-                Incoming::Response { is_error: true, .. }
-            ));
+            assert!(matches!(parse_incoming(&out), Incoming::Response { .. }));
             if let ParseError::BatchTooLarge { len } = e {
                 assert!(len > MAX_BATCH);
             }
         }
     }
-    let _ = parse_incoming(line);
+    if let Incoming::Response { id } = parse_incoming(line) {
+        let _ = gateway_id(id);
+        assert!(span_of(line, id.get()).is_some(), "a reply's id lies in the reply");
+    }
+    // The nesting check is monotonic in its limit, and nothing nests deeper than its length.
+    for max in [1, 2, 4, 32] {
+        if nesting_exceeds(line, max + 1) {
+            assert!(nesting_exceeds(line, max));
+        }
+    }
+    assert!(!nesting_exceeds(line, line.len()));
 }
 
 fuzz_target!(|data: &[u8]| {

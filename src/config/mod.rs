@@ -213,6 +213,9 @@ pub const DEFAULT_MIN_LINE_RATE: Rate = Rate {
 pub const DEFAULT_LINE_GRACE: Duration = Duration::from_secs(20);
 /// Shortest `line_grace` accepted.
 pub const MIN_LINE_GRACE: Duration = Duration::from_secs(1);
+/// How deeply a client's JSON may nest arrays and objects: Electrum requests need 5 levels at most
+/// (a batched server.add_peer), and a Python backend's parser recurses once per level.
+pub const DEFAULT_MAX_NESTING: usize = 32;
 
 /// Protocol settings of one Electrum front.
 #[derive(Debug, Clone)]
@@ -228,6 +231,8 @@ pub struct ElectrumSettings {
     pub line_grace: Duration,
     pub max_response: usize,
     pub max_batch: usize,
+    /// Deeper messages are refused with -32600 and never forwarded.
+    pub max_nesting: usize,
     pub extra_methods: Vec<String>,
     pub banner: Option<String>,
     pub max_subscriptions: usize,
@@ -731,6 +736,14 @@ impl Validator<'_> {
                 ),
             ));
         }
+        let max_nesting = e.max_nesting.as_ref().map_or(DEFAULT_MAX_NESTING, |n| *n.get_ref());
+        if max_nesting < 2 {
+            return Err(self.err(
+                format!("{key}.max_nesting"),
+                e.max_nesting.as_ref().map(|n| n.span()),
+                "must be at least 2 (a request with parameters nests 2 levels)",
+            ));
+        }
         Ok(ElectrumSettings {
             profile,
             version_policy: e.version_policy,
@@ -743,6 +756,7 @@ impl Validator<'_> {
                 .max_response
                 .map_or(if kevacoin { 10_000_000 } else { 8_100_000 }, |b| b.0 as usize),
             max_batch,
+            max_nesting,
             extra_methods: e.extra_methods.clone(),
             banner: e.banner.clone(),
             max_subscriptions: e.max_subscriptions.unwrap_or(50_000),

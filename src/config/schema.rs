@@ -237,6 +237,7 @@ pub struct RawFrontElectrum {
     pub line_grace: Option<Spanned<Duration>>,
     pub max_response: Option<ByteSize>,
     pub max_batch: Option<usize>,
+    pub max_nesting: Option<Spanned<usize>>,
     #[serde(default)]
     pub extra_methods: Vec<String>,
     pub banner: Option<String>,

@@ -1,8 +1,8 @@
 //! JSON-RPC parsing limited to what policy needs: id, method and params, all borrowed from the line.
 //!
 //! Forwarded bytes are never re-serialised: the gateway passes the client's exact bytes upstream
-//! (`Request::raw`), so what it judged is what the backend sees, and re-encoding cannot introduce
-//! differences. Both JSON-RPC 2.0 and 1.0 (no `"jsonrpc"` member) are accepted.
+//! (`Request::raw`) with only the id replaced by its own, so what it judged is what the backend sees,
+//! and re-encoding cannot introduce differences. Both JSON-RPC 2.0 and 1.0 (no `"jsonrpc"` member) are accepted.
 //!
 //! A batch parses into one `Result` per item ([`Message::Batch`]) because JSON-RPC answers each bad
 //! item on its own and still serves the good ones; only a batch that is not JSON at all, empty, or
@@ -388,6 +388,83 @@ fn incoming_batch(line: &[u8]) -> Incoming<'_> {
         Ok(Some(items)) if de.end().is_ok() => Incoming::Batch(items),
         _ => Incoming::Other,
     }
+}
+
+/// Whether arrays and objects nest more than `max` levels deep anywhere in `bytes` (the outermost
+/// value is level 1). One linear pass that builds nothing, so a deep message costs no more to refuse
+/// than a flat one of the same length; brackets inside strings do not count. Syntax is not checked.
+pub fn nesting_exceeds(bytes: &[u8], max: usize) -> bool {
+    // Wallet requests hold a handful of brackets: counting them is a stateless pass the compiler
+    // vectorises, and settles nearly every message without the scan below.
+    if bracket_count(bytes) <= max {
+        return false;
+    }
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+/// How many `[` and `{` bytes `bytes` holds. Counted per 128-byte block into a byte-wide sum, which the
+/// compiler turns into wide vector compares (a sum as wide as `usize` per byte vectorises poorly).
+fn bracket_count(bytes: &[u8]) -> usize {
+    bytes
+        .chunks(128)
+        .map(|block| {
+            let n: u8 = block.iter().map(|&b| u8::from(b == b'[' || b == b'{')).sum();
+            usize::from(n)
+        })
+        .sum()
+}
+
+/// Where `part`, a value borrowed from `whole` by the parsers above, lies in `whole`; `None` if it
+/// does not lie there.
+pub fn span_of(whole: &[u8], part: &str) -> Option<std::ops::Range<usize>> {
+    let start = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    let end = start.checked_add(part.len())?;
+    (end <= whole.len()).then_some(start..end)
+}
+
+/// The integer id the gateway gave a request, as a backend wrote it back: `7`, or `7.0` / `7e0` from a
+/// backend that parses ids as floats. `None` for anything else (strings, fractions, negatives).
+pub fn gateway_id(id: &RawValue) -> Option<u64> {
+    let text = id.get();
+    // What the gateway wrote, back as written: plain digits (at most 19, so no overflow).
+    if (1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(text.bytes().fold(0, |n, b| n * 10 + u64::from(b - b'0')));
+    }
+    if let Ok(n) = text.parse::<u64>() {
+        return Some(n);
+    }
+    if !text.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let f: f64 = text.parse().ok()?;
+    // Below 2^53 a float holds every integer exactly.
+    (f.fract() == 0.0 && f < 9_007_199_254_740_992.0).then_some(f as u64)
 }
 
 /// Appends a JSON-RPC error reply and a newline to `out`; `id` `None` is written as `null`.
@@ -801,6 +878,43 @@ mod tests {
                 String::from_utf8_lossy(other)
             );
         }
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        assert!(!nesting_exceeds(br#"{"id":1,"method":"m","params":[[1]]}"#, 3));
+        assert!(nesting_exceeds(br#"{"id":1,"method":"m","params":[[[1]]]}"#, 3));
+        assert!(nesting_exceeds(br#"[{"params":[{}]}]"#, 3));
+        assert!(!nesting_exceeds(br#"{"params":["[[[[[[", "\"[[[[", "\\"]}"#, 2));
+        assert!(nesting_exceeds(br#"{"params":["\\",[[]]]}"#, 3));
+        // Closing brackets bring the depth back down.
+        assert!(!nesting_exceeds(b"[[]][[]][[]]", 2));
+        let long = br#"{"a":[{"b":"[x]"}]} "#.repeat(100);
+        assert_eq!(
+            bracket_count(&long),
+            long.iter().filter(|&&b| b == b'[' || b == b'{').count()
+        );
+        assert!(!nesting_exceeds(&b"[".repeat(32), 32));
+        assert!(nesting_exceeds(&b"[".repeat(33), 32));
+    }
+
+    #[test]
+    fn gateway_ids_survive_float_reserialisation() {
+        let id = |s: &str| gateway_id(&p(s));
+        assert_eq!(id("7"), Some(7));
+        assert_eq!(id("7.0"), Some(7));
+        assert_eq!(id("7e0"), Some(7));
+        assert_eq!(id("70E-1"), Some(7));
+        assert_eq!(id("18446744073709551615"), Some(u64::MAX));
+        for other in ["7.5", "-7", "\"7\"", "null", "1e300", "123456789012345678901234567890"] {
+            assert_eq!(id(other), None, "{other}");
+        }
+        let line = br#"{"id": 42 ,"result":1}"#;
+        let Incoming::Response { id } = parse_incoming(line) else {
+            panic!()
+        };
+        assert_eq!(span_of(line, id.get()), Some(7..9));
+        assert_eq!(span_of(&line[..8], id.get()), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Replies the backend must not send to the public as they are (DESIGN §2): server.features would
 //! announce the private host and ports, server.peers.subscribe can list private and backend addresses.
-//! These are rare requests, so a full JSON parse and re-serialisation is fine here.
+//! These are rare requests, so a full JSON parse and re-serialisation of the `result` is fine here; the
+//! session writes the reply around it with the client's id, byte for byte.
 
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
@@ -20,20 +21,38 @@ pub fn hosts_json(public_hosts: &[String], ports: &[(&'static str, u16)]) -> Val
     Value::Object(hosts)
 }
 
-/// server.features reply with `hosts` replaced. `None` if the reply has no result object (an error is
-/// passed on unchanged).
-pub fn features(reply: &[u8], hosts: &Value) -> Option<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(reply).ok()?;
-    let result = v.get_mut("result")?.as_object_mut()?;
-    result.insert("hosts".into(), hosts.clone());
-    serde_json::to_vec(&v).ok()
+/// The `result` of a reply, parsed alone: the id and the rest are skipped unread, so the client's id
+/// is never turned into a value (which would lose big integers and escapes).
+fn result_of(reply: &[u8]) -> Option<Value> {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        result: Option<Value>,
+    }
+    serde_json::from_slice::<Reply>(reply).ok()?.result
 }
 
-/// server.peers.subscribe reply without private, loopback, link-local or backend entries.
-pub fn peers(reply: &[u8], backends: &[SocketAddr]) -> Option<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(reply).ok()?;
-    let list = v.get_mut("result")?.as_array_mut()?;
-    list.retain(|peer| {
+/// Whether a reply is an error reply (a non-null `error`).
+pub fn is_error(reply: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        error: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Reply>(reply).is_ok_and(|r| r.error.is_some())
+}
+
+/// The `result` of a server.features reply with `hosts` replaced. `None` if the reply has no result
+/// object (an error is passed on unchanged).
+pub fn features(reply: &[u8], hosts: &Value) -> Option<String> {
+    let mut result = result_of(reply)?;
+    result.as_object_mut()?.insert("hosts".into(), hosts.clone());
+    serde_json::to_string(&result).ok()
+}
+
+/// The `result` of a server.peers.subscribe reply without private, loopback, link-local or backend
+/// entries. `None` if the reply has no result array.
+pub fn peers(reply: &[u8], backends: &[SocketAddr]) -> Option<String> {
+    let mut result = result_of(reply)?;
+    result.as_array_mut()?.retain(|peer| {
         let ip = peer
             .get(0)
             .and_then(Value::as_str)
@@ -45,7 +64,7 @@ pub fn peers(reply: &[u8], backends: &[SocketAddr]) -> Option<Vec<u8>> {
             None => host.ends_with(".onion"),
         }
     });
-    serde_json::to_vec(&v).ok()
+    serde_json::to_string(&result).ok()
 }
 
 fn is_public(ip: IpAddr) -> bool {
@@ -78,26 +97,26 @@ mod tests {
         );
         let reply = br#"{"jsonrpc":"2.0","id":3,"result":{"hosts":{"10.0.0.5":{"tcp_port":50001}},"server_version":"ElectrumX 1.16"}}"#;
         let out = features(reply, &hosts).unwrap();
-        let v: Value = serde_json::from_slice(&out).unwrap();
+        let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(
-            v["result"]["hosts"],
+            v["hosts"],
             serde_json::json!({"electrum.example.org": {"ssl_port": 50002, "tcp_port": 50001}})
         );
-        assert_eq!(v["result"]["server_version"], "ElectrumX 1.16");
-        assert!(!String::from_utf8(out).unwrap().contains("10.0.0.5"));
+        assert_eq!(v["server_version"], "ElectrumX 1.16");
+        assert!(!out.contains("10.0.0.5"));
+        let error = br#"{"id":1,"error":{"code":1,"message":"x"}}"#;
+        assert_eq!(features(error, &hosts), None);
+        assert!(is_error(error));
+        assert!(!is_error(br#"{"id":1,"error":null,"result":"10.0.0.5"}"#));
+        assert_eq!(features(br#"{"id":1,"error":null,"result":"10.0.0.5"}"#, &hosts), None);
     }
 
     #[test]
     fn peers_filtered() {
         let reply = br#"{"jsonrpc":"2.0","id":1,"result":[["10.0.0.5","backend",["v1.4"]],["127.0.0.1","lo",["v1.4"]],["203.0.113.9","pub",["v1.4"]],["8.8.4.4","good",["v1.4","s50002"]],["abcdef.onion","abcdef.onion",["v1.4"]],["fd00::1","ula",[]]]}"#;
         let out = peers(reply, &["8.8.4.4:50001".parse().unwrap()]).unwrap();
-        let v: Value = serde_json::from_slice(&out).unwrap();
-        let names: Vec<&str> = v["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p[1].as_str().unwrap())
-            .collect();
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let names: Vec<&str> = v.as_array().unwrap().iter().map(|p| p[1].as_str().unwrap()).collect();
         assert_eq!(names, vec!["abcdef.onion"]);
     }
 }

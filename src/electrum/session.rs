@@ -3,9 +3,10 @@
 //! upstream connection, and polices what comes back (rewrites, size limits, slow readers).
 //!
 //! The session is one task driving both sockets from a single poll function, so it holds no lock and
-//! spawns nothing. Forwarded requests are the client's own bytes: nothing is re-serialised except the
-//! few replies the gateway rewrites (server.features, server.peers.subscribe) and server.version's
-//! clamped range.
+//! spawns nothing. Forwarded requests are the client's own bytes with one change: the id is the
+//! gateway's (a per-session counter), and replies are matched by it and given back the client's id
+//! byte for byte. Nothing else is re-serialised except the `result` of the few replies the gateway
+//! rewrites (server.features, server.peers.subscribe) and server.version's clamped range.
 
 use super::frame::{Frame, LineDecoder};
 use super::jsonrpc::{self, Incoming, Message, ParseError, Request};
@@ -37,16 +38,6 @@ const MAX_UP_OUT: usize = 1 << 20;
 /// the -101 as its reply, as ElectrumX does) before it is cut with an unsolicited -101.
 const HARD_LIMIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// The client side of a session: a byte stream, and what its transport holds of a message it has not
-/// handed over yet (WebSocket framing), so the memory budget and the slow-line floor see that too.
-pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
-    fn pending(&self) -> usize {
-        0
-    }
-}
-
-impl ClientIo for crate::listen::stream::ClientStream {}
-
 /// What a session reports when it ends.
 pub struct Outcome {
     pub reason: &'static str,
@@ -56,7 +47,8 @@ pub struct Outcome {
     pub cost: f64,
 }
 
-/// A JSON-RPC id kept for matching replies; small ids stay inline so tracking allocates nothing.
+/// A client's JSON-RPC id, kept byte for byte so the reply carries exactly what the client sent; small
+/// ids stay inline so tracking allocates nothing.
 #[derive(Clone, PartialEq, Eq)]
 enum IdKey {
     Inline([u8; 22], u8),
@@ -85,38 +77,65 @@ impl IdKey {
     fn raw(&self) -> &str {
         std::str::from_utf8(self.bytes()).unwrap_or("null")
     }
-}
 
-/// What the session must do with the reply to a forwarded message.
-enum Track {
-    Single { id: IdKey, info: &'static MethodInfo },
-    Batch(Box<BatchTrack>),
-}
-
-struct BatchTrack {
-    items: Vec<(IdKey, &'static MethodInfo)>,
-    /// Replies the gateway produced itself for items it did not forward, comma-separated.
-    local: Vec<u8>,
-}
-
-impl Track {
-    fn first_id(&self) -> Option<&IdKey> {
-        match self {
-            Track::Single { id, .. } => Some(id),
-            Track::Batch(b) => b.items.first().map(|x| &x.0),
-        }
+    /// The id as a JSON value for the reply writers (a borrowing parse: no allocation).
+    fn json(&self) -> Option<&RawValue> {
+        serde_json::from_str::<&RawValue>(self.raw()).ok()
     }
 }
 
-/// A message waiting for a slot or sleeping in its slot before being forwarded.
+/// Where the gateway's own id goes in a forwarded request: it replaces the client's id, or (for a
+/// notification, which has none) is inserted as the object's first member.
+#[derive(Clone, Copy)]
+enum IdSlot {
+    Replace(u32, u32),
+    Insert(u32),
+}
+
+/// What the session owes the client for one forwarded request.
+struct Track {
+    /// The client's id; `None` for a notification, whose answer is dropped (it is forwarded with a
+    /// gateway id all the same, so it holds its throttle slot until the backend has answered).
+    id: Option<IdKey>,
+    info: &'static MethodInfo,
+    /// The client batch this request is an item of.
+    batch: Option<u64>,
+}
+
+/// A client batch being answered: its items go to the backend one by one as throttle slots allow, and
+/// the reply array goes out once every item is answered.
+struct BatchReply {
+    key: u64,
+    /// Entries so far, comma-separated: the gateway's own answers, then the backend's as they come.
+    out: Vec<u8>,
+    /// Forwarded items not answered yet.
+    waiting: usize,
+}
+
+/// One reply entry, written with the client's id.
+enum Entry<'a> {
+    /// The backend's reply; `id` is where the gateway's id sits in it.
+    Backend {
+        line: &'a [u8],
+        id: std::ops::Range<usize>,
+    },
+    /// A result the gateway wrote itself (valid JSON).
+    Result(&'a str),
+    Error(i64, &'a str),
+}
+
+/// A request waiting for a slot or sleeping in its slot before being forwarded.
 struct Queued {
     bytes: Vec<u8>,
-    track: Option<Track>,
+    slot: IdSlot,
+    track: Track,
     arrived: Instant,
     wake: Instant,
 }
 
+/// A forwarded request, known by the id the gateway gave it.
 struct InFlight {
+    gid: u64,
     track: Track,
     arrived: Instant,
     /// Already answered with -102; the backend's late reply is dropped.
@@ -157,7 +176,13 @@ struct Session<'a> {
     version_seen: bool,
     waiting: VecDeque<Queued>,
     sleeping: Vec<Queued>,
+    /// In the order forwarded, so by increasing `gid`.
     inflight: VecDeque<InFlight>,
+    /// The last id the gateway gave a forwarded request (per session: replies come back on the
+    /// session's own upstream connection).
+    last_gid: u64,
+    batches: Vec<BatchReply>,
+    last_batch: u64,
     client_out: Vec<u8>,
     up_out: Vec<u8>,
     client_blocked_since: Option<Instant>,
@@ -186,6 +211,24 @@ struct Session<'a> {
     /// When to check again whether the session, over the hard limit, must be cut though it sends nothing.
     hard_check: Option<Instant>,
 }
+
+/// The client side of a session: a byte stream, what its transport holds of a message not yet handed
+/// over, and what it dropped on the way.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
+    /// Bytes the transport holds of a message it has not handed over yet (WebSocket framing), so the
+    /// memory budget and the slow-line floor see them too.
+    fn pending(&self) -> usize {
+        0
+    }
+
+    /// Bytes read from the client but dropped before the session saw them (the cut tail of an
+    /// oversized WebSocket message) since the last call; charged like any bytes read.
+    fn take_discarded(&mut self) -> u64 {
+        0
+    }
+}
+
+impl ClientIo for crate::listen::stream::ClientStream {}
 
 /// Runs a session to its end. `client` is the already admitted (and TLS-terminated) client stream.
 pub async fn run<C>(client: &mut C, peer: SocketAddr, local: SocketAddr, front: &FrontState, shared: &Shared) -> Outcome
@@ -218,6 +261,9 @@ where
         waiting: VecDeque::new(),
         sleeping: Vec::new(),
         inflight: VecDeque::new(),
+        last_gid: 0,
+        batches: Vec::new(),
+        last_batch: 0,
         client_out: Vec::new(),
         up_out: Vec::new(),
         client_blocked_since: None,
@@ -280,8 +326,9 @@ where
         match ev {
             Event::Client(buf, n) => {
                 s.refresh_settings();
-                s.bytes_in += n as u64;
-                s.charge_bytes(n);
+                let n_all = n + client.take_discarded() as usize;
+                s.bytes_in += n_all as u64;
+                s.charge_bytes(n_all);
                 client_dec.feed(&buf[..n]);
                 give_buf(buf);
                 let mut framed = false;
@@ -606,13 +653,6 @@ impl Session<'_> {
         self.check_output();
     }
 
-    /// As `reply_error`, for a request known only by its tracked id.
-    fn reply_error_key(&mut self, id: Option<&IdKey>, code: i64, msg: &str) {
-        // Borrowing parse: no allocation.
-        let raw = id.and_then(|k| serde_json::from_str::<&RawValue>(k.raw()).ok());
-        self.reply_error(raw, code, msg);
-    }
-
     fn reply_result(&mut self, id: Option<&RawValue>, result_json: &str) {
         jsonrpc::write_result(&mut self.client_out, id, result_json);
         self.check_output();
@@ -628,32 +668,54 @@ impl Session<'_> {
     /// Answers every request not yet answered with an error (backend gone).
     fn fail_all(&mut self, code: i64, msg: &str) {
         let mut tracks: Vec<Track> = Vec::new();
-        tracks.extend(self.waiting.drain(..).filter_map(|q| q.track));
-        tracks.extend(self.sleeping.drain(..).filter_map(|q| q.track));
+        tracks.extend(self.waiting.drain(..).map(|q| q.track));
+        tracks.extend(self.sleeping.drain(..).map(|q| q.track));
         tracks.extend(self.inflight.drain(..).filter(|f| !f.timed_out).map(|f| f.track));
         for t in tracks {
-            match t {
-                Track::Single { id, .. } => self.reply_error_key(Some(&id), code, msg),
-                Track::Batch(b) => {
-                    let mut out = Vec::with_capacity(64 * b.items.len() + 2);
-                    out.push(b'[');
-                    for (i, (id, _)) in b.items.iter().enumerate() {
-                        if i > 0 {
-                            out.push(b',');
-                        }
-                        let raw = RawValue::from_string(id.raw().to_string()).ok();
-                        jsonrpc::write_error(&mut out, raw.as_deref(), code, msg);
-                        out.pop(); // write_error ends with '\n'
-                    }
-                    if !b.local.is_empty() {
-                        out.push(b',');
-                        out.extend_from_slice(&b.local);
-                    }
-                    out.extend_from_slice(b"]\n");
-                    self.client_out.extend_from_slice(&out);
-                }
-            }
+            self.finish(&t, Entry::Error(code, msg));
         }
+    }
+
+    /// Writes one reply entry with the client's id, to the client or into its batch; a batch goes
+    /// out when its last item is answered. A notification gets nothing, but still completes its item.
+    fn finish(&mut self, track: &Track, entry: Entry<'_>) {
+        if track.id.is_some() && matches!(entry, Entry::Error(..)) {
+            self.charge(self.cost.error_cost);
+        }
+        let Some(key) = track.batch else {
+            if let Some(id) = &track.id {
+                write_entry(&mut self.client_out, id, &entry);
+                self.client_out.push(b'\n');
+                self.check_output();
+            }
+            return;
+        };
+        let Some(pos) = self.batches.iter().position(|b| b.key == key) else {
+            return;
+        };
+        let b = &mut self.batches[pos];
+        if let Some(id) = &track.id {
+            if !b.out.is_empty() {
+                b.out.push(b',');
+            }
+            write_entry(&mut b.out, id, &entry);
+        }
+        b.waiting -= 1;
+        if b.waiting == 0 {
+            let b = self.batches.swap_remove(pos);
+            self.emit_batch(&b.out);
+        }
+    }
+
+    /// A batch's reply array; nothing when every item was a notification.
+    fn emit_batch(&mut self, entries: &[u8]) {
+        if entries.is_empty() || self.abort.is_some() {
+            return;
+        }
+        self.client_out.push(b'[');
+        self.client_out.extend_from_slice(entries);
+        self.client_out.extend_from_slice(b"]\n");
+        self.check_output();
     }
 
     fn close_with(&mut self, reason: &'static str) {
@@ -664,8 +726,13 @@ impl Session<'_> {
 
     /// Hard limit: answer -101, close, and ban the address.
     fn hard_limit(&mut self, id: Option<&RawValue>) {
-        metrics::hard_limit_disconnect();
         self.reply_error(id, -101, "excessive resource usage");
+        self.cut_off();
+    }
+
+    /// The hard limit's close and ban, once its -101 is written.
+    fn cut_off(&mut self) {
+        metrics::hard_limit_disconnect();
         self.close_with("cost hard limit");
         let p = self.ban_policy.clone();
         if p.enabled {
@@ -706,6 +773,17 @@ impl Session<'_> {
         self.last_request = self.now;
         let th = self.th;
         let max_batch = self.set.max_batch;
+        // Before any parse: a backend written in Python recurses per level of nesting, and what it
+        // cannot parse must never reach it.
+        if jsonrpc::nesting_exceeds(line, self.set.max_nesting) {
+            metrics::request(Class::Other, ReqResult::Error);
+            if th.over_hard {
+                return self.hard_limit(None);
+            }
+            let msg = format!("JSON nested deeper than {} levels", self.set.max_nesting);
+            self.reply_error(None, -32600, &msg);
+            return self.violation("JSON nested too deep");
+        }
         let parsed = jsonrpc::parse_message(line, max_batch);
         if th.over_hard {
             let (id, class) = match &parsed {
@@ -733,7 +811,7 @@ impl Session<'_> {
                 self.reply_error(None, -32600, &msg)
             }
             Ok(Message::Single(req)) => self.on_request(req),
-            Ok(Message::Batch(items)) => self.on_batch(line, items),
+            Ok(Message::Batch(items)) => self.on_batch(items),
         }
     }
 
@@ -819,11 +897,15 @@ impl Session<'_> {
             }
             _ => {}
         }
-        let track = req.id.map(|i| Track::Single {
-            id: IdKey::new(i),
+        let Some(slot) = id_slot(&req) else {
+            return self.reply_error(id, -32603, "internal error");
+        };
+        let track = Track {
+            id: req.id.map(IdKey::new),
             info,
-        });
-        self.enqueue(req.raw, track);
+            batch: None,
+        };
+        self.enqueue(req.raw, slot, track);
     }
 
     fn on_version(&mut self, req: Request<'_>) {
@@ -862,21 +944,20 @@ impl Session<'_> {
         self.negotiated = Some(hi);
         let name = jsonrpc::param_str(req.params, 0, "client_name").unwrap_or("");
         // The backend sees the clamped range, so it cannot negotiate a version the gateway does not police.
+        // The gateway's id goes in at the front, as for any forwarded request.
         let mut fwd = Vec::with_capacity(128);
-        fwd.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
-        fwd.extend_from_slice(id.map_or("null", |i| i.get()).as_bytes());
-        fwd.extend_from_slice(b",\"method\":\"server.version\",\"params\":[");
+        fwd.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"method\":\"server.version\",\"params\":[");
         let _ = serde_json::to_writer(&mut fwd, name);
         fwd.extend_from_slice(format!(",[\"{lo}\",\"{hi}\"]]}}").as_bytes());
-        let info = methods::version_info();
-        let track = req.id.map(|i| Track::Single {
-            id: IdKey::new(i),
-            info,
-        });
-        self.enqueue(&fwd, track);
+        let track = Track {
+            id: req.id.map(IdKey::new),
+            info: methods::version_info(),
+            batch: None,
+        };
+        self.enqueue(&fwd, IdSlot::Insert(1), track);
     }
 
-    fn on_batch(&mut self, _line: &[u8], items: Vec<Result<Request<'_>, ParseError<'_>>>) {
+    fn on_batch(&mut self, items: Vec<Result<Request<'_>, ParseError<'_>>>) {
         if self.negotiated.is_none() && self.set.version_policy == VersionPolicy::Require {
             metrics::request(Class::Other, ReqResult::Refused);
             self.reply_error(None, 1, "server.version must be the first request");
@@ -885,45 +966,59 @@ impl Session<'_> {
         if self.negotiated.is_none() {
             self.negotiated = Some(self.set.protocol_max);
         }
-        let mut fwd: Vec<u8> = Vec::with_capacity(_line.len() + 2);
-        fwd.push(b'[');
+        // Every item is a request of its own: for the close line's count, the throttle and the cost.
+        self.requests += items.len().saturating_sub(1) as u64;
+        self.last_batch += 1;
+        let key = self.last_batch;
+        let mut local = Vec::new();
         let mut forwarded = 0usize;
-        let mut track = BatchTrack {
-            items: Vec::new(),
-            local: Vec::new(),
-        };
-        let mut local_one = Vec::new();
+        let mut cut = false;
         for item in items {
-            local_one.clear();
-            // JSON-RPC: a valid notification (no id) gets no reply, not even an error.
-            let notification = matches!(&item, Ok(r) if r.id.is_none());
+            let before = local.len();
+            // The hard limit applies to each item as to a single request: the rest of the batch is
+            // not served.
+            if self.th.over_hard {
+                let (id, class) = item
+                    .as_ref()
+                    .map_or((None, Class::Other), |r| (r.id, Class::of(r.method)));
+                metrics::request(class, ReqResult::Refused);
+                jsonrpc::write_error(&mut local, id, -101, "excessive resource usage");
+                local.pop();
+                self.charge(self.cost.error_cost);
+                cut = true;
+                break;
+            }
             match item {
                 Err(ParseError::Invalid { id }) => {
                     metrics::request(Class::Other, ReqResult::Error);
-                    jsonrpc::write_error(&mut local_one, id, -32600, "invalid request");
+                    jsonrpc::write_error(&mut local, id, -32600, "invalid request");
                     self.charge(self.cost.error_cost);
                 }
                 Err(_) => {
                     metrics::request(Class::Other, ReqResult::Error);
-                    jsonrpc::write_error(&mut local_one, None, -32600, "invalid request");
+                    jsonrpc::write_error(&mut local, None, -32600, "invalid request");
                     self.charge(self.cost.error_cost);
                 }
+                // JSON-RPC: a valid notification (no id) gets no reply, not even an error.
                 Ok(req) if req.method == "server.version" => {
                     metrics::request(Class::Server, ReqResult::Refused);
-                    jsonrpc::write_error(&mut local_one, req.id, 1, "server.version cannot be batched");
+                    if req.id.is_some() {
+                        jsonrpc::write_error(&mut local, req.id, 1, "server.version cannot be batched");
+                    }
                     self.charge(self.cost.error_cost);
                 }
                 Ok(req) => match self.admit_method(&req) {
                     Err((code, msg)) => {
                         metrics::request(Class::of(req.method), ReqResult::Refused);
-                        jsonrpc::write_error(&mut local_one, req.id, code, &msg);
+                        if req.id.is_some() {
+                            jsonrpc::write_error(&mut local, req.id, code, &msg);
+                        }
                         self.charge(self.cost.error_cost);
                     }
                     Ok(info) => {
                         metrics::request(Class::of(req.method), ReqResult::Ok);
-                        self.account
-                            .charge(methods::request_cost(info, req.params, &self.cost.method_costs));
-                        let local = match info.special {
+                        self.charge(methods::request_cost(info, req.params, &self.cost.method_costs));
+                        let answer = match info.special {
                             Special::AddPeer => Some("false".to_string()),
                             Special::Banner => self
                                 .set
@@ -932,60 +1027,65 @@ impl Session<'_> {
                                 .map(|b| serde_json::to_string(b).unwrap_or_default()),
                             _ => None,
                         };
-                        match local {
-                            Some(result) => jsonrpc::write_result(&mut local_one, req.id, &result),
-                            None => {
-                                if forwarded > 0 {
-                                    fwd.push(b',');
-                                }
-                                fwd.extend_from_slice(req.raw);
-                                forwarded += 1;
-                                if let Some(id) = req.id {
-                                    track.items.push((IdKey::new(id), info));
+                        match (answer, id_slot(&req)) {
+                            (Some(result), _) => {
+                                if req.id.is_some() {
+                                    jsonrpc::write_result(&mut local, req.id, &result);
                                 }
                             }
+                            (None, Some(slot)) => {
+                                let track = Track {
+                                    id: req.id.map(IdKey::new),
+                                    info,
+                                    batch: Some(key),
+                                };
+                                forwarded += 1;
+                                self.enqueue(req.raw, slot, track);
+                            }
+                            (None, None) => jsonrpc::write_error(&mut local, req.id, -32603, "internal error"),
                         }
                     }
                 },
             }
-            if !notification && local_one.ends_with(b"\n") {
-                local_one.pop();
-                if !track.local.is_empty() {
-                    track.local.push(b',');
-                }
-                track.local.extend_from_slice(&local_one);
+            // The writers end each entry with '\n'; entries of a batch are comma-separated.
+            if local.len() > before {
+                local.pop();
+                local.push(b',');
             }
         }
-        fwd.push(b']');
-        if forwarded == 0 || track.items.is_empty() {
-            if forwarded > 0 {
-                // Only notifications were forwarded: nothing will come back for them.
-                self.enqueue(&fwd, None);
-            }
-            if !track.local.is_empty() {
-                self.client_out.push(b'[');
-                self.client_out.extend_from_slice(&track.local);
-                self.client_out.extend_from_slice(b"]\n");
-                self.check_output();
-            }
-            return;
+        if local.last() == Some(&b',') {
+            local.pop();
         }
-        self.enqueue(&fwd, Some(Track::Batch(Box::new(track))));
+        if cut {
+            // Items already forwarded are not waited for: the session closes once this is written.
+            self.emit_batch(&local);
+            return self.cut_off();
+        }
+        if forwarded == 0 {
+            return self.emit_batch(&local);
+        }
+        self.batches.push(BatchReply {
+            key,
+            out: local,
+            waiting: forwarded,
+        });
     }
 
-    /// Forwards now, or queues behind the throttle: `concurrency` slots, each forwarded message first
-    /// sleeping `sleep` in its slot (ElectrumX semantics).
-    fn enqueue(&mut self, bytes: &[u8], track: Option<Track>) {
+    /// Forwards now, or queues behind the throttle: `concurrency` slots, each request first sleeping
+    /// `sleep` in its slot (ElectrumX semantics). A slot is held from here until the backend answers;
+    /// batch items and notifications take one each like any request.
+    fn enqueue(&mut self, bytes: &[u8], slot: IdSlot, track: Track) {
         let th = self.th;
         let now = self.now;
         let slots = self.inflight.len() + self.sleeping.len();
         if self.waiting.is_empty() && slots < th.concurrency as usize {
             if th.sleep.is_zero() {
-                self.forward(bytes, track, now);
+                self.forward(bytes, slot, track, now);
             } else {
                 metrics::throttled();
                 self.sleeping.push(Queued {
                     bytes: bytes.to_vec(),
+                    slot,
                     track,
                     arrived: now,
                     wake: now + th.sleep,
@@ -995,6 +1095,7 @@ impl Session<'_> {
             metrics::throttled();
             self.waiting.push_back(Queued {
                 bytes: bytes.to_vec(),
+                slot,
                 track,
                 arrived: now,
                 wake: now,
@@ -1002,16 +1103,33 @@ impl Session<'_> {
         }
     }
 
-    fn forward(&mut self, bytes: &[u8], track: Option<Track>, arrived: Instant) {
-        self.up_out.extend_from_slice(bytes);
-        self.up_out.push(b'\n');
-        if let Some(track) = track {
-            self.inflight.push_back(InFlight {
-                track,
-                arrived,
-                timed_out: false,
-            });
+    /// Writes the request upstream under a fresh gateway id. Replies are matched by that id alone, so
+    /// neither the client's choice of ids (duplicates, big integers, escapes) nor the way a backend
+    /// re-serialises them can route a reply past the rewrites.
+    fn forward(&mut self, bytes: &[u8], slot: IdSlot, track: Track, arrived: Instant) {
+        self.last_gid += 1;
+        let gid = self.last_gid;
+        match slot {
+            IdSlot::Replace(start, end) => {
+                self.up_out.extend_from_slice(&bytes[..start as usize]);
+                push_decimal(&mut self.up_out, gid);
+                self.up_out.extend_from_slice(&bytes[end as usize..]);
+            }
+            IdSlot::Insert(at) => {
+                self.up_out.extend_from_slice(&bytes[..at as usize]);
+                self.up_out.extend_from_slice(b"\"id\":");
+                push_decimal(&mut self.up_out, gid);
+                self.up_out.push(b',');
+                self.up_out.extend_from_slice(&bytes[at as usize..]);
+            }
         }
+        self.up_out.push(b'\n');
+        self.inflight.push_back(InFlight {
+            gid,
+            track,
+            arrived,
+            timed_out: false,
+        });
     }
 
     fn on_timer(&mut self) {
@@ -1052,18 +1170,20 @@ impl Session<'_> {
         let timeout = self.cost.request_timeout;
         // Requests that could not be served in time get -102 and pay for the error.
         let mut expired = Vec::new();
-        self.sleeping.retain_mut(|q| {
-            let keep = now < q.arrived + timeout;
-            if !keep {
-                expired.push(q.track.take());
-            }
-            keep
-        });
-        while self.waiting.front().is_some_and(|q| now >= q.arrived + timeout) {
-            if let Some(mut q) = self.waiting.pop_front() {
-                expired.push(q.track.take());
+        let mut i = 0;
+        while i < self.sleeping.len() {
+            if now >= self.sleeping[i].arrived + timeout {
+                expired.push(self.sleeping.swap_remove(i).track);
+            } else {
+                i += 1;
             }
         }
+        while self.waiting.front().is_some_and(|q| now >= q.arrived + timeout) {
+            if let Some(q) = self.waiting.pop_front() {
+                expired.push(q.track);
+            }
+        }
+        // A late request keeps its slot until the backend answers: the backend is still busy with it.
         let mut late = Vec::new();
         for f in self
             .inflight
@@ -1071,13 +1191,22 @@ impl Session<'_> {
             .filter(|f| !f.timed_out && now >= f.arrived + timeout)
         {
             f.timed_out = true;
-            late.push(f.track.first_id().cloned());
+            late.push(f.gid);
         }
-        for t in expired.into_iter().flatten() {
-            self.reply_error_key(t.first_id(), -102, "server busy - request timed out");
+        for t in expired {
+            self.finish(&t, Entry::Error(-102, "server busy - request timed out"));
         }
-        for id in late {
-            self.reply_error_key(id.as_ref(), -102, "server busy - request timed out");
+        for gid in late {
+            if let Some(pos) = self.inflight_position(gid) {
+                // Answered now: the entry stays only to hold the slot.
+                let f = &mut self.inflight[pos];
+                let t = Track {
+                    id: f.track.id.take(),
+                    info: f.track.info,
+                    batch: f.track.batch.take(),
+                };
+                self.finish(&t, Entry::Error(-102, "server busy - request timed out"));
+            }
         }
         self.promote(now);
     }
@@ -1088,7 +1217,7 @@ impl Session<'_> {
         while i < self.sleeping.len() {
             if self.sleeping[i].wake <= now {
                 let q = self.sleeping.swap_remove(i);
-                self.forward(&q.bytes, q.track, q.arrived);
+                self.forward(&q.bytes, q.slot, q.track, q.arrived);
             } else {
                 i += 1;
             }
@@ -1097,7 +1226,7 @@ impl Session<'_> {
         while !self.waiting.is_empty() && self.inflight.len() + self.sleeping.len() < th.concurrency as usize {
             let Some(mut q) = self.waiting.pop_front() else { break };
             if th.sleep.is_zero() {
-                self.forward(&q.bytes, q.track.take(), q.arrived);
+                self.forward(&q.bytes, q.slot, q.track, q.arrived);
             } else {
                 q.wake = now + th.sleep;
                 self.sleeping.push(q);
@@ -1112,7 +1241,7 @@ impl Session<'_> {
         // waiting is the one it answers in the common (ordered) case.
         if let Some(f) = self.inflight.pop_front() {
             if !f.timed_out {
-                self.reply_error_key(f.track.first_id(), -32600, "response too large");
+                self.finish(&f.track, Entry::Error(-32600, "response too large"));
             }
         }
         self.promote(self.now);
@@ -1120,97 +1249,90 @@ impl Session<'_> {
 
     fn on_upstream_line(&mut self, line: &[u8]) {
         match jsonrpc::parse_incoming(line) {
-            Incoming::Response { id, .. } => {
-                let key = id.get().as_bytes();
-                let pos = self
-                    .inflight
-                    .iter()
-                    .position(|f| matches!(&f.track, Track::Single { id, .. } if id.bytes() == key));
-                let Some(pos) = pos else {
-                    // Not ours to police (e.g. a reply to a client notification): pass it on.
-                    return self.emit(line);
-                };
-                let f = self.inflight.remove(pos).expect("position is valid");
-                self.promote(self.now);
-                if f.timed_out {
-                    return;
-                }
-                let Track::Single { info, .. } = f.track else { return };
-                self.charge_response(info, line);
-                match info.special {
-                    Special::Version => {
-                        if let Some(v) = negotiated_from_reply(line) {
-                            self.negotiated = Some(v);
-                        }
-                        self.emit(line)
-                    }
-                    Special::Features => match super::rewrite::features(line, &self.shared.features_hosts.load()) {
-                        Some(out) => self.emit(&out),
-                        None => self.emit(line),
-                    },
-                    Special::Peers => match super::rewrite::peers(line, &self.front.cfg.upstreams) {
-                        Some(out) => self.emit(&out),
-                        None => self.emit(line),
-                    },
-                    Special::Unsubscribe => {
-                        // Only the backend knows whether the scripthash was subscribed: count the release
-                        // when it says so, or unsubscribing unknown hashes would lift the cap.
-                        if result_is_true(line) {
-                            self.drop_subscription();
-                        }
-                        self.emit(line)
-                    }
-                    _ => self.emit(line),
-                }
-            }
+            Incoming::Response { id } => self.on_reply(line, id),
+            // The gateway never sends the backend a batch, but a backend that answers in one is
+            // matched item by item all the same.
             Incoming::Batch(items) => {
-                let first = items.first().map(|(id, _)| id.get().as_bytes());
-                let pos = self.inflight.iter().position(|f| match (&f.track, first) {
-                    (Track::Batch(b), Some(first)) => b.items.iter().any(|(id, _)| id.bytes() == first),
-                    _ => false,
-                });
-                let Some(pos) = pos else { return self.emit(line) };
-                let f = self.inflight.remove(pos).expect("position is valid");
-                self.promote(self.now);
-                if f.timed_out {
-                    return;
+                for (id, item) in items {
+                    self.on_reply(item, id);
                 }
-                let Track::Batch(b) = f.track else { return };
-                let mut out = Vec::with_capacity(line.len() + b.local.len() + 2);
-                out.push(b'[');
-                for (i, (id, raw)) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    let info = b
-                        .items
-                        .iter()
-                        .find(|(k, _)| k.bytes() == id.get().as_bytes())
-                        .map(|x| x.1);
-                    let rewritten = match info.map(|i| i.special) {
-                        Some(Special::Features) => super::rewrite::features(raw, &self.shared.features_hosts.load()),
-                        Some(Special::Peers) => super::rewrite::peers(raw, &self.front.cfg.upstreams),
-                        _ => None,
-                    };
-                    if let Some(info) = info {
-                        self.charge_response(info, raw);
-                    }
-                    out.extend_from_slice(rewritten.as_deref().unwrap_or(raw));
-                }
-                if !b.local.is_empty() {
-                    if !items.is_empty() {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(&b.local);
-                }
-                out.push(b']');
-                self.emit(&out);
             }
             Incoming::Notification { .. } => self.emit(line),
             Incoming::Other => {
                 tracing::debug!(front = %self.front.cfg.name, "dropping a backend line that is not JSON-RPC");
             }
         }
+    }
+
+    /// One reply from the backend: matched by the gateway's id, policed, and passed on with the
+    /// client's id. A reply that matches nothing in flight (an id the gateway never issued, or a second
+    /// answer to one already answered) is dropped and counted: passing it on would skip the rewrites.
+    fn on_reply(&mut self, line: &[u8], id: &RawValue) {
+        let pos = jsonrpc::gateway_id(id).and_then(|gid| self.inflight_position(gid));
+        let (Some(pos), Some(at)) = (pos, jsonrpc::span_of(line, id.get())) else {
+            metrics::unmatched_reply();
+            tracing::debug!(front = %self.front.cfg.name, client = %self.client, "dropping a backend reply that answers no request in flight");
+            return;
+        };
+        let f = self.inflight.remove(pos).expect("position is valid");
+        self.promote(self.now);
+        if f.timed_out {
+            return;
+        }
+        let info = f.track.info;
+        self.charge_response(info, line);
+        let policed = match info.special {
+            Special::Version => {
+                if let Some(v) = negotiated_from_reply(line) {
+                    self.negotiated = Some(v);
+                }
+                None
+            }
+            Special::Features => Some(super::rewrite::features(line, &self.shared.features_hosts.load())),
+            Special::Peers => Some(super::rewrite::peers(line, &self.front.cfg.upstreams)),
+            Special::Unsubscribe => {
+                // Only the backend knows whether the scripthash was subscribed: count the release
+                // when it says so, or unsubscribing unknown hashes would lift the cap.
+                if result_is_true(line) {
+                    self.drop_subscription();
+                }
+                None
+            }
+            _ => None,
+        };
+        match policed {
+            Some(Some(result)) => self.finish(&f.track, Entry::Result(&result)),
+            // Neither a result the policy can read nor an error: none of it can be passed on safely.
+            Some(None) if !super::rewrite::is_error(line) => {
+                tracing::debug!(front = %self.front.cfg.name, method = info.name, "backend reply of an unexpected shape");
+                self.finish(
+                    &f.track,
+                    Entry::Error(-32603, "unexpected reply from the Electrum backend"),
+                )
+            }
+            _ => {
+                // The reply's bytes were charged as read; the client's id may be longer than the
+                // gateway's, and the client pays for what it receives.
+                let grow = f
+                    .track
+                    .id
+                    .as_ref()
+                    .map_or(0, |id| id.bytes().len().saturating_sub(at.len()));
+                if grow > 0 {
+                    self.charge_bytes(grow);
+                }
+                self.finish(&f.track, Entry::Backend { line, id: at })
+            }
+        }
+    }
+
+    /// Where the request with gateway id `gid` is in flight. Replies mostly come in order, so the
+    /// oldest is tried first.
+    fn inflight_position(&self, gid: u64) -> Option<usize> {
+        if self.inflight.front()?.gid == gid {
+            return Some(0);
+        }
+        self.inflight.binary_search_by_key(&gid, |f| f.gid).ok()
     }
 
     /// Costs that depend on the answer.
@@ -1257,6 +1379,55 @@ impl Session<'_> {
             }
         }
         self.group_subs = 0;
+    }
+}
+
+/// Appends `n` in decimal.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Where the gateway's id goes in the request's bytes.
+fn id_slot(req: &Request<'_>) -> Option<IdSlot> {
+    let pos = |n: usize| u32::try_from(n).ok();
+    match req.id {
+        Some(id) => {
+            let at = jsonrpc::span_of(req.raw, id.get())?;
+            Some(IdSlot::Replace(pos(at.start)?, pos(at.end)?))
+        }
+        None => {
+            let open = req.raw.iter().position(|&b| b == b'{')?;
+            Some(IdSlot::Insert(pos(open + 1)?))
+        }
+    }
+}
+
+/// Appends one reply object (no newline) carrying the client's id `id`.
+fn write_entry(out: &mut Vec<u8>, id: &IdKey, entry: &Entry<'_>) {
+    match entry {
+        Entry::Backend { line, id: at } => {
+            out.extend_from_slice(&line[..at.start]);
+            out.extend_from_slice(id.bytes());
+            out.extend_from_slice(&line[at.end..]);
+        }
+        Entry::Result(json) => {
+            jsonrpc::write_result(out, id.json(), json);
+            out.pop(); // the writers end with '\n'
+        }
+        Entry::Error(code, msg) => {
+            jsonrpc::write_error(out, id.json(), *code, msg);
+            out.pop();
+        }
     }
 }
 

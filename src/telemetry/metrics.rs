@@ -223,6 +223,7 @@ struct Metrics {
     throttled: Counter,
     hard_limit: Counter,
     slow_lines: Counter,
+    unmatched_replies: Counter,
     upstream_connect_seconds: HistogramFamily<UpstreamLabels>,
     reloads: Family<ResultLabels, Counter>,
     reload_handles: [Counter; 2],
@@ -265,6 +266,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         throttled: Counter::default(),
         hard_limit: Counter::default(),
         slow_lines: Counter::default(),
+        unmatched_replies: Counter::default(),
         upstream_connect_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         reloads,
         reload_handles,
@@ -390,6 +392,11 @@ pub fn hard_limit_disconnect() {
 /// A session closed because its partial request line arrived slower than `min_line_rate`.
 pub fn slow_line_disconnect() {
     METRICS.slow_lines.inc();
+}
+
+/// A backend reply that answered no request in flight, dropped.
+pub fn unmatched_reply() {
+    METRICS.unmatched_replies.inc();
 }
 
 /// A configuration reload, applied (`ok`) or rejected.
@@ -688,6 +695,11 @@ pub fn render(live: Option<&Live>) -> String {
         "electrum_slow_line_disconnects",
         "Electrum sessions closed because a request line arrived slower than min_line_rate",
         m.slow_lines.clone(),
+    );
+    r.register(
+        "electrum_unmatched_replies",
+        "Electrum backend replies dropped because they answered no request in flight",
+        m.unmatched_replies.clone(),
     );
     r.register_with_unit(
         "upstream_connect_duration",

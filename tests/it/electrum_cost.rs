@@ -11,6 +11,8 @@
 use crate::common::{self, RELAXED};
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -617,4 +619,139 @@ async fn hard_limit_closes_at_once() {
         "connection not closed within 5 s of -101 ({:?} later: {n:?} {line:?})",
         Instant::now() - t
     );
+}
+
+/// A backend that spends `delay` on every request it receives (batch items and requests without an id
+/// included), answers those with an id with `"result":null`, and reports the most requests it ever
+/// had in hand at once and how many it received.
+async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let most = Arc::new(AtomicUsize::new(0));
+    let total = Arc::new(AtomicUsize::new(0));
+    let (m, t) = (most.clone(), total.clone());
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (most, total) = (m.clone(), t.clone());
+            tokio::spawn(async move {
+                let (r, w) = s.into_split();
+                let w = Arc::new(tokio::sync::Mutex::new(w));
+                let busy = Arc::new(AtomicUsize::new(0));
+                let mut r = BufReader::new(r);
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match r.read_line(&mut line).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    let items = match serde_json::from_str::<Value>(&line) {
+                        Ok(Value::Array(items)) => items,
+                        Ok(v) => vec![v],
+                        Err(_) => continue,
+                    };
+                    total.fetch_add(items.len(), Ordering::SeqCst);
+                    let now = busy.fetch_add(items.len(), Ordering::SeqCst) + items.len();
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let (w, busy) = (w.clone(), busy.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let replies: Vec<String> = items
+                            .iter()
+                            .filter_map(|i| i.get("id"))
+                            .map(|id| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":null}}"#))
+                            .collect();
+                        let out = match (replies.len(), items.len()) {
+                            (0, _) => String::new(),
+                            (_, 1) => format!("{}\n", replies[0]),
+                            _ => format!("[{}]\n", replies.join(",")),
+                        };
+                        busy.fetch_sub(items.len(), Ordering::SeqCst);
+                        let _ = w.lock().await.write_all(out.as_bytes()).await;
+                    });
+                }
+            });
+        }
+    });
+    (addr, most, total)
+}
+
+/// Each batch item and each notification is one request for the throttle: 40 notifications and four
+/// batches of 200 never put more than `initial_concurrency` (10) requests at the backend at once.
+#[tokio::test(start_paused = true)]
+async fn batch_items_and_notifications_each_hold_a_throttle_slot() {
+    let (backend, most, total) = slow_backend(Duration::from_millis(100)).await;
+    let running = common::start(&config(backend, "", "", "\"127.0.0.1:0\"", "")).await;
+    let mut c = Client::open("127.0.40.2", running.addr("electrum")).await;
+    let ping = |id: Option<usize>| match id {
+        Some(id) => format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"server.ping","params":[]}}"#),
+        None => r#"{"jsonrpc":"2.0","method":"server.ping","params":[]}"#.to_string(),
+    };
+    let mut burst = String::new();
+    for _ in 0..40 {
+        burst += &ping(None);
+        burst.push('\n');
+    }
+    for b in 1..=4 {
+        let items: Vec<String> = (0..200).map(|k| ping(Some(b * 1000 + k))).collect();
+        burst += &format!("[{}]\n", items.join(","));
+    }
+    c.w.write_all(burst.as_bytes()).await.unwrap();
+    for b in 1..=4 {
+        let r = c.recv().await.expect("closed instead of answering a batch");
+        let ids: Vec<u64> =
+            r.v.as_array()
+                .unwrap_or_else(|| panic!("{}", r.v))
+                .iter()
+                .map(|e| e["id"].as_u64().unwrap())
+                .collect();
+        assert_eq!(ids.len(), 200, "batch {b}");
+        assert!(ids.iter().all(|&id| id / 1000 == b as u64), "batch {b}: {ids:?}");
+    }
+    // server.version, 40 notifications and 800 batch items, each forwarded on its own slot.
+    assert_eq!(total.load(Ordering::SeqCst), 841);
+    let most = most.load(Ordering::SeqCst);
+    assert!(
+        most <= 10,
+        "{most} requests at the backend at once, against a concurrency of 10"
+    );
+}
+
+/// The hard limit applies to each item of a batch: the item that finds the session past it gets -101,
+/// the rest never reach the backend, and the session closes and is banned.
+#[tokio::test(start_paused = true)]
+async fn a_batch_crossing_the_hard_limit_is_cut_at_the_item_that_crosses_it() {
+    let (backend, _, total) = slow_backend(Duration::ZERO).await;
+    let running = common::start(&config(
+        backend,
+        "",
+        "\"blockchain.scripthash.get_balance\" = 1000",
+        "\"127.0.0.1:0\"",
+        "",
+    ))
+    .await;
+    let mut c = Client::open("127.0.41.2", running.addr("electrum")).await;
+    let items: Vec<String> = (1..=20)
+        .map(|id| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"blockchain.scripthash.get_balance","params":[{SCRIPTHASH}]}}"#
+            )
+        })
+        .collect();
+    c.w.write_all(format!("[{}]\n", items.join(",")).as_bytes())
+        .await
+        .unwrap();
+    let r = c.recv().await.expect("closed instead of answering the batch");
+    let entries = r.v.as_array().unwrap_or_else(|| panic!("{}", r.v));
+    let cut: Vec<&Value> = entries.iter().filter(|e| e["error"]["code"] == -101).collect();
+    assert_eq!(cut.len(), 1, "{}", r.v);
+    // 1000 units each: the 11th finds the session at 10000 (plus bytes and the connection).
+    assert_eq!(cut[0]["id"], 11, "{}", r.v);
+    assert!(c.recv().await.is_none(), "the session must close after -101");
+    assert!(
+        total.load(Ordering::SeqCst) <= 11,
+        "{} requests reached the backend",
+        total.load(Ordering::SeqCst)
+    );
+    assert!(running.guard().bans().lookup(ip("127.0.41.2")).is_some(), "not banned");
 }

@@ -85,7 +85,32 @@ fn base_answer(method: &str, params: &Value) -> Option<Value> {
     })
 }
 
+/// Ways a real backend differs from a tidy one.
+#[derive(Clone, Copy, Default)]
+struct Quirks {
+    /// Parses ids as floats and writes them back as such (`5` → `5.0`), as Python servers can.
+    float_ids: bool,
+    /// Answers two requests at a time, the later one first (a lone request after 50 ms).
+    reorder: bool,
+    /// Before each answer, also answers an id the gateway never issued, with private peers in it.
+    stray: bool,
+    /// Never answers this method.
+    silent: Option<&'static str>,
+}
+
+/// An id as a backend that parses it into a float writes it back.
+fn as_float(id: Value) -> Value {
+    match id.as_f64() {
+        Some(f) if id.is_number() => json!(f),
+        _ => id,
+    }
+}
+
 async fn stub_with(handler: impl Fn(&str, &Value) -> Option<Value> + Send + Sync + 'static) -> Stub {
+    stub_quirky(handler, Quirks::default()).await
+}
+
+async fn stub_quirky(handler: impl Fn(&str, &Value) -> Option<Value> + Send + Sync + 'static, quirks: Quirks) -> Stub {
     let handler: Handler = Arc::new(handler);
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -98,32 +123,63 @@ async fn stub_with(handler: impl Fn(&str, &Value) -> Option<Value> + Send + Sync
                 let (r, mut w) = s.into_split();
                 let mut r = BufReader::new(r);
                 let mut line = Vec::new();
+                let mut held: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    line.clear();
-                    match r.read_until(b'\n', &mut line).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
+                    // read_until keeps a partial line in `line` when the wait is cut short.
+                    let read = if quirks.reorder && !held.is_empty() {
+                        tokio::time::timeout(Duration::from_millis(50), r.read_until(b'\n', &mut line))
+                            .await
+                            .ok()
+                    } else {
+                        Some(r.read_until(b'\n', &mut line).await)
+                    };
+                    let timed_out = read.is_none();
+                    match read {
+                        Some(Ok(0)) | Some(Err(_)) => return,
+                        Some(Ok(_)) => {
+                            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                            line.clear();
+                            rec.lock().unwrap().push(text.clone());
+                            let answer = |req: &Value| -> Option<Value> {
+                                let mut id = req.get("id")?.clone();
+                                if quirks.float_ids {
+                                    id = as_float(id);
+                                }
+                                let method = req["method"].as_str().unwrap_or("");
+                                if quirks.silent == Some(method) {
+                                    return None;
+                                }
+                                Some(match handler(method, &req["params"]) {
+                                    Some(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+                                    None => json!({"jsonrpc": "2.0", "id": id,
+                                        "error": {"code": -32601, "message": format!("unknown method {method}")}}),
+                                })
+                            };
+                            let reply = match serde_json::from_str::<Value>(&text) {
+                                Ok(Value::Array(items)) => {
+                                    Some(Value::Array(items.iter().filter_map(answer).collect()))
+                                }
+                                Ok(v) => answer(&v),
+                                Err(_) => Some(json!({"jsonrpc": "2.0", "id": null,
+                                    "error": {"code": -32700, "message": "parse error"}})),
+                            };
+                            if let Some(reply) = reply {
+                                let mut out = serde_json::to_vec(&reply).unwrap();
+                                out.push(b'\n');
+                                held.push(out);
+                            }
+                        }
+                        None => {}
                     }
-                    let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                    rec.lock().unwrap().push(text.clone());
-                    let answer = |req: &Value| -> Option<Value> {
-                        let id = req.get("id")?.clone();
-                        let method = req["method"].as_str().unwrap_or("");
-                        Some(match handler(method, &req["params"]) {
-                            Some(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-                            None => json!({"jsonrpc": "2.0", "id": id,
-                                "error": {"code": -32601, "message": format!("unknown method {method}")}}),
-                        })
-                    };
-                    let reply = match serde_json::from_str::<Value>(&text) {
-                        Ok(Value::Array(items)) => Some(Value::Array(items.iter().filter_map(answer).collect())),
-                        Ok(v) => answer(&v),
-                        Err(_) => Some(json!({"jsonrpc": "2.0", "id": null,
-                            "error": {"code": -32700, "message": "parse error"}})),
-                    };
-                    if let Some(reply) = reply {
-                        let mut out = serde_json::to_vec(&reply).unwrap();
-                        out.push(b'\n');
+                    if quirks.reorder && held.len() < 2 && !timed_out {
+                        continue;
+                    }
+                    for out in held.drain(..).rev() {
+                        if quirks.stray {
+                            let stray = json!({"jsonrpc": "2.0", "id": 424242,
+                                "result": [["10.0.0.5", "stray.backend.lan", ["v1.4"]]]});
+                            let _ = w.write_all(format!("{stray}\n").as_bytes()).await;
+                        }
                         if w.write_all(&out).await.is_err() {
                             return;
                         }
@@ -696,6 +752,165 @@ async fn peers_subscribe_drops_private_and_loopback_addresses() {
     assert!(be.saw("server.peers.subscribe"));
 }
 
+/// The backend of the id tests: features that leak the backend, peers that list private ones.
+fn leaky_answer(method: &str, params: &Value) -> Option<Value> {
+    match method {
+        "server.peers.subscribe" => Some(json!([
+            ["10.0.0.5", "backend.lan", ["v1.4", "t50001"]],
+            ["127.0.0.1", "localhost", ["v1.4"]],
+            ["8.8.8.8", "electrum.public.example", ["v1.4", "s50002"]]
+        ])),
+        _ => features_answer(51234)(method, params),
+    }
+}
+
+/// The reply's id exactly as it is on the wire.
+fn raw_id(entry: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Entry<'a> {
+        #[serde(borrow)]
+        id: &'a serde_json::value::RawValue,
+    }
+    let e: Entry = serde_json::from_str(entry).unwrap_or_else(|e| panic!("{e}: {entry}"));
+    e.id.get().to_string()
+}
+
+/// Checks one reply entry against the policy: peers filtered, features rewritten with the gateway's
+/// `port`, no private address.
+fn policed(entry: &str, port: u16) {
+    for leak in ["10.0.0.5", "backend", "127.0.0.1", "51234", "424242", "stray"] {
+        assert!(!entry.contains(leak), "{leak} reached the client: {entry}");
+    }
+    let v: Value = serde_json::from_str(entry).unwrap();
+    match &v["result"] {
+        Value::Array(peers) => assert_eq!(peers.len(), 1, "{entry}"),
+        Value::Object(f) => assert_eq!(
+            f["hosts"],
+            json!({"electrum.example.org": {"tcp_port": port}}),
+            "{entry}"
+        ),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn ids_come_back_byte_for_byte_and_policy_holds_whatever_the_backend_does_with_them() {
+    // A backend that writes ids back as floats, answers out of order and sends replies to ids nobody
+    // asked for.
+    let quirks = Quirks {
+        float_ids: true,
+        reorder: true,
+        stray: true,
+        silent: Some("blockchain.estimatefee"),
+    };
+    let be = stub_quirky(leaky_answer, quirks).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), "ids-token-0123456789abcdef").unwrap();
+    let global = "[electrum]\npublic_hosts = [\"electrum.example.org\"]\n\n\
+                  [admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"";
+    let toml = config_on("127.0.0.1:0", be.addr, "request_timeout = \"1s\"", global, "");
+    let running = common::start_in(dir.path(), &toml).await;
+    let port = running.addr("el").port();
+    let mut c = Client::connect("127.0.14.2", &running).await;
+
+    c.send(r#"{"jsonrpc":"2.0","id":"v\u0031","method":"server.version","params":["t","1.4"]}"#)
+        .await;
+    let line = c.recv_line().await;
+    assert_eq!(raw_id(&line), r#""v\u0031""#, "{line}");
+
+    // Pipelined, with ids a backend would rewrite, and one id used twice.
+    let sent = [
+        ("12345678901234567890123", "server.peers.subscribe"),
+        (r#""\u0061""#, "server.features"),
+        ("1e0", "server.ping"),
+        ("10.50", "server.peers.subscribe"),
+        ("7", "server.peers.subscribe"),
+        ("7", "server.ping"),
+        (r#""a""#, "server.features"),
+        (r#""tab\there""#, "server.ping"),
+    ];
+    let mut burst = String::new();
+    for (id, method) in sent {
+        burst += &format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"{method}\",\"params\":[]}}\n");
+    }
+    c.send_raw(burst.as_bytes()).await;
+    let mut got = Vec::new();
+    for _ in sent {
+        let line = c.recv_line().await;
+        policed(&line, port);
+        got.push(raw_id(&line));
+    }
+    let mut want: Vec<String> = sent.iter().map(|(id, _)| id.to_string()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+
+    // The same inside a batch, next to an item the gateway answers itself.
+    c.send(concat!(
+        r#"[{"jsonrpc":"2.0","id":"\u0062","method":"server.features","params":[]},"#,
+        r#"{"jsonrpc":"2.0","id":12345678901234567890124,"method":"server.peers.subscribe","params":[]},"#,
+        r#"{"jsonrpc":"2.0","id":1E+0,"method":"server.ping","params":[]},"#,
+        r#"{"jsonrpc":"2.0","id":-0.0,"method":5}]"#
+    ))
+    .await;
+    let line = c.recv_line().await;
+    let entries: Vec<&serde_json::value::RawValue> = serde_json::from_str(&line).unwrap();
+    let mut got: Vec<String> = entries.iter().map(|e| raw_id(e.get())).collect();
+    for e in &entries {
+        policed(e.get(), port);
+    }
+    got.sort();
+    let mut want = vec![r#""\u0062""#, "12345678901234567890124", "1E+0", "-0.0"];
+    want.sort();
+    assert_eq!(got, want, "{line}");
+    let invalid = entries.iter().find(|e| raw_id(e.get()) == "-0.0").unwrap();
+    assert_eq!(code(&serde_json::from_str(invalid.get()).unwrap()), Some(-32600));
+
+    // Errors the gateway writes itself carry the client's id too.
+    c.send(r#"{"jsonrpc":"2.0","id":1.50,"method":5}"#).await;
+    let line = c.recv_line().await;
+    assert_eq!(raw_id(&line), "1.50", "{line}");
+    c.send(r#"{"jsonrpc":"2.0","id":"late\u0021","method":"blockchain.estimatefee","params":[6]}"#)
+        .await;
+    let line = c.recv_line().await;
+    assert_eq!(raw_id(&line), r#""late\u0021""#, "{line}");
+    assert_eq!(code(&serde_json::from_str(&line).unwrap()), Some(-102), "{line}");
+
+    // Every stray reply was dropped, and counted.
+    let Some(gatehouse::config::AdminListen::Tcp(admin)) = running.admin_addr() else {
+        panic!("no admin listener")
+    };
+    let metrics = common::admin_get(*admin, "ids-token-0123456789abcdef", "/metrics").await;
+    let dropped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_electrum_unmatched_replies_total "))
+        .unwrap_or_else(|| panic!("no unmatched replies counter:\n{metrics}"))
+        .parse()
+        .unwrap();
+    assert!(dropped >= 1.0, "{dropped}");
+}
+
+#[tokio::test]
+async fn a_policed_reply_of_an_unexpected_shape_is_not_passed_on() {
+    let be = stub_with(|method, params| match method {
+        "server.peers.subscribe" => Some(json!({"peers": [["10.0.0.5", "backend.lan", ["v1.4"]]]})),
+        "server.features" => Some(json!("backend.internal:50001")),
+        _ => base_answer(method, params),
+    })
+    .await;
+    let running = gateway(be.addr, "", "", "").await;
+    let mut c = Client::connect("127.0.9.8", &running).await;
+    c.version(json!("1.4")).await;
+    for (id, method) in [(1, "server.peers.subscribe"), (2, "server.features")] {
+        c.send_json(&req(id, method, json!([]))).await;
+        let line = c.recv_line().await;
+        assert!(!line.contains("10.0.0.5") && !line.contains("backend."), "{line}");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["id"], id, "{v}");
+        assert_eq!(code(&v), Some(-32603), "{v}");
+    }
+}
+
 #[tokio::test]
 async fn add_peer_is_answered_false_and_never_forwarded() {
     let be = stub().await;
@@ -829,13 +1044,58 @@ async fn a_mixed_batch_answers_each_item_and_forwards_only_the_valid_one() {
     assert_eq!(code(by_id(json!("twelve"))), Some(-32601));
     assert_eq!(by_id(json!(13))["result"], json!(false));
 
+    // The one forwarded item went on its own, under the gateway's id.
     let lines = be.lines();
     assert_eq!(lines.len(), 2, "{lines:?}");
     let fwd: Value = serde_json::from_str(&lines[1]).unwrap();
-    let items = fwd.as_array().unwrap_or_else(|| panic!("{fwd}"));
-    assert_eq!(items.len(), 1, "the backend got {fwd}");
-    assert_eq!(items[0]["method"], "blockchain.scripthash.get_balance");
-    assert_eq!(items[0]["id"], 11);
+    assert_eq!(
+        fwd["method"], "blockchain.scripthash.get_balance",
+        "the backend got {fwd}"
+    );
+    assert_eq!(fwd["params"], json!([hex32(11)]), "the backend got {fwd}");
+}
+
+#[tokio::test]
+async fn json_nested_deeper_than_the_limit_is_refused_and_never_forwarded() {
+    let be = stub().await;
+    let running = gateway(be.addr, "", "", "extra_methods = [\"x.deep\"]").await;
+    let mut c = Client::connect("127.0.12.4", &running).await;
+    c.version(json!("1.4")).await;
+    // The message is level 1 and its params level 2: 30 more arrays make 32, 31 make 33.
+    let nested = |id: u64, extra: usize| {
+        format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"x.deep\",\"params\":[{}1{}]}}",
+            "[".repeat(extra),
+            "]".repeat(extra)
+        )
+    };
+    c.send(&nested(1, 31)).await;
+    let v = c.recv().await;
+    assert_eq!(code(&v), Some(-32600), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("32"), "{v}");
+    c.send(&nested(2, 30)).await;
+    let v = c.recv().await;
+    assert_eq!(v["id"], 2, "{v}");
+    assert_ne!(code(&v), Some(-32600), "32 levels are allowed: {v}");
+    // Brackets inside strings are not nesting.
+    let v = c.call(3, "x.deep", json!(["[{".repeat(20)])).await;
+    assert_ne!(code(&v), Some(-32600), "{v}");
+    // A batch counts as a level of its own.
+    c.send(&format!("[{}]", nested(4, 30))).await;
+    assert_eq!(code(&c.recv().await), Some(-32600));
+    c.call(5, "server.ping", json!([])).await;
+    let forwarded: Vec<String> = be.lines().into_iter().filter(|l| l.contains("x.deep")).collect();
+    assert_eq!(forwarded.len(), 2, "{forwarded:?}");
+    assert!(forwarded.iter().all(|l| !l.contains(&"[".repeat(32))), "{forwarded:?}");
+
+    // The limit is configurable.
+    let running = gateway(be.addr, "", "", "max_nesting = 4\nextra_methods = [\"x.deep\"]").await;
+    let mut c = Client::connect("127.0.12.5", &running).await;
+    c.version(json!("1.4")).await;
+    c.send_json(&req(6, "x.deep", json!([[[[]]]]))).await;
+    assert_eq!(code(&c.recv().await), Some(-32600));
+    let v = c.call(7, "x.deep", json!([[[]]])).await;
+    assert_ne!(code(&v), Some(-32600), "4 levels are allowed: {v}");
 }
 
 // ---- 11. Kevacoin ---------------------------------------------------------------------------------

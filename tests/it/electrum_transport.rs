@@ -473,6 +473,82 @@ async fn ws_and_wss_carry_the_electrum_session() {
     }
 }
 
+/// An oversized WebSocket message is what an oversized tcp line is: -32600, charged (errors and every
+/// byte), a protocol violation, and the session goes on; the 11th violation bans the address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_ws_message_is_refused_charged_and_banned_like_a_tcp_line() {
+    let c = common::certs();
+    let (backend, _seen) = stub_backend(StubOpts::default()).await;
+    let toml = config(
+        // Limits far away, so only the violation count can end the session.
+        "soft_limit = 100000\nhard_limit = 1000000",
+        &[
+            front("ws", "ws", &[backend], None, "max_line = \"1000B\""),
+            front("wss", "wss", &[backend], Some(&c), "max_line = \"1000B\""),
+        ],
+    );
+    let running = common::start_in(c.dir.path(), &toml).await;
+    for (t, from) in [("ws", "127.0.30.2"), ("wss", "127.0.31.2")] {
+        let group = {
+            let o = match ip(from) {
+                IpAddr::V4(a) => a.octets(),
+                IpAddr::V6(_) => unreachable!(),
+            };
+            IpAddr::from([o[0], o[1], o[2], 0])
+        };
+        let mut cl = Client::connect(t, from, running.addr(t), Some(&c)).await;
+        cl.call(1, "server.version", json!(["w", "1.4"])).await;
+        // A message of exactly the limit is still a message.
+        let head = r#"{"jsonrpc":"2.0","id":2,"method":"server.ping","params":[]"#;
+        cl.send(&format!("{head}{}}}", " ".repeat(1000 - head.len() - 1))).await;
+        let v = cl
+            .recv()
+            .await
+            .unwrap_or_else(|| panic!("{t}: closed on a 1000-byte message"));
+        assert_eq!(v["id"], 2, "{t}: {v}");
+        assert_eq!(v["result"], Value::Null, "{t}: {v}");
+        for i in 1..=10 {
+            let before = running.ledger().group_cost(group);
+            let big =
+                json!({"jsonrpc": "2.0", "id": 100 + i, "method": "server.ping", "params": ["x".repeat(200_000)]})
+                    .to_string();
+            cl.send(&big).await;
+            let v = cl
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("{t}: closed on oversized message {i}"));
+            assert_eq!(v["error"]["code"], -32600, "{t}: {v}");
+            assert!(v["error"]["message"].as_str().unwrap().contains("1000"), "{t}: {v}");
+            // The cut tail is dropped as it arrives, behind the reply: a ping after it has paid for it.
+            let v = cl.call(1000 + i, "server.ping", json!([])).await;
+            assert_eq!(v["result"], Value::Null, "{t}: {v}");
+            let charged = running.ledger().group_cost(group) - before;
+            let want = 1100.0 + big.len() as f64 / 5000.0;
+            assert!(
+                charged >= want - 1.0,
+                "{t}: message {i} cost {charged}, want about {want}"
+            );
+        }
+        // Ten violations are tolerated, as on tcp.
+        let v = cl.call(3, "server.ping", json!([])).await;
+        assert_eq!(v["result"], Value::Null, "{t}: {v}");
+        assert!(
+            running.guard().bans().lookup(ip(from)).is_none(),
+            "{t}: banned too early"
+        );
+        cl.send(&"x".repeat(5000)).await;
+        let v = cl.recv().await.unwrap_or_else(|| panic!("{t}: closed without -32600"));
+        assert_eq!(v["error"]["code"], -32600, "{t}: {v}");
+        assert!(cl.closed().await, "{t}: still open after the 11th violation");
+        let (_, ban) = running
+            .guard()
+            .bans()
+            .lookup(ip(from))
+            .unwrap_or_else(|| panic!("{t}: the 11th violation must ban"));
+        assert!(ban.reason.contains("oversized"), "{t}: {}", ban.reason);
+    }
+}
+
 /// A session that starts without server.version is refused with error 1 and closed on ws and wss too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_and_wss_require_server_version_first() {
