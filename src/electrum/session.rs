@@ -210,6 +210,9 @@ struct Session<'a> {
     line_started: Option<Instant>,
     /// When to check again whether the session, over the hard limit, must be cut though it sends nothing.
     hard_check: Option<Instant>,
+    /// This session's own charge took its group over the hard limit: its pending requests are still
+    /// served (ElectrumX judges a request when it arrives) and its next request gets the -101.
+    crossed_here: bool,
 }
 
 /// The client side of a session: a byte stream, what its transport holds of a message not yet handed
@@ -283,6 +286,7 @@ where
         partial: 0,
         line_started: None,
         hard_check: None,
+        crossed_here: false,
     };
     let mut client_dec = LineDecoder::new(set.max_line);
     let mut up_dec = LineDecoder::new(set.max_response);
@@ -407,12 +411,22 @@ impl Session<'_> {
     }
 
     fn charge(&mut self, units: f64) {
-        self.th = self.account.charge(units);
+        let th = self.account.charge(units);
+        self.note_throttle(th);
     }
 
     /// Bytes in or out, charged per read rather than per message (the total is the same).
     fn charge_bytes(&mut self, n: usize) {
-        self.th = self.account.charge_bytes(n);
+        let th = self.account.charge_bytes(n);
+        self.note_throttle(th);
+    }
+
+    /// Remembers whether this session's own charge took its group over the hard limit.
+    fn note_throttle(&mut self, th: Throttle) {
+        if th.over_hard && !self.th.over_hard {
+            self.crossed_here = true;
+        }
+        self.th = th;
     }
 
     fn has_pending(&self) -> bool {
@@ -1159,12 +1173,20 @@ impl Session<'_> {
             self.hard_check = None;
             if self.th.over_hard && self.closing.is_none() {
                 if self.awaits_replies() {
-                    // Its pending requests are answered first (the next request then gets the -101).
-                    self.hard_check = Some(now + HARD_LIMIT_GRACE);
-                } else {
-                    // No request to answer with -101: say it unsolicited (id null), then close and ban.
-                    return self.hard_limit(None);
+                    if self.crossed_here {
+                        // Its own requests crossed the limit: they are answered first (within
+                        // request_timeout), then this check comes round again.
+                        self.hard_check = Some(now + HARD_LIMIT_GRACE);
+                        return;
+                    }
+                    // Others took the group over: waiting for the backend could take up to
+                    // request_timeout, so every request still owed an answer gets the -101 as its reply
+                    // instead, and the session goes now.
+                    self.fail_all(-101, "excessive resource usage");
+                    return self.cut_off();
                 }
+                // No request to answer with -101: say it unsolicited (id null), then close and ban.
+                return self.hard_limit(None);
             }
         }
         let timeout = self.cost.request_timeout;

@@ -26,7 +26,7 @@ const BYTES_PER_UNIT: f64 = 5000.0;
 const CONNECTION_COST: f64 = 5.0;
 const VERSION_COST: f64 = 0.5;
 const PING_COST: f64 = 0.1;
-const SCRIPTHASH: &str = "\"8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161\"";
+pub(crate) const SCRIPTHASH: &str = "\"8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161\"";
 
 /// A backend that answers every request (and every request of a batch) with `"result":null` at once,
 /// except the methods in `silent`, which it never answers.
@@ -119,7 +119,7 @@ pub(crate) struct Reply {
 }
 
 impl Reply {
-    fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.v["id"]
             .as_u64()
             .unwrap_or_else(|| panic!("reply without a numeric id: {}", self.v))
@@ -152,7 +152,7 @@ impl Client {
     }
 
     /// Sends one request line and charges its method cost and bytes to the model; returns its id.
-    async fn send(&mut self, method: &str, params: &str, method_cost: f64) -> u64 {
+    pub(crate) async fn send(&mut self, method: &str, params: &str, method_cost: f64) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#);

@@ -4,7 +4,7 @@
 
 use crate::cluster_cost::{abuse, three_gateways, HARD};
 use crate::common;
-use crate::electrum_cost::{config, stub_backend, Client};
+use crate::electrum_cost::{config, stub_backend, Client, SCRIPTHASH};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -66,6 +66,46 @@ async fn an_idle_session_is_cut_when_its_group_goes_over_the_hard_limit() {
     // Another /24 is not touched.
     let r = stranger.call("server.ping", "[]", 0.1).await;
     assert!(r.v.get("error").is_none(), "{}", r.v);
+}
+
+/// A session of the group whose request the backend never answers is cut within a second as well: that
+/// request gets the -101 as its reply, instead of the session waiting up to `request_timeout` for it.
+#[tokio::test(start_paused = true)]
+async fn a_session_waiting_on_the_backend_is_cut_with_its_request_answered_101() {
+    let backend = stub_backend(&["blockchain.scripthash.get_history"]).await;
+    let running = common::start(&config(
+        backend,
+        "request_timeout = \"30s\"",
+        "\"blockchain.estimatefee\" = 10000",
+        "\"127.0.0.1:0\"",
+        "",
+    ))
+    .await;
+    let addr = running.addr("electrum");
+    let mut waiting = Client::open("127.0.0.2", addr).await;
+    let mut busy = Client::open("127.0.0.3", addr).await;
+    let id = waiting
+        .send("blockchain.scripthash.get_history", &format!("[{SCRIPTHASH}]"), 0.5)
+        .await;
+    // The request is at the backend (which never answers) before the group goes over.
+    let r = busy.call("server.ping", "[]", 0.1).await;
+    assert!(r.v.get("error").is_none(), "{}", r.v);
+    let r = busy.call("blockchain.estimatefee", "[6]", 10000.0).await;
+    assert!(r.v.get("error").is_none(), "{}", r.v);
+
+    let limit = Duration::from_secs(1);
+    let start = Instant::now();
+    let r = tokio::time::timeout(limit, waiting.recv())
+        .await
+        .expect("the waiting session was not answered within a second of its group going over")
+        .expect("closed without -101");
+    assert_eq!(r.error_code(), Some(-101), "{}", r.v);
+    assert_eq!(r.id(), id, "{}", r.v);
+    let end = tokio::time::timeout(limit.saturating_sub(start.elapsed()), waiting.recv())
+        .await
+        .expect("not closed within a second of going over");
+    assert!(end.is_none(), "data after -101: {:?}", end.map(|r| r.v));
+    assert!(running.guard().bans().lookup(ip("127.0.0.2")).is_some());
 }
 
 /// Three clustered gateways: a client pings gateway 0 until it is cut off there. Gateway 1 only hears
