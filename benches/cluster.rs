@@ -6,9 +6,9 @@
 
 use gatehouse::cluster::keys::NodeKey;
 use gatehouse::cluster::{Cluster, ClusterConfig};
-use gatehouse::guard::acl::CidrSet;
-use gatehouse::guard::bans::BanTable;
-use gatehouse::guard::journal::{CompactPolicy, Entry, Journal, Op};
+use gatehouse::state::bans::BanTable;
+use gatehouse::state::journal::{CompactPolicy, Entry, Journal, Op};
+use gatehouse::wire::acl::CidrSet;
 use ipnetwork::IpNetwork;
 use std::hint::black_box;
 use std::net::{IpAddr, SocketAddr};

@@ -413,7 +413,7 @@ fn cidr_list() -> (Duration, f64) {
     }
     std::fs::write(&path, text).unwrap();
     let t0 = Instant::now();
-    let set = gatehouse::guard::acl::CidrSet::from_nets(gatehouse::guard::acl::load_cidr_file(&path).unwrap());
+    let set = gatehouse::wire::acl::CidrSet::from_nets(gatehouse::wire::acl::load_cidr_file(&path).unwrap());
     let load = t0.elapsed();
     let probes: Vec<std::net::IpAddr> = (0..1_000_000u32)
         .map(|i| std::net::Ipv4Addr::from(i.wrapping_mul(2_654_435_761)).into())

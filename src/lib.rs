@@ -8,22 +8,25 @@ pub mod admin;
 pub mod cluster;
 pub mod config;
 pub mod demo;
-pub mod electrum;
 pub mod front;
 pub mod guard;
 pub mod listen;
-pub mod relay;
-pub mod sdnotify;
+pub mod state;
+pub mod sys;
 pub mod telemetry;
 pub mod upstream;
+pub mod wire;
 
 use arc_swap::ArcSwap;
-use config::{BanPolicy, Config, CostConfig, FrontKind, Transport};
+use config::Config;
+use front::{FrontKind, Transport};
 use front::{FrontSlot, FrontState};
-use guard::bans::BanTable;
-use guard::cost::{Clock, CostParams, Ledger};
 use guard::limits::KeyedCounts;
 use guard::Guard;
+use state::bans::BanPolicy;
+use state::bans::BanTable;
+use state::cost::CostConfig;
+use state::cost::{Clock, CostParams, Ledger};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,7 +55,7 @@ pub struct Shared {
     /// Subscriptions held per client group.
     pub group_subs: KeyedCounts,
     /// Bytes buffered by every Electrum session together, against `[limits] memory_budget`.
-    pub memory: Arc<guard::memory::MemoryBudget>,
+    pub memory: Arc<state::memory::MemoryBudget>,
     /// Every front's current slot (for housekeeping and certificate watching, which follow reloads).
     pub fronts: ArcSwap<Vec<Arc<FrontSlot>>>,
     /// The `hosts` object announced in server.features.
@@ -147,7 +150,7 @@ fn public_ports(fronts: &[&FrontState], addrs: &BTreeMap<String, Vec<SocketAddr>
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Journal(#[from] guard::journal::JournalError),
+    Journal(#[from] state::journal::JournalError),
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
@@ -249,7 +252,7 @@ impl Gatehouse {
             .map(|b| (b.state.cfg.name.clone(), b.bound.clone()))
             .collect();
         let states: Vec<&FrontState> = bound.iter().map(|b| &b.state).collect();
-        let features_hosts = electrum::rewrite::hosts_json(&config.public_hosts, &public_ports(&states, &addrs));
+        let features_hosts = front::electrum::rewrite::hosts_json(&config.public_hosts, &public_ports(&states, &addrs));
         let admin_listener = match (&config.admin.enabled, &config.admin.token) {
             (true, Some(_)) => Some(admin::AdminListener::bind(&config.admin.listen).await?),
             _ => None,
@@ -259,7 +262,7 @@ impl Gatehouse {
             cost: ArcSwap::from_pointee(config.cost.clone()),
             ban_policy: ArcSwap::from_pointee(config.bans.clone()),
             group_subs: KeyedCounts::default(),
-            memory: guard::memory::MemoryBudget::new(config.limits.memory_budget),
+            memory: state::memory::MemoryBudget::new(config.limits.memory_budget),
             features_hosts: ArcSwap::from_pointee(features_hosts),
             fronts: ArcSwap::from_pointee(Vec::new()),
             guard: Guard::new(config.admission.clone(), bans, config.log.refusal_interval),
@@ -390,7 +393,7 @@ impl Running {
     }
 
     /// Where the admin API listens (the real port when the config asked for port 0); None when disabled.
-    pub fn admin_addr(&self) -> Option<&config::AdminListen> {
+    pub fn admin_addr(&self) -> Option<&admin::AdminListen> {
         self.admin.as_ref().map(admin::AdminServer::addr)
     }
 
@@ -405,7 +408,7 @@ impl Running {
     }
 
     /// The process-wide budget for bytes Electrum sessions buffer.
-    pub fn memory(&self) -> &Arc<guard::memory::MemoryBudget> {
+    pub fn memory(&self) -> &Arc<state::memory::MemoryBudget> {
         &self.shared.memory
     }
 
@@ -481,10 +484,12 @@ impl Running {
         let refs: Vec<&FrontState> = states.iter().map(|s| s.as_ref()).collect();
         let addrs: BTreeMap<String, Vec<SocketAddr>> =
             self.fronts.iter().map(|(n, r)| (n.clone(), r.bound.clone())).collect();
-        shared.features_hosts.store(Arc::new(electrum::rewrite::hosts_json(
-            &config.public_hosts,
-            &public_ports(&refs, &addrs),
-        )));
+        shared
+            .features_hosts
+            .store(Arc::new(front::electrum::rewrite::hosts_json(
+                &config.public_hosts,
+                &public_ports(&refs, &addrs),
+            )));
         shared
             .fronts
             .store(Arc::new(self.fronts.values().map(|r| r.slot.clone()).collect()));

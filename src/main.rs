@@ -2,8 +2,12 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use gatehouse::admin::client;
-use gatehouse::config::{read_token_file, AdminListen, AdminToken, Config, LogFormat};
-use gatehouse::{sdnotify, telemetry, Gatehouse};
+use gatehouse::admin::settings::read_token_file;
+use gatehouse::admin::{AdminListen, AdminToken};
+use gatehouse::config::Config;
+use gatehouse::sys::{rlimit::raise_nofile, sdnotify};
+use gatehouse::telemetry::LogFormat;
+use gatehouse::{telemetry, Gatehouse};
 use hyper::Method;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -415,7 +419,7 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
     for w in cfg.warnings() {
         tracing::warn!(key = %w.key, "{}", w.reason);
     }
-    gatehouse::listen::activation::init(); // before any thread: it edits the environment
+    gatehouse::sys::activation::init(); // before any thread: it edits the environment
     raise_nofile(cfg.runtime.max_open_files);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if cfg.runtime.worker_threads > 0 {
@@ -448,7 +452,7 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        gatehouse::listen::activation::close_unused();
+        gatehouse::sys::activation::close_unused();
         let _ = sdnotify::notify("READY=1");
         sdnotify::spawn_watchdog();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "gatehouse ready");
@@ -564,23 +568,6 @@ fn reopen_log(log_file: Option<&telemetry::LogFile>) {
         Err(e) => {
             eprintln!("error: SIGUSR1: {e}; still writing to the previous log file");
             tracing::error!(error = %e, "log file not reopened; still writing to the previous file");
-        }
-    }
-}
-
-/// Wallet gateways hold thousands of sockets; the usual soft limit of 1024 would refuse them.
-fn raise_nofile(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read/write the struct we pass, which lives on this stack frame.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < want {
-            lim.rlim_cur = want.min(lim.rlim_max);
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                tracing::warn!("cannot raise the open-file limit to {want}");
-            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! line that parses re-encodes to a line that parses to the same statement.
 #![no_main]
 
-use gatehouse::guard::journal::{encode_line, parse_line};
+use gatehouse::state::journal::{encode_line, parse_line};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 
 use gatehouse::cluster::cost::SignedCostReport;
 use gatehouse::cluster::link::{decode_message, Msg};
-use gatehouse::guard::cost::{CostParams, GroupCost, Ledger, SystemClock};
+use gatehouse::state::cost::{CostParams, GroupCost, Ledger, SystemClock};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,12 +5,12 @@
 //! check that is monotonic in its limit.
 #![no_main]
 
-use gatehouse::electrum::frame::{Frame, LineDecoder};
-use gatehouse::electrum::jsonrpc::{
+use gatehouse::front::electrum::frame::{Frame, LineDecoder};
+use gatehouse::front::electrum::jsonrpc::{
     gateway_id, nesting_exceeds, param_array_len, param_count, param_str, param_u64, parse_incoming, parse_message,
     span_of, write_error, Incoming, Message, ParseError, Request,
 };
-use gatehouse::electrum::methods::{lookup, request_cost, validate, Profile, ProtoVersion};
+use gatehouse::front::electrum::methods::{lookup, request_cost, validate, Profile, ProtoVersion};
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 

@@ -3,7 +3,7 @@
 //! prefix of an accepted header, agreement with `starts_like_proxy`, and that what we encode we parse.
 #![no_main]
 
-use gatehouse::listen::proxy::{
+use gatehouse::wire::proxy::{
     encode_v2, parse, starts_like_proxy, Parsed, ProxyError, MAX_HEADER,
 };
 use libfuzzer_sys::fuzz_target;

@@ -4,7 +4,7 @@
 //! than `MAX + 1` payload bytes and no text message is left (they are passed as binary).
 #![no_main]
 
-use gatehouse::electrum::ws::MessageLimit;
+use gatehouse::front::electrum::ws::MessageLimit;
 use libfuzzer_sys::fuzz_target;
 
 const MAX: usize = 64;

@@ -1,7 +1,7 @@
 //! A minimal admin API client for the `gatehouse bans …` commands: one HTTP/1.1 request per connection,
 //! over TCP or a unix socket.
 
-use crate::config::{AdminListen, AdminToken};
+use super::settings::{AdminListen, AdminToken};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};

@@ -6,13 +6,11 @@
 //! audit line (target `gatehouse::audit`) naming the peer, the action and the result, never the token.
 
 pub mod client;
+pub mod settings;
 
-use crate::config::{
-    AdminListen, AdminToken, ADMIN_MAX_CONNECTIONS as MAX_CONNECTIONS, DEFAULT_ADMIN_CONNECTIONS_PER_PEER,
-};
-use crate::guard::acl::parse_cidr;
-use crate::guard::bans::{BanError, BanRecord, BanTable};
+use crate::state::bans::{BanError, BanRecord, BanTable};
 use crate::telemetry::metrics::AdminShed as Shed;
+use crate::wire::acl::parse_cidr;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -20,6 +18,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{json, Value};
+pub use settings::{AdminConfig, AdminListen, AdminToken};
+use settings::{ADMIN_MAX_CONNECTIONS as MAX_CONNECTIONS, DEFAULT_ADMIN_CONNECTIONS_PER_PEER};
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -411,7 +411,7 @@ async fn accept(l: &AdminListener) -> std::io::Result<(Io, String, PeerKey)> {
     match l {
         AdminListener::Tcp(l) => {
             let (s, a) = l.accept().await?;
-            let key = PeerKey::Ip(crate::guard::addr::canonical(a.ip()));
+            let key = PeerKey::Ip(crate::wire::addr::canonical(a.ip()));
             Ok((TokioIo::new(Box::new(s)), a.to_string(), key))
         }
         AdminListener::Unix(l, _) => {
@@ -615,7 +615,7 @@ pub fn record_json(b: &BanRecord) -> Value {
         "version": b.version,
         "created": rfc3339(b.created),
         "until": rfc3339(b.until),
-        "expires_in_secs": crate::guard::bans::remaining(b.until).as_secs(),
+        "expires_in_secs": crate::state::bans::remaining(b.until).as_secs(),
     })
 }
 
@@ -687,11 +687,11 @@ async fn add_ban(state: &AdminState, peer: &str, req: Request<Incoming>) -> Repl
     };
     let checked = (|| {
         let net = parse_cidr(nb.prefix.trim()).map_err(|e| format!("prefix: {e}"))?;
-        let d: crate::config::units::Duration = nb.duration.trim().parse().map_err(|e| format!("duration: {e}"))?;
+        let d: crate::wire::units::Duration = nb.duration.trim().parse().map_err(|e| format!("duration: {e}"))?;
         if d.0.is_zero() || d.0 > MAX_BAN {
             return Err(format!(
                 "duration: must be greater than 0s and at most {}",
-                crate::config::units::Duration(MAX_BAN)
+                crate::wire::units::Duration(MAX_BAN)
             ));
         }
         let reason = nb.reason.unwrap_or_else(|| "banned by operator".to_string());

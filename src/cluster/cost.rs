@@ -10,7 +10,7 @@
 //! stops counting then. Only local cost is reported, so figures never echo around the cluster.
 
 use super::keys::{NodeKey, PublicKey};
-use crate::guard::cost::{GroupCost, Ledger};
+use crate::state::cost::{GroupCost, Ledger};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -184,7 +184,7 @@ impl Sharing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guard::cost::{CostParams, SystemClock};
+    use crate::state::cost::{CostParams, SystemClock};
 
     fn sharing() -> Sharing {
         let params = CostParams {

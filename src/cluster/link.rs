@@ -61,7 +61,7 @@ pub enum Msg {
     /// Statements, in answer to a digest or a want.
     Records(Vec<Carried>),
     /// The sender's own cost of its costliest groups (see `cluster::cost`).
-    Costs(Vec<crate::guard::cost::GroupCost>),
+    Costs(Vec<crate::state::cost::GroupCost>),
 }
 
 #[derive(Debug, thiserror::Error)]

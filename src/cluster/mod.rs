@@ -88,7 +88,7 @@ pub mod record;
 pub mod redis;
 pub mod summary;
 
-use crate::guard::bans::{
+use crate::state::bans::{
     self, normalize, now_micros, unix_ms, BanChange, BanError, BanTable, Statement, LOCAL_ORIGIN,
 };
 use base64::engine::general_purpose::STANDARD as B64;
@@ -663,7 +663,7 @@ impl Cluster {
 
     /// Starts cluster-wide cost sharing with `ledger` (once; later calls do nothing), unless the config
     /// turned it off. Peers' figures are taken only once this has been called.
-    pub fn share_costs(&self, ledger: Arc<crate::guard::cost::Ledger>) {
+    pub fn share_costs(&self, ledger: Arc<crate::state::cost::Ledger>) {
         let settings = self.inner.cost_settings.clone();
         if !settings.enabled {
             return;

@@ -1,7 +1,7 @@
 //! Several nodes on loopback, real sockets, each with its own ban table.
 
 use super::*;
-use crate::guard::acl::CidrSet;
+use crate::wire::acl::CidrSet;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -102,7 +102,7 @@ async fn ban_on_a_reaches_b_and_c_and_unban_on_b_reaches_a_and_c() {
     println!("ban A→B,C in {took:?}");
     let at_b = b.bans.lookup(ip("192.0.2.77")).unwrap().1;
     assert_eq!(at_b.reason, "scanner");
-    let left = crate::guard::bans::remaining(at_b.until);
+    let left = crate::state::bans::remaining(at_b.until);
     assert!(left > HOUR - Duration::from_secs(5) && left <= HOUR, "{left:?}");
 
     b.bans.unban(net("192.0.2.0/24")).unwrap().unwrap();
@@ -350,7 +350,7 @@ async fn expiry_follows_the_hop_remainder_not_the_origins_clock() {
         Verdict::Applied
     );
     let until = a.bans.lookup(ip("192.0.2.50")).unwrap().1.until;
-    let left = crate::guard::bans::remaining(until);
+    let left = crate::state::bans::remaining(until);
     assert!(
         left > Duration::from_secs(28) && left <= Duration::from_secs(30),
         "{left:?}"
@@ -384,7 +384,7 @@ async fn expiry_follows_the_hop_remainder_not_the_origins_clock() {
         }),
         Verdict::Applied
     );
-    let left = crate::guard::bans::remaining(a.bans.lookup(ip("192.0.2.50")).unwrap().1.until);
+    let left = crate::state::bans::remaining(a.bans.lookup(ip("192.0.2.50")).unwrap().1.until);
     assert!(left <= Duration::from_secs(60), "{left:?}");
 }
 
@@ -397,7 +397,7 @@ async fn a_peers_ban_is_listed_under_the_origin_node() {
         && c.bans.is_banned(ip("192.0.2.1")))
     .await
     .is_some());
-    assert_eq!(a.bans.list(None)[0].origin, crate::guard::bans::LOCAL_ORIGIN);
+    assert_eq!(a.bans.list(None)[0].origin, crate::state::bans::LOCAL_ORIGIN);
     let a_id = a.cluster.node().to_string();
     for n in [b, c] {
         let listed = n.bans.list(None);

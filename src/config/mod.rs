@@ -4,10 +4,9 @@
 //! Every error names the file, the key path (`front[0].tls.cert`) and, where known, the line.
 
 pub mod schema;
-pub mod units;
 
-use crate::guard::acl::{load_cidr_file, parse_cidr, CidrSet};
 use crate::listen::tls::{self, CertFiles};
+use crate::wire::acl::{load_cidr_file, parse_cidr, CidrSet};
 use ipnetwork::IpNetwork;
 use rustls::ServerConfig;
 use schema::*;
@@ -18,10 +17,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 
-use crate::electrum::methods::{Profile, ProtoVersion};
-pub use schema::{FrontKind, LogFormat, SendProxy, Transport, VersionPolicy};
-use std::collections::HashMap;
-pub use units::Rate;
+use crate::admin::settings::*;
+use crate::front::electrum::methods::{Profile, ProtoVersion};
+use crate::front::electrum::settings::*;
+use crate::front::{Front, FrontKind, Transport};
+use crate::guard::{Admission, RateLimit};
+use crate::state::bans::BanPolicy;
+use crate::state::cost::CostConfig;
+use crate::state::memory::Limits;
+use crate::telemetry::LogFormat;
+pub use crate::wire::units::{self, Rate};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -79,167 +84,9 @@ pub struct Config {
     pub fronts: Vec<Front>,
 }
 
-/// Electrum cost model settings (DESIGN §3), shared by every Electrum front.
-#[derive(Debug, Clone)]
-pub struct CostConfig {
-    pub soft_limit: f64,
-    pub hard_limit: f64,
-    pub max_sleep: Duration,
-    pub initial_concurrency: u32,
-    pub bytes_per_unit: f64,
-    pub request_timeout: Duration,
-    pub retained_drain_per_sec: f64,
-    pub group_private: bool,
-    pub connection_cost: f64,
-    pub error_cost: f64,
-    pub parse_error_cost: f64,
-    pub max_subscriptions_per_group: usize,
-    pub method_costs: HashMap<String, f64>,
-}
-
-/// Process-wide resource limits (`[limits]`); reloadable.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Bytes all Electrum sessions together may buffer (see `guard::memory`).
-    pub memory_budget: u64,
-}
-
-#[derive(Debug, Clone)]
-pub struct BanPolicy {
-    pub enabled: bool,
-    pub duration: Duration,
-    pub max_duration: Duration,
-    pub max_violations: u32,
-    /// Where bans are journaled; None = in memory only.
-    pub journal: Option<PathBuf>,
-    /// What may enter the ban table, and how automatic bans aggregate.
-    pub limits: crate::guard::bans::BanLimits,
-}
-
 /// Most Tokio worker threads `runtime.worker_threads` may ask for: more only costs memory and scheduling
 /// (the gateway is I/O-bound), and a typo such as `40000` would otherwise make the runtime fail to start.
 pub const MAX_WORKER_THREADS: usize = 1024;
-/// Smallest `max_line` accepted: below it a wallet's first request (`server.version`, about 80 bytes)
-/// would already be refused, so every client would be turned away.
-pub const MIN_MAX_LINE: u64 = 128;
-/// Smallest `max_pending_output` accepted: below it ordinary replies (a history, a chunk of headers) would
-/// count as a slow reader and cut every client that asks for them.
-pub const MIN_PENDING_OUTPUT: u64 = 64 * 1024;
-
-/// Admin clients are a handful of operators and scripts; more connections at once is a misbehaving client.
-pub const ADMIN_MAX_CONNECTIONS: usize = 64;
-/// Default of `[admin] max_connections_per_peer`: connections one address (or one uid, on a unix socket)
-/// may hold at once. A CLI, a scraper and a probe need a few; more is one local process hoarding slots.
-pub const DEFAULT_ADMIN_CONNECTIONS_PER_PEER: usize = 8;
-
-/// Default admin listen address: loopback, and not a port any blockchain daemon uses.
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminListen {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl fmt::Display for AdminListen {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AdminListen::Tcp(a) => write!(f, "{a}"),
-            AdminListen::Unix(p) => write!(f, "unix:{}", p.display()),
-        }
-    }
-}
-
-/// The admin bearer token. Its Debug form is redacted so a logged or printed config never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AdminToken(String);
-
-impl AdminToken {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("AdminToken(<redacted>)")
-    }
-}
-
-/// Shortest token accepted: anything shorter could be guessed by a local process trying tokens.
-pub const MIN_TOKEN_LEN: usize = 16;
-
-/// Reads a token file: content trimmed, at least [`MIN_TOKEN_LEN`] visible ASCII characters without
-/// spaces (what fits an `Authorization: Bearer` header). Errors never quote the content.
-pub fn read_token_file(path: &Path) -> Result<AdminToken, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
-    let t = text.trim();
-    if t.len() < MIN_TOKEN_LEN {
-        return Err(format!(
-            "token file {} holds {} characters; at least {MIN_TOKEN_LEN} are required",
-            path.display(),
-            t.len()
-        ));
-    }
-    if !t.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "token file {} must hold one token of visible ASCII characters without spaces",
-            path.display()
-        ));
-    }
-    Ok(AdminToken(t.to_string()))
-}
-
-#[derive(Debug, Clone)]
-pub struct AdminConfig {
-    pub enabled: bool,
-    pub listen: AdminListen,
-    pub token_file: Option<PathBuf>,
-    /// Present exactly when enabled.
-    pub token: Option<AdminToken>,
-    pub allow_remote: bool,
-    /// `GET /metrics` answers without the bearer token.
-    pub metrics_public: bool,
-    /// Connections one peer may hold at once (at most [`ADMIN_MAX_CONNECTIONS`]).
-    pub max_connections_per_peer: usize,
-}
-
-/// Default `min_line_rate`: 500 bytes per second, as Apache's mod_reqtimeout demands of request headers.
-pub const DEFAULT_MIN_LINE_RATE: Rate = Rate {
-    count: 500,
-    per: Duration::from_secs(1),
-};
-/// Default `line_grace`: time any request line gets before its rate is judged.
-pub const DEFAULT_LINE_GRACE: Duration = Duration::from_secs(20);
-/// Shortest `line_grace` accepted.
-pub const MIN_LINE_GRACE: Duration = Duration::from_secs(1);
-/// How deeply a client's JSON may nest arrays and objects: Electrum requests need 5 levels at most
-/// (a batched server.add_peer), and a Python backend's parser recurses once per level.
-pub const DEFAULT_MAX_NESTING: usize = 32;
-
-/// Protocol settings of one Electrum front.
-#[derive(Debug, Clone)]
-pub struct ElectrumSettings {
-    pub profile: Profile,
-    pub version_policy: VersionPolicy,
-    pub protocol_min: ProtoVersion,
-    pub protocol_max: ProtoVersion,
-    pub max_line: usize,
-    /// Bytes per second a partial request line must average once `line_grace` has passed (a line may
-    /// take `line_grace + its length / min_line_rate` to arrive); slower lines are a slowloris.
-    pub min_line_rate: Rate,
-    pub line_grace: Duration,
-    pub max_response: usize,
-    pub max_batch: usize,
-    /// Deeper messages are refused with -32600 and never forwarded.
-    pub max_nesting: usize,
-    pub extra_methods: Vec<String>,
-    pub banner: Option<String>,
-    pub max_subscriptions: usize,
-    pub max_pending_output: usize,
-    pub slow_reader_timeout: Duration,
-}
-
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub worker_threads: usize,
@@ -256,49 +103,6 @@ pub struct LogSettings {
     pub refusal_interval: Duration,
     /// Log file (resolved against the config's folder); None = stderr.
     pub file: Option<PathBuf>,
-}
-
-/// Connection-rate allowance: `rate` sustained, `burst` at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub rate: Rate,
-    pub burst: u32,
-}
-
-/// One level of admission rules (global or one front).
-#[derive(Debug, Clone)]
-pub struct Admission {
-    pub allow: CidrSet,
-    pub deny: CidrSet,
-    pub allowlist_only: bool,
-    pub max_connections: Option<usize>,
-    pub max_connections_per_ip: Option<usize>,
-    pub max_connections_per_group: Option<usize>,
-    pub group_prefix_v4: u8,
-    pub group_prefix_v6: u8,
-    pub rate_per_ip: Option<RateLimit>,
-    pub rate_per_group: Option<RateLimit>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Front {
-    pub name: String,
-    pub kind: FrontKind,
-    pub listen: Vec<SocketAddr>,
-    pub transport: Transport,
-    pub tls: Option<Arc<ServerConfig>>,
-    /// The certificates behind `tls`, reloaded when their files change.
-    pub cert_watch: Option<Arc<tls::CertWatch>>,
-    pub admission: Admission,
-    pub proxy_accept_from: CidrSet,
-    pub upstreams: Vec<SocketAddr>,
-    pub send_proxy: SendProxy,
-    pub connect_timeout: Duration,
-    pub retry_backoff: Duration,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
-    /// Present exactly for `kind = "electrum"` fronts.
-    pub electrum: Option<Arc<ElectrumSettings>>,
 }
 
 impl Config {
@@ -496,7 +300,7 @@ impl Validator<'_> {
             let extra = fronts
                 .iter()
                 .any(|f| f.electrum.as_ref().is_some_and(|e| e.extra_methods.contains(name)));
-            if !crate::electrum::methods::is_known(name) && !extra {
+            if !crate::front::electrum::methods::is_known(name) && !extra {
                 return Err(self.err(
                     format!("cost.methods.\"{name}\""),
                     None,
@@ -616,7 +420,7 @@ impl Validator<'_> {
     }
 
     fn limits(&self, l: &schema::RawLimits) -> Result<Limits, ConfigError> {
-        use crate::guard::memory::{DEFAULT_MEMORY_BUDGET, MIN_MEMORY_BUDGET};
+        use crate::state::memory::{DEFAULT_MEMORY_BUDGET, MIN_MEMORY_BUDGET};
         let memory_budget = l
             .memory_budget
             .as_ref()
@@ -771,8 +575,8 @@ impl Validator<'_> {
         &self,
         b: &schema::RawBans,
         global: &Admission,
-    ) -> Result<crate::guard::bans::BanLimits, ConfigError> {
-        let d = crate::guard::bans::BanLimits::default();
+    ) -> Result<crate::state::bans::BanLimits, ConfigError> {
+        let d = crate::state::bans::BanLimits::default();
         let pick = |v: &Option<Spanned<u8>>, default: u8| v.as_ref().map_or(default, |v| *v.get_ref());
         let v4 = pick(&b.min_prefix_v4, d.min_prefix_v4);
         let v6 = pick(&b.min_prefix_v6, d.min_prefix_v6);
@@ -810,7 +614,7 @@ impl Validator<'_> {
                 "must be 0 (never) or at least 2: 1 would ban a whole group for one address",
             ));
         }
-        Ok(crate::guard::bans::BanLimits {
+        Ok(crate::state::bans::BanLimits {
             min_prefix_v4: v4,
             min_prefix_v6: v6,
             group_prefix_v4: global.group_prefix_v4,

@@ -1,7 +1,11 @@
 //! The TOML schema as written by the operator. Every struct denies unknown keys so a typo is an error,
 //! not a silently ignored setting. Defaults live here so `conf/gatehouse.toml` and the code agree.
 
-use super::units::{ByteSize, Duration, Rate};
+use crate::front::electrum::settings::VersionPolicy;
+use crate::front::{FrontKind, Transport};
+use crate::telemetry::LogFormat;
+use crate::upstream::SendProxy;
+use crate::wire::units::{ByteSize, Duration, Rate};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -214,14 +218,6 @@ pub enum RawProfile {
     Kevacoin,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum VersionPolicy {
-    #[default]
-    Require,
-    Tolerate,
-}
-
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFrontElectrum {
@@ -283,14 +279,6 @@ impl Default for RawRuntime {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Human,
-    Json,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
@@ -349,38 +337,6 @@ pub struct RawAdmission {
     pub connect_burst_per_ip: Option<u32>,
     pub connect_rate_per_group: Option<Rate>,
     pub connect_burst_per_group: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum FrontKind {
-    Electrum,
-    Peer,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Tcp,
-    Tls,
-    /// WebSocket over plain TCP (Electrum port 50003).
-    Ws,
-    /// WebSocket over TLS (Electrum port 50004).
-    Wss,
-}
-
-impl Transport {
-    pub fn uses_tls(self) -> bool {
-        matches!(self, Transport::Tls | Transport::Wss)
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum SendProxy {
-    #[default]
-    None,
-    V2,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -70,7 +70,7 @@ pub fn run() -> i32 {
 }
 
 async fn demo() -> Result<(), String> {
-    crate::telemetry::init(&crate::config::LogFormat::Human, "warn");
+    crate::telemetry::init(&crate::telemetry::LogFormat::Human, "warn");
     let dir = std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let der = self_signed(&dir)?;

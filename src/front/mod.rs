@@ -2,13 +2,16 @@
 //! settings and upstream pool, and the session that runs for each admitted connection: the
 //! protocol-aware Electrum session, or an L4 relay for peer ports.
 
-use crate::config::{Front, FrontKind, Transport};
-use crate::electrum;
+pub mod electrum;
+pub mod relay;
+pub mod settings;
+
+use crate::front::relay::{Relay, RelayEnd};
 use crate::guard::Level;
 use crate::listen::Conn;
-use crate::relay::{Relay, RelayEnd};
 use crate::upstream::Pool;
 use crate::Shared;
+pub use settings::{Front, FrontKind, Transport};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -63,7 +66,13 @@ impl FrontState {
     pub fn with_level(level: Arc<Level>, cfg: Front) -> FrontState {
         FrontState {
             level,
-            pool: Pool::new(&cfg),
+            pool: Pool::new(
+                &cfg.name,
+                &cfg.upstreams,
+                cfg.connect_timeout,
+                cfg.retry_backoff,
+                cfg.send_proxy,
+            ),
             tls: cfg.tls.clone().map(TlsAcceptor::from),
             metrics: crate::telemetry::metrics::FrontMetrics::new(&cfg.name, cfg.tls.is_some()),
             cfg,

@@ -3,7 +3,7 @@
 //! Counters are written by every accept, so they are sharded: a flood from one address contends on one
 //! shard only, and no lock is ever held across an await.
 
-use crate::config::RateLimit;
+use super::policy::RateLimit;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::HashMap;

@@ -6,19 +6,14 @@
 //! as they are checked (governor has no dry run), so a connection refused by the group rate has
 //! still spent its own per-IP allowance: that only makes a flooding client wait longer.
 
-pub mod acl;
-pub mod addr;
-pub mod bans;
-pub mod cost;
-pub mod journal;
-pub mod journal_lock;
 pub mod limits;
-pub mod memory;
+pub mod policy;
 
-use crate::config::Admission;
+use crate::state::bans::BanTable;
+use crate::wire::addr;
 use arc_swap::ArcSwap;
-use bans::BanTable;
 use limits::{ConnectRate, KeyedCounts, TotalCount};
+pub use policy::{Admission, RateLimit};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -369,7 +364,7 @@ mod tests {
         .unwrap();
         Guard::new(
             cfg.admission,
-            Arc::new(BanTable::new(acl::CidrSet::default())),
+            Arc::new(BanTable::new(crate::wire::acl::CidrSet::default())),
             interval,
         )
     }

@@ -1,14 +1,14 @@
 //! Listening sockets and connection intake: accept, establish the client's identity (PROXY protocol from
 //! trusted load balancers), ask the guard, and terminate TLS. What comes out is an admitted [`Conn`].
 
-pub mod activation;
-pub mod proxy;
 pub mod stream;
 pub mod tls;
 
 use crate::front::{FrontSlot, FrontState};
 use crate::guard::{Permit, Refusal};
+use crate::sys::activation;
 use crate::telemetry::metrics::Handshake;
+use crate::wire::proxy;
 use crate::Shared;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{IpAddr, SocketAddr};
@@ -71,7 +71,7 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<FrontSlot>, shared: Ar
             }
         };
         let accepted_at = Instant::now();
-        let peer = SocketAddr::new(crate::guard::addr::canonical(peer.ip()), peer.port());
+        let peer = SocketAddr::new(crate::wire::addr::canonical(peer.ip()), peer.port());
         let local = match sock.local_addr() {
             Ok(a) => a,
             Err(_) => continue,
@@ -148,11 +148,11 @@ async fn intake_proxied(
     // LOCAL / UNKNOWN: the balancer speaks for itself (health checks), so it is the client.
     let client = header
         .source
-        .map(|s| SocketAddr::new(crate::guard::addr::canonical(s.ip()), s.port()))
+        .map(|s| SocketAddr::new(crate::wire::addr::canonical(s.ip()), s.port()))
         .unwrap_or(peer);
     let local = header
         .destination
-        .map(|d| SocketAddr::new(crate::guard::addr::canonical(d.ip()), d.port()))
+        .map(|d| SocketAddr::new(crate::wire::addr::canonical(d.ip()), d.port()))
         .unwrap_or(local);
     let permit = match shared.guard.admit(&front.level, client.ip()) {
         Ok(p) => p,

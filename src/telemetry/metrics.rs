@@ -7,7 +7,7 @@
 //!   kept ([`FrontMetrics`], [`UpstreamMetrics`], the request matrix), so counting is one relaxed atomic
 //!   add: no lock, no allocation, no map lookup per request or connection.
 //! - **Values read at scrape time** from the running gateway ([`Live`]): open connections per front,
-//!   refusals by reason (the guard's own counters), ban counts ([`crate::guard::bans::BanTable::stats`])
+//!   refusals by reason (the guard's own counters), ban counts ([`crate::state::bans::BanTable::stats`])
 //!   and upstream up/down ([`crate::upstream::Pool::is_up`]). Nothing is counted twice.
 //!
 //! Labels are only ever a front's name, an upstream's position in its front ("0", "1", …), a reason, a

@@ -1,13 +1,20 @@
 //! Backend pools: upstreams tried in order, failing over on connect errors. An upstream that fails is
 //! marked down for a back-off so every client does not pay its connect timeout again.
 
-use crate::config::{Front, SendProxy};
-use crate::listen::proxy;
+use crate::wire::proxy;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxy {
+    #[default]
+    None,
+    V2,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -31,10 +38,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(front: &Front) -> Pool {
+    /// A pool over `upstreams`, tried in order; `name` labels its metrics.
+    pub fn new(
+        name: &str,
+        upstreams: &[SocketAddr],
+        connect_timeout: Duration,
+        backoff: Duration,
+        send_proxy: SendProxy,
+    ) -> Pool {
         Pool {
-            targets: front
-                .upstreams
+            targets: upstreams
                 .iter()
                 .map(|&addr| Target {
                     addr,
@@ -42,10 +55,10 @@ impl Pool {
                 })
                 .collect(),
             epoch: Instant::now(),
-            connect_timeout: front.connect_timeout,
-            backoff: front.retry_backoff,
-            send_proxy: front.send_proxy,
-            metrics: crate::telemetry::metrics::UpstreamMetrics::new(&front.name, front.upstreams.len()),
+            connect_timeout,
+            backoff,
+            send_proxy,
+            metrics: crate::telemetry::metrics::UpstreamMetrics::new(name, upstreams.len()),
         }
     }
 

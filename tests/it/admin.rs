@@ -3,7 +3,7 @@
 //! every slot.
 
 use crate::common::{self, connect_from, RELAXED};
-use gatehouse::config::AdminListen;
+use gatehouse::admin::AdminListen;
 use gatehouse::Running;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -3,7 +3,8 @@
 //! dead, compaction keeps the live set, and the API's auth and error answers.
 
 use crate::common::{self, echo_backend, is_refused};
-use gatehouse::config::{AdminListen, Config};
+use gatehouse::admin::AdminListen;
+use gatehouse::config::Config;
 use gatehouse::Running;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -390,7 +391,7 @@ async fn admin_api_on_a_unix_socket() {
     assert_eq!(running.admin_addr(), Some(&AdminListen::Unix(sock.clone())));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
-    let token = gatehouse::config::read_token_file(&dir.path().join("admin.token")).unwrap();
+    let token = gatehouse::admin::settings::read_token_file(&dir.path().join("admin.token")).unwrap();
     let target = AdminListen::Unix(sock.clone());
     let body = json!({"prefix": "127.0.0.2", "duration": "10m", "reason": "unix"});
     let r = gatehouse::admin::client::request(&target, &token, hyper::Method::POST, "/v1/bans", Some(body))

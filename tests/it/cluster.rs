@@ -33,7 +33,7 @@ async fn a_ban_on_one_gateway_is_enforced_by_all_and_lifted_by_any() {
     let admins: Vec<SocketAddr> = gateways
         .iter()
         .map(|g| match g.admin_addr() {
-            Some(gatehouse::config::AdminListen::Tcp(a)) => *a,
+            Some(gatehouse::admin::AdminListen::Tcp(a)) => *a,
             other => panic!("admin not on TCP: {other:?}"),
         })
         .collect();

@@ -183,7 +183,7 @@ async fn a_ban_through_redis_is_enforced_by_all_and_lifted_by_any() {
 
     // Status and metrics name the backend and its connection.
     let admin = match a.admin_addr() {
-        Some(gatehouse::config::AdminListen::Tcp(a)) => *a,
+        Some(gatehouse::admin::AdminListen::Tcp(a)) => *a,
         other => panic!("admin not on TCP: {other:?}"),
     };
     let v: serde_json::Value = serde_json::from_str(&common::admin_get(admin, TOKEN, "/v1/cluster").await).unwrap();
@@ -446,7 +446,7 @@ async fn abuse_cost_is_shared_through_redis() {
 async fn cost_reports_through_redis_must_be_signed_by_a_listed_node_and_new() {
     use gatehouse::cluster::cost::SignedCostReport;
     use gatehouse::cluster::redis::cost_channel;
-    use gatehouse::guard::cost::GroupCost;
+    use gatehouse::state::cost::GroupCost;
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let backend = crate::electrum_cost::stub_backend(&[]).await;

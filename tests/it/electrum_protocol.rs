@@ -877,7 +877,7 @@ async fn ids_come_back_byte_for_byte_and_policy_holds_whatever_the_backend_does_
     assert_eq!(code(&serde_json::from_str(&line).unwrap()), Some(-102), "{line}");
 
     // Every stray reply was dropped, and counted.
-    let Some(gatehouse::config::AdminListen::Tcp(admin)) = running.admin_addr() else {
+    let Some(gatehouse::admin::AdminListen::Tcp(admin)) = running.admin_addr() else {
         panic!("no admin listener")
     };
     let metrics = common::admin_get(*admin, "ids-token-0123456789abcdef", "/metrics").await;

@@ -8,7 +8,7 @@ use crate::common::{self, RELAXED};
 use crate::electrum_cost::{stub_backend, Client};
 use crate::electrum_transport::{flood_backend, FloodEnd};
 use futures_util::{SinkExt, StreamExt};
-use gatehouse::config::AdminListen;
+use gatehouse::admin::AdminListen;
 use gatehouse::Running;
 use serde_json::Value;
 use std::net::SocketAddr;

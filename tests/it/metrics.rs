@@ -7,7 +7,7 @@
 //! assertions compare this test's own fronts (unique names) or use "increased by at least".
 
 use crate::common::{self, echo_backend, RELAXED};
-use gatehouse::config::AdminListen;
+use gatehouse::admin::AdminListen;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

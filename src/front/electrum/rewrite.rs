@@ -68,7 +68,7 @@ pub fn peers(reply: &[u8], backends: &[SocketAddr]) -> Option<String> {
 }
 
 fn is_public(ip: IpAddr) -> bool {
-    match crate::guard::addr::canonical(ip) {
+    match crate::wire::addr::canonical(ip) {
         IpAddr::V4(a) => {
             !(a.is_private()
                 || a.is_loopback()

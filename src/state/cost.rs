@@ -15,8 +15,8 @@
 //! its group's lock and each member's lock in turn, so the charge path costs O(members of the group) and never
 //! touches a lock shared by unrelated clients.
 
-use crate::guard::acl::CidrSet;
-use crate::guard::addr;
+use crate::wire::acl::CidrSet;
+use crate::wire::addr;
 use arc_swap::ArcSwap;
 use futures_util::task::AtomicWaker;
 use std::collections::HashMap;
@@ -27,6 +27,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+/// Electrum cost model settings (DESIGN §3), shared by every Electrum front.
+#[derive(Debug, Clone)]
+pub struct CostConfig {
+    pub soft_limit: f64,
+    pub hard_limit: f64,
+    pub max_sleep: Duration,
+    pub initial_concurrency: u32,
+    pub bytes_per_unit: f64,
+    pub request_timeout: Duration,
+    pub retained_drain_per_sec: f64,
+    pub group_private: bool,
+    pub connection_cost: f64,
+    pub error_cost: f64,
+    pub parse_error_cost: f64,
+    pub max_subscriptions_per_group: usize,
+    pub method_costs: HashMap<String, f64>,
+}
 
 /// Time source, so tests can advance time. Monotonic, as a Duration since an arbitrary epoch.
 pub trait Clock: Send + Sync + 'static {

@@ -11,7 +11,7 @@
 //! then sees a line one byte too long and treats it exactly as on tcp.
 
 use super::session::ClientIo;
-use crate::relay::{give_buf, take_buf};
+use crate::wire::buf::{give_buf, take_buf};
 use futures_util::{Sink, Stream};
 use std::io;
 use std::pin::Pin;

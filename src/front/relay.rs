@@ -5,7 +5,7 @@
 //! buffer at all, and buffers come from a small per-thread pool. Backpressure is natural: a direction
 //! does not read again until its buffer has been written out.
 
-use std::cell::RefCell;
+use crate::wire::buf::{give_buf, take_buf};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -13,29 +13,6 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-
-/// One TLS record's worth of plaintext: large enough that bulk transfers are not syscall-bound.
-const BUF_SIZE: usize = 16 * 1024;
-/// Buffers kept per thread for reuse; beyond this they are freed.
-const POOL_MAX: usize = 256;
-
-thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
-}
-
-pub(crate) fn take_buf() -> Box<[u8]> {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
-}
-
-pub(crate) fn give_buf(b: Box<[u8]>) {
-    POOL.with(|p| {
-        let mut p = p.borrow_mut();
-        if p.len() < POOL_MAX {
-            p.push(b);
-        }
-    });
-}
 
 /// Why a relay ended.
 #[derive(Debug)]

@@ -25,9 +25,9 @@
 //! sent once they are journaled and applied; remote statements never appear on it, so nothing echoes.
 //! The feed is sent under the writers' lock, so its order is the version order.
 
-use super::acl::{CidrSet, PrefixMap};
 use super::journal::{self, CompactPolicy, Entry, Journal, JournalError};
 pub use super::journal::{Entry as Statement, Op};
+use crate::wire::acl::{CidrSet, PrefixMap};
 use arc_swap::ArcSwap;
 use ipnetwork::{IpNetwork, Ipv4Network};
 use std::collections::HashMap;
@@ -37,6 +37,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
+
+#[derive(Debug, Clone)]
+pub struct BanPolicy {
+    pub enabled: bool,
+    pub duration: Duration,
+    pub max_duration: Duration,
+    pub max_violations: u32,
+    /// Where bans are journaled; None = in memory only.
+    pub journal: Option<PathBuf>,
+    /// What may enter the ban table, and how automatic bans aggregate.
+    pub limits: BanLimits,
+}
 
 /// Origin of statements made by this gateway (until cluster nodes have names).
 pub const LOCAL_ORIGIN: &str = "local";
@@ -896,7 +908,7 @@ impl BanTable {
     /// for a burst), and a journal failure is logged rather than stopping the ban, since a ban only
     /// lost at the next restart beats no ban.
     pub fn ban_offender(&self, ip: IpAddr, base: Duration, max: Duration, reason: &str) -> Option<Duration> {
-        let ip = super::addr::canonical(ip);
+        let ip = crate::wire::addr::canonical(ip);
         let limits = self.limits();
         let target = limits.automatic(ip);
         let allow = self.allow.load();
@@ -1274,7 +1286,7 @@ mod tests {
     use super::*;
 
     fn net(s: &str) -> IpNetwork {
-        crate::guard::acl::parse_cidr(s).unwrap()
+        crate::wire::acl::parse_cidr(s).unwrap()
     }
 
     fn ip(s: &str) -> IpAddr {

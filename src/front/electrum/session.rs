@@ -11,12 +11,14 @@
 use super::frame::{Frame, LineDecoder};
 use super::jsonrpc::{self, Incoming, Message, ParseError, Request};
 use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
-use crate::config::{BanPolicy, CostConfig, ElectrumSettings, VersionPolicy};
+use super::settings::{ElectrumSettings, VersionPolicy};
 use crate::front::FrontState;
-use crate::guard::cost::{Account, Throttle};
-use crate::guard::memory::Charge;
-use crate::relay::{give_buf, take_buf};
+use crate::state::bans::BanPolicy;
+use crate::state::cost::CostConfig;
+use crate::state::cost::{Account, Throttle};
+use crate::state::memory::Charge;
 use crate::telemetry::metrics::{self, Class, ReqResult};
+use crate::wire::buf::{give_buf, take_buf};
 use crate::Shared;
 use serde_json::value::RawValue;
 use std::collections::VecDeque;

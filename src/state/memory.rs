@@ -19,6 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// Process-wide resource limits (`[limits]`); reloadable.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Bytes all Electrum sessions together may buffer (see [`MemoryBudget`]).
+    pub memory_budget: u64,
+}
+
 /// The budget unless `[limits] memory_budget` says otherwise: a quarter of a 1 GiB VPS, which also runs
 /// the indexer. With the default caps, an ordinary wallet session holds a few KiB at most.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;

@@ -107,7 +107,7 @@ impl Entry {
             return Err(LineError::Checksum);
         }
         let w: Wire = serde_json::from_slice(json).map_err(|e| LineError::Json(e.to_string()))?;
-        let prefix = crate::guard::acl::parse_cidr(&w.prefix).map_err(|e| LineError::Prefix(e.to_string()))?;
+        let prefix = crate::wire::acl::parse_cidr(&w.prefix).map_err(|e| LineError::Prefix(e.to_string()))?;
         Ok(Entry {
             op: w.op,
             prefix,
@@ -166,7 +166,7 @@ pub struct DroppedLine {
 pub enum JournalError {
     #[error("ban journal {path}: cannot open: {source}")]
     Open { path: PathBuf, source: std::io::Error },
-    #[error("ban journal {path}: cannot lock {}: {source}", super::journal_lock::lock_path(path).display())]
+    #[error("ban journal {path}: cannot lock {}: {source}", crate::sys::journal_lock::lock_path(path).display())]
     Lock { path: PathBuf, source: std::io::Error },
     #[error("ban journal {path}: cannot read: {source}")]
     Read { path: PathBuf, source: std::io::Error },
@@ -216,7 +216,7 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     /// This process's claim on the journal (see `journal_lock`).
-    _lock: super::journal_lock::JournalLock,
+    _lock: crate::sys::journal_lock::JournalLock,
     /// Bytes and lines of the file as written and synced.
     bytes: u64,
     lines: u64,
@@ -275,8 +275,8 @@ impl Journal {
             source,
         };
         // Before reading: what another process appends or compacts meanwhile would be lost.
-        let lock_file = super::journal_lock::open(path).map_err(open_err)?;
-        let lock = super::journal_lock::lock(lock_file, path).map_err(|source| JournalError::Lock {
+        let lock_file = crate::sys::journal_lock::open(path).map_err(open_err)?;
+        let lock = crate::sys::journal_lock::lock(lock_file, path).map_err(|source| JournalError::Lock {
             path: path.to_path_buf(),
             source,
         })?;

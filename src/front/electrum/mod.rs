@@ -6,4 +6,5 @@ pub mod jsonrpc;
 pub mod methods;
 pub mod rewrite;
 pub mod session;
+pub mod settings;
 pub mod ws;

@@ -1,0 +1,57 @@
+//! Protocol settings of an Electrum front, with their bounds and defaults.
+
+use super::methods::{Profile, ProtoVersion};
+use crate::wire::units::Rate;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Smallest `max_line` accepted: below it a wallet's first request (`server.version`, about 80 bytes)
+/// would already be refused, so every client would be turned away.
+pub const MIN_MAX_LINE: u64 = 128;
+/// Smallest `max_pending_output` accepted: below it ordinary replies (a history, a chunk of headers) would
+/// count as a slow reader and cut every client that asks for them.
+pub const MIN_PENDING_OUTPUT: u64 = 64 * 1024;
+
+/// Default `min_line_rate`: 500 bytes per second, as Apache's mod_reqtimeout demands of request headers.
+pub const DEFAULT_MIN_LINE_RATE: Rate = Rate {
+    count: 500,
+    per: Duration::from_secs(1),
+};
+/// Default `line_grace`: time any request line gets before its rate is judged.
+pub const DEFAULT_LINE_GRACE: Duration = Duration::from_secs(20);
+/// Shortest `line_grace` accepted.
+pub const MIN_LINE_GRACE: Duration = Duration::from_secs(1);
+/// How deeply a client's JSON may nest arrays and objects: Electrum requests need 5 levels at most
+/// (a batched server.add_peer), and a Python backend's parser recurses once per level.
+pub const DEFAULT_MAX_NESTING: usize = 32;
+
+/// Protocol settings of one Electrum front.
+#[derive(Debug, Clone)]
+pub struct ElectrumSettings {
+    pub profile: Profile,
+    pub version_policy: VersionPolicy,
+    pub protocol_min: ProtoVersion,
+    pub protocol_max: ProtoVersion,
+    pub max_line: usize,
+    /// Bytes per second a partial request line must average once `line_grace` has passed (a line may
+    /// take `line_grace + its length / min_line_rate` to arrive); slower lines are a slowloris.
+    pub min_line_rate: Rate,
+    pub line_grace: Duration,
+    pub max_response: usize,
+    pub max_batch: usize,
+    /// Deeper messages are refused with -32600 and never forwarded.
+    pub max_nesting: usize,
+    pub extra_methods: Vec<String>,
+    pub banner: Option<String>,
+    pub max_subscriptions: usize,
+    pub max_pending_output: usize,
+    pub slow_reader_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionPolicy {
+    #[default]
+    Require,
+    Tolerate,
+}

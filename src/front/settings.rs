@@ -1,0 +1,57 @@
+//! The settings of one front: what it listens on, how it admits, its TLS and its upstreams.
+
+use super::electrum::settings::ElectrumSettings;
+use crate::guard::Admission;
+use crate::listen::tls;
+use crate::upstream::SendProxy;
+use crate::wire::acl::CidrSet;
+use rustls::ServerConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Front {
+    pub name: String,
+    pub kind: FrontKind,
+    pub listen: Vec<SocketAddr>,
+    pub transport: Transport,
+    pub tls: Option<Arc<ServerConfig>>,
+    /// The certificates behind `tls`, reloaded when their files change.
+    pub cert_watch: Option<Arc<tls::CertWatch>>,
+    pub admission: Admission,
+    pub proxy_accept_from: CidrSet,
+    pub upstreams: Vec<SocketAddr>,
+    pub send_proxy: SendProxy,
+    pub connect_timeout: Duration,
+    pub retry_backoff: Duration,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Present exactly for `kind = "electrum"` fronts.
+    pub electrum: Option<Arc<ElectrumSettings>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FrontKind {
+    Electrum,
+    Peer,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Tls,
+    /// WebSocket over plain TCP (Electrum port 50003).
+    Ws,
+    /// WebSocket over TLS (Electrum port 50004).
+    Wss,
+}
+
+impl Transport {
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+}

@@ -1,0 +1,7 @@
+//! Operating-system glue, the only place with `unsafe`: socket activation, sd_notify, the journal's
+//! fcntl lock and the open-file limit.
+
+pub mod activation;
+pub mod journal_lock;
+pub mod rlimit;
+pub mod sdnotify;

@@ -1,0 +1,8 @@
+//! Pure codecs and value formats, with no gateway state: the PROXY header, unit-carrying values, address
+//! prefix sets, address canonicalisation and the relay's buffer pool.
+
+pub mod acl;
+pub mod addr;
+pub mod buf;
+pub mod proxy;
+pub mod units;
