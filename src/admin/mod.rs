@@ -6,6 +6,8 @@
 //! audit line (target `gatehouse::audit`) naming the peer, the action and the result, never the token.
 
 pub mod client;
+pub mod live;
+pub mod reload;
 pub mod settings;
 
 use crate::state::bans::{BanError, BanRecord, BanTable};
@@ -62,11 +64,11 @@ pub struct AdminState {
     /// Cancelled when the gateway stops accepting: from then on it is not ready.
     stop_accepting: CancellationToken,
     /// The gateway state `/metrics` reads at scrape time; without it only process-wide series are shown.
-    metrics: Option<crate::telemetry::metrics::Live>,
+    metrics: Option<live::Live>,
     /// `/metrics` answers without the token.
     metrics_public: bool,
     /// Where `POST /v1/reload` asks the process that owns the configuration file to reload it.
-    reload: Option<tokio::sync::mpsc::Sender<crate::ReloadRequest>>,
+    reload: Option<tokio::sync::mpsc::Sender<reload::ReloadRequest>>,
     /// The cluster links, when this gateway is part of a cluster.
     cluster: Option<crate::cluster::StatusHandle>,
     /// Connections one peer may hold at once.
@@ -87,7 +89,7 @@ impl AdminState {
     }
 
     /// Lets `POST /v1/reload` send requests to whoever owns the configuration file.
-    pub fn with_reload(mut self, tx: tokio::sync::mpsc::Sender<crate::ReloadRequest>) -> AdminState {
+    pub fn with_reload(mut self, tx: tokio::sync::mpsc::Sender<reload::ReloadRequest>) -> AdminState {
         self.reload = Some(tx);
         self
     }
@@ -106,7 +108,7 @@ impl AdminState {
     }
 
     /// Serves the gateway's live values at `/metrics`; `public` lets it answer without the token.
-    pub fn with_metrics(mut self, live: crate::telemetry::metrics::Live, public: bool) -> AdminState {
+    pub fn with_metrics(mut self, live: live::Live, public: bool) -> AdminState {
         self.metrics = Some(live);
         self.metrics_public = public;
         self
@@ -597,7 +599,12 @@ fn cluster_status(state: &AdminState) -> serde_json::Value {
 }
 
 fn metrics(state: &AdminState) -> Reply {
-    let text = crate::telemetry::metrics::render(state.metrics.as_ref());
+    let text = crate::telemetry::metrics::render(
+        state
+            .metrics
+            .as_ref()
+            .map(|l| l as &dyn crate::telemetry::metrics::LiveSource),
+    );
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(
         CONTENT_TYPE,

@@ -479,7 +479,7 @@ struct Inner {
     /// Under the Redis backend: where `broadcast` hands statements for Redis.
     redis: Option<redis::RedisLink>,
     /// The gateway's refusal log gate, once attached (see [`Cluster::gate_refusal_logs`]).
-    refusal_log: std::sync::OnceLock<Arc<crate::guard::RefusalLog>>,
+    refusal_log: std::sync::OnceLock<Arc<crate::telemetry::log_gate::RefusalLog>>,
 }
 
 /// The log gate's address for what arrives without one of its own (messages read from Redis, records
@@ -675,7 +675,7 @@ impl Cluster {
 
     /// Logs refused links and rejected messages through the gateway's refusal gate (once per address and
     /// reason per `log.refusal_interval`), so a flood of them cannot flood the log. Later calls do nothing.
-    pub fn gate_refusal_logs(&self, log: Arc<crate::guard::RefusalLog>) {
+    pub fn gate_refusal_logs(&self, log: Arc<crate::telemetry::log_gate::RefusalLog>) {
         let _ = self.inner.refusal_log.set(log);
     }
 

@@ -21,7 +21,7 @@ use crate::admin::settings::*;
 use crate::front::electrum::methods::{Profile, ProtoVersion};
 use crate::front::electrum::settings::*;
 use crate::front::{Front, FrontKind, Transport};
-use crate::guard::{Admission, RateLimit};
+use crate::guard::policy::*;
 use crate::state::bans::BanPolicy;
 use crate::state::cost::CostConfig;
 use crate::state::memory::Limits;
@@ -525,7 +525,7 @@ impl Validator<'_> {
         };
         let max_line = at_least(&e.max_line, "max_line", MIN_MAX_LINE)?;
         let max_pending_output = at_least(&e.max_pending_output, "max_pending_output", MIN_PENDING_OUTPUT)?;
-        let max_batch = e.max_batch.unwrap_or(200);
+        let max_batch = e.max_batch.unwrap_or(DEFAULT_MAX_BATCH);
         if max_batch == 0 {
             return Err(self.err(format!("{key}.max_batch"), None, "must be at least 1"));
         }
@@ -553,7 +553,7 @@ impl Validator<'_> {
             version_policy: e.version_policy,
             protocol_min,
             protocol_max,
-            max_line: max_line.unwrap_or(1_000_000),
+            max_line: max_line.unwrap_or(DEFAULT_MAX_LINE),
             min_line_rate: e.min_line_rate.unwrap_or(DEFAULT_MIN_LINE_RATE),
             line_grace,
             max_response: e
@@ -563,8 +563,8 @@ impl Validator<'_> {
             max_nesting,
             extra_methods: e.extra_methods.clone(),
             banner: e.banner.clone(),
-            max_subscriptions: e.max_subscriptions.unwrap_or(50_000),
-            max_pending_output: max_pending_output.unwrap_or(8 << 20),
+            max_subscriptions: e.max_subscriptions.unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS),
+            max_pending_output: max_pending_output.unwrap_or(DEFAULT_MAX_PENDING_OUTPUT),
             slow_reader_timeout: e
                 .slow_reader_timeout
                 .map_or(std::time::Duration::from_secs(20), |d| d.0),
@@ -792,7 +792,9 @@ impl Validator<'_> {
         self.cidr_files(&format!("{key}.allow_files"), &a.allow_files, &mut allow)?;
         let mut deny = self.cidrs(&format!("{key}.deny"), &a.deny)?;
         self.cidr_files(&format!("{key}.deny_files"), &a.deny_files, &mut deny)?;
-        let (dv4, dv6) = parent.map_or((24, 48), |p| (p.group_prefix_v4, p.group_prefix_v6));
+        let (dv4, dv6) = parent.map_or((DEFAULT_GROUP_PREFIX_V4, DEFAULT_GROUP_PREFIX_V6), |p| {
+            (p.group_prefix_v4, p.group_prefix_v6)
+        });
         let v4 = a.group_prefix_v4.unwrap_or(dv4);
         let v6 = a.group_prefix_v6.unwrap_or(dv6);
         if v4 > 32 {
@@ -837,21 +839,16 @@ impl Validator<'_> {
                 (None, None) => Ok(dflt),
             }
         };
-        let default_ip_rate = global.then_some(RateLimit {
-            rate: Rate {
-                count: 10,
-                per: Duration::from_secs(1),
-            },
-            burst: 20,
-        });
+        let default_ip_rate = global.then_some(DEFAULT_RATE_PER_IP);
         Ok(Admission {
             allow: CidrSet::from_nets(allow),
             deny: CidrSet::from_nets(deny),
             allowlist_only: a.allowlist_only,
-            max_connections: cap(&a.max_connections, "max_connections")?.or(global.then_some(20_000)),
-            max_connections_per_ip: cap(&a.max_connections_per_ip, "max_connections_per_ip")?.or(global.then_some(32)),
+            max_connections: cap(&a.max_connections, "max_connections")?.or(global.then_some(DEFAULT_MAX_CONNECTIONS)),
+            max_connections_per_ip: cap(&a.max_connections_per_ip, "max_connections_per_ip")?
+                .or(global.then_some(DEFAULT_MAX_CONNECTIONS_PER_IP)),
             max_connections_per_group: cap(&a.max_connections_per_group, "max_connections_per_group")?
-                .or(global.then_some(256)),
+                .or(global.then_some(DEFAULT_MAX_CONNECTIONS_PER_GROUP)),
             group_prefix_v4: v4,
             group_prefix_v6: v6,
             rate_per_ip: rate(

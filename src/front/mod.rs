@@ -2,19 +2,25 @@
 //! settings and upstream pool, and the session that runs for each admitted connection: the
 //! protocol-aware Electrum session, or an L4 relay for peer ports.
 
+pub mod drain;
 pub mod electrum;
 pub mod relay;
 pub mod settings;
 
+pub use drain::Drain;
+
 use crate::front::relay::{Relay, RelayEnd};
 use crate::guard::Level;
-use crate::listen::Conn;
+use crate::listen::{Conn, Door, Handler};
+use crate::telemetry::metrics::FrontMetrics;
 use crate::upstream::Pool;
-use crate::Shared;
+use crate::wire::acl::CidrSet;
 pub use settings::{Front, FrontKind, Transport};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_rustls::TlsAcceptor;
 
 /// The current version of a front. A reload stores a new [`FrontState`] here; accept loops read it per
@@ -23,6 +29,23 @@ pub struct FrontSlot {
     pub state: arc_swap::ArcSwap<FrontState>,
     /// Cancelled when a reload removes the front (or moves its listeners): its accept loops end.
     pub stop: tokio_util::sync::CancellationToken,
+}
+
+impl Door for FrontSlot {
+    fn current(&self) -> Arc<dyn Handler> {
+        self.state.load_full()
+    }
+
+    fn stopped(&self) -> &tokio_util::sync::CancellationToken {
+        &self.stop
+    }
+}
+
+/// What a front's sessions share with the rest of the gateway: the drain signal and the Electrum state.
+#[derive(Clone)]
+pub struct FrontHandles {
+    pub drain: Arc<Drain>,
+    pub electrum: Arc<electrum::Handles>,
 }
 
 impl FrontSlot {
@@ -40,7 +63,8 @@ pub struct FrontState {
     pub pool: Pool,
     pub tls: Option<TlsAcceptor>,
     /// Pre-registered metric handles of this front.
-    pub metrics: crate::telemetry::metrics::FrontMetrics,
+    pub metrics: FrontMetrics,
+    pub handles: FrontHandles,
 }
 
 /// Everything the one log line about a closed connection says.
@@ -57,13 +81,13 @@ pub struct CloseLine<'a> {
 }
 
 impl FrontState {
-    pub fn new(cfg: Front) -> FrontState {
-        Self::with_level(Level::new(cfg.admission.clone()), cfg)
+    pub fn new(cfg: Front, handles: FrontHandles) -> FrontState {
+        Self::with_level(Level::new(cfg.admission.clone()), cfg, handles)
     }
 
     /// A new version of a front that keeps the connection counts of `level`, so caps hold across a
     /// reload. The caller applies the new admission rules (`level.set_policy`) when it commits.
-    pub fn with_level(level: Arc<Level>, cfg: Front) -> FrontState {
+    pub fn with_level(level: Arc<Level>, cfg: Front, handles: FrontHandles) -> FrontState {
         FrontState {
             level,
             pool: Pool::new(
@@ -74,20 +98,21 @@ impl FrontState {
                 cfg.send_proxy,
             ),
             tls: cfg.tls.clone().map(TlsAcceptor::from),
-            metrics: crate::telemetry::metrics::FrontMetrics::new(&cfg.name, cfg.tls.is_some()),
+            metrics: FrontMetrics::new(&cfg.name, cfg.tls.is_some()),
+            handles,
             cfg,
         }
     }
 
     /// Runs one admitted connection to its end and logs one line about it.
-    pub async fn serve(&self, conn: Conn, shared: &Shared) {
+    pub async fn serve(&self, conn: Conn) {
         match self.cfg.kind {
-            FrontKind::Electrum => self.serve_electrum(conn, shared).await,
-            FrontKind::Peer => self.serve_relay(conn, shared).await,
+            FrontKind::Electrum => self.serve_electrum(conn).await,
+            FrontKind::Peer => self.serve_relay(conn).await,
         }
     }
 
-    async fn serve_electrum(&self, mut conn: Conn, shared: &Shared) {
+    async fn serve_electrum(&self, mut conn: Conn) {
         let tls = conn.stream.tls_version();
         let mut line = CloseLine {
             client: conn.client,
@@ -100,7 +125,11 @@ impl FrontState {
             requests: None,
         };
         let out = if matches!(self.cfg.transport, Transport::Ws | Transport::Wss) {
-            let max = self.cfg.electrum.as_ref().map_or(1_000_000, |e| e.max_line);
+            let max = self
+                .cfg
+                .electrum
+                .as_ref()
+                .map_or(electrum::settings::DEFAULT_MAX_LINE, |e| e.max_line);
             let deadline = tokio::time::Instant::from_std(conn.accepted_at + self.cfg.handshake_timeout);
             let mut ws = match tokio::time::timeout_at(deadline, electrum::ws::accept(conn.stream, max)).await {
                 Ok(Ok(ws)) => ws,
@@ -114,9 +143,9 @@ impl FrontState {
                     return self.log_close(&line);
                 }
             };
-            electrum::session::run(&mut ws, conn.client, conn.local, self, shared).await
+            electrum::session::run(&mut ws, conn.client, conn.local, self, &self.handles.electrum).await
         } else {
-            electrum::session::run(&mut conn.stream, conn.client, conn.local, self, shared).await
+            electrum::session::run(&mut conn.stream, conn.client, conn.local, self, &self.handles.electrum).await
         };
         line.bytes_in = out.bytes_in;
         line.bytes_out = out.bytes_out;
@@ -125,7 +154,7 @@ impl FrontState {
         self.log_close(&line);
     }
 
-    async fn serve_relay(&self, mut conn: Conn, shared: &Shared) {
+    async fn serve_relay(&self, mut conn: Conn) {
         let mut line = CloseLine {
             client: conn.client,
             via: conn.via,
@@ -147,7 +176,7 @@ impl FrontState {
         let mut relay = Relay::new(&mut conn.stream, &mut upstream, self.cfg.idle_timeout);
         let end = tokio::select! {
             end = &mut relay => Some(end),
-            _ = shared.drain_signal(conn.client) => None,
+            _ = self.handles.drain.signal(conn.client) => None,
         };
         line.bytes_in = relay.bytes_in();
         line.bytes_out = relay.bytes_out();
@@ -189,5 +218,40 @@ impl FrontState {
             reason,
             requests: None,
         });
+    }
+}
+
+/// The listener's view of a front: what intake needs, and the session it hands the connection to.
+impl Handler for FrontState {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn level(&self) -> &Arc<Level> {
+        &self.level
+    }
+
+    fn proxy_accept_from(&self) -> &CidrSet {
+        &self.cfg.proxy_accept_from
+    }
+
+    fn handshake_timeout(&self) -> Duration {
+        self.cfg.handshake_timeout
+    }
+
+    fn tls(&self) -> Option<&TlsAcceptor> {
+        self.tls.as_ref()
+    }
+
+    fn metrics(&self) -> &FrontMetrics {
+        &self.metrics
+    }
+
+    fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: &str) {
+        FrontState::log_early_close(self, client, via, since, reason)
+    }
+
+    fn serve(self: Arc<Self>, conn: Conn) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move { FrontState::serve(&self, conn).await })
     }
 }

@@ -10,15 +10,15 @@ pub mod limits;
 pub mod policy;
 
 use crate::state::bans::BanTable;
+pub use crate::telemetry::log_gate::RefusalLog;
 use crate::wire::addr;
 use arc_swap::ArcSwap;
 use limits::{ConnectRate, KeyedCounts, TotalCount};
 pub use policy::{Admission, RateLimit};
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Why a connection was refused. The string form is what logs and metrics show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -155,27 +155,6 @@ pub struct Guard {
     refusal_log: Arc<RefusalLog>,
 }
 
-/// The refusal log gate: a refusal is logged at most once per (address, reason) per interval, so a flood
-/// produces one line per offender instead of one per connection. The fronts and the cluster share it.
-pub struct RefusalLog {
-    shards: Box<[Mutex<GateShard>]>,
-    interval: Duration,
-}
-
-/// Bound on remembered (address, reason) pairs for log suppression; a flood from many addresses must
-/// not grow it without limit.
-const LOG_GATE_MAX: usize = 65_536;
-/// Shards of the log gate: refusals are the flood path, so they must not all queue on one lock.
-const LOG_GATE_SHARDS: usize = 32;
-
-/// Part of the log gate: when each (address, reason) was last logged.
-struct GateShard {
-    last: HashMap<(IpAddr, &'static str), Instant>,
-    /// When this shard was last swept; a full shard is swept at most once a second, so a flood from more
-    /// addresses than the gate holds costs a lookup per refusal, not a sweep.
-    swept: Instant,
-}
-
 impl Guard {
     pub fn new(global: Admission, bans: Arc<BanTable>, log_interval: Duration) -> Guard {
         Guard {
@@ -294,76 +273,14 @@ impl Guard {
     }
 }
 
-impl RefusalLog {
-    pub fn new(interval: Duration) -> RefusalLog {
-        RefusalLog {
-            shards: (0..LOG_GATE_SHARDS)
-                .map(|_| {
-                    Mutex::new(GateShard {
-                        last: HashMap::new(),
-                        swept: Instant::now(),
-                    })
-                })
-                .collect(),
-            interval,
-        }
-    }
-
-    /// True if `reason` (a refusal's short name, such as [`Refusal::as_str`]) has not been logged for `ip`
-    /// within the interval.
-    pub fn should_log(&self, ip: IpAddr, reason: &'static str) -> bool {
-        let now = Instant::now();
-        let interval = self.interval;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&ip, &mut h);
-        let shard = &self.shards[std::hash::Hasher::finish(&h) as usize % LOG_GATE_SHARDS];
-        let mut gate = shard.lock().unwrap_or_else(|p| p.into_inner());
-        if gate.last.len() >= LOG_GATE_MAX / LOG_GATE_SHARDS {
-            if now.duration_since(gate.swept) >= std::time::Duration::from_secs(1) {
-                gate.swept = now;
-                gate.last.retain(|_, t| now.duration_since(*t) < interval);
-            }
-            if gate.last.len() >= LOG_GATE_MAX / LOG_GATE_SHARDS {
-                // More offenders than the gate remembers: stay quiet rather than flood the log.
-                return false;
-            }
-        }
-        match gate.last.get_mut(&(ip, reason)) {
-            Some(t) if now.duration_since(*t) < interval => false,
-            Some(t) => {
-                *t = now;
-                true
-            }
-            None => {
-                gate.last.insert((ip, reason), now);
-                true
-            }
-        }
-    }
-
-    /// Forgets entries older than the interval.
-    fn sweep(&self) {
-        let now = Instant::now();
-        for shard in self.shards.iter() {
-            let mut g = shard.lock().unwrap_or_else(|p| p.into_inner());
-            g.last.retain(|_, t| now.duration_since(*t) < self.interval);
-            g.swept = now;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::log_gate::LOG_GATE_MAX;
 
     fn guard(interval: Duration) -> Guard {
-        let cfg = crate::config::Config::parse(
-            "[[front]]\nname = \"f\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\nupstreams = [\"127.0.0.1:9\"]\n",
-            std::path::Path::new("t.toml"),
-        )
-        .unwrap();
         Guard::new(
-            cfg.admission,
+            Admission::global_default(),
             Arc::new(BanTable::new(crate::wire::acl::CidrSet::default())),
             interval,
         )
@@ -391,7 +308,7 @@ mod tests {
         // Each shard fills, then stays quiet: at most the gate's size, however many addresses come.
         assert!(logged <= LOG_GATE_MAX, "{logged} lines logged");
         assert!(logged >= LOG_GATE_MAX / 2, "only {logged} lines logged");
-        let held: usize = g.refusal_log.shards.iter().map(|s| s.lock().unwrap().last.len()).sum();
+        let held = g.refusal_log.held();
         assert!(held <= LOG_GATE_MAX);
     }
 }

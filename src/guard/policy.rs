@@ -2,6 +2,26 @@
 
 use crate::wire::acl::CidrSet;
 use crate::wire::units::Rate;
+use std::time::Duration;
+
+/// Global `max_connections` when unset: far above one host's wallets, below the descriptors it can hold.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Global `max_connections_per_ip` when unset: a wallet holds one or two, a household behind NAT a few more.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
+/// Global `max_connections_per_group` when unset: one /24 (or /48) shares it.
+pub const DEFAULT_MAX_CONNECTIONS_PER_GROUP: usize = 256;
+/// IPv4 prefix that makes a client group when unset (one provider's customers share a /24).
+pub const DEFAULT_GROUP_PREFIX_V4: u8 = 24;
+/// IPv6 prefix that makes a client group when unset (one site holds a /48).
+pub const DEFAULT_GROUP_PREFIX_V6: u8 = 48;
+/// Global connection rate per address when unset: 10 a second sustained, 20 at once.
+pub const DEFAULT_RATE_PER_IP: RateLimit = RateLimit {
+    rate: Rate {
+        count: 10,
+        per: Duration::from_secs(1),
+    },
+    burst: 20,
+};
 
 /// Connection-rate allowance: `rate` sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,4 +43,22 @@ pub struct Admission {
     pub group_prefix_v6: u8,
     pub rate_per_ip: Option<RateLimit>,
     pub rate_per_group: Option<RateLimit>,
+}
+
+impl Admission {
+    /// The global level as an empty `[admission]` table means it: every default, no lists.
+    pub fn global_default() -> Admission {
+        Admission {
+            allow: CidrSet::default(),
+            deny: CidrSet::default(),
+            allowlist_only: false,
+            max_connections: Some(DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_ip: Some(DEFAULT_MAX_CONNECTIONS_PER_IP),
+            max_connections_per_group: Some(DEFAULT_MAX_CONNECTIONS_PER_GROUP),
+            group_prefix_v4: DEFAULT_GROUP_PREFIX_V4,
+            group_prefix_v6: DEFAULT_GROUP_PREFIX_V6,
+            rate_per_ip: Some(DEFAULT_RATE_PER_IP),
+            rate_per_group: None,
+        }
+    }
 }

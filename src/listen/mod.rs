@@ -4,19 +4,25 @@
 pub mod stream;
 pub mod tls;
 
-use crate::front::{FrontSlot, FrontState};
+use crate::guard::{Guard, Level};
 use crate::guard::{Permit, Refusal};
 use crate::sys::activation;
+use crate::telemetry::metrics::FrontMetrics;
 use crate::telemetry::metrics::Handshake;
+use crate::wire::acl::CidrSet;
 use crate::wire::proxy;
-use crate::Shared;
 use socket2::{Domain, Protocol, Socket, Type};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use stream::{ClientStream, Prefixed};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Binds a listening socket. IPv6 sockets are v6-only so that `0.0.0.0:P` and `[::]:P` can both be
 /// listed, as operators expect from other daemons. A socket inherited by socket activation (systemd's
@@ -50,22 +56,56 @@ pub struct Conn {
     pub permit: Permit,
 }
 
+/// What the listener hands an admitted connection to: one front as configured now. Intake reads its
+/// name, trusted balancers, handshake deadline, admission level and TLS; `serve` runs the session. The
+/// listener knows no front kind, so a new kind plugs in without touching this module.
+pub trait Handler: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn level(&self) -> &Arc<Level>;
+    /// Load balancers whose PROXY header is believed.
+    fn proxy_accept_from(&self) -> &CidrSet;
+    fn handshake_timeout(&self) -> Duration;
+    fn tls(&self) -> Option<&TlsAcceptor>;
+    fn metrics(&self) -> &FrontMetrics;
+    /// Logs the close line of a connection that ended before its session started.
+    fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: &str);
+    /// Runs one admitted connection to its end.
+    fn serve(self: Arc<Self>, conn: Conn) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// Where an accept loop finds its front's current version (a reload swaps it) and its own stop signal.
+pub trait Door: Send + Sync + 'static {
+    fn current(&self) -> Arc<dyn Handler>;
+    /// Cancelled when a reload removes the front (or moves its listeners).
+    fn stopped(&self) -> &CancellationToken;
+}
+
+/// What every accept loop shares: the guard it asks, the tracker its connection tasks join, and the
+/// signal that ends accepting.
+#[derive(Clone)]
+pub struct Intake {
+    pub guard: Arc<Guard>,
+    pub tracker: TaskTracker,
+    /// Cancelled when the gateway stops accepting (start of drain).
+    pub stop_accepting: CancellationToken,
+}
+
 /// Accepts until shutdown. Connections from untrusted peers are judged here, before any task or buffer
 /// is spent on them.
-pub async fn accept_loop(listener: TcpListener, slot: Arc<FrontSlot>, shared: Arc<Shared>) {
+pub async fn accept_loop(listener: TcpListener, slot: Arc<dyn Door>, shared: Intake) {
     loop {
         let accepted = tokio::select! {
             _ = shared.stop_accepting.cancelled() => break,
-            _ = slot.stop.cancelled() => break,
+            _ = slot.stopped().cancelled() => break,
             r = listener.accept() => r,
         };
         // The front as currently configured: a reload takes effect from the next connection on.
-        let front = slot.state.load_full();
+        let front = slot.current();
         let (sock, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of descriptors or similar: back off briefly instead of spinning on the error.
-                tracing::warn!(front = %front.cfg.name, error = %e, "accept failed");
+                tracing::warn!(front = %front.name(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -77,19 +117,19 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<FrontSlot>, shared: Ar
             Err(_) => continue,
         };
         let _ = sock.set_nodelay(true);
-        if front.cfg.proxy_accept_from.contains(peer.ip()) {
+        if front.proxy_accept_from().contains(peer.ip()) {
             let (front, shared2) = (front.clone(), shared.clone());
             shared.tracker.spawn(async move {
                 if let Some(conn) = intake_proxied(sock, peer, local, accepted_at, &front, &shared2).await {
-                    front.serve(conn, &shared2).await;
+                    front.serve(conn).await;
                 }
             });
             continue;
         }
-        let permit = match shared.guard.admit(&front.level, peer.ip()) {
+        let permit = match shared.guard.admit(front.level(), peer.ip()) {
             Ok(p) => p,
             Err(r) => {
-                log_refusal(&front, &shared, peer.ip(), None, r);
+                log_refusal(&*front, &shared, peer.ip(), None, r);
                 continue;
             }
         };
@@ -101,16 +141,16 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<FrontSlot>, shared: Ar
                 local,
             };
             if let Some(conn) = finish_intake(sock, Vec::new(), client, accepted_at, permit, &front, &shared2).await {
-                front.serve(conn, &shared2).await;
+                front.serve(conn).await;
             }
         });
     }
-    tracing::info!(front = %slot.state.load().cfg.name, addr = listener.local_addr().ok().map(tracing::field::display), "listener closed");
+    tracing::info!(front = %slot.current().name(), addr = listener.local_addr().ok().map(tracing::field::display), "listener closed");
 }
 
-pub(crate) fn log_refusal(front: &FrontState, shared: &Shared, ip: IpAddr, via: Option<SocketAddr>, r: Refusal) {
+pub(crate) fn log_refusal(front: &dyn Handler, shared: &Intake, ip: IpAddr, via: Option<SocketAddr>, r: Refusal) {
     if shared.guard.should_log(ip, r) {
-        tracing::info!(front = %front.cfg.name, client = %ip, via = via.map(tracing::field::display), reason = %format_args!("refused:{r}"), "connection refused");
+        tracing::info!(front = %front.name(), client = %ip, via = via.map(tracing::field::display), reason = %format_args!("refused:{r}"), "connection refused");
     }
 }
 
@@ -126,17 +166,17 @@ async fn intake_proxied(
     peer: SocketAddr,
     local: SocketAddr,
     accepted_at: Instant,
-    front: &FrontState,
-    shared: &Shared,
+    front: &Arc<dyn Handler>,
+    shared: &Intake,
 ) -> Option<Conn> {
-    let timeout = front.cfg.handshake_timeout;
+    let timeout = front.handshake_timeout();
     let (header, rest) = match tokio::time::timeout(timeout, proxy::read_header(&mut sock)).await {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => {
             shared.guard.count(Refusal::ProxyMalformed);
             // Gated like every refusal: a broken balancer must not flood the log either.
             if shared.guard.should_log(peer.ip(), Refusal::ProxyMalformed) {
-                tracing::info!(front = %front.cfg.name, via = %peer, error = %e, reason = "refused:proxy_malformed", "connection refused");
+                tracing::info!(front = %front.name(), via = %peer, error = %e, reason = "refused:proxy_malformed", "connection refused");
             }
             return None;
         }
@@ -154,10 +194,10 @@ async fn intake_proxied(
         .destination
         .map(|d| SocketAddr::new(crate::wire::addr::canonical(d.ip()), d.port()))
         .unwrap_or(local);
-    let permit = match shared.guard.admit(&front.level, client.ip()) {
+    let permit = match shared.guard.admit(front.level(), client.ip()) {
         Ok(p) => p,
         Err(r) => {
-            log_refusal(front, shared, client.ip(), Some(peer), r);
+            log_refusal(&**front, shared, client.ip(), Some(peer), r);
             return None;
         }
     };
@@ -177,16 +217,16 @@ async fn finish_intake(
     id: Identity,
     accepted_at: Instant,
     permit: Permit,
-    front: &FrontState,
-    shared: &Shared,
+    front: &Arc<dyn Handler>,
+    shared: &Intake,
 ) -> Option<Conn> {
-    let timeout = front.cfg.handshake_timeout;
+    let timeout = front.handshake_timeout();
     let deadline = tokio::time::Instant::from_std(accepted_at + timeout);
-    if id.via.is_none() && !front.cfg.proxy_accept_from.is_empty() {
+    if id.via.is_none() && !front.proxy_accept_from().is_empty() {
         match tokio::time::timeout_at(deadline, read_unless_proxy(&mut sock)).await {
             Ok(None) => {
                 shared.guard.count(Refusal::ProxyUntrusted);
-                log_refusal(front, shared, id.client.ip(), None, Refusal::ProxyUntrusted);
+                log_refusal(&**front, shared, id.client.ip(), None, Refusal::ProxyUntrusted);
                 return None;
             }
             Ok(Some(first)) => prefix = first,
@@ -196,24 +236,24 @@ async fn finish_intake(
             }
         }
     }
-    front.metrics.accepted();
+    front.metrics().accepted();
     let tcp = Prefixed::new(prefix, sock);
     let started = Instant::now();
-    let stream = match &front.tls {
+    let stream = match front.tls() {
         None => ClientStream::Plain(tcp),
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => {
-                front.metrics.handshake(Handshake::Ok, started.elapsed());
+                front.metrics().handshake(Handshake::Ok, started.elapsed());
                 ClientStream::Tls(Box::new(s))
             }
             Ok(Err(e)) => {
-                front.metrics.handshake(Handshake::Error, started.elapsed());
+                front.metrics().handshake(Handshake::Error, started.elapsed());
                 let reason = format!("tls error: {e}");
                 front.log_early_close(id.client, id.via, accepted_at, &reason);
                 return None;
             }
             Err(_) => {
-                front.metrics.handshake(Handshake::Timeout, started.elapsed());
+                front.metrics().handshake(Handshake::Timeout, started.elapsed());
                 front.log_early_close(id.client, id.via, accepted_at, "handshake timeout");
                 return None;
             }

@@ -6,16 +6,13 @@
 //!   one process-wide registry. Every label set a hot path touches is registered up front and its handle
 //!   kept ([`FrontMetrics`], [`UpstreamMetrics`], the request matrix), so counting is one relaxed atomic
 //!   add: no lock, no allocation, no map lookup per request or connection.
-//! - **Values read at scrape time** from the running gateway ([`Live`]): open connections per front,
-//!   refusals by reason (the guard's own counters), ban counts ([`crate::state::bans::BanTable::stats`])
-//!   and upstream up/down ([`crate::upstream::Pool::is_up`]). Nothing is counted twice.
+//! - **Values read at scrape time** from the running gateway (a [`LiveSource`]): open connections per front,
+//!   refusals by reason (the guard's own counters), ban counts (the ban table's stats)
+//!   and upstream up/down (each upstream pool). Nothing is counted twice.
 //!
 //! Labels are only ever a front's name, an upstream's position in its front ("0", "1", …), a reason, a
 //! result, a request class, a ban source or the version. Never a client address, never a backend address.
 
-use crate::front::FrontState;
-use crate::guard::Refusal;
-use crate::Shared;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -23,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 /// The `Content-Type` of the exposition.
@@ -41,8 +38,8 @@ fn latency_histogram() -> Histogram {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FrontLabels {
-    front: String,
+pub struct FrontLabels {
+    pub front: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,9 +55,9 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct UpstreamLabels {
-    front: String,
-    upstream: String,
+pub struct UpstreamLabels {
+    pub front: String,
+    pub upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,18 +66,18 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: String,
+pub struct ReasonLabels {
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: String,
+pub struct KindLabels {
+    pub kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SourceLabels {
-    source: String,
+pub struct SourceLabels {
+    pub source: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -409,31 +406,15 @@ pub fn admin_connection_shed(how: AdminShed) {
     METRICS.admin_shed_handles[AdminShed::ALL.iter().position(|&s| s == how).unwrap_or(0)].inc();
 }
 
-/// The running gateway's state that a scrape reads.
-pub struct Live {
-    shared: Arc<Shared>,
-    cluster: Option<crate::cluster::StatusHandle>,
-}
-
-impl Live {
-    pub fn new(shared: Arc<Shared>) -> Live {
-        Live { shared, cluster: None }
-    }
-
-    /// Adds the cluster links' state to the scrape.
-    pub fn with_cluster(mut self, cluster: Option<crate::cluster::StatusHandle>) -> Live {
-        self.cluster = cluster;
-        self
-    }
-
-    /// The fronts as configured now (read per scrape, so reloads are followed).
-    fn fronts(&self) -> Vec<Arc<FrontState>> {
-        self.shared.fronts.load().iter().map(|s| s.state.load_full()).collect()
-    }
+/// Series read from the running gateway at scrape time (open connections, refusals, bans, cluster
+/// links). The gateway's owner implements it, so this module reads no gateway state itself.
+pub trait LiveSource: Send + Sync {
+    /// Registers the series read now, in exposition order.
+    fn register(&self, r: &mut Registry);
 }
 
 /// The exposition: the process-wide series plus, with `live`, the values read from the gateway now.
-pub fn render(live: Option<&Live>) -> String {
+pub fn render(live: Option<&dyn LiveSource>) -> String {
     let m = &*METRICS;
     let mut r = Registry::with_prefix("gatehouse");
     r.register(
@@ -442,218 +423,7 @@ pub fn render(live: Option<&Live>) -> String {
         m.build_info.clone(),
     );
     if let Some(live) = live {
-        let fronts = live.fronts();
-        let open = Family::<FrontLabels, Gauge>::default();
-        let up = Family::<UpstreamLabels, Gauge>::default();
-        for f in &fronts {
-            let label = FrontLabels {
-                front: f.cfg.name.clone(),
-            };
-            // Summed, so a removed front still draining and its re-added namesake do not clash.
-            open.get_or_create(&label).inc_by(f.level.open_connections() as i64);
-            for (i, addr) in f.cfg.upstreams.iter().enumerate() {
-                up.get_or_create(&UpstreamLabels {
-                    front: f.cfg.name.clone(),
-                    upstream: i.to_string(),
-                })
-                .set(i64::from(f.pool.is_up(*addr)));
-            }
-        }
-        r.register(
-            "connections_open",
-            "Admitted client connections open now (including those still in handshake), per front",
-            open,
-        );
-        let refused = Family::<ReasonLabels, Counter>::default();
-        for reason in Refusal::ALL {
-            refused
-                .get_or_create(&ReasonLabels {
-                    reason: reason.as_str().into(),
-                })
-                .inc_by(live.shared.guard.refused(reason));
-        }
-        r.register("connections_refused", "Connections refused, by reason", refused);
-        r.register(
-            "upstream_up",
-            "1 when the upstream (by position in its front) is believed reachable, 0 while marked down",
-            up,
-        );
-        if let Some(c) = &live.cluster {
-            let st = c.status();
-            let now = std::time::SystemTime::now();
-            // Under Redis the one link is the Redis connection, and the lag is since the last resync.
-            let up = match &st.redis {
-                Some(r) => usize::from(r.connected),
-                None => st.peers.iter().filter(|p| p.up).count(),
-            };
-            r.register(
-                "cluster_peers",
-                "Cluster peers configured",
-                gauge(st.peers.len() as i64),
-            );
-            r.register(
-                "cluster_links_up",
-                "Cluster links up now (under the Redis backend: 1 while Redis is connected)",
-                gauge(up as i64),
-            );
-            // The oldest last sync among the peers; a peer never synced counts from process start.
-            let since = |t: Option<std::time::SystemTime>| {
-                t.and_then(|t| now.duration_since(t).ok())
-                    .map_or(-1, |d| d.as_millis() as i64)
-            };
-            let lag = match &st.redis {
-                Some(r) => since(r.last_sync),
-                None => st.peers.iter().map(|p| since(p.last_sync)).max().unwrap_or(0),
-            };
-            r.register(
-                "cluster_sync_lag_milliseconds",
-                "Time since the least recent anti-entropy exchange with a peer, or Redis resync (-1: never synced)",
-                gauge(lag),
-            );
-            let x = st.stats;
-            let received = Family::<ReasonLabels, Counter>::default();
-            for (reason, n) in [
-                ("applied", x.applied),
-                ("duplicate", x.duplicate),
-                ("stale", x.stale),
-                ("unlisted_origin", x.rejected_unlisted_origin),
-                ("bad_signature", x.rejected_bad_signature),
-                ("malformed", x.rejected_malformed),
-                ("refused_by_table", x.refused_by_table),
-                ("too_wide", x.rejected_too_wide),
-                ("too_long", x.rejected_too_long),
-                ("origin_full", x.rejected_origin_full),
-                ("future_version", x.rejected_future_version),
-                ("not_journaled", x.not_journaled),
-            ] {
-                received
-                    .get_or_create(&ReasonLabels { reason: reason.into() })
-                    .inc_by(n);
-            }
-            r.register(
-                "cluster_records_received",
-                "Ban records received from peers, by what became of them",
-                received,
-            );
-            r.register(
-                "cluster_records_published",
-                "Local ban records signed and published",
-                counter(x.published),
-            );
-            let ae = Family::<KindLabels, Counter>::default();
-            for (kind, n) in [
-                ("digest", x.digests_sent),
-                ("summary", x.summaries_sent),
-                ("bucket_digest", x.bucket_digests_sent),
-            ] {
-                ae.get_or_create(&KindLabels { kind: kind.into() }).inc_by(n);
-            }
-            r.register(
-                "cluster_antientropy_messages_sent",
-                "Anti-entropy messages sent, by kind (digest: every id; summary: bucket fingerprints; bucket_digest: the ids of differing buckets)",
-                ae,
-            );
-            r.register(
-                "cluster_antientropy_bytes_sent",
-                "Bytes of anti-entropy messages sent",
-                counter(x.digest_bytes_sent),
-            );
-            r.register(
-                "cluster_cost_reports_sent",
-                "Cost reports sent to peers (one per link per report)",
-                counter(x.cost_reports_sent),
-            );
-            r.register(
-                "cluster_cost_reports_received",
-                "Cost reports taken from peers",
-                counter(x.cost_reports_received),
-            );
-            r.register(
-                "cluster_cost_reports_rejected",
-                "Cost reports refused (through Redis: unlisted origin, bad signature, malformed)",
-                counter(x.cost_reports_rejected),
-            );
-            if let Some(redis) = &st.redis {
-                r.register(
-                    "cluster_redis_rejected_remembered",
-                    "Rejected values in Redis remembered so each is counted once (at most 10000; past that they are judged again)",
-                    gauge(redis.rejected_remembered as i64),
-                );
-            }
-            r.register(
-                "cluster_cost_figures_ignored",
-                "Figures of peers' cost reports ignored: past the report's group cap, repeated, or past its cost cap",
-                counter(x.cost_figures_ignored),
-            );
-            r.register(
-                "cluster_links_refused",
-                "Cluster connections refused (unlisted node, failed handshake)",
-                counter(x.refused_links),
-            );
-        }
-        let mem = &live.shared.memory;
-        r.register(
-            "memory_budget_bytes",
-            "Bytes all Electrum sessions together may buffer ([limits] memory_budget)",
-            gauge(mem.limit() as i64),
-        );
-        r.register(
-            "memory_buffered_bytes",
-            "Bytes Electrum sessions buffer now (partial lines, queued output and requests), in 4 KiB steps",
-            gauge(mem.used() as i64),
-        );
-        r.register(
-            "memory_budget_cuts",
-            "Sessions disconnected, largest first, because the memory budget was reached",
-            counter(mem.cuts()),
-        );
-        let s = live.shared.guard.bans().stats();
-        r.register("bans_active", "Bans in force now", gauge(s.active as i64));
-        let added = Family::<SourceLabels, Counter>::default();
-        for (source, n) in [
-            ("session", s.added_session),
-            ("admin", s.added_admin),
-            ("cluster", s.added_cluster),
-        ] {
-            added.get_or_create(&SourceLabels { source: source.into() }).inc_by(n);
-        }
-        r.register(
-            "bans_added",
-            "Bans added by this process, by source (session: automatic; admin: the API; cluster: other nodes)",
-            added,
-        );
-        r.register(
-            "bans_lifted",
-            "Bans lifted before their end by an operator",
-            counter(s.lifted),
-        );
-        r.register("bans_expired", "Bans that reached their end", counter(s.expired));
-        let rejected = Family::<ReasonLabels, Counter>::default();
-        for (reason, n) in [
-            ("allowlisted", s.rejected_allowlisted),
-            ("too_wide", s.rejected_too_wide),
-            ("table_full", s.rejected_table_full),
-        ] {
-            rejected
-                .get_or_create(&ReasonLabels { reason: reason.into() })
-                .inc_by(n);
-        }
-        r.register("bans_rejected", "Bans refused, by reason", rejected);
-        r.register(
-            "bans_escalated",
-            "Groups banned whole because several of their addresses were banned automatically",
-            counter(s.escalated),
-        );
-        r.register(
-            "bans_journal_syncs",
-            "Ban journal writes, each one fsync (automatic bans made together share one)",
-            counter(s.journal_syncs),
-        );
-        r.register(
-            "bans_journal_failing",
-            "1 while the ban journal fails writes (the node is degraded: see /readyz)",
-            gauge(i64::from(s.journal_failing)),
-        );
+        live.register(&mut r);
     }
     r.register(
         "connections_accepted",
@@ -723,13 +493,13 @@ pub fn render(live: Option<&Live>) -> String {
     out
 }
 
-fn gauge(v: i64) -> Gauge {
+pub fn gauge(v: i64) -> Gauge {
     let g = Gauge::default();
     g.set(v);
     g
 }
 
-fn counter(v: u64) -> Counter {
+pub fn counter(v: u64) -> Counter {
     let c = Counter::default();
     c.inc_by(v);
     c

@@ -8,3 +8,30 @@ pub mod rewrite;
 pub mod session;
 pub mod settings;
 pub mod ws;
+
+use super::drain::Drain;
+use crate::guard::limits::KeyedCounts;
+use crate::state::bans::{BanPolicy, BanTable};
+use crate::state::cost::{CostConfig, Ledger};
+use crate::state::memory::MemoryBudget;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+
+/// What Electrum sessions read and write besides their front's settings, shared by every Electrum front
+/// so a client's budget spans them.
+pub struct Handles {
+    /// Electrum cost accounting.
+    pub ledger: Arc<Ledger>,
+    /// Swapped whole on reload; sessions pick the new value up before their next request.
+    pub cost: ArcSwap<CostConfig>,
+    pub ban_policy: ArcSwap<BanPolicy>,
+    /// Subscriptions held per client group.
+    pub group_subs: KeyedCounts,
+    /// Bytes buffered by every Electrum session together, against `[limits] memory_budget`.
+    pub memory: Arc<MemoryBudget>,
+    /// The `hosts` object announced in server.features.
+    pub features_hosts: ArcSwap<serde_json::Value>,
+    /// Where a session's automatic bans go.
+    pub bans: Arc<BanTable>,
+    pub drain: Arc<Drain>,
+}

@@ -12,6 +12,7 @@ use super::frame::{Frame, LineDecoder};
 use super::jsonrpc::{self, Incoming, Message, ParseError, Request};
 use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
 use super::settings::{ElectrumSettings, VersionPolicy};
+use super::Handles;
 use crate::front::FrontState;
 use crate::state::bans::BanPolicy;
 use crate::state::cost::CostConfig;
@@ -19,7 +20,6 @@ use crate::state::cost::{Account, Throttle};
 use crate::state::memory::Charge;
 use crate::telemetry::metrics::{self, Class, ReqResult};
 use crate::wire::buf::{give_buf, take_buf};
-use crate::Shared;
 use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -162,7 +162,7 @@ enum Event {
 
 struct Session<'a> {
     front: &'a FrontState,
-    shared: &'a Shared,
+    shared: &'a Handles,
     set: &'a ElectrumSettings,
     client: SocketAddr,
     local: SocketAddr,
@@ -236,7 +236,13 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
 impl ClientIo for crate::listen::stream::ClientStream {}
 
 /// Runs a session to its end. `client` is the already admitted (and TLS-terminated) client stream.
-pub async fn run<C>(client: &mut C, peer: SocketAddr, local: SocketAddr, front: &FrontState, shared: &Shared) -> Outcome
+pub async fn run<C>(
+    client: &mut C,
+    peer: SocketAddr,
+    local: SocketAddr,
+    front: &FrontState,
+    shared: &Handles,
+) -> Outcome
 where
     C: ClientIo + ?Sized,
 {
@@ -294,7 +300,7 @@ where
     let mut up_dec = LineDecoder::new(set.max_response);
     let mut upstream: Option<TcpStream> = None;
     let mut timer = Box::pin(tokio::time::sleep_until(s.next_deadline()));
-    let cancel = shared.drain_signal(peer);
+    let cancel = shared.drain.signal(peer);
     tokio::pin!(cancel);
     let reason = loop {
         if let Some(r) = s.abort {
@@ -753,8 +759,7 @@ impl Session<'_> {
         let p = self.ban_policy.clone();
         if p.enabled {
             self.shared
-                .guard
-                .bans()
+                .bans
                 .ban_offender(self.client.ip(), p.duration, p.max_duration, "cost hard limit");
         }
     }
@@ -765,8 +770,7 @@ impl Session<'_> {
         if p.enabled && self.violations > p.max_violations {
             self.close_with("protocol violations");
             self.shared
-                .guard
-                .bans()
+                .bans
                 .ban_offender(self.client.ip(), p.duration, p.max_duration, what);
         }
     }

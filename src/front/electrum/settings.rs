@@ -12,6 +12,14 @@ pub const MIN_MAX_LINE: u64 = 128;
 /// count as a slow reader and cut every client that asks for them.
 pub const MIN_PENDING_OUTPUT: u64 = 64 * 1024;
 
+/// Default `max_line`: the longest request line a session reads (and the WebSocket message limit).
+pub const DEFAULT_MAX_LINE: usize = 1_000_000;
+/// Default `max_batch`: requests in one JSON-RPC batch.
+pub const DEFAULT_MAX_BATCH: usize = 200;
+/// Default `max_subscriptions`: scripthash subscriptions one session may hold.
+pub const DEFAULT_MAX_SUBSCRIPTIONS: usize = 50_000;
+/// Default `max_pending_output`: bytes queued for a client before it counts as a slow reader.
+pub const DEFAULT_MAX_PENDING_OUTPUT: usize = 8 << 20;
 /// Default `min_line_rate`: 500 bytes per second, as Apache's mod_reqtimeout demands of request headers.
 pub const DEFAULT_MIN_LINE_RATE: Rate = Rate {
     count: 500,
