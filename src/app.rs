@@ -1,6 +1,8 @@
 //! The composition root: builds every stage's handles from the validated settings, starts the listeners,
 //! the admin API and the cluster, applies reloads and drains on shutdown.
 
+pub mod demo;
+
 use crate::admin;
 use crate::admin::reload::{ReloadRequest, ReloadSummary};
 use crate::cluster;

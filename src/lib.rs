@@ -4,7 +4,6 @@ pub mod admin;
 pub mod app;
 pub mod cluster;
 pub mod config;
-pub mod demo;
 pub mod front;
 pub mod guard;
 pub mod listen;
@@ -15,4 +14,5 @@ pub mod upstream;
 pub mod wire;
 
 pub use admin::reload::{ReloadRequest, ReloadSummary};
+pub use app::demo;
 pub use app::{DrainReport, Gatehouse, Running, StartError, TokioClock};

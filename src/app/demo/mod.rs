@@ -3,8 +3,8 @@
 
 pub mod backend;
 
+use crate::app::Gatehouse;
 use crate::config::Config;
-use crate::Gatehouse;
 use rustls::pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
