@@ -1,6 +1,6 @@
 //! Cluster-wide abuse cost (issue 4 item 4, DESIGN §3 and §5): every `interval` this node tells each linked
 //! peer the cost of its own groups at or above `threshold`; each peer adds those figures to the groups'
-//! effective cost (see `guard::cost`), so an abuser spreading requests over N gateways meets one budget,
+//! effective cost (see `state::cost`), so an abuser spreading requests over N gateways meets one budget,
 //! not N.
 //!
 //! Reports travel over the same authenticated links as ban records, directly from the node that measured

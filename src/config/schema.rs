@@ -150,7 +150,7 @@ pub struct RawBans {
     pub max_violations: u32,
     /// Append-only ban journal; unset = bans live in memory only.
     pub journal: Option<Spanned<PathBuf>>,
-    /// The widest ban anyone may make, per family (`guard::bans::DEFAULT_MIN_PREFIX_V4` / `_V6`).
+    /// The widest ban anyone may make, per family (`state::bans::DEFAULT_MIN_PREFIX_V4` / `_V6`).
     pub min_prefix_v4: Option<Spanned<u8>>,
     pub min_prefix_v6: Option<Spanned<u8>>,
     /// What an automatic ban of an IPv6 client covers (`DEFAULT_IPV6_PREFIX`).
@@ -178,7 +178,7 @@ impl Default for RawBans {
     }
 }
 
-/// `[limits]`: process-wide resource limits. Unset fields take the defaults named in `guard::memory`.
+/// `[limits]`: process-wide resource limits. Unset fields take the defaults named in `state::memory`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {

@@ -1,6 +1,9 @@
 //! A front: one configured service (Electrum or peer port) with its listeners, admission level, TLS
 //! settings and upstream pool, and the session that runs for each admitted connection: the
 //! protocol-aware Electrum session, or an L4 relay for peer ports.
+//!
+//! The listener sees a front only as a [`Handler`] trait object; [`FrontState::serve`] dispatches on the
+//! front's kind, and [`FrontState::log_close`] writes the one close line every connection gets.
 
 pub mod drain;
 pub mod electrum;

@@ -8,7 +8,7 @@
 //!
 //! [`init`] reads the variables once, takes ownership of the descriptors and removes the variables so that
 //! children do not inherit them. [`take`] hands out the inherited socket bound to a given address (used by
-//! [`super::bind`]); [`close_unused`] closes, with a warning, any that no front asked for.
+//! `listen::bind`); [`close_unused`] closes, with a warning, any that no front asked for.
 
 use socket2::{SockRef, Type};
 use std::net::SocketAddr;
@@ -33,7 +33,7 @@ static INHERITED: OnceLock<Mutex<Vec<Inherited>>> = OnceLock::new();
 /// removes the variables from the environment. Idempotent; later calls do nothing.
 ///
 /// Call it early, while the process is still single-threaded (`gatehouse run` does so before starting the
-/// runtime): removing environment variables races with `getenv` in other threads. [`super::bind`] also
+/// runtime): removing environment variables races with `getenv` in other threads. `listen::bind` also
 /// calls it, so library users who start a gateway without calling it still get their sockets.
 pub fn init() {
     INHERITED.get_or_init(|| Mutex::new(read_env()));

@@ -167,7 +167,7 @@ struct Session<'a> {
     client: SocketAddr,
     local: SocketAddr,
     account: Account,
-    /// Cost settings, refreshed from `Shared` when a reload swaps them (limits live in the ledger).
+    /// Cost settings, refreshed from the Electrum handles when a reload swaps them (limits live in the ledger).
     cost: Arc<CostConfig>,
     ban_policy: Arc<BanPolicy>,
     /// Throttle state as of the last charge; decay only lowers cost, so between charges this errs strict.
