@@ -163,7 +163,7 @@ fn admin_target(a: &AdminArgs) -> Result<(AdminListen, AdminToken), String> {
         }
     };
     let token = match (&a.token_file, from_config.and_then(|c| c.token)) {
-        (Some(f), _) => read_token_file(f)?,
+        (Some(f), _) => read_token_file(f).map_err(|e| e.to_string())?,
         (None, Some(t)) => t,
         (None, None) => return Err("no token: pass --token-file FILE or -c FILE".into()),
     };
@@ -546,12 +546,12 @@ async fn reload(
     running: &mut gatehouse::Running,
     path: &std::path::Path,
     log_file: Option<&telemetry::LogFile>,
-) -> Result<gatehouse::ReloadSummary, String> {
+) -> Result<gatehouse::ReloadSummary, gatehouse::ReloadError> {
     let _ = sdnotify::notify("RELOADING=1");
     let result = match Config::load(path) {
         Err(e) => {
             tracing::error!(error = %e, "reload rejected; keeping the running configuration");
-            Err(e.to_string())
+            Err(e.into())
         }
         Ok(cfg) => {
             if cfg.log.file.as_deref() != log_file.map(|f| f.path()) {
@@ -559,7 +559,7 @@ async fn reload(
             }
             running.reload(cfg).await.map_err(|e| {
                 tracing::error!(error = %e, "reload failed");
-                e.to_string()
+                e.into()
             })
         }
     };

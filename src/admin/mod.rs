@@ -654,6 +654,22 @@ fn list_bans(state: &AdminState, query: Option<&str>) -> Reply {
     reply(StatusCode::OK, &list)
 }
 
+/// Why a `POST /v1/bans` body was refused before it reached the ban table.
+#[derive(Debug, thiserror::Error)]
+enum BadBan {
+    #[error("prefix: {0}")]
+    Prefix(crate::guard::acl::CidrError),
+    #[error("duration: {0}")]
+    Duration(crate::config::units::DurationError),
+    #[error(
+        "duration: must be greater than 0s and at most {}",
+        crate::config::units::Duration(MAX_BAN)
+    )]
+    Length,
+    #[error("reason: at most {MAX_REASON} bytes, without control characters")]
+    Reason,
+}
+
 async fn add_ban(state: &AdminState, peer: &str, req: Request<Incoming>) -> Reply {
     let audit_refused = |what: &str, status: StatusCode, why: &str| {
         tracing::warn!(target: "gatehouse::audit", peer, action = "ban", what, status = status.as_u16(), result = why, "admin ban refused");
@@ -693,27 +709,22 @@ async fn add_ban(state: &AdminState, peer: &str, req: Request<Incoming>) -> Repl
         }
     };
     let checked = (|| {
-        let net = parse_cidr(nb.prefix.trim()).map_err(|e| format!("prefix: {e}"))?;
-        let d: crate::config::units::Duration = nb.duration.trim().parse().map_err(|e| format!("duration: {e}"))?;
+        let net = parse_cidr(nb.prefix.trim()).map_err(BadBan::Prefix)?;
+        let d: crate::config::units::Duration = nb.duration.trim().parse().map_err(BadBan::Duration)?;
         if d.0.is_zero() || d.0 > MAX_BAN {
-            return Err(format!(
-                "duration: must be greater than 0s and at most {}",
-                crate::config::units::Duration(MAX_BAN)
-            ));
+            return Err(BadBan::Length);
         }
         let reason = nb.reason.unwrap_or_else(|| "banned by operator".to_string());
         if reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
-            return Err(format!(
-                "reason: at most {MAX_REASON} bytes, without control characters"
-            ));
+            return Err(BadBan::Reason);
         }
         Ok((net, d.0, reason))
     })();
     let (net, duration, reason) = match checked {
         Ok(x) => x,
-        Err(msg) => {
-            audit_refused(&nb.prefix, StatusCode::BAD_REQUEST, &msg);
-            return error(StatusCode::BAD_REQUEST, msg);
+        Err(e) => {
+            audit_refused(&nb.prefix, StatusCode::BAD_REQUEST, &e.to_string());
+            return error(StatusCode::BAD_REQUEST, e);
         }
     };
     match state.bans.ban(net, duration, reason.clone()) {
