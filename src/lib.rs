@@ -347,7 +347,16 @@ async fn housekeeping(shared: Arc<Shared>) {
 }
 
 /// A request to reload the configuration file (from `POST /v1/reload`); the answer goes back on it.
-pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadSummary, String>>;
+pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<ReloadSummary, ReloadError>>;
+
+/// Why a reload was refused; the running configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
 
 /// What a reload changed, by front name.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -141,7 +141,7 @@ async fn intake_proxied(
             return None;
         }
         Err(_) => {
-            front.log_early_close(peer, None, accepted_at, "handshake timeout");
+            front.log_early_close(peer, None, accepted_at, crate::front::CloseReason::HandshakeTimeout);
             return None;
         }
     };
@@ -191,7 +191,12 @@ async fn finish_intake(
             }
             Ok(Some(first)) => prefix = first,
             Err(_) => {
-                front.log_early_close(id.client, None, accepted_at, "handshake timeout");
+                front.log_early_close(
+                    id.client,
+                    None,
+                    accepted_at,
+                    crate::front::CloseReason::HandshakeTimeout,
+                );
                 return None;
             }
         }
@@ -208,13 +213,17 @@ async fn finish_intake(
             }
             Ok(Err(e)) => {
                 front.metrics.handshake(Handshake::Error, started.elapsed());
-                let reason = format!("tls error: {e}");
-                front.log_early_close(id.client, id.via, accepted_at, &reason);
+                front.log_early_close(id.client, id.via, accepted_at, crate::front::CloseReason::Tls(e));
                 return None;
             }
             Err(_) => {
                 front.metrics.handshake(Handshake::Timeout, started.elapsed());
-                front.log_early_close(id.client, id.via, accepted_at, "handshake timeout");
+                front.log_early_close(
+                    id.client,
+                    id.via,
+                    accepted_at,
+                    crate::front::CloseReason::HandshakeTimeout,
+                );
                 return None;
             }
         },

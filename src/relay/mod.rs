@@ -49,18 +49,6 @@ pub enum RelayEnd {
     UpstreamError(io::Error),
 }
 
-impl RelayEnd {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RelayEnd::ClientClosed => "client closed",
-            RelayEnd::UpstreamClosed => "upstream closed",
-            RelayEnd::IdleTimeout => "idle timeout",
-            RelayEnd::ClientError(_) => "client error",
-            RelayEnd::UpstreamError(_) => "upstream error",
-        }
-    }
-}
-
 #[derive(Default)]
 struct Direction {
     buf: Option<Box<[u8]>>,
