@@ -13,7 +13,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{free_port, refused_from, wait_accepting, Proc, BIN};
+use support::net::{free_port, refused_from};
+use support::process::{wait_accepting, Proc, BIN};
 const CONF_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 mod support;
-use support::{free_port, refused_from, wait_accepting, Proc};
+use support::net::{free_port, refused_from};
+use support::process::{wait_accepting, Proc};
 const ADMIN_TOKEN: &str = "operations-test-token-0123456789";
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@
 //! waits for its answer: a session keeps one upstream connection in order, so by then the backend has
 //! read everything the gateway sent it before.
 
-use crate::common::{self, RELAXED};
+use crate::support::gateway::RELAXED;
+use crate::support::{clients, gateway, net};
 use gatehouse::Running;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -208,7 +209,7 @@ fn config_on(listen: &str, backend: SocketAddr, cost: &str, global: &str, electr
 }
 
 async fn gateway(backend: SocketAddr, cost: &str, global: &str, electrum: &str) -> Running {
-    common::start(&config_on("127.0.0.1:0", backend, cost, global, electrum)).await
+    gateway::start(&config_on("127.0.0.1:0", backend, cost, global, electrum)).await
 }
 
 /// The /24 group of an IPv4 loopback client (group_private = true).
@@ -247,7 +248,7 @@ fn hex32(i: usize) -> String {
 
 impl Client {
     async fn connect(from: &str, running: &Running) -> Client {
-        let s = common::connect_from(from, running.addr("el")).await.unwrap();
+        let s = net::connect_from(from, running.addr("el")).await.unwrap();
         let (r, w) = s.into_split();
         Client {
             r: BufReader::new(r),
@@ -349,7 +350,7 @@ async fn garbage_lines_cost_1100_each_and_the_eleventh_request_hits_the_hard_lim
         banned(&running, "127.0.3.2").is_some(),
         "hard limit must ban the address"
     );
-    assert!(common::is_refused("127.0.3.2", running.addr("el")).await);
+    assert!(net::is_refused("127.0.3.2", running.addr("el")).await);
     assert!(!be.saw("server.ping"), "the refused request reached the backend");
 }
 
@@ -537,7 +538,7 @@ async fn with_max_violations_0_one_oversized_line_ends_the_session_and_bans() {
     c.expect_closed().await;
     let reason = banned(&running, "127.0.6.6").expect("address not banned");
     assert!(reason.contains("oversized"), "ban reason: {reason}");
-    assert!(common::is_refused("127.0.6.6", running.addr("el")).await);
+    assert!(net::is_refused("127.0.6.6", running.addr("el")).await);
 }
 
 // ---- 8. server.version rules ----------------------------------------------------------------------
@@ -669,7 +670,7 @@ async fn server_features_announces_the_public_hosts_and_the_gateways_port() {
         "[electrum]\npublic_hosts = [\"electrum.example.org\"]",
         "",
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     assert_eq!(running.addr("el").port(), port);
     let mut c = Client::connect("127.0.9.2", &running).await;
     c.version(json!("1.4")).await;
@@ -809,7 +810,7 @@ async fn ids_come_back_byte_for_byte_and_policy_holds_whatever_the_backend_does_
     let global = "[electrum]\npublic_hosts = [\"electrum.example.org\"]\n\n\
                   [admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"";
     let toml = config_on("127.0.0.1:0", be.addr, "request_timeout = \"1s\"", global, "");
-    let running = common::start_in(dir.path(), &toml).await;
+    let running = gateway::start_in(dir.path(), &toml).await;
     let port = running.addr("el").port();
     let mut c = Client::connect("127.0.14.2", &running).await;
 
@@ -880,7 +881,7 @@ async fn ids_come_back_byte_for_byte_and_policy_holds_whatever_the_backend_does_
     let Some(gatehouse::config::AdminListen::Tcp(admin)) = running.admin_addr() else {
         panic!("no admin listener")
     };
-    let metrics = common::admin_get(*admin, "ids-token-0123456789abcdef", "/metrics").await;
+    let metrics = clients::admin_get(*admin, "ids-token-0123456789abcdef", "/metrics").await;
     let dropped: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("gatehouse_electrum_unmatched_replies_total "))
