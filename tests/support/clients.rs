@@ -1,5 +1,5 @@
-//! Clients of the gateway in-process: a line-oriented Electrum client that keeps the cost model of its
-//! session, and hand-written HTTP/1.1 exchanges with the admin API.
+//! Clients of the gateway: a line-oriented Electrum client that keeps the cost model of its session, and
+//! hand-written HTTP/1.1 exchanges with the admin API (async, and blocking for the tests of the binary).
 
 use super::cost::{bytes, CONNECTION_COST, SCRIPTHASH, VERSION_COST};
 use super::net::connect_from;
@@ -171,4 +171,28 @@ pub async fn admin_get(admin: SocketAddr, token: &str, path: &str) -> String {
     http_text(admin, "GET", path, Some(&format!("Bearer {token}")), None)
         .await
         .1
+}
+
+/// The blocking form of [`http_text`], for tests without a runtime (or inside `block_in_place`): one
+/// exchange with `Authorization: Bearer TOKEN` when `token` is given; (status, body).
+pub fn http_blocking(admin: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("connect to admin API");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("admin API reply");
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end: {out:?}"));
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }

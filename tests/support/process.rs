@@ -10,6 +10,22 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
+/// `gatehouse run -c CONFIG --log-format json` as the arguments of `cmd`: the binary itself, or a shell
+/// given `-c SCRIPT BIN` that ends in `exec "$0" "$@"`. None of the variables that change how the gateway
+/// starts or logs is inherited from the test's environment (the caller may set them again); stdin and
+/// stdout are closed and stderr is piped, for [`Proc::new`].
+pub fn run_json_command(mut cmd: Command, config: &Path) -> Command {
+    cmd.args(["run", "-c", config.to_str().unwrap(), "--log-format", "json"])
+        .env_remove("RUST_LOG")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
 /// A running `gatehouse` child. Its stderr is read line by line on a thread; the child is killed on drop.
 pub struct Proc {
     pub child: Child,
@@ -21,15 +37,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `gatehouse run -c FILE --log-format json`.
     pub fn run_json(config: &Path) -> Proc {
-        let child = Command::new(BIN)
-            .args(["run", "-c", config.to_str().unwrap(), "--log-format", "json"])
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("LISTEN_FDS")
-            .env_remove("LISTEN_PID")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        let child = run_json_command(Command::new(BIN), config)
             .spawn()
             .expect("spawn gatehouse run");
         Proc::new(child)
@@ -52,6 +60,11 @@ impl Proc {
             lines: Some(rx),
             seen: Vec::new(),
         }
+    }
+
+    /// Every stderr line received so far.
+    pub fn seen(&self) -> &[String] {
+        &self.seen
     }
 
     pub fn pid(&self) -> i32 {
