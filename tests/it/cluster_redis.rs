@@ -38,11 +38,7 @@ struct RedisServer {
 
 impl RedisServer {
     async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = net::free_port();
         let mut s = RedisServer { port, child: None };
         s.restart().await;
         s

@@ -8,7 +8,7 @@
 //! cost no real time. The stub backend answers every request at once with `"result":null`, so a request's
 //! cost is exactly its method cost plus its bytes (request line and reply line, newline included) / 5000.
 
-use crate::support::backends::stub_backend;
+use crate::support::backends::{self, stub_backend};
 use crate::support::clients::Client;
 use crate::support::cost::{bytes, config, SCRIPTHASH};
 use crate::support::gateway;
@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 const SOFT: f64 = 1000.0;
@@ -441,54 +440,45 @@ async fn hard_limit_closes_at_once() {
 /// included), answers those with an id with `"result":null`, and reports the most requests it ever
 /// had in hand at once and how many it received.
 async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let most = Arc::new(AtomicUsize::new(0));
     let total = Arc::new(AtomicUsize::new(0));
     let (m, t) = (most.clone(), total.clone());
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let (most, total) = (m.clone(), t.clone());
-            tokio::spawn(async move {
-                let (r, w) = s.into_split();
-                let w = Arc::new(tokio::sync::Mutex::new(w));
-                let busy = Arc::new(AtomicUsize::new(0));
-                let mut r = BufReader::new(r);
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match r.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    let items = match serde_json::from_str::<Value>(&line) {
-                        Ok(Value::Array(items)) => items,
-                        Ok(v) => vec![v],
-                        Err(_) => continue,
+    let addr = backends::serve(move |s| {
+        let (most, total) = (m.clone(), t.clone());
+        async move {
+            let (r, w) = s.into_split();
+            let w = Arc::new(tokio::sync::Mutex::new(w));
+            let busy = Arc::new(AtomicUsize::new(0));
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let items = match serde_json::from_str::<Value>(&line) {
+                    Ok(Value::Array(items)) => items,
+                    Ok(v) => vec![v],
+                    Err(_) => continue,
+                };
+                total.fetch_add(items.len(), Ordering::SeqCst);
+                let now = busy.fetch_add(items.len(), Ordering::SeqCst) + items.len();
+                most.fetch_max(now, Ordering::SeqCst);
+                let (w, busy) = (w.clone(), busy.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let replies: Vec<String> = items
+                        .iter()
+                        .filter_map(|i| i.get("id"))
+                        .map(|id| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":null}}"#))
+                        .collect();
+                    let out = match (replies.len(), items.len()) {
+                        (0, _) => String::new(),
+                        (_, 1) => format!("{}\n", replies[0]),
+                        _ => format!("[{}]\n", replies.join(",")),
                     };
-                    total.fetch_add(items.len(), Ordering::SeqCst);
-                    let now = busy.fetch_add(items.len(), Ordering::SeqCst) + items.len();
-                    most.fetch_max(now, Ordering::SeqCst);
-                    let (w, busy) = (w.clone(), busy.clone());
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let replies: Vec<String> = items
-                            .iter()
-                            .filter_map(|i| i.get("id"))
-                            .map(|id| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":null}}"#))
-                            .collect();
-                        let out = match (replies.len(), items.len()) {
-                            (0, _) => String::new(),
-                            (_, 1) => format!("{}\n", replies[0]),
-                            _ => format!("[{}]\n", replies.join(",")),
-                        };
-                        busy.fetch_sub(items.len(), Ordering::SeqCst);
-                        let _ = w.lock().await.write_all(out.as_bytes()).await;
-                    });
-                }
-            });
+                    busy.fetch_sub(items.len(), Ordering::SeqCst);
+                    let _ = w.lock().await.write_all(out.as_bytes()).await;
+                });
+            }
         }
-    });
+    })
+    .await;
     (addr, most, total)
 }
 

@@ -8,7 +8,7 @@
 //! read everything the gateway sent it before.
 
 use crate::support::gateway::RELAXED;
-use crate::support::{clients, gateway, net};
+use crate::support::{backends, clients, gateway, net};
 use gatehouse::Running;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpListener;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -113,82 +112,77 @@ async fn stub_with(handler: impl Fn(&str, &Value) -> Option<Value> + Send + Sync
 
 async fn stub_quirky(handler: impl Fn(&str, &Value) -> Option<Value> + Send + Sync + 'static, quirks: Quirks) -> Stub {
     let handler: Handler = Arc::new(handler);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let rec = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let (handler, rec) = (handler.clone(), rec.clone());
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let mut line = Vec::new();
-                let mut held: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    // read_until keeps a partial line in `line` when the wait is cut short.
-                    let read = if quirks.reorder && !held.is_empty() {
-                        tokio::time::timeout(Duration::from_millis(50), r.read_until(b'\n', &mut line))
-                            .await
-                            .ok()
-                    } else {
-                        Some(r.read_until(b'\n', &mut line).await)
-                    };
-                    let timed_out = read.is_none();
-                    match read {
-                        Some(Ok(0)) | Some(Err(_)) => return,
-                        Some(Ok(_)) => {
-                            let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                            line.clear();
-                            rec.lock().unwrap().push(text.clone());
-                            let answer = |req: &Value| -> Option<Value> {
-                                let mut id = req.get("id")?.clone();
-                                if quirks.float_ids {
-                                    id = as_float(id);
-                                }
-                                let method = req["method"].as_str().unwrap_or("");
-                                if quirks.silent == Some(method) {
-                                    return None;
-                                }
-                                Some(match handler(method, &req["params"]) {
-                                    Some(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-                                    None => json!({"jsonrpc": "2.0", "id": id,
-                                        "error": {"code": -32601, "message": format!("unknown method {method}")}}),
-                                })
-                            };
-                            let reply = match serde_json::from_str::<Value>(&text) {
-                                Ok(Value::Array(items)) => {
-                                    Some(Value::Array(items.iter().filter_map(answer).collect()))
-                                }
-                                Ok(v) => answer(&v),
-                                Err(_) => Some(json!({"jsonrpc": "2.0", "id": null,
-                                    "error": {"code": -32700, "message": "parse error"}})),
-                            };
-                            if let Some(reply) = reply {
-                                let mut out = serde_json::to_vec(&reply).unwrap();
-                                out.push(b'\n');
-                                held.push(out);
+    let addr = backends::serve(move |s| {
+        let (handler, rec) = (handler.clone(), rec.clone());
+        async move {
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let mut line = Vec::new();
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // read_until keeps a partial line in `line` when the wait is cut short.
+                let read = if quirks.reorder && !held.is_empty() {
+                    tokio::time::timeout(Duration::from_millis(50), r.read_until(b'\n', &mut line))
+                        .await
+                        .ok()
+                } else {
+                    Some(r.read_until(b'\n', &mut line).await)
+                };
+                let timed_out = read.is_none();
+                match read {
+                    Some(Ok(0)) | Some(Err(_)) => return,
+                    Some(Ok(_)) => {
+                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                        line.clear();
+                        rec.lock().unwrap().push(text.clone());
+                        let answer = |req: &Value| -> Option<Value> {
+                            let mut id = req.get("id")?.clone();
+                            if quirks.float_ids {
+                                id = as_float(id);
                             }
+                            let method = req["method"].as_str().unwrap_or("");
+                            if quirks.silent == Some(method) {
+                                return None;
+                            }
+                            Some(match handler(method, &req["params"]) {
+                                Some(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+                                None => json!({"jsonrpc": "2.0", "id": id,
+                                    "error": {"code": -32601, "message": format!("unknown method {method}")}}),
+                            })
+                        };
+                        let reply = match serde_json::from_str::<Value>(&text) {
+                            Ok(Value::Array(items)) => Some(Value::Array(items.iter().filter_map(answer).collect())),
+                            Ok(v) => answer(&v),
+                            Err(_) => Some(json!({"jsonrpc": "2.0", "id": null,
+                                "error": {"code": -32700, "message": "parse error"}})),
+                        };
+                        if let Some(reply) = reply {
+                            let mut out = serde_json::to_vec(&reply).unwrap();
+                            out.push(b'\n');
+                            held.push(out);
                         }
-                        None => {}
                     }
-                    if quirks.reorder && held.len() < 2 && !timed_out {
-                        continue;
+                    None => {}
+                }
+                if quirks.reorder && held.len() < 2 && !timed_out {
+                    continue;
+                }
+                for out in held.drain(..).rev() {
+                    if quirks.stray {
+                        let stray = json!({"jsonrpc": "2.0", "id": 424242,
+                            "result": [["10.0.0.5", "stray.backend.lan", ["v1.4"]]]});
+                        let _ = w.write_all(format!("{stray}\n").as_bytes()).await;
                     }
-                    for out in held.drain(..).rev() {
-                        if quirks.stray {
-                            let stray = json!({"jsonrpc": "2.0", "id": 424242,
-                                "result": [["10.0.0.5", "stray.backend.lan", ["v1.4"]]]});
-                            let _ = w.write_all(format!("{stray}\n").as_bytes()).await;
-                        }
-                        if w.write_all(&out).await.is_err() {
-                            return;
-                        }
+                    if w.write_all(&out).await.is_err() {
+                        return;
                     }
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     Stub { addr, seen }
 }
 
@@ -659,10 +653,7 @@ fn features_answer(backend_port: u16) -> impl Fn(&str, &Value) -> Option<Value> 
 async fn server_features_announces_the_public_hosts_and_the_gateways_port() {
     let be = stub_with(features_answer(51234)).await;
     // A concrete port, as in production.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = net::free_port();
     let toml = config_on(
         &format!("127.0.0.1:{port}"),
         be.addr,

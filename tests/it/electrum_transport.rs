@@ -4,7 +4,7 @@
 //! notifications pass through byte for byte, the per-session subscription cap holds, and BDK's real
 //! `electrum-client` gets through the gateway exactly what it gets from the backend directly.
 
-use crate::support::backends::{flood_backend, header_notification, FloodEnd};
+use crate::support::backends::{self, flood_backend, header_notification, FloodEnd};
 use crate::support::gateway::RELAXED;
 use crate::support::net::ip;
 use crate::support::tls::Certs;
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -25,21 +25,9 @@ use tokio_tungstenite::WebSocketStream;
 
 /// One Electrum front on 127.0.0.1:0. `tls` adds [front.tls] (needed by "tls" and "wss").
 fn front(name: &str, transport: &str, upstreams: &[SocketAddr], tls: Option<&Certs>, electrum: &str) -> String {
-    let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-    let mut s = format!(
-        "[[front]]\nname = \"{name}\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"{transport}\"\n\
-         upstreams = [{}]\n",
-        ups.join(", ")
-    );
-    if let Some(c) = tls {
-        s += &format!(
-            "[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-            c.cert.display(),
-            c.key.display()
-        );
-    }
-    s += &format!("[front.electrum]\n{electrum}\n");
-    s
+    let tls = tls.map(|c| gateway::tls_table(&c.cert, &c.key)).unwrap_or_default();
+    let extra = format!("{tls}[front.electrum]\n{electrum}");
+    gateway::front("electrum", name, "127.0.0.1:0", transport, upstreams, &extra)
 }
 
 /// The whole config: RELAXED admission, loopback clients grouped by /24, `cost` extra lines (which may
@@ -200,59 +188,56 @@ struct StubOpts {
 /// true only for a scripthash this connection subscribed), reports every
 /// line it receives on the channel, and behaves as `opts` says.
 async fn stub_backend(opts: StubOpts) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let (tx, opts) = (tx.clone(), opts.clone());
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let mut n = 0;
-                let mut subscribed = std::collections::HashSet::new();
-                loop {
-                    let mut line = String::new();
-                    match r.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
+    let addr = backends::serve(move |s| {
+        let (tx, opts) = (tx.clone(), opts.clone());
+        async move {
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let mut n = 0;
+            let mut subscribed = std::collections::HashSet::new();
+            loop {
+                let mut line = String::new();
+                match r.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                n += 1;
+                let _ = tx.send(line.trim_end().to_string());
+                if opts.close_on_request == Some(n) {
+                    return;
+                }
+                let Ok(req) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let method = req["method"].as_str().unwrap_or("").to_string();
+                let result = match method.as_str() {
+                    "server.version" => json!(["Stub 1.0", "1.4.2"]),
+                    "blockchain.headers.subscribe" => json!({"height": 7, "hex": "00".repeat(80)}),
+                    "blockchain.scripthash.subscribe" => {
+                        subscribed.insert(req["params"][0].to_string());
+                        json!(format!("status-{}", req["params"][0]))
                     }
-                    n += 1;
-                    let _ = tx.send(line.trim_end().to_string());
-                    if opts.close_on_request == Some(n) {
+                    "blockchain.scripthash.unsubscribe" => json!(subscribed.remove(&req["params"][0].to_string())),
+                    _ => Value::Null,
+                };
+                if req.get("id").is_some() {
+                    let reply = json!({"jsonrpc": "2.0", "id": req["id"], "result": result});
+                    if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
                         return;
                     }
-                    let Ok(req) = serde_json::from_str::<Value>(&line) else {
-                        continue;
-                    };
-                    let method = req["method"].as_str().unwrap_or("").to_string();
-                    let result = match method.as_str() {
-                        "server.version" => json!(["Stub 1.0", "1.4.2"]),
-                        "blockchain.headers.subscribe" => json!({"height": 7, "hex": "00".repeat(80)}),
-                        "blockchain.scripthash.subscribe" => {
-                            subscribed.insert(req["params"][0].to_string());
-                            json!(format!("status-{}", req["params"][0]))
-                        }
-                        "blockchain.scripthash.unsubscribe" => json!(subscribed.remove(&req["params"][0].to_string())),
-                        _ => Value::Null,
-                    };
-                    if req.get("id").is_some() {
-                        let reply = json!({"jsonrpc": "2.0", "id": req["id"], "result": result});
-                        if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                }
+                if method == "blockchain.scripthash.subscribe" {
+                    if let Some(extra) = &opts.after_subscribe {
+                        if w.write_all(extra.as_bytes()).await.is_err() {
                             return;
                         }
                     }
-                    if method == "blockchain.scripthash.subscribe" {
-                        if let Some(extra) = &opts.after_subscribe {
-                            if w.write_all(extra.as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 

@@ -8,13 +8,12 @@
 
 use crate::support::backends::{self, echo_backend};
 use crate::support::gateway::RELAXED;
-use crate::support::{gateway, net, tls};
+use crate::support::{clients, gateway, net, tls};
 use gatehouse::config::AdminListen;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 const TOKEN: &str = "metrics-token-0123456789abcdef";
 
@@ -277,24 +276,10 @@ async fn start(tag: &str, admin_extra: &str) -> Gw {
     }
 }
 
-/// One HTTP/1.1 exchange by hand: (status, content type, body).
+/// `GET path` on the admin API, with the token or without: (status, content type, body).
 async fn get(admin: SocketAddr, path: &str, auth: bool) -> (u16, String, String) {
-    let mut s = TcpStream::connect(admin).await.unwrap();
-    let auth = if auth {
-        format!("Authorization: Bearer {TOKEN}\r\n")
-    } else {
-        String::new()
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("admin API answered within 10s")
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let auth = auth.then(|| format!("Bearer {TOKEN}"));
+    let (status, head, body) = clients::http_exchange(admin, "GET", path, auth.as_deref(), None).await;
     let ctype = head
         .lines()
         .find_map(|l| {
@@ -303,7 +288,7 @@ async fn get(admin: SocketAddr, path: &str, auth: bool) -> (u16, String, String)
                 .map(|v| v.trim().to_string())
         })
         .unwrap_or_default();
-    (status, ctype, body.to_string())
+    (status, ctype, body)
 }
 
 async fn scrape(gw: &Gw) -> Exposition {

@@ -542,11 +542,10 @@ impl AsyncWrite for PrefixFirstWrite {
 }
 
 fn tls_front(up: SocketAddr, certs: &tls::Certs, extra: &str) -> String {
+    let extra = format!("{TRUST_LB}{extra}");
     format!(
-        "{RELAXED}[[front]]\nname = \"t\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tls\"\n\
-         upstreams = [\"{up}\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n{TRUST_LB}{extra}\n",
-        certs.cert.display(),
-        certs.key.display()
+        "{RELAXED}{}",
+        gateway::tls_front("t", &certs.cert, &certs.key, &[up], &extra)
     )
 }
 

@@ -94,10 +94,7 @@ async fn reload(running: &mut gatehouse::Running, dir: &Path, toml: &str) -> gat
 async fn reload_applies_new_rules_to_new_connections_and_keeps_open_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let up = backends::echo_backend().await;
-    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let fixed = net::free_addr();
     let base = format!(
         "{}{}",
         gateway::RELAXED,
@@ -137,10 +134,7 @@ async fn reload_applies_new_rules_to_new_connections_and_keeps_open_sessions() {
 async fn reload_adds_and_removes_fronts() {
     let dir = tempfile::tempdir().unwrap();
     let up = backends::echo_backend().await;
-    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let fixed = net::free_addr();
     let one = format!(
         "{}{}",
         gateway::RELAXED,
@@ -179,10 +173,7 @@ async fn lowered_hard_limit_applies_to_the_next_request_of_an_open_session() {
     let backend = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let fixed = net::free_addr();
     let front = format!(
         "[[front]]\nname = \"e\"\nkind = \"electrum\"\nlisten = [\"{fixed}\"]\ntransport = \"tcp\"\nupstreams = [\"{backend}\"]\n"
     );

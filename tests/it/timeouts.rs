@@ -153,17 +153,11 @@ async fn one_way_client_traffic_keeps_session_alive() {
     // Activity in the client-to-upstream direction alone counts: a backend that never answers does not
     // make a talking client idle.
     let c = tls::certs();
-    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sink_addr = sink.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = sink.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
+    let sink_addr = backends::serve(|mut s| async move {
+        let mut buf = [0u8; 1024];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
     let extra = "[front.timeouts]\nidle = \"400ms\"\n";
     let running = gateway::start_in(
         c.dir.path(),

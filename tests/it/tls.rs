@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const MB5: usize = 5 * 1024 * 1024;
 
@@ -115,28 +114,21 @@ async fn five_megabytes_echo_through_tls() {
 
 /// A backend that waits for one `\n`-terminated line, then sends `len` bytes of `pattern(seed)` and closes.
 async fn sending_backend(seed: u64, len: usize) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
+    backends::serve(move |mut s| async move {
+        let mut b = [0u8; 1];
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut b = [0u8; 1];
-                loop {
-                    match s.read(&mut b).await {
-                        Ok(1) if b[0] == b'\n' => break,
-                        Ok(1) => {}
-                        _ => return,
-                    }
-                }
-                let data = pattern(seed, len);
-                if s.write_all(&data).await.is_ok() {
-                    let _ = s.shutdown().await;
-                }
-            });
+            match s.read(&mut b).await {
+                Ok(1) if b[0] == b'\n' => break,
+                Ok(1) => {}
+                _ => return,
+            }
         }
-    });
-    addr
+        let data = pattern(seed, len);
+        if s.write_all(&data).await.is_ok() {
+            let _ = s.shutdown().await;
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,15 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A TCP (`kind = "peer"`) front with several upstreams, in order, and extra front keys.
 fn front(name: &str, upstreams: &[SocketAddr], extra: &str) -> String {
-    let ups = upstreams
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "[[front]]\nname = \"{name}\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
-         upstreams = [{ups}]\n{extra}\n"
-    )
+    gateway::front("peer", name, "127.0.0.1:0", "tcp", upstreams, extra)
 }
 
 /// Reads until the gateway closes; returns what arrived and how long the close took. Panics after `limit`.
@@ -235,23 +227,16 @@ async fn marked_down_upstream_is_retried_after_backoff() {
 
 /// A backend that reads one line, then closes the connection.
 async fn one_line_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut b = [0u8; 1];
-                while let Ok(1) = s.read(&mut b).await {
-                    if b[0] == b'\n' {
-                        break;
-                    }
-                }
-                drop(s);
-            });
+    backends::serve(|mut s| async move {
+        let mut b = [0u8; 1];
+        while let Ok(1) = s.read(&mut b).await {
+            if b[0] == b'\n' {
+                break;
+            }
         }
-    });
-    addr
+        drop(s);
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

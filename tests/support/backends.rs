@@ -90,14 +90,8 @@ pub async fn stub_backend(silent: &'static [&'static str]) -> SocketAddr {
     serve(move |s| async move {
         let _ = s.set_nodelay(true);
         let (r, mut w) = s.into_split();
-        let mut r = BufReader::new(r);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match r.read_line(&mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
+        let mut lines = BufReader::new(r).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
             let answer = |req: &Value| -> Option<String> {
                 let id = req.get("id")?;
                 let method = req.get("method").and_then(Value::as_str).unwrap_or("");

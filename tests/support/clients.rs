@@ -125,14 +125,15 @@ impl Client {
     }
 }
 
-/// One HTTP/1.1 exchange written by hand, so the tests depend on nothing but the wire format.
-pub async fn http_text(
+/// One HTTP/1.1 exchange written by hand, so the tests depend on nothing but the wire format: (status,
+/// header lines, body). `auth` is the whole `Authorization` value.
+pub async fn http_exchange(
     admin: SocketAddr,
     method: &str,
     path: &str,
     auth: Option<&str>,
     body: Option<&str>,
-) -> (u16, String) {
+) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
     let body = body.unwrap_or("");
     let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
@@ -152,12 +153,12 @@ pub async fn http_text(
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("no header end: {text:?}"));
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
+    (status, head.to_string(), body.to_string())
 }
 
-/// [`http_text`] with the body as JSON (`Null` when empty).
+/// [`http_exchange`] with the body as JSON (`Null` when empty).
 pub async fn http(admin: SocketAddr, method: &str, path: &str, auth: Option<&str>, body: Option<&str>) -> (u16, Value) {
-    let (status, body) = http_text(admin, method, path, auth, body).await;
+    let (status, _, body) = http_exchange(admin, method, path, auth, body).await;
     let v = if body.is_empty() {
         Value::Null
     } else {
@@ -168,12 +169,11 @@ pub async fn http(admin: SocketAddr, method: &str, path: &str, auth: Option<&str
 
 /// The body of `GET path` on an admin API, with `token`.
 pub async fn admin_get(admin: SocketAddr, token: &str, path: &str) -> String {
-    http_text(admin, "GET", path, Some(&format!("Bearer {token}")), None)
-        .await
-        .1
+    let auth = format!("Bearer {token}");
+    http_exchange(admin, "GET", path, Some(&auth), None).await.2
 }
 
-/// The blocking form of [`http_text`], for tests without a runtime (or inside `block_in_place`): one
+/// The blocking form of [`http_exchange`], for tests without a runtime (or inside `block_in_place`): one
 /// exchange with `Authorization: Bearer TOKEN` when `token` is given; (status, body).
 pub fn http_blocking(admin: SocketAddr, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     use std::io::{Read, Write};

@@ -32,6 +32,29 @@ pub const RELAXED_KEYS: &str = relaxed_keys!();
 /// Global admission loose enough that only what a test configures on its front can refuse.
 pub const RELAXED: &str = concat!("[admission]\n", relaxed_keys!(), "\n");
 
+/// A `[[front]]` table of `kind` on one `listen` address, with `transport` and `upstreams` (in order),
+/// then `extra`: more keys of the front, then its sub-tables.
+pub fn front(kind: &str, name: &str, listen: &str, transport: &str, upstreams: &[SocketAddr], extra: &str) -> String {
+    let ups = upstreams
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[[front]]\nname = \"{name}\"\nkind = \"{kind}\"\nlisten = [\"{listen}\"]\ntransport = \"{transport}\"\n\
+         upstreams = [{ups}]\n{extra}\n"
+    )
+}
+
+/// A front's `[front.tls]` table.
+pub fn tls_table(cert: &Path, key: &Path) -> String {
+    format!(
+        "[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
+}
+
 /// A plain TCP front on 127.0.0.1:0 in front of `upstream`, with extra front keys appended.
 pub fn tcp_front(name: &str, upstream: SocketAddr, extra: &str) -> String {
     tcp_front_at(name, "127.0.0.1:0", upstream, extra)
@@ -40,25 +63,14 @@ pub fn tcp_front(name: &str, upstream: SocketAddr, extra: &str) -> String {
 /// A plain TCP front on `listen` (another loopback address, for a second front: the config refuses two
 /// fronts that list the same address, `127.0.0.1:0` included).
 pub fn tcp_front_at(name: &str, listen: &str, upstream: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[front]]\nname = \"{name}\"\nkind = \"peer\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\nupstreams = [\"{upstream}\"]\n{extra}\n"
-    )
+    front("peer", name, listen, "tcp", &[upstream], extra)
 }
 
 /// A `kind = "peer"` TLS front on 127.0.0.1:0 with the given certificate, upstreams and extra front keys
 /// (e.g. `[front.timeouts]` tables, which must come last).
 pub fn tls_front(name: &str, cert: &Path, key: &Path, upstreams: &[SocketAddr], extra: &str) -> String {
-    let ups = upstreams
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "[[front]]\nname = \"{name}\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tls\"\n\
-         upstreams = [{ups}]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
-        cert.display(),
-        key.display()
-    )
+    let extra = format!("{}{extra}", tls_table(cert, key));
+    front("peer", name, "127.0.0.1:0", "tls", upstreams, &extra)
 }
 
 /// Cluster node keys `node{i}.key` in `dir`; returns their public keys.
