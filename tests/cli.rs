@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 mod support;
 use support::backends::echo_backend_thread;
 use support::clients::http_blocking;
+use support::gateway::journaled_ban;
 use support::net::{free_port, refused_from};
 use support::process::{run_json_command, wait_accepting, Proc, BIN};
 use support::tls::localhost_cert;
@@ -1430,20 +1431,6 @@ fn a_second_gateway_on_the_same_journal_waits_for_the_first_to_exit() {
     assert!(refused_from("127.0.0.2", listen2), "{}", second.log());
 }
 
-/// A ban line as the journal holds it (CRC-32 of the JSON, a space, the JSON, a newline).
-fn journal_ban_line(prefix: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let json = format!(
-        r#"{{"op":"ban","prefix":"{prefix}","until_ms":{},"reason":"planted","origin":"local","created_ms":{now},"version":{}}}"#,
-        now + 3_600_000,
-        now * 1000
-    );
-    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
-}
-
 #[test]
 fn journal_recovery_keeps_the_damaged_original_and_names_the_dropped_lines() {
     let backend = echo_backend_thread();
@@ -1452,7 +1439,7 @@ fn journal_recovery_keeps_the_damaged_original_and_names_the_dropped_lines() {
     let dir = tempfile::tempdir().unwrap();
     let path = admin_config(dir.path(), listen, admin, backend, "");
     // Four acknowledged bans; then line 2 is damaged on disk (one bit) and line 4's checksum too.
-    let mut lines: Vec<String> = (2..=5).map(|i| journal_ban_line(&format!("127.0.0.{i}/32"))).collect();
+    let mut lines: Vec<String> = (2..=5).map(|i| journaled_ban(&format!("127.0.0.{i}/32"))).collect();
     lines[1] = lines[1].replacen("planted", "plantec", 1);
     lines[3] = format!("00000000{}", &lines[3][8..]);
     let original = lines.concat();

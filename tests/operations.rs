@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 
 mod support;
 use support::backends::echo_backend;
-use support::clients::http_blocking;
+use support::clients::{http_blocking, sample};
 use support::gateway::RELAXED_KEYS;
 use support::net::{connect_from, echoes, free_addr, refused_from};
 use support::process::{wait_accepting, Proc};
@@ -56,13 +56,6 @@ fn http(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u1
     let (status, body) = http_blocking(admin, method, path, token, "");
     let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
     (status, json, body)
-}
-
-/// The value of one sample line (`name{labels} value`) in Prometheus text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 
 use crate::support::backends::echo_backend;
 use crate::support::clients::http;
+use crate::support::gateway::journaled_ban;
 use crate::support::net::is_refused;
 use crate::support::{backends, clients, gateway, net};
 use gatehouse::config::{AdminListen, Config};
@@ -451,24 +452,6 @@ async fn a_journal_that_cannot_be_opened_stops_the_start() {
     };
     assert!(err.contains("no-such-dir/bans.journal"), "{err}");
     assert!(err.contains("cannot open"), "{err}");
-}
-
-/// A journal line as the gateway writes it (CRC-32 of the JSON, a space, the JSON), for planting
-/// statements a gateway never wrote itself.
-pub(crate) fn journal_line(json: &str) -> String {
-    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
-}
-
-fn journaled_ban(prefix: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    journal_line(&format!(
-        r#"{{"op":"ban","prefix":"{prefix}","until_ms":{},"reason":"planted","origin":"local","created_ms":{now},"version":{}}}"#,
-        now + 3_600_000,
-        now * 1000
-    ))
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! return heals it; records by unlisted or tampered signers are refused and counted. The tests need
 //! `redis-server` (`tests/run` installs it) and fail without it.
 
+use crate::support::gateway::now_ms;
 use crate::support::{backends, clients, gateway, net};
 use gatehouse::cluster::keys::NodeKey;
 use gatehouse::cluster::link::Carried;
@@ -14,7 +15,7 @@ use ipnetwork::IpNetwork;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const TOKEN: &str = "cluster-redis-test-token-0123456789";
 const PREFIX: &str = "gatehouse:";
@@ -156,10 +157,6 @@ async fn admitted_within(g: &Running, ip: &str, limit: Duration) -> bool {
     net::within(limit, async || !net::is_refused(ip, addr).await)
         .await
         .is_some()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,9 +73,7 @@ async fn admin_addr(running: &Running) -> SocketAddr {
 /// The value of an unlabelled sample in the exposition.
 async fn metric(admin: SocketAddr, name: &str) -> f64 {
     let text = clients::admin_get(admin, TOKEN, "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    clients::sample(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 /// Budget 1 MiB. Two clients in turn park 600 KB partial lines: as the second one's line grows past

@@ -109,3 +109,26 @@ pub fn plus(before: &[u64], reason: Refusal, n: u64) -> Vec<u64> {
     v[Refusal::ALL.iter().position(|&r| r == reason).unwrap()] += n;
     v
 }
+
+/// Milliseconds since the Unix epoch: the clock of ban records.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// One line of the ban journal as the gateway writes it: the record's CRC-32, then the record.
+pub fn journal_line(json: &str) -> String {
+    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
+}
+
+/// A journal line that bans `prefix` for an hour from now, as an operator's ban made on this node.
+pub fn journaled_ban(prefix: &str) -> String {
+    let now = now_ms();
+    journal_line(&format!(
+        r#"{{"op":"ban","prefix":"{prefix}","until_ms":{},"reason":"planted","origin":"local","created_ms":{now},"version":{}}}"#,
+        now + 3_600_000,
+        now * 1000
+    ))
+}
