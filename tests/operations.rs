@@ -1,4 +1,4 @@
-//! Operating the real `gatehouse` binary without dropping a wallet (issue 5, DESIGN §6): hot reload by
+//! Operating the real `gatehouse` binary without dropping a wallet: hot reload by
 //! SIGHUP and `POST /v1/reload` under 200 open TLS Electrum sessions, certificate renewal by file
 //! replacement, and the SIGTERM drain of 1,000 idle sessions spread over the configured window.
 //!

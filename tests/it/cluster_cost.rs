@@ -1,4 +1,4 @@
-//! Cluster-wide abuse cost (issue 4 item 4): three gateways share what each client group costs them, so
+//! Cluster-wide abuse cost: three gateways share what each client group costs them, so
 //! an address spreading its requests over all three is cut off at about the total cost one gateway alone
 //! allows; with sharing off, each gateway sees a third and lets it run.
 //!

@@ -1,4 +1,4 @@
-//! Electrum cost accounting end to end (DESIGN §3): throttling (per-request sleep and fewer concurrent
+//! Electrum cost accounting end to end: throttling (per-request sleep and fewer concurrent
 //! slots) from the soft limit, -101 plus close plus ban at the hard limit, per-/24 and per-/48 groups that
 //! share a budget and keep a retained cost after a disconnect, decay, the capped `block.headers` charge and
 //! -102 for requests the backend does not answer in time.

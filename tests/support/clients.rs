@@ -1,5 +1,6 @@
-//! Clients of the gateway: a line-oriented Electrum client that keeps the cost model of its session, and
-//! hand-written HTTP/1.1 exchanges with the admin API (async, and blocking for the tests of the binary).
+//! Clients of the gateway: a line-oriented Electrum client that keeps the cost model of its session,
+//! hand-written HTTP/1.1 exchanges with the admin API (async, and blocking for the tests of the binary),
+//! and reading one sample out of its metrics.
 
 use super::cost::{bytes, CONNECTION_COST, SCRIPTHASH, VERSION_COST};
 use super::net::connect_from;

@@ -1,5 +1,5 @@
 //! The gateway in-process: started on the test's runtime from a TOML snippet, the config snippets tests
-//! assemble it from, and its refusal counters.
+//! assemble it from, its refusal counters, and ban-journal lines planted before it starts.
 
 use gatehouse::config::Config;
 use gatehouse::guard::Refusal;

@@ -6,8 +6,9 @@
 //! - `net`: free loopback ports, clients bound to a source address, refusal and echo checks, polling.
 //! - `tls`: certificates written to files, rustls connectors trusting them, renewal by file replacement.
 //! - `backends`: stub upstreams (echo, recording, a null-answering Electrum server, a notification flood).
-//! - `gateway`: the gateway started in-process from TOML, the config snippets, its refusal counters.
-//! - `clients`: an Electrum client that keeps its session's cost model, admin API requests.
+//! - `gateway`: the gateway started in-process from TOML, the config snippets, its refusal counters, ban
+//!   journal lines planted for it.
+//! - `clients`: an Electrum client that keeps its session's cost model, admin API requests, metric samples.
 //! - `cost`: the cost-accounting set-ups several modules share (one priced gateway, three clustered ones).
 
 #![allow(dead_code)]

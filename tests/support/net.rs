@@ -20,6 +20,7 @@ pub fn free_port() -> u16 {
     free_addr().port()
 }
 
+/// An address literal, as tests name clients and groups.
 pub fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
