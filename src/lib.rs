@@ -38,6 +38,6 @@ pub mod telemetry;
 pub mod upstream;
 pub mod wire;
 
-pub use admin::reload::{ReloadRequest, ReloadSummary};
+pub use admin::reload::{ReloadError, ReloadRequest, ReloadSummary};
 pub use app::demo;
 pub use app::{DrainReport, Gatehouse, Running, StartError, TokioClock};

@@ -1,8 +1,8 @@
 //! Command line only; all behaviour lives in the library.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use gatehouse::admin::client;
 use gatehouse::admin::settings::read_token_file;
+use gatehouse::admin::{api, client};
 use gatehouse::admin::{AdminListen, AdminToken};
 use gatehouse::config::Config;
 use gatehouse::sys::{rlimit::raise_nofile, sdnotify};
@@ -167,7 +167,7 @@ fn admin_target(a: &AdminArgs) -> Result<(AdminListen, AdminToken), String> {
         }
     };
     let token = match (&a.token_file, from_config.and_then(|c| c.token)) {
-        (Some(f), _) => read_token_file(f)?,
+        (Some(f), _) => read_token_file(f).map_err(|e| e.to_string())?,
         (None, Some(t)) => t,
         (None, None) => return Err("no token: pass --token-file FILE or -c FILE".into()),
     };
@@ -175,16 +175,21 @@ fn admin_target(a: &AdminArgs) -> Result<(AdminListen, AdminToken), String> {
 }
 
 /// One line on cluster-wide cost sharing, from `GET /v1/cluster`.
-fn print_cost_sharing(b: &serde_json::Value) {
-    if b["cost_sharing"].as_bool().unwrap_or(false) {
-        let s = &b["stats"];
+fn print_cost_sharing(on: bool, s: &api::ClusterCounters) {
+    if on {
         println!(
             "cost sharing on: {} reports sent, {} received, {} rejected",
-            s["cost_reports_sent"], s["cost_reports_received"], s["cost_reports_rejected"]
+            s.cost_reports_sent, s.cost_reports_received, s.cost_reports_rejected
         );
     } else {
         println!("cost sharing off");
     }
+}
+
+fn last_sync(lag_ms: Option<u64>) -> String {
+    lag_ms.map_or("never synced".to_string(), |ms| {
+        format!("last sync {:.1}s ago", ms as f64 / 1000.0)
+    })
 }
 
 fn cluster_status(admin: &AdminArgs, json: bool) -> ExitCode {
@@ -214,61 +219,60 @@ fn cluster_status(admin: &AdminArgs, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let b = &reply.body;
     if json {
-        println!("{b}");
+        println!("{}", reply.body);
         return ExitCode::SUCCESS;
     }
-    if b["backend"] == "none" {
-        println!("not part of a cluster");
-        return ExitCode::SUCCESS;
-    }
-    if b["backend"] == "redis" {
-        let r = &b["redis"];
-        let lag = r["lag_ms"].as_u64().map_or("never synced".to_string(), |ms| {
-            format!("last sync {:.1}s ago", ms as f64 / 1000.0)
-        });
-        println!(
-            "node {}  redis {} (prefix {})  {}  {}  records {}",
-            b["node"].as_str().unwrap_or("?"),
-            r["url"].as_str().unwrap_or("?"),
-            r["prefix"].as_str().unwrap_or("?"),
-            if r["connected"].as_bool().unwrap_or(false) {
-                "connected"
-            } else {
-                "disconnected"
-            },
-            lag,
-            b["records"]
-        );
-        print_cost_sharing(b);
-        for p in b["peers"].as_array().cloned().unwrap_or_default() {
-            println!("  trusted {}", p["key"].as_str().unwrap_or("?"));
+    let status = match reply.parse::<api::ClusterStatus>() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
         }
-        return ExitCode::SUCCESS;
-    }
-    println!(
-        "node {}  listening on {}  records {}",
-        b["node"].as_str().unwrap_or("?"),
-        b["listen"].as_str().unwrap_or("?"),
-        b["records"]
-    );
-    print_cost_sharing(b);
-    for p in b["peers"].as_array().cloned().unwrap_or_default() {
-        let lag = p["lag_ms"].as_u64().map_or("never synced".to_string(), |ms| {
-            format!("last sync {:.1}s ago", ms as f64 / 1000.0)
-        });
-        println!(
-            "  {:<22} {:<5} {}  {}",
-            p["addr"].as_str().unwrap_or("?"),
-            if p["up"].as_bool().unwrap_or(false) {
-                "up"
-            } else {
-                "down"
-            },
-            lag,
-            p["key"].as_str().unwrap_or("?")
-        );
+    };
+    match status {
+        api::ClusterStatus::Standalone { .. } => println!("not part of a cluster"),
+        api::ClusterStatus::Redis {
+            node,
+            records,
+            cost_sharing,
+            peers,
+            redis: r,
+            stats,
+            ..
+        } => {
+            println!(
+                "node {node}  redis {} (prefix {})  {}  {}  records {records}",
+                r.url,
+                r.prefix,
+                if r.connected { "connected" } else { "disconnected" },
+                last_sync(r.lag_ms),
+            );
+            print_cost_sharing(cost_sharing, &stats);
+            for p in peers {
+                println!("  trusted {}", p.key);
+            }
+        }
+        api::ClusterStatus::Embedded {
+            node,
+            listen,
+            records,
+            cost_sharing,
+            peers,
+            stats,
+        } => {
+            println!("node {node}  listening on {listen}  records {records}");
+            print_cost_sharing(cost_sharing, &stats);
+            for p in peers {
+                println!(
+                    "  {:<22} {:<5} {}  {}",
+                    p.addr,
+                    if p.up { "up" } else { "down" },
+                    last_sync(p.lag_ms),
+                    p.key
+                );
+            }
+        }
     }
     ExitCode::SUCCESS
 }
@@ -288,11 +292,17 @@ fn bans(cmd: BansCmd) -> ExitCode {
             reason,
             admin,
         } => {
-            let mut body = serde_json::json!({ "prefix": prefix, "duration": duration });
-            if let Some(r) = reason {
-                body["reason"] = r.clone().into();
-            }
-            (admin, Method::POST, "/v1/bans".to_string(), Some(body))
+            let body = api::NewBan {
+                prefix: prefix.clone(),
+                duration: duration.clone(),
+                reason: reason.clone(),
+            };
+            (
+                admin,
+                Method::POST,
+                "/v1/bans".to_string(),
+                serde_json::to_value(body).ok(),
+            )
         }
         BansCmd::Remove { prefix, admin } => (
             admin,
@@ -326,30 +336,36 @@ fn bans(cmd: BansCmd) -> ExitCode {
         eprintln!("error: {} (HTTP {})", reply.error_message(), reply.status.as_u16());
         return ExitCode::FAILURE;
     }
-    let b = &reply.body;
-    let s = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
-    match cmd {
-        BansCmd::List { json: true, .. } => println!("{b}"),
-        BansCmd::List { .. } => {
-            let list = b.get("bans").and_then(|l| l.as_array()).cloned().unwrap_or_default();
-            if list.is_empty() {
+    let shown = match cmd {
+        BansCmd::List { json: true, .. } => {
+            println!("{}", reply.body);
+            Ok(())
+        }
+        BansCmd::List { .. } => reply.parse::<api::BanList>().map(|list| {
+            if list.bans.is_empty() {
                 println!("no bans in force");
             }
-            for r in &list {
+            for r in &list.bans {
                 println!(
                     "{:<43} until {}  ({}s left)  origin {}  {}",
-                    s(r, "prefix"),
-                    s(r, "until"),
-                    r.get("expires_in_secs").and_then(|x| x.as_u64()).unwrap_or(0),
-                    s(r, "origin"),
-                    s(r, "reason"),
+                    r.prefix, r.until, r.expires_in_secs, r.origin, r.reason,
                 );
             }
+        }),
+        BansCmd::Add { .. } => reply
+            .parse::<api::Ban>()
+            .map(|b| println!("banned {} until {}: {}", b.prefix, b.until, b.reason)),
+        BansCmd::Remove { .. } => reply
+            .parse::<api::Ban>()
+            .map(|b| println!("lifted the ban on {} (was until {})", b.prefix, b.until)),
+    };
+    match shown {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
-        BansCmd::Add { .. } => println!("banned {} until {}: {}", s(b, "prefix"), s(b, "until"), s(b, "reason")),
-        BansCmd::Remove { .. } => println!("lifted the ban on {} (was until {})", s(b, "prefix"), s(b, "until")),
     }
-    ExitCode::SUCCESS
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
@@ -534,12 +550,12 @@ async fn reload(
     running: &mut gatehouse::Running,
     path: &std::path::Path,
     log_file: Option<&telemetry::LogFile>,
-) -> Result<gatehouse::ReloadSummary, String> {
+) -> Result<gatehouse::ReloadSummary, gatehouse::ReloadError> {
     let _ = sdnotify::notify("RELOADING=1");
     let result = match Config::load(path) {
         Err(e) => {
             tracing::error!(error = %e, "reload rejected; keeping the running configuration");
-            Err(e.to_string())
+            Err(gatehouse::ReloadError::new(e))
         }
         Ok(cfg) => {
             if cfg.log.file.as_deref() != log_file.map(|f| f.path()) {
@@ -547,7 +563,7 @@ async fn reload(
             }
             running.reload(cfg).await.map_err(|e| {
                 tracing::error!(error = %e, "reload failed");
-                e.to_string()
+                gatehouse::ReloadError::new(e)
             })
         }
     };

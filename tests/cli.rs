@@ -13,24 +13,16 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{free_port, refused_from, wait_accepting, Proc, BIN};
+use support::backends::echo_backend_thread;
+use support::clients::http_blocking;
+use support::gateway::journaled_ban;
+use support::net::{free_port, refused_from};
+use support::process::{run_json_command, wait_accepting, Proc, BIN};
+use support::tls::localhost_cert;
 const CONF_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
-
-/// Writes a self-signed ECDSA P-256 certificate and its key (PEM) as `dir/<stem>.crt` and `dir/<stem>.key`.
-fn write_cert(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, stem);
-    let cert = params.self_signed(&key).unwrap();
-    let cp = dir.join(format!("{stem}.crt"));
-    let kp = dir.join(format!("{stem}.key"));
-    std::fs::write(&cp, cert.pem()).unwrap();
-    std::fs::write(&kp, key.serialize_pem()).unwrap();
-    (cp, kp)
-}
 
 /// 1-based number of the first line of `text` containing `needle`.
 fn line_of(text: &str, needle: &str) -> usize {
@@ -111,32 +103,6 @@ fn assert_check_error(toml: &str, key: &str, line: usize, reason: &str) {
         "nothing on stdout on error: {}",
         out.stdout
     );
-}
-
-/// A blocking echo server on 127.0.0.1 that runs on background threads until the test process ends.
-fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut s) = conn else { return };
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Both);
-            });
-        }
-    });
-    addr
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -231,7 +197,7 @@ fn version_prints_the_crate_version() {
 #[test]
 fn check_accepts_a_valid_config_and_summarises_fronts() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path(), "server");
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
     // Loopback fronts with private clients grouped: nothing to warn about either.
     let text = format!(
         "[cost]
@@ -278,7 +244,10 @@ fn localise_paths(text: &str, dir: &Path) -> String {
         let local = if name.contains("key") || name.ends_with(".pem") || name.ends_with(".crt") {
             let (cert, key) = pairs
                 .entry(parent)
-                .or_insert_with(|| write_cert(dir, &format!("pair{n}")))
+                .or_insert_with(|| {
+                    let (cert, key, _) = localhost_cert(dir, &format!("pair{n}"));
+                    (cert, key)
+                })
                 .clone();
             if name.contains("key") {
                 key
@@ -423,7 +392,7 @@ fn reference_config_sets_every_option() {
 #[test]
 fn check_rejects_an_unknown_front_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path(), "server");
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
     let text = tls_config(&cert, &key).replace("transport = \"tls\"", "transport = \"tls\"\nlistn = [\"127.0.0.1:1\"]");
     assert_check_error(
         &text,
@@ -436,7 +405,7 @@ fn check_rejects_an_unknown_front_key() {
 #[test]
 fn check_rejects_a_top_level_typo() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path(), "server");
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
     let text = format!("{}\n[admision]\nmax_connections = 10\n", tls_config(&cert, &key));
     assert_check_error(
         &text,
@@ -449,7 +418,7 @@ fn check_rejects_a_top_level_typo() {
 #[test]
 fn check_rejects_a_bad_cidr() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path(), "server");
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
     let text = tls_config(&cert, &key).replace("\"198.51.100.0/24\"", "\"198.51.100.0/33\"");
     assert_check_error(
         &text,
@@ -462,7 +431,7 @@ fn check_rejects_a_bad_cidr() {
 #[test]
 fn check_rejects_a_missing_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, key) = write_cert(dir.path(), "server");
+    let (_, key, _) = localhost_cert(dir.path(), "server");
     let missing = dir.path().join("missing.crt");
     let text = tls_config(&missing, &key);
     assert_check_error(
@@ -476,8 +445,8 @@ fn check_rejects_a_missing_certificate() {
 #[test]
 fn check_rejects_a_key_that_does_not_match() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert_a, _) = write_cert(dir.path(), "a");
-    let (_, key_b) = write_cert(dir.path(), "b");
+    let (cert_a, _, _) = localhost_cert(dir.path(), "a");
+    let (_, key_b, _) = localhost_cert(dir.path(), "b");
     let text = tls_config(&cert_a, &key_b);
     assert_check_error(
         &text,
@@ -490,7 +459,7 @@ fn check_rejects_a_key_that_does_not_match() {
 #[test]
 fn check_rejects_an_unparsable_duration() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path(), "server");
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
     let text = tls_config(&cert, &key).replace("idle = \"10m\"", "idle = \"10 parsecs\"");
     assert_check_error(
         &text,
@@ -503,7 +472,7 @@ fn check_rejects_an_unparsable_duration() {
 #[test]
 fn check_rejects_a_bad_listen_address() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path(), "server");
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
     let text = tls_config(&cert, &key).replace("\"[::1]:50002\"", "\"[::1]\"");
     assert_check_error(
         &text,
@@ -516,7 +485,7 @@ fn check_rejects_a_bad_listen_address() {
 #[test]
 fn check_rejects_a_cluster_cost_expiry_shorter_than_its_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path(), "server");
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
     let node_key = dir.path().join("node.key");
     gatehouse::cluster::keys::NodeKey::generate_file(&node_key).unwrap();
     let text = format!(
@@ -535,7 +504,7 @@ fn check_rejects_a_cluster_cost_expiry_shorter_than_its_interval() {
 #[test]
 fn check_rejects_a_memory_budget_too_small_for_one_reply() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path(), "server");
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
     let text = format!("[limits]\nmemory_budget = \"64KiB\"\n\n{}", tls_config(&cert, &key));
     assert_check_error(
         &text,
@@ -547,7 +516,7 @@ fn check_rejects_a_memory_budget_too_small_for_one_reply() {
 
 #[test]
 fn check_rejects_a_line_grace_shorter_than_a_second() {
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let text = format!(
         "[[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
          upstreams = [\"{backend}\"]\n[front.electrum]\nline_grace = \"200ms\"\n"
@@ -587,7 +556,7 @@ fn check_reports_an_unreadable_file() {
 
 /// `tls_config` from a fresh folder with `edit` applied; the folder must outlive the check.
 fn edited_tls_config(dir: &Path, edit: impl FnOnce(String) -> String) -> String {
-    let (cert, key) = write_cert(dir, "server");
+    let (cert, key, _) = localhost_cert(dir, "server");
     edit(tls_config(&cert, &key))
 }
 
@@ -789,7 +758,7 @@ fn run_with_a_bad_config_exits_1() {
 
 #[test]
 fn run_logs_sessions_as_json_and_drains_on_sigterm() {
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gatehouse.toml");
@@ -898,28 +867,15 @@ fn admin_config(dir: &Path, listen: SocketAddr, admin: SocketAddr, backend: Sock
     path
 }
 
-/// One HTTP/1.1 exchange over a blocking socket: (status, JSON body).
+/// One exchange with the admin API as the operator: (status, JSON body).
 fn http(admin: SocketAddr, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("connect to admin API");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end: {out:?}"));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    let (status, body) = http_blocking(admin, method, path, Some(ADMIN_TOKEN), body);
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
 }
 
 #[test]
 fn a_ban_acknowledged_before_kill_9_is_there_after_restart() {
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -967,7 +923,7 @@ fn a_ban_acknowledged_before_kill_9_is_there_after_restart() {
 
 #[test]
 fn bans_commands_talk_to_the_running_gateway() {
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -1104,7 +1060,7 @@ fn bans_commands_talk_to_the_running_gateway() {
 /// SIGHUP with a broken file keeps the running configuration; SIGHUP with a good one applies it.
 #[test]
 fn sighup_rejects_a_bad_config_and_applies_a_good_one() {
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gatehouse.toml");
@@ -1195,7 +1151,7 @@ fn is_close_of(v: &serde_json::Value, client: &str) -> bool {
 
 #[test]
 fn log_file_follows_logrotate_on_sigusr1() {
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let logs = dir.path().join("logs");
@@ -1307,7 +1263,7 @@ fn refused_cluster_links_do_not_flood_the_log() {
     use socket2::{Domain, Socket, Type};
     const SOURCES: [&str; 5] = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6"];
     const CONNECTIONS: usize = 500;
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let link: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -1375,7 +1331,7 @@ fn refused_cluster_links_do_not_flood_the_log() {
 #[test]
 fn cluster_status_command_reports_the_node_its_peers_and_cost_sharing() {
     use gatehouse::cluster::keys::NodeKey;
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let link: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -1427,7 +1383,7 @@ fn cluster_status_command_reports_the_node_its_peers_and_cost_sharing() {
 
 #[test]
 fn a_second_gateway_on_the_same_journal_waits_for_the_first_to_exit() {
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -1475,29 +1431,15 @@ fn a_second_gateway_on_the_same_journal_waits_for_the_first_to_exit() {
     assert!(refused_from("127.0.0.2", listen2), "{}", second.log());
 }
 
-/// A ban line as the journal holds it (CRC-32 of the JSON, a space, the JSON, a newline).
-fn journal_ban_line(prefix: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let json = format!(
-        r#"{{"op":"ban","prefix":"{prefix}","until_ms":{},"reason":"planted","origin":"local","created_ms":{now},"version":{}}}"#,
-        now + 3_600_000,
-        now * 1000
-    );
-    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
-}
-
 #[test]
 fn journal_recovery_keeps_the_damaged_original_and_names_the_dropped_lines() {
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = admin_config(dir.path(), listen, admin, backend, "");
     // Four acknowledged bans; then line 2 is damaged on disk (one bit) and line 4's checksum too.
-    let mut lines: Vec<String> = (2..=5).map(|i| journal_ban_line(&format!("127.0.0.{i}/32"))).collect();
+    let mut lines: Vec<String> = (2..=5).map(|i| journaled_ban(&format!("127.0.0.{i}/32"))).collect();
     lines[1] = lines[1].replacen("planted", "plantec", 1);
     lines[3] = format!("00000000{}", &lines[3][8..]);
     let original = lines.concat();
@@ -1553,21 +1495,13 @@ fn poll_until(limit: Duration, mut pred: impl FnMut() -> bool) -> bool {
 
 /// The metrics text of the admin API at `admin`.
 fn metrics_text(admin: SocketAddr) -> String {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("connect to admin API");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let req = format!(
-        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
+    http_blocking(admin, "GET", "/metrics", Some(ADMIN_TOKEN), "").1
 }
 
 #[test]
 fn a_peers_ban_the_journal_cannot_take_is_retried_until_it_is_and_readyz_says_degraded_meanwhile() {
     use gatehouse::cluster::keys::NodeKey;
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let port = || -> SocketAddr { format!("127.0.0.1:{}", free_port()).parse().unwrap() };
     let (links, fronts, admins) = ([port(), port()], [port(), port()], [port(), port()]);
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
@@ -1602,18 +1536,9 @@ fn a_peers_ban_the_journal_cannot_take_is_retried_until_it_is_and_readyz_says_de
     let mut a = Proc::run_json(&paths[0]);
     // B ignores SIGXFSZ (as an inherited disposition), so a file-size limit makes its journal writes
     // fail with EFBIG, as a full disk would, instead of killing it.
-    let child = Command::new("sh")
-        .args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""])
-        .arg(BIN)
-        .args(["run", "-c", paths[1].to_str().unwrap(), "--log-format", "json"])
-        .env_remove("RUST_LOG")
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("LISTEN_FDS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut sh = Command::new("sh");
+    sh.args(["-c", "trap '' XFSZ; exec \"$0\" \"$@\""]).arg(BIN);
+    let child = run_json_command(sh, &paths[1]).spawn().unwrap();
     let mut b = Proc::new(child);
     wait_accepting(&mut a, fronts[0]);
     wait_accepting(&mut b, fronts[1]);
@@ -1688,7 +1613,7 @@ fn a_peers_ban_the_journal_cannot_take_is_retried_until_it_is_and_readyz_says_de
 #[test]
 fn check_rejects_ban_limits_that_would_ban_everyone_or_a_group_per_address() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = write_cert(dir.path(), "server");
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
     for (setting, key_name, reason) in [
         ("min_prefix_v4 = 0", "bans.min_prefix_v4", "must be 1..=32"),
         ("min_prefix_v6 = 0", "bans.min_prefix_v6", "must be 1..=128"),

@@ -1,16 +1,15 @@
-//! Operating the real `gatehouse` binary without dropping a wallet (issue 5, DESIGN §6): hot reload by
+//! Operating the real `gatehouse` binary without dropping a wallet: hot reload by
 //! SIGHUP and `POST /v1/reload` under 200 open TLS Electrum sessions, certificate renewal by file
 //! replacement, and the SIGTERM drain of 1,000 idle sessions spread over the configured window.
 //!
 //! Every child process is owned by a [`Proc`] guard that kills it on drop (so a failing assertion never
 //! leaves a gateway behind), and every wait is bounded. Stub backends run on the test's own threads.
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use rustls::pki_types::CertificateDer;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -18,11 +17,13 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 mod support;
-use support::{free_port, refused_from, wait_accepting, Proc};
+use support::backends::echo_backend;
+use support::clients::{http_blocking, sample};
+use support::gateway::RELAXED_KEYS;
+use support::net::{connect_from, echoes, free_addr, refused_from};
+use support::process::{wait_accepting, Proc};
+use support::tls::{localhost_cert, replace, server_name, tls_connector};
 const ADMIN_TOKEN: &str = "operations-test-token-0123456789";
-
-// ---------------------------------------------------------------------------------------------------------------
-// The child process (copied from tests/cli.rs, trimmed)
 
 // ---------------------------------------------------------------------------------------------------------------
 // Sockets, files and HTTP
@@ -30,10 +31,6 @@ const ADMIN_TOKEN: &str = "operations-test-token-0123456789";
 /// These tests open thousands of client sockets; run one at a time so one test's outgoing connections
 /// cannot take the port another has just picked for its gateway.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
 
 /// Lifts this process's soft open-file limit to at least `want` (capped by the hard limit); returns the
 /// soft limit now in force.
@@ -54,65 +51,11 @@ fn raise_nofile(want: u64) -> u64 {
     lim.rlim_cur
 }
 
-/// Writes a self-signed ECDSA P-256 certificate for "localhost" and 127.0.0.1 and its key (PEM) as
-/// `dir/<stem>.crt` and `dir/<stem>.key`.
-fn write_cert(dir: &Path, stem: &str) -> (PathBuf, PathBuf, CertificateDer<'static>) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, stem);
-    let cert = params.self_signed(&key).unwrap();
-    let cp = dir.join(format!("{stem}.crt"));
-    let kp = dir.join(format!("{stem}.key"));
-    std::fs::write(&cp, cert.pem()).unwrap();
-    std::fs::write(&kp, key.serialize_pem()).unwrap();
-    (cp, kp, cert.der().clone())
-}
-
-/// Replaces a file the way renewal tools and editors do (write aside, then rename), so the gateway never
-/// reads half of it.
-fn replace(path: &Path, contents: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// One HTTP/1.1 exchange with the admin API over a blocking socket: (status, JSON body or raw text).
+/// One exchange with the admin API: (status, JSON body or Null, raw body).
 fn http(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value, String) {
-    let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2)).expect("connect to admin API");
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let req =
-        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("admin API reply");
-    let (head, body) = out
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end: {out:?}"));
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    (status, json, body.to_string())
-}
-
-/// The value of one sample line (`name{labels} value`) in Prometheus text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Connects from source address `from` so the gateway sees a distinct client.
-async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
-    let ip: IpAddr = from.parse().unwrap();
-    let sock = tokio::net::TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(ip, 0))?;
-    let s = tokio::time::timeout(Duration::from_secs(5), sock.connect(to))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    s.set_nodelay(true)?;
-    Ok(s)
+    let (status, body) = http_blocking(admin, method, path, token, "");
+    let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    (status, json, body)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -164,22 +107,6 @@ fn stub_electrum() -> SocketAddr {
                     }
                 }
                 let _ = w.shutdown(Shutdown::Both);
-            });
-        }
-    });
-    addr
-}
-
-/// An echo backend as tokio tasks on the test's runtime (cheap enough for a thousand sessions).
-async fn echo_backend() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
             });
         }
     });
@@ -275,21 +202,6 @@ impl Wallet {
     }
 }
 
-/// A TLS client that trusts `roots` (both the original and the renewed certificate, so the test can see
-/// which one the gateway presents).
-fn tls_connector(roots: &[CertificateDer<'static>]) -> TlsConnector {
-    let mut store = rustls::RootCertStore::empty();
-    for r in roots {
-        store.add(r.clone()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(cfg))
-}
-
 /// A TLS session from `from` to `to`; returns it with the leaf certificate the gateway presented.
 async fn tls_session(
     tls: &TlsConnector,
@@ -297,8 +209,7 @@ async fn tls_session(
     to: SocketAddr,
 ) -> Result<(TlsStream<tokio::net::TcpStream>, CertificateDer<'static>), String> {
     let tcp = connect_from(from, to).await.map_err(|e| format!("connect: {e}"))?;
-    let name = ServerName::try_from("localhost").unwrap();
-    let s = tokio::time::timeout(Duration::from_secs(10), tls.connect(name, tcp))
+    let s = tokio::time::timeout(Duration::from_secs(10), tls.connect(server_name(), tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake: {e}"))?;
@@ -339,10 +250,6 @@ async fn ping_all(sessions: Vec<Wallet>, when: &str) -> Vec<Wallet> {
 // ---------------------------------------------------------------------------------------------------------------
 // Configs
 
-/// Global admission loose enough that only what a test configures can refuse.
-const RELAXED: &str = "max_connections_per_ip = 100000\nmax_connections_per_group = 100000\n\
-connect_rate_per_ip = \"100000/s\"\nconnect_burst_per_ip = 100000\n";
-
 /// Writes the admin token and returns the [admin] table for `admin`.
 fn admin_table(dir: &Path, admin: SocketAddr) -> String {
     let token = dir.join("admin.token");
@@ -365,7 +272,7 @@ impl WalletGateway {
     /// One Electrum TLS front; `admission` and `cost` are appended to the global tables.
     fn config(&self, admission: &str, cost: &str) -> String {
         format!(
-            "[runtime]\ndrain_deadline = \"1s\"\n\n[admission]\n{RELAXED}{admission}\n\n\
+            "[runtime]\ndrain_deadline = \"1s\"\n\n[admission]\n{RELAXED_KEYS}{admission}\n\n\
              [cost]\nmax_sleep = \"100ms\"\n{cost}\n\n{admin}\n\
              [[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"{listen}\"]\ntransport = \"tls\"\n\
              upstreams = [\"{backend}\"]\n\n[front.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n",
@@ -386,10 +293,10 @@ async fn two_hundred_tls_electrum_sessions_survive_reloads() {
     let _serial = SERIAL.lock().await;
     raise_nofile(4096);
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, der_a) = write_cert(dir.path(), "server");
+    let (cert, key, der_a) = localhost_cert(dir.path(), "server");
     // The renewal, prepared aside.
     let next = tempfile::tempdir().unwrap();
-    let (cert_b, key_b, der_b) = write_cert(next.path(), "renewed");
+    let (cert_b, key_b, der_b) = localhost_cert(next.path(), "renewed");
     assert_ne!(der_a, der_b);
     let admin = free_addr();
     let gw_conf = WalletGateway {
@@ -404,7 +311,7 @@ async fn two_hundred_tls_electrum_sessions_survive_reloads() {
     let mut gw = Proc::run_json(&path);
     wait_accepting(&mut gw, gw_conf.listen);
     let addr = gw_conf.listen;
-    let tls = tls_connector(&[der_a.clone(), der_b.clone()]);
+    let tls = tls_connector(&[der_a.clone(), der_b.clone()], rustls::DEFAULT_VERSIONS);
 
     // 200 wallets from 127.0.0.1, each with its version and subscriptions.
     let mut set = tokio::task::JoinSet::new();
@@ -573,7 +480,7 @@ async fn sigterm_with_a_thousand_idle_sessions_drains_spread_and_exits_zero() {
     std::fs::write(
         &path,
         format!(
-            "[runtime]\ndrain_deadline = \"4s\"\ndrain_spread = \"3s\"\n\n[admission]\n{RELAXED}\n\
+            "[runtime]\ndrain_deadline = \"4s\"\ndrain_spread = \"3s\"\n\n[admission]\n{RELAXED_KEYS}\n\
              [[front]]\nname = \"relay\"\nkind = \"peer\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\n\
              upstreams = [\"{backend}\"]\n"
         ),
@@ -707,7 +614,7 @@ async fn post_reload_applies_a_good_config() {
         )
     };
     let top = format!(
-        "[runtime]\ndrain_deadline = \"1s\"\n\n[admission]\n{RELAXED}\n{}\n",
+        "[runtime]\ndrain_deadline = \"1s\"\n\n[admission]\n{RELAXED_KEYS}\n{}\n",
         admin_table(dir.path(), admin)
     );
     let path = dir.path().join("gatehouse.toml");
@@ -752,18 +659,6 @@ async fn post_reload_applies_a_good_config() {
     );
 }
 
-/// Sends a line through a relay and expects it echoed back.
-async fn echoes(s: &mut tokio::net::TcpStream) -> bool {
-    if s.write_all(b"hello\n").await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 6];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_exact(s, &mut buf)).await,
-        Ok(Ok(_))
-    ) && &buf == b"hello\n"
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // 4. A per-method cost override changed by reload, seen by a session that was already open
 
@@ -778,7 +673,7 @@ async fn reloaded_method_cost_applies_to_the_next_request_of_an_open_session() {
     let dir = tempfile::tempdir().unwrap();
     let conf = |cost: &str| {
         format!(
-            "[runtime]\ndrain_deadline = \"1s\"\n\n[admission]\n{RELAXED}\n[cost]\nmax_sleep = \"100ms\"\n{cost}\n\n\
+            "[runtime]\ndrain_deadline = \"1s\"\n\n[admission]\n{RELAXED_KEYS}\n[cost]\nmax_sleep = \"100ms\"\n{cost}\n\n\
              [[front]]\nname = \"e\"\nkind = \"electrum\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\n\
              upstreams = [\"{backend}\"]\n"
         )

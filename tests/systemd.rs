@@ -4,56 +4,34 @@
 //!
 //! Every child process is owned by a [`Gateway`] guard that kills it on drop, and every wait is bounded.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+mod support;
+use support::backends::echo_backend_thread;
+use support::gateway::RELAXED_KEYS;
+use support::process::{run_json_command, Proc, BIN};
+
 const SYSTEMD_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
-
-/// An echo server on loopback: the gateway's upstream.
-fn echo_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// A config with one plain TCP front listening on `listen`, relaying to `upstream`; admission loose
 /// enough for a client that connects in a tight loop.
 fn write_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> PathBuf {
     let toml = format!(
         "[runtime]\ndrain_deadline = \"3s\"\n\n\
-         [admission]\nmax_connections_per_ip = 100000\nmax_connections_per_group = 100000\n\
-         connect_rate_per_ip = \"100000/s\"\nconnect_burst_per_ip = 100000\n\n\
+         [admission]\n{RELAXED_KEYS}\n\
          [[front]]\nname = \"p2p\"\nkind = \"peer\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\n\
          upstreams = [\"{upstream}\"]\n"
     );
@@ -66,12 +44,10 @@ fn write_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> PathBuf
 /// sockets `fds` are descriptors 3, 4, … of the new process, and `LISTEN_PID` / `LISTEN_FDS` name it.
 /// It reports to its own `NOTIFY_SOCKET`. Killed on drop.
 struct Gateway {
-    child: Child,
+    proc: Proc,
     /// Notifications received on the gateway's NOTIFY_SOCKET, read by a thread so that the gateway never
     /// finds the socket's queue full.
     notify: mpsc::Receiver<String>,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -93,21 +69,17 @@ impl Gateway {
         // LISTEN_PID must be the gateway's pid, which is not known before the fork and cannot be put into
         // the environment from `pre_exec` (setenv is not async-signal-safe). `sh` sets it to its own pid
         // (`$$`) and `exec`s the gateway, which keeps that pid.
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
+        let mut sh = Command::new("/bin/sh");
+        sh.arg("-c")
             .arg(format!(
                 "export LISTEN_PID=$$ LISTEN_FDS={} LISTEN_FDNAMES=p2p; exec \"$0\" \"$@\"",
                 fds.len()
             ))
-            .arg(BIN)
-            .args(["run", "-c", config.to_str().unwrap(), "--log-format", "json"])
-            .env("NOTIFY_SOCKET", &notify_path)
-            .env_remove("RUST_LOG")
+            .arg(BIN);
+        let mut cmd = run_json_command(sh, config);
+        cmd.env("NOTIFY_SOCKET", &notify_path)
             .env_remove("WATCHDOG_PID")
-            .env_remove("WATCHDOG_USEC")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env_remove("WATCHDOG_USEC");
         if let Some(us) = watchdog_usec {
             cmd.env("WATCHDOG_USEC", us.to_string());
         }
@@ -138,28 +110,12 @@ impl Gateway {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().expect("spawn gatehouse via sh");
-        let err = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(err).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let child = cmd.spawn().expect("spawn gatehouse via sh");
         Gateway {
-            child,
+            proc: Proc::new(child),
             notify,
-            lines,
-            seen: Vec::new(),
             _dir: dir,
         }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
     }
 
     /// Waits (bounded) for the notification `state` (e.g. "READY=1"); counts every one received.
@@ -177,63 +133,22 @@ impl Gateway {
 
     fn wait_ready(&mut self) {
         if !self.wait_notify("READY=1", Duration::from_secs(20)) {
-            let _ = self.child.kill();
-            let log = self.drain_stderr(Duration::from_secs(2));
+            let _ = self.proc.child.kill();
+            let log = self.proc.stderr_until_eof(Duration::from_secs(2));
             panic!("gateway sent no READY=1 within 20 s; stderr:\n{}", log.join("\n"));
         }
     }
 
     fn terminate(&self) {
-        // SAFETY: kill(2) with the pid of our own child, which has not been reaped (we hold its Child).
-        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
+        self.proc.signal(libc::SIGTERM);
     }
 
-    fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Every stderr line until the pipe closes or `limit` passes.
-    fn drain_stderr(&mut self, limit: Duration) -> Vec<String> {
-        let deadline = Instant::now() + limit;
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => self.seen.push(l),
-                Err(_) => break,
-            }
-        }
-        self.seen.clone()
-    }
-
-    /// Waits (bounded) for a stderr line containing `needle`.
+    /// Waits (bounded) for a stderr line containing `needle`, among those already seen first.
     fn wait_log(&mut self, needle: &str, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
-        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+        if let Some(l) = self.proc.seen().iter().find(|l| l.contains(needle)) {
             return Some(l.clone());
         }
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let l = self.lines.recv_timeout(left).ok()?;
-            self.seen.push(l.clone());
-            if l.contains(needle) {
-                return Some(l);
-            }
-        }
-        None
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.wait_line(limit, |l| l.contains(needle))
     }
 }
 
@@ -301,7 +216,7 @@ fn client_loop(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Lo
 /// the supervisor (here the test, under systemd the .socket unit) keeps open.
 #[test]
 fn inherited_socket_upgrade_refuses_nothing() {
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     // The supervisor's socket, as systemd binds it for a ListenStream= line.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -317,7 +232,7 @@ fn inherited_socket_upgrade_refuses_nothing() {
         a.wait_log("inherited listening sockets", Duration::from_secs(5))
             .is_some(),
         "no socket-activation log line: {:?}",
-        a.seen
+        a.proc.seen()
     );
     // WATCHDOG_USEC = 100 ms: a ping every 50 ms.
     for n in 0..3 {
@@ -336,10 +251,10 @@ fn inherited_socket_upgrade_refuses_nothing() {
     b.wait_ready();
     thread::sleep(Duration::from_millis(300));
     a.terminate();
-    let Some(st) = a.wait_exit(Duration::from_secs(15)) else {
+    let Some(st) = a.proc.wait_exit(Duration::from_secs(15)) else {
         panic!(
             "first gateway still running 15 s after SIGTERM; stderr:\n{}",
-            a.drain_stderr(Duration::from_secs(1)).join("\n")
+            a.proc.stderr_until_eof(Duration::from_secs(1)).join("\n")
         );
     };
     assert!(st.success(), "first gateway exited with {st:?}");
@@ -348,6 +263,7 @@ fn inherited_socket_upgrade_refuses_nothing() {
     // 2. Restart gap: B stops, nothing accepts for 700 ms, C starts.
     b.terminate();
     let st = b
+        .proc
         .wait_exit(Duration::from_secs(15))
         .expect("second gateway still running 15 s after SIGTERM");
     assert!(st.success(), "second gateway exited with {st:?}");
@@ -362,6 +278,7 @@ fn inherited_socket_upgrade_refuses_nothing() {
     let reports: Vec<LoopReport> = clients.into_iter().map(|h| h.join().unwrap()).collect();
     c.terminate();
     let st = c
+        .proc
         .wait_exit(Duration::from_secs(15))
         .expect("third gateway did not exit");
     assert!(st.success(), "third gateway exited with {st:?}");
@@ -395,7 +312,7 @@ fn inherited_socket_upgrade_refuses_nothing() {
 /// An inherited socket that no front listens on is closed with a warning; the others are used.
 #[test]
 fn unused_inherited_socket_is_closed_with_a_warning() {
-    let backend = echo_backend();
+    let backend = echo_backend_thread();
     let used = TcpListener::bind("127.0.0.1:0").unwrap();
     let unused = TcpListener::bind("127.0.0.1:0").unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -407,7 +324,7 @@ fn unused_inherited_socket_is_closed_with_a_warning() {
     thread::sleep(Duration::from_millis(200));
     let line = g
         .wait_log("no front listens on this inherited socket", Duration::from_secs(5))
-        .unwrap_or_else(|| panic!("no warning about the unused socket: {:?}", g.seen));
+        .unwrap_or_else(|| panic!("no warning about the unused socket: {:?}", g.proc.seen()));
     assert!(
         line.contains(&unused.local_addr().unwrap().to_string()),
         "warning does not name the unused socket's address: {line}"
@@ -419,11 +336,11 @@ fn unused_inherited_socket_is_closed_with_a_warning() {
     s.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"hello\n");
     g.terminate();
-    let st = g.wait_exit(Duration::from_secs(15));
+    let st = g.proc.wait_exit(Duration::from_secs(15));
     assert!(
         st.is_some_and(|s| s.success()),
         "exit {st:?}; stderr:\n{}",
-        g.drain_stderr(Duration::from_secs(1)).join("\n")
+        g.proc.stderr_until_eof(Duration::from_secs(1)).join("\n")
     );
 }
 

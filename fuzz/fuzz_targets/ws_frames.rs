@@ -77,7 +77,8 @@ fn check_frames(out: &[u8]) {
                 in_message = false;
             }
         }
-        let skip = (2 + ext + mask) as u64 + len;
+        // A declared length near u64::MAX must not wrap around into the middle of the frame.
+        let skip = ((2 + ext + mask) as u64).saturating_add(len);
         if skip > b.len() as u64 {
             return;
         }

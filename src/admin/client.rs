@@ -7,6 +7,8 @@ use hyper::body::Bytes;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -27,6 +29,8 @@ pub enum ClientError {
     Http { target: AdminListen, reason: String },
     #[error("admin API at {target}: no answer within {TIMEOUT:?}")]
     Timeout { target: AdminListen },
+    #[error("admin API answered with an unexpected body: {0}")]
+    Body(#[source] serde_json::Error),
 }
 
 /// Parses `--admin`: `http://127.0.0.1:9180`, `127.0.0.1:9180`, `[::1]:9180` or `unix:/run/…/admin.sock`.
@@ -52,10 +56,12 @@ pub struct Reply {
 impl Reply {
     /// The server's `{"error": …}` message, or the status line when the body has none.
     pub fn error_message(&self) -> String {
-        self.body
-            .get("error")
-            .and_then(|e| e.as_str())
-            .map_or_else(|| self.status.to_string(), str::to_string)
+        super::api::ErrorBody::deserialize(&self.body).map_or_else(|_| self.status.to_string(), |b| b.error)
+    }
+
+    /// The body read as one of the API's types (`super::api`).
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        T::deserialize(&self.body).map_err(ClientError::Body)
     }
 }
 

@@ -5,6 +5,7 @@
 //! unless `[admin] metrics_public = true`. Every mutation, allowed or not, leaves one
 //! audit line (target `gatehouse::audit`) naming the peer, the action and the result, never the token.
 
+pub mod api;
 pub mod client;
 pub mod live;
 pub mod reload;
@@ -18,8 +19,6 @@ use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Deserialize;
-use serde_json::{json, Value};
 pub use settings::{AdminConfig, AdminListen, AdminToken};
 use settings::{ADMIN_MAX_CONNECTIONS as MAX_CONNECTIONS, DEFAULT_ADMIN_CONNECTIONS_PER_PEER};
 use sha2::{Digest, Sha256};
@@ -432,8 +431,8 @@ async fn accept(l: &AdminListener) -> std::io::Result<(Io, String, PeerKey)> {
 
 type Reply = Response<Full<Bytes>>;
 
-fn reply(status: StatusCode, body: Value) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+fn reply(status: StatusCode, body: &impl serde::Serialize) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(api::to_json(body))));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -441,7 +440,7 @@ fn reply(status: StatusCode, body: Value) -> Reply {
 }
 
 fn error(status: StatusCode, msg: impl std::fmt::Display) -> Reply {
-    reply(status, json!({ "error": msg.to_string() }))
+    reply(status, &api::ErrorBody::new(msg))
 }
 
 fn method_not_allowed(allow: &'static str) -> Reply {
@@ -454,18 +453,24 @@ async fn handle(state: &AdminState, peer: &str, authorized: bool, req: Request<I
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match (&method, path.as_str()) {
-        (&Method::GET, "/healthz") => return reply(StatusCode::OK, json!({ "status": "ok" })),
+        (&Method::GET, "/healthz") => return reply(StatusCode::OK, &api::Health::new(api::HealthStatus::Ok)),
         (&Method::GET, "/readyz") => {
             return if state.stop_accepting.is_cancelled() {
-                reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "status": "draining" }))
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &api::Health::new(api::HealthStatus::Draining),
+                )
             } else if state.bans.journal_failing() {
                 // Bans it is told about may not hold here: better out of rotation than a hole.
                 reply(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    json!({ "status": "degraded", "reason": "the ban journal is failing writes" }),
+                    &api::Health {
+                        status: api::HealthStatus::Degraded,
+                        reason: Some("the ban journal is failing writes".to_string()),
+                    },
                 )
             } else {
-                reply(StatusCode::OK, json!({ "status": "ready" }))
+                reply(StatusCode::OK, &api::Health::new(api::HealthStatus::Ready))
             };
         }
         (_, "/healthz" | "/readyz") => return method_not_allowed("GET"),
@@ -487,7 +492,7 @@ async fn handle(state: &AdminState, peer: &str, authorized: bool, req: Request<I
         (_, "/v1/bans") => method_not_allowed("GET, POST"),
         (&Method::DELETE, p) if p.starts_with("/v1/bans/") => remove_ban(state, peer, &p["/v1/bans/".len()..]),
         (_, p) if p.starts_with("/v1/bans/") => method_not_allowed("DELETE"),
-        (&Method::GET, "/v1/cluster") => reply(StatusCode::OK, cluster_status(state)),
+        (&Method::GET, "/v1/cluster") => reply(StatusCode::OK, &cluster_status(state)),
         (_, "/v1/cluster") => method_not_allowed("GET"),
         (&Method::GET, "/metrics") => metrics(state),
         (_, "/metrics") => method_not_allowed("GET"),
@@ -513,10 +518,12 @@ async fn reload(state: &AdminState, peer: &str) -> Reply {
     match result.await {
         Ok(Ok(summary)) => {
             tracing::info!(target: "gatehouse::audit", peer, action = "reload", result = "ok", "admin reload");
-            reply(
-                StatusCode::OK,
-                json!({ "added": summary.added, "removed": summary.removed, "updated": summary.updated }),
-            )
+            let answer = api::ReloadAnswer {
+                added: summary.added,
+                removed: summary.removed,
+                updated: summary.updated,
+            };
+            reply(StatusCode::OK, &answer)
         }
         Ok(Err(e)) => {
             tracing::warn!(target: "gatehouse::audit", peer, action = "reload", result = "rejected", error = %e, "admin reload");
@@ -528,9 +535,9 @@ async fn reload(state: &AdminState, peer: &str) -> Reply {
 
 /// Peers, link state (or the Redis connection), last sync and lag (time since the last anti-entropy
 /// exchange), and counters.
-fn cluster_status(state: &AdminState) -> serde_json::Value {
+fn cluster_status(state: &AdminState) -> api::ClusterStatus {
     let Some(h) = &state.cluster else {
-        return json!({ "backend": "none", "peers": [] });
+        return api::ClusterStatus::Standalone { peers: Vec::new() };
     };
     let st = h.status();
     let now = std::time::SystemTime::now();
@@ -538,64 +545,71 @@ fn cluster_status(state: &AdminState) -> serde_json::Value {
         t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_secs())
     };
-    let peers: Vec<serde_json::Value> = st
-        .peers
-        .iter()
-        .map(|p| {
-            json!({
-                "addr": p.addr.to_string(),
-                "key": p.key.to_string(),
-                "up": p.up,
-                "since": unix(p.since),
-                "last_sync": unix(p.last_sync),
-                "lag_ms": p.last_sync.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_millis() as u64),
-            })
-        })
-        .collect();
-    let s = st.stats;
-    let mut v = json!({
-        "backend": "embedded",
-        "node": st.node.to_string(),
-        "listen": st.listen.to_string(),
-        "records": st.records,
-        "cost_sharing": st.cost_sharing,
-        "peers": peers,
-        "stats": {
-            "published": s.published,
-            "applied": s.applied,
-            "duplicate": s.duplicate,
-            "stale": s.stale,
-            "rejected_unlisted_origin": s.rejected_unlisted_origin,
-            "rejected_bad_signature": s.rejected_bad_signature,
-            "rejected_malformed": s.rejected_malformed,
-            "refused_by_table": s.refused_by_table,
-            "refused_links": s.refused_links,
-            "dropped_sends": s.dropped_sends,
-            "cost_reports_sent": s.cost_reports_sent,
-            "cost_reports_received": s.cost_reports_received,
-            "cost_reports_rejected": s.cost_reports_rejected,
-            "digests_sent": s.digests_sent,
-            "summaries_sent": s.summaries_sent,
-            "bucket_digests_sent": s.bucket_digests_sent,
-            "digest_bytes_sent": s.digest_bytes_sent,
-        },
-    });
+    let lag_ms =
+        |t: Option<std::time::SystemTime>| t.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_millis() as u64);
+    let s = &st.stats;
+    let stats = api::ClusterCounters {
+        published: s.published,
+        applied: s.applied,
+        duplicate: s.duplicate,
+        stale: s.stale,
+        rejected_unlisted_origin: s.rejected_unlisted_origin,
+        rejected_bad_signature: s.rejected_bad_signature,
+        rejected_malformed: s.rejected_malformed,
+        refused_by_table: s.refused_by_table,
+        refused_links: s.refused_links,
+        dropped_sends: s.dropped_sends,
+        cost_reports_sent: s.cost_reports_sent,
+        cost_reports_received: s.cost_reports_received,
+        cost_reports_rejected: s.cost_reports_rejected,
+        digests_sent: s.digests_sent,
+        summaries_sent: s.summaries_sent,
+        bucket_digests_sent: s.bucket_digests_sent,
+        digest_bytes_sent: s.digest_bytes_sent,
+    };
     // Under Redis there are no links: the peers are the trusted origins (keys only) and the one
     // connection that matters is to Redis.
     if let Some(r) = &st.redis {
-        v["backend"] = json!("redis");
-        v["listen"] = serde_json::Value::Null;
-        v["peers"] = st.peers.iter().map(|p| json!({ "key": p.key.to_string() })).collect();
-        v["redis"] = json!({
-            "url": r.url,
-            "prefix": r.prefix,
-            "connected": r.connected,
-            "since": unix(r.since),
-            "last_sync": unix(r.last_sync),
-            "lag_ms": r.last_sync.and_then(|t| now.duration_since(t).ok()).map(|d| d.as_millis() as u64),
-        });
+        return api::ClusterStatus::Redis {
+            node: st.node.to_string(),
+            listen: None,
+            records: st.records as u64,
+            cost_sharing: st.cost_sharing,
+            peers: st
+                .peers
+                .iter()
+                .map(|p| api::TrustedPeer { key: p.key.to_string() })
+                .collect(),
+            redis: api::RedisLink {
+                url: r.url.clone(),
+                prefix: r.prefix.clone(),
+                connected: r.connected,
+                since: unix(r.since),
+                last_sync: unix(r.last_sync),
+                lag_ms: lag_ms(r.last_sync),
+            },
+            stats,
+        };
     }
-    v
+    api::ClusterStatus::Embedded {
+        node: st.node.to_string(),
+        listen: st.listen.to_string(),
+        records: st.records as u64,
+        cost_sharing: st.cost_sharing,
+        peers: st
+            .peers
+            .iter()
+            .map(|p| api::LinkPeer {
+                addr: p.addr.to_string(),
+                key: p.key.to_string(),
+                up: p.up,
+                since: unix(p.since),
+                last_sync: unix(p.last_sync),
+                lag_ms: lag_ms(p.last_sync),
+            })
+            .collect(),
+        stats,
+    }
 }
 
 fn metrics(state: &AdminState) -> Reply {
@@ -613,17 +627,17 @@ fn metrics(state: &AdminState) -> Reply {
     r
 }
 
-/// The JSON form of a ban, as the API and the CLI show it.
-pub fn record_json(b: &BanRecord) -> Value {
-    json!({
-        "prefix": b.prefix.to_string(),
-        "reason": b.reason,
-        "origin": b.origin,
-        "version": b.version,
-        "created": rfc3339(b.created),
-        "until": rfc3339(b.until),
-        "expires_in_secs": crate::state::bans::remaining(b.until).as_secs(),
-    })
+/// A ban as the API and the CLI show it.
+pub fn ban_body(b: &BanRecord) -> api::Ban {
+    api::Ban {
+        prefix: b.prefix.to_string(),
+        reason: b.reason.clone(),
+        origin: b.origin.clone(),
+        version: b.version,
+        created: rfc3339(b.created),
+        until: rfc3339(b.until),
+        expires_in_secs: crate::state::bans::remaining(b.until).as_secs(),
+    }
 }
 
 fn list_bans(state: &AdminState, query: Option<&str>) -> Reply {
@@ -641,17 +655,26 @@ fn list_bans(state: &AdminState, query: Option<&str>) -> Reply {
             _ => return error(StatusCode::BAD_REQUEST, format!("unknown query parameter `{k}`")),
         }
     }
-    let bans: Vec<Value> = state.bans.list(filter).iter().map(record_json).collect();
-    reply(StatusCode::OK, json!({ "bans": bans }))
+    let list = api::BanList {
+        bans: state.bans.list(filter).iter().map(ban_body).collect(),
+    };
+    reply(StatusCode::OK, &list)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewBan {
-    prefix: String,
-    duration: String,
-    #[serde(default)]
-    reason: Option<String>,
+/// Why a `POST /v1/bans` body was refused before it reached the ban table.
+#[derive(Debug, thiserror::Error)]
+enum BadBan {
+    #[error("prefix: {0}")]
+    Prefix(crate::wire::acl::CidrError),
+    #[error("duration: {0}")]
+    Duration(crate::wire::units::DurationError),
+    #[error(
+        "duration: must be greater than 0s and at most {}",
+        crate::wire::units::Duration(MAX_BAN)
+    )]
+    Length,
+    #[error("reason: at most {MAX_REASON} bytes, without control characters")]
+    Reason,
 }
 
 async fn add_ban(state: &AdminState, peer: &str, req: Request<Incoming>) -> Reply {
@@ -684,7 +707,7 @@ async fn add_ban(state: &AdminState, peer: &str, req: Request<Incoming>) -> Repl
             return error(status, msg);
         }
     };
-    let nb: NewBan = match serde_json::from_slice(&body) {
+    let nb: api::NewBan = match serde_json::from_slice(&body) {
         Ok(nb) => nb,
         Err(e) => {
             let msg = format!("body must be JSON {{\"prefix\", \"duration\", \"reason\"}}: {e}");
@@ -693,33 +716,28 @@ async fn add_ban(state: &AdminState, peer: &str, req: Request<Incoming>) -> Repl
         }
     };
     let checked = (|| {
-        let net = parse_cidr(nb.prefix.trim()).map_err(|e| format!("prefix: {e}"))?;
-        let d: crate::wire::units::Duration = nb.duration.trim().parse().map_err(|e| format!("duration: {e}"))?;
+        let net = parse_cidr(nb.prefix.trim()).map_err(BadBan::Prefix)?;
+        let d: crate::wire::units::Duration = nb.duration.trim().parse().map_err(BadBan::Duration)?;
         if d.0.is_zero() || d.0 > MAX_BAN {
-            return Err(format!(
-                "duration: must be greater than 0s and at most {}",
-                crate::wire::units::Duration(MAX_BAN)
-            ));
+            return Err(BadBan::Length);
         }
         let reason = nb.reason.unwrap_or_else(|| "banned by operator".to_string());
         if reason.len() > MAX_REASON || reason.chars().any(char::is_control) {
-            return Err(format!(
-                "reason: at most {MAX_REASON} bytes, without control characters"
-            ));
+            return Err(BadBan::Reason);
         }
         Ok((net, d.0, reason))
     })();
     let (net, duration, reason) = match checked {
         Ok(x) => x,
-        Err(msg) => {
-            audit_refused(&nb.prefix, StatusCode::BAD_REQUEST, &msg);
-            return error(StatusCode::BAD_REQUEST, msg);
+        Err(e) => {
+            audit_refused(&nb.prefix, StatusCode::BAD_REQUEST, &e.to_string());
+            return error(StatusCode::BAD_REQUEST, e);
         }
     };
     match state.bans.ban(net, duration, reason.clone()) {
         Ok(rec) => {
             tracing::info!(target: "gatehouse::audit", peer, action = "ban", prefix = %net, duration_secs = duration.as_secs(), reason, status = 201, result = "banned", "admin ban");
-            reply(StatusCode::CREATED, record_json(&rec))
+            reply(StatusCode::CREATED, &ban_body(&rec))
         }
         Err(e) => {
             let status = match e {
@@ -749,7 +767,7 @@ fn remove_ban(state: &AdminState, peer: &str, raw: &str) -> Reply {
     match state.bans.unban(net) {
         Ok(Some(rec)) => {
             tracing::info!(target: "gatehouse::audit", peer, action = "unban", prefix = %net, status = 200, result = "lifted", "admin unban");
-            reply(StatusCode::OK, record_json(&rec))
+            reply(StatusCode::OK, &ban_body(&rec))
         }
         Ok(None) => {
             tracing::info!(target: "gatehouse::audit", peer, action = "unban", prefix = %net, status = 404, result = "no such ban", "admin unban");

@@ -47,23 +47,35 @@ impl fmt::Debug for AdminToken {
 /// Shortest token accepted: anything shorter could be guessed by a local process trying tokens.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// Why a token file was refused; never quotes the content.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read token file {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("token file {} holds {len} characters; at least {MIN_TOKEN_LEN} are required", path.display())]
+    TooShort { path: PathBuf, len: usize },
+    #[error("token file {} must hold one token of visible ASCII characters without spaces", path.display())]
+    NotVisibleAscii { path: PathBuf },
+}
+
 /// Reads a token file: content trimmed, at least [`MIN_TOKEN_LEN`] visible ASCII characters without
 /// spaces (what fits an `Authorization: Bearer` header). Errors never quote the content.
-pub fn read_token_file(path: &Path) -> Result<AdminToken, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+pub fn read_token_file(path: &Path) -> Result<AdminToken, TokenFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let t = text.trim();
     if t.len() < MIN_TOKEN_LEN {
-        return Err(format!(
-            "token file {} holds {} characters; at least {MIN_TOKEN_LEN} are required",
-            path.display(),
-            t.len()
-        ));
+        return Err(TokenFileError::TooShort {
+            path: path.to_path_buf(),
+            len: t.len(),
+        });
     }
     if !t.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "token file {} must hold one token of visible ASCII characters without spaces",
-            path.display()
-        ));
+        return Err(TokenFileError::NotVisibleAscii {
+            path: path.to_path_buf(),
+        });
     }
     Ok(AdminToken(t.to_string()))
 }

@@ -313,7 +313,8 @@ impl Validator<'_> {
             return Err(self.err("bans", None, "need 0 < duration <= max_duration"));
         }
         if let Some(j) = &b.journal {
-            journal_writable(&self.path(j.get_ref())).map_err(|r| self.err("bans.journal", Some(j.span()), r))?;
+            journal_writable(&self.path(j.get_ref()))
+                .map_err(|r| self.err("bans.journal", Some(j.span()), r.to_string()))?;
         }
         let ban_limits = self.ban_limits(b, &global)?;
         Ok(Config {
@@ -383,9 +384,9 @@ impl Validator<'_> {
         let token_file = a.token_file.as_ref().map(|p| self.path(p.get_ref()));
         let token = match (a.enabled, &a.token_file, &token_file) {
             (false, _, _) => None,
-            (true, Some(span), Some(path)) => {
-                Some(read_token_file(path).map_err(|r| self.err("admin.token_file", Some(span.span()), r))?)
-            }
+            (true, Some(span), Some(path)) => Some(
+                read_token_file(path).map_err(|r| self.err("admin.token_file", Some(span.span()), r.to_string()))?,
+            ),
             _ => {
                 return Err(self.err(
                     "admin.token_file",
@@ -772,7 +773,9 @@ impl Validator<'_> {
         items
             .iter()
             .enumerate()
-            .map(|(i, s)| parse_cidr(s.get_ref()).map_err(|r| self.err(format!("{key}[{i}]"), Some(s.span()), r)))
+            .map(|(i, s)| {
+                parse_cidr(s.get_ref()).map_err(|r| self.err(format!("{key}[{i}]"), Some(s.span()), r.to_string()))
+            })
             .collect()
     }
 
@@ -1031,20 +1034,28 @@ fn listens_overlap(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+/// Why the ban journal cannot be kept where the configuration puts it.
+#[derive(Debug, thiserror::Error)]
+enum JournalPlaceError {
+    #[error("folder {} does not exist (create it; under systemd, StateDirectory= does)", dir.display())]
+    NoFolder { dir: PathBuf },
+    #[error("cannot create files in {}: {source}", dir.display())]
+    NotWritable { dir: PathBuf, source: std::io::Error },
+    #[error("cannot open {} for appending: {source}", path.display())]
+    NoAppend { path: PathBuf, source: std::io::Error },
+}
+
 /// Whether the gateway can keep its ban journal at `path`: the folder must exist and take new files (the
 /// journal, its lock file and its compacted copy are made there), and an existing journal must open for
 /// appending. Probing with a real file answers for permissions, ACLs and read-only mounts alike.
-fn journal_writable(path: &Path) -> Result<(), String> {
+fn journal_writable(path: &Path) -> Result<(), JournalPlaceError> {
     static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     if !dir.is_dir() {
-        return Err(format!(
-            "folder {} does not exist (create it; under systemd, StateDirectory= does)",
-            dir.display()
-        ));
+        return Err(JournalPlaceError::NoFolder { dir: dir.to_path_buf() });
     }
     let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let probe = dir.join(format!(".gatehouse-check-{}-{n}", std::process::id()));
@@ -1052,13 +1063,21 @@ fn journal_writable(path: &Path) -> Result<(), String> {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);
         }
-        Err(e) => return Err(format!("cannot create files in {}: {e}", dir.display())),
+        Err(source) => {
+            return Err(JournalPlaceError::NotWritable {
+                dir: dir.to_path_buf(),
+                source,
+            })
+        }
     }
     if path.exists() {
         std::fs::OpenOptions::new()
             .append(true)
             .open(path)
-            .map_err(|e| format!("cannot open {} for appending: {e}", path.display()))?;
+            .map_err(|source| JournalPlaceError::NoAppend {
+                path: path.to_path_buf(),
+                source,
+            })?;
     }
     Ok(())
 }

@@ -13,7 +13,9 @@ pub mod settings;
 pub use drain::Drain;
 
 use crate::front::relay::{Relay, RelayEnd};
+
 use crate::guard::Level;
+pub use crate::listen::{CloseReason, CloseSide};
 use crate::listen::{Conn, Door, Handler};
 use crate::telemetry::metrics::FrontMetrics;
 use crate::upstream::Pool;
@@ -78,7 +80,7 @@ pub struct CloseLine<'a> {
     pub since: Instant,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub reason: &'a str,
+    pub reason: CloseReason,
     /// Electrum sessions only: requests received and the session's own cost at close.
     pub requests: Option<(u64, f64)>,
 }
@@ -124,7 +126,7 @@ impl FrontState {
             since: conn.accepted_at,
             bytes_in: 0,
             bytes_out: 0,
-            reason: "",
+            reason: CloseReason::ClientClosed,
             requests: None,
         };
         let out = if matches!(self.cfg.transport, Transport::Ws | Transport::Wss) {
@@ -137,12 +139,11 @@ impl FrontState {
             let mut ws = match tokio::time::timeout_at(deadline, electrum::ws::accept(conn.stream, max)).await {
                 Ok(Ok(ws)) => ws,
                 Ok(Err(e)) => {
-                    let reason = format!("websocket handshake failed: {e}");
-                    line.reason = &reason;
+                    line.reason = CloseReason::WebSocketHandshake(e);
                     return self.log_close(&line);
                 }
                 Err(_) => {
-                    line.reason = "handshake timeout";
+                    line.reason = CloseReason::HandshakeTimeout;
                     return self.log_close(&line);
                 }
             };
@@ -165,14 +166,13 @@ impl FrontState {
             since: conn.accepted_at,
             bytes_in: 0,
             bytes_out: 0,
-            reason: "",
+            reason: CloseReason::UpstreamUnreachable,
             requests: None,
         };
         let mut upstream = match self.pool.connect(conn.client, conn.local).await {
             Ok((s, _addr)) => s,
             Err(e) => {
                 tracing::warn!(front = %self.cfg.name, error = %e, "no upstream reachable");
-                line.reason = "upstream unreachable";
                 return self.log_close(&line);
             }
         };
@@ -183,10 +183,7 @@ impl FrontState {
         };
         line.bytes_in = relay.bytes_in();
         line.bytes_out = relay.bytes_out();
-        line.reason = match &end {
-            None => "shutdown",
-            Some(e) => e.as_str(),
-        };
+        line.reason = end.as_ref().map_or(CloseReason::Shutdown, CloseReason::from);
         if let Some(RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e)) = &end {
             tracing::debug!(front = %self.cfg.name, client = %conn.client, error = %e, "relay i/o error");
         }
@@ -204,13 +201,13 @@ impl FrontState {
             tls = l.tls,
             requests = l.requests.map(|r| r.0),
             cost = l.requests.map(|r| (r.1 * 10.0).round() / 10.0),
-            reason = l.reason,
+            reason = &*l.reason.text(),
             "connection closed"
         );
     }
 
     /// A close line for a connection that ended before its session started.
-    pub fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: &str) {
+    pub fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: CloseReason) {
         self.log_close(&CloseLine {
             client,
             via,
@@ -250,7 +247,7 @@ impl Handler for FrontState {
         &self.metrics
     }
 
-    fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: &str) {
+    fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: CloseReason) {
         FrontState::log_early_close(self, client, via, since, reason)
     }
 

@@ -5,6 +5,7 @@
 //! buffer at all, and buffers come from a small per-thread pool. Backpressure is natural: a direction
 //! does not read again until its buffer has been written out.
 
+use crate::listen::CloseReason;
 use crate::wire::buf::{give_buf, take_buf};
 use std::future::Future;
 use std::io;
@@ -24,18 +25,6 @@ pub enum RelayEnd {
     IdleTimeout,
     ClientError(io::Error),
     UpstreamError(io::Error),
-}
-
-impl RelayEnd {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            RelayEnd::ClientClosed => "client closed",
-            RelayEnd::UpstreamClosed => "upstream closed",
-            RelayEnd::IdleTimeout => "idle timeout",
-            RelayEnd::ClientError(_) => "client error",
-            RelayEnd::UpstreamError(_) => "upstream error",
-        }
-    }
 }
 
 #[derive(Default)]
@@ -232,6 +221,18 @@ where
                 return Poll::Ready(RelayEnd::IdleTimeout);
             }
             this.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
+impl From<&RelayEnd> for CloseReason {
+    fn from(end: &RelayEnd) -> CloseReason {
+        match end {
+            RelayEnd::ClientClosed => CloseReason::ClientClosed,
+            RelayEnd::UpstreamClosed => CloseReason::UpstreamClosed,
+            RelayEnd::IdleTimeout => CloseReason::IdleTimeout,
+            RelayEnd::ClientError(_) => CloseReason::ClientError,
+            RelayEnd::UpstreamError(_) => CloseReason::UpstreamError,
         }
     }
 }

@@ -1,8 +1,11 @@
 //! Listening sockets and connection intake: accept, establish the client's identity (PROXY protocol from
 //! trusted load balancers), ask the guard, and terminate TLS. What comes out is an admitted [`Conn`].
 
+mod close;
 pub mod stream;
 pub mod tls;
+
+pub use close::{CloseReason, CloseSide};
 
 use crate::guard::{Guard, Level};
 use crate::guard::{Permit, Refusal};
@@ -68,7 +71,7 @@ pub trait Handler: Send + Sync + 'static {
     fn tls(&self) -> Option<&TlsAcceptor>;
     fn metrics(&self) -> &FrontMetrics;
     /// Logs the close line of a connection that ended before its session started.
-    fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: &str);
+    fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: CloseReason);
     /// Runs one admitted connection to its end.
     fn serve(self: Arc<Self>, conn: Conn) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
@@ -181,7 +184,7 @@ async fn intake_proxied(
             return None;
         }
         Err(_) => {
-            front.log_early_close(peer, None, accepted_at, "handshake timeout");
+            front.log_early_close(peer, None, accepted_at, CloseReason::HandshakeTimeout);
             return None;
         }
     };
@@ -231,7 +234,7 @@ async fn finish_intake(
             }
             Ok(Some(first)) => prefix = first,
             Err(_) => {
-                front.log_early_close(id.client, None, accepted_at, "handshake timeout");
+                front.log_early_close(id.client, None, accepted_at, CloseReason::HandshakeTimeout);
                 return None;
             }
         }
@@ -248,13 +251,12 @@ async fn finish_intake(
             }
             Ok(Err(e)) => {
                 front.metrics().handshake(Handshake::Error, started.elapsed());
-                let reason = format!("tls error: {e}");
-                front.log_early_close(id.client, id.via, accepted_at, &reason);
+                front.log_early_close(id.client, id.via, accepted_at, CloseReason::Tls(e));
                 return None;
             }
             Err(_) => {
                 front.metrics().handshake(Handshake::Timeout, started.elapsed());
-                front.log_early_close(id.client, id.via, accepted_at, "handshake timeout");
+                front.log_early_close(id.client, id.via, accepted_at, CloseReason::HandshakeTimeout);
                 return None;
             }
         },

@@ -16,15 +16,31 @@ use std::sync::Arc;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read certificate file {path}: {reason}")]
-    Cert { path: PathBuf, reason: String },
+    Cert { path: PathBuf, reason: PemProblem },
     #[error("cannot read private key file {path}: {reason}")]
-    Key { path: PathBuf, reason: String },
+    Key { path: PathBuf, reason: PemProblem },
     #[error("private key {key} does not match certificate {cert}: {reason}")]
     Mismatch {
         cert: PathBuf,
         key: PathBuf,
-        reason: String,
+        reason: rustls::Error,
     },
+}
+
+/// What is wrong with a certificate or key file.
+#[derive(Debug, thiserror::Error)]
+pub enum PemProblem {
+    #[error(transparent)]
+    Read(std::io::Error),
+    #[error("bad PEM: {0}")]
+    BadPem(rustls_pki_types::pem::Error),
+    #[error("no CERTIFICATE block found")]
+    NoCertificate,
+    #[error("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {0}")]
+    NoKey(rustls_pki_types::pem::Error),
+    /// The key is PEM, but the crypto provider cannot sign with it.
+    #[error(transparent)]
+    Unusable(rustls::Error),
 }
 
 /// One certificate chain and key pair on disk, optionally bound to an SNI name.
@@ -46,28 +62,28 @@ pub fn load_certified_key(files: &CertFiles) -> Result<Arc<CertifiedKey>, TlsErr
     let provider = provider();
     let signing = provider.key_provider.load_private_key(key).map_err(|e| TlsError::Key {
         path: files.key.clone(),
-        reason: e.to_string(),
+        reason: PemProblem::Unusable(e),
     })?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match().map_err(|e| TlsError::Mismatch {
+    ck.keys_match().map_err(|reason| TlsError::Mismatch {
         cert: files.cert.clone(),
         key: files.key.clone(),
-        reason: e.to_string(),
+        reason,
     })?;
     Ok(Arc::new(ck))
 }
 
 fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::Cert {
+    let err = |reason: PemProblem| TlsError::Cert {
         path: path.to_path_buf(),
         reason,
     };
-    let data = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let data = std::fs::read(path).map_err(|e| err(PemProblem::Read(e)))?;
     let chain = CertificateDer::pem_slice_iter(&data)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(format!("bad PEM: {e}")))?;
+        .map_err(|e| err(PemProblem::BadPem(e)))?;
     if chain.is_empty() {
-        return Err(err("no CERTIFICATE block found".into()));
+        return Err(err(PemProblem::NoCertificate));
     }
     Ok(chain)
 }
@@ -75,11 +91,11 @@ fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let data = std::fs::read(path).map_err(|e| TlsError::Key {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        reason: PemProblem::Read(e),
     })?;
     PrivateKeyDer::from_pem_slice(&data).map_err(|e| TlsError::Key {
         path: path.to_path_buf(),
-        reason: format!("no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {e}"),
+        reason: PemProblem::NoKey(e),
     })
 }
 

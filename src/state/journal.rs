@@ -107,7 +107,7 @@ impl Entry {
             return Err(LineError::Checksum);
         }
         let w: Wire = serde_json::from_slice(json).map_err(|e| LineError::Json(e.to_string()))?;
-        let prefix = crate::wire::acl::parse_cidr(&w.prefix).map_err(|e| LineError::Prefix(e.to_string()))?;
+        let prefix = crate::wire::acl::parse_cidr(&w.prefix).map_err(LineError::Prefix)?;
         Ok(Entry {
             op: w.op,
             prefix,
@@ -135,7 +135,7 @@ pub enum LineError {
     #[error("not a journal record: {0}")]
     Json(String),
     #[error("bad prefix: {0}")]
-    Prefix(String),
+    Prefix(crate::wire::acl::CidrError),
     #[error("no newline (torn write)")]
     Unterminated,
 }

@@ -319,6 +319,29 @@ impl PrefixMap<()> {
     }
 }
 
+/// Why a network (CIDR or bare address) did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("empty network (expected e.g. `10.0.0.0/8` or `2001:db8::/32`)")]
+    Empty,
+    #[error("invalid IP address `{addr}` in `{text}`")]
+    Address { addr: String, text: String },
+    #[error("invalid prefix length `{prefix}` in `{text}`")]
+    PrefixLength { prefix: String, text: String },
+    #[error("prefix length `{prefix}` in `{text}` is too long for {family} (max {max})")]
+    TooLong {
+        prefix: String,
+        text: String,
+        family: &'static str,
+        max: u8,
+    },
+    #[error("invalid network `{text}`: {source}")]
+    Network {
+        text: String,
+        source: ipnetwork::IpNetworkError,
+    },
+}
+
 /// Parses `10.0.0.0/8`, `2001:db8::/32`, or a bare address (taken as /32 or
 /// /128).
 ///
@@ -326,17 +349,18 @@ impl PrefixMap<()> {
 /// entries written sloppily still mean what their author intended, and
 /// IPv4-mapped IPv6 networks (`::ffff:0:0/96` and longer) are converted to
 /// IPv4 to match how [`PrefixMap`] looks addresses up.
-pub fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
+pub fn parse_cidr(s: &str) -> Result<IpNetwork, CidrError> {
     if s.is_empty() {
-        return Err("empty network (expected e.g. `10.0.0.0/8` or `2001:db8::/32`)".to_string());
+        return Err(CidrError::Empty);
     }
     let (addr_text, prefix_text) = match s.split_once('/') {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let addr: IpAddr = addr_text
-        .parse()
-        .map_err(|_| format!("invalid IP address `{addr_text}` in `{s}`"))?;
+    let addr: IpAddr = addr_text.parse().map_err(|_| CidrError::Address {
+        addr: addr_text.into(),
+        text: s.into(),
+    })?;
     let max = match addr {
         IpAddr::V4(_) => 32,
         IpAddr::V6(_) => 128,
@@ -347,20 +371,25 @@ pub fn parse_cidr(s: &str) -> Result<IpNetwork, String> {
             // `u8::from_str` accepts a leading `+`; a list entry like
             // `10.0.0.0/+8` is far more likely a typo than intent.
             if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(format!("invalid prefix length `{p}` in `{s}`"));
+                return Err(CidrError::PrefixLength {
+                    prefix: p.into(),
+                    text: s.into(),
+                });
             }
             match p.parse::<u8>() {
                 Ok(n) if n <= max => n,
                 _ => {
-                    let family = if max == 32 { "IPv4" } else { "IPv6" };
-                    return Err(format!(
-                        "prefix length `{p}` in `{s}` is too long for {family} (max {max})"
-                    ));
+                    return Err(CidrError::TooLong {
+                        prefix: p.into(),
+                        text: s.into(),
+                        family: if max == 32 { "IPv4" } else { "IPv6" },
+                        max,
+                    });
                 }
             }
         }
     };
-    let net = IpNetwork::new(addr, prefix).map_err(|e| format!("invalid network `{s}`: {e}"))?;
+    let net = IpNetwork::new(addr, prefix).map_err(|source| CidrError::Network { text: s.into(), source })?;
     Ok(canonical_net(net))
 }
 
@@ -369,7 +398,11 @@ pub enum AclError {
     #[error("{path}: cannot read: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {reason}")]
-    Parse { path: PathBuf, line: usize, reason: String },
+    Parse {
+        path: PathBuf,
+        line: usize,
+        reason: CidrError,
+    },
 }
 
 /// Reads one CIDR (or bare address) per line. Blank lines and `#` comments,
@@ -568,7 +601,7 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_problem() {
-        let err = |s: &str| parse_cidr(s).unwrap_err();
+        let err = |s: &str| parse_cidr(s).unwrap_err().to_string();
         assert!(err("").contains("empty"));
         assert_eq!(err("10.0.0.256/8"), "invalid IP address `10.0.0.256` in `10.0.0.256/8`");
         assert_eq!(err("example.com"), "invalid IP address `example.com` in `example.com`");
@@ -616,7 +649,7 @@ mod tests {
         match &e {
             AclError::Parse { line, reason, path } => {
                 assert_eq!(*line, 6);
-                assert!(reason.contains("10.0.0.0/33"), "{reason}");
+                assert!(reason.to_string().contains("10.0.0.0/33"), "{reason}");
                 assert_eq!(path, &f.0);
             }
             other => panic!("unexpected {other:?}"),

@@ -54,13 +54,44 @@ fn nanos_to_duration(total: u128) -> Option<std::time::Duration> {
     Some(std::time::Duration::new(secs, nanos))
 }
 
-impl FromStr for Duration {
-    type Err = String;
+/// Why a duration did not parse; each message quotes the text and says what would have been accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error("empty duration (expected e.g. `30s` or `1m30s`)")]
+    Empty,
+    #[error("invalid duration `{text}`: expected a number at `{rest}`")]
+    NoNumber { text: String, rest: String },
+    #[error("missing unit in duration `{text}` {DURATION_HINT}")]
+    NoUnit { text: String },
+    #[error(
+        "invalid duration `{text}`: fractions are not supported, \
+         use a smaller unit (e.g. `1500ms` instead of `1.5s`)"
+    )]
+    Fraction { text: String },
+    #[error("invalid duration `{text}`: unexpected `{after}` after `{digits}`")]
+    Unexpected {
+        text: String,
+        after: String,
+        digits: String,
+    },
+    #[error("unknown unit `{unit}` in duration `{text}` {DURATION_HINT}")]
+    UnknownUnit { text: String, unit: String },
+    #[error(
+        "invalid duration `{text}`: units must go from largest to smallest, \
+         each at most once (e.g. `1h30m`)"
+    )]
+    UnitOrder { text: String },
+    #[error("duration `{text}` is too large")]
+    TooLarge { text: String },
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for Duration {
+    type Err = DurationError;
+
+    fn from_str(s: &str) -> Result<Self, DurationError> {
         let text = s.trim();
         if text.is_empty() {
-            return Err("empty duration (expected e.g. `30s` or `1m30s`)".to_string());
+            return Err(DurationError::Empty);
         }
         // Summed in u128 nanoseconds: even u64::MAX days cannot overflow it,
         // so only the final conversion needs a range check.
@@ -70,41 +101,45 @@ impl FromStr for Duration {
         while !rest.is_empty() {
             let (digits, after) = split_digits(rest);
             if digits.is_empty() {
-                return Err(format!("invalid duration `{text}`: expected a number at `{rest}`"));
+                return Err(DurationError::NoNumber {
+                    text: text.into(),
+                    rest: rest.into(),
+                });
             }
             let after = after.trim_start();
             let (unit, after) = split_alpha(after);
             if unit.is_empty() {
                 if after.is_empty() {
-                    return Err(format!("missing unit in duration `{text}` {DURATION_HINT}"));
+                    return Err(DurationError::NoUnit { text: text.into() });
                 }
                 if after.starts_with('.') {
-                    return Err(format!(
-                        "invalid duration `{text}`: fractions are not supported, \
-                         use a smaller unit (e.g. `1500ms` instead of `1.5s`)"
-                    ));
+                    return Err(DurationError::Fraction { text: text.into() });
                 }
-                return Err(format!(
-                    "invalid duration `{text}`: unexpected `{after}` after `{digits}`"
-                ));
+                return Err(DurationError::Unexpected {
+                    text: text.into(),
+                    after: after.into(),
+                    digits: digits.into(),
+                });
             }
             let Some((rank, unit_nanos)) = duration_unit(unit) else {
-                return Err(format!("unknown unit `{unit}` in duration `{text}` {DURATION_HINT}"));
+                return Err(DurationError::UnknownUnit {
+                    text: text.into(),
+                    unit: unit.into(),
+                });
             };
             if prev_rank.is_some_and(|p| rank >= p) {
-                return Err(format!(
-                    "invalid duration `{text}`: units must go from largest to smallest, \
-                     each at most once (e.g. `1h30m`)"
-                ));
+                return Err(DurationError::UnitOrder { text: text.into() });
             }
             prev_rank = Some(rank);
-            let n: u64 = digits.parse().map_err(|_| format!("duration `{text}` is too large"))?;
+            let n: u64 = digits
+                .parse()
+                .map_err(|_| DurationError::TooLarge { text: text.into() })?;
             total += u128::from(n) * unit_nanos;
             rest = after.trim_start();
         }
         nanos_to_duration(total)
             .map(Duration)
-            .ok_or_else(|| format!("duration `{text}` is too large"))
+            .ok_or_else(|| DurationError::TooLarge { text: text.into() })
     }
 }
 
@@ -210,31 +245,47 @@ fn byte_unit(unit: &str) -> Option<u64> {
         .map(|&(_, factor)| factor)
 }
 
-impl FromStr for ByteSize {
-    type Err = String;
+/// Why a byte size did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ByteSizeError {
+    #[error("empty byte size (expected e.g. `16KiB` or `1MB`)")]
+    Empty,
+    #[error("invalid byte size `{text}`: expected a number followed by an optional unit {BYTE_HINT}")]
+    NoNumber { text: String },
+    #[error(
+        "invalid byte size `{text}`: fractions are not supported, \
+         use a smaller unit (e.g. `1536MiB` instead of `1.5GiB`)"
+    )]
+    Fraction { text: String },
+    #[error("unknown unit `{unit}` in byte size `{text}` {BYTE_HINT}")]
+    UnknownUnit { text: String, unit: String },
+    #[error("byte size `{text}` is too large (max {} bytes)", u64::MAX)]
+    TooLarge { text: String },
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for ByteSize {
+    type Err = ByteSizeError;
+
+    fn from_str(s: &str) -> Result<Self, ByteSizeError> {
         let text = s.trim();
         if text.is_empty() {
-            return Err("empty byte size (expected e.g. `16KiB` or `1MB`)".to_string());
+            return Err(ByteSizeError::Empty);
         }
         let (digits, unit) = split_digits(text);
         if digits.is_empty() {
-            return Err(format!(
-                "invalid byte size `{text}`: expected a number followed by an optional unit {BYTE_HINT}"
-            ));
+            return Err(ByteSizeError::NoNumber { text: text.into() });
         }
         let unit = unit.trim_start();
         if unit.starts_with('.') {
-            return Err(format!(
-                "invalid byte size `{text}`: fractions are not supported, \
-                 use a smaller unit (e.g. `1536MiB` instead of `1.5GiB`)"
-            ));
+            return Err(ByteSizeError::Fraction { text: text.into() });
         }
         let Some(factor) = byte_unit(unit) else {
-            return Err(format!("unknown unit `{unit}` in byte size `{text}` {BYTE_HINT}"));
+            return Err(ByteSizeError::UnknownUnit {
+                text: text.into(),
+                unit: unit.into(),
+            });
         };
-        let too_large = || format!("byte size `{text}` is too large (max {} bytes)", u64::MAX);
+        let too_large = || ByteSizeError::TooLarge { text: text.into() };
         let n: u64 = digits.parse().map_err(|_| too_large())?;
         n.checked_mul(factor).map(ByteSize).ok_or_else(too_large)
     }
@@ -315,46 +366,75 @@ pub struct Rate {
 
 const RATE_HINT: &str = "(expected e.g. `10/s`, `600/min` or `5/10s`)";
 
-impl FromStr for Rate {
-    type Err = String;
+/// Why a rate did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RateError {
+    #[error("missing `/` in rate `{text}` {RATE_HINT}")]
+    NoSlash { text: String },
+    #[error("invalid count `{count}` in rate `{text}` {RATE_HINT}")]
+    BadCount { text: String, count: String },
+    #[error("count `{count}` in rate `{text}` is too large (max {})", u32::MAX)]
+    CountTooLarge { text: String, count: String },
+    #[error("count in rate `{text}` must be greater than 0")]
+    ZeroCount { text: String },
+    #[error("missing period in rate `{text}` {RATE_HINT}")]
+    NoPeriod { text: String },
+    #[error("unknown unit `{unit}` in rate `{text}` (use ms, s, min, h or d)")]
+    UnknownUnit { text: String, unit: String },
+    #[error("invalid period in rate `{text}`: {source}")]
+    BadPeriod { text: String, source: DurationError },
+    #[error("period in rate `{text}` must be greater than 0")]
+    ZeroPeriod { text: String },
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
+impl FromStr for Rate {
+    type Err = RateError;
+
+    fn from_str(s: &str) -> Result<Self, RateError> {
         let text = s.trim();
         let Some((count_text, per_text)) = text.split_once('/') else {
-            return Err(format!("missing `/` in rate `{text}` {RATE_HINT}"));
+            return Err(RateError::NoSlash { text: text.into() });
         };
         let count_text = count_text.trim();
         if count_text.is_empty() || !count_text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("invalid count `{count_text}` in rate `{text}` {RATE_HINT}"));
+            return Err(RateError::BadCount {
+                text: text.into(),
+                count: count_text.into(),
+            });
         }
-        let count: u32 = count_text
-            .parse()
-            .map_err(|_| format!("count `{count_text}` in rate `{text}` is too large (max {})", u32::MAX))?;
+        let count: u32 = count_text.parse().map_err(|_| RateError::CountTooLarge {
+            text: text.into(),
+            count: count_text.into(),
+        })?;
         if count == 0 {
-            return Err(format!("count in rate `{text}` must be greater than 0"));
+            return Err(RateError::ZeroCount { text: text.into() });
         }
         let per_text = per_text.trim();
         if per_text.is_empty() {
-            return Err(format!("missing period in rate `{text}` {RATE_HINT}"));
+            return Err(RateError::NoPeriod { text: text.into() });
         }
         // A bare unit means one of it: `10/s` is `10/1s`.
         let per = if per_text.bytes().all(|b| b.is_ascii_alphabetic()) {
             match duration_unit(per_text).and_then(|(_, nanos)| nanos_to_duration(nanos)) {
                 Some(d) => d,
                 None => {
-                    return Err(format!(
-                        "unknown unit `{per_text}` in rate `{text}` (use ms, s, min, h or d)"
-                    ))
+                    return Err(RateError::UnknownUnit {
+                        text: text.into(),
+                        unit: per_text.into(),
+                    })
                 }
             }
         } else {
             per_text
                 .parse::<Duration>()
-                .map_err(|e| format!("invalid period in rate `{text}`: {e}"))?
+                .map_err(|source| RateError::BadPeriod {
+                    text: text.into(),
+                    source,
+                })?
                 .0
         };
         if per.is_zero() {
-            return Err(format!("period in rate `{text}` must be greater than 0"));
+            return Err(RateError::ZeroPeriod { text: text.into() });
         }
         Ok(Rate { count, per })
     }
@@ -413,7 +493,7 @@ mod tests {
     }
 
     fn dur_err(s: &str) -> String {
-        s.parse::<Duration>().unwrap_err()
+        s.parse::<Duration>().unwrap_err().to_string()
     }
 
     fn bytes(s: &str) -> u64 {
@@ -421,7 +501,7 @@ mod tests {
     }
 
     fn bytes_err(s: &str) -> String {
-        s.parse::<ByteSize>().unwrap_err()
+        s.parse::<ByteSize>().unwrap_err().to_string()
     }
 
     fn rate(s: &str) -> (u32, StdDuration) {
@@ -430,7 +510,7 @@ mod tests {
     }
 
     fn rate_err(s: &str) -> String {
-        s.parse::<Rate>().unwrap_err()
+        s.parse::<Rate>().unwrap_err().to_string()
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! peer holds at most its cap, and the operator's authenticated request gets through while others hold
 //! every slot.
 
-use crate::common::{self, connect_from, RELAXED};
+use crate::support::gateway::RELAXED;
+use crate::support::net::connect_from;
+use crate::support::{backends, clients, gateway};
 use gatehouse::admin::AdminListen;
 use gatehouse::Running;
 use std::net::SocketAddr;
@@ -16,12 +18,12 @@ const TOKEN: &str = "admin-test-token-0123456789abcdef";
 /// A gateway with the admin API on a free loopback port (default per-peer cap: 8).
 async fn start(dir: &Path) -> (Running, SocketAddr) {
     std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let toml = format!(
         "{RELAXED}[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n{}",
-        common::tcp_front("relay", up, "")
+        gateway::tcp_front("relay", up, "")
     );
-    let running = common::start_in(dir, &toml).await;
+    let running = gateway::start_in(dir, &toml).await;
     let admin = match running.admin_addr() {
         Some(AdminListen::Tcp(a)) => *a,
         other => panic!("admin API not on TCP: {other:?}"),
@@ -142,7 +144,7 @@ async fn one_peer_holds_at_most_its_cap_and_probes_get_no_keep_alive() {
         assert!(head.contains("connection: close"), "{head}");
         assert!(closed_by_server(s).await, "kept alive without the token");
     }
-    let metrics = common::admin_get(admin, TOKEN, "/metrics").await;
+    let metrics = clients::admin_get(admin, TOKEN, "/metrics").await;
     let displaced = metrics
         .lines()
         .find_map(|l| l.strip_prefix("gatehouse_admin_connections_shed_total{reason=\"displaced\"} "))

@@ -4,42 +4,27 @@
 //! Every refusal is checked twice: from the client (closed without a byte) and on the guard's counter
 //! for the expected reason, so a test cannot pass because the connection died for some other cause.
 
-use crate::common::{self, RELAXED};
+use crate::support::gateway::{counters, plus, tcp_front_at, RELAXED};
+use crate::support::{backends, gateway, net};
 use gatehouse::guard::Refusal;
 use gatehouse::Running;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// Every refusal counter, in [`Refusal::ALL`] order.
-fn counters(running: &Running) -> Vec<u64> {
-    Refusal::ALL.iter().map(|&r| running.guard().refused(r)).collect()
-}
-
-/// `before` with `reason` increased by `n`: what the counters must read after `n` refusals for `reason`
-/// and nothing else.
-fn plus(before: &[u64], reason: Refusal, n: u64) -> Vec<u64> {
-    let mut v = before.to_vec();
-    v[Refusal::ALL.iter().position(|&r| r == reason).unwrap()] += n;
-    v
-}
-
 /// Connects from `from` and checks the session works end to end; returns it still open.
 async fn admitted(from: &str, to: SocketAddr) -> TcpStream {
-    let mut s = common::connect_from(from, to)
+    let mut s = net::connect_from(from, to)
         .await
         .unwrap_or_else(|e| panic!("{from}: connect to {to}: {e}"));
-    assert!(common::echoes(&mut s).await, "{from} should be admitted by {to}");
+    assert!(net::echoes(&mut s).await, "{from} should be admitted by {to}");
     s
 }
 
 /// Checks `from` is refused by `to` for `reason`, and that this refusal is the only one counted.
 async fn refused(running: &Running, from: &str, to: SocketAddr, reason: Refusal) {
     let before = counters(running);
-    assert!(
-        common::is_refused(from, to).await,
-        "{from} should be refused ({reason})"
-    );
+    assert!(net::is_refused(from, to).await, "{from} should be refused ({reason})");
     assert_eq!(
         counters(running),
         plus(&before, reason, 1),
@@ -52,8 +37,8 @@ async fn refused(running: &Running, from: &str, to: SocketAddr, reason: Refusal)
 /// gateway frees only once it has noticed a client's close.
 async fn admitted_eventually(from: &str, to: SocketAddr) -> TcpStream {
     for _ in 0..100 {
-        let mut s = common::connect_from(from, to).await.unwrap();
-        if common::echoes(&mut s).await {
+        let mut s = net::connect_from(from, to).await.unwrap();
+        if net::echoes(&mut s).await {
             return s;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -61,20 +46,14 @@ async fn admitted_eventually(from: &str, to: SocketAddr) -> TcpStream {
     panic!("{from} never admitted again by {to}");
 }
 
-/// A second plain TCP front, on another loopback address: the config refuses two fronts that list the
-/// same address, `127.0.0.1:0` included.
-fn tcp_front_at(name: &str, listen: &str, upstream: SocketAddr, extra: &str) -> String {
-    common::tcp_front(name, upstream, extra).replace("\"127.0.0.1:0\"", &format!("\"{listen}\""))
-}
-
 fn front(extra: &str, upstream: SocketAddr) -> String {
-    format!("{RELAXED}{}", common::tcp_front("f", upstream, extra))
+    format!("{RELAXED}{}", gateway::tcp_front("f", upstream, extra))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn front_deny_refuses_listed_address_only() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front("[front.admission]\ndeny = [\"127.0.0.2/32\"]", up)).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front("[front.admission]\ndeny = [\"127.0.0.2/32\"]", up)).await;
     let to = running.addr("f");
     refused(&running, "127.0.0.2", to, Refusal::Denied).await;
     let _ok = admitted("127.0.0.3", to).await;
@@ -83,14 +62,14 @@ async fn front_deny_refuses_listed_address_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_deny_refuses_on_every_front() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     // RELAXED opens the [admission] table; the deny key joins it.
     let toml = format!(
         "{RELAXED}deny = [\"127.0.0.2/32\"]\n{}{}",
-        common::tcp_front("a", up, ""),
+        gateway::tcp_front("a", up, ""),
         tcp_front_at("b", "127.0.0.10:0", up, "")
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     for f in ["a", "b"] {
         let to = running.addr(f);
         refused(&running, "127.0.0.2", to, Refusal::Denied).await;
@@ -100,8 +79,8 @@ async fn global_deny_refuses_on_every_front() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_of_a_network_covers_its_addresses() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front("[front.admission]\ndeny = [\"127.0.0.0/24\"]", up)).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front("[front.admission]\ndeny = [\"127.0.0.0/24\"]", up)).await;
     let to = running.addr("f");
     refused(&running, "127.0.0.2", to, Refusal::Denied).await;
     refused(&running, "127.0.0.77", to, Refusal::Denied).await;
@@ -110,13 +89,13 @@ async fn deny_of_a_network_covers_its_addresses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowlist_only_admits_listed_v4_and_v6() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let toml = format!(
         "{RELAXED}[[front]]\nname = \"f\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\", \"[::1]:0\"]\n\
          transport = \"tcp\"\nupstreams = [\"{up}\"]\n\
          [front.admission]\nallowlist_only = true\nallow = [\"127.0.0.3/32\", \"::1/128\"]\n"
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let addrs = running.addrs("f");
     assert_eq!(addrs.len(), 2);
     let v4 = *addrs.iter().find(|a| a.is_ipv4()).unwrap();
@@ -129,13 +108,13 @@ async fn allowlist_only_admits_listed_v4_and_v6() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_allowlist_only_applies_to_every_front() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let toml = format!(
         "{RELAXED}allowlist_only = true\nallow = [\"127.0.0.3/32\"]\n{}{}",
-        common::tcp_front("a", up, ""),
+        gateway::tcp_front("a", up, ""),
         tcp_front_at("b", "127.0.0.10:0", up, "")
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     for f in ["a", "b"] {
         let to = running.addr(f);
         refused(&running, "127.0.0.2", to, Refusal::NotAllowlisted).await;
@@ -145,8 +124,8 @@ async fn global_allowlist_only_applies_to_every_front() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_without_allowlist_only_does_not_restrict() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front("[front.admission]\nallow = [\"127.0.0.3/32\"]", up)).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front("[front.admission]\nallow = [\"127.0.0.3/32\"]", up)).await;
     let to = running.addr("f");
     let before = counters(&running);
     let _a = admitted("127.0.0.2", to).await;
@@ -156,9 +135,9 @@ async fn allow_without_allowlist_only_does_not_restrict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_beats_allow() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     // Same front, both lists match 127.0.0.2; the allow entry is even the more specific one.
-    let running = common::start(&front(
+    let running = gateway::start(&front(
         "[front.admission]\nallowlist_only = true\nallow = [\"127.0.0.0/24\", \"127.0.0.2/32\"]\n\
          deny = [\"127.0.0.2/32\", \"127.0.0.4/30\"]",
         up,
@@ -173,17 +152,17 @@ async fn deny_beats_allow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_beats_allow_across_levels() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     // Global allow vs front deny, and global deny vs front allow.
     let toml = format!(
         "{RELAXED}allow = [\"127.0.0.2/32\"]\ndeny = [\"127.0.0.3/32\"]\n{}",
-        common::tcp_front(
+        gateway::tcp_front(
             "f",
             up,
             "[front.admission]\ndeny = [\"127.0.0.2/32\"]\nallow = [\"127.0.0.3/32\"]"
         )
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
     refused(&running, "127.0.0.2", to, Refusal::Denied).await;
     refused(&running, "127.0.0.3", to, Refusal::Denied).await;
@@ -208,13 +187,13 @@ fn big_deny_list(n: u32) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_file_with_100k_entries_loads_and_applies() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("lists")).unwrap();
     std::fs::write(dir.path().join("lists/deny.txt"), big_deny_list(100_000)).unwrap();
     // Relative to the config file's folder.
     let toml = front("[front.admission]\ndeny_files = [\"lists/deny.txt\"]", up);
-    let running = common::start_in(dir.path(), &toml).await;
+    let running = gateway::start_in(dir.path(), &toml).await;
     assert_eq!(running.front("f").unwrap().cfg.admission.deny.len(), 100_001);
     let to = running.addr("f");
     refused(&running, "127.0.0.2", to, Refusal::Denied).await;
@@ -233,7 +212,7 @@ async fn deny_file_with_100k_entries_loads_and_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_deny_file_applies() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("deny.txt"),
@@ -242,9 +221,9 @@ async fn global_deny_file_applies() {
     .unwrap();
     let toml = format!(
         "{RELAXED}deny_files = [\"deny.txt\"]\n{}",
-        common::tcp_front("f", up, "")
+        gateway::tcp_front("f", up, "")
     );
-    let running = common::start_in(dir.path(), &toml).await;
+    let running = gateway::start_in(dir.path(), &toml).await;
     let to = running.addr("f");
     refused(&running, "127.0.0.2", to, Refusal::Denied).await;
     let _ok = admitted("127.0.0.3", to).await;
@@ -252,7 +231,7 @@ async fn global_deny_file_applies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allow_file_with_allowlist_only() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("allow.txt"),
@@ -263,7 +242,7 @@ async fn allow_file_with_allowlist_only() {
         "[front.admission]\nallowlist_only = true\nallow_files = [\"allow.txt\"]",
         up,
     );
-    let running = common::start_in(dir.path(), &toml).await;
+    let running = gateway::start_in(dir.path(), &toml).await;
     let to = running.addr("f");
     refused(&running, "127.0.0.2", to, Refusal::NotAllowlisted).await;
     let _ok = admitted("127.0.0.3", to).await;
@@ -271,32 +250,32 @@ async fn allow_file_with_allowlist_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_cap_refuses_beyond_cap_and_frees_on_close() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front("[front.admission]\nmax_connections_per_ip = 2", up)).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front("[front.admission]\nmax_connections_per_ip = 2", up)).await;
     let to = running.addr("f");
     let first = admitted("127.0.0.2", to).await;
     let mut second = admitted("127.0.0.2", to).await;
     refused(&running, "127.0.0.2", to, Refusal::PerIpCap).await;
     let mut other = admitted("127.0.0.3", to).await;
     // The sessions that hold the slots still work.
-    assert!(common::echoes(&mut second).await);
-    assert!(common::echoes(&mut other).await);
+    assert!(net::echoes(&mut second).await);
+    assert!(net::echoes(&mut other).await);
     drop(first);
     let mut again = admitted_eventually("127.0.0.2", to).await;
-    assert!(common::echoes(&mut again).await);
+    assert!(net::echoes(&mut again).await);
     // Full again: the freed slot was taken, not the cap reset.
     refused(&running, "127.0.0.2", to, Refusal::PerIpCap).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_per_ip_cap_default_is_32() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     // Defaults everywhere except the rate, so 33 quick connects are not refused by the connect rate.
     let toml = format!(
         "[admission]\nconnect_rate_per_ip = \"100000/s\"\nconnect_burst_per_ip = 100000\n\n{}",
-        common::tcp_front("f", up, "")
+        gateway::tcp_front("f", up, "")
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
     let mut held = Vec::new();
     for _ in 0..32 {
@@ -308,8 +287,8 @@ async fn global_per_ip_cap_default_is_32() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_group_cap_counts_the_v4_prefix() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(
         "[front.admission]\nmax_connections_per_group = 2\ngroup_prefix_v4 = 24",
         up,
     ))
@@ -324,9 +303,9 @@ async fn per_group_cap_counts_the_v4_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_group_cap_follows_configured_prefix() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     // A /16 group puts 127.0.0.x and 127.0.1.x together.
-    let running = common::start(&front(
+    let running = gateway::start(&front(
         "[front.admission]\nmax_connections_per_group = 2\ngroup_prefix_v4 = 16",
         up,
     ))
@@ -340,8 +319,8 @@ async fn per_group_cap_follows_configured_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowlisted_addresses_skip_group_cap_but_keep_ip_cap() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(
         "[front.admission]\nmax_connections_per_group = 1\nmax_connections_per_ip = 2\nallow = [\"127.0.0.3/32\"]",
         up,
     ))
@@ -356,13 +335,13 @@ async fn allowlisted_addresses_skip_group_cap_but_keep_ip_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn front_max_connections() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let toml = format!(
         "{RELAXED}{}{}",
-        common::tcp_front("f", up, "[front.admission]\nmax_connections = 1"),
+        gateway::tcp_front("f", up, "[front.admission]\nmax_connections = 1"),
         tcp_front_at("g", "127.0.0.10:0", up, "")
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
     let first = admitted("127.0.0.2", to).await;
     refused(&running, "127.0.0.3", to, Refusal::MaxConnections).await;
@@ -376,8 +355,8 @@ async fn front_max_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_ip_connect_rate_with_burst() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(
         "[front.admission]\nconnect_rate_per_ip = \"5/s\"\nconnect_burst_per_ip = 3",
         up,
     ))
@@ -387,13 +366,13 @@ async fn per_ip_connect_rate_with_burst() {
     // Four connects back to back, well within one refill period (200 ms), then judge each.
     let mut socks = Vec::new();
     for _ in 0..4 {
-        socks.push(common::connect_from("127.0.0.2", to).await.unwrap());
+        socks.push(net::connect_from("127.0.0.2", to).await.unwrap());
     }
     let mut fourth = socks.pop().unwrap();
     for s in &mut socks {
-        assert!(common::echoes(s).await, "burst of 3 should be admitted");
+        assert!(net::echoes(s).await, "burst of 3 should be admitted");
     }
-    let t = common::closed_within(&mut fourth, Duration::from_secs(5)).await;
+    let t = net::closed_within(&mut fourth, Duration::from_secs(5)).await;
     assert!(t < Duration::from_secs(5));
     assert_eq!(counters(&running), plus(&before, Refusal::IpRate, 1));
     let _other = admitted("127.0.0.3", to).await;
@@ -405,13 +384,13 @@ async fn per_ip_connect_rate_with_burst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_default_rate_is_burst_20() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     // Defaults except the caps, so 21 held admissions are not refused by the per-IP cap.
     let toml = format!(
         "[admission]\nmax_connections_per_ip = 1000\nmax_connections_per_group = 1000\n\n{}",
-        common::tcp_front("f", up, "")
+        gateway::tcp_front("f", up, "")
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
     let level = running.front("f").unwrap().level.clone();
     let ip: IpAddr = "127.0.0.2".parse().unwrap();
@@ -436,8 +415,8 @@ async fn global_default_rate_is_burst_20() {
             assert_eq!(n, 20, "default burst");
         }
         let before = counters(&running);
-        let mut s = common::connect_from("127.0.0.2", to).await.unwrap();
-        if common::echoes(&mut s).await {
+        let mut s = net::connect_from("127.0.0.2", to).await.unwrap();
+        if net::echoes(&mut s).await {
             held.clear();
             continue;
         }
@@ -450,8 +429,8 @@ async fn global_default_rate_is_burst_20() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_group_connect_rate() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(
         "[front.admission]\nconnect_rate_per_group = \"1/min\"\nconnect_burst_per_group = 2",
         up,
     ))
@@ -465,9 +444,9 @@ async fn per_group_connect_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_by_cap_does_not_spend_rate() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     // Rate comes last: connections refused by the cap must not drain the burst.
-    let running = common::start(&front(
+    let running = gateway::start(&front(
         "[front.admission]\nmax_connections_per_ip = 1\nconnect_rate_per_ip = \"1/min\"\nconnect_burst_per_ip = 2",
         up,
     ))
@@ -483,8 +462,8 @@ async fn refused_by_cap_does_not_spend_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv4_mapped_address_is_the_ipv4_client() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(
         "[front.admission]\ndeny = [\"127.0.0.2/32\"]\nmax_connections_per_ip = 1",
         up,
     ))
@@ -513,8 +492,8 @@ async fn ipv4_mapped_address_is_the_ipv4_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv4_mapped_deny_entry_matches_ipv4_clients() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front("[front.admission]\ndeny = [\"::ffff:127.0.0.2/128\"]", up)).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front("[front.admission]\ndeny = [\"::ffff:127.0.0.2/128\"]", up)).await;
     let to = running.addr("f");
     refused(&running, "127.0.0.2", to, Refusal::Denied).await;
     let _ok = admitted("127.0.0.3", to).await;
@@ -522,13 +501,13 @@ async fn ipv4_mapped_deny_entry_matches_ipv4_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_group_cap_uses_v6_prefix() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let toml = format!(
         "{RELAXED}[[front]]\nname = \"f\"\nkind = \"peer\"\nlisten = [\"[::1]:0\"]\n\
          transport = \"tcp\"\nupstreams = [\"{up}\"]\n\
          [front.admission]\nmax_connections_per_group = 1\n"
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
     let level = running.front("f").unwrap().level.clone();
     let _a = admitted("::1", to).await;
@@ -544,24 +523,24 @@ async fn ipv6_group_cap_uses_v6_prefix() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_by_front_rate_does_not_spend_global_rate() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     // Global: 2 connects per IP, then one a minute. Front f: 1, then one a minute. Front g: no own rate.
     let toml = format!(
         "[admission]\nmax_connections_per_ip = 1000\nmax_connections_per_group = 1000\n\
          connect_rate_per_ip = \"1/min\"\nconnect_burst_per_ip = 2\n\n{}{}",
-        common::tcp_front(
+        gateway::tcp_front(
             "f",
             up,
             "[front.admission]\nconnect_rate_per_ip = \"1/min\"\nconnect_burst_per_ip = 1"
         ),
         tcp_front_at("g", "127.0.0.10:0", up, "")
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let _a = admitted("127.0.0.2", running.addr("f")).await;
     refused(&running, "127.0.0.2", running.addr("f"), Refusal::IpRate).await;
     // The refusal above must not have cost 127.0.0.2 its second global connect.
     let before = counters(&running);
-    let refused_now = common::is_refused("127.0.0.2", running.addr("g")).await;
+    let refused_now = net::is_refused("127.0.0.2", running.addr("g")).await;
     assert_eq!(
         counters(&running),
         before,

@@ -2,7 +2,11 @@
 //! clients at accept, survive restarts (and a torn journal tail), lifts survive too, expired bans stay
 //! dead, compaction keeps the live set, and the API's auth and error answers.
 
-use crate::common::{self, echo_backend, is_refused};
+use crate::support::backends::echo_backend;
+use crate::support::clients::http;
+use crate::support::gateway::journaled_ban;
+use crate::support::net::is_refused;
+use crate::support::{backends, clients, gateway, net};
 use gatehouse::admin::AdminListen;
 use gatehouse::config::Config;
 use gatehouse::Running;
@@ -24,7 +28,7 @@ fn config(dir: &Path, backend: SocketAddr, extra_admission: &str) -> String {
          connect_rate_per_ip = \"100000/s\"\nconnect_burst_per_ip = 100000\n{extra_admission}\n\n\
          [bans]\njournal = \"state/bans.journal\"\n\n\
          [admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n{}",
-        common::tcp_front("relay", backend, "")
+        gateway::tcp_front("relay", backend, "")
     )
 }
 
@@ -36,48 +40,13 @@ struct Gw {
 
 async fn start(dir: &Path, toml: &str) -> Gw {
     std::fs::create_dir_all(dir.join("state")).unwrap();
-    let running = common::start_in(dir, toml).await;
+    let running = gateway::start_in(dir, toml).await;
     let admin = match running.admin_addr() {
         Some(AdminListen::Tcp(a)) => *a,
         other => panic!("admin API not on TCP: {other:?}"),
     };
     let front = running.addr("relay");
     Gw { running, admin, front }
-}
-
-/// One HTTP/1.1 exchange written by hand, so the tests depend on nothing but the wire format.
-pub(crate) async fn http(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-    auth: Option<&str>,
-    body: Option<&str>,
-) -> (u16, Value) {
-    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
-    let body = body.unwrap_or("");
-    let auth = auth.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("admin API answered within 10s")
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end: {text:?}"));
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    let v = if body.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
-    };
-    (status, v)
 }
 
 fn bearer() -> String {
@@ -386,7 +355,7 @@ async fn admin_api_on_a_unix_socket() {
     std::fs::create_dir_all(dir.path().join("state")).unwrap();
     // A stale socket file from a crashed run is replaced.
     drop(std::os::unix::net::UnixListener::bind(dir.path().join("admin.sock")).unwrap());
-    let running = common::start_in(dir.path(), &toml).await;
+    let running = gateway::start_in(dir.path(), &toml).await;
     let sock = dir.path().join("admin.sock");
     assert_eq!(running.admin_addr(), Some(&AdminListen::Unix(sock.clone())));
     use std::os::unix::fs::PermissionsExt;
@@ -412,7 +381,7 @@ fn admin_config_is_validated() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
     std::fs::write(dir.path().join("short.token"), "abc\n").unwrap();
-    let front = common::tcp_front("relay", "127.0.0.1:1".parse().unwrap(), "");
+    let front = gateway::tcp_front("relay", "127.0.0.1:1".parse().unwrap(), "");
     let with = |admin: &str| format!("[admin]\n{admin}\n\n{front}");
 
     let e = parse(
@@ -472,7 +441,7 @@ async fn a_journal_that_cannot_be_opened_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         "[bans]\njournal = \"no-such-dir/bans.journal\"\n\n{}",
-        common::tcp_front("relay", "127.0.0.1:1".parse().unwrap(), "")
+        gateway::tcp_front("relay", "127.0.0.1:1".parse().unwrap(), "")
     );
     // The folder is there when the file is checked and gone by the start.
     std::fs::create_dir(dir.path().join("no-such-dir")).unwrap();
@@ -484,24 +453,6 @@ async fn a_journal_that_cannot_be_opened_stops_the_start() {
     };
     assert!(err.contains("no-such-dir/bans.journal"), "{err}");
     assert!(err.contains("cannot open"), "{err}");
-}
-
-/// A journal line as the gateway writes it (CRC-32 of the JSON, a space, the JSON), for planting
-/// statements a gateway never wrote itself.
-pub(crate) fn journal_line(json: &str) -> String {
-    format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()))
-}
-
-fn journaled_ban(prefix: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    journal_line(&format!(
-        r#"{{"op":"ban","prefix":"{prefix}","until_ms":{},"reason":"planted","origin":"local","created_ms":{now},"version":{}}}"#,
-        now + 3_600_000,
-        now * 1000
-    ))
 }
 
 #[tokio::test]
@@ -543,7 +494,7 @@ async fn no_ban_may_cover_everyone_whether_from_the_api_or_the_journal() {
     // The limit itself is allowed.
     assert_eq!(post_ban(gw.admin, "10.0.0.0/8", "1h").await.0, 201);
     assert_eq!(listed(gw.admin).await, ["10.0.0.0/8", "127.0.0.9/32"]);
-    let metrics = common::admin_get(gw.admin, TOKEN, "/metrics").await;
+    let metrics = clients::admin_get(gw.admin, TOKEN, "/metrics").await;
     assert!(
         metrics.contains("gatehouse_bans_rejected_total{reason=\"too_wide\"} 6"),
         "{metrics}"
@@ -554,7 +505,7 @@ async fn no_ban_may_cover_everyone_whether_from_the_api_or_the_journal() {
 /// A gateway whose Electrum front bans at the first garbage line, with a journal and the admin API;
 /// `bans` joins the [bans] table.
 async fn electrum_gateway(dir: &Path, bans: &str) -> (Running, SocketAddr, SocketAddr) {
-    let backend = crate::electrum_cost::stub_backend(&[]).await;
+    let backend = backends::stub_backend(&[]).await;
     std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
     std::fs::create_dir_all(dir.join("state")).unwrap();
     let toml = format!(
@@ -562,9 +513,9 @@ async fn electrum_gateway(dir: &Path, bans: &str) -> (Running, SocketAddr, Socke
          [admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n\
          [[front]]\nname = \"electrum\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
          upstreams = [\"{backend}\"]\n",
-        common::RELAXED
+        gateway::RELAXED
     );
-    let running = common::start_in(dir, &toml).await;
+    let running = gateway::start_in(dir, &toml).await;
     let admin = match running.admin_addr() {
         Some(AdminListen::Tcp(a)) => *a,
         other => panic!("admin API not on TCP: {other:?}"),
@@ -576,13 +527,13 @@ async fn electrum_gateway(dir: &Path, bans: &str) -> (Running, SocketAddr, Socke
 /// One garbage line from `from` (a violation, so a ban), read until the gateway closes; false if the
 /// connection was refused at once (already banned).
 async fn offend(from: String, front: SocketAddr) -> bool {
-    let Ok(mut s) = common::connect_from(&from, front).await else {
+    let Ok(mut s) = net::connect_from(&from, front).await else {
         return false;
     };
     if s.write_all(b"this is not json\n").await.is_err() {
         return false;
     }
-    common::closed_within(&mut s, Duration::from_secs(10)).await;
+    net::closed_within(&mut s, Duration::from_secs(10)).await;
     true
 }
 
@@ -604,7 +555,7 @@ async fn offenders_from_one_24_end_as_one_ban_of_the_24() {
     let bans: Vec<&str> = journal.lines().filter(|l| l.contains(r#""op":"ban""#)).collect();
     assert!(bans.len() <= 4, "{journal}");
     assert!(bans.last().unwrap().contains("127.0.7.0/24"), "{journal}");
-    let metrics = common::admin_get(admin, TOKEN, "/metrics").await;
+    let metrics = clients::admin_get(admin, TOKEN, "/metrics").await;
     assert!(metrics.contains("\ngatehouse_bans_escalated_total 1\n"), "{metrics}");
     let syncs: u64 = metrics
         .lines()
@@ -636,7 +587,7 @@ async fn a_full_ban_table_refuses_automatic_bans_but_never_an_operators() {
     let (status, v) = post_ban(admin, "192.0.2.0/24", "1h").await;
     assert_eq!(status, 201, "an operator's ban did not fit: {v}");
     assert_eq!(listed(admin).await.len(), 6);
-    let metrics = common::admin_get(admin, TOKEN, "/metrics").await;
+    let metrics = clients::admin_get(admin, TOKEN, "/metrics").await;
     assert!(
         metrics.contains("gatehouse_bans_rejected_total{reason=\"table_full\"} 3"),
         "{metrics}"

@@ -3,7 +3,8 @@
 //! return heals it; records by unlisted or tampered signers are refused and counted. The tests need
 //! `redis-server` (`tests/run` installs it) and fail without it.
 
-use crate::common;
+use crate::support::gateway::now_ms;
+use crate::support::{backends, clients, gateway, net};
 use gatehouse::cluster::keys::NodeKey;
 use gatehouse::cluster::link::Carried;
 use gatehouse::cluster::record::{Op, SignedRecord};
@@ -14,7 +15,7 @@ use ipnetwork::IpNetwork;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 const TOKEN: &str = "cluster-redis-test-token-0123456789";
 const PREFIX: &str = "gatehouse:";
@@ -38,11 +39,7 @@ struct RedisServer {
 
 impl RedisServer {
     async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = net::free_port();
         let mut s = RedisServer { port, child: None };
         s.restart().await;
         s
@@ -129,17 +126,17 @@ impl Drop for RedisServer {
 
 /// Gateway `i` of `keys.len()` on Redis `url`: lists the others' keys only (no addresses, no listen).
 fn config(i: usize, keys: &[String], url: &str, upstream: SocketAddr, extra: &str) -> String {
-    let peers = common::cluster_peers(i, &[], keys);
+    let peers = gateway::cluster_peers(i, &[], keys);
     format!(
         "{}{extra}[cluster]\nbackend = \"redis\"\nredis_url = \"{url}\"\nnode_key = \"node{i}.key\"\n\
          anti_entropy = \"1s\"\n{peers}\n{}",
-        common::RELAXED,
-        common::tcp_front("p", upstream, "")
+        gateway::RELAXED,
+        gateway::tcp_front("p", upstream, "")
     )
 }
 
 async fn redis_connected(g: &Running) -> bool {
-    common::within(Duration::from_secs(5), async || {
+    net::within(Duration::from_secs(5), async || {
         g.cluster()
             .and_then(|c| c.status().redis)
             .is_some_and(|r| r.connected && r.last_sync.is_some())
@@ -150,32 +147,28 @@ async fn redis_connected(g: &Running) -> bool {
 
 async fn refused_within(g: &Running, ip: &str, limit: Duration) -> bool {
     let addr = g.addr("p");
-    common::within(limit, async || common::is_refused(ip, addr).await)
+    net::within(limit, async || net::is_refused(ip, addr).await)
         .await
         .is_some()
 }
 
 async fn admitted_within(g: &Running, ip: &str, limit: Duration) -> bool {
     let addr = g.addr("p");
-    common::within(limit, async || !common::is_refused(ip, addr).await)
+    net::within(limit, async || !net::is_refused(ip, addr).await)
         .await
         .is_some()
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ban_through_redis_is_enforced_by_all_and_lifted_by_any() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let up = common::echo_backend().await;
-    let keys = common::node_keys(dir.path(), 2);
+    let up = backends::echo_backend().await;
+    let keys = gateway::node_keys(dir.path(), 2);
     std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
     let admin = "[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n";
-    let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, admin)).await;
-    let b = common::start_in(dir.path(), &config(1, &keys, &redis.url(), up, "")).await;
+    let a = gateway::start_in(dir.path(), &config(0, &keys, &redis.url(), up, admin)).await;
+    let b = gateway::start_in(dir.path(), &config(1, &keys, &redis.url(), up, "")).await;
     assert!(
         redis_connected(&a).await && redis_connected(&b).await,
         "not connected to redis"
@@ -186,19 +179,19 @@ async fn a_ban_through_redis_is_enforced_by_all_and_lifted_by_any() {
         Some(gatehouse::admin::AdminListen::Tcp(a)) => *a,
         other => panic!("admin not on TCP: {other:?}"),
     };
-    let v: serde_json::Value = serde_json::from_str(&common::admin_get(admin, TOKEN, "/v1/cluster").await).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&clients::admin_get(admin, TOKEN, "/v1/cluster").await).unwrap();
     assert_eq!(v["backend"], "redis", "{v}");
     assert_eq!(v["redis"]["connected"], true, "{v}");
     assert_eq!(v["redis"]["url"], redis.url(), "{v}");
     assert_eq!(v["peers"][0]["key"], keys[1].as_str(), "{v}");
-    let metrics = common::admin_get(admin, TOKEN, "/metrics").await;
+    let metrics = clients::admin_get(admin, TOKEN, "/metrics").await;
     assert!(
         metrics.lines().any(|l| l == "gatehouse_cluster_links_up 1"),
         "{metrics}"
     );
 
     for g in [&a, &b] {
-        assert!(!common::is_refused("127.0.0.2", g.addr("p")).await);
+        assert!(!net::is_refused("127.0.0.2", g.addr("p")).await);
     }
     let x: IpNetwork = "127.0.0.2/32".parse().unwrap();
     a.bans().ban(x, Duration::from_secs(600), "test").unwrap();
@@ -207,7 +200,7 @@ async fn a_ban_through_redis_is_enforced_by_all_and_lifted_by_any() {
         "B still admits after 1 s"
     );
     assert!(
-        !common::is_refused("127.0.0.3", b.addr("p")).await,
+        !net::is_refused("127.0.0.3", b.addr("p")).await,
         "others are unaffected"
     );
     // Stored under its key with a TTL of the ban's remaining time.
@@ -235,10 +228,10 @@ async fn a_ban_through_redis_is_enforced_by_all_and_lifted_by_any() {
 async fn gateways_keep_enforcing_while_redis_is_away_and_heal_when_it_returns() {
     let mut redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let up = common::echo_backend().await;
-    let keys = common::node_keys(dir.path(), 2);
-    let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
-    let b = common::start_in(dir.path(), &config(1, &keys, &redis.url(), up, "")).await;
+    let up = backends::echo_backend().await;
+    let keys = gateway::node_keys(dir.path(), 2);
+    let a = gateway::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+    let b = gateway::start_in(dir.path(), &config(1, &keys, &redis.url(), up, "")).await;
     assert!(
         redis_connected(&a).await && redis_connected(&b).await,
         "not connected to redis"
@@ -252,7 +245,7 @@ async fn gateways_keep_enforcing_while_redis_is_away_and_heal_when_it_returns() 
     );
 
     redis.kill();
-    let down = common::within(Duration::from_secs(5), async || {
+    let down = net::within(Duration::from_secs(5), async || {
         [&a, &b]
             .iter()
             .all(|g| g.cluster().and_then(|c| c.status().redis).is_some_and(|r| !r.connected))
@@ -260,23 +253,17 @@ async fn gateways_keep_enforcing_while_redis_is_away_and_heal_when_it_returns() 
     .await;
     assert!(down.is_some(), "the lost connection is not reported");
     for g in [&a, &b] {
-        assert!(
-            common::is_refused("127.0.0.2", g.addr("p")).await,
-            "X no longer enforced"
-        );
+        assert!(net::is_refused("127.0.0.2", g.addr("p")).await, "X no longer enforced");
     }
     // Raised while Redis is away: enforced locally at once, shared when Redis is back.
     a.bans().ban(y, Duration::from_secs(600), "y").unwrap();
     assert!(refused_within(&a, "127.0.0.3", Duration::from_secs(1)).await);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for g in [&a, &b] {
-        assert!(
-            common::is_refused("127.0.0.2", g.addr("p")).await,
-            "X no longer enforced"
-        );
+        assert!(net::is_refused("127.0.0.2", g.addr("p")).await, "X no longer enforced");
     }
     assert!(
-        !common::is_refused("127.0.0.3", b.addr("p")).await,
+        !net::is_refused("127.0.0.3", b.addr("p")).await,
         "Y reached B without Redis?"
     );
 
@@ -286,13 +273,13 @@ async fn gateways_keep_enforcing_while_redis_is_away_and_heal_when_it_returns() 
         refused_within(&b, "127.0.0.3", Duration::from_secs(8)).await,
         "B never got Y after Redis returned"
     );
-    let healed = common::within(Duration::from_secs(3), async || {
+    let healed = net::within(Duration::from_secs(3), async || {
         redis.get(&key(PREFIX, &x)).await.is_some() && redis.get(&key(PREFIX, &y)).await.is_some()
     })
     .await;
     assert!(healed.is_some(), "redis did not get the held statements back");
     for g in [&a, &b] {
-        assert!(common::is_refused("127.0.0.2", g.addr("p")).await);
+        assert!(net::is_refused("127.0.0.2", g.addr("p")).await);
         assert!(g.cluster().unwrap().status().redis.unwrap().connected);
     }
 }
@@ -306,7 +293,7 @@ async fn write_and_await(redis: &RedisServer, rec: SignedRecord, counted: impl A
         })
         .await;
     assert!(
-        common::within(Duration::from_secs(1), counted).await.is_some(),
+        net::within(Duration::from_secs(1), counted).await.is_some(),
         "the rogue record was not counted"
     );
 }
@@ -315,9 +302,9 @@ async fn write_and_await(redis: &RedisServer, rec: SignedRecord, counted: impl A
 async fn records_by_unlisted_or_tampered_signers_are_refused_and_counted() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let up = common::echo_backend().await;
-    let keys = common::node_keys(dir.path(), 2);
-    let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+    let up = backends::echo_backend().await;
+    let keys = gateway::node_keys(dir.path(), 2);
+    let a = gateway::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
     assert!(redis_connected(&a).await, "not connected to redis");
     let cluster = a.cluster().unwrap();
 
@@ -346,14 +333,14 @@ async fn records_by_unlisted_or_tampered_signers_are_refused_and_counted() {
     assert_eq!(after.applied, 0, "{after:?}");
     assert_eq!(cluster.status().records, 0);
     assert!(a.bans().list(None).is_empty(), "{:?}", a.bans().list(None));
-    assert!(!common::is_refused("127.0.0.4", a.addr("p")).await);
-    assert!(!common::is_refused("127.0.0.5", a.addr("p")).await);
+    assert!(!net::is_refused("127.0.0.4", a.addr("p")).await);
+    assert!(!net::is_refused("127.0.0.5", a.addr("p")).await);
 }
 
 #[test]
 fn redis_backend_config_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = common::node_keys(dir.path(), 2);
+    let keys = gateway::node_keys(dir.path(), 2);
     let up: SocketAddr = "127.0.0.1:9".parse().unwrap();
     let parse = |toml: &str| Config::parse(toml, &dir.path().join("gatehouse.toml"));
     let base = config(0, &keys, "redis://127.0.0.1:6379/0", up, "");
@@ -393,8 +380,8 @@ fn redis_backend_config_errors_name_the_key() {
 /// Gateway `i` on Redis `url` with one Electrum front priced as in `cluster_cost`, sharing cost every
 /// 100 ms.
 fn electrum_config(i: usize, keys: &[String], url: &str, backend: SocketAddr) -> String {
-    use crate::cluster_cost::{HARD, PING};
-    let peers = common::cluster_peers(i, &[], keys);
+    use crate::support::cost::{CLUSTER_HARD as HARD, CLUSTER_PING as PING};
+    let peers = gateway::cluster_peers(i, &[], keys);
     format!(
         "{}[cost]\nsoft_limit = 2000\nhard_limit = {HARD}\nmax_sleep = \"20ms\"\ngroup_private = true\n\
          [cost.methods]\n\"server.ping\" = {PING}\n\n\
@@ -402,20 +389,20 @@ fn electrum_config(i: usize, keys: &[String], url: &str, backend: SocketAddr) ->
          {peers}\n[cluster.cost]\ninterval = \"100ms\"\nexpiry = \"1s\"\nthreshold = 10\n\n\
          [[front]]\nname = \"electrum\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
          upstreams = [\"{backend}\"]\n",
-        common::RELAXED
+        gateway::RELAXED
     )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abuse_cost_is_shared_through_redis() {
-    use crate::cluster_cost::{abuse, HARD};
+    use crate::support::cost::{abuse, CLUSTER_HARD as HARD};
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let backend = crate::electrum_cost::stub_backend(&[]).await;
-    let keys = common::node_keys(dir.path(), 2);
+    let backend = backends::stub_backend(&[]).await;
+    let keys = gateway::node_keys(dir.path(), 2);
     let mut gateways = Vec::new();
     for i in 0..2 {
-        let g = common::start_in(dir.path(), &electrum_config(i, &keys, &redis.url(), backend)).await;
+        let g = gateway::start_in(dir.path(), &electrum_config(i, &keys, &redis.url(), backend)).await;
         assert!(redis_connected(&g).await, "not connected to redis");
         gateways.push(g);
     }
@@ -449,9 +436,9 @@ async fn cost_reports_through_redis_must_be_signed_by_a_listed_node_and_new() {
     use gatehouse::state::cost::GroupCost;
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let backend = crate::electrum_cost::stub_backend(&[]).await;
-    let keys = common::node_keys(dir.path(), 2);
-    let a = common::start_in(dir.path(), &electrum_config(0, &keys, &redis.url(), backend)).await;
+    let backend = backends::stub_backend(&[]).await;
+    let keys = gateway::node_keys(dir.path(), 2);
+    let a = gateway::start_in(dir.path(), &electrum_config(0, &keys, &redis.url(), backend)).await;
     assert!(redis_connected(&a).await, "not connected to redis");
     let cluster = a.cluster().unwrap();
     let group: std::net::IpAddr = "127.0.3.0".parse().unwrap();
@@ -480,7 +467,7 @@ async fn cost_reports_through_redis_must_be_signed_by_a_listed_node_and_new() {
         .query_async(&mut c)
         .await
         .unwrap();
-    let counted = common::within(Duration::from_secs(2), async || {
+    let counted = net::within(Duration::from_secs(2), async || {
         cluster.stats().cost_reports_rejected >= 3
     })
     .await;
@@ -489,14 +476,14 @@ async fn cost_reports_through_redis_must_be_signed_by_a_listed_node_and_new() {
 
     // B's genuine report counts; an older one replayed afterwards changes nothing.
     publish(&SignedCostReport::sign(&b_key, 20, figures(700.0))).await;
-    let taken = common::within(Duration::from_secs(2), async || a.ledger().remote_cost(group) == 700.0).await;
+    let taken = net::within(Duration::from_secs(2), async || a.ledger().remote_cost(group) == 700.0).await;
     assert!(taken.is_some(), "{:?}", cluster.stats());
     publish(&SignedCostReport::sign(&b_key, 10, figures(2900.0))).await;
     publish(&SignedCostReport::sign(&b_key, 21, figures(650.0))).await;
-    let newer = common::within(Duration::from_secs(2), async || a.ledger().remote_cost(group) == 650.0).await;
+    let newer = net::within(Duration::from_secs(2), async || a.ledger().remote_cost(group) == 650.0).await;
     assert!(newer.is_some(), "remote cost {}", a.ledger().remote_cost(group));
     // A new session of the group starts with B's figure.
-    let mut c = crate::electrum_cost::Client::open("127.0.3.7", a.addr("electrum")).await;
+    let mut c = clients::Client::open("127.0.3.7", a.addr("electrum")).await;
     let r = c.call("server.ping", "[]", 50.0).await;
     assert!(r.v.get("error").is_none(), "{}", r.v);
     assert!(a.ledger().group_cost(group) > 650.0);
@@ -523,10 +510,10 @@ async fn keys_of_another_type_do_not_stop_the_sync() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let up = common::echo_backend().await;
-    let keys = common::node_keys(dir.path(), 2);
-    let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
-    let b = common::start_in(dir.path(), &config(1, &keys, &redis.url(), up, "")).await;
+    let up = backends::echo_backend().await;
+    let keys = gateway::node_keys(dir.path(), 2);
+    let a = gateway::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+    let b = gateway::start_in(dir.path(), &config(1, &keys, &redis.url(), up, "")).await;
     assert!(
         redis_connected(&a).await && redis_connected(&b).await,
         "not connected to redis"
@@ -542,7 +529,7 @@ async fn keys_of_another_type_do_not_stop_the_sync() {
     assert!(stored.contains("over a hash"), "{stored}");
     // Resyncs keep completing: both stay connected, and the last sync moves on.
     let first = b.cluster().unwrap().status().redis.unwrap().last_sync;
-    let moved = common::within(Duration::from_secs(3), async || {
+    let moved = net::within(Duration::from_secs(3), async || {
         let r = b.cluster().unwrap().status().redis.unwrap();
         r.connected && r.last_sync > first
     })
@@ -595,9 +582,9 @@ fn malformed_messages_on_the_redis_channels_do_not_flood_the_log() {
     rt.block_on(async {
         let redis = RedisServer::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let up = common::echo_backend().await;
-        let keys = common::node_keys(dir.path(), 2);
-        let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+        let up = backends::echo_backend().await;
+        let keys = gateway::node_keys(dir.path(), 2);
+        let a = gateway::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
         assert!(redis_connected(&a).await, "not connected to redis");
         let cluster = a.cluster().unwrap();
         let mut c = redis.conn().await.unwrap();
@@ -611,7 +598,7 @@ fn malformed_messages_on_the_redis_channels_do_not_flood_the_log() {
                     .unwrap();
             }
         }
-        let counted = common::within(Duration::from_secs(10), async || {
+        let counted = net::within(Duration::from_secs(10), async || {
             let s = cluster.stats();
             s.rejected_malformed >= SENT && s.cost_reports_rejected >= SENT
         })
@@ -630,9 +617,9 @@ fn malformed_messages_on_the_redis_channels_do_not_flood_the_log() {
 async fn a_listed_nodes_bounds_hold_through_redis_and_a_writer_cannot_grow_the_rejected_set() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let up = common::echo_backend().await;
-    let keys = common::node_keys(dir.path(), 2);
-    let a = common::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+    let up = backends::echo_backend().await;
+    let keys = gateway::node_keys(dir.path(), 2);
+    let a = gateway::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
     assert!(redis_connected(&a).await, "not connected to redis");
     let cluster = a.cluster().unwrap();
 
@@ -646,8 +633,8 @@ async fn a_listed_nodes_bounds_hold_through_redis_and_a_writer_cannot_grow_the_r
     let rec = SignedRecord::sign(&b_key, Op::Ban, long, "forged".into(), now_ms(), ten_years, 2);
     write_and_await(&redis, rec, async || cluster.stats().rejected_too_long >= 1).await;
     assert!(a.bans().list(None).is_empty(), "{:?}", a.bans().list(None));
-    assert!(!common::is_refused("127.0.0.2", a.addr("p")).await);
-    assert!(!common::is_refused("127.0.0.6", a.addr("p")).await);
+    assert!(!net::is_refused("127.0.0.2", a.addr("p")).await);
+    assert!(!net::is_refused("127.0.0.6", a.addr("p")).await);
 
     // A writer fills Redis with junk under well-formed keys: every value is refused, but only so many
     // are remembered, whatever the writer adds.
@@ -661,7 +648,7 @@ async fn a_listed_nodes_bounds_hold_through_redis_and_a_writer_cannot_grow_the_r
             .ignore();
     }
     let () = p.query_async(&mut conn).await.unwrap();
-    let remembered = common::within(Duration::from_secs(10), async || {
+    let remembered = net::within(Duration::from_secs(10), async || {
         let s = cluster.status();
         s.stats.rejected_malformed >= junk as u64 && s.redis.unwrap().rejected_remembered > 0
     })

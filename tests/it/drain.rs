@@ -1,24 +1,24 @@
 //! Graceful drain: after the stop, no new connection is accepted, open sessions carry on, and those
 //! still open when the spread window starts are closed at points spread over it, before the deadline.
 
-use crate::common;
+use crate::support::{backends, gateway, net};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closes_are_spread_over_the_window_before_the_deadline() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let toml = format!(
         "{}[runtime]\ndrain_deadline = \"3s\"\ndrain_spread = \"2s\"\n{}",
-        common::RELAXED,
-        common::tcp_front("p", up, "")
+        gateway::RELAXED,
+        gateway::tcp_front("p", up, "")
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let addr = running.addr("p");
     let mut sessions = Vec::new();
     for i in 0..60 {
-        let mut s = common::connect_from(&format!("127.0.1.{}", 2 + i), addr).await.unwrap();
-        assert!(common::echoes(&mut s).await);
+        let mut s = net::connect_from(&format!("127.0.1.{}", 2 + i), addr).await.unwrap();
+        assert!(net::echoes(&mut s).await);
         sessions.push(s);
     }
     let stop = Instant::now();

@@ -1,4 +1,4 @@
-//! Electrum cost accounting end to end (DESIGN §3): throttling (per-request sleep and fewer concurrent
+//! Electrum cost accounting end to end: throttling (per-request sleep and fewer concurrent
 //! slots) from the soft limit, -101 plus close plus ban at the hard limit, per-/24 and per-/48 groups that
 //! share a budget and keep a retained cost after a disconnect, decay, the capped `block.headers` charge and
 //! -102 for requests the backend does not answer in time.
@@ -8,212 +8,27 @@
 //! cost no real time. The stub backend answers every request at once with `"result":null`, so a request's
 //! cost is exactly its method cost plus its bytes (request line and reply line, newline included) / 5000.
 
-use crate::common::{self, RELAXED};
+use crate::support::backends::{self, stub_backend};
+use crate::support::clients::Client;
+use crate::support::cost::{bytes, config, SCRIPTHASH};
+use crate::support::gateway;
+use crate::support::net::{self, ip};
 use serde_json::Value;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 const SOFT: f64 = 1000.0;
 const HARD: f64 = 10000.0;
 const MAX_SLEEP: f64 = 2.5;
-const BYTES_PER_UNIT: f64 = 5000.0;
-const CONNECTION_COST: f64 = 5.0;
-const VERSION_COST: f64 = 0.5;
 const PING_COST: f64 = 0.1;
-pub(crate) const SCRIPTHASH: &str = "\"8b01df4e368ea28f8dc0423bcf7a4923e3a12d307c875e47a0cfbf90b5c39161\"";
-
-/// A backend that answers every request (and every request of a batch) with `"result":null` at once,
-/// except the methods in `silent`, which it never answers.
-pub(crate) async fn stub_backend(silent: &'static [&'static str]) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let _ = s.set_nodelay(true);
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match r.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    let answer = |req: &Value| -> Option<String> {
-                        let id = req.get("id")?;
-                        let method = req.get("method").and_then(Value::as_str).unwrap_or("");
-                        if silent.contains(&method) {
-                            return None;
-                        }
-                        Some(format!(r#"{{"jsonrpc":"2.0","id":{id},"result":null}}"#))
-                    };
-                    let out = match serde_json::from_str::<Value>(&line) {
-                        Ok(Value::Array(items)) => {
-                            let replies: Vec<String> = items.iter().filter_map(answer).collect();
-                            (!replies.is_empty()).then(|| format!("[{}]", replies.join(",")))
-                        }
-                        Ok(v) => answer(&v),
-                        Err(_) => None,
-                    };
-                    if let Some(mut out) = out {
-                        out.push('\n');
-                        if w.write_all(out.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// The gateway config of this module: the brief's [cost] settings, `methods` as `[cost.methods]` lines,
-/// one Electrum tcp front named "electrum" on `listen`.
-pub(crate) fn config(backend: SocketAddr, cost_extra: &str, methods: &str, listen: &str, front_extra: &str) -> String {
-    format!(
-        "{RELAXED}[cost]\nsoft_limit = 1000\nhard_limit = 10000\nmax_sleep = \"2500ms\"\ninitial_concurrency = 10\n\
-         bandwidth_unit = \"5000B\"\nretained_drain = \"600/300s\"\ngroup_private = true\n{cost_extra}\n\
-         [cost.methods]\n{methods}\n\n\
-         [[front]]\nname = \"electrum\"\nkind = \"electrum\"\nlisten = [{listen}]\ntransport = \"tcp\"\n\
-         upstreams = [\"{backend}\"]\n{front_extra}\n"
-    )
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
-
-/// Cost of `n` bytes on the wire.
-fn bytes(n: usize) -> f64 {
-    n as f64 / BYTES_PER_UNIT
-}
 
 /// The throttle position for an effective cost.
 fn frac(effective: f64) -> f64 {
     ((effective - SOFT) / (HARD - SOFT)).max(0.0)
-}
-
-/// A line-oriented Electrum client bound to a chosen source address.
-pub(crate) struct Client {
-    r: BufReader<OwnedReadHalf>,
-    w: OwnedWriteHalf,
-    next_id: u64,
-    /// When the connection was made (the gateway opens the session's account at that tokio instant).
-    opened: Instant,
-    /// Everything this session has been charged so far, by the model of DESIGN §3, before decay.
-    pub(crate) charged: f64,
-}
-
-/// One reply, with when it arrived.
-pub(crate) struct Reply {
-    pub(crate) v: Value,
-    at: Instant,
-}
-
-impl Reply {
-    pub(crate) fn id(&self) -> u64 {
-        self.v["id"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("reply without a numeric id: {}", self.v))
-    }
-
-    pub(crate) fn error_code(&self) -> Option<i64> {
-        self.v.get("error").and_then(|e| e["code"].as_i64())
-    }
-}
-
-impl Client {
-    async fn connect(from: &str, to: SocketAddr) -> Client {
-        let s = common::connect_from(from, to).await.unwrap();
-        let (r, w) = s.into_split();
-        Client {
-            r: BufReader::new(r),
-            w,
-            next_id: 1,
-            opened: Instant::now(),
-            charged: CONNECTION_COST,
-        }
-    }
-
-    /// Connects and negotiates (server.version is charged 0.5 plus bytes).
-    pub(crate) async fn open(from: &str, to: SocketAddr) -> Client {
-        let mut c = Client::connect(from, to).await;
-        let r = c.call("server.version", r#"["test", "1.4"]"#, VERSION_COST).await;
-        assert!(r.v.get("error").is_none(), "server.version failed: {}", r.v);
-        c
-    }
-
-    /// Sends one request line and charges its method cost and bytes to the model; returns its id.
-    pub(crate) async fn send(&mut self, method: &str, params: &str, method_cost: f64) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}","params":{params}}}"#);
-        self.charged += method_cost + bytes(line.len() + 1);
-        self.w.write_all(format!("{line}\n").as_bytes()).await.unwrap();
-        id
-    }
-
-    /// The next reply line, or None once the gateway has closed the connection. The reply's bytes are
-    /// charged to the model (the gateway passes the backend's line through unchanged).
-    pub(crate) async fn recv(&mut self) -> Option<Reply> {
-        let mut line = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(120), self.r.read_line(&mut line))
-            .await
-            .expect("no reply within 120 s")
-            .unwrap_or(0);
-        if n == 0 {
-            return None;
-        }
-        let at = Instant::now();
-        let v: Value = serde_json::from_str(line.trim_end()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        if v.get("result").is_some() {
-            self.charged += bytes(line.trim_end().len() + 1);
-        }
-        Some(Reply { v, at })
-    }
-
-    pub(crate) async fn call(&mut self, method: &str, params: &str, method_cost: f64) -> Reply {
-        let id = self.send(method, params, method_cost).await;
-        let r = self.recv().await.expect("connection closed instead of a reply");
-        assert_eq!(r.id(), id, "reply to another request: {}", r.v);
-        r
-    }
-
-    /// A request that costs `cost` plus bytes (blockchain.scripthash.get_balance, priced by the test's
-    /// `[cost.methods]`). Returns the reply and its latency.
-    async fn balance(&mut self, cost: f64) -> (Reply, Duration) {
-        let t = Instant::now();
-        let r = self
-            .call("blockchain.scripthash.get_balance", &format!("[{SCRIPTHASH}]"), cost)
-            .await;
-        assert!(r.v.get("error").is_none(), "get_balance failed: {}", r.v);
-        let lat = r.at - t;
-        (r, lat)
-    }
-
-    /// After a -101: the session sends nothing more and closes. Waits past the 600 s idle timeout, because
-    /// the gateway currently closes only then (see `hard_limit_closes_at_once`).
-    async fn closed_after_101(&mut self) {
-        let mut line = String::new();
-        let n = tokio::time::timeout(Duration::from_secs(601), self.r.read_line(&mut line))
-            .await
-            .expect("connection still open 601 s after -101")
-            .unwrap_or(0);
-        assert_eq!(n, 0, "data after -101: {line:?}");
-    }
-
-    /// The model's effective cost of a session alone in its group, now.
-    fn modelled(&self) -> f64 {
-        self.charged - Instant::now().duration_since(self.opened).as_secs_f64()
-    }
 }
 
 /// Waits (a millisecond of tokio time at a time) until `cond` holds; panics after `limit` tries.
@@ -253,7 +68,7 @@ fn secs(d: Duration) -> f64 {
 #[tokio::test(start_paused = true)]
 async fn throttle_then_hard_limit_then_ban() {
     let backend = stub_backend(&[]).await;
-    let running = common::start(&config(
+    let running = gateway::start(&config(
         backend,
         "",
         "\"blockchain.scripthash.get_balance\" = 20",
@@ -371,7 +186,7 @@ async fn throttle_then_hard_limit_then_ban() {
         running.guard().bans().lookup(ip("127.0.0.2")).is_some(),
         "address not banned after -101"
     );
-    assert!(common::is_refused("127.0.0.2", v4).await, "banned address admitted");
+    assert!(net::is_refused("127.0.0.2", v4).await, "banned address admitted");
     others_not_delayed(&mut other, &mut six, "after A's ban").await;
     assert!(running.guard().bans().lookup(ip("127.0.1.2")).is_none());
     assert!(running.guard().bans().lookup(ip("::1")).is_none());
@@ -384,7 +199,7 @@ async fn throttle_then_hard_limit_then_ban() {
 #[tokio::test(start_paused = true)]
 async fn group_shares_budget_and_retains_cost() {
     let backend = stub_backend(&[]).await;
-    let running = common::start(&config(
+    let running = gateway::start(&config(
         backend,
         "",
         "\"blockchain.estimatefee\" = 5990",
@@ -474,7 +289,7 @@ async fn group_shares_budget_and_retains_cost() {
 #[tokio::test(start_paused = true)]
 async fn cost_decays_one_unit_per_second() {
     let backend = stub_backend(&[]).await;
-    let running = common::start(&config(
+    let running = gateway::start(&config(
         backend,
         "",
         "\"blockchain.estimatefee\" = 1994",
@@ -512,7 +327,7 @@ async fn cost_decays_one_unit_per_second() {
 #[tokio::test(start_paused = true)]
 async fn block_headers_cost_is_capped() {
     let backend = stub_backend(&[]).await;
-    let running = common::start(&config(backend, "", "", "\"127.0.0.1:0\"", "")).await;
+    let running = gateway::start(&config(backend, "", "", "\"127.0.0.1:0\"", "")).await;
     let addr = running.addr("electrum");
     let g = ip("127.0.0.0");
     let mut c = Client::open("127.0.0.2", addr).await;
@@ -563,7 +378,7 @@ async fn block_headers_cost_is_capped() {
 #[tokio::test(start_paused = true)]
 async fn unanswered_request_gets_102() {
     let backend = stub_backend(&["blockchain.transaction.get"]).await;
-    let running = common::start(&config(backend, "request_timeout = \"3s\"", "", "\"127.0.0.1:0\"", "")).await;
+    let running = gateway::start(&config(backend, "request_timeout = \"3s\"", "", "\"127.0.0.1:0\"", "")).await;
     let addr = running.addr("electrum");
     let g = ip("127.0.0.0");
     let mut c = Client::open("127.0.0.2", addr).await;
@@ -597,7 +412,7 @@ async fn unanswered_request_gets_102() {
 #[tokio::test(start_paused = true)]
 async fn hard_limit_closes_at_once() {
     let backend = stub_backend(&[]).await;
-    let running = common::start(&config(
+    let running = gateway::start(&config(
         backend,
         "",
         "\"blockchain.estimatefee\" = 10000",
@@ -625,54 +440,45 @@ async fn hard_limit_closes_at_once() {
 /// included), answers those with an id with `"result":null`, and reports the most requests it ever
 /// had in hand at once and how many it received.
 async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let most = Arc::new(AtomicUsize::new(0));
     let total = Arc::new(AtomicUsize::new(0));
     let (m, t) = (most.clone(), total.clone());
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let (most, total) = (m.clone(), t.clone());
-            tokio::spawn(async move {
-                let (r, w) = s.into_split();
-                let w = Arc::new(tokio::sync::Mutex::new(w));
-                let busy = Arc::new(AtomicUsize::new(0));
-                let mut r = BufReader::new(r);
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match r.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    let items = match serde_json::from_str::<Value>(&line) {
-                        Ok(Value::Array(items)) => items,
-                        Ok(v) => vec![v],
-                        Err(_) => continue,
+    let addr = backends::serve(move |s| {
+        let (most, total) = (m.clone(), t.clone());
+        async move {
+            let (r, w) = s.into_split();
+            let w = Arc::new(tokio::sync::Mutex::new(w));
+            let busy = Arc::new(AtomicUsize::new(0));
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let items = match serde_json::from_str::<Value>(&line) {
+                    Ok(Value::Array(items)) => items,
+                    Ok(v) => vec![v],
+                    Err(_) => continue,
+                };
+                total.fetch_add(items.len(), Ordering::SeqCst);
+                let now = busy.fetch_add(items.len(), Ordering::SeqCst) + items.len();
+                most.fetch_max(now, Ordering::SeqCst);
+                let (w, busy) = (w.clone(), busy.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let replies: Vec<String> = items
+                        .iter()
+                        .filter_map(|i| i.get("id"))
+                        .map(|id| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":null}}"#))
+                        .collect();
+                    let out = match (replies.len(), items.len()) {
+                        (0, _) => String::new(),
+                        (_, 1) => format!("{}\n", replies[0]),
+                        _ => format!("[{}]\n", replies.join(",")),
                     };
-                    total.fetch_add(items.len(), Ordering::SeqCst);
-                    let now = busy.fetch_add(items.len(), Ordering::SeqCst) + items.len();
-                    most.fetch_max(now, Ordering::SeqCst);
-                    let (w, busy) = (w.clone(), busy.clone());
-                    tokio::spawn(async move {
-                        tokio::time::sleep(delay).await;
-                        let replies: Vec<String> = items
-                            .iter()
-                            .filter_map(|i| i.get("id"))
-                            .map(|id| format!(r#"{{"jsonrpc":"2.0","id":{id},"result":null}}"#))
-                            .collect();
-                        let out = match (replies.len(), items.len()) {
-                            (0, _) => String::new(),
-                            (_, 1) => format!("{}\n", replies[0]),
-                            _ => format!("[{}]\n", replies.join(",")),
-                        };
-                        busy.fetch_sub(items.len(), Ordering::SeqCst);
-                        let _ = w.lock().await.write_all(out.as_bytes()).await;
-                    });
-                }
-            });
+                    busy.fetch_sub(items.len(), Ordering::SeqCst);
+                    let _ = w.lock().await.write_all(out.as_bytes()).await;
+                });
+            }
         }
-    });
+    })
+    .await;
     (addr, most, total)
 }
 
@@ -681,7 +487,7 @@ async fn slow_backend(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>, Arc<Ato
 #[tokio::test(start_paused = true)]
 async fn batch_items_and_notifications_each_hold_a_throttle_slot() {
     let (backend, most, total) = slow_backend(Duration::from_millis(100)).await;
-    let running = common::start(&config(backend, "", "", "\"127.0.0.1:0\"", "")).await;
+    let running = gateway::start(&config(backend, "", "", "\"127.0.0.1:0\"", "")).await;
     let mut c = Client::open("127.0.40.2", running.addr("electrum")).await;
     let ping = |id: Option<usize>| match id {
         Some(id) => format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"server.ping","params":[]}}"#),
@@ -722,7 +528,7 @@ async fn batch_items_and_notifications_each_hold_a_throttle_slot() {
 #[tokio::test(start_paused = true)]
 async fn a_batch_crossing_the_hard_limit_is_cut_at_the_item_that_crosses_it() {
     let (backend, _, total) = slow_backend(Duration::ZERO).await;
-    let running = common::start(&config(
+    let running = gateway::start(&config(
         backend,
         "",
         "\"blockchain.scripthash.get_balance\" = 1000",

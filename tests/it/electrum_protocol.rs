@@ -7,7 +7,8 @@
 //! waits for its answer: a session keeps one upstream connection in order, so by then the backend has
 //! read everything the gateway sent it before.
 
-use crate::common::{self, RELAXED};
+use crate::support::gateway::RELAXED;
+use crate::support::{backends, clients, gateway, net};
 use gatehouse::Running;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -16,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpListener;
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -112,82 +112,77 @@ async fn stub_with(handler: impl Fn(&str, &Value) -> Option<Value> + Send + Sync
 
 async fn stub_quirky(handler: impl Fn(&str, &Value) -> Option<Value> + Send + Sync + 'static, quirks: Quirks) -> Stub {
     let handler: Handler = Arc::new(handler);
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let rec = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let (handler, rec) = (handler.clone(), rec.clone());
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let mut line = Vec::new();
-                let mut held: Vec<Vec<u8>> = Vec::new();
-                loop {
-                    // read_until keeps a partial line in `line` when the wait is cut short.
-                    let read = if quirks.reorder && !held.is_empty() {
-                        tokio::time::timeout(Duration::from_millis(50), r.read_until(b'\n', &mut line))
-                            .await
-                            .ok()
-                    } else {
-                        Some(r.read_until(b'\n', &mut line).await)
-                    };
-                    let timed_out = read.is_none();
-                    match read {
-                        Some(Ok(0)) | Some(Err(_)) => return,
-                        Some(Ok(_)) => {
-                            let text = String::from_utf8_lossy(&line).trim_end().to_string();
-                            line.clear();
-                            rec.lock().unwrap().push(text.clone());
-                            let answer = |req: &Value| -> Option<Value> {
-                                let mut id = req.get("id")?.clone();
-                                if quirks.float_ids {
-                                    id = as_float(id);
-                                }
-                                let method = req["method"].as_str().unwrap_or("");
-                                if quirks.silent == Some(method) {
-                                    return None;
-                                }
-                                Some(match handler(method, &req["params"]) {
-                                    Some(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-                                    None => json!({"jsonrpc": "2.0", "id": id,
-                                        "error": {"code": -32601, "message": format!("unknown method {method}")}}),
-                                })
-                            };
-                            let reply = match serde_json::from_str::<Value>(&text) {
-                                Ok(Value::Array(items)) => {
-                                    Some(Value::Array(items.iter().filter_map(answer).collect()))
-                                }
-                                Ok(v) => answer(&v),
-                                Err(_) => Some(json!({"jsonrpc": "2.0", "id": null,
-                                    "error": {"code": -32700, "message": "parse error"}})),
-                            };
-                            if let Some(reply) = reply {
-                                let mut out = serde_json::to_vec(&reply).unwrap();
-                                out.push(b'\n');
-                                held.push(out);
+    let addr = backends::serve(move |s| {
+        let (handler, rec) = (handler.clone(), rec.clone());
+        async move {
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let mut line = Vec::new();
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // read_until keeps a partial line in `line` when the wait is cut short.
+                let read = if quirks.reorder && !held.is_empty() {
+                    tokio::time::timeout(Duration::from_millis(50), r.read_until(b'\n', &mut line))
+                        .await
+                        .ok()
+                } else {
+                    Some(r.read_until(b'\n', &mut line).await)
+                };
+                let timed_out = read.is_none();
+                match read {
+                    Some(Ok(0)) | Some(Err(_)) => return,
+                    Some(Ok(_)) => {
+                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                        line.clear();
+                        rec.lock().unwrap().push(text.clone());
+                        let answer = |req: &Value| -> Option<Value> {
+                            let mut id = req.get("id")?.clone();
+                            if quirks.float_ids {
+                                id = as_float(id);
                             }
+                            let method = req["method"].as_str().unwrap_or("");
+                            if quirks.silent == Some(method) {
+                                return None;
+                            }
+                            Some(match handler(method, &req["params"]) {
+                                Some(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+                                None => json!({"jsonrpc": "2.0", "id": id,
+                                    "error": {"code": -32601, "message": format!("unknown method {method}")}}),
+                            })
+                        };
+                        let reply = match serde_json::from_str::<Value>(&text) {
+                            Ok(Value::Array(items)) => Some(Value::Array(items.iter().filter_map(answer).collect())),
+                            Ok(v) => answer(&v),
+                            Err(_) => Some(json!({"jsonrpc": "2.0", "id": null,
+                                "error": {"code": -32700, "message": "parse error"}})),
+                        };
+                        if let Some(reply) = reply {
+                            let mut out = serde_json::to_vec(&reply).unwrap();
+                            out.push(b'\n');
+                            held.push(out);
                         }
-                        None => {}
                     }
-                    if quirks.reorder && held.len() < 2 && !timed_out {
-                        continue;
+                    None => {}
+                }
+                if quirks.reorder && held.len() < 2 && !timed_out {
+                    continue;
+                }
+                for out in held.drain(..).rev() {
+                    if quirks.stray {
+                        let stray = json!({"jsonrpc": "2.0", "id": 424242,
+                            "result": [["10.0.0.5", "stray.backend.lan", ["v1.4"]]]});
+                        let _ = w.write_all(format!("{stray}\n").as_bytes()).await;
                     }
-                    for out in held.drain(..).rev() {
-                        if quirks.stray {
-                            let stray = json!({"jsonrpc": "2.0", "id": 424242,
-                                "result": [["10.0.0.5", "stray.backend.lan", ["v1.4"]]]});
-                            let _ = w.write_all(format!("{stray}\n").as_bytes()).await;
-                        }
-                        if w.write_all(&out).await.is_err() {
-                            return;
-                        }
+                    if w.write_all(&out).await.is_err() {
+                        return;
                     }
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     Stub { addr, seen }
 }
 
@@ -208,7 +203,7 @@ fn config_on(listen: &str, backend: SocketAddr, cost: &str, global: &str, electr
 }
 
 async fn gateway(backend: SocketAddr, cost: &str, global: &str, electrum: &str) -> Running {
-    common::start(&config_on("127.0.0.1:0", backend, cost, global, electrum)).await
+    gateway::start(&config_on("127.0.0.1:0", backend, cost, global, electrum)).await
 }
 
 /// The /24 group of an IPv4 loopback client (group_private = true).
@@ -247,7 +242,7 @@ fn hex32(i: usize) -> String {
 
 impl Client {
     async fn connect(from: &str, running: &Running) -> Client {
-        let s = common::connect_from(from, running.addr("el")).await.unwrap();
+        let s = net::connect_from(from, running.addr("el")).await.unwrap();
         let (r, w) = s.into_split();
         Client {
             r: BufReader::new(r),
@@ -349,7 +344,7 @@ async fn garbage_lines_cost_1100_each_and_the_eleventh_request_hits_the_hard_lim
         banned(&running, "127.0.3.2").is_some(),
         "hard limit must ban the address"
     );
-    assert!(common::is_refused("127.0.3.2", running.addr("el")).await);
+    assert!(net::is_refused("127.0.3.2", running.addr("el")).await);
     assert!(!be.saw("server.ping"), "the refused request reached the backend");
 }
 
@@ -537,7 +532,7 @@ async fn with_max_violations_0_one_oversized_line_ends_the_session_and_bans() {
     c.expect_closed().await;
     let reason = banned(&running, "127.0.6.6").expect("address not banned");
     assert!(reason.contains("oversized"), "ban reason: {reason}");
-    assert!(common::is_refused("127.0.6.6", running.addr("el")).await);
+    assert!(net::is_refused("127.0.6.6", running.addr("el")).await);
 }
 
 // ---- 8. server.version rules ----------------------------------------------------------------------
@@ -658,10 +653,7 @@ fn features_answer(backend_port: u16) -> impl Fn(&str, &Value) -> Option<Value> 
 async fn server_features_announces_the_public_hosts_and_the_gateways_port() {
     let be = stub_with(features_answer(51234)).await;
     // A concrete port, as in production.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = net::free_port();
     let toml = config_on(
         &format!("127.0.0.1:{port}"),
         be.addr,
@@ -669,7 +661,7 @@ async fn server_features_announces_the_public_hosts_and_the_gateways_port() {
         "[electrum]\npublic_hosts = [\"electrum.example.org\"]",
         "",
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     assert_eq!(running.addr("el").port(), port);
     let mut c = Client::connect("127.0.9.2", &running).await;
     c.version(json!("1.4")).await;
@@ -809,7 +801,7 @@ async fn ids_come_back_byte_for_byte_and_policy_holds_whatever_the_backend_does_
     let global = "[electrum]\npublic_hosts = [\"electrum.example.org\"]\n\n\
                   [admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"";
     let toml = config_on("127.0.0.1:0", be.addr, "request_timeout = \"1s\"", global, "");
-    let running = common::start_in(dir.path(), &toml).await;
+    let running = gateway::start_in(dir.path(), &toml).await;
     let port = running.addr("el").port();
     let mut c = Client::connect("127.0.14.2", &running).await;
 
@@ -880,7 +872,7 @@ async fn ids_come_back_byte_for_byte_and_policy_holds_whatever_the_backend_does_
     let Some(gatehouse::admin::AdminListen::Tcp(admin)) = running.admin_addr() else {
         panic!("no admin listener")
     };
-    let metrics = common::admin_get(*admin, "ids-token-0123456789abcdef", "/metrics").await;
+    let metrics = clients::admin_get(*admin, "ids-token-0123456789abcdef", "/metrics").await;
     let dropped: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("gatehouse_electrum_unmatched_replies_total "))

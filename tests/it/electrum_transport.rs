@@ -4,15 +4,19 @@
 //! notifications pass through byte for byte, the per-session subscription cap holds, and BDK's real
 //! `electrum-client` gets through the gateway exactly what it gets from the backend directly.
 
-use crate::common::{self, Certs, RELAXED};
+use crate::support::backends::{self, flood_backend, header_notification, FloodEnd};
+use crate::support::gateway::RELAXED;
+use crate::support::net::ip;
+use crate::support::tls::Certs;
+use crate::support::{gateway, net, tls};
 use electrum_client::ElectrumApi;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -21,31 +25,15 @@ use tokio_tungstenite::WebSocketStream;
 
 /// One Electrum front on 127.0.0.1:0. `tls` adds [front.tls] (needed by "tls" and "wss").
 fn front(name: &str, transport: &str, upstreams: &[SocketAddr], tls: Option<&Certs>, electrum: &str) -> String {
-    let ups: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-    let mut s = format!(
-        "[[front]]\nname = \"{name}\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"{transport}\"\n\
-         upstreams = [{}]\n",
-        ups.join(", ")
-    );
-    if let Some(c) = tls {
-        s += &format!(
-            "[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-            c.cert.display(),
-            c.key.display()
-        );
-    }
-    s += &format!("[front.electrum]\n{electrum}\n");
-    s
+    let tls = tls.map(|c| gateway::tls_table(&c.cert, &c.key)).unwrap_or_default();
+    let extra = format!("{tls}[front.electrum]\n{electrum}");
+    gateway::front("electrum", name, "127.0.0.1:0", transport, upstreams, &extra)
 }
 
 /// The whole config: RELAXED admission, loopback clients grouped by /24, `cost` extra lines (which may
 /// open [cost.methods]), then the fronts.
 fn config(cost: &str, fronts: &[String]) -> String {
     format!("{RELAXED}[cost]\ngroup_private = true\n{cost}\n\n{}", fronts.join("\n"))
-}
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
 }
 
 // ---- clients ------------------------------------------------------------------------------------------
@@ -62,7 +50,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 impl Client {
     async fn connect(transport: &str, from: &str, to: SocketAddr, certs: Option<&Certs>) -> Client {
-        let tcp = common::connect_from(from, to).await.unwrap();
+        let tcp = net::connect_from(from, to).await.unwrap();
         match transport {
             "tcp" => Client::Line(BufReader::new(tcp)),
             "ws" => {
@@ -71,8 +59,8 @@ impl Client {
             }
             "wss" => {
                 let der = &certs.expect("wss needs the certificate").der;
-                let tls = common::tls_connector(der, &[&rustls::version::TLS13])
-                    .connect(common::server_name(), tcp)
+                let tls = tls::tls_connector([der], &[&rustls::version::TLS13])
+                    .connect(tls::server_name(), tcp)
                     .await
                     .unwrap();
                 let (ws, _) = tokio_tungstenite::client_async("wss://localhost/", tls).await.unwrap();
@@ -200,59 +188,56 @@ struct StubOpts {
 /// true only for a scripthash this connection subscribed), reports every
 /// line it receives on the channel, and behaves as `opts` says.
 async fn stub_backend(opts: StubOpts) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let (tx, opts) = (tx.clone(), opts.clone());
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let mut n = 0;
-                let mut subscribed = std::collections::HashSet::new();
-                loop {
-                    let mut line = String::new();
-                    match r.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
+    let addr = backends::serve(move |s| {
+        let (tx, opts) = (tx.clone(), opts.clone());
+        async move {
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let mut n = 0;
+            let mut subscribed = std::collections::HashSet::new();
+            loop {
+                let mut line = String::new();
+                match r.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                n += 1;
+                let _ = tx.send(line.trim_end().to_string());
+                if opts.close_on_request == Some(n) {
+                    return;
+                }
+                let Ok(req) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let method = req["method"].as_str().unwrap_or("").to_string();
+                let result = match method.as_str() {
+                    "server.version" => json!(["Stub 1.0", "1.4.2"]),
+                    "blockchain.headers.subscribe" => json!({"height": 7, "hex": "00".repeat(80)}),
+                    "blockchain.scripthash.subscribe" => {
+                        subscribed.insert(req["params"][0].to_string());
+                        json!(format!("status-{}", req["params"][0]))
                     }
-                    n += 1;
-                    let _ = tx.send(line.trim_end().to_string());
-                    if opts.close_on_request == Some(n) {
+                    "blockchain.scripthash.unsubscribe" => json!(subscribed.remove(&req["params"][0].to_string())),
+                    _ => Value::Null,
+                };
+                if req.get("id").is_some() {
+                    let reply = json!({"jsonrpc": "2.0", "id": req["id"], "result": result});
+                    if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
                         return;
                     }
-                    let Ok(req) = serde_json::from_str::<Value>(&line) else {
-                        continue;
-                    };
-                    let method = req["method"].as_str().unwrap_or("").to_string();
-                    let result = match method.as_str() {
-                        "server.version" => json!(["Stub 1.0", "1.4.2"]),
-                        "blockchain.headers.subscribe" => json!({"height": 7, "hex": "00".repeat(80)}),
-                        "blockchain.scripthash.subscribe" => {
-                            subscribed.insert(req["params"][0].to_string());
-                            json!(format!("status-{}", req["params"][0]))
-                        }
-                        "blockchain.scripthash.unsubscribe" => json!(subscribed.remove(&req["params"][0].to_string())),
-                        _ => Value::Null,
-                    };
-                    if req.get("id").is_some() {
-                        let reply = json!({"jsonrpc": "2.0", "id": req["id"], "result": result});
-                        if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                }
+                if method == "blockchain.scripthash.subscribe" {
+                    if let Some(extra) = &opts.after_subscribe {
+                        if w.write_all(extra.as_bytes()).await.is_err() {
                             return;
                         }
                     }
-                    if method == "blockchain.scripthash.subscribe" {
-                        if let Some(extra) = &opts.after_subscribe {
-                            if w.write_all(extra.as_bytes()).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
                 }
-            });
+            }
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 
@@ -265,108 +250,6 @@ fn drain(rx: &mut mpsc::UnboundedReceiver<String>) -> Vec<String> {
     v
 }
 
-#[derive(Debug, PartialEq, Eq, Clone, Copy)]
-pub(crate) enum FloodEnd {
-    /// A write failed: the gateway closed (or reset) the connection.
-    WriteError,
-    /// A write made no progress for 3 s: the gateway stopped reading but kept the connection.
-    Stuck,
-    /// The byte budget was used up without the gateway objecting.
-    Budget,
-    /// (wait mode) The gateway closed the connection after the flood.
-    Eof,
-    /// (wait mode) The connection was still open 30 s after the flood.
-    StillOpen,
-}
-
-#[derive(Debug)]
-pub(crate) struct FloodReport {
-    pub(crate) written: u64,
-    pub(crate) end: FloodEnd,
-    /// From the subscribe's reply to the end.
-    elapsed: Duration,
-}
-
-/// A headers notification of about 1 KiB.
-fn header_notification(height: u64) -> String {
-    format!(
-        "{{\"jsonrpc\":\"2.0\",\"method\":\"blockchain.headers.subscribe\",\"params\":[{{\"height\":{height},\"hex\":\"{}\"}}]}}\n",
-        "00".repeat(470)
-    )
-}
-
-/// A backend that answers server.version, and after blockchain.headers.subscribe sends headers
-/// notifications as fast as it can, up to `budget` bytes. With `wait`, it then keeps the connection open
-/// and reports when the gateway closes it; otherwise it reports how the flood ended.
-pub(crate) async fn flood_backend(budget: u64, wait: bool) -> (SocketAddr, oneshot::Receiver<FloodReport>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel();
-    tokio::spawn(async move {
-        let Ok((s, _)) = l.accept().await else { return };
-        let (r, mut w) = s.into_split();
-        let mut r = BufReader::new(r);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let req: Value = serde_json::from_str(&line).unwrap();
-            match req["method"].as_str() {
-                Some("server.version") => {
-                    let reply = json!({"jsonrpc": "2.0", "id": req["id"], "result": ["Flood 1.0", "1.4"]});
-                    w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
-                }
-                Some("blockchain.headers.subscribe") => {
-                    let reply =
-                        json!({"jsonrpc": "2.0", "id": req["id"], "result": {"height": 0, "hex": "00".repeat(80)}});
-                    w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
-                    break;
-                }
-                _ => {}
-            }
-        }
-        let start = Instant::now();
-        let mut written = 0u64;
-        let mut height = 1u64;
-        let mut end = FloodEnd::Budget;
-        while written < budget {
-            // 64 notifications per write: one line each, about 64 KiB.
-            let mut chunk = String::with_capacity(64 * 1024);
-            for _ in 0..64 {
-                chunk += &header_notification(height);
-                height += 1;
-            }
-            match tokio::time::timeout(Duration::from_secs(3), w.write_all(chunk.as_bytes())).await {
-                Ok(Ok(())) => written += chunk.len() as u64,
-                Ok(Err(_)) => {
-                    end = FloodEnd::WriteError;
-                    break;
-                }
-                Err(_) => {
-                    end = FloodEnd::Stuck;
-                    break;
-                }
-            }
-        }
-        if wait && end == FloodEnd::Budget {
-            let mut buf = [0u8; 1024];
-            end = match tokio::time::timeout(Duration::from_secs(30), r.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => FloodEnd::Eof,
-                Ok(Ok(_)) => FloodEnd::StillOpen,
-                Err(_) => FloodEnd::StillOpen,
-            };
-        }
-        let _ = tx.send(FloodReport {
-            written,
-            end,
-            elapsed: start.elapsed(),
-        });
-    });
-    (addr, rx)
-}
-
 // ---- 12. ws and wss ------------------------------------------------------------------------------------
 
 /// Over ws and wss (and tcp, for reference) the session is the same: server.version is answered,
@@ -375,7 +258,7 @@ pub(crate) async fn flood_backend(budget: u64, wait: bool) -> (SocketAddr, onesh
 /// get one reply frame each; a batch in one frame gets one frame holding the whole array.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_and_wss_carry_the_electrum_session() {
-    let c = common::certs();
+    let c = tls::certs();
     let backend = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -387,7 +270,7 @@ async fn ws_and_wss_carry_the_electrum_session() {
             front("wss", "wss", &[backend], Some(&c), ""),
         ],
     );
-    let running = common::start_in(c.dir.path(), &toml).await;
+    let running = gateway::start_in(c.dir.path(), &toml).await;
     for (t, from) in [("tcp", "127.0.0.2"), ("ws", "127.0.0.3"), ("wss", "127.0.0.4")] {
         let mut cl = Client::connect(t, from, running.addr(t), Some(&c)).await;
 
@@ -477,7 +360,7 @@ async fn ws_and_wss_carry_the_electrum_session() {
 /// byte), a protocol violation, and the session goes on; the 11th violation bans the address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_ws_message_is_refused_charged_and_banned_like_a_tcp_line() {
-    let c = common::certs();
+    let c = tls::certs();
     let (backend, _seen) = stub_backend(StubOpts::default()).await;
     let toml = config(
         // Limits far away, so only the violation count can end the session.
@@ -487,7 +370,7 @@ async fn an_oversized_ws_message_is_refused_charged_and_banned_like_a_tcp_line()
             front("wss", "wss", &[backend], Some(&c), "max_line = \"1000B\""),
         ],
     );
-    let running = common::start_in(c.dir.path(), &toml).await;
+    let running = gateway::start_in(c.dir.path(), &toml).await;
     for (t, from) in [("ws", "127.0.30.2"), ("wss", "127.0.31.2")] {
         let group = {
             let o = match ip(from) {
@@ -552,7 +435,7 @@ async fn an_oversized_ws_message_is_refused_charged_and_banned_like_a_tcp_line()
 /// A session that starts without server.version is refused with error 1 and closed on ws and wss too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_and_wss_require_server_version_first() {
-    let c = common::certs();
+    let c = tls::certs();
     let backend = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -563,7 +446,7 @@ async fn ws_and_wss_require_server_version_first() {
             front("wss", "wss", &[backend], Some(&c), ""),
         ],
     );
-    let running = common::start_in(c.dir.path(), &toml).await;
+    let running = gateway::start_in(c.dir.path(), &toml).await;
     for (t, from) in [("ws", "127.0.0.2"), ("wss", "127.0.0.3")] {
         let mut cl = Client::connect(t, from, running.addr(t), Some(&c)).await;
         let v = cl.call(1, "server.ping", json!([])).await;
@@ -580,7 +463,7 @@ async fn ws_and_wss_require_server_version_first() {
 /// address is banned.
 #[tokio::test(start_paused = true)]
 async fn ws_and_wss_are_throttled_and_cut_at_the_hard_limit() {
-    let c = common::certs();
+    let c = tls::certs();
     let backend = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -594,7 +477,7 @@ async fn ws_and_wss_are_throttled_and_cut_at_the_hard_limit() {
             front("wss", "wss", &[backend], Some(&c), ""),
         ],
     );
-    let running = common::start_in(c.dir.path(), &toml).await;
+    let running = gateway::start_in(c.dir.path(), &toml).await;
     // Each client in its own /24, so their costs do not add up. All connect (and finish their
     // handshakes) before virtual time moves: the gateway's handshake deadline is taken from the real clock.
     let mut clients = Vec::new();
@@ -665,7 +548,7 @@ async fn notification_flood_to_a_non_reader_ends_in_a_disconnect() {
             "max_pending_output = \"1MiB\"\nslow_reader_timeout = \"60s\"",
         )],
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let mut cl = Client::connect("tcp", "127.0.0.2", running.addr("tcp"), None).await;
     let v = cl.call(0, "server.version", json!(["w", "1.4"])).await;
     assert!(v["result"].is_array(), "{v}");
@@ -711,7 +594,7 @@ async fn a_client_that_stops_reading_is_cut_after_slow_reader_timeout() {
             "max_pending_output = \"1GiB\"\nslow_reader_timeout = \"2s\"",
         )],
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let mut cl = Client::connect("tcp", "127.0.0.2", running.addr("tcp"), None).await;
     let v = cl.call(0, "server.version", json!(["w", "1.4"])).await;
     assert!(v["result"].is_array(), "{v}");
@@ -746,7 +629,7 @@ async fn a_slow_but_steady_reader_is_not_cut() {
             "max_pending_output = \"64MiB\"\nslow_reader_timeout = \"2s\"",
         )],
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let sock = TcpSocket::new_v4().unwrap();
     sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
     sock.set_recv_buffer_size(64 * 1024).unwrap();
@@ -804,9 +687,9 @@ async fn a_slow_but_steady_reader_is_not_cut() {
 /// connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_upstreams_down_is_answered_with_an_error_then_closed() {
-    let dead = [common::dead_addr().await, common::dead_addr().await];
+    let dead = [net::free_addr(), net::free_addr()];
     let toml = config("", &[front("tcp", "tcp", &dead, None, "")]);
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let mut cl = Client::connect("tcp", "127.0.0.2", running.addr("tcp"), None).await;
     cl.send(&version_req(1)).await;
     let v = cl.recv().await.expect("closed without an error reply");
@@ -833,7 +716,7 @@ async fn upstream_closing_mid_session_fails_the_pending_request_then_closes() {
     })
     .await;
     let toml = config("", &[front("tcp", "tcp", &[backend], None, "")]);
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let mut cl = Client::connect("tcp", "127.0.0.2", running.addr("tcp"), None).await;
     let v = cl.call(1, "server.version", json!(["w", "1.4"])).await;
     assert_eq!(v["result"], json!(["Stub 1.0", "1.4.2"]), "{v}");
@@ -857,7 +740,7 @@ async fn sessions_close_right_after_their_final_reply() {
     let demo = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let dead = common::dead_addr().await;
+    let dead = net::free_addr();
     let (closing, _seen) = stub_backend(StubOpts {
         close_on_request: Some(2),
         ..Default::default()
@@ -871,7 +754,7 @@ async fn sessions_close_right_after_their_final_reply() {
         fronts.push(front(&format!("dead-{t}"), t, &[dead], None, ""));
         fronts.push(front(&format!("closing-{t}"), t, &[closing], None, ""));
     }
-    let running = common::start(&config(cost, &fronts)).await;
+    let running = gateway::start(&config(cost, &fronts)).await;
     let limit = Duration::from_secs(2);
     for (n, t) in ["tcp", "ws"].into_iter().enumerate() {
         let from = |k: usize| format!("127.0.{}.2", 10 + 4 * n + k);
@@ -934,7 +817,7 @@ async fn notifications_pass_through_byte_identical() {
             front("ws", "ws", &[backend], None, ""),
         ],
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     for (t, from) in [("tcp", "127.0.0.2"), ("ws", "127.0.0.3")] {
         let mut cl = Client::connect(t, from, running.addr(t), None).await;
         cl.call(1, "server.version", json!(["w", "1.4"])).await;
@@ -954,7 +837,7 @@ async fn notifications_pass_through_byte_identical() {
 async fn subscription_cap_per_session() {
     let (backend, mut seen) = stub_backend(StubOpts::default()).await;
     let toml = config("", &[front("tcp", "tcp", &[backend], None, "max_subscriptions = 3")]);
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let mut cl = Client::connect("tcp", "127.0.0.2", running.addr("tcp"), None).await;
     cl.call(1, "server.version", json!(["w", "1.4"])).await;
     for (i, sh) in SH.iter().take(3).enumerate() {
@@ -989,7 +872,7 @@ async fn subscription_cap_per_session() {
 async fn subscription_cap_not_bypassed_by_bogus_unsubscribe() {
     let (backend, mut seen) = stub_backend(StubOpts::default()).await;
     let toml = config("", &[front("tcp", "tcp", &[backend], None, "max_subscriptions = 3")]);
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let mut cl = Client::connect("tcp", "127.0.0.2", running.addr("tcp"), None).await;
     cl.call(1, "server.version", json!(["w", "1.4"])).await;
     for (i, sh) in SH.iter().take(3).enumerate() {
@@ -1112,7 +995,7 @@ fn bitcoin_script(b: u8) -> electrum_client::bitcoin::ScriptBuf {
 /// rewrites: checked to no longer name the backend).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn electrum_client_gets_the_same_answers_through_the_gateway() {
-    let c = common::certs();
+    let c = tls::certs();
     let backend = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -1123,7 +1006,7 @@ async fn electrum_client_gets_the_same_answers_through_the_gateway() {
             front("ssl", "tls", &[backend], Some(&c), ""),
         ],
     );
-    let running = common::start_in(c.dir.path(), &toml).await;
+    let running = gateway::start_in(c.dir.path(), &toml).await;
     let urls = [
         format!("tcp://{backend}"),
         format!("tcp://{}", running.addr("tcp")),

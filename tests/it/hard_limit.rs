@@ -2,16 +2,14 @@
 //! member's requests or through the figure a cluster peer reports, its idle sessions get an unsolicited
 //! -101 (id null) and are closed and banned within a second, without waiting for their next line.
 
-use crate::cluster_cost::{abuse, three_gateways, HARD};
-use crate::common;
-use crate::electrum_cost::{config, stub_backend, Client, SCRIPTHASH};
-use std::net::{IpAddr, SocketAddr};
+use crate::support::backends::stub_backend;
+use crate::support::clients::Client;
+use crate::support::cost::{abuse, config, three_gateways, CLUSTER_HARD as HARD, SCRIPTHASH};
+use crate::support::gateway;
+use crate::support::net::ip;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::time::Instant;
-
-fn ip(s: &str) -> IpAddr {
-    s.parse().unwrap()
-}
 
 /// The idle client's next message must be the unsolicited -101, then the close, both within `limit`.
 async fn cut_with_101(idle: &mut Client, limit: Duration) {
@@ -35,7 +33,7 @@ async fn cut_with_101(idle: &mut Client, limit: Duration) {
 #[tokio::test(start_paused = true)]
 async fn an_idle_session_is_cut_when_its_group_goes_over_the_hard_limit() {
     let backend = stub_backend(&[]).await;
-    let running = common::start(&config(
+    let running = gateway::start(&config(
         backend,
         "",
         "\"blockchain.estimatefee\" = 10000",
@@ -73,7 +71,7 @@ async fn an_idle_session_is_cut_when_its_group_goes_over_the_hard_limit() {
 #[tokio::test(start_paused = true)]
 async fn a_session_waiting_on_the_backend_is_cut_with_its_request_answered_101() {
     let backend = stub_backend(&["blockchain.scripthash.get_history"]).await;
-    let running = common::start(&config(
+    let running = gateway::start(&config(
         backend,
         "request_timeout = \"30s\"",
         "\"blockchain.estimatefee\" = 10000",

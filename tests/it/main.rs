@@ -6,7 +6,6 @@ mod bans;
 mod cluster;
 mod cluster_cost;
 mod cluster_redis;
-mod common;
 mod drain;
 mod electrum_cost;
 mod electrum_protocol;
@@ -16,6 +15,8 @@ mod memory;
 mod metrics;
 mod proxy;
 mod reload;
+#[path = "../support/mod.rs"]
+mod support;
 mod timeouts;
 mod tls;
 mod upstream;

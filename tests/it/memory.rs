@@ -4,9 +4,10 @@
 //! address keeps its answers; a request line trickled slower than `min_line_rate` is answered -32600 and
 //! closed, while a line that merely arrives in two parts is served.
 
-use crate::common::{self, RELAXED};
-use crate::electrum_cost::{stub_backend, Client};
-use crate::electrum_transport::{flood_backend, FloodEnd};
+use crate::support::backends::{flood_backend, stub_backend, FloodEnd};
+use crate::support::clients::Client;
+use crate::support::gateway::RELAXED;
+use crate::support::{clients, gateway, net};
 use futures_util::{SinkExt, StreamExt};
 use gatehouse::admin::AdminListen;
 use gatehouse::Running;
@@ -29,7 +30,7 @@ impl Raw {
     /// Connects from `from` and negotiates with server.version.
     async fn open(from: &str, to: SocketAddr) -> Raw {
         let mut raw = Raw {
-            s: BufReader::new(common::connect_from(from, to).await.unwrap()),
+            s: BufReader::new(net::connect_from(from, to).await.unwrap()),
         };
         raw.write(r#"{"jsonrpc":"2.0","id":0,"method":"server.version","params":["park","1.4"]}"#.to_owned() + "\n")
             .await;
@@ -71,10 +72,8 @@ async fn admin_addr(running: &Running) -> SocketAddr {
 
 /// The value of an unlabelled sample in the exposition.
 async fn metric(admin: SocketAddr, name: &str) -> f64 {
-    let text = common::admin_get(admin, TOKEN, "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    let text = clients::admin_get(admin, TOKEN, "/metrics").await;
+    clients::sample(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
 /// Budget 1 MiB. Two clients in turn park 600 KB partial lines: as the second one's line grows past
@@ -97,7 +96,7 @@ async fn the_largest_buffers_are_cut_when_the_memory_budget_is_reached() {
          upstreams = [\"{flood}\"]\n\
          [front.electrum]\nmax_pending_output = \"64MiB\"\nslow_reader_timeout = \"60s\"\n"
     );
-    let running = common::start_in(dir.path(), &toml).await;
+    let running = gateway::start_in(dir.path(), &toml).await;
     let admin = admin_addr(&running).await;
     let addr = running.addr("electrum");
     assert_eq!(metric(admin, "gatehouse_memory_budget_bytes").await, 1048576.0);
@@ -110,14 +109,14 @@ async fn the_largest_buffers_are_cut_when_the_memory_budget_is_reached() {
         p.write(parked_line(600_000)).await;
         // The gateway has taken the whole line in (what the others hold was cut or stays below 1 MiB).
         let b = budget.clone();
-        common::within(Duration::from_secs(10), async || b.used() >= 600_000)
+        net::within(Duration::from_secs(10), async || b.used() >= 600_000)
             .await
             .unwrap_or_else(|| panic!("the gateway never buffered client {i}'s line"));
         parked.push(p);
         if i > 0 {
             // The previous parker, the largest when this one's line grew past the budget, is gone.
             let prev = &mut parked[i - 1];
-            common::closed_within(prev.s.get_mut(), Duration::from_secs(5)).await;
+            net::closed_within(prev.s.get_mut(), Duration::from_secs(5)).await;
         }
         let r = honest.call("server.ping", "[]", 0.1).await;
         assert!(r.v.get("error").is_none(), "{}", r.v);
@@ -143,7 +142,7 @@ async fn the_largest_buffers_are_cut_when_the_memory_budget_is_reached() {
         "{report:?}"
     );
     // Reading now only drains what the kernel holds.
-    common::closed_within(sink.s.get_mut(), Duration::from_secs(10)).await;
+    net::closed_within(sink.s.get_mut(), Duration::from_secs(10)).await;
 
     let r = honest.call("server.ping", "[]", 0.1).await;
     assert!(r.v.get("error").is_none(), "{}", r.v);
@@ -169,7 +168,7 @@ async fn a_line_trickled_below_the_floor_rate_is_cut() {
          transport = \"tcp\"\nupstreams = [\"{backend}\"]\n\
          [front.electrum]\nmin_line_rate = \"100/s\"\nline_grace = \"1s\"\n"
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let addr = running.addr("electrum");
     let mut honest = Client::open("127.0.0.2", addr).await;
 
@@ -195,7 +194,7 @@ async fn a_line_trickled_below_the_floor_rate_is_cut() {
     let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     assert_eq!(v["error"]["code"], -32600, "{v}");
     assert_eq!(v["error"]["message"], "request line arrives too slowly", "{v}");
-    common::closed_within(&mut r, Duration::from_secs(2)).await;
+    net::closed_within(&mut r, Duration::from_secs(2)).await;
     let took = start.elapsed();
     assert!(took < Duration::from_secs(3), "cut after {took:?}");
     trickle.abort();
@@ -229,7 +228,7 @@ fn ws_text_header(len: usize) -> Vec<u8> {
 
 /// A WebSocket client from `from`, negotiated with server.version.
 async fn ws_open(from: &str, to: SocketAddr) -> WebSocketStream<TcpStream> {
-    let tcp = common::connect_from(from, to).await.unwrap();
+    let tcp = net::connect_from(from, to).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async("ws://localhost/", tcp).await.unwrap();
     ws.send(Message::text(
         r#"{"jsonrpc":"2.0","id":0,"method":"server.version","params":["ws","1.4"]}"#,
@@ -253,7 +252,7 @@ async fn a_websocket_message_trickled_below_the_floor_rate_is_cut() {
          transport = \"ws\"\nupstreams = [\"{backend}\"]\n\
          [front.electrum]\nmin_line_rate = \"100/s\"\nline_grace = \"1s\"\n"
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let mut ws = ws_open("127.0.0.3", running.addr("ws")).await;
     let payload = br#"{"jsonrpc":"2.0","id":2,"method":"server.ping","params":[]}"#;
     ws.get_mut().write_all(&ws_text_header(payload.len())).await.unwrap();
@@ -300,19 +299,19 @@ async fn a_partial_websocket_message_counts_against_the_memory_budget() {
          [[front]]\nname = \"tcp\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
          upstreams = [\"{backend}\"]\n"
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let budget = running.memory().clone();
     let mut ws = ws_open("127.0.0.3", running.addr("ws")).await;
     ws.get_mut().write_all(&ws_text_header(950_000)).await.unwrap();
     ws.get_mut().write_all(&vec![b' '; 900_000]).await.unwrap();
     let b = budget.clone();
-    common::within(Duration::from_secs(10), async || b.used() >= 900_000)
+    net::within(Duration::from_secs(10), async || b.used() >= 900_000)
         .await
         .expect("the partial WebSocket message was never charged");
 
     let mut line = Raw::open("127.0.0.4", running.addr("tcp")).await;
     line.write(parked_line(300_000)).await;
-    common::closed_within(ws.get_mut(), Duration::from_secs(5)).await;
+    net::closed_within(ws.get_mut(), Duration::from_secs(5)).await;
     line.write(PARK_END.to_owned()).await;
     let reply = line.line().await.expect("the line's owner was cut");
     assert_eq!(reply["id"], 1, "{reply}");

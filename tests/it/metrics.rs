@@ -6,13 +6,14 @@
 //! The data-path counters are process-wide and other tests run concurrently in this binary, so the
 //! assertions compare this test's own fronts (unique names) or use "increased by at least".
 
-use crate::common::{self, echo_backend, RELAXED};
+use crate::support::backends::{self, echo_backend};
+use crate::support::gateway::RELAXED;
+use crate::support::{clients, gateway, net, tls};
 use gatehouse::admin::AdminListen;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 
 const TOKEN: &str = "metrics-token-0123456789abcdef";
 
@@ -233,42 +234,11 @@ fn parser_is_strict() {
 
 // ---- harness ------------------------------------------------------------------------------------
 
-/// A minimal Electrum backend: every request with an id gets `"result":null` at once.
-async fn stub_electrum() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (r, mut w) = s.into_split();
-                let mut r = BufReader::new(r);
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    match r.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                        continue;
-                    };
-                    let Some(id) = v.get("id") else { continue };
-                    let out = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":null}}\n");
-                    if w.write_all(out.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 struct Gw {
     running: gatehouse::Running,
     admin: SocketAddr,
     _dir: tempfile::TempDir,
-    _certs: common::Certs,
+    _certs: tls::Certs,
     backends: Vec<SocketAddr>,
 }
 
@@ -276,10 +246,10 @@ struct Gw {
 /// (127.0.0.9) and the admin API.
 async fn start(tag: &str, admin_extra: &str) -> Gw {
     let dir = tempfile::tempdir().unwrap();
-    let certs = common::certs();
+    let certs = tls::certs();
     std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
     let echo = echo_backend().await;
-    let electrum = stub_electrum().await;
+    let electrum = backends::stub_backend(&[]).await;
     let toml = format!(
         "{RELAXED}deny = [\"127.0.0.9/32\"]\n\n\
          [cost]\nsoft_limit = 1000\nhard_limit = 10000\nmax_sleep = \"50ms\"\ngroup_private = true\n\n\
@@ -292,7 +262,7 @@ async fn start(tag: &str, admin_extra: &str) -> Gw {
         certs.cert.display(),
         certs.key.display()
     );
-    let running = common::start_in(dir.path(), &toml).await;
+    let running = gateway::start_in(dir.path(), &toml).await;
     let admin = match running.admin_addr() {
         Some(AdminListen::Tcp(a)) => *a,
         other => panic!("admin API not on TCP: {other:?}"),
@@ -306,24 +276,10 @@ async fn start(tag: &str, admin_extra: &str) -> Gw {
     }
 }
 
-/// One HTTP/1.1 exchange by hand: (status, content type, body).
+/// `GET path` on the admin API, with the token or without: (status, content type, body).
 async fn get(admin: SocketAddr, path: &str, auth: bool) -> (u16, String, String) {
-    let mut s = TcpStream::connect(admin).await.unwrap();
-    let auth = if auth {
-        format!("Authorization: Bearer {TOKEN}\r\n")
-    } else {
-        String::new()
-    };
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("admin API answered within 10s")
-        .unwrap();
-    let text = String::from_utf8(out).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let auth = auth.then(|| format!("Bearer {TOKEN}"));
+    let (status, head, body) = clients::http_exchange(admin, "GET", path, auth.as_deref(), None).await;
     let ctype = head
         .lines()
         .find_map(|l| {
@@ -332,7 +288,7 @@ async fn get(admin: SocketAddr, path: &str, auth: bool) -> (u16, String, String)
                 .map(|v| v.trim().to_string())
         })
         .unwrap_or_default();
-    (status, ctype, body.to_string())
+    (status, ctype, body)
 }
 
 async fn scrape(gw: &Gw) -> Exposition {
@@ -370,7 +326,7 @@ struct Electrum {
 
 impl Electrum {
     async fn open(from: &str, to: SocketAddr) -> Electrum {
-        let (r, w) = common::connect_from(from, to).await.unwrap().into_split();
+        let (r, w) = net::connect_from(from, to).await.unwrap().into_split();
         Electrum {
             r: BufReader::new(r),
             w,
@@ -449,12 +405,12 @@ async fn counters_move_with_traffic() {
         .is_none());
 
     // A denied address is refused.
-    assert!(common::is_refused("127.0.0.9", el_front).await);
+    assert!(net::is_refused("127.0.0.9", el_front).await);
 
     // A completed TLS handshake, relayed to the echo backend.
-    let tcp = common::connect_from("127.0.0.1", tls_front).await.unwrap();
-    let mut tls = common::tls_connector(&gw._certs.der, &[&rustls::version::TLS13])
-        .connect(common::server_name(), tcp)
+    let tcp = net::connect_from("127.0.0.1", tls_front).await.unwrap();
+    let mut tls = tls::tls_connector([&gw._certs.der], &[&rustls::version::TLS13])
+        .connect(tls::server_name(), tcp)
         .await
         .unwrap();
     tls.write_all(b"ping\n").await.unwrap();
@@ -539,7 +495,7 @@ async fn counters_move_with_traffic() {
         ) >= 1.0
     );
     // The banned address is now refused as banned.
-    assert!(common::is_refused("127.0.0.3", el_front).await);
+    assert!(net::is_refused("127.0.0.3", el_front).await);
     let last = scrape(&gw).await;
     assert_eq!(
         last.val("gatehouse_connections_refused_total", &[("reason", "banned")])
@@ -554,11 +510,9 @@ async fn failed_handshake_is_counted() {
     let gw = start("mf", "").await;
     let before = scrape(&gw).await;
     // Not TLS at all: the handshake fails.
-    let mut s = common::connect_from("127.0.0.1", gw.running.addr("mf_tls"))
-        .await
-        .unwrap();
+    let mut s = net::connect_from("127.0.0.1", gw.running.addr("mf_tls")).await.unwrap();
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
-    common::closed_within(&mut s, Duration::from_secs(5)).await;
+    net::closed_within(&mut s, Duration::from_secs(5)).await;
     let after = scrape(&gw).await;
     let labels = [("front", "mf_tls"), ("result", "error")];
     assert_eq!(
@@ -591,12 +545,12 @@ async fn token_required_unless_public() {
 async fn dead_upstream_is_reported_down() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
-    let dead = common::dead_addr().await;
+    let dead = net::free_addr();
     let toml = format!(
         "{RELAXED}[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n{}",
-        common::tcp_front("md_relay", dead, "[front.upstream]\nretry_backoff = \"1h\"")
+        gateway::tcp_front("md_relay", dead, "[front.upstream]\nretry_backoff = \"1h\"")
     );
-    let running = common::start_in(dir.path(), &toml).await;
+    let running = gateway::start_in(dir.path(), &toml).await;
     let Some(AdminListen::Tcp(admin)) = running.admin_addr().cloned() else {
         panic!("no admin API")
     };
@@ -604,16 +558,16 @@ async fn dead_upstream_is_reported_down() {
         running,
         admin,
         _dir: dir,
-        _certs: common::certs(),
+        _certs: tls::certs(),
         backends: vec![dead],
     };
     let up = [("front", "md_relay"), ("upstream", "0")];
     assert_eq!(scrape(&gw).await.get("gatehouse_upstream_up", &up), Some(1.0));
-    let mut s = common::connect_from("127.0.0.1", gw.running.addr("md_relay"))
+    let mut s = net::connect_from("127.0.0.1", gw.running.addr("md_relay"))
         .await
         .unwrap();
     let _ = s.write_all(b"hello\n").await;
-    common::closed_within(&mut s, Duration::from_secs(5)).await;
+    net::closed_within(&mut s, Duration::from_secs(5)).await;
     assert_eq!(scrape(&gw).await.get("gatehouse_upstream_up", &up), Some(0.0));
     gw.running.shutdown().await;
 }

@@ -4,7 +4,8 @@
 //!
 //! The trusted load balancer is a client bound to 127.0.0.9.
 
-use crate::common::{self, RELAXED};
+use crate::support::gateway::{counters, plus, RELAXED};
+use crate::support::{backends, gateway, net, tls};
 use gatehouse::guard::Refusal;
 use gatehouse::Running;
 use std::io;
@@ -106,19 +107,9 @@ fn decode_v2(h: &[u8]) -> Decoded {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn counters(running: &Running) -> Vec<u64> {
-    Refusal::ALL.iter().map(|&r| running.guard().refused(r)).collect()
-}
-
-fn plus(before: &[u64], reason: Refusal, n: u64) -> Vec<u64> {
-    let mut v = before.to_vec();
-    v[Refusal::ALL.iter().position(|&r| r == reason).unwrap()] += n;
-    v
-}
-
 /// Connects from `from` and sends `bytes` in one write.
 async fn send_from(from: &str, to: SocketAddr, bytes: &[u8]) -> TcpStream {
-    let mut s = common::connect_from(from, to).await.unwrap();
+    let mut s = net::connect_from(from, to).await.unwrap();
     s.write_all(bytes).await.unwrap();
     s
 }
@@ -151,14 +142,14 @@ async fn refused_with(running: &Running, from: &str, to: SocketAddr, header: &[u
 /// Sends `header` from the balancer and checks the session behind it works.
 async fn proxied(to: SocketAddr, header: &[u8]) -> TcpStream {
     let mut s = send_from(LB, to, header).await;
-    assert!(common::echoes(&mut s).await, "session behind {header:?} should work");
+    assert!(net::echoes(&mut s).await, "session behind {header:?} should work");
     s
 }
 
 fn front(upstream: SocketAddr, extra: &str) -> String {
     format!(
         "{RELAXED}{}",
-        common::tcp_front("f", upstream, &format!("{TRUST_LB}{extra}"))
+        gateway::tcp_front("f", upstream, &format!("{TRUST_LB}{extra}"))
     )
 }
 
@@ -167,12 +158,12 @@ fn front(upstream: SocketAddr, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_from_trusted_balancer() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "")).await;
     let to = running.addr("f");
     let before = counters(&running);
     let mut s = proxied(to, V1_CLIENT).await;
-    assert!(common::echoes(&mut s).await);
+    assert!(net::echoes(&mut s).await);
     // Header and first payload in one segment: the bytes past the header are not lost.
     let mut s = send_from(LB, to, &[V1_CLIENT, b"hello\n"].concat()).await;
     let mut buf = [0u8; 6];
@@ -183,12 +174,12 @@ async fn v1_from_trusted_balancer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_from_trusted_balancer() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "")).await;
     let to = running.addr("f");
     let before = counters(&running);
     let mut s = proxied(to, &v2_client()).await;
-    assert!(common::echoes(&mut s).await);
+    assert!(net::echoes(&mut s).await);
     let six = v2_tcp6(
         "2001:db8::7".parse().unwrap(),
         5555,
@@ -205,20 +196,20 @@ async fn v2_from_trusted_balancer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_carried_address_is_judged_by_deny() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "[front.admission]\ndeny = [\"203.0.113.7/32\"]")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "[front.admission]\ndeny = [\"203.0.113.7/32\"]")).await;
     let to = running.addr("f");
     refused_with(&running, LB, to, V1_CLIENT, Refusal::Denied).await;
     // The balancer's other clients are admitted.
     let mut s = proxied(to, &v1("203.0.113.8", 4444)).await;
-    assert!(common::echoes(&mut s).await);
+    assert!(net::echoes(&mut s).await);
     refused_with(&running, LB, to, V1_CLIENT, Refusal::Denied).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_carried_address_is_judged_by_deny() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "[front.admission]\ndeny = [\"203.0.113.7/32\"]")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "[front.admission]\ndeny = [\"203.0.113.7/32\"]")).await;
     let to = running.addr("f");
     refused_with(&running, LB, to, &v2_client(), Refusal::Denied).await;
     let other = v2_tcp4(Ipv4Addr::new(203, 0, 113, 8), 4444, Ipv4Addr::LOCALHOST, 50001);
@@ -235,12 +226,12 @@ async fn v2_carried_address_is_judged_by_deny() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_deny_applies_to_carried_address() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let toml = format!(
         "{RELAXED}deny = [\"203.0.113.0/24\"]\n{}",
-        common::tcp_front("f", up, TRUST_LB)
+        gateway::tcp_front("f", up, TRUST_LB)
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
     refused_with(&running, LB, to, V1_CLIENT, Refusal::Denied).await;
     let _ok = proxied(to, &v1("198.51.100.7", 4444)).await;
@@ -248,8 +239,8 @@ async fn global_deny_applies_to_carried_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caps_count_carried_addresses_not_the_balancer() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "[front.admission]\nmax_connections_per_ip = 1")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "[front.admission]\nmax_connections_per_ip = 1")).await;
     let to = running.addr("f");
     let _first = proxied(to, V1_CLIENT).await;
     refused_with(&running, LB, to, V1_CLIENT, Refusal::PerIpCap).await;
@@ -260,8 +251,8 @@ async fn caps_count_carried_addresses_not_the_balancer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_command_is_the_balancer_itself() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "")).await;
     let to = running.addr("f");
     let before = counters(&running);
     let _s = proxied(to, &v2_local()).await;
@@ -271,12 +262,12 @@ async fn local_command_is_the_balancer_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_clients_still_served_on_a_proxy_front() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "")).await;
     let to = running.addr("f");
     let before = counters(&running);
-    let mut s = common::connect_from("127.0.0.2", to).await.unwrap();
-    assert!(common::echoes(&mut s).await);
+    let mut s = net::connect_from("127.0.0.2", to).await.unwrap();
+    assert!(net::echoes(&mut s).await);
     // Data that merely starts with a letter of "PROXY" is not a header.
     s.write_all(b"PING\n").await.unwrap();
     let mut buf = [0u8; 5];
@@ -290,8 +281,8 @@ async fn direct_clients_still_served_on_a_proxy_front() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_tcp6_and_v2_with_tlvs_from_trusted_balancer() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "[front.admission]\ndeny = [\"2001:db8::7/128\"]")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "[front.admission]\ndeny = [\"2001:db8::7/128\"]")).await;
     let to = running.addr("f");
     let _ok = proxied(to, b"PROXY TCP6 2001:db8::8 2001:db8::1 5555 50001\r\n").await;
     refused_with(
@@ -314,7 +305,7 @@ async fn v1_tcp6_and_v2_with_tlvs_from_trusted_balancer() {
         h
     };
     let mut s = proxied(to, &with_tlvs(Ipv4Addr::new(203, 0, 113, 7))).await;
-    assert!(common::echoes(&mut s).await);
+    assert!(net::echoes(&mut s).await);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,20 +313,20 @@ async fn v1_tcp6_and_v2_with_tlvs_from_trusted_balancer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_from_untrusted_source_is_refused() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "")).await;
     let to = running.addr("f");
     refused_with(&running, "127.0.0.2", to, V1_CLIENT, Refusal::ProxyUntrusted).await;
     refused_with(&running, "127.0.0.2", to, &v2_client(), Refusal::ProxyUntrusted).await;
     // The same untrusted address without a header is an ordinary client.
-    let mut s = common::connect_from("127.0.0.2", to).await.unwrap();
-    assert!(common::echoes(&mut s).await);
+    let mut s = net::connect_from("127.0.0.2", to).await.unwrap();
+    assert!(net::echoes(&mut s).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_header_from_untrusted_source_is_refused() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "")).await;
     let to = running.addr("f");
     for (header, cut) in [(V1_CLIENT.to_vec(), 3), (v2_client(), 5)] {
         let before = counters(&running);
@@ -386,9 +377,9 @@ fn stalled_signatures_cost_no_cpu() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let up = common::echo_backend().await;
+        let up = backends::echo_backend().await;
         // A long handshake deadline, so no connection times out inside the measured window.
-        let running = common::start(&front(up, "[front.timeouts]\nhandshake = \"60s\"")).await;
+        let running = gateway::start(&front(up, "[front.timeouts]\nhandshake = \"60s\"")).await;
         let to = running.addr("f");
         let before = counters(&running);
         let mut held = Vec::with_capacity(HELD);
@@ -397,7 +388,7 @@ fn stalled_signatures_cost_no_cpu() {
         }
         let level = running.guard().global().clone();
         assert!(
-            common::within(Duration::from_secs(20), async || level.open_connections() == HELD)
+            net::within(Duration::from_secs(20), async || level.open_connections() == HELD)
                 .await
                 .is_some(),
             "only {} of {HELD} connections admitted",
@@ -424,9 +415,9 @@ fn stalled_signatures_cost_no_cpu() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_is_refused_on_untrusted_even_when_address_is_allowed() {
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     // A client may be allowlisted and still not be a balancer.
-    let running = common::start(&front(
+    let running = gateway::start(&front(
         up,
         "[front.admission]\nallowlist_only = true\nallow = [\"127.0.0.2/32\", \"203.0.113.7/32\"]",
     ))
@@ -437,8 +428,8 @@ async fn header_is_refused_on_untrusted_even_when_address_is_allowed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_header_from_trusted_source_is_refused() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "")).await;
     let to = running.addr("f");
     let mut bad_version = v2_client();
     bad_version[12] = 0x11;
@@ -467,8 +458,8 @@ async fn malformed_header_from_trusted_source_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_split_across_writes_from_trusted_source() {
-    let up = common::echo_backend().await;
-    let running = common::start(&front(up, "")).await;
+    let up = backends::echo_backend().await;
+    let running = gateway::start(&front(up, "")).await;
     let to = running.addr("f");
     let before = counters(&running);
     // Cuts inside the v1 signature, inside an address, inside the v2 signature and fixed part, and in
@@ -491,7 +482,7 @@ async fn header_split_across_writes_from_trusted_source() {
             .expect("echo in time")
             .unwrap_or_else(|e| panic!("cut at {cut} of {header:?}: {e}"));
         assert_eq!(&buf, b"hello\n");
-        assert!(common::echoes(&mut s).await);
+        assert!(net::echoes(&mut s).await);
     }
     assert_eq!(counters(&running), before);
 }
@@ -550,31 +541,19 @@ impl AsyncWrite for PrefixFirstWrite {
     }
 }
 
-fn tls_front(up: SocketAddr, certs: &common::Certs, extra: &str) -> String {
+fn tls_front(up: SocketAddr, certs: &tls::Certs, extra: &str) -> String {
+    let extra = format!("{TRUST_LB}{extra}");
     format!(
-        "{RELAXED}[[front]]\nname = \"t\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tls\"\n\
-         upstreams = [\"{up}\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n{TRUST_LB}{extra}\n",
-        certs.cert.display(),
-        certs.key.display()
+        "{RELAXED}{}",
+        gateway::tls_front("t", &certs.cert, &certs.key, &[up], &extra)
     )
-}
-
-async fn tls_echoes<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> bool {
-    if s.write_all(b"hello\n").await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 6];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await,
-        Ok(Ok(_))
-    ) && &buf == b"hello\n"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_front_behind_proxy_v2() {
-    let up = common::echo_backend().await;
-    let certs = common::certs();
-    let running = common::start(&tls_front(
+    let up = backends::echo_backend().await;
+    let certs = tls::certs();
+    let running = gateway::start(&tls_front(
         up,
         &certs,
         "[front.admission]\ndeny = [\"198.51.100.0/24\"]",
@@ -582,61 +561,61 @@ async fn tls_front_behind_proxy_v2() {
     .await;
     let to = running.addr("t");
     let before = counters(&running);
-    let connector = common::tls_connector(&certs.der, &[&rustls::version::TLS13, &rustls::version::TLS12]);
+    let connector = tls::tls_connector([&certs.der], &[&rustls::version::TLS13, &rustls::version::TLS12]);
 
     // Header in its own write, then the handshake.
-    let mut tcp = common::connect_from(LB, to).await.unwrap();
+    let mut tcp = net::connect_from(LB, to).await.unwrap();
     tcp.write_all(&v2_client()).await.unwrap();
     let mut tls = connector
-        .connect(common::server_name(), tcp)
+        .connect(tls::server_name(), tcp)
         .await
         .expect("TLS behind PROXY v2");
-    assert!(tls_echoes(&mut tls).await);
-    assert!(tls_echoes(&mut tls).await);
+    assert!(net::echoes(&mut tls).await);
+    assert!(net::echoes(&mut tls).await);
 
     // Header and ClientHello in one segment.
-    let tcp = common::connect_from(LB, to).await.unwrap();
+    let tcp = net::connect_from(LB, to).await.unwrap();
     let mut tls = connector
-        .connect(common::server_name(), PrefixFirstWrite::new(tcp, v2_client()))
+        .connect(tls::server_name(), PrefixFirstWrite::new(tcp, v2_client()))
         .await
         .expect("TLS with ClientHello in the header's segment");
-    assert!(tls_echoes(&mut tls).await);
+    assert!(net::echoes(&mut tls).await);
 
     // v1 works the same way.
-    let mut tcp = common::connect_from(LB, to).await.unwrap();
+    let mut tcp = net::connect_from(LB, to).await.unwrap();
     tcp.write_all(V1_CLIENT).await.unwrap();
     let mut tls = connector
-        .connect(common::server_name(), tcp)
+        .connect(tls::server_name(), tcp)
         .await
         .expect("TLS behind PROXY v1");
-    assert!(tls_echoes(&mut tls).await);
+    assert!(net::echoes(&mut tls).await);
 
     // A direct TLS client (no header) on the same front is fine.
-    let tcp = common::connect_from("127.0.0.2", to).await.unwrap();
-    let mut tls = connector.connect(common::server_name(), tcp).await.expect("direct TLS");
-    assert!(tls_echoes(&mut tls).await);
+    let tcp = net::connect_from("127.0.0.2", to).await.unwrap();
+    let mut tls = connector.connect(tls::server_name(), tcp).await.expect("direct TLS");
+    assert!(net::echoes(&mut tls).await);
     assert_eq!(counters(&running), before);
 
     // A denied carried address never gets a handshake.
-    let mut tcp = common::connect_from(LB, to).await.unwrap();
+    let mut tcp = net::connect_from(LB, to).await.unwrap();
     tcp.write_all(&v2_tcp4(Ipv4Addr::new(198, 51, 100, 7), 1, Ipv4Addr::LOCALHOST, 50002))
         .await
         .unwrap();
-    assert!(connector.connect(common::server_name(), tcp).await.is_err());
+    assert!(connector.connect(tls::server_name(), tcp).await.is_err());
     assert_eq!(counters(&running), plus(&before, Refusal::Denied, 1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_front_refuses_header_from_untrusted_source() {
-    let up = common::echo_backend().await;
-    let certs = common::certs();
-    let running = common::start(&tls_front(up, &certs, "")).await;
+    let up = backends::echo_backend().await;
+    let certs = tls::certs();
+    let running = gateway::start(&tls_front(up, &certs, "")).await;
     let to = running.addr("t");
     let before = counters(&running);
-    let connector = common::tls_connector(&certs.der, &[&rustls::version::TLS13]);
-    let mut tcp = common::connect_from("127.0.0.2", to).await.unwrap();
+    let connector = tls::tls_connector([&certs.der], &[&rustls::version::TLS13]);
+    let mut tcp = net::connect_from("127.0.0.2", to).await.unwrap();
     tcp.write_all(&v2_client()).await.unwrap();
-    assert!(connector.connect(common::server_name(), tcp).await.is_err());
+    assert!(connector.connect(tls::server_name(), tcp).await.is_err());
     assert_eq!(counters(&running), plus(&before, Refusal::ProxyUntrusted, 1));
 }
 
@@ -652,16 +631,16 @@ async fn recorded(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) -> Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_v2_carries_direct_client() {
-    let (up, mut rx) = common::recording_backend(28).await;
+    let (up, mut rx) = backends::recording_backend(28).await;
     let toml = format!(
         "{RELAXED}{}",
-        common::tcp_front("f", up, "[front.upstream]\nsend_proxy = \"v2\"")
+        gateway::tcp_front("f", up, "[front.upstream]\nsend_proxy = \"v2\"")
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
-    let mut s = common::connect_from("127.0.0.2", to).await.unwrap();
+    let mut s = net::connect_from("127.0.0.2", to).await.unwrap();
     let me = s.local_addr().unwrap();
-    assert!(common::echoes(&mut s).await, "payload after the header is relayed");
+    assert!(net::echoes(&mut s).await, "payload after the header is relayed");
     let h = recorded(&mut rx).await;
     assert_eq!(h[..12], V2_SIG);
     assert_eq!(h[12], 0x21, "version 2, command PROXY");
@@ -676,16 +655,16 @@ async fn send_proxy_v2_carries_direct_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_v2_carries_ipv6_client() {
-    let (up, mut rx) = common::recording_backend(52).await;
+    let (up, mut rx) = backends::recording_backend(52).await;
     let toml = format!(
         "{RELAXED}[[front]]\nname = \"f\"\nkind = \"peer\"\nlisten = [\"[::1]:0\"]\ntransport = \"tcp\"\n\
          upstreams = [\"{up}\"]\n[front.upstream]\nsend_proxy = \"v2\"\n"
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
-    let mut s = common::connect_from("::1", to).await.unwrap();
+    let mut s = net::connect_from("::1", to).await.unwrap();
     let me = s.local_addr().unwrap();
-    assert!(common::echoes(&mut s).await);
+    assert!(net::echoes(&mut s).await);
     let h = recorded(&mut rx).await;
     assert_eq!(h[13], 0x21, "TCP over IPv6");
     assert_eq!(decode_v2(&h), Decoded { src: me, dst: to });
@@ -693,16 +672,16 @@ async fn send_proxy_v2_carries_ipv6_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_v2_carries_address_from_trusted_balancer() {
-    let (up, mut rx) = common::recording_backend(28).await;
+    let (up, mut rx) = backends::recording_backend(28).await;
     let toml = format!(
         "{RELAXED}{}",
-        common::tcp_front("f", up, &format!("{TRUST_LB}[front.upstream]\nsend_proxy = \"v2\""))
+        gateway::tcp_front("f", up, &format!("{TRUST_LB}[front.upstream]\nsend_proxy = \"v2\""))
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
     for header in [V1_CLIENT.to_vec(), v2_client()] {
         let mut s = proxied(to, &header).await;
-        assert!(common::echoes(&mut s).await);
+        assert!(net::echoes(&mut s).await);
         let h = recorded(&mut rx).await;
         assert_eq!(h[13], 0x11);
         assert_eq!(
@@ -718,28 +697,28 @@ async fn send_proxy_v2_carries_address_from_trusted_balancer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_v2_after_local_command_names_the_balancer() {
-    let (up, mut rx) = common::recording_backend(28).await;
+    let (up, mut rx) = backends::recording_backend(28).await;
     let toml = format!(
         "{RELAXED}{}",
-        common::tcp_front("f", up, &format!("{TRUST_LB}[front.upstream]\nsend_proxy = \"v2\""))
+        gateway::tcp_front("f", up, &format!("{TRUST_LB}[front.upstream]\nsend_proxy = \"v2\""))
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
-    let mut s = common::connect_from(LB, to).await.unwrap();
+    let mut s = net::connect_from(LB, to).await.unwrap();
     let me = s.local_addr().unwrap();
     s.write_all(&v2_local()).await.unwrap();
-    assert!(common::echoes(&mut s).await);
+    assert!(net::echoes(&mut s).await);
     assert_eq!(decode_v2(&recorded(&mut rx).await), Decoded { src: me, dst: to });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_v2_carries_ipv6_address_from_trusted_balancer() {
-    let (up, mut rx) = common::recording_backend(52).await;
+    let (up, mut rx) = backends::recording_backend(52).await;
     let toml = format!(
         "{RELAXED}{}",
-        common::tcp_front("f", up, &format!("{TRUST_LB}[front.upstream]\nsend_proxy = \"v2\""))
+        gateway::tcp_front("f", up, &format!("{TRUST_LB}[front.upstream]\nsend_proxy = \"v2\""))
     );
-    let running = common::start(&toml).await;
+    let running = gateway::start(&toml).await;
     let to = running.addr("f");
     let (src, dst): (Ipv6Addr, Ipv6Addr) = ("2001:db8::7".parse().unwrap(), "2001:db8::1".parse().unwrap());
     let _s = proxied(to, &v2_tcp6(src, 5555, dst, 50001)).await;

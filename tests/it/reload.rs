@@ -1,92 +1,64 @@
 //! Certificate renewal without action: replaced certificate files are served to new handshakes within
 //! 2 s; a half-written or mismatched pair is ignored until it becomes valid; open sessions are untouched.
 
-use crate::common;
+use crate::support::{backends, gateway, net, tls};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-
-/// Replaces a file the way renewal tools do (write aside, then rename), so a reader never sees half.
-fn replace(path: &Path, contents: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
 
 /// A client that trusts both certificates, so the test can see which one the gateway presents.
 async fn handshake(
     roots: &[CertificateDer<'static>],
     addr: SocketAddr,
 ) -> (TlsStream<TcpStream>, CertificateDer<'static>) {
-    let mut store = rustls::RootCertStore::empty();
-    for r in roots {
-        store.add(r.clone()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(store)
-        .with_no_client_auth();
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(common::server_name(), tcp)
+    let tls = tls::tls_connector(roots, rustls::DEFAULT_VERSIONS)
+        .connect(tls::server_name(), tcp)
         .await
         .unwrap();
     let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     (tls, presented)
 }
 
-async fn echoes(s: &mut TlsStream<TcpStream>) -> bool {
-    if s.write_all(b"still here\n").await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 11];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await,
-        Ok(Ok(_))
-    ) && &buf == b"still here\n"
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewed_certificate_is_served_within_two_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert_a, key_a, der_a) = common::write_cert(dir.path(), "localhost", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let (cert_a, key_a, der_a) = tls::write_cert(dir.path(), "localhost", &rcgen::PKCS_ECDSA_P256_SHA256);
     // The renewal, prepared aside.
     let next = tempfile::tempdir().unwrap();
-    let (cert_b, key_b, der_b) = common::write_cert(next.path(), "localhost", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let (cert_b, key_b, der_b) = tls::write_cert(next.path(), "localhost", &rcgen::PKCS_ECDSA_P256_SHA256);
     let (new_cert, new_key) = (std::fs::read(cert_b).unwrap(), std::fs::read(key_b).unwrap());
 
-    let up = common::echo_backend().await;
+    let up = backends::echo_backend().await;
     let toml = format!(
         "{}[[front]]\nname = \"w\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tls\"\nupstreams = [\"{up}\"]\n\
          [front.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-        common::RELAXED,
+        gateway::RELAXED,
         cert_a.display(),
         key_a.display()
     );
-    let running = common::start_in(dir.path(), &toml).await;
+    let running = gateway::start_in(dir.path(), &toml).await;
     let addr = running.addr("w");
     let roots = [der_a.clone(), der_b.clone()];
 
     let (mut open_session, first) = handshake(&roots, addr).await;
     assert_eq!(first, der_a);
-    assert!(echoes(&mut open_session).await);
+    assert!(net::echoes_line(&mut open_session, b"still here\n").await);
 
     // Half a renewal: a truncated certificate, then the new certificate with the old key. Neither is a
     // valid pair, so the old certificate stays.
-    replace(&cert_a, &new_cert[..new_cert.len() / 2]);
+    tls::replace(&cert_a, &new_cert[..new_cert.len() / 2]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         handshake(&roots, addr).await.1,
         der_a,
         "half-written certificate must be ignored"
     );
-    replace(&cert_a, &new_cert);
+    tls::replace(&cert_a, &new_cert);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         handshake(&roots, addr).await.1,
@@ -95,7 +67,7 @@ async fn renewed_certificate_is_served_within_two_seconds() {
     );
 
     // The key arrives: from now on new handshakes get the new certificate within 2 s.
-    replace(&key_a, &new_key);
+    tls::replace(&key_a, &new_key);
     let done = Instant::now();
     loop {
         let (_s, presented) = handshake(&roots, addr).await;
@@ -109,7 +81,7 @@ async fn renewed_certificate_is_served_within_two_seconds() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The session made before the renewal carries on.
-    assert!(echoes(&mut open_session).await);
+    assert!(net::echoes_line(&mut open_session, b"still here\n").await);
 }
 
 /// Reload with a new config: parsed like the file would be, relative to `dir`.
@@ -118,31 +90,26 @@ async fn reload(running: &mut gatehouse::Running, dir: &Path, toml: &str) -> gat
     running.reload(cfg).await.unwrap()
 }
 
-fn peer_front(name: &str, listen: &str, up: SocketAddr, extra: &str) -> String {
-    format!(
-        "[[front]]\nname = \"{name}\"\nkind = \"peer\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\nupstreams = [\"{up}\"]\n{extra}\n"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_new_rules_to_new_connections_and_keeps_open_sessions() {
     let dir = tempfile::tempdir().unwrap();
-    let up = common::echo_backend().await;
-    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let base = format!("{}{}", common::RELAXED, peer_front("p", &fixed.to_string(), up, ""));
-    let mut running = common::start_in(dir.path(), &base).await;
+    let up = backends::echo_backend().await;
+    let fixed = net::free_addr();
+    let base = format!(
+        "{}{}",
+        gateway::RELAXED,
+        gateway::tcp_front_at("p", &fixed.to_string(), up, "")
+    );
+    let mut running = gateway::start_in(dir.path(), &base).await;
     let addr = running.addr("p");
-    let mut open = common::connect_from("127.0.0.2", addr).await.unwrap();
-    assert!(common::echoes(&mut open).await);
+    let mut open = net::connect_from("127.0.0.2", addr).await.unwrap();
+    assert!(net::echoes(&mut open).await);
 
     // Deny 127.0.0.2 from now on; same listen address, so the front is updated in place.
     let denied = format!(
         "{}{}",
-        common::RELAXED,
-        peer_front(
+        gateway::RELAXED,
+        gateway::tcp_front_at(
             "p",
             &fixed.to_string(),
             up,
@@ -156,41 +123,46 @@ async fn reload_applies_new_rules_to_new_connections_and_keeps_open_sessions() {
         "same listen addresses: updated in place"
     );
     assert!(
-        common::is_refused("127.0.0.2", running.addr("p")).await,
+        net::is_refused("127.0.0.2", running.addr("p")).await,
         "new rule not applied"
     );
-    assert!(!common::is_refused("127.0.0.3", running.addr("p")).await);
-    assert!(common::echoes(&mut open).await, "open session cut by the reload");
+    assert!(!net::is_refused("127.0.0.3", running.addr("p")).await);
+    assert!(net::echoes(&mut open).await, "open session cut by the reload");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_adds_and_removes_fronts() {
     let dir = tempfile::tempdir().unwrap();
-    let up = common::echo_backend().await;
-    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let one = format!("{}{}", common::RELAXED, peer_front("a", &fixed.to_string(), up, ""));
-    let mut running = common::start_in(dir.path(), &one).await;
+    let up = backends::echo_backend().await;
+    let fixed = net::free_addr();
+    let one = format!(
+        "{}{}",
+        gateway::RELAXED,
+        gateway::tcp_front_at("a", &fixed.to_string(), up, "")
+    );
+    let mut running = gateway::start_in(dir.path(), &one).await;
     let a = running.addr("a");
-    let mut open = common::connect_from("127.0.0.2", a).await.unwrap();
-    assert!(common::echoes(&mut open).await);
+    let mut open = net::connect_from("127.0.0.2", a).await.unwrap();
+    assert!(net::echoes(&mut open).await);
 
     // Front b added, front a removed.
-    let two = format!("{}{}", common::RELAXED, peer_front("b", "127.0.0.1:0", up, ""));
+    let two = format!(
+        "{}{}",
+        gateway::RELAXED,
+        gateway::tcp_front_at("b", "127.0.0.1:0", up, "")
+    );
     let summary = reload(&mut running, dir.path(), &two).await;
     assert_eq!(summary.added, vec!["b".to_string()]);
     assert_eq!(summary.removed, vec!["a".to_string()]);
     let b = running.addr("b");
-    let mut s = common::connect_from("127.0.0.3", b).await.unwrap();
-    assert!(common::echoes(&mut s).await, "added front does not serve");
+    let mut s = net::connect_from("127.0.0.3", b).await.unwrap();
+    assert!(net::echoes(&mut s).await, "added front does not serve");
     assert!(
         tokio::net::TcpStream::connect(a).await.is_err(),
         "removed front still accepts"
     );
     assert!(
-        common::echoes(&mut open).await,
+        net::echoes(&mut open).await,
         "open session of the removed front was cut"
     );
 }
@@ -201,15 +173,12 @@ async fn lowered_hard_limit_applies_to_the_next_request_of_an_open_session() {
     let backend = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let fixed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let fixed = net::free_addr();
     let front = format!(
         "[[front]]\nname = \"e\"\nkind = \"electrum\"\nlisten = [\"{fixed}\"]\ntransport = \"tcp\"\nupstreams = [\"{backend}\"]\n"
     );
-    let mut running = common::start_in(dir.path(), &format!("{}{front}", common::RELAXED)).await;
-    let mut s = common::connect_from("127.0.0.2", running.addr("e")).await.unwrap();
+    let mut running = gateway::start_in(dir.path(), &format!("{}{front}", gateway::RELAXED)).await;
+    let mut s = net::connect_from("127.0.0.2", running.addr("e")).await.unwrap();
     let mut line = String::new();
     let (r, mut w) = s.split();
     let mut r = tokio::io::BufReader::new(r);
@@ -220,7 +189,7 @@ async fn lowered_hard_limit_applies_to_the_next_request_of_an_open_session() {
     r.read_line(&mut line).await.unwrap();
     assert!(line.contains("result"), "{line}");
 
-    let strict = format!("{}[cost]\nsoft_limit = 1\nhard_limit = 2\n\n{front}", common::RELAXED);
+    let strict = format!("{}[cost]\nsoft_limit = 1\nhard_limit = 2\n\n{front}", gateway::RELAXED);
     reload(&mut running, dir.path(), &strict).await;
     line.clear();
     w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"server.ping\",\"params\":[]}\n")

@@ -1,8 +1,10 @@
 //! Handshake and idle timeouts: a client that never finishes its TLS handshake is dropped at the handshake
 //! timeout; an established session is dropped after the idle timeout of inactivity, however old it is.
 
-use crate::common::{self, RELAXED};
-use crate::tls::{tls_connect, tls_front};
+use crate::support::gateway::tls_front;
+use crate::support::gateway::RELAXED;
+use crate::support::tls::tls_connect;
+use crate::support::{backends, gateway, net, tls};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -28,7 +30,7 @@ fn client_hello_prefix(n: usize) -> Vec<u8> {
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), common::server_name()).unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::new(cfg), tls::server_name()).unwrap();
     let mut hello = Vec::new();
     while conn.wants_write() {
         conn.write_tls(&mut hello).unwrap();
@@ -41,32 +43,32 @@ fn client_hello_prefix(n: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_closed_at_handshake_timeout() {
-    let c = common::certs();
-    let echo = common::echo_backend().await;
+    let c = tls::certs();
+    let echo = backends::echo_backend().await;
     let extra = "[front.timeouts]\nhandshake = \"300ms\"\n";
-    let running = common::start_in(
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[echo], extra)),
     )
     .await;
     let start = Instant::now();
-    let mut s = common::connect_from("127.0.0.1", running.addr("ssl")).await.unwrap();
-    common::closed_within(&mut s, Duration::from_secs(3)).await;
+    let mut s = net::connect_from("127.0.0.1", running.addr("ssl")).await.unwrap();
+    net::closed_within(&mut s, Duration::from_secs(3)).await;
     assert_between(start.elapsed(), HANDSHAKE, "silent client");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_client_hello_closed_at_handshake_timeout() {
-    let c = common::certs();
-    let echo = common::echo_backend().await;
+    let c = tls::certs();
+    let echo = backends::echo_backend().await;
     let extra = "[front.timeouts]\nhandshake = \"300ms\"\n";
-    let running = common::start_in(
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[echo], extra)),
     )
     .await;
     let start = Instant::now();
-    let mut s = common::connect_from("127.0.0.1", running.addr("ssl")).await.unwrap();
+    let mut s = net::connect_from("127.0.0.1", running.addr("ssl")).await.unwrap();
     s.write_all(&client_hello_prefix(20)).await.unwrap();
     let mut first = [0u8; 1];
     // Half a ClientHello is not an error yet: the gateway must wait, then give up at the deadline.
@@ -79,20 +81,20 @@ async fn partial_client_hello_closed_at_handshake_timeout() {
 
     // A hand-made record header announcing 512 bytes of handshake, followed by only a few.
     let start = Instant::now();
-    let mut s = common::connect_from("127.0.0.1", running.addr("ssl")).await.unwrap();
+    let mut s = net::connect_from("127.0.0.1", running.addr("ssl")).await.unwrap();
     s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03])
         .await
         .unwrap();
-    common::closed_within(&mut s, Duration::from_secs(3)).await;
+    net::closed_within(&mut s, Duration::from_secs(3)).await;
     assert_between(start.elapsed(), HANDSHAKE, "half ClientHello (hand-made)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_session_closed_at_idle_timeout() {
-    let c = common::certs();
-    let echo = common::echo_backend().await;
+    let c = tls::certs();
+    let echo = backends::echo_backend().await;
     let extra = "[front.timeouts]\nidle = \"400ms\"\n";
-    let running = common::start_in(
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[echo], extra)),
     )
@@ -107,16 +109,16 @@ async fn silent_session_closed_at_idle_timeout() {
         .unwrap();
     assert_eq!(&got, b"hello\n");
     let start = Instant::now();
-    common::closed_within(&mut s, Duration::from_secs(3)).await;
+    net::closed_within(&mut s, Duration::from_secs(3)).await;
     assert_between(start.elapsed(), IDLE, "silent session");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_session_outlives_idle_timeout() {
-    let c = common::certs();
-    let echo = common::echo_backend().await;
+    let c = tls::certs();
+    let echo = backends::echo_backend().await;
     let extra = "[front.timeouts]\nidle = \"400ms\"\n";
-    let running = common::start_in(
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[echo], extra)),
     )
@@ -142,7 +144,7 @@ async fn active_session_outlives_idle_timeout() {
     assert!(i >= 10);
     // Once it falls silent, the idle timeout applies as usual.
     let quiet = Instant::now();
-    common::closed_within(&mut s, Duration::from_secs(3)).await;
+    net::closed_within(&mut s, Duration::from_secs(3)).await;
     assert_between(quiet.elapsed(), IDLE, "session gone quiet");
 }
 
@@ -150,20 +152,14 @@ async fn active_session_outlives_idle_timeout() {
 async fn one_way_client_traffic_keeps_session_alive() {
     // Activity in the client-to-upstream direction alone counts: a backend that never answers does not
     // make a talking client idle.
-    let c = common::certs();
-    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sink_addr = sink.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = sink.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-            });
-        }
-    });
+    let c = tls::certs();
+    let sink_addr = backends::serve(|mut s| async move {
+        let mut buf = [0u8; 1024];
+        while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
     let extra = "[front.timeouts]\nidle = \"400ms\"\n";
-    let running = common::start_in(
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[sink_addr], extra)),
     )

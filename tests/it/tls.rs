@@ -1,51 +1,16 @@
 //! TLS termination: protocol versions, bulk transfer in both directions, RSA certificates, SNI certificate
 //! selection, and half-close (close_notify) handling, against real rustls clients.
 
-use crate::common::{self, RELAXED};
+use crate::support::gateway::{tls_front, RELAXED};
+use crate::support::tls::{tls_connect, tls_connect_with};
+use crate::support::{backends, gateway, net, tls};
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::client::TlsStream;
 
 const MB5: usize = 5 * 1024 * 1024;
-
-/// A `kind = "peer"` TLS front on 127.0.0.1:0 with the given certificate, upstreams and extra front keys
-/// (e.g. `[front.timeouts]` tables, which must come last).
-pub fn tls_front(name: &str, cert: &Path, key: &Path, upstreams: &[SocketAddr], extra: &str) -> String {
-    let ups = upstreams
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "[[front]]\nname = \"{name}\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tls\"\n\
-         upstreams = [{ups}]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n",
-        cert.display(),
-        key.display()
-    )
-}
-
-/// Connects a rustls client (TLS 1.2 and 1.3 allowed) trusting `der` to `addr` with SNI "localhost".
-pub async fn tls_connect(der: &CertificateDer<'static>, addr: SocketAddr) -> TlsStream<TcpStream> {
-    tls_connect_with(der, addr, &[&rustls::version::TLS13, &rustls::version::TLS12]).await
-}
-
-pub async fn tls_connect_with(
-    der: &CertificateDer<'static>,
-    addr: SocketAddr,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> TlsStream<TcpStream> {
-    let tcp = common::connect_from("127.0.0.1", addr).await.unwrap();
-    let connector = common::tls_connector(der, versions);
-    tokio::time::timeout(Duration::from_secs(5), connector.connect(common::server_name(), tcp))
-        .await
-        .expect("TLS handshake timed out")
-        .expect("TLS handshake failed")
-}
 
 /// Deterministic pseudo-random bytes (xorshift64*), so both ends can agree on the content.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -100,9 +65,9 @@ fn first_diff(a: &[u8], b: &[u8]) -> Option<usize> {
 }
 
 async fn version_roundtrip(version: &'static rustls::SupportedProtocolVersion, expect: rustls::ProtocolVersion) {
-    let c = common::certs();
-    let echo = common::echo_backend().await;
-    let running = common::start_in(
+    let c = tls::certs();
+    let echo = backends::echo_backend().await;
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[echo], "")),
     )
@@ -133,9 +98,9 @@ async fn tls12_handshake_and_echo() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_megabytes_echo_through_tls() {
-    let c = common::certs();
-    let echo = common::echo_backend().await;
-    let running = common::start_in(
+    let c = tls::certs();
+    let echo = backends::echo_backend().await;
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[echo], "")),
     )
@@ -149,35 +114,28 @@ async fn five_megabytes_echo_through_tls() {
 
 /// A backend that waits for one `\n`-terminated line, then sends `len` bytes of `pattern(seed)` and closes.
 async fn sending_backend(seed: u64, len: usize) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
+    backends::serve(move |mut s| async move {
+        let mut b = [0u8; 1];
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut b = [0u8; 1];
-                loop {
-                    match s.read(&mut b).await {
-                        Ok(1) if b[0] == b'\n' => break,
-                        Ok(1) => {}
-                        _ => return,
-                    }
-                }
-                let data = pattern(seed, len);
-                if s.write_all(&data).await.is_ok() {
-                    let _ = s.shutdown().await;
-                }
-            });
+            match s.read(&mut b).await {
+                Ok(1) if b[0] == b'\n' => break,
+                Ok(1) => {}
+                _ => return,
+            }
         }
-    });
-    addr
+        let data = pattern(seed, len);
+        if s.write_all(&data).await.is_ok() {
+            let _ = s.shutdown().await;
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_megabytes_from_backend_through_tls() {
-    let c = common::certs();
+    let c = tls::certs();
     let backend = sending_backend(0xfeed, MB5).await;
-    let running = common::start_in(
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[backend], "")),
     )
@@ -198,9 +156,9 @@ async fn five_megabytes_from_backend_through_tls() {
 async fn rsa_2048_certificate() {
     let dir = tempfile::tempdir().unwrap();
     // rcgen generates RSA keys only with aws-lc-rs (which this crate uses); 2048 bits is its default size.
-    let (cert, key, der) = common::write_cert(dir.path(), "localhost", &rcgen::PKCS_RSA_SHA256);
-    let echo = common::echo_backend().await;
-    let running = common::start_in(
+    let (cert, key, der) = tls::write_cert(dir.path(), "localhost", &rcgen::PKCS_RSA_SHA256);
+    let echo = backends::echo_backend().await;
+    let running = gateway::start_in(
         dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &cert, &key, &[echo], "")),
     )
@@ -240,7 +198,7 @@ async fn leaf_for(
         .unwrap()
         .with_root_certificates(store)
         .with_no_client_auth();
-    let tcp = common::connect_from("127.0.0.1", addr).await.unwrap();
+    let tcp = net::connect_from("127.0.0.1", addr).await.unwrap();
     let mut s = tokio::time::timeout(
         Duration::from_secs(5),
         tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name.clone(), tcp),
@@ -262,16 +220,16 @@ async fn leaf_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sni_selects_certificate() {
-    let c = common::certs();
-    let (wcert, wkey, wder) = common::write_cert(c.dir.path(), "wallet.example", &rcgen::PKCS_ECDSA_P256_SHA256);
+    let c = tls::certs();
+    let (wcert, wkey, wder) = tls::write_cert(c.dir.path(), "wallet.example", &rcgen::PKCS_ECDSA_P256_SHA256);
     assert_ne!(wder, c.der);
-    let echo = common::echo_backend().await;
+    let echo = backends::echo_backend().await;
     let sni = format!(
         "[[front.tls.sni]]\nname = \"wallet.example\"\ncert = \"{}\"\nkey = \"{}\"\n",
         wcert.display(),
         wkey.display()
     );
-    let running = common::start_in(
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[echo], &sni)),
     )
@@ -339,9 +297,9 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_tls_still_receives_echo() {
-    let c = common::certs();
-    let echo = common::echo_backend().await;
-    let running = common::start_in(
+    let c = tls::certs();
+    let echo = backends::echo_backend().await;
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[echo], "")),
     )
@@ -359,9 +317,9 @@ async fn half_close_tls_still_receives_echo() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_tcp_still_receives_echo() {
-    let echo = common::echo_backend().await;
-    let running = common::start(&format!("{RELAXED}{}", common::tcp_front("p2p", echo, ""))).await;
-    let s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+    let echo = backends::echo_backend().await;
+    let running = gateway::start(&format!("{RELAXED}{}", gateway::tcp_front("p2p", echo, ""))).await;
+    let s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
     let data = Arc::new(pattern(8, 512 * 1024));
     let (got, clean) = send_then_half_close(s, data.clone()).await;
     assert_eq!(got.len(), data.len(), "echo truncated after FIN");

@@ -1,8 +1,10 @@
 //! Upstream pools: failover in order, all-down handling, marking a failed upstream down for the back-off,
 //! upstream closing mid-session, and backpressure from a backend that stops reading.
 
-use crate::common::{self, RELAXED};
-use crate::tls::{tls_connect, tls_front};
+use crate::support::gateway::tls_front;
+use crate::support::gateway::RELAXED;
+use crate::support::tls::tls_connect;
+use crate::support::{backends, gateway, net, tls};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,15 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A TCP (`kind = "peer"`) front with several upstreams, in order, and extra front keys.
 fn front(name: &str, upstreams: &[SocketAddr], extra: &str) -> String {
-    let ups = upstreams
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "[[front]]\nname = \"{name}\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
-         upstreams = [{ups}]\n{extra}\n"
-    )
+    gateway::front("peer", name, "127.0.0.1:0", "tcp", upstreams, extra)
 }
 
 /// Reads until the gateway closes; returns what arrived and how long the close took. Panics after `limit`.
@@ -62,18 +56,18 @@ async fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_second_upstream() {
-    let dead = common::dead_addr().await;
-    let echo = common::echo_backend().await;
+    let dead = net::free_addr();
+    let echo = backends::echo_backend().await;
     // A back-off shorter than the gap between sessions, so every session tries the dead one first.
     let extra = "[front.upstream]\nretry_backoff = \"1ms\"\n";
-    let running = common::start(&format!("{RELAXED}{}", front("p2p", &[dead, echo], extra))).await;
+    let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[dead, echo], extra))).await;
     for i in 0..5 {
-        let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+        let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
         assert!(
-            common::echoes(&mut s).await,
+            net::echoes(&mut s).await,
             "session {i} did not reach the second upstream"
         );
-        assert!(common::echoes(&mut s).await, "session {i} stopped relaying");
+        assert!(net::echoes(&mut s).await, "session {i} stopped relaying");
     }
     let pool = &running.front("p2p").unwrap().pool;
     assert!(pool.is_up(echo));
@@ -81,10 +75,10 @@ async fn failover_to_second_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_over_tls() {
-    let c = common::certs();
-    let dead = common::dead_addr().await;
-    let echo = common::echo_backend().await;
-    let running = common::start_in(
+    let c = tls::certs();
+    let dead = net::free_addr();
+    let echo = backends::echo_backend().await;
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[dead, echo], "")),
     )
@@ -104,12 +98,12 @@ async fn failover_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_upstreams_down_closes_client() {
-    let dead = common::dead_addr().await;
-    let dead2 = common::dead_addr().await;
+    let dead = net::free_addr();
+    let dead2 = net::free_addr();
     let extra = "[front.upstream]\nconnect_timeout = \"500ms\"\n";
-    let running = common::start(&format!("{RELAXED}{}", front("p2p", &[dead, dead2], extra))).await;
+    let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[dead, dead2], extra))).await;
     for _ in 0..3 {
-        let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+        let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
         let _ = s.write_all(b"hello\n").await;
         let (got, took) = drain_until_closed(&mut s, Duration::from_secs(1)).await;
         assert!(got.is_empty(), "received {got:?} with every upstream down");
@@ -123,9 +117,9 @@ async fn all_upstreams_down_closes_client() {
 async fn unresponsive_upstream_hits_connect_timeout() {
     let (_l, _fill, hole) = blackhole().await;
     let extra = "[front.upstream]\nconnect_timeout = \"500ms\"\n";
-    let running = common::start(&format!("{RELAXED}{}", front("p2p", &[hole], extra))).await;
+    let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[hole], extra))).await;
     let start = Instant::now();
-    let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+    let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
     let (got, _) = drain_until_closed(&mut s, Duration::from_secs(3)).await;
     let took = start.elapsed();
     assert!(got.is_empty(), "received {got:?}");
@@ -139,12 +133,12 @@ async fn unresponsive_upstream_hits_connect_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unresponsive_first_upstream_fails_over_after_connect_timeout() {
     let (_l, _fill, hole) = blackhole().await;
-    let echo = common::echo_backend().await;
+    let echo = backends::echo_backend().await;
     let extra = "[front.upstream]\nconnect_timeout = \"300ms\"\nretry_backoff = \"60s\"\n";
-    let running = common::start(&format!("{RELAXED}{}", front("p2p", &[hole, echo], extra))).await;
+    let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[hole, echo], extra))).await;
     let start = Instant::now();
-    let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
-    assert!(common::echoes(&mut s).await);
+    let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+    assert!(net::echoes(&mut s).await);
     let first = start.elapsed();
     assert!(
         first >= Duration::from_millis(240),
@@ -152,8 +146,8 @@ async fn unresponsive_first_upstream_fails_over_after_connect_timeout() {
     );
     // Now the hole is marked down: the next session goes straight to the echo.
     let start = Instant::now();
-    let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
-    assert!(common::echoes(&mut s).await);
+    let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+    assert!(net::echoes(&mut s).await);
     assert!(
         start.elapsed() < Duration::from_millis(250),
         "second session paid the connect timeout again: {:?}",
@@ -163,14 +157,14 @@ async fn unresponsive_first_upstream_fails_over_after_connect_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_upstream_is_marked_down_and_skipped() {
-    let dead = common::dead_addr().await;
-    let echo = common::echo_backend().await;
+    let dead = net::free_addr();
+    let echo = backends::echo_backend().await;
     let extra = "[front.upstream]\nretry_backoff = \"60s\"\n";
-    let running = common::start(&format!("{RELAXED}{}", front("p2p", &[dead, echo], extra))).await;
+    let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[dead, echo], extra))).await;
     let pool = &running.front("p2p").unwrap().pool;
     assert!(pool.is_up(dead), "nothing has failed yet");
-    let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
-    assert!(common::echoes(&mut s).await);
+    let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+    assert!(net::echoes(&mut s).await);
     assert!(!pool.is_up(dead), "a failed upstream is marked down");
     assert!(pool.is_up(echo));
     // Bring the first upstream back as a backend that answers differently: within the back-off the gateway
@@ -184,9 +178,9 @@ async fn failed_upstream_is_marked_down_and_skipped() {
         }
     });
     for i in 0..3 {
-        let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+        let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
         assert!(
-            common::echoes(&mut s).await,
+            net::echoes(&mut s).await,
             "session {i} went to the marked-down upstream"
         );
     }
@@ -199,12 +193,12 @@ async fn failed_upstream_is_marked_down_and_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marked_down_upstream_is_retried_after_backoff() {
-    let dead = common::dead_addr().await;
-    let echo = common::echo_backend().await;
+    let dead = net::free_addr();
+    let echo = backends::echo_backend().await;
     let extra = "[front.upstream]\nretry_backoff = \"300ms\"\n";
-    let running = common::start(&format!("{RELAXED}{}", front("p2p", &[dead, echo], extra))).await;
-    let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
-    assert!(common::echoes(&mut s).await);
+    let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[dead, echo], extra))).await;
+    let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+    assert!(net::echoes(&mut s).await);
     let marked = Instant::now();
     let pool = &running.front("p2p").unwrap().pool;
     assert!(!pool.is_up(dead));
@@ -223,8 +217,8 @@ async fn marked_down_upstream_is_retried_after_backoff() {
     // Waiting out the back-off is the point of the test.
     tokio::time::sleep(Duration::from_millis(300).saturating_sub(marked.elapsed()) + Duration::from_millis(50)).await;
     assert!(pool.is_up(dead), "back-off over: the upstream is up again");
-    let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
-    assert!(common::echoes(&mut s).await);
+    let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+    assert!(net::echoes(&mut s).await);
     tokio::time::timeout(Duration::from_secs(1), rx.recv())
         .await
         .expect("the first upstream was not retried after its back-off")
@@ -233,30 +227,23 @@ async fn marked_down_upstream_is_retried_after_backoff() {
 
 /// A backend that reads one line, then closes the connection.
 async fn one_line_backend() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut b = [0u8; 1];
-                while let Ok(1) = s.read(&mut b).await {
-                    if b[0] == b'\n' {
-                        break;
-                    }
-                }
-                drop(s);
-            });
+    backends::serve(|mut s| async move {
+        let mut b = [0u8; 1];
+        while let Ok(1) = s.read(&mut b).await {
+            if b[0] == b'\n' {
+                break;
+            }
         }
-    });
-    addr
+        drop(s);
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_close_mid_session_closes_client() {
     let backend = one_line_backend().await;
-    let running = common::start(&format!("{RELAXED}{}", front("p2p", &[backend], ""))).await;
-    let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+    let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[backend], ""))).await;
+    let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
     s.write_all(b"one line\n").await.unwrap();
     let (got, took) = drain_until_closed(&mut s, Duration::from_secs(2)).await;
     assert!(got.is_empty(), "received {got:?}");
@@ -265,9 +252,9 @@ async fn upstream_close_mid_session_closes_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_close_mid_session_closes_tls_client() {
-    let c = common::certs();
+    let c = tls::certs();
     let backend = one_line_backend().await;
-    let running = common::start_in(
+    let running = gateway::start_in(
         c.dir.path(),
         &format!("{RELAXED}{}", tls_front("ssl", &c.cert, &c.key, &[backend], "")),
     )
@@ -302,8 +289,8 @@ async fn backend_not_reading_stalls_client_writes() {
         }
         let _ = count_tx.send(total);
     });
-    let running = common::start(&format!("{RELAXED}{}", front("p2p", &[backend], ""))).await;
-    let mut s = common::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
+    let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[backend], ""))).await;
+    let mut s = net::connect_from("127.0.0.1", running.addr("p2p")).await.unwrap();
     const TOTAL: usize = 64 * 1024 * 1024;
     let mut writer = tokio::spawn(async move {
         let chunk = vec![0xabu8; 1024 * 1024];

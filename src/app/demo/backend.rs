@@ -1,6 +1,7 @@
 //! A small Electrum server stand-in: answers the common wallet methods with fixed sample data. Used by
 //! `gatehouse demo`, the benchmark and tests; it is not an indexer.
 
+use crate::front::electrum::jsonrpc::ErrorCode;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -36,12 +37,13 @@ async fn session(s: TcpStream) {
         }
         out.clear();
         let reply = match serde_json::from_slice::<Value>(&line) {
-            Err(_) => Some(error(Value::Null, -32700, "parse error")),
+            Err(_) => Some(error(Value::Null, ErrorCode::ParseError, "parse error")),
             Ok(Value::Array(items)) if !items.is_empty() => {
                 let replies: Vec<Value> = items.iter().filter_map(answer).collect();
                 Some(Value::Array(replies))
             }
-            Ok(v) => answer(&v).or_else(|| (!v.is_object()).then(|| error(Value::Null, -32600, "invalid request"))),
+            Ok(v) => answer(&v)
+                .or_else(|| (!v.is_object()).then(|| error(Value::Null, ErrorCode::InvalidRequest, "invalid request"))),
         };
         if let Some(reply) = reply {
             let _ = serde_json::to_writer(&mut out, &reply);
@@ -53,8 +55,8 @@ async fn session(s: TcpStream) {
     }
 }
 
-fn error(id: Value, code: i64, msg: &str) -> Value {
-    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": msg}})
+fn error(id: Value, code: ErrorCode, msg: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "error": {"code": code.value(), "message": msg}})
 }
 
 /// The reply to one request, or None for a notification (no id).
@@ -92,7 +94,13 @@ fn answer(req: &Value) -> Option<Value> {
         "blockchain.transaction.broadcast" => json!("ef".repeat(32)),
         "blockchain.transaction.id_from_pos" => json!("ab".repeat(32)),
         "mempool.get_fee_histogram" => json!([[12.0, 100000]]),
-        _ => return Some(error(id, -32601, &format!("unknown method {method}"))),
+        _ => {
+            return Some(error(
+                id,
+                ErrorCode::MethodNotFound,
+                &format!("unknown method {method}"),
+            ))
+        }
     };
     Some(json!({"jsonrpc": "2.0", "id": id, "result": result}))
 }

@@ -8,21 +8,39 @@ use crate::config::Config;
 use rustls::pki_types::{CertificateDer, ServerName};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Cert(#[from] rcgen::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{}: {source}", dir.display())]
+    TempDir { dir: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Start(#[from] crate::app::StartError),
+    #[error(transparent)]
+    Tls(#[from] rustls::Error),
+    #[error("TLS handshake: {0}")]
+    Handshake(std::io::Error),
+}
+
 /// Writes a fresh ECDSA P-256 certificate for localhost/127.0.0.1 into `dir`; returns its DER form.
-pub fn self_signed(dir: &Path) -> Result<CertificateDer<'static>, String> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
-    let mut params =
-        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).map_err(|e| e.to_string())?;
+pub fn self_signed(dir: &Path) -> Result<CertificateDer<'static>, DemoError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])?;
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "Gatehouse demo");
-    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("demo.crt"), cert.pem()).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("demo.key"), key.serialize_pem()).map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key)?;
+    std::fs::write(dir.join("demo.crt"), cert.pem())?;
+    std::fs::write(dir.join("demo.key"), key.serialize_pem())?;
     Ok(cert.der().clone())
 }
 
@@ -69,25 +87,21 @@ pub fn run() -> i32 {
     }
 }
 
-async fn demo() -> Result<(), String> {
+async fn demo() -> Result<(), DemoError> {
     crate::telemetry::init(&crate::telemetry::LogFormat::Human, "warn");
     let dir = std::env::temp_dir().join(format!("gatehouse-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(|source| DemoError::TempDir {
+        dir: dir.clone(),
+        source,
+    })?;
     let der = self_signed(&dir)?;
-    let backend = backend::spawn("127.0.0.1:0".parse().expect("literal"))
-        .await
-        .map_err(|e| e.to_string())?;
+    let backend = backend::spawn("127.0.0.1:0".parse().expect("literal")).await?;
     let file = dir.join("gatehouse.toml");
     // The usual Electrum ports when free, so a wallet can be pointed at the well-known numbers.
-    let running =
-        match Gatehouse::start(Config::parse(&demo_config(backend, 50002, 50001), &file).map_err(|e| e.to_string())?)
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => Gatehouse::start(Config::parse(&demo_config(backend, 0, 0), &file).map_err(|e| e.to_string())?)
-                .await
-                .map_err(|e| e.to_string())?,
-        };
+    let running = match Gatehouse::start(Config::parse(&demo_config(backend, 50002, 50001), &file)?).await {
+        Ok(r) => r,
+        Err(_) => Gatehouse::start(Config::parse(&demo_config(backend, 0, 0), &file)?).await?,
+    };
     let tls = running.addr("electrum-tls");
     let tcp = running.addr("electrum-tcp");
     let fp: Vec<String> = Sha256::digest(der.as_ref())
@@ -115,20 +129,19 @@ async fn demo() -> Result<(), String> {
     Ok(())
 }
 
-async fn wallet_session(addr: SocketAddr, der: &CertificateDer<'static>) -> Result<(), String> {
+async fn wallet_session(addr: SocketAddr, der: &CertificateDer<'static>) -> Result<(), DemoError> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(der.clone()).map_err(|e| e.to_string())?;
+    roots.add(der.clone())?;
     let cfg = rustls::ClientConfig::builder_with_provider(crate::listen::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost").expect("literal");
     let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake: {e}"))?;
+        .map_err(DemoError::Handshake)?;
     println!(
         "  TLS handshake ok ({:?})",
         tls.get_ref()
@@ -147,10 +160,10 @@ async fn wallet_session(addr: SocketAddr, der: &CertificateDer<'static>) -> Resu
     ];
     let mut line = String::new();
     for req in requests {
-        w.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-        w.write_all(b"\n").await.map_err(|e| e.to_string())?;
+        w.write_all(req.as_bytes()).await?;
+        w.write_all(b"\n").await?;
         line.clear();
-        r.read_line(&mut line).await.map_err(|e| e.to_string())?;
+        r.read_line(&mut line).await?;
         let shown: String = line.trim_end().chars().take(110).collect();
         println!("  → {req}");
         println!("  ← {shown}");

@@ -14,18 +14,47 @@ use serde_json::value::RawValue;
 use std::fmt;
 use std::io::Write;
 
-/// JSON-RPC 2.0 error codes, plus the Electrum ones the gateway emits.
-pub mod code {
-    pub const PARSE_ERROR: i64 = -32700;
-    pub const INVALID_REQUEST: i64 = -32600;
-    pub const METHOD_NOT_FOUND: i64 = -32601;
-    pub const INVALID_PARAMS: i64 = -32602;
-    pub const INTERNAL_ERROR: i64 = -32603;
+/// The error codes the gateway writes: JSON-RPC 2.0's own, plus the Electrum ones. A closed set, so a
+/// reply can only carry a code a wallet knows how to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i64)]
+pub enum ErrorCode {
+    ParseError = -32700,
+    /// Also "response too large" and the gateway's own limits on a request's shape.
+    InvalidRequest = -32600,
+    MethodNotFound = -32601,
+    InvalidParams = -32602,
+    InternalError = -32603,
     /// ElectrumX's BAD_REQUEST: the method exists but its arguments are unacceptable.
-    pub const BAD_REQUEST: i64 = 1;
-    pub const DAEMON_ERROR: i64 = 2;
-    pub const EXCESSIVE_RESOURCE_USAGE: i64 = -101;
-    pub const SERVER_BUSY: i64 = -102;
+    BadRequest = 1,
+    DaemonError = 2,
+    /// The client is over the cost hard limit; the connection closes after it.
+    ExcessiveResourceUsage = -101,
+    ServerBusy = -102,
+}
+
+impl ErrorCode {
+    /// The number on the wire.
+    pub const fn value(self) -> i64 {
+        self as i64
+    }
+}
+
+/// An error the gateway answers a request with: its code and message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} ({code:?})")]
+pub struct RpcError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> RpcError {
+        RpcError {
+            code,
+            message: message.into(),
+        }
+    }
 }
 
 /// One request (or notification) as the client sent it.
@@ -72,10 +101,10 @@ pub enum ParseError<'a> {
 
 impl<'a> ParseError<'a> {
     /// The JSON-RPC error code to answer with.
-    pub fn code(&self) -> i64 {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ParseError::Parse => code::PARSE_ERROR,
-            _ => code::INVALID_REQUEST,
+            ParseError::Parse => ErrorCode::ParseError,
+            _ => ErrorCode::InvalidRequest,
         }
     }
 
@@ -468,10 +497,10 @@ pub fn gateway_id(id: &RawValue) -> Option<u64> {
 }
 
 /// Appends a JSON-RPC error reply and a newline to `out`; `id` `None` is written as `null`.
-pub fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, code: i64, message: &str) {
+pub fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, code: ErrorCode, message: &str) {
     out.extend_from_slice(br#"{"jsonrpc":"2.0","error":{"code":"#);
     // Writing to a Vec cannot fail.
-    let _ = write!(out, "{code}");
+    let _ = write!(out, "{}", code.value());
     out.extend_from_slice(br#","message":"#);
     write_json_str(out, message);
     out.extend_from_slice(br#"},"id":"#);
@@ -743,7 +772,7 @@ mod tests {
             parse_message(b"{\"method\":\"\xff\"}", 10),
             Err(ParseError::Parse)
         ));
-        assert_eq!(err("{").code(), -32700);
+        assert_eq!(err("{").code(), ErrorCode::ParseError);
     }
 
     #[test]
@@ -765,7 +794,7 @@ mod tests {
             let e = err(bad);
             assert!(matches!(e, ParseError::Invalid { .. }), "{bad}");
             assert_eq!(raw(e.id()), Some("3"), "{bad}");
-            assert_eq!(e.code(), -32600);
+            assert_eq!(e.code(), ErrorCode::InvalidRequest);
         }
         // Duplicate members are refused rather than guessed at.
         assert!(matches!(
@@ -800,7 +829,7 @@ mod tests {
 
         assert!(matches!(err("[]"), ParseError::EmptyBatch));
         assert!(matches!(err(" [ ] "), ParseError::EmptyBatch));
-        assert_eq!(err("[]").code(), -32600);
+        assert_eq!(err("[]").code(), ErrorCode::InvalidRequest);
         assert!(matches!(
             err("[1,2,3,4,5,6,7,8,9,10,11,12]"),
             ParseError::BatchTooLarge { len: 12 }
@@ -922,7 +951,7 @@ mod tests {
         let mut out = Vec::new();
         let id = RawValue::from_string("\"abc\"".into()).unwrap();
         let msg = "bad \"thing\" \\ \n\t\u{1}\u{1f} é ☃ 😀";
-        write_error(&mut out, Some(&id), -32600, msg);
+        write_error(&mut out, Some(&id), ErrorCode::InvalidRequest, msg);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["error"]["code"], -32600);
@@ -931,7 +960,7 @@ mod tests {
         assert_eq!(v["jsonrpc"], "2.0");
 
         out.clear();
-        write_error(&mut out, None, 1, "");
+        write_error(&mut out, None, ErrorCode::BadRequest, "");
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(v["id"].is_null());
 

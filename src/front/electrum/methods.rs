@@ -10,7 +10,7 @@
 //! version is refused at the gateway, so a client cannot reach backend code paths the negotiated
 //! protocol does not define.
 
-use super::jsonrpc::{code, param_array_len, param_raw, param_str, param_u64};
+use super::jsonrpc::{param_array_len, param_raw, param_str, param_u64, ErrorCode, RpcError};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::fmt;
@@ -317,7 +317,7 @@ pub fn reply_item_cost(info: &MethodInfo, items: usize) -> f64 {
 /// Request-time checks beyond the method name, for arguments the cost depends on or that are
 /// expensive to let through. Errors carry ElectrumX's BAD_REQUEST code (1) and the message the
 /// gateway answers with; the backend still validates everything else.
-pub fn validate(info: &MethodInfo, params: Option<&RawValue>) -> Result<(), (i64, String)> {
+pub fn validate(info: &MethodInfo, params: Option<&RawValue>) -> Result<(), RpcError> {
     match info.name {
         "blockchain.block.header" => {
             non_negative(params, 0, "height", true)?;
@@ -330,13 +330,16 @@ pub fn validate(info: &MethodInfo, params: Option<&RawValue>) -> Result<(), (i64
         }
         "blockchain.keva.get_transactions_info" => {
             let n = param_array_len(params, 0, "tx_hashes").ok_or_else(|| {
-                (
-                    code::BAD_REQUEST,
-                    "tx_hashes should be an array of transaction hashes".to_owned(),
+                RpcError::new(
+                    ErrorCode::BadRequest,
+                    "tx_hashes should be an array of transaction hashes",
                 )
             })?;
             if n > MAX_KEVA_TXIDS {
-                return Err((code::BAD_REQUEST, format!("too many txids: {n} > {MAX_KEVA_TXIDS}")));
+                return Err(RpcError::new(
+                    ErrorCode::BadRequest,
+                    format!("too many txids: {n} > {MAX_KEVA_TXIDS}"),
+                ));
             }
             Ok(())
         }
@@ -344,10 +347,13 @@ pub fn validate(info: &MethodInfo, params: Option<&RawValue>) -> Result<(), (i64
     }
 }
 
-fn non_negative(params: Option<&RawValue>, index: usize, name: &str, required: bool) -> Result<(), (i64, String)> {
+fn non_negative(params: Option<&RawValue>, index: usize, name: &str, required: bool) -> Result<(), RpcError> {
     let present = param_raw(params, index, name).is_some();
     if (present || required) && param_u64(params, index, name).is_none() {
-        return Err((code::BAD_REQUEST, format!("{name} should be a non-negative integer")));
+        return Err(RpcError::new(
+            ErrorCode::BadRequest,
+            format!("{name} should be a non-negative integer"),
+        ));
     }
     Ok(())
 }
@@ -572,7 +578,7 @@ mod tests {
         assert_eq!(validate(info, Some(&*txids(200))), Ok(()));
         assert_eq!(
             validate(info, Some(&*txids(201))),
-            Err((1, "too many txids: 201 > 200".to_owned()))
+            Err(RpcError::new(ErrorCode::BadRequest, "too many txids: 201 > 200"))
         );
         assert_eq!(validate(info, Some(&*p(r#"{"tx_hashes":[]}"#))), Ok(()));
         assert!(validate(info, Some(&*p(r#"["00"]"#))).is_err());
@@ -591,11 +597,14 @@ mod tests {
             "[0, 5, null]",
         ] {
             let e = validate(headers, Some(&*p(bad))).unwrap_err();
-            assert_eq!(e.0, 1, "{bad}");
+            assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
         }
         assert_eq!(
             validate(headers, Some(&*p("[0, -1]"))),
-            Err((1, "count should be a non-negative integer".to_owned()))
+            Err(RpcError::new(
+                ErrorCode::BadRequest,
+                "count should be a non-negative integer"
+            ))
         );
         assert!(validate(headers, None).is_err());
 

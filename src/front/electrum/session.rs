@@ -9,11 +9,11 @@
 //! rewrites (server.features, server.peers.subscribe) and server.version's clamped range.
 
 use super::frame::{Frame, LineDecoder};
-use super::jsonrpc::{self, Incoming, Message, ParseError, Request};
+use super::jsonrpc::{self, ErrorCode, Incoming, Message, ParseError, Request, RpcError};
 use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
 use super::settings::{ElectrumSettings, VersionPolicy};
 use super::Handles;
-use crate::front::FrontState;
+use crate::front::{CloseReason, FrontState};
 use crate::state::bans::BanPolicy;
 use crate::state::cost::CostConfig;
 use crate::state::cost::{Account, Throttle};
@@ -42,7 +42,7 @@ const HARD_LIMIT_GRACE: std::time::Duration = std::time::Duration::from_millis(5
 
 /// What a session reports when it ends.
 pub struct Outcome {
-    pub reason: &'static str,
+    pub reason: CloseReason,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub requests: u64,
@@ -123,7 +123,7 @@ enum Entry<'a> {
     },
     /// A result the gateway wrote itself (valid JSON).
     Result(&'a str),
-    Error(i64, &'a str),
+    Error(ErrorCode, &'a str),
 }
 
 /// A request waiting for a slot or sleeping in its slot before being forwarded.
@@ -196,9 +196,9 @@ struct Session<'a> {
     bytes_in: u64,
     bytes_out: u64,
     /// Set when the session must end once `client_out` is flushed.
-    closing: Option<&'static str>,
+    closing: Option<CloseReason>,
     /// Set when the session must end now, without flushing.
-    abort: Option<&'static str>,
+    abort: Option<CloseReason>,
     upstream_failed: bool,
     /// This session's share of the process-wide memory budget.
     mem: Charge,
@@ -303,12 +303,14 @@ where
     let cancel = shared.drain.signal(peer);
     tokio::pin!(cancel);
     let reason = loop {
-        if let Some(r) = s.abort {
+        if let Some(r) = s.abort.take() {
             break r;
         }
-        if s.closing.is_some() && s.client_out.is_empty() {
-            let _ = std::future::poll_fn(|cx| Pin::new(&mut *client).poll_shutdown(cx)).await;
-            break s.closing.unwrap_or("closed");
+        if s.client_out.is_empty() {
+            if let Some(r) = s.closing.take() {
+                let _ = std::future::poll_fn(|cx| Pin::new(&mut *client).poll_shutdown(cx)).await;
+                break r;
+            }
         }
         // Dial the backend only once there is something to send to it.
         if upstream.is_none() && !s.up_out.is_empty() && !s.upstream_failed {
@@ -317,8 +319,11 @@ where
                 Err(e) => {
                     tracing::warn!(front = %front.cfg.name, error = %e, "no upstream reachable");
                     s.upstream_failed = true;
-                    s.fail_all(-32603, "Electrum backend unavailable, try again later");
-                    s.closing = Some("upstream unreachable");
+                    s.fail_all(
+                        ErrorCode::InternalError,
+                        "Electrum backend unavailable, try again later",
+                    );
+                    s.closing = Some(CloseReason::UpstreamUnreachable);
                     continue;
                 }
             }
@@ -371,25 +376,25 @@ where
                 up_dec.shrink_idle();
                 s.dec_bytes = client_dec.buffered() + up_dec.buffered();
             }
-            Event::ClientEof => break "client closed",
-            Event::ClientError => break "client error",
+            Event::ClientEof => break CloseReason::ClientClosed,
+            Event::ClientError => break CloseReason::ClientError,
             Event::UpstreamEof | Event::UpstreamError => {
                 upstream = None;
                 s.upstream_failed = true;
                 if s.has_pending() {
-                    s.fail_all(-32603, "Electrum backend closed the connection");
+                    s.fail_all(ErrorCode::InternalError, "Electrum backend closed the connection");
                 }
-                s.closing = Some("upstream closed");
+                s.closing = Some(CloseReason::UpstreamClosed);
             }
             Event::Timer => {
                 s.on_timer();
                 timer.as_mut().reset(s.next_deadline());
             }
             Event::Flushed => {}
-            Event::Shutdown => break "shutdown",
+            Event::Shutdown => break CloseReason::Shutdown,
             Event::MemoryCut => {
                 tracing::warn!(front = %front.cfg.name, client = %s.client, held = s.mem.held(), "memory budget reached; disconnecting one of the largest sessions");
-                s.abort = Some("memory budget");
+                s.abort = Some(CloseReason::MemoryBudget);
             }
             Event::CostAlert => s.on_cost_alert(),
         }
@@ -669,7 +674,7 @@ impl Session<'_> {
 
     // ---- output helpers -------------------------------------------------------------------------
 
-    fn reply_error(&mut self, id: Option<&RawValue>, code: i64, msg: &str) {
+    fn reply_error(&mut self, id: Option<&RawValue>, code: ErrorCode, msg: &str) {
         jsonrpc::write_error(&mut self.client_out, id, code, msg);
         self.charge(self.cost.error_cost);
         self.check_output();
@@ -683,12 +688,12 @@ impl Session<'_> {
     fn check_output(&mut self) {
         if self.client_out.len() > self.set.max_pending_output {
             tracing::info!(front = %self.front.cfg.name, client = %self.client, pending = self.client_out.len(), "client does not read its replies; disconnecting");
-            self.abort = Some("slow reader");
+            self.abort = Some(CloseReason::SlowReader);
         }
     }
 
     /// Answers every request not yet answered with an error (backend gone).
-    fn fail_all(&mut self, code: i64, msg: &str) {
+    fn fail_all(&mut self, code: ErrorCode, msg: &str) {
         let mut tracks: Vec<Track> = Vec::new();
         tracks.extend(self.waiting.drain(..).map(|q| q.track));
         tracks.extend(self.sleeping.drain(..).map(|q| q.track));
@@ -740,7 +745,7 @@ impl Session<'_> {
         self.check_output();
     }
 
-    fn close_with(&mut self, reason: &'static str) {
+    fn close_with(&mut self, reason: CloseReason) {
         self.closing = Some(reason);
         self.waiting.clear();
         self.sleeping.clear();
@@ -748,14 +753,14 @@ impl Session<'_> {
 
     /// Hard limit: answer -101, close, and ban the address.
     fn hard_limit(&mut self, id: Option<&RawValue>) {
-        self.reply_error(id, -101, "excessive resource usage");
+        self.reply_error(id, ErrorCode::ExcessiveResourceUsage, "excessive resource usage");
         self.cut_off();
     }
 
     /// The hard limit's close and ban, once its -101 is written.
     fn cut_off(&mut self) {
         metrics::hard_limit_disconnect();
-        self.close_with("cost hard limit");
+        self.close_with(CloseReason::CostHardLimit);
         let p = self.ban_policy.clone();
         if p.enabled {
             self.shared
@@ -768,7 +773,7 @@ impl Session<'_> {
         self.violations += 1;
         let p = self.ban_policy.clone();
         if p.enabled && self.violations > p.max_violations {
-            self.close_with("protocol violations");
+            self.close_with(CloseReason::ProtocolViolations);
             self.shared
                 .bans
                 .ban_offender(self.client.ip(), p.duration, p.max_duration, what);
@@ -784,7 +789,7 @@ impl Session<'_> {
         metrics::request(Class::Other, ReqResult::Error);
         self.charge(self.cost.parse_error_cost);
         let msg = format!("request line exceeds {} bytes", self.set.max_line);
-        self.reply_error(None, -32600, &msg);
+        self.reply_error(None, ErrorCode::InvalidRequest, &msg);
         self.violation("oversized request line");
     }
 
@@ -801,7 +806,7 @@ impl Session<'_> {
                 return self.hard_limit(None);
             }
             let msg = format!("JSON nested deeper than {} levels", self.set.max_nesting);
-            self.reply_error(None, -32600, &msg);
+            self.reply_error(None, ErrorCode::InvalidRequest, &msg);
             return self.violation("JSON nested too deep");
         }
         let parsed = jsonrpc::parse_message(line, max_batch);
@@ -819,16 +824,16 @@ impl Session<'_> {
         match parsed {
             Err(ParseError::Parse) => {
                 self.charge(self.cost.parse_error_cost);
-                self.reply_error(None, -32700, "parse error");
+                self.reply_error(None, ErrorCode::ParseError, "parse error");
                 self.violation("unparsable request");
             }
             Err(ParseError::Invalid { id }) => {
-                self.reply_error(id, -32600, "invalid request");
+                self.reply_error(id, ErrorCode::InvalidRequest, "invalid request");
             }
-            Err(ParseError::EmptyBatch) => self.reply_error(None, -32600, "empty batch"),
+            Err(ParseError::EmptyBatch) => self.reply_error(None, ErrorCode::InvalidRequest, "empty batch"),
             Err(ParseError::BatchTooLarge { len }) => {
                 let msg = format!("batch of {len} requests exceeds the limit of {max_batch}");
-                self.reply_error(None, -32600, &msg)
+                self.reply_error(None, ErrorCode::InvalidRequest, &msg)
             }
             Ok(Message::Single(req)) => self.on_request(req),
             Ok(Message::Batch(items)) => self.on_batch(items),
@@ -836,7 +841,7 @@ impl Session<'_> {
     }
 
     /// The method's entry if the session may call it now, or the error to answer.
-    fn admit_method(&mut self, req: &Request<'_>) -> Result<&'static MethodInfo, (i64, String)> {
+    fn admit_method(&mut self, req: &Request<'_>) -> Result<&'static MethodInfo, RpcError> {
         let negotiated = self.negotiated.unwrap_or(self.set.protocol_max);
         let info = methods::lookup(req.method, self.set.profile, negotiated)
             .or_else(|| {
@@ -847,20 +852,20 @@ impl Session<'_> {
                     .then(|| methods::extra(req.method))
                     .flatten()
             })
-            .ok_or_else(|| (-32601, format!("unknown method \"{}\"", req.method)))?;
+            .ok_or_else(|| RpcError::new(ErrorCode::MethodNotFound, format!("unknown method \"{}\"", req.method)))?;
         methods::validate(info, req.params)?;
         if info.special == Special::Subscribe {
             let group_cap = self.cost.max_subscriptions_per_group;
             if self.subs >= self.set.max_subscriptions {
-                return Err((
-                    -32600,
+                return Err(RpcError::new(
+                    ErrorCode::InvalidRequest,
                     format!("too many subscriptions (limit {})", self.set.max_subscriptions),
                 ));
             }
             if let Some(g) = self.account.group() {
                 if !self.shared.group_subs.try_acquire(g, Some(group_cap)) {
-                    return Err((
-                        -32600,
+                    return Err(RpcError::new(
+                        ErrorCode::InvalidRequest,
                         format!("too many subscriptions from your network (limit {group_cap})"),
                     ));
                 }
@@ -890,8 +895,8 @@ impl Session<'_> {
             match self.set.version_policy {
                 VersionPolicy::Require => {
                     metrics::request(Class::of(req.method), ReqResult::Refused);
-                    self.reply_error(id, 1, "server.version must be the first request");
-                    self.close_with("no server.version");
+                    self.reply_error(id, ErrorCode::BadRequest, "server.version must be the first request");
+                    self.close_with(CloseReason::NoServerVersion);
                     return;
                 }
                 VersionPolicy::Tolerate => self.negotiated = Some(self.set.protocol_max),
@@ -900,9 +905,9 @@ impl Session<'_> {
         let class = Class::of(req.method);
         let info = match self.admit_method(&req) {
             Ok(i) => i,
-            Err((code, msg)) => {
+            Err(e) => {
                 metrics::request(class, ReqResult::Refused);
-                return self.reply_error(id, code, &msg);
+                return self.reply_error(id, e.code, &e.message);
             }
         };
         metrics::request(class, ReqResult::Ok);
@@ -918,7 +923,7 @@ impl Session<'_> {
             _ => {}
         }
         let Some(slot) = id_slot(&req) else {
-            return self.reply_error(id, -32603, "internal error");
+            return self.reply_error(id, ErrorCode::InternalError, "internal error");
         };
         let track = Track {
             id: req.id.map(IdKey::new),
@@ -932,7 +937,7 @@ impl Session<'_> {
         let id = req.id;
         if self.version_seen {
             metrics::request(Class::Server, ReqResult::Refused);
-            return self.reply_error(id, 1, "server.version already sent");
+            return self.reply_error(id, ErrorCode::BadRequest, "server.version already sent");
         }
         self.version_seen = true;
         self.charge(methods::request_cost(
@@ -945,8 +950,8 @@ impl Session<'_> {
             Some(r) => r,
             None => {
                 metrics::request(Class::Server, ReqResult::Refused);
-                self.reply_error(id, 1, "invalid protocol version");
-                return self.close_with("bad server.version");
+                self.reply_error(id, ErrorCode::BadRequest, "invalid protocol version");
+                return self.close_with(CloseReason::BadServerVersion);
             }
         };
         let lo = cmin.max(self.set.protocol_min);
@@ -957,8 +962,8 @@ impl Session<'_> {
                 self.set.protocol_min, self.set.protocol_max
             );
             metrics::request(Class::Server, ReqResult::Refused);
-            self.reply_error(id, 1, &msg);
-            return self.close_with("unsupported protocol version");
+            self.reply_error(id, ErrorCode::BadRequest, &msg);
+            return self.close_with(CloseReason::UnsupportedProtocolVersion);
         }
         metrics::request(Class::Server, ReqResult::Ok);
         self.negotiated = Some(hi);
@@ -980,8 +985,8 @@ impl Session<'_> {
     fn on_batch(&mut self, items: Vec<Result<Request<'_>, ParseError<'_>>>) {
         if self.negotiated.is_none() && self.set.version_policy == VersionPolicy::Require {
             metrics::request(Class::Other, ReqResult::Refused);
-            self.reply_error(None, 1, "server.version must be the first request");
-            return self.close_with("no server.version");
+            self.reply_error(None, ErrorCode::BadRequest, "server.version must be the first request");
+            return self.close_with(CloseReason::NoServerVersion);
         }
         if self.negotiated.is_none() {
             self.negotiated = Some(self.set.protocol_max);
@@ -1002,7 +1007,12 @@ impl Session<'_> {
                     .as_ref()
                     .map_or((None, Class::Other), |r| (r.id, Class::of(r.method)));
                 metrics::request(class, ReqResult::Refused);
-                jsonrpc::write_error(&mut local, id, -101, "excessive resource usage");
+                jsonrpc::write_error(
+                    &mut local,
+                    id,
+                    ErrorCode::ExcessiveResourceUsage,
+                    "excessive resource usage",
+                );
                 local.pop();
                 self.charge(self.cost.error_cost);
                 cut = true;
@@ -1011,27 +1021,32 @@ impl Session<'_> {
             match item {
                 Err(ParseError::Invalid { id }) => {
                     metrics::request(Class::Other, ReqResult::Error);
-                    jsonrpc::write_error(&mut local, id, -32600, "invalid request");
+                    jsonrpc::write_error(&mut local, id, ErrorCode::InvalidRequest, "invalid request");
                     self.charge(self.cost.error_cost);
                 }
                 Err(_) => {
                     metrics::request(Class::Other, ReqResult::Error);
-                    jsonrpc::write_error(&mut local, None, -32600, "invalid request");
+                    jsonrpc::write_error(&mut local, None, ErrorCode::InvalidRequest, "invalid request");
                     self.charge(self.cost.error_cost);
                 }
                 // JSON-RPC: a valid notification (no id) gets no reply, not even an error.
                 Ok(req) if req.method == "server.version" => {
                     metrics::request(Class::Server, ReqResult::Refused);
                     if req.id.is_some() {
-                        jsonrpc::write_error(&mut local, req.id, 1, "server.version cannot be batched");
+                        jsonrpc::write_error(
+                            &mut local,
+                            req.id,
+                            ErrorCode::BadRequest,
+                            "server.version cannot be batched",
+                        );
                     }
                     self.charge(self.cost.error_cost);
                 }
                 Ok(req) => match self.admit_method(&req) {
-                    Err((code, msg)) => {
+                    Err(e) => {
                         metrics::request(Class::of(req.method), ReqResult::Refused);
                         if req.id.is_some() {
-                            jsonrpc::write_error(&mut local, req.id, code, &msg);
+                            jsonrpc::write_error(&mut local, req.id, e.code, &e.message);
                         }
                         self.charge(self.cost.error_cost);
                     }
@@ -1062,7 +1077,9 @@ impl Session<'_> {
                                 forwarded += 1;
                                 self.enqueue(req.raw, slot, track);
                             }
-                            (None, None) => jsonrpc::write_error(&mut local, req.id, -32603, "internal error"),
+                            (None, None) => {
+                                jsonrpc::write_error(&mut local, req.id, ErrorCode::InternalError, "internal error")
+                            }
                         }
                     }
                 },
@@ -1157,7 +1174,7 @@ impl Session<'_> {
         // Decay has lowered the cost since the last charge: let the throttle relax.
         self.th = self.account.throttle();
         if now >= self.last_request + self.front.cfg.idle_timeout {
-            self.abort = Some("idle timeout");
+            self.abort = Some(CloseReason::IdleTimeout);
             return;
         }
         if self
@@ -1165,15 +1182,15 @@ impl Session<'_> {
             .is_some_and(|b| now >= b + self.set.slow_reader_timeout)
         {
             tracing::info!(front = %self.front.cfg.name, client = %self.client, "client stopped reading; disconnecting");
-            self.abort = Some("slow reader");
+            self.abort = Some(CloseReason::SlowReader);
             return;
         }
         if self.slow_line_deadline().is_some_and(|d| now >= d) && self.closing.is_none() {
             tracing::info!(front = %self.front.cfg.name, client = %self.client, partial = self.partial, "request line arrives too slowly; disconnecting");
             self.line_started = None;
             metrics::slow_line_disconnect();
-            self.reply_error(None, -32600, "request line arrives too slowly");
-            return self.close_with("slow request line");
+            self.reply_error(None, ErrorCode::InvalidRequest, "request line arrives too slowly");
+            return self.close_with(CloseReason::SlowRequestLine);
         }
         if self.hard_check.is_some_and(|h| now >= h) {
             self.hard_check = None;
@@ -1188,7 +1205,7 @@ impl Session<'_> {
                     // Others took the group over: waiting for the backend could take up to
                     // request_timeout, so every request still owed an answer gets the -101 as its reply
                     // instead, and the session goes now.
-                    self.fail_all(-101, "excessive resource usage");
+                    self.fail_all(ErrorCode::ExcessiveResourceUsage, "excessive resource usage");
                     return self.cut_off();
                 }
                 // No request to answer with -101: say it unsolicited (id null), then close and ban.
@@ -1222,7 +1239,10 @@ impl Session<'_> {
             late.push(f.gid);
         }
         for t in expired {
-            self.finish(&t, Entry::Error(-102, "server busy - request timed out"));
+            self.finish(
+                &t,
+                Entry::Error(ErrorCode::ServerBusy, "server busy - request timed out"),
+            );
         }
         for gid in late {
             if let Some(pos) = self.inflight_position(gid) {
@@ -1233,7 +1253,10 @@ impl Session<'_> {
                     info: f.track.info,
                     batch: f.track.batch.take(),
                 };
-                self.finish(&t, Entry::Error(-102, "server busy - request timed out"));
+                self.finish(
+                    &t,
+                    Entry::Error(ErrorCode::ServerBusy, "server busy - request timed out"),
+                );
             }
         }
         self.promote(now);
@@ -1269,7 +1292,7 @@ impl Session<'_> {
         // waiting is the one it answers in the common (ordered) case.
         if let Some(f) = self.inflight.pop_front() {
             if !f.timed_out {
-                self.finish(&f.track, Entry::Error(-32600, "response too large"));
+                self.finish(&f.track, Entry::Error(ErrorCode::InvalidRequest, "response too large"));
             }
         }
         self.promote(self.now);
@@ -1335,7 +1358,7 @@ impl Session<'_> {
                 tracing::debug!(front = %self.front.cfg.name, method = info.name, "backend reply of an unexpected shape");
                 self.finish(
                     &f.track,
-                    Entry::Error(-32603, "unexpected reply from the Electrum backend"),
+                    Entry::Error(ErrorCode::InternalError, "unexpected reply from the Electrum backend"),
                 )
             }
             _ => {

@@ -1,0 +1,222 @@
+//! Stub backends on loopback, as tokio tasks on the test's runtime (and one on std threads, for tests that
+//! have no runtime): echo, recording, a null-answering Electrum server, a notification flood.
+
+use serde_json::{json, Value};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// Listens on 127.0.0.1:0 and runs `handle` on every accepted connection as its own task, until the
+/// runtime ends.
+pub async fn serve<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(handle(s));
+        }
+    });
+    addr
+}
+
+/// A backend that echoes every byte back (cheap enough for a thousand sessions).
+pub async fn echo_backend() -> SocketAddr {
+    serve(|mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
+/// A blocking echo server on std threads (one a connection), for tests without a runtime; runs until the
+/// test process ends.
+pub fn echo_backend_thread() -> SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that records the first `n` bytes of every connection (e.g. a PROXY header) on a channel,
+/// then echoes.
+pub async fn recording_backend(n: usize) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = serve(move |mut s| {
+        let tx = tx.clone();
+        async move {
+            let mut head = vec![0u8; n];
+            if s.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let _ = tx.send(head);
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// An Electrum backend that answers every request (and every request of a batch) with `"result":null` at
+/// once, except the methods in `silent`, which it never answers.
+pub async fn stub_backend(silent: &'static [&'static str]) -> SocketAddr {
+    serve(move |s| async move {
+        let _ = s.set_nodelay(true);
+        let (r, mut w) = s.into_split();
+        let mut lines = BufReader::new(r).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let answer = |req: &Value| -> Option<String> {
+                let id = req.get("id")?;
+                let method = req.get("method").and_then(Value::as_str).unwrap_or("");
+                if silent.contains(&method) {
+                    return None;
+                }
+                Some(format!(r#"{{"jsonrpc":"2.0","id":{id},"result":null}}"#))
+            };
+            let out = match serde_json::from_str::<Value>(&line) {
+                Ok(Value::Array(items)) => {
+                    let replies: Vec<String> = items.iter().filter_map(answer).collect();
+                    (!replies.is_empty()).then(|| format!("[{}]", replies.join(",")))
+                }
+                Ok(v) => answer(&v),
+                Err(_) => None,
+            };
+            if let Some(mut out) = out {
+                out.push('\n');
+                if w.write_all(out.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum FloodEnd {
+    /// A write failed: the gateway closed (or reset) the connection.
+    WriteError,
+    /// A write made no progress for 3 s: the gateway stopped reading but kept the connection.
+    Stuck,
+    /// The byte budget was used up without the gateway objecting.
+    Budget,
+    /// (wait mode) The gateway closed the connection after the flood.
+    Eof,
+    /// (wait mode) The connection was still open 30 s after the flood.
+    StillOpen,
+}
+
+#[derive(Debug)]
+pub struct FloodReport {
+    pub written: u64,
+    pub end: FloodEnd,
+    /// From the subscribe's reply to the end.
+    pub elapsed: Duration,
+}
+
+/// A headers notification of about 1 KiB.
+pub fn header_notification(height: u64) -> String {
+    format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"blockchain.headers.subscribe\",\"params\":[{{\"height\":{height},\"hex\":\"{}\"}}]}}\n",
+        "00".repeat(470)
+    )
+}
+
+/// A backend that answers server.version, and after blockchain.headers.subscribe sends headers
+/// notifications as fast as it can, up to `budget` bytes. With `wait`, it then keeps the connection open
+/// and reports when the gateway closes it; otherwise it reports how the flood ended.
+pub async fn flood_backend(budget: u64, wait: bool) -> (SocketAddr, oneshot::Receiver<FloodReport>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((s, _)) = l.accept().await else { return };
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let req: Value = serde_json::from_str(&line).unwrap();
+            match req["method"].as_str() {
+                Some("server.version") => {
+                    let reply = json!({"jsonrpc": "2.0", "id": req["id"], "result": ["Flood 1.0", "1.4"]});
+                    w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                }
+                Some("blockchain.headers.subscribe") => {
+                    let reply =
+                        json!({"jsonrpc": "2.0", "id": req["id"], "result": {"height": 0, "hex": "00".repeat(80)}});
+                    w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let start = Instant::now();
+        let mut written = 0u64;
+        let mut height = 1u64;
+        let mut end = FloodEnd::Budget;
+        while written < budget {
+            // 64 notifications per write: one line each, about 64 KiB.
+            let mut chunk = String::with_capacity(64 * 1024);
+            for _ in 0..64 {
+                chunk += &header_notification(height);
+                height += 1;
+            }
+            match tokio::time::timeout(Duration::from_secs(3), w.write_all(chunk.as_bytes())).await {
+                Ok(Ok(())) => written += chunk.len() as u64,
+                Ok(Err(_)) => {
+                    end = FloodEnd::WriteError;
+                    break;
+                }
+                Err(_) => {
+                    end = FloodEnd::Stuck;
+                    break;
+                }
+            }
+        }
+        if wait && end == FloodEnd::Budget {
+            let mut buf = [0u8; 1024];
+            end = match tokio::time::timeout(Duration::from_secs(30), r.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => FloodEnd::Eof,
+                Ok(Ok(_)) => FloodEnd::StillOpen,
+                Err(_) => FloodEnd::StillOpen,
+            };
+        }
+        let _ = tx.send(FloodReport {
+            written,
+            end,
+            elapsed: start.elapsed(),
+        });
+    });
+    (addr, rx)
+}
