@@ -2,7 +2,7 @@
 //!
 //! Two real cluster nodes on loopback (their own journaled ban tables in a temporary directory, real
 //! links), then the ban table alone. Prints one markdown table. Timings are of this machine under whatever
-//! else it runs; the targets are the design's (DESIGN §7), not assertions.
+//! else it runs; the targets are the project's, not assertions.
 
 use gatehouse::cluster::keys::NodeKey;
 use gatehouse::cluster::{Cluster, ClusterConfig};

@@ -1,4 +1,4 @@
-//! Cluster-wide abuse cost (issue 4 item 4, DESIGN §3 and §5): every `interval` this node tells each linked
+//! Cluster-wide abuse cost: every `interval` this node tells each linked
 //! peer the cost of its own groups at or above `threshold`; each peer adds those figures to the groups'
 //! effective cost (see `state::cost`), so an abuser spreading requests over N gateways meets one budget,
 //! not N.

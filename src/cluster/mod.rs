@@ -1,4 +1,4 @@
-//! Cluster links, embedded default (DESIGN §5, issue 4 item 3): ban statements signed by their origin
+//! Cluster links, embedded default: ban statements signed by their origin
 //! node, pushed to every peer over authenticated, encrypted links, and reconciled by anti-entropy.
 //!
 //! Choices:

@@ -1,4 +1,4 @@
-//! The Redis backend (`cluster.backend = "redis"`, issue 4 item 5): the cluster's signed statements kept
+//! The Redis backend (`cluster.backend = "redis"`): the cluster's signed statements kept
 //! in, and pushed through, a Redis deployment that every gateway of a fleet points at, instead of the
 //! embedded links.
 //!
@@ -19,7 +19,7 @@
 //!   older one, and nothing is announced that was not stored. The script compares bytes itself rather
 //!   than with Lua's `<`, which follows the server's collation locale.
 //! - **Propagation**: each gateway subscribes to `<prefix>bans` and ingests every message, which is
-//!   `<remaining ms> <value>`: expiry travels as a remaining duration (DESIGN §5, the module doc of
+//!   `<remaining ms> <value>`: expiry travels as a remaining duration (the module doc of
 //!   `cluster`), never as an absolute time, so clock skew between gateways does not matter; Redis's own
 //!   clock only runs the TTL.
 //! - **Resync** on every (re)connect and every `anti_entropy`: after subscribing (so nothing written in

@@ -1684,7 +1684,7 @@ mod tests {
         assert_eq!(t.statements().len(), 1);
     }
 
-    /// Not a timing assertion (DESIGN §7): prints the cost so the numbers can be read from test output.
+    /// Not a timing assertion (performance targets live in the benchmarks): prints the cost so the numbers can be read from test output.
     #[test]
     fn lookup_and_replay_cost_with_100k_bans() {
         let dir = tempfile::tempdir().unwrap();

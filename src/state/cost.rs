@@ -1,10 +1,10 @@
-//! Cost ledger (DESIGN §3): per-session cost, per-group sharing and retained cost, and the throttle they imply.
+//! Cost ledger: per-session cost, per-group sharing and retained cost, and the throttle they imply.
 //!
 //! Costs decay continuously, but nothing ticks: each value is stored with the time it was last settled and
 //! decayed on read. That keeps an idle session free (no timer per connection) and makes every charge see the
 //! cost as of now, with no lag.
 //!
-//! Cluster-wide cost (issue 4 item 4): each group also holds the latest figure every peer gateway reported
+//! Cluster-wide cost: each group also holds the latest figure every peer gateway reported
 //! for it. A figure counts as reported until the same peer's next report replaces or drops it, or until it
 //! expires (the peer stopped reporting: down, partitioned, or the group fell below its sharing threshold
 //! and the report that said so was lost). Figures are never decayed here: reports come every second or so
@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Electrum cost model settings (DESIGN §3), shared by every Electrum front.
+/// Electrum cost model settings, shared by every Electrum front.
 #[derive(Debug, Clone)]
 pub struct CostConfig {
     pub soft_limit: f64,

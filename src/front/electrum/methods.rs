@@ -1,7 +1,7 @@
 //! The method table: which Electrum methods exist for which protocol version and chain profile, what
 //! the gateway does with them beyond forwarding, and what they cost.
 //!
-//! Costs follow ElectrumX's defaults so an operator's `COST_*` settings carry over (DESIGN §3), with
+//! Costs follow ElectrumX's defaults so an operator's `COST_*` settings carry over, with
 //! two deliberate differences: `blockchain.block.headers` is charged on the count the backend will
 //! actually serve (at most 2016) rather than on the count asked for, and methods whose answer size
 //! varies are charged a base here and pay the rest through their response bytes.
@@ -173,7 +173,7 @@ pub static METHODS: &[MethodInfo] = &[
     m("server.ping", V1_2, 0.1),
     special(m("server.features", V1_1, 0.2), Special::Features),
     special(m("server.banner", V1_0, 0.5), Special::Banner),
-    // Not in DESIGN's table; priced like the banner, its sibling static text.
+    // Not in ElectrumX's cost table; priced like the banner, its sibling static text.
     m("server.donation_address", V1_0, 0.5),
     special(m("server.peers.subscribe", V1_0, 1.0), Special::Peers),
     special(m("server.add_peer", V1_1, 100.0), Special::AddPeer),
@@ -202,7 +202,7 @@ pub static METHODS: &[MethodInfo] = &[
         m("blockchain.scripthash.get_history", V1_1, 0.5),
         CostKind::ResponseSize,
     ),
-    // Not in DESIGN's table; its answer grows with the mempool like get_history's, so priced alike.
+    // Not in ElectrumX's cost table; its answer grows with the mempool like get_history's, so priced alike.
     kind(
         m("blockchain.scripthash.get_mempool", V1_1, 0.5),
         CostKind::ResponseSize,

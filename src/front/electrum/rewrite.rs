@@ -1,4 +1,4 @@
-//! Replies the backend must not send to the public as they are (DESIGN §2): server.features would
+//! Replies the backend must not send to the public as they are: server.features would
 //! announce the private host and ports, server.peers.subscribe can list private and backend addresses.
 //! These are rare requests, so a full JSON parse and re-serialisation of the `result` is fine here; the
 //! session writes the reply around it with the client's id, byte for byte.
