@@ -26,7 +26,7 @@ use crate::state::bans::BanPolicy;
 use crate::state::cost::CostConfig;
 use crate::state::memory::Limits;
 use crate::telemetry::LogFormat;
-pub use crate::wire::units::{self, Rate};
+use crate::wire::units::{self, Rate};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

@@ -110,7 +110,7 @@ impl FrontState {
     }
 
     /// Runs one admitted connection to its end and logs one line about it.
-    pub async fn serve(&self, conn: Conn) {
+    pub async fn serve(self: Arc<Self>, conn: Conn) {
         match self.cfg.kind {
             FrontKind::Electrum => self.serve_electrum(conn).await,
             FrontKind::Peer => self.serve_relay(conn).await,
@@ -252,6 +252,8 @@ impl Handler for FrontState {
     }
 
     fn serve(self: Arc<Self>, conn: Conn) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move { FrontState::serve(&self, conn).await })
+        // The session's own future, boxed as it is: a wrapping `async` block would hold `conn` a second time
+        // for the whole session.
+        Box::pin(FrontState::serve(self, conn))
     }
 }

@@ -10,7 +10,7 @@ pub mod limits;
 pub mod policy;
 
 use crate::state::bans::BanTable;
-pub use crate::telemetry::log_gate::RefusalLog;
+use crate::telemetry::log_gate::RefusalLog;
 use crate::wire::addr;
 use arc_swap::ArcSwap;
 use limits::{ConnectRate, KeyedCounts, TotalCount};

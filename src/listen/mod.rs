@@ -123,7 +123,10 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<dyn Door>, shared: Int
         if front.proxy_accept_from().contains(peer.ip()) {
             let (front, shared2) = (front.clone(), shared.clone());
             shared.tracker.spawn(async move {
-                if let Some(conn) = intake_proxied(sock, peer, local, accepted_at, &front, &shared2).await {
+                // Boxed, so the handshake's state is freed before the session (a boxed future of its own)
+                // starts, rather than kept in the task beside it.
+                let intake = Box::pin(intake_proxied(sock, peer, local, accepted_at, &front, &shared2));
+                if let Some(conn) = intake.await {
                     front.serve(conn).await;
                 }
             });
@@ -143,7 +146,16 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<dyn Door>, shared: Int
                 via: None,
                 local,
             };
-            if let Some(conn) = finish_intake(sock, Vec::new(), client, accepted_at, permit, &front, &shared2).await {
+            let intake = Box::pin(finish_intake(
+                sock,
+                Vec::new(),
+                client,
+                accepted_at,
+                permit,
+                &front,
+                &shared2,
+            ));
+            if let Some(conn) = intake.await {
                 front.serve(conn).await;
             }
         });
