@@ -115,6 +115,11 @@ const QUEUE: usize = 4096;
 /// says about the remainder: bounds how long a statement can circulate under gross clock errors.
 const MAX_SKEW: Duration = Duration::from_secs(600);
 
+/// Default `redis_prefix`: the start of every key and channel the cluster uses in Redis.
+pub const DEFAULT_REDIS_PREFIX: &str = "gatehouse:";
+/// Default `anti_entropy`: how often peers compare what they hold.
+pub const DEFAULT_ANTI_ENTROPY: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub node_key_path: PathBuf,

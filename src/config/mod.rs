@@ -557,18 +557,21 @@ impl Validator<'_> {
             max_line: max_line.unwrap_or(DEFAULT_MAX_LINE),
             min_line_rate: e.min_line_rate.unwrap_or(DEFAULT_MIN_LINE_RATE),
             line_grace,
-            max_response: e
-                .max_response
-                .map_or(if kevacoin { 10_000_000 } else { 8_100_000 }, |b| b.0 as usize),
+            max_response: e.max_response.map_or(
+                if kevacoin {
+                    DEFAULT_MAX_RESPONSE_KEVACOIN
+                } else {
+                    DEFAULT_MAX_RESPONSE
+                },
+                |b| b.0 as usize,
+            ),
             max_batch,
             max_nesting,
             extra_methods: e.extra_methods.clone(),
             banner: e.banner.clone(),
             max_subscriptions: e.max_subscriptions.unwrap_or(DEFAULT_MAX_SUBSCRIPTIONS),
             max_pending_output: max_pending_output.unwrap_or(DEFAULT_MAX_PENDING_OUTPUT),
-            slow_reader_timeout: e
-                .slow_reader_timeout
-                .map_or(std::time::Duration::from_secs(20), |d| d.0),
+            slow_reader_timeout: e.slow_reader_timeout.map_or(DEFAULT_SLOW_READER_TIMEOUT, |d| d.0),
         })
     }
 

@@ -3,6 +3,7 @@
 
 use crate::front::electrum::settings::VersionPolicy;
 use crate::front::{FrontKind, Transport};
+use crate::state::{bans, cost};
 use crate::telemetry::LogFormat;
 use crate::upstream::SendProxy;
 use crate::wire::units::{ByteSize, Duration, Rate};
@@ -10,10 +11,6 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use toml::Spanned;
-
-fn secs(s: u64) -> Duration {
-    Duration(std::time::Duration::from_secs(s))
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -69,11 +66,11 @@ pub struct RawCluster {
 }
 
 fn default_redis_prefix() -> String {
-    "gatehouse:".to_string()
+    crate::cluster::DEFAULT_REDIS_PREFIX.to_string()
 }
 
 fn default_anti_entropy() -> Duration {
-    secs(10)
+    Duration(crate::cluster::DEFAULT_ANTI_ENTROPY)
 }
 
 /// `[cluster.cost]`: cluster-wide abuse cost. Unset fields take `cluster::cost::CostSharing`'s defaults.
@@ -120,21 +117,21 @@ pub struct RawCost {
 impl Default for RawCost {
     fn default() -> Self {
         RawCost {
-            soft_limit: 1000.0,
-            hard_limit: 10000.0,
-            max_sleep: Duration(std::time::Duration::from_millis(2500)),
-            initial_concurrency: 10,
-            bandwidth_unit: ByteSize(5000),
-            request_timeout: secs(30),
+            soft_limit: cost::DEFAULT_SOFT_LIMIT,
+            hard_limit: cost::DEFAULT_HARD_LIMIT,
+            max_sleep: Duration(cost::DEFAULT_MAX_SLEEP),
+            initial_concurrency: cost::DEFAULT_INITIAL_CONCURRENCY,
+            bandwidth_unit: ByteSize(cost::DEFAULT_BANDWIDTH_UNIT),
+            request_timeout: Duration(cost::DEFAULT_REQUEST_TIMEOUT),
             retained_drain: Rate {
-                count: 600,
-                per: std::time::Duration::from_secs(300),
+                count: cost::DEFAULT_RETAINED_DRAIN_UNITS,
+                per: cost::DEFAULT_RETAINED_DRAIN_PER,
             },
             group_private: false,
-            connection_cost: 5.0,
-            error_cost: 100.0,
-            parse_error_cost: 1000.0,
-            max_subscriptions_per_group: 75_000,
+            connection_cost: cost::DEFAULT_CONNECTION_COST,
+            error_cost: cost::DEFAULT_ERROR_COST,
+            parse_error_cost: cost::DEFAULT_PARSE_ERROR_COST,
+            max_subscriptions_per_group: cost::DEFAULT_MAX_SUBSCRIPTIONS_PER_GROUP,
             methods: BTreeMap::new(),
         }
     }
@@ -165,9 +162,9 @@ impl Default for RawBans {
     fn default() -> Self {
         RawBans {
             enabled: true,
-            duration: secs(600),
-            max_duration: secs(86_400),
-            max_violations: 10,
+            duration: Duration(bans::DEFAULT_BAN_DURATION),
+            max_duration: Duration(bans::DEFAULT_MAX_BAN_DURATION),
+            max_violations: bans::DEFAULT_MAX_VIOLATIONS,
             journal: None,
             min_prefix_v4: None,
             min_prefix_v6: None,
@@ -257,15 +254,26 @@ pub struct RawRuntime {
     pub max_open_files: u64,
 }
 
+/// Default `runtime.drain_deadline`: how long open sessions may finish after SIGTERM.
+pub const DEFAULT_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Default `runtime.drain_spread`: closes all at once at the deadline.
+pub const DEFAULT_DRAIN_SPREAD: std::time::Duration = std::time::Duration::ZERO;
+/// Default `runtime.max_open_files`: the soft RLIMIT_NOFILE asked for at start.
+pub const DEFAULT_MAX_OPEN_FILES: u64 = 65536;
+/// Default `log.level`.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default `log.refusal_interval`: one line per address and reason at most this often.
+pub const DEFAULT_REFUSAL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn default_spread() -> Duration {
-    secs(0)
+    Duration(DEFAULT_DRAIN_SPREAD)
 }
 
 fn default_drain() -> Duration {
-    secs(30)
+    Duration(DEFAULT_DRAIN_DEADLINE)
 }
 fn default_nofile() -> u64 {
-    65536
+    DEFAULT_MAX_OPEN_FILES
 }
 
 impl Default for RawRuntime {
@@ -296,10 +304,10 @@ pub struct RawLog {
 }
 
 fn default_level() -> String {
-    "info".into()
+    DEFAULT_LOG_LEVEL.into()
 }
 fn default_refusal_interval() -> Duration {
-    secs(60)
+    Duration(DEFAULT_REFUSAL_INTERVAL)
 }
 
 impl Default for RawLog {
@@ -397,10 +405,10 @@ pub struct RawUpstream {
 }
 
 fn default_connect_timeout() -> Duration {
-    secs(5)
+    Duration(crate::front::settings::DEFAULT_CONNECT_TIMEOUT)
 }
 fn default_retry_backoff() -> Duration {
-    secs(10)
+    Duration(crate::front::settings::DEFAULT_RETRY_BACKOFF)
 }
 
 impl Default for RawUpstream {
@@ -423,10 +431,10 @@ pub struct RawTimeouts {
 }
 
 fn default_handshake() -> Duration {
-    secs(10)
+    Duration(crate::front::settings::DEFAULT_HANDSHAKE_TIMEOUT)
 }
 fn default_idle() -> Duration {
-    secs(600)
+    Duration(crate::front::settings::DEFAULT_IDLE_TIMEOUT)
 }
 
 impl Default for RawTimeouts {

@@ -11,6 +11,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Default `timeouts.handshake`: PROXY header, TLS and WebSocket upgrade together.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `timeouts.idle`: a session with no request (Electrum) or no byte (relay) this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Default `upstream.connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `upstream.retry_backoff`: how long an upstream that refused stays marked down.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone)]
 pub struct Front {
     pub name: String,

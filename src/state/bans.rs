@@ -38,6 +38,13 @@ use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::broadcast;
 
+/// Default `duration` of an automatic ban (doubled for each earlier offence).
+pub const DEFAULT_BAN_DURATION: Duration = Duration::from_secs(600);
+/// Default `max_duration`: the doubling stops here.
+pub const DEFAULT_MAX_BAN_DURATION: Duration = Duration::from_secs(86_400);
+/// Default `max_violations`: protocol violations one session may commit before the next one bans.
+pub const DEFAULT_MAX_VIOLATIONS: u32 = 10;
+
 #[derive(Debug, Clone)]
 pub struct BanPolicy {
     pub enabled: bool,

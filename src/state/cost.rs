@@ -28,6 +28,29 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+// Defaults follow ElectrumX, so an operator's COST_* settings carry over.
+/// Default `soft_limit` (ElectrumX `COST_SOFT_LIMIT`).
+pub const DEFAULT_SOFT_LIMIT: f64 = 1000.0;
+/// Default `hard_limit` (ElectrumX `COST_HARD_LIMIT`).
+pub const DEFAULT_HARD_LIMIT: f64 = 10000.0;
+/// Default `max_sleep`: the longest a throttled request sleeps in its slot (ElectrumX `REQUEST_SLEEP`).
+pub const DEFAULT_MAX_SLEEP: std::time::Duration = std::time::Duration::from_millis(2500);
+/// Default `initial_concurrency` (ElectrumX `INITIAL_CONCURRENT`).
+pub const DEFAULT_INITIAL_CONCURRENCY: u32 = 10;
+/// Default `bandwidth_unit`: bytes in or out that cost one unit (ElectrumX `BW_UNIT_COST`).
+pub const DEFAULT_BANDWIDTH_UNIT: u64 = 5000;
+/// Default `request_timeout`: a request not served by then gets -102.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Default `retained_drain`: what a group's retained cost loses, 600 units per 300 s.
+pub const DEFAULT_RETAINED_DRAIN_UNITS: u32 = 600;
+pub const DEFAULT_RETAINED_DRAIN_PER: std::time::Duration = std::time::Duration::from_secs(300);
+/// Default `connection_cost`, `error_cost` and `parse_error_cost`.
+pub const DEFAULT_CONNECTION_COST: f64 = 5.0;
+pub const DEFAULT_ERROR_COST: f64 = 100.0;
+pub const DEFAULT_PARSE_ERROR_COST: f64 = 1000.0;
+/// Default `max_subscriptions_per_group`.
+pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_GROUP: usize = 75_000;
+
 /// Electrum cost model settings, shared by every Electrum front.
 #[derive(Debug, Clone)]
 pub struct CostConfig {

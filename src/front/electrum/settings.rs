@@ -25,6 +25,12 @@ pub const DEFAULT_MIN_LINE_RATE: Rate = Rate {
     count: 500,
     per: Duration::from_secs(1),
 };
+/// Default `max_response`: ElectrumX's `MAX_SEND` (8,100,000 bytes) and the Kevacoin fork's larger one,
+/// whose keva.* replies carry up to 2,000 items.
+pub const DEFAULT_MAX_RESPONSE: usize = 8_100_000;
+pub const DEFAULT_MAX_RESPONSE_KEVACOIN: usize = 10_000_000;
+/// Default `slow_reader_timeout`: how long a client may take nothing of what is queued for it.
+pub const DEFAULT_SLOW_READER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default `line_grace`: time any request line gets before its rate is judged.
 pub const DEFAULT_LINE_GRACE: Duration = Duration::from_secs(20);
 /// Shortest `line_grace` accepted.
