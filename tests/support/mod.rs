@@ -5,6 +5,7 @@
 //! - `process`: the `gatehouse` binary as a child process (stderr lines, waiting for it to listen).
 //! - `net`: free loopback ports, clients bound to a source address, refusal and echo checks, polling.
 //! - `tls`: certificates written to files, rustls connectors trusting them, renewal by file replacement.
+//! - `bitcoind`: a real regtest node (Bitcoin SV's bitcoind, installed by `tests/run`) and its JSON-RPC.
 //! - `backends`: stub upstreams (echo, recording, a null-answering Electrum server, a notification flood).
 //! - `gateway`: the gateway started in-process from TOML, the config snippets, its refusal counters, ban
 //!   journal lines planted for it.
@@ -14,6 +15,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod bitcoind;
 pub mod clients;
 pub mod cost;
 pub mod gateway;

@@ -125,3 +125,29 @@ pub async fn echoes_line<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, line: &[u
         Ok(Ok(_))
     ) && buf == line
 }
+
+/// True if this process holds the IPv4 TCP socket `local` → `remote` (Linux: `/proc/net/tcp` for the
+/// socket's inode, `/proc/self/fd` for who holds it): tells the in-process gateway's connections from
+/// those of child processes.
+pub fn holds_tcp(local: SocketAddr, remote: SocketAddr) -> bool {
+    fn hex(a: SocketAddr) -> String {
+        match a.ip() {
+            IpAddr::V4(ip) => format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), a.port()),
+            IpAddr::V6(_) => String::new(),
+        }
+    }
+    let (l, r) = (hex(local), hex(remote));
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    let Some(inode) = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.get(1) == Some(&l.as_str()) && f.get(2) == Some(&r.as_str())).then(|| f[9].to_string())
+    }) else {
+        return false;
+    };
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc/self/fd").unwrap().flatten().any(|e| {
+        std::fs::read_link(e.path())
+            .map(|t| t.to_string_lossy() == want)
+            .unwrap_or(false)
+    })
+}
