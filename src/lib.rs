@@ -1,9 +1,9 @@
 //! Gatehouse: a hardened frontline gateway for Electrum indexers and blockchain peer ports.
 //!
 //! Every connection walks `listen` (accept, PROXY intake, admission by the `guard`, TLS) → `front` (the
-//! protocol session: Electrum or the L4 relay) → `upstream` (backend pool with failover). The tree is a
-//! house of floors: a module may import the modules listed below it, never one above it, and no two
-//! files import each other in a circle (`tests/layering.rs` reads the sources and holds this).
+//! protocol session: Electrum, the L4 relay or a node API) → `upstream` (backend pool with failover). The
+//! tree is a house of floors: a module may import the modules listed below it, never one above it, and no
+//! two files import each other in a circle (`tests/layering.rs` reads the sources and holds this).
 //!
 //! | module | job | may import |
 //! |---|---|---|
@@ -12,7 +12,7 @@
 //! | [`config`] | TOML → validated settings, built from the settings types of the modules below; only `app` and `main.rs` use it | everything below |
 //! | [`admin`] | HTTP admin API, its client, settings and reload types (shared with the CLI), the scrape-time metrics ([`admin::live`]) | cluster, front, listen, upstream, guard, state, telemetry, wire, sys |
 //! | [`cluster`] | ban and cost sharing between gateways: signed records, links, Redis, keys | state, telemetry, wire, sys |
-//! | [`front`] | the front (settings, handles, the one close-line logger) and its kinds: [`front::electrum`], [`front::relay`]; implements [`listen::Handler`] | listen, upstream, guard, state, telemetry, wire, sys |
+//! | [`front`] | the front (settings, handles, the one close-line logger) and its kinds: [`front::electrum`], [`front::relay`], [`front::api`] (node HTTP JSON-RPC); implements [`listen::Handler`] | listen, upstream, guard, state, telemetry, wire, sys |
 //! | [`listen`] | bind, accept, PROXY intake, admission, TLS → a [`listen::Conn`] handed to a [`listen::Handler`] trait object | guard, state, telemetry, wire, sys |
 //! | [`upstream`] | backend pools, failover, PROXY v2 out | telemetry, wire, sys |
 //! | [`guard`] | admission: "may this address connect now?" (ACLs, caps, rates, the ban lookup); its policy types | state, telemetry, wire, sys |

@@ -372,6 +372,8 @@ fn reference_config_sets_every_option() {
         "[[front]]\n[front.proxy_protocol]\nzzz_probe = 1\n",
         "[[front]]\n[front.upstream]\nzzz_probe = 1\n",
         "[[front]]\n[front.timeouts]\nzzz_probe = 1\n",
+        "[[front]]\n[front.api]\nzzz_probe = 1\n",
+        "[[front]]\n[front.api]\n[[front.api.users]]\nzzz_probe = 1\n",
     ];
     let mut missing = Vec::new();
     for probe in probes {
@@ -1632,4 +1634,69 @@ fn check_rejects_ban_limits_that_would_ban_everyone_or_a_group_per_address() {
         let text = format!("[bans]\n{setting}\n\n{}", tls_config(&cert, &key));
         assert_check_error(&text, key_name, line_of(&text, setting), reason);
     }
+}
+
+/// `kind = "api"` options: each mistake is reported at its own line and key.
+#[test]
+fn check_rejects_api_front_mistakes() {
+    let base = |api: &str| {
+        format!(
+            "[[front]]\nname = \"rpc\"\nkind = \"api\"\nlisten = [\"127.0.0.1:18443\"]\ntransport = \"tcp\"\n\
+             upstreams = [\"127.0.0.1:18332\"]\n\n[front.api]\nprofile = \"bitcoind\"\n{api}"
+        )
+    };
+    let users = "[[front.api.users]]\nname = \"alice\"\nrpcauth = \"RPCAUTH\"\nmethods = [\"getblockcount\"]\n";
+    let good_auth = "f00d$a9f3bf0bc92f82bedd4ece5ea48898c48216629383a097fa1c913ea8b26af042";
+
+    let text = base(&format!(
+        "backend_cookie_file = \"/var/lib/bitcoind/.cookie\"\n{}",
+        users.replace("RPCAUTH", "f00d$nothex")
+    ));
+    assert_check_error(
+        &text,
+        "front[0].api.users[0].rpcauth",
+        line_of(&text, "rpcauth ="),
+        "salt$hash",
+    );
+
+    let text = base(&format!(
+        "backend_user = \"node\"\nbackend_password_file = \"missing.password\"\n{}",
+        users.replace("RPCAUTH", good_auth)
+    ));
+    assert_check_error(
+        &text,
+        "front[0].api.backend_password_file",
+        line_of(&text, "backend_password_file"),
+        "cannot read",
+    );
+
+    let text = base(&format!(
+        "backend_user = \"node\"\nbackend_cookie_file = \"/var/lib/bitcoind/.cookie\"\n{}",
+        users.replace("RPCAUTH", good_auth)
+    ));
+    assert_check_error(
+        &text,
+        "front[0].api.backend_cookie_file",
+        line_of(&text, "backend_cookie_file"),
+        "not both",
+    );
+
+    let text = base("backend_cookie_file = \"/var/lib/bitcoind/.cookie\"\n");
+    assert_check_error(
+        &text,
+        "front[0].api.users",
+        line_of(&text, "profile"),
+        "every request would be refused",
+    );
+
+    let text = base(&format!(
+        "backend_cookie_file = \"/c\"\nkeepalive_timeout = \"0s\"\n{}",
+        users.replace("RPCAUTH", good_auth)
+    ));
+    assert_check_error(
+        &text,
+        "front[0].api.keepalive_timeout",
+        line_of(&text, "keepalive_timeout"),
+        "greater than 0s",
+    );
 }

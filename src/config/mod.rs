@@ -18,6 +18,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::admin::settings::*;
+use crate::front::api::auth::{BackendAuth, User};
+use crate::front::api::settings::ApiSettings;
 use crate::front::electrum::methods::{Profile, ProtoVersion};
 use crate::front::electrum::settings::*;
 use crate::front::{Front, FrontKind, Transport};
@@ -920,15 +922,33 @@ impl Validator<'_> {
                 })?;
             upstreams.push(addr);
         }
+        let api = match (f.kind, &f.api) {
+            (FrontKind::Api, Some(a)) => Some(Arc::new(self.api(&format!("{key}.api"), a)?)),
+            (FrontKind::Api, None) => {
+                return Err(self.err(
+                    format!("{key}.api"),
+                    None,
+                    "kind = \"api\" needs an [front.api] section with a profile",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(self.err(
+                    format!("{key}.api"),
+                    None,
+                    "an [front.api] section needs kind = \"api\"",
+                ))
+            }
+            (_, None) => None,
+        };
         let electrum = match (f.kind, &f.electrum) {
-            (FrontKind::Peer, Some(_)) => {
+            (FrontKind::Peer | FrontKind::Api, Some(_)) => {
                 return Err(self.err(
                     format!("{key}.electrum"),
                     None,
                     "an [front.electrum] section needs kind = \"electrum\"",
                 ))
             }
-            (FrontKind::Peer, None) => {
+            (FrontKind::Peer | FrontKind::Api, None) => {
                 if matches!(f.transport, Transport::Ws | Transport::Wss) {
                     return Err(self.err(
                         format!("{key}.transport"),
@@ -996,6 +1016,133 @@ impl Validator<'_> {
             handshake_timeout: t.handshake.0,
             idle_timeout: t.idle.0,
             electrum,
+            api,
+        })
+    }
+
+    fn api(&self, key: &str, a: &RawFrontApi) -> Result<ApiSettings, ConfigError> {
+        use crate::front::api::settings as d;
+        let backend = match (&a.backend_user, &a.backend_password_file, &a.backend_cookie_file) {
+            (Some(user), Some(file), None) => {
+                if user.get_ref().is_empty() || user.get_ref().contains(':') {
+                    return Err(self.err(
+                        format!("{key}.backend_user"),
+                        Some(user.span()),
+                        "must be non-empty and hold no `:`",
+                    ));
+                }
+                BackendAuth::from_password_file(user.get_ref(), self.path(file.get_ref()))
+                    .map_err(|e| self.err(format!("{key}.backend_password_file"), Some(file.span()), e.to_string()))?
+            }
+            (None, None, Some(cookie)) => BackendAuth::Cookie(self.path(cookie.get_ref())),
+            (_, _, Some(cookie)) => {
+                return Err(self.err(
+                    format!("{key}.backend_cookie_file"),
+                    Some(cookie.span()),
+                    "set either backend_cookie_file or backend_user with backend_password_file, not both",
+                ))
+            }
+            (Some(user), None, None) => {
+                return Err(self.err(
+                    format!("{key}.backend_password_file"),
+                    Some(user.span()),
+                    "backend_user needs backend_password_file",
+                ))
+            }
+            (None, Some(file), None) => {
+                return Err(self.err(
+                    format!("{key}.backend_user"),
+                    Some(file.span()),
+                    "backend_password_file needs backend_user",
+                ))
+            }
+            (None, None, None) => return Err(self.err(
+                key.to_string(),
+                Some(a.profile.span()),
+                "the node's credentials are required: backend_user with backend_password_file, or backend_cookie_file",
+            )),
+        };
+        let mut users: Vec<User> = Vec::with_capacity(a.users.len());
+        for (i, u) in a.users.iter().enumerate() {
+            let name = u.name.get_ref();
+            let k = format!("{key}.users[{i}]");
+            if name.is_empty() || name.contains(':') {
+                return Err(self.err(
+                    format!("{k}.name"),
+                    Some(u.name.span()),
+                    "must be non-empty and hold no `:`",
+                ));
+            }
+            if users.iter().any(|o| &o.name == name) {
+                return Err(self.err(
+                    format!("{k}.name"),
+                    Some(u.name.span()),
+                    format!("duplicate user `{name}`"),
+                ));
+            }
+            if u.methods.is_empty() {
+                return Err(self.err(
+                    format!("{k}.methods"),
+                    Some(u.name.span()),
+                    "lists no methods: the user could call nothing",
+                ));
+            }
+            let user = User::new(name.clone(), u.rpcauth.get_ref(), u.methods.iter().cloned().collect())
+                .map_err(|e| self.err(format!("{k}.rpcauth"), Some(u.rpcauth.span()), e.to_string()))?;
+            users.push(user);
+        }
+        if users.is_empty() && a.public_methods.is_empty() {
+            return Err(self.err(
+                format!("{key}.users"),
+                Some(a.profile.span()),
+                "no users and no public_methods: every request would be refused",
+            ));
+        }
+        let size = |v: &Option<Spanned<units::ByteSize>>, k: &str, dflt: usize| match v {
+            Some(b) if b.get_ref().0 == 0 => {
+                Err(self.err(format!("{key}.{k}"), Some(b.span()), "must be greater than 0"))
+            }
+            Some(b) => Ok(usize::try_from(b.get_ref().0).unwrap_or(usize::MAX)),
+            None => Ok(dflt),
+        };
+        let time = |v: &Option<Spanned<units::Duration>>, k: &str, dflt: Duration| match v {
+            Some(t) if t.get_ref().0.is_zero() => {
+                Err(self.err(format!("{key}.{k}"), Some(t.span()), "must be greater than 0s"))
+            }
+            Some(t) => Ok(t.get_ref().0),
+            None => Ok(dflt),
+        };
+        let max_batch = match &a.max_batch {
+            Some(n) if *n.get_ref() == 0 => {
+                return Err(self.err(format!("{key}.max_batch"), Some(n.span()), "must be at least 1"))
+            }
+            Some(n) => *n.get_ref(),
+            None => d::DEFAULT_MAX_BATCH,
+        };
+        let mut method_costs = std::collections::HashMap::new();
+        for (m, c) in &a.method_costs {
+            let v = *c.get_ref();
+            if !v.is_finite() || v < 0.0 {
+                return Err(self.err(
+                    format!("{key}.method_costs.{m}"),
+                    Some(c.span()),
+                    "must be a finite number, 0 or more",
+                ));
+            }
+            method_costs.insert(m.clone(), v);
+        }
+        Ok(ApiSettings {
+            profile: *a.profile.get_ref(),
+            backend,
+            users,
+            public_methods: a.public_methods.iter().cloned().collect(),
+            max_body: size(&a.max_body, "max_body", d::DEFAULT_MAX_BODY)?,
+            max_response: size(&a.max_response, "max_response", d::DEFAULT_MAX_RESPONSE)?,
+            max_batch,
+            header_timeout: time(&a.header_timeout, "header_timeout", d::DEFAULT_HEADER_TIMEOUT)?,
+            keepalive_timeout: time(&a.keepalive_timeout, "keepalive_timeout", d::DEFAULT_KEEPALIVE_TIMEOUT)?,
+            request_timeout: time(&a.request_timeout, "request_timeout", d::DEFAULT_REQUEST_TIMEOUT)?,
+            method_costs,
         })
     }
 

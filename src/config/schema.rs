@@ -366,6 +366,45 @@ pub struct RawFront {
     pub timeouts: RawTimeouts,
     /// Protocol settings of an Electrum front.
     pub electrum: Option<RawFrontElectrum>,
+    /// Protocol settings of a node API front.
+    pub api: Option<RawFrontApi>,
+}
+
+/// `[front.api]`: a node's JSON-RPC API. Unset limits take `front::api::settings`' defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFrontApi {
+    pub profile: Spanned<crate::front::api::settings::ApiProfile>,
+    /// The node's RPC user, with `backend_password_file`.
+    pub backend_user: Option<Spanned<String>>,
+    pub backend_password_file: Option<Spanned<PathBuf>>,
+    /// The node's `.cookie` file, instead of user and password.
+    pub backend_cookie_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub users: Vec<RawApiUser>,
+    /// Methods callable without credentials.
+    #[serde(default)]
+    pub public_methods: Vec<String>,
+    pub max_body: Option<Spanned<ByteSize>>,
+    pub max_response: Option<Spanned<ByteSize>>,
+    pub max_batch: Option<Spanned<usize>>,
+    pub header_timeout: Option<Spanned<Duration>>,
+    pub keepalive_timeout: Option<Spanned<Duration>>,
+    pub request_timeout: Option<Spanned<Duration>>,
+    /// Per-method cost overrides, in `[cost]` units.
+    #[serde(default)]
+    pub method_costs: BTreeMap<String, Spanned<f64>>,
+}
+
+/// `[[front.api.users]]`: one client user of an API front.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiUser {
+    pub name: Spanned<String>,
+    /// bitcoind's `rpcauth` format: `salt$hex(HMAC-SHA256(key = salt, message = password))`.
+    pub rpcauth: Spanned<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,10 +1,11 @@
 //! A front: one configured service (Electrum or peer port) with its listeners, admission level, TLS
 //! settings and upstream pool, and the session that runs for each admitted connection: the
-//! protocol-aware Electrum session, or an L4 relay for peer ports.
+//! protocol-aware Electrum session, an L4 relay for peer ports, or the node API front (HTTP JSON-RPC).
 //!
 //! The listener sees a front only as a [`Handler`] trait object; [`FrontState::serve`] dispatches on the
 //! front's kind, and [`FrontState::log_close`] writes the one close line every connection gets.
 
+pub mod api;
 pub mod drain;
 pub mod electrum;
 pub mod relay;
@@ -114,6 +115,7 @@ impl FrontState {
         match self.cfg.kind {
             FrontKind::Electrum => self.serve_electrum(conn).await,
             FrontKind::Peer => self.serve_relay(conn).await,
+            FrontKind::Api => api::serve(self, conn).await,
         }
     }
 

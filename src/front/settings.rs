@@ -1,5 +1,6 @@
 //! The settings of one front: what it listens on, how it admits, its TLS and its upstreams.
 
+use super::api::settings::ApiSettings;
 use super::electrum::settings::ElectrumSettings;
 use crate::guard::Admission;
 use crate::listen::tls;
@@ -39,6 +40,8 @@ pub struct Front {
     pub idle_timeout: Duration,
     /// Present exactly for `kind = "electrum"` fronts.
     pub electrum: Option<Arc<ElectrumSettings>>,
+    /// Present exactly for `kind = "api"` fronts.
+    pub api: Option<Arc<ApiSettings>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -46,6 +49,8 @@ pub struct Front {
 pub enum FrontKind {
     Electrum,
     Peer,
+    /// A node's HTTP JSON-RPC API (`[front.api]`).
+    Api,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

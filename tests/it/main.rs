@@ -13,6 +13,7 @@ mod electrum_transport;
 mod hard_limit;
 mod memory;
 mod metrics;
+mod node_api;
 mod node_relay;
 mod proxy;
 mod reload;

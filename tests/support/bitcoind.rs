@@ -12,10 +12,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// A regtest address for block rewards (the node runs without a wallet).
 pub const REWARD_ADDR: &str = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn";
 
-const RPC_USER: &str = "gatehouse";
-const RPC_PASSWORD: &str = "regtest";
+pub const RPC_USER: &str = "gatehouse";
+pub const RPC_PASSWORD: &str = "regtest";
 /// `Basic` credentials for `RPC_USER:RPC_PASSWORD`, base64.
-const RPC_AUTH: &str = "Z2F0ZWhvdXNlOnJlZ3Rlc3Q=";
+pub const RPC_AUTH: &str = "Z2F0ZWhvdXNlOnJlZ3Rlc3Q=";
 
 /// Where `tests/run` unpacks the wheel when `XDG_CACHE_HOME` and `HOME` are as now.
 fn cached_wheel() -> Option<PathBuf> {
