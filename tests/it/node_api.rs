@@ -113,110 +113,108 @@ fn basic(user: &str, password: &str) -> String {
 /// Run as the real binary, so "never in a log line" is checked against the log operators get.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_user_gets_its_methods_and_nothing_else_and_never_sees_the_node_credentials() {
-    {
-        let node = Bitcoind::start(&[]).await;
-        node.mine(5).await;
-        let dir = tempfile::tempdir().unwrap();
-        let front = crate::support::net::free_addr();
-        let text = format!(
-            "[log]\nlevel = \"gatehouse=trace\"\n{}",
-            config(
-                dir.path(),
-                &front.to_string(),
-                node.rpc,
-                &["getblockcount", "getblockhash", "getbestblockhash"],
-                "",
-                "",
-            )
-        );
-        let file = dir.path().join("gatehouse.toml");
-        std::fs::write(&file, text).unwrap();
-        let mut gatehouse = Proc::run_json(&file);
-        wait_accepting(&mut gatehouse, front);
-
-        let url = format!("http://{USER}:{PASSWORD}@{front}");
-
-        let got = client(
-            &url,
-            json!([
-                ["getblockcount", []],
-                ["getblockhash", [3]],
-                ["stop", []],
-                ["setban", ["10.1.2.3", "add"]],
-                ["getwalletinfo", []],
-                ["batch", [["getblockcount"], ["getblockhash", 2]]],
-                ["batch", [["getbestblockhash"], ["stop"]]],
-                ["getbestblockhash", []],
-            ]),
+    let node = Bitcoind::start(&[]).await;
+    node.mine(5).await;
+    let dir = tempfile::tempdir().unwrap();
+    let front = crate::support::net::free_addr();
+    let text = format!(
+        "[log]\nlevel = \"gatehouse=trace\"\n{}",
+        config(
+            dir.path(),
+            &front.to_string(),
+            node.rpc,
+            &["getblockcount", "getblockhash", "getbestblockhash"],
+            "",
+            "",
         )
-        .await;
-        let all = serde_json::to_string(&got).unwrap();
-        assert_eq!(got[0], json!({"ok": node.block_count().await}), "{all}");
+    );
+    let file = dir.path().join("gatehouse.toml");
+    std::fs::write(&file, text).unwrap();
+    let mut gatehouse = Proc::run_json(&file);
+    wait_accepting(&mut gatehouse, front);
+
+    let url = format!("http://{USER}:{PASSWORD}@{front}");
+
+    let got = client(
+        &url,
+        json!([
+            ["getblockcount", []],
+            ["getblockhash", [3]],
+            ["stop", []],
+            ["setban", ["10.1.2.3", "add"]],
+            ["getwalletinfo", []],
+            ["batch", [["getblockcount"], ["getblockhash", 2]]],
+            ["batch", [["getbestblockhash"], ["stop"]]],
+            ["getbestblockhash", []],
+        ]),
+    )
+    .await;
+    let all = serde_json::to_string(&got).unwrap();
+    assert_eq!(got[0], json!({"ok": node.block_count().await}), "{all}");
+    assert_eq!(
+        got[1],
+        json!({"ok": node.rpc("getblockhash", json!([3])).await}),
+        "{all}"
+    );
+    for (i, m) in [(2, "stop"), (3, "setban"), (4, "getwalletinfo"), (6, "stop in a batch")] {
         assert_eq!(
-            got[1],
-            json!({"ok": node.rpc("getblockhash", json!([3])).await}),
-            "{all}"
+            got[i]["err"],
+            json!({"code": -32601, "message": "Method not found"}),
+            "{m}: {all}"
         );
-        for (i, m) in [(2, "stop"), (3, "setban"), (4, "getwalletinfo"), (6, "stop in a batch")] {
-            assert_eq!(
-                got[i]["err"],
-                json!({"code": -32601, "message": "Method not found"}),
-                "{m}: {all}"
+    }
+    assert_eq!(
+        got[5],
+        json!({"ok": [node.block_count().await, node.rpc("getblockhash", json!([2])).await]}),
+        "{all}"
+    );
+    assert_eq!(
+        got[7],
+        json!({"ok": node.rpc("getbestblockhash", json!([])).await}),
+        "{all}"
+    );
+    // stop never reached the node.
+    assert_eq!(node.block_count().await, 5);
+
+    // The refusal is bitcoind's own: HTTP 404 and the id given back byte for byte.
+    let raw = raw_http(
+        front,
+        &basic(USER, PASSWORD),
+        r#"{"jsonrpc":"1.0","id":"x\u0041 7","method":"stop"}"#,
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
+    assert!(
+        raw.ends_with(r#"{"result":null,"error":{"code":-32601,"message":"Method not found"},"id":"x\u0041 7"}"#),
+        "{raw}"
+    );
+
+    // A wrong password and no credentials at all: 401 with bitcoind's challenge.
+    let wrong = client(&format!("http://{USER}:nope@{front}"), json!([["getblockcount", []]])).await;
+    let wrong = serde_json::to_string(&wrong).unwrap();
+    assert!(wrong.contains("401"), "{wrong}");
+    let raw401 = raw_http(front, &basic(USER, "nope"), r#"{"id":1,"method":"getblockcount"}"#).await;
+    assert!(raw401.starts_with("HTTP/1.1 401"), "{raw401}");
+    assert!(raw401.contains("www-authenticate: Basic realm=\"jsonrpc\""), "{raw401}");
+    // The node's own credentials are not a user of the gateway.
+    let as_node = raw_http(front, RPC_AUTH, r#"{"id":1,"method":"getblockcount"}"#).await;
+    assert!(as_node.starts_with("HTTP/1.1 401"), "{as_node}");
+    let allowed = raw_http(front, &basic(USER, PASSWORD), r#"{"id":1,"method":"getblockcount"}"#).await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+
+    gatehouse.signal(libc::SIGTERM);
+    let log = gatehouse.stderr_until_eof(Duration::from_secs(10)).join("\n");
+    assert!(
+        log.contains("method=getblockhash") || log.contains("\"method\":\"getblockhash\""),
+        "the front's lines are missing:\n{log}"
+    );
+    assert!(log.contains("connection closed"), "no close lines:\n{log}");
+    for text in [all, wrong, raw, raw401, as_node, allowed, log] {
+        for secret in [RPC_AUTH, RPC_PASSWORD] {
+            assert!(
+                !text.contains(secret),
+                "the node's credential {secret} shows in:\n{text}"
             );
-        }
-        assert_eq!(
-            got[5],
-            json!({"ok": [node.block_count().await, node.rpc("getblockhash", json!([2])).await]}),
-            "{all}"
-        );
-        assert_eq!(
-            got[7],
-            json!({"ok": node.rpc("getbestblockhash", json!([])).await}),
-            "{all}"
-        );
-        // stop never reached the node.
-        assert_eq!(node.block_count().await, 5);
-
-        // The refusal is bitcoind's own: HTTP 404 and the id given back byte for byte.
-        let raw = raw_http(
-            front,
-            &basic(USER, PASSWORD),
-            r#"{"jsonrpc":"1.0","id":"x\u0041 7","method":"stop"}"#,
-        )
-        .await;
-        assert!(raw.starts_with("HTTP/1.1 404"), "{raw}");
-        assert!(
-            raw.ends_with(r#"{"result":null,"error":{"code":-32601,"message":"Method not found"},"id":"x\u0041 7"}"#),
-            "{raw}"
-        );
-
-        // A wrong password and no credentials at all: 401 with bitcoind's challenge.
-        let wrong = client(&format!("http://{USER}:nope@{front}"), json!([["getblockcount", []]])).await;
-        let wrong = serde_json::to_string(&wrong).unwrap();
-        assert!(wrong.contains("401"), "{wrong}");
-        let raw401 = raw_http(front, &basic(USER, "nope"), r#"{"id":1,"method":"getblockcount"}"#).await;
-        assert!(raw401.starts_with("HTTP/1.1 401"), "{raw401}");
-        assert!(raw401.contains("www-authenticate: Basic realm=\"jsonrpc\""), "{raw401}");
-        // The node's own credentials are not a user of the gateway.
-        let as_node = raw_http(front, RPC_AUTH, r#"{"id":1,"method":"getblockcount"}"#).await;
-        assert!(as_node.starts_with("HTTP/1.1 401"), "{as_node}");
-        let allowed = raw_http(front, &basic(USER, PASSWORD), r#"{"id":1,"method":"getblockcount"}"#).await;
-        assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
-
-        gatehouse.signal(libc::SIGTERM);
-        let log = gatehouse.stderr_until_eof(Duration::from_secs(10)).join("\n");
-        assert!(
-            log.contains("method=getblockhash") || log.contains("\"method\":\"getblockhash\""),
-            "the front's lines are missing:\n{log}"
-        );
-        assert!(log.contains("connection closed"), "no close lines:\n{log}");
-        for text in [all, wrong, raw, raw401, as_node, allowed, log] {
-            for secret in [RPC_AUTH, RPC_PASSWORD] {
-                assert!(
-                    !text.contains(secret),
-                    "the node's credential {secret} shows in:\n{text}"
-                );
-            }
         }
     }
 }
@@ -321,5 +319,48 @@ async fn oversized_bodies_slow_headers_and_idle_keepalive_connections_are_cut() 
         start.elapsed() >= Duration::from_millis(900),
         "closed after {:?}",
         start.elapsed()
+    );
+}
+
+/// Wrong passwords cost `error_cost` each, so a guesser on one connection reaches the hard limit: 503,
+/// the connection closed and the address banned (the node is never asked: its address is a closed port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_reaches_the_hard_limit_and_the_address_is_banned() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = gateway::start(&config(
+        dir.path(),
+        "127.0.0.1:0",
+        crate::support::net::free_addr(),
+        &["getblockcount"],
+        "",
+        "[cost]\nsoft_limit = 300\nhard_limit = 350\nconnection_cost = 0\nerror_cost = 100\n",
+    ))
+    .await;
+    let front = running.addr("rpc");
+    let body = r#"{"id":1,"method":"getblockcount"}"#;
+    let one = |password: &str| {
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\nContent-Length: {}\r\n\r\n{body}",
+            basic(USER, password),
+            body.len()
+        )
+    };
+    // Pipelined on one connection: answered in order until the hard limit closes it.
+    let guesses: String = (0..6).map(|i| one(&format!("guess{i}"))).collect();
+    let mut s = tokio::net::TcpStream::connect(front).await.unwrap();
+    s.write_all(guesses.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(read.is_ok(), "still open after 5 s: {text}");
+    let statuses: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .map(|l| &l[9..12])
+        .collect();
+    assert_eq!(statuses, ["401", "401", "401", "503"], "{text}");
+    assert!(
+        running.guard().bans().lookup(ip("127.0.0.1")).is_some(),
+        "the guesser was not banned"
     );
 }

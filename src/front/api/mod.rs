@@ -76,6 +76,8 @@ struct Session {
     in_flight: AtomicUsize,
     last_activity: Mutex<Instant>,
     requests: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
     over_limit: AtomicBool,
 }
 
@@ -149,6 +151,8 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
         in_flight: AtomicUsize::new(0),
         last_activity: Mutex::new(Instant::now()),
         requests: AtomicU64::new(0),
+        bytes_in: AtomicU64::new(0),
+        bytes_out: AtomicU64::new(0),
         over_limit: AtomicBool::new(false),
     });
     let svc_session = session.clone();
@@ -157,6 +161,8 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
         async move {
             s.in_flight.fetch_add(1, Ordering::AcqRel);
             let reply = s.handle(req).await;
+            let n = hyper::body::Body::size_hint(reply.body()).exact().unwrap_or(0);
+            s.bytes_out.fetch_add(n, Ordering::Relaxed);
             *lock(&s.last_activity) = Instant::now();
             s.in_flight.fetch_sub(1, Ordering::AcqRel);
             Ok::<_, Infallible>(reply)
@@ -206,8 +212,8 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
         via: conn.via,
         tls,
         since: conn.accepted_at,
-        bytes_in: 0,
-        bytes_out: 0,
+        bytes_in: session.bytes_in.load(Ordering::Relaxed),
+        bytes_out: session.bytes_out.load(Ordering::Relaxed),
         reason,
         requests: Some((session.requests.load(Ordering::Relaxed), session.account.cost())),
     });
@@ -225,6 +231,11 @@ impl Session {
             return r;
         }
         let Some(allowed) = self.authenticate(&req) else {
+            // Guessing passwords costs like any other error, so a guesser reaches the hard limit and is
+            // banned.
+            if req.headers().contains_key(AUTHORIZATION) && self.charge_error() {
+                return self.hard_limit(None);
+            }
             return unauthorized();
         };
         let declared = req
@@ -245,6 +256,7 @@ impl Session {
             Err(_) => return empty(StatusCode::BAD_REQUEST),
         };
         self.account.charge_bytes(body.len());
+        self.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
         let Ok(text) = std::str::from_utf8(&body) else {
             return self.parse_error();
         };
@@ -265,7 +277,12 @@ impl Session {
             None => None,
             Some(v) => {
                 let (name, password) = parse_basic(v.as_bytes())?;
-                let user = self.set.users.iter().find(|u| u.name == name)?;
+                let Some(user) = self.set.users.iter().find(|u| u.name == name) else {
+                    // The same HMAC work for an unknown name as for a known one, so the time taken does
+                    // not tell which user names exist.
+                    auth::hmac_sha256(name.as_bytes(), password.as_bytes());
+                    return None;
+                };
                 user.verify(&password).then(|| user.methods.clone())
             }
         }
@@ -298,9 +315,14 @@ impl Session {
     async fn single(&self, raw: &RawValue, allowed: &HashSet<String>, path: &str, body: Bytes) -> Reply {
         let id = serde_json::from_str::<Call<'_>>(raw.get()).ok().and_then(|c| c.id);
         match self.judge(raw, allowed) {
-            Verdict::Answer(status, text) => json_reply(status, text),
+            Verdict::Answer(status, text) => {
+                if self.charge_error() {
+                    return self.hard_limit(id);
+                }
+                json_reply(status, text)
+            }
             Verdict::Forward(units) => {
-                if self.account.charge(units).over_hard {
+                if !self.charge(units).await {
                     return self.hard_limit(id);
                 }
                 match self.forward(path, body).await {
@@ -327,9 +349,13 @@ impl Session {
         let mut answers: Vec<Option<String>> = Vec::with_capacity(items.len());
         let mut forward: Vec<&str> = Vec::new();
         let mut units = 0.0;
+        let mut refused = 0usize;
         for item in &items {
             match self.judge(item, allowed) {
-                Verdict::Answer(_, text) => answers.push(Some(text)),
+                Verdict::Answer(_, text) => {
+                    refused += 1;
+                    answers.push(Some(text));
+                }
                 Verdict::Forward(u) => {
                     units += u;
                     forward.push(item.get());
@@ -337,10 +363,12 @@ impl Session {
                 }
             }
         }
+        let error_cost = self.front.handles.electrum.cost.load().error_cost;
+        units += error_cost * refused as f64;
+        if !self.charge(units).await {
+            return self.hard_limit(None);
+        }
         if !forward.is_empty() {
-            if self.account.charge(units).over_hard {
-                return self.hard_limit(None);
-            }
             let sent = if forward.len() == items.len() {
                 body
             } else {
@@ -438,6 +466,25 @@ impl Session {
             _ => (StatusCode::BAD_GATEWAY, "node unavailable"),
         };
         json_reply(status, rpc_error(id, INTERNAL_ERROR, msg))
+    }
+
+    /// Charges `units`; false at the hard limit. Above the soft limit the request first sleeps its share
+    /// of `max_sleep`, as Electrum sessions do, so a heavy client slows down before it is refused.
+    async fn charge(&self, units: f64) -> bool {
+        let th = self.account.charge(units);
+        if th.over_hard {
+            return false;
+        }
+        if !th.sleep.is_zero() {
+            tokio::time::sleep(th.sleep).await;
+        }
+        true
+    }
+
+    /// Charges a refused request's `error_cost`; true at the hard limit.
+    fn charge_error(&self) -> bool {
+        let units = self.front.handles.electrum.cost.load().error_cost;
+        self.account.charge(units).over_hard
     }
 
     fn parse_error(&self) -> Reply {
