@@ -280,6 +280,18 @@ async fn oversized_bodies_slow_headers_and_idle_keepalive_connections_are_cut() 
     let raw = raw_http(front, &basic(USER, PASSWORD), &big).await;
     assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
 
+    // A request head over 64 KiB.
+    let mut huge = tokio::net::TcpStream::connect(front).await.unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nX-Padding: {}\r\n\r\n",
+        "p".repeat(100_000)
+    );
+    let _ = huge.write_all(head.as_bytes()).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), huge.read_to_end(&mut got)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+
     // Headers that never end.
     let mut slow = tokio::net::TcpStream::connect(front).await.unwrap();
     slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -363,4 +375,34 @@ async fn password_guessing_reaches_the_hard_limit_and_the_address_is_banned() {
         running.guard().bans().lookup(ip("127.0.0.1")).is_some(),
         "the guesser was not banned"
     );
+}
+
+/// With `backend_cookie_file` the gateway reads the node's cookie per request: a node that restarts with
+/// a new cookie is followed without a reload, and a wrong cookie is the gateway's problem (502), never
+/// shown to the client as the node's 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_cookie_is_read_per_request() {
+    let node = Bitcoind::start(&[]).await;
+    node.mine(3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cookie = dir.path().join(".cookie");
+    std::fs::write(&cookie, "gatehouse:wrong").unwrap();
+    let pw = dir.path().join("node.password");
+    let text = config(dir.path(), "127.0.0.1:0", node.rpc, &["getblockcount"], "", "").replace(
+        &format!(
+            "backend_user = \"{RPC_USER}\"\nbackend_password_file = \"{}\"\n",
+            pw.display()
+        ),
+        &format!("backend_cookie_file = \"{}\"\n", cookie.display()),
+    );
+    assert!(text.contains("backend_cookie_file"), "{text}");
+    let running = gateway::start(&text).await;
+    let front = running.addr("rpc");
+    let url = format!("http://{USER}:{PASSWORD}@{front}");
+
+    let refused = client(&url, json!([["getblockcount", []]])).await;
+    assert_eq!(refused[0]["err"]["message"], "node unavailable", "{refused:?}");
+    std::fs::write(&cookie, format!("{RPC_USER}:{RPC_PASSWORD}")).unwrap();
+    let got = client(&url, json!([["getblockcount", []]])).await;
+    assert_eq!(got[0], json!({"ok": 3}), "{got:?}");
 }

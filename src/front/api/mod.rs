@@ -171,6 +171,7 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
     let http = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(set.header_timeout)
+        .max_buf_size(settings::MAX_HEADER_BYTES)
         .keep_alive(true)
         .serve_connection(TokioIo::new(conn.stream), svc);
     tokio::pin!(http);
@@ -224,6 +225,19 @@ impl Session {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if self.account.throttle().over_hard {
             return self.hard_limit(None);
+        }
+        // hyper bounds its read buffer (`max_buf_size`) but may still parse a head that arrived whole in
+        // one larger read: the cap is checked here as well.
+        let head: usize = req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + req.uri().to_string().len();
+        if head > settings::MAX_HEADER_BYTES {
+            let mut r = empty(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+            r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            return r;
         }
         if req.method() != Method::POST {
             let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);

@@ -21,6 +21,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CHEAP_COST: f64 = 1.0;
 pub const DEFAULT_MEDIUM_COST: f64 = 20.0;
 pub const DEFAULT_HEAVY_COST: f64 = 500.0;
+/// The largest request head (request line and headers) accepted; larger ones get 431. JSON-RPC clients
+/// send a few hundred bytes of headers.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Default `max_batch`: requests in one JSON-RPC batch.
 pub const DEFAULT_MAX_BATCH: usize = 100;
 
