@@ -179,33 +179,44 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
     let drain = front.handles.drain.clone();
     let drained = drain.signal(conn.client);
     tokio::pin!(drained);
+    // A graceful shutdown still waits for the request in progress and its reply being written; a client
+    // that never reads the reply is cut once the node's time and another keep-alive period have passed.
+    let grace = set.request_timeout + set.keepalive_timeout;
+    let mut shutdown_at: Option<Instant> = None;
     let result = loop {
         tokio::select! {
-            r = http.as_mut() => break r,
-            _ = tokio::time::sleep(IDLE_CHECK), if reason.is_none() => {
+            r = http.as_mut() => break Some(r),
+            _ = tokio::time::sleep(IDLE_CHECK) => {
+                if let Some(at) = shutdown_at {
+                    if at.elapsed() >= grace {
+                        break None;
+                    }
+                    continue;
+                }
                 let idle = session.in_flight.load(Ordering::Acquire) == 0
                     && lock(&session.last_activity).elapsed() >= set.keepalive_timeout;
                 if idle {
                     reason = Some(CloseReason::IdleTimeout);
+                    shutdown_at = Some(Instant::now());
                     http.as_mut().graceful_shutdown();
                 }
             }
-            _ = &mut drained, if reason.is_none() => {
+            _ = &mut drained, if shutdown_at.is_none() => {
                 reason = Some(CloseReason::Shutdown);
+                shutdown_at = Some(Instant::now());
                 http.as_mut().graceful_shutdown();
             }
         }
     };
-    if let Err(e) = &result {
+    if let Some(Err(e)) = &result {
         tracing::debug!(front = %front.cfg.name, client = %conn.client, error = %e, "api connection error");
     }
     let reason = if session.over_limit.load(Ordering::Acquire) {
         CloseReason::CostHardLimit
     } else {
-        reason.unwrap_or(if result.is_ok() {
-            CloseReason::ClientClosed
-        } else {
-            CloseReason::ClientError
+        reason.unwrap_or(match result {
+            Some(Err(_)) => CloseReason::ClientError,
+            _ => CloseReason::ClientClosed,
         })
     };
     front.log_close(&super::CloseLine {
