@@ -55,6 +55,47 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiRequestLabels {
+    profile: String,
+    method_class: String,
+    result: String,
+}
+
+/// Method classes of the API front's cost model, plus `none` for requests refused before a method was read.
+pub const API_CLASSES: [&str; 4] = ["cheap", "medium", "heavy", "none"];
+
+/// What the API front did with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiResult {
+    /// Forwarded, and the node answered.
+    Ok,
+    /// Refused by policy: a method outside the caller's set, an invalid request, the cost hard limit.
+    Refused,
+    /// A missing or wrong credential (401).
+    Unauthorized,
+    /// Malformed (not JSON, too large) or the node failed to answer.
+    Error,
+}
+
+impl ApiResult {
+    const ALL: [ApiResult; 4] = [
+        ApiResult::Ok,
+        ApiResult::Refused,
+        ApiResult::Unauthorized,
+        ApiResult::Error,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ApiResult::Ok => "ok",
+            ApiResult::Refused => "refused",
+            ApiResult::Unauthorized => "unauthorized",
+            ApiResult::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct UpstreamLabels {
     pub front: String,
     pub upstream: String,
@@ -216,6 +257,9 @@ struct Metrics {
     requests: Family<RequestLabels, Counter>,
     /// `[class][outcome]`, registered once so a request never touches the family's map.
     request_handles: [[Counter; 3]; 7],
+    api_requests: Family<ApiRequestLabels, Counter>,
+    /// bitcoind profile, `[class][result]`.
+    api_handles: [[Counter; 4]; 4],
     cost_units: Counter<f64, AtomicU64>,
     throttled: Counter,
     hard_limit: Counter,
@@ -239,6 +283,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             })
         })
     });
+    let api_requests = Family::<ApiRequestLabels, Counter>::default();
+    let api_handles = std::array::from_fn(|c| {
+        std::array::from_fn(|o| {
+            api_requests.get_or_create_owned(&ApiRequestLabels {
+                profile: "bitcoind".to_string(),
+                method_class: API_CLASSES[c].to_string(),
+                result: ApiResult::ALL[o].as_str().to_string(),
+            })
+        })
+    });
     let reloads = Family::<ResultLabels, Counter>::default();
     let reload_handles = ["ok", "error"].map(|r| reloads.get_or_create_owned(&ResultLabels { result: r.into() }));
     let admin_shed = Family::<ReasonLabels, Counter>::default();
@@ -259,6 +313,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         handshake_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         requests,
         request_handles,
+        api_requests,
+        api_handles,
         cost_units: Counter::default(),
         throttled: Counter::default(),
         hard_limit: Counter::default(),
@@ -367,6 +423,20 @@ pub fn request(class: Class, outcome: ReqResult) {
     METRICS.request_handles[class as usize][o].inc();
 }
 
+/// One request of an API front (each item of a batch counts); `class` indexes [`API_CLASSES`].
+#[inline]
+pub fn api_request(class: usize, outcome: ApiResult) {
+    let o = match outcome {
+        ApiResult::Ok => 0,
+        ApiResult::Refused => 1,
+        ApiResult::Unauthorized => 2,
+        ApiResult::Error => 3,
+    };
+    if let Some(row) = METRICS.api_handles.get(class) {
+        row[o].inc();
+    }
+}
+
 /// Cost units charged to a client's account.
 #[inline]
 pub fn cost_charged(units: f64) {
@@ -445,6 +515,11 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
         "electrum_requests",
         "Electrum requests, by method class and result (ok: admitted; error: malformed; refused: by policy)",
         m.requests.clone(),
+    );
+    r.register(
+        "api_requests",
+        "API front requests, by profile, method class (cheap, medium, heavy; none before a method was read) and result (ok, refused, unauthorized, error)",
+        m.api_requests.clone(),
     );
     r.register(
         "electrum_cost_units",

@@ -369,6 +369,7 @@ async fn counters_move_with_traffic() {
         ("gatehouse_tls_handshakes_total", "counter"),
         ("gatehouse_tls_handshake_duration_seconds", "histogram"),
         ("gatehouse_electrum_requests_total", "counter"),
+        ("gatehouse_api_requests_total", "counter"),
         ("gatehouse_electrum_cost_units_total", "counter"),
         ("gatehouse_electrum_throttled_requests_total", "counter"),
         ("gatehouse_electrum_hard_limit_disconnects_total", "counter"),

@@ -105,6 +105,17 @@ async fn raw_http(addr: std::net::SocketAddr, auth: &str, body: &str) -> String 
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `gatehouse_api_requests_total` of the bitcoind profile for one class and result, from the exposition.
+fn api_requests(class: &str, result: &str) -> f64 {
+    let text = gatehouse::telemetry::metrics::render(None);
+    let series =
+        format!("gatehouse_api_requests_total{{profile=\"bitcoind\",method_class=\"{class}\",result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
 fn basic(user: &str, password: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
@@ -236,9 +247,13 @@ async fn heavy_calls_reach_the_hard_limit_and_the_address_is_banned() {
     .await;
     let front = running.addr("rpc");
     let url = format!("http://{USER}:{PASSWORD}@{front}");
+    let (ok_before, refused_before) = (api_requests("heavy", "ok"), api_requests("heavy", "refused"));
     let calls: Vec<Value> = (0..5).map(|_| json!(["gettxoutsetinfo", []])).collect();
     let got = client(&url, Value::Array(calls)).await;
     let all = serde_json::to_string(&got).unwrap();
+    // Counters are process-wide and other tests run beside this one: at least this test's calls show.
+    assert!(api_requests("heavy", "ok") - ok_before >= 3.0, "{all}");
+    assert!(api_requests("heavy", "refused") - refused_before >= 1.0, "{all}");
     for r in &got[..3] {
         assert!(r["ok"]["bestblock"].is_string(), "{all}");
     }

@@ -21,6 +21,15 @@ pub enum Class {
 }
 
 impl Class {
+    /// Its position in `telemetry::metrics::API_CLASSES`.
+    pub fn index(self) -> usize {
+        match self {
+            Class::Cheap => 0,
+            Class::Medium => 1,
+            Class::Heavy => 2,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Class::Cheap => "cheap",

@@ -12,7 +12,7 @@ pub mod settings;
 use super::FrontState;
 use crate::listen::{CloseReason, Conn};
 use crate::state::cost::Account;
-use crate::telemetry::metrics;
+use crate::telemetry::metrics::{self, ApiResult};
 use auth::parse_basic;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -39,6 +39,9 @@ const PARSE_ERROR: i32 = -32700;
 const INTERNAL_ERROR: i32 = -32603;
 /// The server-error range of JSON-RPC 2.0: bitcoind has no code of its own for "refused for load".
 const EXCESSIVE_USE: i32 = -32000;
+
+/// The metric class of requests refused before a method was read.
+const NO_CLASS: usize = 3;
 
 /// How often the keep-alive watchdog looks at an idle connection.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
@@ -94,7 +97,8 @@ struct Call<'a> {
 
 /// The gateway's verdict on one call.
 enum Verdict {
-    Forward(f64),
+    /// Cost units and the method class's metric index.
+    Forward(f64, usize),
     /// A reply made here: HTTP status and body.
     Answer(StatusCode, String),
 }
@@ -235,6 +239,7 @@ impl Session {
     async fn handle(&self, req: Request<Incoming>) -> Reply {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if self.account.throttle().over_hard {
+            metrics::api_request(NO_CLASS, ApiResult::Refused);
             return self.hard_limit(None);
         }
         // hyper bounds its read buffer (`max_buf_size`) but may still parse a head that arrived whole in
@@ -258,6 +263,7 @@ impl Session {
         let Some(allowed) = self.authenticate(&req) else {
             // Guessing passwords costs like any other error, so a guesser reaches the hard limit and is
             // banned.
+            metrics::api_request(NO_CLASS, ApiResult::Unauthorized);
             if req.headers().contains_key(AUTHORIZATION) && self.charge_error() {
                 return self.hard_limit(None);
             }
@@ -334,28 +340,34 @@ impl Session {
         }
         let (class, units) = methods::cost(method, call.params, &self.set.method_costs);
         tracing::trace!(front = %self.front.cfg.name, method = %method, class = class.name(), units, "api call");
-        Verdict::Forward(units)
+        Verdict::Forward(units, class.index())
     }
 
     async fn single(&self, raw: &RawValue, allowed: &HashSet<String>, path: &str, body: Bytes) -> Reply {
         let id = serde_json::from_str::<Call<'_>>(raw.get()).ok().and_then(|c| c.id);
         match self.judge(raw, allowed) {
             Verdict::Answer(status, text) => {
+                metrics::api_request(NO_CLASS, ApiResult::Refused);
                 if self.charge_error() {
                     return self.hard_limit(id);
                 }
                 json_reply(status, text)
             }
-            Verdict::Forward(units) => {
+            Verdict::Forward(units, class) => {
                 if !self.charge(units).await {
+                    metrics::api_request(class, ApiResult::Refused);
                     return self.hard_limit(id);
                 }
                 match self.forward(path, body).await {
                     Ok((status, reply)) => {
+                        metrics::api_request(class, ApiResult::Ok);
                         self.account.charge_bytes(reply.len());
                         json_reply(status, reply)
                     }
-                    Err(e) => self.upstream_failed(id, &e),
+                    Err(e) => {
+                        metrics::api_request(class, ApiResult::Error);
+                        self.upstream_failed(id, &e)
+                    }
                 }
             }
         }
@@ -375,13 +387,16 @@ impl Session {
         let mut forward: Vec<&str> = Vec::new();
         let mut units = 0.0;
         let mut refused = 0usize;
+        let mut classes = Vec::new();
         for item in &items {
             match self.judge(item, allowed) {
                 Verdict::Answer(_, text) => {
+                    metrics::api_request(NO_CLASS, ApiResult::Refused);
                     refused += 1;
                     answers.push(Some(text));
                 }
-                Verdict::Forward(u) => {
+                Verdict::Forward(u, class) => {
+                    classes.push(class);
                     units += u;
                     forward.push(item.get());
                     answers.push(None);
@@ -390,7 +405,13 @@ impl Session {
         }
         let error_cost = self.front.handles.electrum.cost.load().error_cost;
         units += error_cost * refused as f64;
+        let count = |outcome: ApiResult| {
+            for &c in &classes {
+                metrics::api_request(c, outcome);
+            }
+        };
         if !self.charge(units).await {
+            count(ApiResult::Refused);
             return self.hard_limit(None);
         }
         if !forward.is_empty() {
@@ -404,11 +425,18 @@ impl Session {
                     self.account.charge_bytes(reply.len());
                     match serde_json::from_slice::<Vec<Box<RawValue>>>(&reply) {
                         Ok(r) if r.len() == forward.len() => r,
-                        _ => return self.upstream_failed(None, &ApiError::BadBatchReply),
+                        _ => {
+                            count(ApiResult::Error);
+                            return self.upstream_failed(None, &ApiError::BadBatchReply);
+                        }
                     }
                 }
-                Err(e) => return self.upstream_failed(None, &e),
+                Err(e) => {
+                    count(ApiResult::Error);
+                    return self.upstream_failed(None, &e);
+                }
             };
+            count(ApiResult::Ok);
             let mut replies = replies.into_iter();
             for a in answers.iter_mut().filter(|a| a.is_none()) {
                 *a = replies.next().map(|r| r.get().to_string());
@@ -513,6 +541,7 @@ impl Session {
     }
 
     fn parse_error(&self) -> Reply {
+        metrics::api_request(NO_CLASS, ApiResult::Error);
         self.account
             .charge(self.front.handles.electrum.cost.load().parse_error_cost);
         json_reply(
@@ -522,6 +551,7 @@ impl Session {
     }
 
     fn too_large(&self) -> Reply {
+        metrics::api_request(NO_CLASS, ApiResult::Error);
         let mut r = empty(StatusCode::PAYLOAD_TOO_LARGE);
         // The unread body would otherwise have to be read past before a next request.
         r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
