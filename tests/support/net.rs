@@ -7,12 +7,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// A loopback address with a port nothing listens on now (bound to port 0, then closed): for a gateway
-/// or a cluster link bound later, or an upstream that refuses.
+/// or a cluster link bound later, or an upstream that refuses. The kernel may hand a port just closed out
+/// again, so two calls in one test could name the same port: a port is never handed out twice by this
+/// process.
 pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// The port of [`free_addr`].
