@@ -2,12 +2,11 @@
 //! the clients' own users, checked against bitcoind-style `rpcauth` entries (`salt$hex(HMAC-SHA256(key =
 //! salt, message = password))`).
 
+use aws_lc_rs::hmac;
 use base64::Engine;
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::fmt;
 use std::path::PathBuf;
-use subtle::ConstantTimeEq;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -117,28 +116,17 @@ impl User {
 
     /// Whether `password` matches, compared in constant time.
     pub fn verify(&self, password: &str) -> bool {
-        let mac = hmac_sha256(self.salt.as_bytes(), password.as_bytes());
-        bool::from(mac.ct_eq(&self.hash))
+        let key = hmac::Key::new(hmac::HMAC_SHA256, self.salt.as_bytes());
+        hmac::verify(&key, password.as_bytes(), &self.hash).is_ok()
     }
 }
 
 /// HMAC-SHA256 (RFC 2104), as bitcoind's `rpcauth` uses it.
 pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    const BLOCK: usize = 64;
-    let mut k = [0u8; BLOCK];
-    if key.len() > BLOCK {
-        k[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        k[..key.len()].copy_from_slice(key);
-    }
-    let mut inner = Sha256::new();
-    inner.update(k.map(|b| b ^ 0x36));
-    inner.update(message);
-    let inner = inner.finalize();
-    let mut outer = Sha256::new();
-    outer.update(k.map(|b| b ^ 0x5c));
-    outer.update(inner);
-    outer.finalize().into()
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), message);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
 }
 
 /// The user and password of a `Basic` `Authorization` header value; None when it is not one.
