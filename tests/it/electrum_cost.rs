@@ -10,7 +10,7 @@
 
 use crate::support::backends::{self, stub_backend};
 use crate::support::clients::Client;
-use crate::support::cost::{bytes, config, SCRIPTHASH};
+use crate::support::cost::{bytes, config, start_crossing, CROSSING_COST, SCRIPTHASH};
 use crate::support::gateway;
 use crate::support::net::{self, ip};
 use serde_json::Value;
@@ -194,7 +194,7 @@ async fn throttle_then_hard_limit_then_ban() {
     a.closed_after_101().await;
 }
 
-/// Item 3: two clients of one /24 share the budget (B throttled by A's cost), and A's cost stays with the
+/// two clients of one /24 share the budget (B throttled by A's cost), and A's cost stays with the
 /// group as retained cost after A leaves, draining at 2 units/s.
 #[tokio::test(start_paused = true)]
 async fn group_shares_budget_and_retains_cost() {
@@ -285,7 +285,7 @@ async fn group_shares_budget_and_retains_cost() {
     assert!((after - 5800.0).abs() < 20.0, "retained {after} after 100 s");
 }
 
-/// Item 4: a session at ~2000 that only pings decays at 1 unit/s: ≈ 1400 after 600 s.
+/// a session at ~2000 that only pings decays at 1 unit/s: ≈ 1400 after 600 s.
 #[tokio::test(start_paused = true)]
 async fn cost_decays_one_unit_per_second() {
     let backend = stub_backend(&[]).await;
@@ -322,7 +322,7 @@ async fn cost_decays_one_unit_per_second() {
     assert!((c1 - 1400.0).abs() < 10.0, "cost {c1} after 600 s");
 }
 
-/// Item 6: `blockchain.block.headers(0, 1000000)` is charged on min(count, 2016) = 40.32 units, so a fresh
+/// `blockchain.block.headers(0, 1000000)` is charged on min(count, 2016) = 40.32 units, so a fresh
 /// session trips -101 after ~248 of them (plus what it sheds meanwhile), not after one.
 #[tokio::test(start_paused = true)]
 async fn block_headers_cost_is_capped() {
@@ -412,17 +412,10 @@ async fn unanswered_request_gets_102() {
 #[tokio::test(start_paused = true)]
 async fn hard_limit_closes_at_once() {
     let backend = stub_backend(&[]).await;
-    let running = gateway::start(&config(
-        backend,
-        "",
-        "\"blockchain.estimatefee\" = 10000",
-        "\"127.0.0.1:0\"",
-        "",
-    ))
-    .await;
+    let running = start_crossing(backend).await;
     let mut c = Client::open("127.0.0.2", running.addr("electrum")).await;
     // Served (after a 2.5 s sleep), and leaves the session over the hard limit.
-    let r = c.call("blockchain.estimatefee", "[6]", 10000.0).await;
+    let r = c.call("blockchain.estimatefee", "[6]", CROSSING_COST).await;
     assert!(r.v.get("error").is_none(), "{}", r.v);
     let r = c.call("server.ping", "[]", PING_COST).await;
     assert_eq!(r.error_code(), Some(-101), "{}", r.v);

