@@ -135,6 +135,17 @@ fn config(i: usize, keys: &[String], url: &str, upstream: SocketAddr, extra: &st
     )
 }
 
+/// A throwaway Redis and gateway 0 of a two-node fleet on it (keys for both in `dir`), connected.
+async fn one_gateway_on_redis() -> (RedisServer, tempfile::TempDir, Running) {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let up = backends::echo_backend().await;
+    let keys = gateway::node_keys(dir.path(), 2);
+    let a = gateway::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
+    assert!(redis_connected(&a).await, "not connected to redis");
+    (redis, dir, a)
+}
+
 async fn redis_connected(g: &Running) -> bool {
     net::within(Duration::from_secs(5), async || {
         g.cluster()
@@ -300,12 +311,7 @@ async fn write_and_await(redis: &RedisServer, rec: SignedRecord, counted: impl A
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_by_unlisted_or_tampered_signers_are_refused_and_counted() {
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let up = backends::echo_backend().await;
-    let keys = gateway::node_keys(dir.path(), 2);
-    let a = gateway::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
-    assert!(redis_connected(&a).await, "not connected to redis");
+    let (redis, dir, a) = one_gateway_on_redis().await;
     let cluster = a.cluster().unwrap();
 
     // Signed by a key nobody lists.
@@ -580,12 +586,7 @@ fn malformed_messages_on_the_redis_channels_do_not_flood_the_log() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let redis = RedisServer::start().await;
-        let dir = tempfile::tempdir().unwrap();
-        let up = backends::echo_backend().await;
-        let keys = gateway::node_keys(dir.path(), 2);
-        let a = gateway::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
-        assert!(redis_connected(&a).await, "not connected to redis");
+        let (redis, _dir, a) = one_gateway_on_redis().await;
         let cluster = a.cluster().unwrap();
         let mut c = redis.conn().await.unwrap();
         for i in 0..SENT {
@@ -615,12 +616,7 @@ fn malformed_messages_on_the_redis_channels_do_not_flood_the_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listed_nodes_bounds_hold_through_redis_and_a_writer_cannot_grow_the_rejected_set() {
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let up = backends::echo_backend().await;
-    let keys = gateway::node_keys(dir.path(), 2);
-    let a = gateway::start_in(dir.path(), &config(0, &keys, &redis.url(), up, "")).await;
-    assert!(redis_connected(&a).await, "not connected to redis");
+    let (redis, dir, a) = one_gateway_on_redis().await;
     let cluster = a.cluster().unwrap();
 
     // Validly signed by the listed node B: a ban of everyone, and one for ten years.
