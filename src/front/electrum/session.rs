@@ -436,10 +436,19 @@ impl Session<'_> {
 
     /// Remembers whether this session's own charge took its group over the hard limit.
     fn note_throttle(&mut self, th: Throttle) {
-        if th.over_hard && !self.th.over_hard {
-            self.crossed_here = true;
+        if th.over_hard != self.th.over_hard {
+            self.crossed_here = th.over_hard;
         }
         self.th = th;
+    }
+
+    /// Re-reads the throttle without charging (decay, or others' charges): a crossing seen here is not
+    /// this session's, and once the group is back under the limit no earlier crossing counts either.
+    fn refresh_throttle(&mut self) {
+        self.th = self.account.throttle();
+        if !self.th.over_hard {
+            self.crossed_here = false;
+        }
     }
 
     fn has_pending(&self) -> bool {
@@ -661,7 +670,7 @@ impl Session<'_> {
         if self.closing.is_some() || self.hard_check.is_some() {
             return;
         }
-        self.th = self.account.throttle();
+        self.refresh_throttle();
         if self.th.over_hard {
             self.hard_check = Some(self.now + HARD_LIMIT_GRACE);
         }
@@ -1172,7 +1181,7 @@ impl Session<'_> {
     fn on_timer(&mut self) {
         let now = self.now;
         // Decay has lowered the cost since the last charge: let the throttle relax.
-        self.th = self.account.throttle();
+        self.refresh_throttle();
         if now >= self.last_request + self.front.cfg.idle_timeout {
             self.abort = Some(CloseReason::IdleTimeout);
             return;
