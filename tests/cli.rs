@@ -1723,3 +1723,86 @@ fn check_rejects_a_fee_drop_threshold_below_the_warning() {
         "must be greater than 0s",
     );
 }
+
+fn electrum_config(listen: &str, upstreams: &[SocketAddr]) -> String {
+    let ups: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\nupstreams = [{}]\n",
+        ups.join(", ")
+    )
+}
+
+#[test]
+fn check_probe_names_each_backend_and_what_to_change_on_it() {
+    let old = support::backends::version_backend_thread("ElectrumX 1.15.0");
+    let fulcrum = support::backends::version_backend_thread("Fulcrum 1.9.8");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, electrum_config("127.0.0.1:0", &[old, fulcrum])).unwrap();
+    let out = run_to_end(
+        &["check", "--probe", "-c", path.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code(), Some(0), "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
+    let x = at(&format!(
+        "backend wallets {old}: ElectrumX 1.15.0 (protocol 1.4), sees this gateway as 127.0.0.1"
+    ))
+    .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        lines[x + 1].contains("advice: this ElectrumX (before 1.16) puts every wallet"),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[x + 2].contains("advice: ElectrumX's MAX_SESSIONS (default 1000) counts every wallet of this gateway, which admits up to 20000"), "{}", out.stdout);
+    // Fulcrum excludes 127.0.0.1 from its per-address limits by default: nothing to change.
+    let f = at(&format!("backend wallets {fulcrum}: Fulcrum 1.9.8")).unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(lines.get(f + 1).is_none_or(|l| !l.contains("advice")), "{}", out.stdout);
+    // Without --probe nothing is asked.
+    let plain = run_to_end(&["check", "-c", path.to_str().unwrap()], Duration::from_secs(20));
+    assert!(!plain.stdout.contains("backend wallets"), "{}", plain.stdout);
+}
+
+#[test]
+fn check_probe_fails_on_a_backend_that_does_not_answer() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gatehouse.toml"),
+        electrum_config("127.0.0.1:0", &[dead]),
+    )
+    .unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    let out = run_to_end(
+        &["check", "--probe", "-c", path.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code(), Some(1), "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(&format!("error: backend wallets {dead}: connect:")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn run_logs_advice_for_its_backends_at_start() {
+    let old = support::backends::version_backend_thread("ElectrumX 1.15.0");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, electrum_config(&listen.to_string(), &[old])).unwrap();
+    let mut gw = Proc::run_json(&path);
+    let line = gw
+        .wait_json(Duration::from_secs(10), |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("backend advice: this ElectrumX (before 1.16)"))
+        })
+        .unwrap_or_else(|| panic!("no advice logged:\n{}", gw.log()));
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["software"], "ElectrumX 1.15.0", "{line}");
+    gw.signal(libc::SIGTERM);
+    gw.wait_exit(Duration::from_secs(10));
+}

@@ -220,3 +220,30 @@ pub async fn flood_backend(budget: u64, wait: bool) -> (SocketAddr, oneshot::Rec
     });
     (addr, rx)
 }
+
+/// A blocking Electrum backend that answers every request with `server.version`'s shape, naming itself
+/// `software`; runs until the test process ends.
+pub fn version_backend_thread(software: &'static str) -> SocketAddr {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(s) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                for line in std::io::BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    let Ok(req) = serde_json::from_str::<serde_json::Value>(&line) else {
+                        break;
+                    };
+                    let reply = serde_json::json!({"jsonrpc": "2.0", "id": req["id"], "result": [software, "1.4"]});
+                    if writeln!(w, "{reply}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
