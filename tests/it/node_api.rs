@@ -770,3 +770,41 @@ async fn a_node_that_never_answers_is_cut_at_the_request_timeout() {
         );
     }
 }
+
+/// PROXY intake as on the other fronts: behind a trusted load balancer, the client the header names is
+/// the one charged and banned (wrong passwords up to the hard limit), not the balancer's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy_the_named_client_is_charged_and_banned() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(
+        dir.path(),
+        "127.0.0.1:0",
+        crate::support::net::free_addr(),
+        &["getblockcount"],
+        "",
+        "[cost]\nsoft_limit = 300\nhard_limit = 350\nconnection_cost = 0\nerror_cost = 100\n",
+    );
+    let running = gateway::start(&format!(
+        "{text}[front.proxy_protocol]\naccept_from = [\"127.0.0.9/32\"]\n"
+    ))
+    .await;
+    let mut s = crate::support::net::connect_from("127.0.0.9", running.addr("rpc"))
+        .await
+        .unwrap();
+    s.write_all(b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 8332\r\n")
+        .await
+        .unwrap();
+    let body = r#"{"id":1,"method":"getblockcount"}"#;
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let wrong = format!("Basic {}", basic(USER, &format!("guess{i}")));
+        statuses.push(exchange(&mut s, "POST", "/", Some(&wrong), body).await.0);
+    }
+    assert_eq!(statuses, [401, 401, 401, 503]);
+    let bans = running.guard().bans();
+    assert!(
+        bans.lookup(ip("203.0.113.7")).is_some(),
+        "the named client was not banned"
+    );
+    assert!(bans.lookup(ip("127.0.0.9")).is_none(), "the balancer was banned");
+}
