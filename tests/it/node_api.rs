@@ -5,7 +5,9 @@
 //! The gateway holds the node's credentials; the client has a user of its own with a method set. Allowed
 //! calls answer as the node does directly; others get bitcoind's -32601 without reaching the node; a wrong
 //! password gets 401; the node's credentials show in no reply and no log line; heavy calls up to the cost
-//! hard limit get 503 and the address banned.
+//! hard limit get 503 and the address banned. Then, on the wire: REST allowlisting against the node's own
+//! `-rest` answers, bearer tokens, idle connections cut when their group crosses the hard limit, failover
+//! between nodes, the request timeout, and PROXY intake.
 
 use crate::support::bitcoind::{Bitcoind, RPC_AUTH, RPC_PASSWORD, RPC_USER};
 use crate::support::gateway::{self, RELAXED};
@@ -807,4 +809,42 @@ async fn behind_a_proxy_the_named_client_is_charged_and_banned() {
         "the named client was not banned"
     );
     assert!(bans.lookup(ip("127.0.0.9")).is_none(), "the balancer was banned");
+}
+
+/// The same through another front: an Electrum session of the group takes it over the hard limit, and
+/// the API front's idle connection is closed at once (one ledger for both fronts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_electrum_session_crossing_the_hard_limit_closes_the_groups_idle_api_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let electrum = crate::support::backends::stub_backend(&[]).await;
+    let api = config(
+        dir.path(),
+        "127.0.0.1:0",
+        crate::support::net::free_addr(),
+        &["getblockcount"],
+        "",
+        "[cost]\nsoft_limit = 300\nhard_limit = 350\nconnection_cost = 0\ngroup_private = true\n\
+         [cost.methods]\n\"blockchain.estimatefee\" = 1000\n",
+    );
+    let text = format!(
+        "{api}{}",
+        gateway::front("electrum", "el", "127.0.0.5:0", "tcp", &[electrum], "")
+    );
+    let running = gateway::start(&text).await;
+    let alice = format!("Basic {}", basic(USER, PASSWORD));
+    let mut idle = crate::support::net::connect_from("127.0.0.2", running.addr("rpc"))
+        .await
+        .unwrap();
+    // Answered by the gateway itself (the node's address is a closed port): the connection is kept.
+    let (status, _, _) = exchange(&mut idle, "POST", "/", Some(&alice), r#"{"id":1,"method":"stop"}"#).await;
+    assert_eq!(status, 404);
+
+    let mut wallet = crate::support::clients::Client::open("127.0.0.3", running.addr("el")).await;
+    let _ = wallet.send("blockchain.estimatefee", "[2]", 1000.0).await;
+    let took = crate::support::net::closed_within(&mut idle, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        running.guard().bans().lookup(ip("127.0.0.2")).is_some(),
+        "the idle client was not banned"
+    );
 }
