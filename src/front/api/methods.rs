@@ -18,8 +18,7 @@ const HEAVY: &[&str] = &[
     "rescanblockchain",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
     Cheap,
     Medium,
