@@ -270,7 +270,8 @@ impl Session {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>()
-            + req.uri().to_string().len();
+            + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+            + req.uri().authority().map_or(0, |a| a.as_str().len());
         if head > settings::MAX_HEADER_BYTES {
             let mut r = empty(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
