@@ -65,6 +65,9 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Make a random bearer token for an API front: prints the token (for the client) and the
+    /// `token_hash` line for its [[front.api.tokens]] entry (the token itself is not stored).
+    Token,
 }
 
 /// How to reach the admin API: from the config's [admin] section, or given outright.
@@ -142,6 +145,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Token => {
+            let (token, entry) = gatehouse::front::api::auth::new_token();
+            println!("token: {token}\ntoken_hash = \"{entry}\"");
+            ExitCode::SUCCESS
+        }
         Cmd::Bans { cmd } => bans(cmd),
         Cmd::Cluster {
             cmd: ClusterCmd::Status { json, admin },

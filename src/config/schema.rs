@@ -408,6 +408,23 @@ pub struct RawFrontApi {
     /// Per-method cost overrides, in `[cost]` units.
     #[serde(default)]
     pub method_costs: BTreeMap<String, Spanned<f64>>,
+    /// Bearer tokens, a second way for clients to authenticate.
+    #[serde(default)]
+    pub tokens: Vec<RawApiToken>,
+    /// REST path prefixes let through, each with its cost class; empty: REST off.
+    #[serde(default)]
+    pub rest: BTreeMap<String, Spanned<String>>,
+}
+
+/// `[[front.api.tokens]]`: one bearer token of an API front, stored as its salted hash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiToken {
+    pub name: Spanned<String>,
+    /// `salt$hex(HMAC-SHA256(key = salt, message = token))`.
+    pub token_hash: Spanned<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
 }
 
 /// `[[front.api.users]]`: one client user of an API front.

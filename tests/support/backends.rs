@@ -1,5 +1,6 @@
 //! Stub backends on loopback, as tokio tasks on the test's runtime (and one on std threads, for tests that
-//! have no runtime): echo, recording, a null-answering Electrum server, a notification flood.
+//! have no runtime): echo, recording, a null-answering Electrum server, a silent server, a notification
+//! flood.
 
 use serde_json::{json, Value};
 use std::future::Future;
@@ -32,6 +33,19 @@ pub async fn echo_backend() -> SocketAddr {
     serve(|mut s| async move {
         let (mut r, mut w) = s.split();
         let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
+/// A backend that accepts, reads everything and never answers (a node that hangs).
+pub async fn silent_backend() -> SocketAddr {
+    serve(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
     })
     .await
 }

@@ -166,9 +166,7 @@ pub fn advise(id: &Identity, admitted: Option<usize>) -> Vec<Advice> {
 /// Names the implementation and its version from `server.version`'s software string.
 fn identify(software: &str) -> (Implementation, Option<(u32, u32)>) {
     let lower = software.to_ascii_lowercase();
-    let (name, rest) = lower
-        .split_once([' ', '/'])
-        .unwrap_or((lower.as_str(), ""));
+    let (name, rest) = lower.split_once([' ', '/']).unwrap_or((lower.as_str(), ""));
     let implementation = match name {
         "electrumx" => Implementation::ElectrumX,
         "fulcrum" => Implementation::Fulcrum,
