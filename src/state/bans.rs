@@ -189,6 +189,30 @@ pub enum BanChange {
     },
 }
 
+impl BanChange {
+    /// The change as the statement the journal and the cluster carry.
+    pub fn statement(&self) -> Statement {
+        match self {
+            BanChange::Ban(b) => b.entry(Op::Ban),
+            BanChange::Unban {
+                prefix,
+                lifted,
+                version,
+                created,
+            } => Entry {
+                op: Op::Unban,
+                prefix: *prefix,
+                until: lifted.until,
+                reason: String::new(),
+                origin: LOCAL_ORIGIN.to_string(),
+                created: *created,
+                version: *version,
+                attachment: None,
+            },
+        }
+    }
+}
+
 /// What became of a remote statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteOutcome {
@@ -637,6 +661,53 @@ impl BanTable {
     /// [`BanTable::apply_remote`] for many statements, judged in order, with one journal sync for all
     /// the winners. The outer error is a journal failure: then none of them was applied.
     pub fn apply_remote_batch(&self, batch: Vec<Statement>) -> Result<Vec<Result<RemoteOutcome, BanError>>, BanError> {
+        self.merge_batch(batch, false)
+    }
+
+    /// Statements of this node's previous process (a live upgrade: its bans and lifts while it drains),
+    /// local ones included, merged by rank like a peer's and journaled. Returns how many took effect.
+    pub fn adopt_from_predecessor(&self, batch: Vec<Statement>) -> Result<usize, BanError> {
+        let outcomes = self.merge_batch(batch, true)?;
+        Ok(outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(RemoteOutcome::Applied)))
+            .count())
+    }
+
+    /// Flushes the automatic bans queued for the journal and lets go of the journal and its lock, so a
+    /// successor process can take it over; the table goes on in memory (its changes still reach the
+    /// feed). Returns the journal's path; None when the table has none.
+    pub fn release_journal(&self) -> Option<PathBuf> {
+        let _turn = lock(&self.flush);
+        let mut store = lock(&self.store);
+        if let Err(e) = self.write_journal(&mut store, &[]) {
+            tracing::error!(error = %e, queued = store.pending.len(), "ban journal: queued bans not written before handing the journal over");
+        }
+        let journal = store.journal.take()?;
+        let path = journal.path().to_path_buf();
+        drop(journal);
+        tracing::info!(path = %path.display(), "ban journal released");
+        Some(path)
+    }
+
+    /// Takes the journal at `path` back after [`BanTable::release_journal`] (the successor failed):
+    /// waits for its lock, merges what was written meanwhile, then rewrites it to the table's live
+    /// statements, which include every ban made while the journal was away.
+    pub fn reattach_journal(&self, path: &Path) -> Result<(), BanError> {
+        let (journal, replay) = off_runtime(|| Journal::open(path, CompactPolicy::default()))?;
+        lock(&self.store).journal = Some(journal);
+        let written: Vec<Entry> = replay.entries.into_iter().filter(|e| e.op != Op::Offence).collect();
+        self.merge_batch(written, true)?;
+        self.compact_journal()?;
+        tracing::info!(path = %path.display(), "ban journal taken back");
+        Ok(())
+    }
+
+    fn merge_batch(
+        &self,
+        batch: Vec<Statement>,
+        local_ok: bool,
+    ) -> Result<Vec<Result<RemoteOutcome, BanError>>, BanError> {
         let now = SystemTime::now();
         let max_version = now_micros().saturating_add(MAX_VERSION_AHEAD.as_micros() as u64);
         let limits = self.limits();
@@ -649,7 +720,7 @@ impl BanTable {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
             let allow = self.allow.load();
             for s in batch {
-                if s.origin == LOCAL_ORIGIN {
+                if s.origin == LOCAL_ORIGIN && !local_ok {
                     outcomes.push(Err(BanError::ReservedOrigin));
                     continue;
                 }

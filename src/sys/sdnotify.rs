@@ -41,14 +41,13 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
 /// Under a systemd watchdog (`WatchdogSec=`), sends `WATCHDOG=1` every half interval from a task on the
 /// current tokio runtime, so the pings stop, and systemd restarts the service, if the runtime wedges (a
 /// worker stuck in a blocking call, a deadlock) even though the process is alive. A no-op without
-/// `$WATCHDOG_USEC`. Must be called from within a runtime.
-pub fn spawn_watchdog() {
-    let Some(interval) = watchdog_interval() else {
-        return;
-    };
+/// `$WATCHDOG_USEC`. Must be called from within a runtime. Returns the task, for a process that hands
+/// the service over to a successor to stop pinging for it.
+pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let interval = watchdog_interval()?;
     let period = (interval / 2).max(std::time::Duration::from_millis(1));
     tracing::debug!(interval_ms = interval.as_millis() as u64, "systemd watchdog enabled");
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         // After a stall, ping once now rather than a burst that would hide it.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -58,5 +57,5 @@ pub fn spawn_watchdog() {
                 tracing::warn!(error = %e, "cannot send WATCHDOG=1 to systemd");
             }
         }
-    });
+    }))
 }
