@@ -137,6 +137,9 @@ pub struct Running {
     upgrade_requests: Option<tokio::sync::mpsc::Receiver<UpgradeRequest>>,
     /// How long a successor process has to report ready (`runtime.upgrade_timeout`).
     upgrade_timeout: Duration,
+    /// After a live upgrade: the task passing this process's bans to its successor, and the signal that
+    /// the drain is over (it then sends what is left and ends).
+    successor: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 /// A running front: its slot, the addresses asked for and bound, and its accept loops.
@@ -307,6 +310,7 @@ impl Gatehouse {
             reload_requests: Some(reload_rx),
             upgrade_requests: Some(upgrade_rx),
             upgrade_timeout: config.runtime.upgrade_timeout,
+            successor: None,
         })
     }
 }
@@ -552,6 +556,11 @@ impl Running {
                 self.force_close();
                 self.shared.intake.tracker.wait().await;
             }
+        }
+        if let Some((done, forwarder)) = self.successor.take() {
+            // The last sessions' bans must reach the successor before this process exits.
+            done.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), forwarder).await;
         }
         if let Some(c) = self.cluster.take() {
             c.shutdown();

@@ -62,6 +62,19 @@ impl Setup {
         std::fs::write(&self.config, toml).unwrap();
     }
 
+    /// Adds an Electrum front on `listen` (same echo backend) whose first protocol violation bans.
+    fn write_with_electrum(&self, listen: SocketAddr) {
+        self.write(&format!(
+            "\n[[front]]\nname = \"el\"\nkind = \"electrum\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\n\
+             upstreams = [\"{}\"]\n",
+            self.backend
+        ));
+        let toml = std::fs::read_to_string(&self.config)
+            .unwrap()
+            .replace("[bans]\n", "[bans]\nmax_violations = 0\n");
+        std::fs::write(&self.config, toml).unwrap();
+    }
+
     fn journal(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("bans.journal")).unwrap_or_default()
     }
@@ -369,6 +382,60 @@ fn two_upgrades_refuse_nothing_and_the_old_process_keeps_its_session() {
     assert!(c.alive());
 }
 
+/// The old process still bans while it drains (its sessions go on), after it handed the journal over:
+/// each such ban reaches the new process, which journals it and refuses the address.
+#[test]
+fn a_ban_made_by_the_draining_process_reaches_the_new_one() {
+    let setup = Setup::new();
+    let el = free_addr();
+    setup.write_with_electrum(el);
+    let mut a = start(&setup, None);
+    wait_accepting(&mut a, el);
+    // A wallet's session on the old process, from its own address.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from(([127, 0, 0, 12], 0)).into()).unwrap();
+    sock.connect_timeout(&el.into(), Duration::from_secs(2)).unwrap();
+    let mut wallet: TcpStream = sock.into();
+    wallet.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+
+    let b = Successor(
+        setup
+            .upgrade(&[])
+            .unwrap_or_else(|e| panic!("upgrade failed: {e}\n{}", a.log())),
+    );
+    assert!(!setup.journal().contains("127.0.0.12"));
+    // A line that is not JSON: a violation, and with max_violations = 0 a ban, made by the old process.
+    wallet.write_all(b"this is not json\n").unwrap();
+    let mut answer = String::new();
+    let _ = wallet.read_to_string(&mut answer);
+    assert!(
+        answer.contains("-32700"),
+        "no parse error from the old process: {answer:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !setup.journal().contains("127.0.0.12") && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        setup.journal().contains("127.0.0.12"),
+        "the new process did not journal the old one's ban: {}\n{}",
+        setup.journal(),
+        a.log()
+    );
+    // Journaled first, then in force: wait until the new process lists it, then knock.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let listed = || String::from_utf8_lossy(&setup.cli(&["bans", "list", "--json"]).stdout).contains("127.0.0.12");
+    while !listed() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        refused_from("127.0.0.12", el),
+        "the new process does not enforce the old one's ban"
+    );
+    assert!(!refused_from("127.0.0.13", el));
+    assert!(b.alive());
+}
+
 /// A new process that cannot take over leaves the old one serving, and the CLI says why and fails: an
 /// invalid config, a binary that does not exist, one that never reports ready, and a config whose new
 /// front cannot bind (found only after the journal was handed over: the old process takes it back).
@@ -438,11 +505,40 @@ fn a_failed_upgrade_leaves_the_old_process_serving() {
     );
 }
 
-/// SIGUSR2 upgrades to the binary on disk, like `gatehouse upgrade` without arguments.
+/// SIGUSR2 upgrades to the binary on disk, like `gatehouse upgrade` without arguments. The admin API on a
+/// unix socket and the cluster's link listener move to the new process too: the old one leaves the
+/// socket's path in place, and the new one binds neither address again.
 #[test]
-fn sigusr2_upgrades_to_the_installed_binary() {
+fn sigusr2_hands_over_fronts_a_unix_admin_socket_and_the_cluster_listener() {
     let setup = Setup::new();
-    let mut a = start(&setup, None);
+    let dir = setup.dir.path();
+    let sock = dir.join("admin.sock");
+    let link = free_addr();
+    let keys: Vec<String> = (0..2)
+        .map(|i| {
+            gatehouse::cluster::keys::NodeKey::generate_file(&dir.join(format!("node{i}.key")))
+                .unwrap()
+                .public()
+                .to_string()
+        })
+        .collect();
+    let toml = std::fs::read_to_string(&setup.config).unwrap().replace(
+        &format!("listen = \"{}\"", setup.admin),
+        &format!("listen = \"unix:{}\"", sock.display()),
+    ) + &format!(
+        "\n[cluster]\nnode_key = \"node0.key\"\nlisten = \"{link}\"\n\
+             [[cluster.peers]]\naddr = \"{}\"\nkey = \"{}\"\n",
+        free_addr(),
+        keys[1]
+    );
+    std::fs::write(&setup.config, toml).unwrap();
+    let mut a = Proc::new(run_json_command(Command::new(BIN), &setup.config).spawn().unwrap());
+    wait_accepting(&mut a, setup.front);
+    wait_accepting(&mut a, link);
+    assert!(a
+        .wait_json(Duration::from_secs(10), |v| v["message"] == "gatehouse ready")
+        .is_some());
+
     a.signal(libc::SIGUSR2);
     let line = a
         .wait_json(Duration::from_secs(10), |v| {
@@ -454,6 +550,24 @@ fn sigusr2_upgrades_to_the_installed_binary() {
     let b = Successor(line["pid"].as_i64().unwrap() as i32);
     let st = a.wait_exit(Duration::from_secs(10));
     assert!(st.is_some_and(|s| s.success()), "{st:?}\n{}", a.log());
+
+    // Only the new process is left, and it serves every listener.
     drop(session(setup.front));
+    TcpStream::connect_timeout(&link, Duration::from_secs(2)).expect("the cluster listener is gone");
+    let listed = Command::new(BIN)
+        .args([
+            "bans",
+            "list",
+            "--admin",
+            &format!("unix:{}", sock.display()),
+            "--token-file",
+        ])
+        .arg(dir.join("admin.token"))
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "admin API over the unix socket after the upgrade: {listed:?}"
+    );
     assert!(b.alive());
 }

@@ -99,14 +99,29 @@ pub fn own_binary() -> std::io::Result<PathBuf> {
     })
 }
 
-/// What the old process keeps writing to its successor after the hand-over: its own bans and lifts.
+/// What the old process keeps writing to its successor after the hand-over: its own bans and lifts, until
+/// `done` (the drain is over), then whatever is still queued.
 async fn forward(
     mut w: tokio::net::unix::OwnedWriteHalf,
     bans: Arc<BanTable>,
     mut feed: tokio::sync::broadcast::Receiver<crate::state::bans::BanChange>,
+    done: tokio_util::sync::CancellationToken,
 ) {
     loop {
-        let lines: Vec<Msg> = match feed.recv().await {
+        let next = tokio::select! {
+            biased;
+            c = feed.recv() => c,
+            _ = done.cancelled() => {
+                while let Ok(c) = feed.try_recv() {
+                    if w.write_all(&statement_msg(&c.statement()).line()).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = w.shutdown().await;
+                return;
+            }
+        };
+        let lines: Vec<Msg> = match next {
             Ok(change) => vec![statement_msg(&change.statement())],
             // Missed some: send everything in force; the successor keeps what outranks its own.
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
@@ -198,7 +213,9 @@ impl Running {
                 }
                 let mut w = w;
                 let _ = w.write_all(&Msg::Promoted.line()).await;
-                tokio::spawn(forward(w, self.bans().clone(), feed));
+                let done = tokio_util::sync::CancellationToken::new();
+                let task = tokio::spawn(forward(w, self.bans().clone(), feed, done.clone()));
+                self.successor = Some((done, task));
                 tracing::info!(pid, binary = %binary.display(), "upgrade: the new process accepts on every listener; this one stops accepting and drains");
                 Ok(UpgradeSummary { pid, binary })
             }
