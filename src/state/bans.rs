@@ -1515,6 +1515,55 @@ mod tests {
     }
 
     #[test]
+    fn a_released_journal_passes_to_a_successor_and_statements_made_meanwhile_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let old = BanTable::open(&path, CidrSet::new()).unwrap();
+        old.ban(net("192.0.2.1"), HOUR, "before").unwrap();
+        let mut feed = old.subscribe();
+        assert_eq!(old.release_journal().as_deref(), Some(path.as_path()));
+        assert!(old.release_journal().is_none());
+        // In memory only now, and on the feed.
+        old.ban_offender(ip("192.0.2.2"), HOUR, HOUR, "while draining");
+        let change = feed.try_recv().unwrap();
+        let new = BanTable::open(&path, CidrSet::new()).unwrap();
+        assert!(new.is_banned(ip("192.0.2.1")));
+        assert!(!new.is_banned(ip("192.0.2.2")));
+        assert_eq!(new.adopt_from_predecessor(vec![change.statement()]).unwrap(), 1);
+        assert_eq!(
+            new.adopt_from_predecessor(vec![change.statement()]).unwrap(),
+            0,
+            "stale the second time"
+        );
+        assert!(new.is_banned(ip("192.0.2.2")));
+        drop(new);
+        let replayed = BanTable::open(&path, CidrSet::new()).unwrap();
+        assert_eq!(replayed.lookup(ip("192.0.2.2")).unwrap().1.origin, LOCAL_ORIGIN);
+    }
+
+    #[test]
+    fn a_journal_taken_back_holds_what_was_banned_while_it_was_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let t = BanTable::open(&path, CidrSet::new()).unwrap();
+        t.release_journal().unwrap();
+        t.ban(net("192.0.2.7"), HOUR, "while away").unwrap();
+        // A successor that failed had written a ban of its own meanwhile.
+        BanTable::open(&path, CidrSet::new())
+            .unwrap()
+            .ban(net("192.0.2.8"), HOUR, "successor")
+            .unwrap();
+        t.reattach_journal(&path).unwrap();
+        assert!(t.is_banned(ip("192.0.2.8")));
+        t.ban(net("192.0.2.9"), HOUR, "after").unwrap();
+        drop(t);
+        let replayed = BanTable::open(&path, CidrSet::new()).unwrap();
+        for a in ["192.0.2.7", "192.0.2.8", "192.0.2.9"] {
+            assert!(replayed.is_banned(ip(a)), "{a} lost");
+        }
+    }
+
+    #[test]
     fn repeat_offences_survive_a_restart_and_a_compaction() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bans.journal");
