@@ -262,14 +262,17 @@ impl Running {
         let deadline = tokio::time::Instant::now() + self.upgrade_timeout;
         let mut buf = Vec::new();
         loop {
-            buf.clear();
             let has_journal_out = released.is_some();
+            // `buf` is cleared only after a whole line: a read that another branch interrupted has left
+            // its bytes there, and the next read goes on from them.
             tokio::select! {
                 biased;
                 r = read_line(&mut lines, &mut buf) => {
-                    match r.map_err(UpgradeError::Channel)? {
+                    let whole = r.map_err(UpgradeError::Channel)?;
+                    let msg = std::mem::take(&mut buf);
+                    match whole {
                         false => return Err(exit_reason(child).await),
-                        true => match Msg::parse(&buf).map_err(UpgradeError::Protocol)? {
+                        true => match Msg::parse(&msg).map_err(UpgradeError::Protocol)? {
                             Msg::Validated => {
                                 *released = self.bans().release_journal();
                                 w.write_all(&Msg::JournalReleased.line()).await.map_err(UpgradeError::Channel)?;
@@ -296,9 +299,12 @@ impl Running {
                     // Its last words, if it said why.
                     let said = tokio::time::timeout(Duration::from_secs(1), async {
                         loop {
-                            buf.clear();
                             match read_line(&mut lines, &mut buf).await {
-                                Ok(true) => if let Ok(Msg::Failed { reason }) = Msg::parse(&buf) { return Some(reason) },
+                                Ok(true) => {
+                                    if let Ok(Msg::Failed { reason }) = Msg::parse(&std::mem::take(&mut buf)) {
+                                        return Some(reason);
+                                    }
+                                }
                                 _ => return None,
                             }
                         }
@@ -332,12 +338,14 @@ async fn exited(child: &mut std::process::Child, limit: Duration) -> Option<std:
     }
 }
 
-/// Reads one line (without its newline) into `buf`; false at end of stream. Lines longer than
-/// [`MAX_LINE`] are an error.
+/// Reads one line (without its newline) into `buf`, after what an interrupted call left there; false at
+/// end of stream. Lines longer than [`MAX_LINE`] are an error. Cancel-safe: bytes read before a cancel
+/// stay in `buf`.
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     use tokio::io::AsyncReadExt;
-    let n = (&mut *r).take(MAX_LINE as u64 + 1).read_until(b'\n', buf).await?;
-    if n == 0 {
+    let room = (MAX_LINE + 1).saturating_sub(buf.len()) as u64;
+    let n = (&mut *r).take(room).read_until(b'\n', buf).await?;
+    if n == 0 && buf.is_empty() {
         return Ok(false);
     }
     if buf.last() != Some(&b'\n') {

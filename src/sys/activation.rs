@@ -199,8 +199,9 @@ pub fn close_unused() {
         tracing::warn!(
             fd = s.fd.as_fd().as_raw_fd(),
             addr = s.addr.map(tracing::field::display),
+            path = s.path.as_ref().map(|p| tracing::field::display(p.display())),
             name = s.name.as_deref(),
-            "socket activation: no front listens on this inherited socket; closing it (list the same addresses in the config and in gatehouse.socket)"
+            "inherited socket: no front listens on this inherited socket, nor the admin API or the cluster; closing it (list the same addresses in the config and in gatehouse.socket)"
         );
         drop(s.fd);
     }
