@@ -288,6 +288,9 @@ fn cluster_status(admin: &AdminArgs, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// How long `gatehouse upgrade` waits for the gateway's answer.
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 fn upgrade(binary: Option<PathBuf>, admin: &AdminArgs) -> ExitCode {
     let binary = match binary.map(std::path::absolute).transpose() {
         Ok(b) => b,
@@ -311,7 +314,9 @@ fn upgrade(binary: Option<PathBuf>, admin: &AdminArgs) -> ExitCode {
         .build()
         .map_err(|e| e.to_string())
         .and_then(|rt| {
-            rt.block_on(client::request(
+            // The gateway answers by its own runtime.upgrade_timeout; wait longer than any sane one.
+            rt.block_on(client::request_within(
+                UPGRADE_WAIT,
                 &target,
                 &token,
                 Method::POST,

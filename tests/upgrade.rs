@@ -382,6 +382,55 @@ fn two_upgrades_refuse_nothing_and_the_old_process_keeps_its_session() {
     assert!(c.alive());
 }
 
+/// The new process's config rules: a front it adds is bound by it, one it drops is closed (the old process
+/// stopped accepting on it, and the new one closes the socket it was handed), and one it keeps is never bound
+/// again.
+#[test]
+fn fronts_added_or_dropped_by_the_new_config_are_bound_or_closed() {
+    let setup = Setup::new();
+    let dropped = free_addr();
+    let front = |name: &str, addr: SocketAddr| {
+        format!(
+            "\n[[front]]\nname = \"{name}\"\nkind = \"peer\"\nlisten = [\"{addr}\"]\ntransport = \"tcp\"\nupstreams = [\"{}\"]\n",
+            setup.backend
+        )
+    };
+    setup.write(&front("dropped", dropped));
+    let mut a = start(&setup, None);
+    wait_accepting(&mut a, dropped);
+
+    let added = free_addr();
+    setup.write(&front("added", added));
+    let b = Successor(
+        setup
+            .upgrade(&[])
+            .unwrap_or_else(|e| panic!("upgrade failed: {e}\n{}", a.log())),
+    );
+    assert!(
+        a.wait_exit(Duration::from_secs(10)).is_some_and(|s| s.success()),
+        "{}",
+        a.log()
+    );
+    drop(session(setup.front));
+    drop(session(added));
+    let refused = TcpStream::connect_timeout(&dropped, Duration::from_secs(2));
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.kind() == ErrorKind::ConnectionRefused),
+        "the dropped front's port is still open: {refused:?}"
+    );
+    assert!(
+        a.wait_line(Duration::from_secs(5), |l| l
+            .contains("no front listens on this inherited socket")
+            && l.contains(&dropped.to_string()))
+            .is_some(),
+        "no warning about the dropped front's socket:\n{}",
+        a.log()
+    );
+    assert!(b.alive());
+}
+
 /// The old process still bans while it drains (its sessions go on), after it handed the journal over:
 /// each such ban reaches the new process, which journals it and refuses the address.
 #[test]

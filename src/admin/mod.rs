@@ -250,8 +250,13 @@ impl AdminServer {
         self.socket = None;
     }
 
+    /// Closes the listener and every connection. After [`AdminServer::hand_over`] it waits instead for the
+    /// open connections to finish (a few seconds at most), so the answer to the request that asked for the
+    /// upgrade is not cut off by a drain that has nothing to wait for.
     pub async fn stop(self) {
-        self.stop.cancel();
+        if !self.handed_over.is_cancelled() {
+            self.stop.cancel();
+        }
         let _ = self.task.await;
     }
 }

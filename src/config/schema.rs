@@ -264,7 +264,7 @@ pub const DEFAULT_DRAIN_SPREAD: std::time::Duration = std::time::Duration::ZERO;
 /// Default `runtime.max_open_files`: the soft RLIMIT_NOFILE asked for at start.
 pub const DEFAULT_MAX_OPEN_FILES: u64 = 65536;
 /// Default `runtime.upgrade_timeout`: the new process of a live upgrade must accept on every listener
-/// within this, or it is stopped and the old one serves on. Below the CLI's 30 s wait for an answer.
+/// within this, or it is stopped and the old one serves on.
 pub const DEFAULT_UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Default `log.level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
