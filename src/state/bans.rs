@@ -213,6 +213,28 @@ impl BanChange {
     }
 }
 
+/// A local statement as the change feed carries it.
+fn local_change(s: &Statement) -> BanChange {
+    let record = BanRecord {
+        prefix: s.prefix,
+        until: s.until,
+        reason: s.reason.clone(),
+        origin: s.origin.clone(),
+        created: s.created,
+        version: s.version,
+        attachment: s.attachment.clone(),
+    };
+    match s.op {
+        Op::Unban => BanChange::Unban {
+            prefix: s.prefix,
+            lifted: record,
+            version: s.version,
+            created: s.created,
+        },
+        Op::Ban | Op::Offence => BanChange::Ban(record),
+    }
+}
+
 /// What became of a remote statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteOutcome {
@@ -780,6 +802,11 @@ impl BanTable {
         self.write_journal(&mut store, &winners)?;
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         for s in winners {
+            // This node's own statements (from its previous process) go on the feed like any made here:
+            // the cluster publishes them, and a successor of this process hears of them in turn.
+            if s.origin == LOCAL_ORIGIN {
+                let _ = self.feed.send(local_change(&s));
+            }
             match s.op {
                 Op::Ban => {
                     store.lifts.remove(&s.prefix);
