@@ -208,7 +208,7 @@ impl Running {
                 if let Some(c) = self.cluster.take() {
                     c.shutdown();
                 }
-                if let Err(e) = sdnotify::notify(&format!("MAINPID={pid}")) {
+                if let Err(e) = sdnotify::hand_over(pid) {
                     tracing::warn!(error = %e, "upgrade: cannot tell systemd the new main PID");
                 }
                 let mut w = w;

@@ -2,9 +2,35 @@
 //! `$NOTIFY_SOCKET`.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
 
-/// Sends `state` (e.g. "READY=1") if running under systemd; a no-op otherwise.
+/// Set once this process has made another one the service's main process: from then on it says nothing
+/// (systemd would refuse it, and log so). Held while a message is sent, so no watchdog ping can slip out
+/// after the `MAINPID=` that hands the service over.
+static HANDED_OVER: Mutex<bool> = Mutex::new(false);
+
+/// Sends `state` (e.g. "READY=1") if running under systemd; a no-op otherwise, and after
+/// [`hand_over`].
 pub fn notify(state: &str) -> std::io::Result<()> {
+    let handed_over = HANDED_OVER.lock().unwrap_or_else(|e| e.into_inner());
+    if *handed_over {
+        return Ok(());
+    }
+    send(state)
+}
+
+/// Makes `pid` (a process this one started) the service's main process (`MAINPID=`), as its last word
+/// to systemd: every later [`notify`] of this process, watchdog pings included, is dropped.
+pub fn hand_over(pid: u32) -> std::io::Result<()> {
+    let mut handed_over = HANDED_OVER.lock().unwrap_or_else(|e| e.into_inner());
+    if *handed_over {
+        return Ok(());
+    }
+    *handed_over = true;
+    send(&format!("MAINPID={pid}"))
+}
+
+fn send(state: &str) -> std::io::Result<()> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(());
     };
