@@ -118,9 +118,11 @@ impl Setup {
 struct Successor(i32);
 
 impl Successor {
+    /// Running: its pid exists and is not a zombie waiting for its parent.
     fn alive(&self) -> bool {
         // SAFETY: kill(2) with signal 0 only checks that the pid exists; it sends nothing.
-        unsafe { libc::kill(self.0, 0) == 0 }
+        let exists = unsafe { libc::kill(self.0, 0) == 0 };
+        exists && !is_zombie(self.0)
     }
 
     fn signal(&self, sig: i32) {
@@ -133,7 +135,7 @@ impl Successor {
     fn gone_within(&self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if !self.alive() || is_zombie(self.0) {
+            if !self.alive() {
                 return true;
             }
             thread::sleep(Duration::from_millis(20));
