@@ -532,7 +532,7 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
             ),
             Err(e) => {
                 tracing::error!(error = %e, "upgrade: hand-over failed");
-                p.refuse(&e);
+                p.refuse(&e.to_string());
                 return ExitCode::FAILURE;
             }
         }

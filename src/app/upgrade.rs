@@ -65,8 +65,8 @@ impl Msg {
         v
     }
 
-    fn parse(line: &[u8]) -> Result<Msg, String> {
-        serde_json::from_slice(line).map_err(|e| format!("unreadable message: {e}"))
+    fn parse(line: &[u8]) -> Result<Msg, TakeOverError> {
+        serde_json::from_slice(line).map_err(TakeOverError::Unreadable)
     }
 }
 
@@ -86,6 +86,25 @@ pub enum UpgradeError {
     Timeout(Duration),
     #[error("the new process broke the hand-over: {0}")]
     Protocol(String),
+}
+
+/// Why the new process could not take over from the previous one (it tells the previous one, and exits).
+#[derive(Debug, thiserror::Error)]
+pub enum TakeOverError {
+    #[error(transparent)]
+    Env(#[from] handover::EnvFdError),
+    #[error("hand-over socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the previous process closed the hand-over socket")]
+    Closed,
+    #[error("a hand-over line is longer than {MAX_LINE} bytes or cut off")]
+    BadLine,
+    #[error("unreadable hand-over message: {0}")]
+    Unreadable(serde_json::Error),
+    #[error("expected {expected}, got {got}")]
+    Unexpected { expected: &'static str, got: String },
+    #[error("{names} socket names for {fds} sockets")]
+    Count { names: usize, fds: usize },
 }
 
 /// The path this process's binary is installed at (where an upgrade puts the new one): the target of
@@ -272,7 +291,7 @@ impl Running {
                     let msg = std::mem::take(&mut buf);
                     match whole {
                         false => return Err(exit_reason(child).await),
-                        true => match Msg::parse(&msg).map_err(UpgradeError::Protocol)? {
+                        true => match Msg::parse(&msg).map_err(|e| UpgradeError::Protocol(e.to_string()))? {
                             Msg::Validated => {
                                 *released = self.bans().release_journal();
                                 w.write_all(&Msg::JournalReleased.line()).await.map_err(UpgradeError::Channel)?;
@@ -366,7 +385,7 @@ pub struct Predecessor {
 impl Predecessor {
     /// The previous process, when this one was started as its successor. Reads and removes
     /// `GATEHOUSE_UPGRADE_FD`: call it while the process is single-threaded.
-    pub fn from_env() -> Result<Option<Predecessor>, String> {
+    pub fn from_env() -> Result<Option<Predecessor>, TakeOverError> {
         Ok(handover::take_env_fd()?.map(|sock| Predecessor { sock }))
     }
 
@@ -384,46 +403,48 @@ impl Predecessor {
     /// Steps 1 to 3 from the new side, before the gateway starts: takes the listening sockets into the
     /// socket-activation pool, says the configuration is valid, and waits until the ban journal is free.
     /// Returns how many sockets were adopted.
-    pub fn take_over(&mut self, timeout: Duration) -> Result<usize, String> {
-        self.sock
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| format!("hand-over socket: {e}"))?;
+    pub fn take_over(&mut self, timeout: Duration) -> Result<usize, TakeOverError> {
+        self.sock.set_read_timeout(Some(timeout))?;
         let mut buf = vec![0u8; MAX_LINE];
-        let (n, fds) = handover::recv_with_fds(&self.sock, &mut buf)
-            .map_err(|e| format!("receiving the listening sockets: {e}"))?;
-        let line = buf[..n]
-            .strip_suffix(b"\n")
-            .ok_or("the listener message arrived cut off")?;
+        let (n, fds) = handover::recv_with_fds(&self.sock, &mut buf)?;
+        let line = buf[..n].strip_suffix(b"\n").ok_or(TakeOverError::BadLine)?;
         let names = match Msg::parse(line)? {
             Msg::Listeners { names } => names,
-            other => return Err(format!("expected the listening sockets, got {other:?}")),
+            other => {
+                return Err(TakeOverError::Unexpected {
+                    expected: "the listening sockets",
+                    got: format!("{other:?}"),
+                })
+            }
         };
         if names.len() != fds.len() {
-            return Err(format!("{} socket names for {} sockets", names.len(), fds.len()));
+            return Err(TakeOverError::Count {
+                names: names.len(),
+                fds: fds.len(),
+            });
         }
         let count = fds.len();
         crate::sys::activation::adopt(fds.into_iter().zip(names).collect());
-        self.sock
-            .write_all(&Msg::Validated.line())
-            .map_err(|e| format!("hand-over socket: {e}"))?;
+        self.sock.write_all(&Msg::Validated.line())?;
         match self.read_line_blocking()? {
             Msg::JournalReleased => Ok(count),
-            Msg::Statement { .. } => Err("a statement before the journal was released".to_string()),
-            other => Err(format!("expected the journal, got {other:?}")),
+            other => Err(TakeOverError::Unexpected {
+                expected: "the journal",
+                got: format!("{other:?}"),
+            }),
         }
     }
 
     /// One line, byte by byte (so nothing is read past it before the socket goes to the runtime).
-    fn read_line_blocking(&mut self) -> Result<Msg, String> {
+    fn read_line_blocking(&mut self) -> Result<Msg, TakeOverError> {
         let mut line = Vec::new();
         let mut b = [0u8; 1];
         loop {
-            match self.sock.read(&mut b) {
-                Ok(0) => return Err("the previous process closed the hand-over socket".to_string()),
-                Ok(_) if b[0] == b'\n' => return Msg::parse(&line),
-                Ok(_) if line.len() < MAX_LINE => line.push(b[0]),
-                Ok(_) => return Err("hand-over line too long".to_string()),
-                Err(e) => return Err(format!("hand-over socket: {e}")),
+            match self.sock.read(&mut b)? {
+                0 => return Err(TakeOverError::Closed),
+                _ if b[0] == b'\n' => return Msg::parse(&line),
+                _ if line.len() < MAX_LINE => line.push(b[0]),
+                _ => return Err(TakeOverError::BadLine),
             }
         }
     }

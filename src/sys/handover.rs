@@ -132,24 +132,35 @@ pub fn inheritable_copy(fd: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Why [`ENV_FD`] names no usable hand-over socket.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvFdError {
+    #[error("{ENV_FD}={0:?} is not a descriptor number above 2")]
+    NotANumber(std::ffi::OsString),
+    #[error("{ENV_FD}={0}: the descriptor is not open")]
+    NotOpen(RawFd),
+    #[error("{ENV_FD}={0}: the descriptor is not a unix socket")]
+    NotUnix(RawFd),
+}
+
 /// The successor's end of the hand-over socket, announced by [`ENV_FD`]. Reads and removes the variable
 /// (so a child of ours does not take it for its own) and makes the descriptor close-on-exec. None when
 /// the variable is absent; an error when it names no open socket.
 ///
 /// Call it while the process is still single-threaded: it edits the environment.
-pub fn take_env_fd() -> Result<Option<UnixStream>, String> {
+pub fn take_env_fd() -> Result<Option<UnixStream>, EnvFdError> {
     let Some(v) = std::env::var_os(ENV_FD) else {
         return Ok(None);
     };
     std::env::remove_var(ENV_FD);
     let raw: RawFd = match v.to_str().and_then(|s| s.trim().parse().ok()) {
         Some(n) if n > 2 => n,
-        _ => return Err(format!("{ENV_FD}={v:?} is not a descriptor number above 2")),
+        _ => return Err(EnvFdError::NotANumber(v)),
     };
     // SAFETY: F_GETFD only queries the descriptor table entry; no memory is passed.
     let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
     if flags < 0 {
-        return Err(format!("{ENV_FD}={raw}: the descriptor is not open"));
+        return Err(EnvFdError::NotOpen(raw));
     }
     // SAFETY: ownership. The variable is set only by a gatehouse process that starts this one as its
     // successor, with this descriptor inherited for it alone; nothing else in Gatehouse refers to
@@ -161,7 +172,7 @@ pub fn take_env_fd() -> Result<Option<UnixStream>, String> {
     let sock = socket2::Socket::from(fd);
     match sock.domain() {
         Ok(d) if d == socket2::Domain::UNIX => Ok(Some(UnixStream::from(OwnedFd::from(sock)))),
-        _ => Err(format!("{ENV_FD}={raw}: the descriptor is not a unix socket")),
+        _ => Err(EnvFdError::NotUnix(raw)),
     }
 }
 
