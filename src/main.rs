@@ -516,6 +516,9 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
     let log_file = match telemetry::init_with_file(&format, &cfg.log.level, cfg.log.file.as_deref()) {
         Ok(f) => f,
         Err(e) => {
+            if let Some(p) = predecessor.as_mut() {
+                p.refuse(&e.to_string());
+            }
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
