@@ -2,9 +2,10 @@
 //! the admin API and the cluster, applies reloads and drains on shutdown.
 
 pub mod demo;
+pub mod upgrade;
 
 use crate::admin;
-use crate::admin::reload::{ReloadRequest, ReloadSummary};
+use crate::admin::reload::{ReloadRequest, ReloadSummary, UpgradeRequest};
 use crate::cluster;
 use crate::config::Config;
 use crate::front::electrum;
@@ -134,6 +135,12 @@ pub struct Running {
     admin: Option<admin::AdminServer>,
     cluster: Option<cluster::Cluster>,
     reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
+    upgrade_requests: Option<tokio::sync::mpsc::Receiver<UpgradeRequest>>,
+    /// How long a successor process has to report ready (`runtime.upgrade_timeout`).
+    upgrade_timeout: Duration,
+    /// After a live upgrade: the task passing this process's bans to its successor, and the signal that
+    /// the drain is over (it then sends what is left and ends).
+    successor: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
 }
 
 /// A running front: its slot, the addresses asked for and bound, and its accept loops.
@@ -142,6 +149,9 @@ struct FrontRun {
     listen: Vec<SocketAddr>,
     bound: Vec<SocketAddr>,
     loops: Vec<tokio::task::JoinHandle<()>>,
+    /// Copies of the listening sockets, for a successor process (a live upgrade); dropped when the
+    /// front stops accepting, so a stopped front's ports close.
+    sockets: Vec<std::os::fd::OwnedFd>,
 }
 
 /// A front whose listeners are bound but not yet serving (so a reload can fail before changing anything).
@@ -172,6 +182,11 @@ fn bind_front(state: FrontState) -> Result<Bound, StartError> {
 
 fn serve_front(b: Bound, shared: &Stages) -> FrontRun {
     let listen = b.state.cfg.listen.clone();
+    let sockets = b
+        .listeners
+        .iter()
+        .filter_map(|l| std::os::fd::AsFd::as_fd(l).try_clone_to_owned().ok())
+        .collect();
     let slot = FrontSlot::new(b.state);
     let loops = b
         .listeners
@@ -187,6 +202,7 @@ fn serve_front(b: Bound, shared: &Stages) -> FrontRun {
         listen,
         bound: b.bound,
         loops,
+        sockets,
     }
 }
 
@@ -266,6 +282,7 @@ impl Gatehouse {
             None => None,
         };
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let (upgrade_tx, upgrade_rx) = tokio::sync::mpsc::channel(1);
         let admin = admin_listener.zip(config.admin.token.as_ref()).map(|(l, token)| {
             let state =
                 admin::AdminState::new(shared.guard.bans().clone(), token, shared.intake.stop_accepting.clone())
@@ -279,6 +296,7 @@ impl Gatehouse {
                         config.admin.metrics_public,
                     )
                     .with_reload(reload_tx)
+                    .with_upgrade(upgrade_tx)
                     .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle))
                     .with_connections_per_peer(config.admin.max_connections_per_peer);
             admin::AdminServer::spawn(l, Arc::new(state))
@@ -291,6 +309,9 @@ impl Gatehouse {
             admin,
             cluster,
             reload_requests: Some(reload_rx),
+            upgrade_requests: Some(upgrade_rx),
+            upgrade_timeout: config.runtime.upgrade_timeout,
+            successor: None,
         })
     }
 }
@@ -481,9 +502,18 @@ impl Running {
         self.shared.intake.tracker.len()
     }
 
+    /// Upgrade requests from the admin API (`POST /v1/upgrade`), for the owner of the process to serve
+    /// with [`Running::upgrade`]; taken once. Until taken, the API answers 503.
+    pub fn take_upgrade_requests(&mut self) -> Option<tokio::sync::mpsc::Receiver<UpgradeRequest>> {
+        self.upgrade_requests.take()
+    }
+
     /// Stops accepting now; waits for the listeners to close.
     pub async fn stop_accepting(&mut self) {
         self.shared.intake.stop_accepting.cancel();
+        for r in self.fronts.values_mut() {
+            r.sockets.clear();
+        }
         for h in self.fronts.values_mut().flat_map(|r| r.loops.drain(..)) {
             let _ = h.await;
         }
@@ -527,6 +557,11 @@ impl Running {
                 self.force_close();
                 self.shared.intake.tracker.wait().await;
             }
+        }
+        if let Some((done, forwarder)) = self.successor.take() {
+            // The last sessions' bans must reach the successor before this process exits.
+            done.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), forwarder).await;
         }
         if let Some(c) = self.cluster.take() {
             c.shutdown();

@@ -8,7 +8,7 @@
 //! | module | job | may import |
 //! |---|---|---|
 //! | `main.rs` | the CLI: parses arguments, calls `app` or the admin client | anything |
-//! | [`app`] | composition root: start, reload, drain; builds each stage's handles from the settings; `app::demo` runs a gateway on loopback | everything below |
+//! | [`app`] | composition root: start, reload, drain, live upgrade ([`app::upgrade`]); builds each stage's handles from the settings; `app::demo` runs a gateway on loopback | everything below |
 //! | [`config`] | TOML → validated settings, built from the settings types of the modules below; only `app` and `main.rs` use it | everything below |
 //! | [`admin`] | HTTP admin API, its client, settings and reload types (shared with the CLI), the scrape-time metrics ([`admin::live`]) | cluster, front, listen, upstream, guard, state, telemetry, wire, sys |
 //! | [`cluster`] | ban and cost sharing between gateways: signed records, links, Redis, keys | state, telemetry, wire, sys |
@@ -19,7 +19,7 @@
 //! | [`state`] | what the guard reads and the cluster replicates: the ban table and its journal, the cost ledger, the memory budget | telemetry, wire, sys |
 //! | [`telemetry`] | leaf: counters, histograms, the refusal log gate, log setup; reads no gateway state | nothing |
 //! | [`wire`] | leaf: pure codecs and values: PROXY header, units, address prefix sets, the buffer pool | nothing |
-//! | [`sys`] | leaf: OS glue, the only `unsafe`: socket activation, sd_notify, the journal's fcntl lock, rlimit | nothing |
+//! | [`sys`] | leaf: OS glue, the only `unsafe`: socket activation, descriptor passing, sd_notify, the journal's fcntl lock, rlimit | nothing |
 //!
 //! Settings types live beside the code that reads them (`guard::Admission`, `state::cost::CostConfig`,
 //! `front::Front`, …), each with its `DEFAULT_*` constants; `config` only parses and validates into them.

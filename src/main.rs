@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use gatehouse::admin::settings::read_token_file;
 use gatehouse::admin::{api, client};
 use gatehouse::admin::{AdminListen, AdminToken};
+use gatehouse::app::upgrade::Predecessor;
 use gatehouse::config::Config;
 use gatehouse::sys::{rlimit::raise_nofile, sdnotify};
 use gatehouse::telemetry::LogFormat;
@@ -68,6 +69,15 @@ enum Cmd {
     /// Make a random bearer token for an API front: prints the token (for the client) and the
     /// `token_hash` line for its [[front.api.tokens]] entry (the token itself is not stored).
     Token,
+    /// Replace the running gateway by a new process (through its admin API) without closing a port: the
+    /// new one takes the listening sockets over and accepts at once, the old one drains its sessions.
+    Upgrade {
+        /// The new binary (absolute path); default: the running binary's path as installed now.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// How to reach the admin API: from the config's [admin] section, or given outright.
@@ -151,6 +161,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Cmd::Bans { cmd } => bans(cmd),
+        Cmd::Upgrade { binary, admin } => upgrade(binary, &admin),
         Cmd::Cluster {
             cmd: ClusterCmd::Status { json, admin },
         } => cluster_status(&admin, json),
@@ -287,6 +298,72 @@ fn cluster_status(admin: &AdminArgs, json: bool) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// How long `gatehouse upgrade` waits for the gateway's answer.
+const UPGRADE_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn upgrade(binary: Option<PathBuf>, admin: &AdminArgs) -> ExitCode {
+    let binary = match binary.map(std::path::absolute).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: --binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (target, token) = match admin_target(admin) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let body = api::NewUpgrade {
+        binary: binary.map(|b| b.display().to_string()),
+    };
+    let reply = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            // The gateway answers by its own runtime.upgrade_timeout; wait longer than any sane one.
+            rt.block_on(client::request_within(
+                UPGRADE_WAIT,
+                &target,
+                &token,
+                Method::POST,
+                "/v1/upgrade",
+                serde_json::to_value(body).ok(),
+            ))
+            .map_err(|e| e.to_string())
+        });
+    match reply {
+        Ok(r) if r.status.is_success() => match r.parse::<api::UpgradeAnswer>() {
+            Ok(a) => {
+                println!(
+                    "upgraded: pid {} ({}) accepts on every listener; the old process drains",
+                    a.pid, a.binary
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(r) => {
+            eprintln!(
+                "error: upgrade failed, the running gateway serves on: {} (HTTP {})",
+                r.error_message(),
+                r.status.as_u16()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn bans(cmd: BansCmd) -> ExitCode {
@@ -467,9 +544,20 @@ fn probe_backends(cfg: &Config) -> ExitCode {
 }
 
 fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
+    // First, while single-threaded (it edits the environment): started by `gatehouse upgrade`?
+    let mut predecessor = match Predecessor::from_env() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: upgrade: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cfg = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
+            if let Some(p) = predecessor.as_mut() {
+                p.refuse(&e.to_string());
+            }
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
@@ -482,6 +570,9 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
     let log_file = match telemetry::init_with_file(&format, &cfg.log.level, cfg.log.file.as_deref()) {
         Ok(f) => f,
         Err(e) => {
+            if let Some(p) = predecessor.as_mut() {
+                p.refuse(&e.to_string());
+            }
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
@@ -490,6 +581,19 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
         tracing::warn!(key = %w.key, "{}", w.reason);
     }
     gatehouse::sys::activation::init(); // before any thread: it edits the environment
+    if let Some(p) = predecessor.as_mut() {
+        match p.take_over(cfg.runtime.upgrade_timeout) {
+            Ok(n) => tracing::info!(
+                sockets = n,
+                "upgrade: took over the listening sockets and the ban journal"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "upgrade: hand-over failed");
+                p.refuse(&e.to_string());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     raise_nofile(cfg.runtime.max_open_files);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if cfg.runtime.worker_threads > 0 {
@@ -517,6 +621,9 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
         let running = match Gatehouse::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
+                if let Some(p) = predecessor.as_mut() {
+                    p.refuse(&format!("start failed: {e}"));
+                }
                 tracing::error!(error = %e, "start failed");
                 if log_file.is_some() {
                     // The log line went to the file; whoever started us (systemd, a shell) sees stderr.
@@ -526,13 +633,34 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
             }
         };
         gatehouse::sys::activation::close_unused();
-        let _ = sdnotify::notify("READY=1");
-        sdnotify::spawn_watchdog();
+        let watchdog = match predecessor {
+            None => {
+                let _ = sdnotify::notify("READY=1");
+                sdnotify::spawn_watchdog()
+            }
+            // systemd hears from us once the previous process has made us the main process.
+            Some(p) => match p.ready(running.bans().clone()) {
+                Ok(promoted) => {
+                    tokio::spawn(async move {
+                        if promoted.await.is_ok() {
+                            let _ = sdnotify::notify("READY=1");
+                            // Detached: it pings for as long as the process runs.
+                            drop(sdnotify::spawn_watchdog());
+                        }
+                    });
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "upgrade: cannot report ready to the previous process");
+                    None
+                }
+            },
+        };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "gatehouse ready");
         for f in &probes {
             gatehouse::front::electrum::probe::spawn_advice(f, &global);
         }
-        wait_and_drain(running, path, signals, log_file).await;
+        wait_and_drain(running, path, signals, log_file, watchdog).await;
         ExitCode::SUCCESS
     })
 }
@@ -543,6 +671,8 @@ struct Signals {
     hup: tokio::signal::unix::Signal,
     /// Reopen the log file (logrotate's postrotate).
     usr1: tokio::signal::unix::Signal,
+    /// Live upgrade to this process's own binary as installed now.
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -553,6 +683,7 @@ impl Signals {
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
             usr1: signal(SignalKind::user_defined1())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }
@@ -562,18 +693,37 @@ async fn wait_and_drain(
     path: &std::path::Path,
     signals: Signals,
     log_file: Option<telemetry::LogFile>,
+    watchdog: Option<tokio::task::JoinHandle<()>>,
 ) {
     let Signals {
         mut term,
         mut int,
         mut hup,
         mut usr1,
+        mut usr2,
     } = signals;
     let mut api = running.take_reload_requests();
+    let mut upgrades = running.take_upgrade_requests();
+    let mut handed_over = false;
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = usr2.recv() => {
+                if upgrade_process(&mut running, None).await.is_ok() {
+                    handed_over = true;
+                    break;
+                }
+            }
+            Some(req) = async { match upgrades.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                let result = upgrade_process(&mut running, req.binary).await;
+                let ok = result.is_ok();
+                let _ = req.done.send(result.map_err(gatehouse::admin::reload::UpgradeFailure::new));
+                if ok {
+                    handed_over = true;
+                    break;
+                }
+            }
             _ = hup.recv() => {
                 let _ = reload(&mut running, path, log_file.as_ref()).await;
             }
@@ -583,8 +733,18 @@ async fn wait_and_drain(
             }
         }
     }
-    let _ = sdnotify::notify("STOPPING=1");
-    tracing::info!("stop requested: no longer accepting; a second SIGTERM or SIGINT closes sessions now");
+    if let Some(w) = watchdog {
+        if handed_over {
+            // The successor pings for the service now.
+            w.abort();
+        }
+    }
+    if handed_over {
+        tracing::info!("handed over: draining this process's sessions; SIGTERM or SIGINT closes them now");
+    } else {
+        let _ = sdnotify::notify("STOPPING=1");
+        tracing::info!("stop requested: no longer accepting; a second SIGTERM or SIGINT closes sessions now");
+    }
     let force = running.force_close_token();
     let drain = running.shutdown();
     tokio::pin!(drain);
@@ -602,6 +762,16 @@ async fn wait_and_drain(
         }
     };
     tracing::info!(forced = report.forced, "stopped");
+}
+
+/// SIGUSR2 or `POST /v1/upgrade`: start the new binary with this process's own arguments and hand it the
+/// listeners. A failure leaves this process serving; the reason is logged (and returned to the API).
+async fn upgrade_process(
+    running: &mut gatehouse::Running,
+    binary: Option<PathBuf>,
+) -> Result<gatehouse::admin::reload::UpgradeSummary, gatehouse::app::upgrade::UpgradeError> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    running.upgrade(binary, args).await
 }
 
 /// SIGHUP or `POST /v1/reload`: validate the whole file first; a bad file leaves the running

@@ -45,10 +45,60 @@ fn write_config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> PathBuf
 /// It reports to its own `NOTIFY_SOCKET`. Killed on drop.
 struct Gateway {
     proc: Proc,
-    /// Notifications received on the gateway's NOTIFY_SOCKET, read by a thread so that the gateway never
-    /// finds the socket's queue full.
-    notify: mpsc::Receiver<String>,
+    /// Notifications received on the gateway's NOTIFY_SOCKET with the sender's pid (as systemd reads it,
+    /// from SCM_CREDENTIALS), read by a thread so that the gateway never finds the socket's queue full.
+    notify: mpsc::Receiver<(i32, String)>,
     _dir: tempfile::TempDir,
+}
+
+/// Turns on SO_PASSCRED, so each datagram arrives with its sender's credentials, as on systemd's socket.
+fn pass_credentials(sock: &UnixDatagram) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `one`, which lives across the call, on a
+    // descriptor `sock` owns.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_PASSCRED: {}", std::io::Error::last_os_error());
+}
+
+/// One datagram and the pid that sent it (-1 if no credentials came with it).
+fn recv_with_pid(sock: &UnixDatagram, buf: &mut [u8]) -> std::io::Result<(i32, usize)> {
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is a valid empty one; we point it at `iov` (over `buf`) and `control`, both
+    // alive and exclusively borrowed for the call, and recvmsg writes within their stated lengths. The
+    // control messages are then walked with the CMSG macros within msg_controllen, and the ucred read
+    // unaligned from a SCM_CREDENTIALS message, which the kernel sizes for one.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, 0);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut pid = -1;
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                pid = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::ucred>()).pid;
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+        Ok((pid, n as usize))
+    }
 }
 
 impl Gateway {
@@ -56,11 +106,15 @@ impl Gateway {
         let dir = tempfile::tempdir().unwrap();
         let notify_path = dir.path().join("notify.sock");
         let sock = UnixDatagram::bind(&notify_path).unwrap();
+        pass_credentials(&sock);
         let (ntx, notify) = mpsc::channel();
         thread::spawn(move || {
             let mut buf = [0u8; 4096];
-            while let Ok(n) = sock.recv(&mut buf) {
-                if ntx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+            while let Ok((pid, n)) = recv_with_pid(&sock, &mut buf) {
+                if ntx
+                    .send((pid, String::from_utf8_lossy(&buf[..n]).into_owned()))
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -123,7 +177,7 @@ impl Gateway {
         let deadline = Instant::now() + limit;
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match self.notify.recv_timeout(left) {
-                Ok(msg) if msg.lines().any(|l| l == state) => return true,
+                Ok((_, msg)) if msg.lines().any(|l| l == state) => return true,
                 Ok(_) => {}
                 Err(_) => return false,
             }
@@ -307,6 +361,93 @@ fn inherited_socket_upgrade_refuses_nothing() {
         across_gap >= 1,
         "no connection waited across the gap (clients connect throughout, so one should have been queued)"
     );
+}
+
+/// A live upgrade (SIGUSR2) of a socket-activated gateway, as systemd with `NotifyAccess=main` sees it: the
+/// old main process's last word is `MAINPID=<new pid>`; before it only the old process speaks, after it
+/// only the new one (`READY=1`, then its watchdog pings), although the old one still drains a session. The
+/// new process serves the supervisor's socket, and the old one exits once its session ends.
+#[test]
+fn live_upgrade_moves_the_main_pid_and_only_the_main_process_speaks() {
+    let backend = echo_backend_thread();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), addr, backend);
+    let mut a = Gateway::start(&config, &[listener.as_raw_fd()], Some(100_000));
+    a.wait_ready();
+    let a_pid = a.proc.pid();
+    assert!(a.wait_notify("WATCHDOG=1", Duration::from_secs(2)));
+    // READY=1 is sent just before the signal handlers' task starts waiting; give it a moment.
+    thread::sleep(Duration::from_millis(200));
+    // A session that keeps the old process draining (and silent) while the new one speaks.
+    let mut old = TcpStream::connect(addr).unwrap();
+    old.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut back = [0u8; 6];
+    old.write_all(b"first\n").unwrap();
+    old.read_exact(&mut back).unwrap();
+    a.proc.signal(libc::SIGUSR2);
+
+    let mut seen: Vec<(i32, String)> = Vec::new();
+    let mut moved = None;
+    let mut until = Instant::now() + Duration::from_secs(10);
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        let Ok(m) = a.notify.recv_timeout(left) else { break };
+        if moved.is_none() && m.1.starts_with("MAINPID=") {
+            moved = Some(seen.len());
+            // Long enough for READY=1 and several pings (every 50 ms) from the new main process.
+            until = Instant::now() + Duration::from_millis(1000);
+        }
+        seen.push(m);
+    }
+    let at = moved.unwrap_or_else(|| panic!("no MAINPID= among {seen:?}\n{}", a.proc.log()));
+    let b_pid: i32 = seen[at].1.trim_start_matches("MAINPID=").trim().parse().unwrap();
+    let _b = Pid(b_pid);
+    assert_ne!(b_pid, a_pid);
+    assert_eq!(seen[at].0, a_pid, "MAINPID= must come from the main process: {seen:?}");
+    for (pid, m) in &seen[..at] {
+        assert_eq!(*pid, a_pid, "{m:?} from {pid} before the main PID moved: {seen:?}");
+    }
+    for (pid, m) in &seen[at + 1..] {
+        assert_eq!(
+            *pid, b_pid,
+            "{m:?} from {pid} after the main PID moved to {b_pid}: {seen:?}"
+        );
+    }
+    let after: Vec<&str> = seen[at + 1..].iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(after.first(), Some(&"READY=1"), "{after:?}");
+    assert!(after.iter().filter(|m| **m == "WATCHDOG=1").count() >= 3, "{after:?}");
+
+    assert!(
+        a.proc.child.try_wait().unwrap().is_none(),
+        "the first process did not wait for its session"
+    );
+    old.write_all(b"again\n").unwrap();
+    old.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"again\n");
+    drop(old);
+    let st = a.proc.wait_exit(Duration::from_secs(15));
+    assert!(
+        st.is_some_and(|s| s.success()),
+        "first process: {st:?}\n{}",
+        a.proc.log()
+    );
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"after\n").unwrap();
+    let mut back = [0u8; 6];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"after\n");
+}
+
+/// A gateway this test did not spawn itself (the successor of one it did): killed on drop.
+struct Pid(i32);
+
+impl Drop for Pid {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid a gateway of this test reported as its successor.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
 }
 
 /// An inherited socket that no front listens on is closed with a warning; the others are used.

@@ -94,6 +94,21 @@ pub struct ReloadAnswer {
     pub updated: Vec<String>,
 }
 
+/// `POST /v1/upgrade` body: the new binary (absolute path); absent: the running binary's path on disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUpgrade {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+}
+
+/// `POST /v1/upgrade`: the process that now serves, once it accepts on every listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeAnswer {
+    pub pid: u32,
+    pub binary: String,
+}
+
 /// `GET /v1/cluster`, one shape per cluster backend.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "lowercase")]

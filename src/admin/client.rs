@@ -27,8 +27,8 @@ pub enum ClientError {
     },
     #[error("admin API at {target}: {reason}")]
     Http { target: AdminListen, reason: String },
-    #[error("admin API at {target}: no answer within {TIMEOUT:?}")]
-    Timeout { target: AdminListen },
+    #[error("admin API at {target}: no answer within {limit:?}")]
+    Timeout { target: AdminListen, limit: Duration },
     #[error("admin API answered with an unexpected body: {0}")]
     Body(#[source] serde_json::Error),
 }
@@ -73,9 +73,25 @@ pub async fn request(
     path_and_query: &str,
     body: Option<serde_json::Value>,
 ) -> Result<Reply, ClientError> {
-    match tokio::time::timeout(TIMEOUT, exchange(target, token, method, path_and_query, body)).await {
+    request_within(TIMEOUT, target, token, method, path_and_query, body).await
+}
+
+/// [`request`] with its own limit, for requests the server answers only when a long job is done (an
+/// upgrade waits for the new process, up to the server's own `runtime.upgrade_timeout`).
+pub async fn request_within(
+    limit: Duration,
+    target: &AdminListen,
+    token: &AdminToken,
+    method: Method,
+    path_and_query: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Reply, ClientError> {
+    match tokio::time::timeout(limit, exchange(target, token, method, path_and_query, body)).await {
         Ok(r) => r,
-        Err(_) => Err(ClientError::Timeout { target: target.clone() }),
+        Err(_) => Err(ClientError::Timeout {
+            target: target.clone(),
+            limit,
+        }),
     }
 }
 

@@ -68,6 +68,8 @@ pub struct AdminState {
     metrics_public: bool,
     /// Where `POST /v1/reload` asks the process that owns the configuration file to reload it.
     reload: Option<tokio::sync::mpsc::Sender<reload::ReloadRequest>>,
+    /// Where `POST /v1/upgrade` asks that process to hand its listeners to a new one.
+    upgrade: Option<tokio::sync::mpsc::Sender<reload::UpgradeRequest>>,
     /// The cluster links, when this gateway is part of a cluster.
     cluster: Option<crate::cluster::StatusHandle>,
     /// Connections one peer may hold at once.
@@ -93,6 +95,12 @@ impl AdminState {
         self
     }
 
+    /// Lets `POST /v1/upgrade` send requests to whoever owns the process and its listeners.
+    pub fn with_upgrade(mut self, tx: tokio::sync::mpsc::Sender<reload::UpgradeRequest>) -> AdminState {
+        self.upgrade = Some(tx);
+        self
+    }
+
     pub fn new(bans: Arc<BanTable>, token: &AdminToken, stop_accepting: CancellationToken) -> AdminState {
         AdminState {
             bans,
@@ -101,6 +109,7 @@ impl AdminState {
             metrics: None,
             metrics_public: false,
             reload: None,
+            upgrade: None,
             cluster: None,
             per_peer: DEFAULT_ADMIN_CONNECTIONS_PER_PEER,
         }
@@ -136,15 +145,29 @@ pub enum AdminListener {
 
 impl AdminListener {
     /// Binds `listen`. A leftover socket file from a crashed run is replaced; anything else at the path
-    /// (a live gateway's socket, a regular file) is an error.
+    /// (a live gateway's socket, a regular file) is an error. A listening socket handed over by the
+    /// previous process (a live upgrade) or by systemd for this address is used instead.
     pub async fn bind(listen: &AdminListen) -> Result<AdminListener, AdminError> {
         let bind_err = |source| AdminError::Bind {
             listen: listen.clone(),
             source,
         };
         match listen {
-            AdminListen::Tcp(addr) => Ok(AdminListener::Tcp(TcpListener::bind(addr).await.map_err(bind_err)?)),
+            AdminListen::Tcp(addr) => match crate::sys::activation::take(*addr) {
+                Some(l) => {
+                    l.set_nonblocking(true).map_err(bind_err)?;
+                    Ok(AdminListener::Tcp(TcpListener::from_std(l).map_err(bind_err)?))
+                }
+                None => Ok(AdminListener::Tcp(TcpListener::bind(addr).await.map_err(bind_err)?)),
+            },
             AdminListen::Unix(path) => {
+                if let Some(l) = crate::sys::activation::take_unix(path) {
+                    l.set_nonblocking(true).map_err(bind_err)?;
+                    return Ok(AdminListener::Unix(
+                        UnixListener::from_std(l).map_err(bind_err)?,
+                        path.clone(),
+                    ));
+                }
                 if let Ok(meta) = std::fs::symlink_metadata(path) {
                     use std::os::unix::fs::FileTypeExt;
                     let stale = meta.file_type().is_socket() && tokio::net::UnixStream::connect(path).await.is_err();
@@ -177,24 +200,63 @@ impl AdminListener {
 pub struct AdminServer {
     addr: AdminListen,
     stop: CancellationToken,
+    /// Cancelled when a successor process takes the listener over.
+    handed_over: CancellationToken,
+    /// A copy of the listening socket, to hand over to a successor process.
+    socket: Option<std::os::fd::OwnedFd>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How long open admin connections may finish after the listener went to a successor (the request that
+/// asked for the upgrade waits for its answer).
+const HANDOVER_GRACE: Duration = Duration::from_secs(5);
+
 impl AdminServer {
     pub fn spawn(listener: AdminListener, state: Arc<AdminState>) -> AdminServer {
+        use std::os::fd::AsFd;
         let addr = listener.local();
+        let socket = match &listener {
+            AdminListener::Tcp(l) => l.as_fd().try_clone_to_owned(),
+            AdminListener::Unix(l, _) => l.as_fd().try_clone_to_owned(),
+        }
+        .ok();
         let stop = CancellationToken::new();
+        let handed_over = CancellationToken::new();
         tracing::info!(listen = %addr, "admin API listening");
-        let task = tokio::spawn(serve(listener, state, stop.clone()));
-        AdminServer { addr, stop, task }
+        let task = tokio::spawn(serve(listener, state, stop.clone(), handed_over.clone()));
+        AdminServer {
+            addr,
+            stop,
+            handed_over,
+            socket,
+            task,
+        }
     }
 
     pub fn addr(&self) -> &AdminListen {
         &self.addr
     }
 
+    /// The listening socket, for a successor process.
+    pub fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.socket.as_ref().map(|s| s.as_fd())
+    }
+
+    /// A successor process serves the API now: stop accepting, leave a unix socket's path to it, and let
+    /// open connections finish (for a few seconds).
+    pub fn hand_over(&mut self) {
+        self.handed_over.cancel();
+        self.socket = None;
+    }
+
+    /// Closes the listener and every connection. After [`AdminServer::hand_over`] it waits instead for the
+    /// open connections to finish (a few seconds at most), so the answer to the request that asked for the
+    /// upgrade is not cut off by a drain that has nothing to wait for.
     pub async fn stop(self) {
-        self.stop.cancel();
+        if !self.handed_over.is_cancelled() {
+            self.stop.cancel();
+        }
         let _ = self.task.await;
     }
 }
@@ -340,13 +402,19 @@ impl Drop for Busy {
     }
 }
 
-async fn serve(listener: AdminListener, state: Arc<AdminState>, stop: CancellationToken) {
+async fn serve(
+    listener: AdminListener,
+    state: Arc<AdminState>,
+    stop: CancellationToken,
+    handed_over: CancellationToken,
+) {
     let mut conns = JoinSet::new();
     let slots = Arc::new(Slots::new(state.per_peer));
     loop {
         while conns.try_join_next().is_some() {}
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = handed_over.cancelled() => break,
             a = accept(&listener) => a,
         };
         let (io, peer, key) = match accepted {
@@ -394,6 +462,18 @@ async fn serve(listener: AdminListener, state: Arc<AdminState>, stop: Cancellati
                 _ = close.cancelled() => {}
             }
         });
+    }
+    if handed_over.is_cancelled() {
+        // The socket (and a unix socket's path) belongs to the successor now; only our open connections
+        // are left to finish.
+        drop(listener);
+        let finish = async { while conns.join_next().await.is_some() {} };
+        tokio::select! {
+            _ = tokio::time::timeout(HANDOVER_GRACE, finish) => {}
+            _ = stop.cancelled() => {}
+        }
+        conns.shutdown().await;
+        return;
     }
     conns.shutdown().await;
     if let AdminListener::Unix(_, path) = &listener {
@@ -498,6 +578,8 @@ async fn handle(state: &AdminState, peer: &str, authorized: bool, req: Request<I
         (_, "/metrics") => method_not_allowed("GET"),
         (&Method::POST, "/v1/reload") => reload(state, peer).await,
         (_, "/v1/reload") => method_not_allowed("POST"),
+        (&Method::POST, "/v1/upgrade") => upgrade(state, peer, req).await,
+        (_, "/v1/upgrade") => method_not_allowed("POST"),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {method} {path}")),
     }
 }
@@ -528,6 +610,52 @@ async fn reload(state: &AdminState, peer: &str) -> Reply {
         Ok(Err(e)) => {
             tracing::warn!(target: "gatehouse::audit", peer, action = "reload", result = "rejected", error = %e, "admin reload");
             error(StatusCode::BAD_REQUEST, e)
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down"),
+    }
+}
+
+/// Starts a new process (the binary given, or this one's own) and hands it the listeners; answers once
+/// the new process accepts on all of them, or with the reason it did not (this process then serves on).
+async fn upgrade(state: &AdminState, peer: &str, req: Request<Incoming>) -> Reply {
+    let Some(tx) = &state.upgrade else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upgrade is not available in this process",
+        );
+    };
+    let body = match Limited::new(req.into_body(), BODY_LIMIT).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}")),
+    };
+    let asked: api::NewUpgrade = if body.is_empty() {
+        api::NewUpgrade::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")),
+        }
+    };
+    let binary = asked.binary.map(PathBuf::from);
+    if binary.as_ref().is_some_and(|b| !b.is_absolute()) {
+        return error(StatusCode::BAD_REQUEST, "binary must be an absolute path");
+    }
+    let (done, result) = tokio::sync::oneshot::channel();
+    if tx.send(reload::UpgradeRequest { binary, done }).await.is_err() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down");
+    }
+    match result.await {
+        Ok(Ok(s)) => {
+            tracing::info!(target: "gatehouse::audit", peer, action = "upgrade", result = "ok", pid = s.pid, binary = %s.binary.display(), "admin upgrade");
+            let answer = api::UpgradeAnswer {
+                pid: s.pid,
+                binary: s.binary.display().to_string(),
+            };
+            reply(StatusCode::OK, &answer)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(target: "gatehouse::audit", peer, action = "upgrade", result = "failed", error = %e, "admin upgrade");
+            error(StatusCode::INTERNAL_SERVER_ERROR, e)
         }
         Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the gateway is shutting down"),
     }

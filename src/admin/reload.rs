@@ -23,3 +23,28 @@ pub struct ReloadSummary {
     pub removed: Vec<String>,
     pub updated: Vec<String>,
 }
+
+/// A request to hand the listeners over to a new process (from `POST /v1/upgrade`): the binary to start
+/// (None: this process's own, as installed on disk now) and where the outcome goes.
+pub struct UpgradeRequest {
+    pub binary: Option<std::path::PathBuf>,
+    pub done: tokio::sync::oneshot::Sender<Result<UpgradeSummary, UpgradeFailure>>,
+}
+
+/// Why an upgrade did not happen; this process goes on serving. The API answers with its text.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct UpgradeFailure(Box<dyn std::error::Error + Send + Sync>);
+
+impl UpgradeFailure {
+    pub fn new(cause: impl std::error::Error + Send + Sync + 'static) -> UpgradeFailure {
+        UpgradeFailure(Box::new(cause))
+    }
+}
+
+/// The process that took over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeSummary {
+    pub pid: u32,
+    pub binary: std::path::PathBuf,
+}

@@ -494,6 +494,8 @@ const NO_ADDR: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 /// A running cluster member. Dropping it stops its tasks.
 pub struct Cluster {
     inner: Arc<Inner>,
+    /// A copy of the link listener, to hand over to a successor process (a live upgrade).
+    socket: Option<std::os::fd::OwnedFd>,
 }
 
 impl Drop for Cluster {
@@ -569,17 +571,25 @@ impl Cluster {
                 (Some(link), Some(task))
             }
         };
+        let bind_err = |source| ClusterError::Bind {
+            addr: config.listen,
+            source,
+        };
         let listener = match redis {
             Some(_) => None,
-            None => Some(
-                TcpListener::bind(config.listen)
-                    .await
-                    .map_err(|source| ClusterError::Bind {
-                        addr: config.listen,
-                        source,
-                    })?,
-            ),
+            // Handed over by the previous process of a live upgrade, or by systemd.
+            None => match crate::sys::activation::take(config.listen) {
+                Some(l) => {
+                    l.set_nonblocking(true).map_err(bind_err)?;
+                    Some(TcpListener::from_std(l).map_err(bind_err)?)
+                }
+                None => Some(TcpListener::bind(config.listen).await.map_err(bind_err)?),
+            },
         };
+        let socket = listener.as_ref().and_then(|l| {
+            use std::os::fd::AsFd;
+            l.as_fd().try_clone_to_owned().ok()
+        });
         let listen = listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
@@ -639,11 +649,17 @@ impl Cluster {
         }
         tokio::spawn(inner.clone().timers());
         tokio::spawn(inner.clone().follow_table(feed));
-        Ok(Cluster { inner })
+        Ok(Cluster { inner, socket })
     }
 
     pub fn node(&self) -> PublicKey {
         self.inner.me
+    }
+
+    /// The link listener, for a successor process; None under the Redis backend.
+    pub fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.socket.as_ref().map(|s| s.as_fd())
     }
 
     /// The bound link address (the real port when the config asked for port 0).

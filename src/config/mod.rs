@@ -96,6 +96,8 @@ pub struct Runtime {
     /// Never longer than `drain_deadline`.
     pub drain_spread: Duration,
     pub max_open_files: u64,
+    /// How long the new process of a live upgrade has to report ready.
+    pub upgrade_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -339,6 +341,12 @@ impl Validator<'_> {
                 drain_deadline: raw.runtime.drain_deadline.0,
                 drain_spread: raw.runtime.drain_spread.0.min(raw.runtime.drain_deadline.0),
                 max_open_files: raw.runtime.max_open_files,
+                upgrade_timeout: match raw.runtime.upgrade_timeout.0 {
+                    d if d.is_zero() => {
+                        return Err(self.err("runtime.upgrade_timeout", None, "must be greater than 0s"))
+                    }
+                    d => d,
+                },
             },
             log: LogSettings {
                 format: raw.log.format,

@@ -266,6 +266,9 @@ pub struct RawRuntime {
     pub drain_spread: Duration,
     #[serde(default = "default_nofile")]
     pub max_open_files: u64,
+    /// How long a new process started by `gatehouse upgrade` has to report ready.
+    #[serde(default = "default_upgrade_timeout")]
+    pub upgrade_timeout: Duration,
 }
 
 /// Default `runtime.drain_deadline`: how long open sessions may finish after SIGTERM.
@@ -274,6 +277,9 @@ pub const DEFAULT_DRAIN_DEADLINE: std::time::Duration = std::time::Duration::fro
 pub const DEFAULT_DRAIN_SPREAD: std::time::Duration = std::time::Duration::ZERO;
 /// Default `runtime.max_open_files`: the soft RLIMIT_NOFILE asked for at start.
 pub const DEFAULT_MAX_OPEN_FILES: u64 = 65536;
+/// Default `runtime.upgrade_timeout`: the new process of a live upgrade must accept on every listener
+/// within this, or it is stopped and the old one serves on.
+pub const DEFAULT_UPGRADE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 /// Default `log.level`.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Default `log.refusal_interval`: one line per address and reason at most this often.
@@ -286,6 +292,9 @@ fn default_spread() -> Duration {
 fn default_drain() -> Duration {
     Duration(DEFAULT_DRAIN_DEADLINE)
 }
+fn default_upgrade_timeout() -> Duration {
+    Duration(DEFAULT_UPGRADE_TIMEOUT)
+}
 fn default_nofile() -> u64 {
     DEFAULT_MAX_OPEN_FILES
 }
@@ -297,6 +306,7 @@ impl Default for RawRuntime {
             drain_deadline: default_drain(),
             drain_spread: default_spread(),
             max_open_files: default_nofile(),
+            upgrade_timeout: default_upgrade_timeout(),
         }
     }
 }

@@ -189,6 +189,52 @@ pub enum BanChange {
     },
 }
 
+impl BanChange {
+    /// The change as the statement the journal and the cluster carry.
+    pub fn statement(&self) -> Statement {
+        match self {
+            BanChange::Ban(b) => b.entry(Op::Ban),
+            BanChange::Unban {
+                prefix,
+                lifted,
+                version,
+                created,
+            } => Entry {
+                op: Op::Unban,
+                prefix: *prefix,
+                until: lifted.until,
+                reason: String::new(),
+                origin: LOCAL_ORIGIN.to_string(),
+                created: *created,
+                version: *version,
+                attachment: None,
+            },
+        }
+    }
+}
+
+/// A local statement as the change feed carries it.
+fn local_change(s: &Statement) -> BanChange {
+    let record = BanRecord {
+        prefix: s.prefix,
+        until: s.until,
+        reason: s.reason.clone(),
+        origin: s.origin.clone(),
+        created: s.created,
+        version: s.version,
+        attachment: s.attachment.clone(),
+    };
+    match s.op {
+        Op::Unban => BanChange::Unban {
+            prefix: s.prefix,
+            lifted: record,
+            version: s.version,
+            created: s.created,
+        },
+        Op::Ban | Op::Offence => BanChange::Ban(record),
+    }
+}
+
 /// What became of a remote statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RemoteOutcome {
@@ -652,6 +698,53 @@ impl BanTable {
     /// [`BanTable::apply_remote`] for many statements, judged in order, with one journal sync for all
     /// the winners. The outer error is a journal failure: then none of them was applied.
     pub fn apply_remote_batch(&self, batch: Vec<Statement>) -> Result<Vec<Result<RemoteOutcome, BanError>>, BanError> {
+        self.merge_batch(batch, false)
+    }
+
+    /// Statements of this node's previous process (a live upgrade: its bans and lifts while it drains),
+    /// local ones included, merged by rank like a peer's and journaled. Returns how many took effect.
+    pub fn adopt_from_predecessor(&self, batch: Vec<Statement>) -> Result<usize, BanError> {
+        let outcomes = self.merge_batch(batch, true)?;
+        Ok(outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(RemoteOutcome::Applied)))
+            .count())
+    }
+
+    /// Flushes the automatic bans queued for the journal and lets go of the journal and its lock, so a
+    /// successor process can take it over; the table goes on in memory (its changes still reach the
+    /// feed). Returns the journal's path; None when the table has none.
+    pub fn release_journal(&self) -> Option<PathBuf> {
+        let _turn = lock(&self.flush);
+        let mut store = lock(&self.store);
+        if let Err(e) = self.write_journal(&mut store, &[]) {
+            tracing::error!(error = %e, queued = store.pending.len(), "ban journal: queued bans not written before handing the journal over");
+        }
+        let journal = store.journal.take()?;
+        let path = journal.path().to_path_buf();
+        drop(journal);
+        tracing::info!(path = %path.display(), "ban journal released");
+        Some(path)
+    }
+
+    /// Takes the journal at `path` back after [`BanTable::release_journal`] (the successor failed):
+    /// waits for its lock, merges what was written meanwhile, then rewrites it to the table's live
+    /// statements, which include every ban made while the journal was away.
+    pub fn reattach_journal(&self, path: &Path) -> Result<(), BanError> {
+        let (journal, replay) = off_runtime(|| Journal::open(path, CompactPolicy::default()))?;
+        lock(&self.store).journal = Some(journal);
+        let written: Vec<Entry> = replay.entries.into_iter().filter(|e| e.op != Op::Offence).collect();
+        self.merge_batch(written, true)?;
+        self.compact_journal()?;
+        tracing::info!(path = %path.display(), "ban journal taken back");
+        Ok(())
+    }
+
+    fn merge_batch(
+        &self,
+        batch: Vec<Statement>,
+        local_ok: bool,
+    ) -> Result<Vec<Result<RemoteOutcome, BanError>>, BanError> {
         let now = SystemTime::now();
         let max_version = now_micros().saturating_add(MAX_VERSION_AHEAD.as_micros() as u64);
         let limits = self.limits();
@@ -664,7 +757,7 @@ impl BanTable {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
             let allow = self.allow.load();
             for s in batch {
-                if s.origin == LOCAL_ORIGIN {
+                if s.origin == LOCAL_ORIGIN && !local_ok {
                     outcomes.push(Err(BanError::ReservedOrigin));
                     continue;
                 }
@@ -724,6 +817,11 @@ impl BanTable {
         self.write_journal(&mut store, &winners)?;
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         for s in winners {
+            // This node's own statements (from its previous process) go on the feed like any made here:
+            // the cluster publishes them, and a successor of this process hears of them in turn.
+            if s.origin == LOCAL_ORIGIN {
+                let _ = self.feed.send(local_change(&s));
+            }
             match s.op {
                 Op::Ban => {
                     store.lifts.remove(&s.prefix);
@@ -1479,6 +1577,55 @@ mod tests {
         let v_before = t.list(None).iter().map(|b| b.version).max().unwrap();
         let b = t.ban(net("192.0.2.5"), HOUR, "new").unwrap();
         assert!(b.version > v_before);
+    }
+
+    #[test]
+    fn a_released_journal_passes_to_a_successor_and_statements_made_meanwhile_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let old = BanTable::open(&path, CidrSet::new()).unwrap();
+        old.ban(net("192.0.2.1"), HOUR, "before").unwrap();
+        let mut feed = old.subscribe();
+        assert_eq!(old.release_journal().as_deref(), Some(path.as_path()));
+        assert!(old.release_journal().is_none());
+        // In memory only now, and on the feed.
+        old.ban_offender(ip("192.0.2.2"), HOUR, HOUR, "while draining");
+        let change = feed.try_recv().unwrap();
+        let new = BanTable::open(&path, CidrSet::new()).unwrap();
+        assert!(new.is_banned(ip("192.0.2.1")));
+        assert!(!new.is_banned(ip("192.0.2.2")));
+        assert_eq!(new.adopt_from_predecessor(vec![change.statement()]).unwrap(), 1);
+        assert_eq!(
+            new.adopt_from_predecessor(vec![change.statement()]).unwrap(),
+            0,
+            "stale the second time"
+        );
+        assert!(new.is_banned(ip("192.0.2.2")));
+        drop(new);
+        let replayed = BanTable::open(&path, CidrSet::new()).unwrap();
+        assert_eq!(replayed.lookup(ip("192.0.2.2")).unwrap().1.origin, LOCAL_ORIGIN);
+    }
+
+    #[test]
+    fn a_journal_taken_back_holds_what_was_banned_while_it_was_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let t = BanTable::open(&path, CidrSet::new()).unwrap();
+        t.release_journal().unwrap();
+        t.ban(net("192.0.2.7"), HOUR, "while away").unwrap();
+        // A successor that failed had written a ban of its own meanwhile.
+        BanTable::open(&path, CidrSet::new())
+            .unwrap()
+            .ban(net("192.0.2.8"), HOUR, "successor")
+            .unwrap();
+        t.reattach_journal(&path).unwrap();
+        assert!(t.is_banned(ip("192.0.2.8")));
+        t.ban(net("192.0.2.9"), HOUR, "after").unwrap();
+        drop(t);
+        let replayed = BanTable::open(&path, CidrSet::new()).unwrap();
+        for a in ["192.0.2.7", "192.0.2.8", "192.0.2.9"] {
+            assert!(replayed.is_banned(ip(a)), "{a} lost");
+        }
     }
 
     #[test]

@@ -8,11 +8,16 @@
 //!
 //! [`init`] reads the variables once, takes ownership of the descriptors and removes the variables so that
 //! children do not inherit them. [`take`] hands out the inherited socket bound to a given address (used by
-//! `listen::bind`); [`close_unused`] closes, with a warning, any that no front asked for.
+//! `listen::bind`, the admin API and the cluster listener; [`take_unix`] for a unix-socket admin API);
+//! [`close_unused`] closes, with a warning, any that nobody asked for.
+//!
+//! A live upgrade hands sockets over the same way: the previous process passes them over a unix socket
+//! and the new one [`adopt`]s them into this pool, named by their use, before it binds anything.
 
 use socket2::{SockRef, Type};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 /// The first inherited descriptor (`SD_LISTEN_FDS_START`).
@@ -23,6 +28,8 @@ struct Inherited {
     fd: OwnedFd,
     /// Local address, from `getsockname`; None if it is not an IP stream socket.
     addr: Option<SocketAddr>,
+    /// The path of a listening unix stream socket.
+    path: Option<PathBuf>,
     name: Option<String>,
 }
 
@@ -96,8 +103,8 @@ fn read_env() -> Vec<Inherited> {
         // Like sd_listen_fds(): the sockets are ours alone, not for programs we might exec.
         // SAFETY: F_SETFD on a descriptor we own; no memory is passed.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags | libc::FD_CLOEXEC) };
-        let addr = listening_addr(&fd);
-        out.push(Inherited { fd, addr, name });
+        let (addr, path) = listening_addr(&fd);
+        out.push(Inherited { fd, addr, path, name });
     }
     if !out.is_empty() {
         let list: Vec<String> = out
@@ -112,8 +119,8 @@ fn read_env() -> Vec<Inherited> {
     out
 }
 
-/// The local address of `fd` if it is a listening TCP socket.
-fn listening_addr(fd: &OwnedFd) -> Option<SocketAddr> {
+/// The local address of `fd` if it is a listening TCP socket, or its path if it is a listening unix one.
+fn listening_addr(fd: &OwnedFd) -> (Option<SocketAddr>, Option<PathBuf>) {
     let sock = SockRef::from(fd);
     let ok = sock.r#type().ok() == Some(Type::STREAM) && sock.is_listener().unwrap_or(false);
     if !ok {
@@ -121,9 +128,45 @@ fn listening_addr(fd: &OwnedFd) -> Option<SocketAddr> {
             fd = fd.as_raw_fd(),
             "socket activation: inherited descriptor is not a listening stream socket; it will be closed"
         );
-        return None;
+        return (None, None);
     }
-    sock.local_addr().ok().and_then(|a| a.as_socket())
+    let local = sock.local_addr().ok();
+    (
+        local.as_ref().and_then(|a| a.as_socket()),
+        local.as_ref().and_then(|a| a.as_pathname()).map(Path::to_path_buf),
+    )
+}
+
+/// Adds listening sockets handed over by a previous Gatehouse process (a live upgrade) to the pool, each
+/// under the name the sender gave it. They are then taken by address like systemd's.
+pub fn adopt(sockets: Vec<(OwnedFd, String)>) {
+    init();
+    let Some(m) = INHERITED.get() else { return };
+    let mut list = m.lock().unwrap_or_else(|e| e.into_inner());
+    for (fd, name) in sockets {
+        let (addr, path) = listening_addr(&fd);
+        tracing::debug!(
+            name,
+            addr = addr.map(tracing::field::display),
+            "upgrade: adopted a listening socket"
+        );
+        list.push(Inherited {
+            fd,
+            addr,
+            path,
+            name: Some(name),
+        });
+    }
+}
+
+/// Takes the inherited listening unix socket bound to `path`, if there is one.
+pub fn take_unix(path: &Path) -> Option<std::os::unix::net::UnixListener> {
+    init();
+    let mut list = INHERITED.get()?.lock().unwrap_or_else(|e| e.into_inner());
+    let i = list.iter().position(|s| s.path.as_deref() == Some(path))?;
+    let s = list.swap_remove(i);
+    tracing::debug!(path = %path.display(), name = s.name.as_deref(), "using an inherited unix socket");
+    Some(s.fd.into())
 }
 
 /// Takes the inherited listening socket bound to `addr` (same IP and port), if there is one.
@@ -156,8 +199,9 @@ pub fn close_unused() {
         tracing::warn!(
             fd = s.fd.as_fd().as_raw_fd(),
             addr = s.addr.map(tracing::field::display),
+            path = s.path.as_ref().map(|p| tracing::field::display(p.display())),
             name = s.name.as_deref(),
-            "socket activation: no front listens on this inherited socket; closing it (list the same addresses in the config and in gatehouse.socket)"
+            "inherited socket: no front listens on this inherited socket, nor the admin API or the cluster; closing it (list the same addresses in the config and in gatehouse.socket)"
         );
         drop(s.fd);
     }

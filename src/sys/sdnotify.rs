@@ -2,9 +2,35 @@
 //! `$NOTIFY_SOCKET`.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::Mutex;
 
-/// Sends `state` (e.g. "READY=1") if running under systemd; a no-op otherwise.
+/// Set once this process has made another one the service's main process: from then on it says nothing
+/// (systemd would refuse it, and log so). Held while a message is sent, so no watchdog ping can slip out
+/// after the `MAINPID=` that hands the service over.
+static HANDED_OVER: Mutex<bool> = Mutex::new(false);
+
+/// Sends `state` (e.g. "READY=1") if running under systemd; a no-op otherwise, and after
+/// [`hand_over`].
 pub fn notify(state: &str) -> std::io::Result<()> {
+    let handed_over = HANDED_OVER.lock().unwrap_or_else(|e| e.into_inner());
+    if *handed_over {
+        return Ok(());
+    }
+    send(state)
+}
+
+/// Makes `pid` (a process this one started) the service's main process (`MAINPID=`), as its last word
+/// to systemd: every later [`notify`] of this process, watchdog pings included, is dropped.
+pub fn hand_over(pid: u32) -> std::io::Result<()> {
+    let mut handed_over = HANDED_OVER.lock().unwrap_or_else(|e| e.into_inner());
+    if *handed_over {
+        return Ok(());
+    }
+    *handed_over = true;
+    send(&format!("MAINPID={pid}"))
+}
+
+fn send(state: &str) -> std::io::Result<()> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(());
     };
@@ -41,14 +67,13 @@ pub fn watchdog_interval() -> Option<std::time::Duration> {
 /// Under a systemd watchdog (`WatchdogSec=`), sends `WATCHDOG=1` every half interval from a task on the
 /// current tokio runtime, so the pings stop, and systemd restarts the service, if the runtime wedges (a
 /// worker stuck in a blocking call, a deadlock) even though the process is alive. A no-op without
-/// `$WATCHDOG_USEC`. Must be called from within a runtime.
-pub fn spawn_watchdog() {
-    let Some(interval) = watchdog_interval() else {
-        return;
-    };
+/// `$WATCHDOG_USEC`. Must be called from within a runtime. Returns the task, for a process that hands
+/// the service over to a successor to stop pinging for it.
+pub fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let interval = watchdog_interval()?;
     let period = (interval / 2).max(std::time::Duration::from_millis(1));
     tracing::debug!(interval_ms = interval.as_millis() as u64, "systemd watchdog enabled");
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         // After a stall, ping once now rather than a burst that would hide it.
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -58,5 +83,5 @@ pub fn spawn_watchdog() {
                 tracing::warn!(error = %e, "cannot send WATCHDOG=1 to systemd");
             }
         }
-    });
+    }))
 }
