@@ -194,20 +194,25 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Starts the gateway binary; returns it with its Electrum-aware and byte-relay TLS addresses.
-async fn start_gateway(dir: &Path, backend: SocketAddr) -> (Gateway, SocketAddr, SocketAddr) {
-    let (ep, rp) = (free_port(), free_port());
-    let path = dir.join("bench.toml");
-    std::fs::write(&path, write_config(dir, backend, ep, rp)).unwrap();
+/// Runs the gateway binary on the config at `path`.
+fn spawn_gateway(path: &Path) -> Gateway {
     let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["run", "-c"])
-        .arg(&path)
+        .arg(path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn gatehouse");
-    let gw = Gateway { child };
+    Gateway { child }
+}
+
+/// Starts the gateway binary; returns it with its Electrum-aware and byte-relay TLS addresses.
+async fn start_gateway(dir: &Path, backend: SocketAddr) -> (Gateway, SocketAddr, SocketAddr) {
+    let (ep, rp) = (free_port(), free_port());
+    let path = dir.join("bench.toml");
+    std::fs::write(&path, write_config(dir, backend, ep, rp)).unwrap();
+    let gw = spawn_gateway(&path);
     let electrum: SocketAddr = format!("127.0.0.1:{ep}").parse().unwrap();
     let relay: SocketAddr = format!("127.0.0.1:{rp}").parse().unwrap();
     for _ in 0..200 {

@@ -5,7 +5,7 @@
 //! The stub answers from memory (a real node is far slower than either proxy and would hide them), and
 //! each connection keeps one request in flight, as JSON-RPC client libraries do.
 
-use super::{free_port, Gateway};
+use super::{free_port, spawn_gateway, Gateway};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -170,15 +170,7 @@ methods = ["getblockcount"]
     );
     let path = dir.join("bench-api.toml");
     std::fs::write(&path, cfg).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn gatehouse");
-    let gw = Gateway { child };
+    let gw = spawn_gateway(&path);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(wait_listening(addr).await, "gateway did not start listening");
     (gw, addr)
