@@ -167,9 +167,10 @@ async fn reload_adds_and_removes_fronts() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lowered_hard_limit_applies_to_the_next_request_of_an_open_session() {
-    let dir = tempfile::tempdir().unwrap();
+/// A gateway with one Electrum front "e" under `[cost] cost`, and a session from 127.0.0.2 that has
+/// negotiated its version; returns the gateway, the front's table (for the reload) and the session.
+async fn versioned_session(dir: &Path, cost: &str) -> (gatehouse::Running, String, tokio::io::BufReader<TcpStream>) {
+    use tokio::io::AsyncBufReadExt;
     let backend = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
@@ -177,24 +178,31 @@ async fn lowered_hard_limit_applies_to_the_next_request_of_an_open_session() {
     let front = format!(
         "[[front]]\nname = \"e\"\nkind = \"electrum\"\nlisten = [\"{fixed}\"]\ntransport = \"tcp\"\nupstreams = [\"{backend}\"]\n"
     );
-    let mut running = gateway::start_in(dir.path(), &format!("{}{front}", gateway::RELAXED)).await;
-    let mut s = net::connect_from("127.0.0.2", running.addr("e")).await.unwrap();
-    let mut line = String::new();
-    let (r, mut w) = s.split();
-    let mut r = tokio::io::BufReader::new(r);
-    use tokio::io::AsyncBufReadExt;
-    w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"server.version\",\"params\":[\"t\",\"1.4\"]}\n")
+    let running = gateway::start_in(dir, &format!("{}[cost]\n{cost}\n\n{front}", gateway::RELAXED)).await;
+    let s = net::connect_from("127.0.0.2", running.addr("e")).await.unwrap();
+    let mut r = tokio::io::BufReader::new(s);
+    r.get_mut()
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"server.version\",\"params\":[\"t\",\"1.4\"]}\n")
         .await
         .unwrap();
+    let mut line = String::new();
     r.read_line(&mut line).await.unwrap();
     assert!(line.contains("result"), "{line}");
+    (running, front, r)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowered_hard_limit_applies_to_the_next_request_of_an_open_session() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut running, front, mut r) = versioned_session(dir.path(), "").await;
     let strict = format!("{}[cost]\nsoft_limit = 1\nhard_limit = 2\n\n{front}", gateway::RELAXED);
     reload(&mut running, dir.path(), &strict).await;
-    line.clear();
-    w.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"server.ping\",\"params\":[]}\n")
+    r.get_mut()
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"server.ping\",\"params\":[]}\n")
         .await
         .unwrap();
+    let mut line = String::new();
     r.read_line(&mut line).await.unwrap();
     assert!(
         line.contains("-101"),
@@ -204,27 +212,9 @@ async fn lowered_hard_limit_applies_to_the_next_request_of_an_open_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lowered_hard_limit_cuts_an_idle_session_already_over_it() {
+    use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
-    let backend = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let fixed = net::free_addr();
-    let front = format!(
-        "[[front]]\nname = \"e\"\nkind = \"electrum\"\nlisten = [\"{fixed}\"]\ntransport = \"tcp\"\nupstreams = [\"{backend}\"]\n"
-    );
-    let loose = format!("{}[cost]\ngroup_private = true\n\n{front}", gateway::RELAXED);
-    let mut running = gateway::start_in(dir.path(), &loose).await;
-    let s = net::connect_from("127.0.0.2", running.addr("e")).await.unwrap();
-    let mut r = tokio::io::BufReader::new(s);
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
-    r.get_mut()
-        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"server.version\",\"params\":[\"t\",\"1.4\"]}\n")
-        .await
-        .unwrap();
-    let mut line = String::new();
-    r.read_line(&mut line).await.unwrap();
-    assert!(line.contains("result"), "{line}");
-
+    let (mut running, front, mut r) = versioned_session(dir.path(), "group_private = true").await;
     // The session now sends nothing: the new limit must reach it anyway.
     let strict = format!(
         "{}[cost]\ngroup_private = true\nsoft_limit = 1\nhard_limit = 2\n\n{front}",
