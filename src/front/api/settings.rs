@@ -32,6 +32,8 @@ pub const DEFAULT_MAX_BATCH: usize = 100;
 #[serde(rename_all = "lowercase")]
 pub enum ApiProfile {
     Bitcoind,
+    /// stoxumd / rippled: its settings are `front::api::ledger::settings::LedgerSettings`.
+    Ledger,
 }
 
 /// Protocol settings of one API front.
@@ -51,4 +53,6 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// Per-method cost overrides; other methods cost their class.
     pub method_costs: HashMap<String, f64>,
+    /// Whether requests to the node carry `Forwarded: for=<client>`.
+    pub forwarded: bool,
 }

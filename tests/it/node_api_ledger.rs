@@ -1,0 +1,439 @@
+//! A stoxumd / rippled-family API port behind a `kind = "api"` front of profile `ledger`, driven by clients
+//! nobody here wrote: xrpl-py (PyPI) over JSON-RPC and WebSocket, xrpl.js (npm `xrpl`) over WebSocket, run
+//! as `python3` / `node` subprocesses (tests/support/scripts) that print their results as JSON. No such
+//! node installs here, so the node is the stub of `support::ledger`, which answers in the node's shapes and
+//! records what reached it. Tests that need distinct client addresses speak the protocol themselves from
+//! 127.0.0.x.
+
+use crate::support::gateway::{self, RELAXED};
+use crate::support::ledger::{Stub, ACCOUNT, LEDGER_HASH};
+use crate::support::net::{self, connect_from};
+use crate::support::parts;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support/scripts")
+        .join(name)
+}
+
+/// Runs the xrpl-py client script with `steps`; its printed results, one per step.
+async fn xrpl_py(front: SocketAddr, steps: Value) -> Vec<Value> {
+    let out = tokio::process::Command::new("python3")
+        .env("PYTHONPATH", parts::xrpl_py())
+        .arg(script("xrpl_py_client.py"))
+        .arg(format!("http://{front}/"))
+        .arg(format!("ws://{front}/"))
+        .arg(steps.to_string())
+        .output()
+        .await
+        .expect("run python3");
+    parse_output("xrpl-py", out)
+}
+
+/// Runs the xrpl.js client script with `steps`.
+async fn xrpl_js(front: SocketAddr, steps: Value) -> Vec<Value> {
+    let out = tokio::process::Command::new("node")
+        .env("NODE_PATH", parts::xrpl_js().join("node_modules"))
+        .arg(script("xrpl_js_client.js"))
+        .arg(format!("ws://{front}/"))
+        .arg(steps.to_string())
+        .output()
+        .await
+        .expect("run node");
+    parse_output("xrpl.js", out)
+}
+
+fn parse_output(who: &str, out: std::process::Output) -> Vec<Value> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{who} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{who}: {e}: {stdout}"))
+}
+
+/// A ledger-profile front named "ledger" on `listen` in front of `node`, with `api` keys of [front.api]
+/// (then its sub-tables), after `global` tables.
+fn config(node: SocketAddr, listen: &str, api: &str, global: &str) -> String {
+    let api = format!("[front.api]\nprofile = \"ledger\"\n{api}\n");
+    format!(
+        "{RELAXED}{global}{}",
+        gateway::front("api", "ledger", listen, "tcp", &[node], &api)
+    )
+}
+
+/// A WebSocket client of the front from source address `from`.
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn ws_from(from: &str, front: SocketAddr) -> Ws {
+    let tcp = connect_from(from, front).await.unwrap();
+    tokio_tungstenite::client_async(format!("ws://{front}/"), tcp)
+        .await
+        .unwrap()
+        .0
+}
+
+/// Sends `req` and returns the next message that is a response.
+async fn ws_call(ws: &mut Ws, req: Value) -> Value {
+    ws.send(Message::text(req.to_string())).await.unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .expect("a reply within 5 s")
+            .expect("connection open")
+            .expect("a message");
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "response" {
+                return v;
+            }
+        }
+    }
+}
+
+/// One raw JSON-RPC exchange from `from`: the whole HTTP response as text.
+async fn raw_post(from: &str, front: SocketAddr, body: &str, extra_headers: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {front}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra_headers}\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = connect_from(from, front).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `gatehouse_api_requests_total` of the ledger profile for one class and result.
+fn requests(class: &str, result: &str) -> f64 {
+    let text = gatehouse::telemetry::metrics::render(None);
+    let series =
+        format!("gatehouse_api_requests_total{{profile=\"ledger\",method_class=\"{class}\",result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrpl_py_and_xrpl_js_get_the_nodes_answers_and_pushed_stream_messages() {
+    let stub = Stub::start().await;
+    let running = gateway::start(&config(stub.addr(), "127.0.0.1:0", "", "")).await;
+    let front = running.addr("ledger");
+    let before = requests("reference", "ok");
+
+    let got = xrpl_py(
+        front,
+        json!([
+            {"t": "rpc", "m": "server_info"},
+            {"t": "rpc", "m": "account_info", "p": {"account": ACCOUNT}},
+            {"t": "rpc", "m": "ledger", "p": {"ledger_index": "validated"}},
+            {"t": "ws", "m": "server_info"},
+            {"t": "ws", "m": "account_tx", "p": {"account": ACCOUNT}},
+            {"t": "ws_sub", "p": {"streams": ["ledger"]}, "n": 2},
+        ]),
+    )
+    .await;
+    let all = serde_json::to_string(&got).unwrap();
+    for r in &got {
+        assert_eq!(r["status"], "success", "{all}");
+    }
+    assert_eq!(got[0]["result"]["info"]["build_version"], "2.3.0-stub", "{all}");
+    assert_eq!(got[1]["result"]["account_data"]["Account"], ACCOUNT, "{all}");
+    assert_eq!(got[2]["result"]["ledger_hash"], LEDGER_HASH, "{all}");
+    assert_eq!(got[3]["result"]["info"]["server_state"], "full", "{all}");
+    assert_eq!(
+        got[4]["result"]["transactions"].as_array().map(Vec::len),
+        Some(1),
+        "{all}"
+    );
+    // The subscription's reply, then the pushed messages as the node sent them.
+    assert_eq!(got[5]["result"]["ledger_index"], 100, "{all}");
+    assert_eq!(got[5]["pushed"][0]["type"], "ledgerClosed", "{all}");
+    assert_eq!(got[5]["pushed"][0]["ledger_index"], 101, "{all}");
+    assert_eq!(got[5]["pushed"][1]["type"], "transaction", "{all}");
+    assert_eq!(got[5]["pushed"][1]["engine_result"], "tesSUCCESS", "{all}");
+
+    let got = xrpl_js(
+        front,
+        json!([
+            {"t": "req", "r": {"command": "server_info"}},
+            {"t": "req", "r": {"command": "account_info", "account": ACCOUNT}},
+            {"t": "events", "r": {"command": "subscribe", "streams": ["ledger"]}, "events": ["ledgerClosed", "transaction"], "n": 2},
+            {"t": "events", "r": {"command": "path_find", "subcommand": "create", "source_account": ACCOUNT,
+              "destination_account": "rPT1Sjq2YGrBMTttX4GZHjKu9dyfzbpAYe", "destination_amount": "1000000"},
+             "events": ["path_find"], "n": 1},
+            {"t": "req", "r": {"command": "submit", "tx_blob": "1200002280000000"}},
+        ]),
+    )
+    .await;
+    let all = serde_json::to_string(&got).unwrap();
+    assert_eq!(got[0]["ok"]["result"]["info"]["hostid"], "STUB", "{all}");
+    assert_eq!(got[0]["ok"]["type"], "response", "{all}");
+    assert_eq!(got[1]["ok"]["result"]["account_data"]["Sequence"], 7, "{all}");
+    let types: Vec<&str> = got[2]["pushed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["type"].as_str())
+        .collect();
+    assert_eq!(types, ["ledgerClosed", "transaction"], "{all}");
+    // The path_find update reaches xrpl.js as the node sent it.
+    assert_eq!(got[3]["pushed"][0]["type"], "path_find", "{all}");
+    assert_eq!(got[3]["pushed"][0]["full_reply"], true, "{all}");
+    assert_eq!(got[4]["ok"]["result"]["engine_result"], "tesSUCCESS", "{all}");
+    // Each client request reached the node once, the WebSocket ones over one session per client.
+    let commands = stub.commands();
+    for c in [
+        "server_info",
+        "account_info",
+        "ledger",
+        "account_tx",
+        "subscribe",
+        "path_find",
+        "submit",
+    ] {
+        assert!(commands.iter().any(|s| s == c), "{c} missing from {commands:?}");
+    }
+    assert_eq!(stub.ws_sessions(), 2);
+    assert!(requests("reference", "ok") - before >= 6.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands_never_reach_the_node_and_get_its_no_permission_error() {
+    let stub = Stub::start().await;
+    let running = gateway::start(&config(stub.addr(), "127.0.0.1:0", "", "")).await;
+    let front = running.addr("ledger");
+    let refused_before = requests("malformed", "refused");
+
+    let got = xrpl_py(
+        front,
+        json!([
+            {"t": "rpc", "m": "stop"},
+            {"t": "rpc", "m": "wallet_propose", "p": {"passphrase": "masterpassphrase"}},
+            {"t": "rpc", "m": "no_such_command"},
+            {"t": "ws", "m": "validation_create"},
+            {"t": "ws", "m": "peers"},
+            {"t": "ws", "m": "no_such_command"},
+            {"t": "rpc", "m": "ping"},
+        ]),
+    )
+    .await;
+    let all = serde_json::to_string(&got).unwrap();
+    for i in [0, 1, 3, 4] {
+        assert_eq!(got[i]["status"], "error", "{all}");
+        assert_eq!(got[i]["result"]["error"], "noPermission", "{all}");
+        assert_eq!(got[i]["result"]["error_code"], 6, "{all}");
+        assert_eq!(
+            got[i]["result"]["error_message"], "You don't have permission for this command.",
+            "{all}"
+        );
+    }
+    // The node masks secrets in the request it echoes; so does the gateway.
+    assert_eq!(got[1]["result"]["request"]["passphrase"], "<masked>", "{all}");
+    assert_eq!(got[1]["result"]["request"]["command"], "wallet_propose", "{all}");
+    for i in [2, 5] {
+        assert_eq!(got[i]["result"]["error"], "unknownCmd", "{all}");
+        assert_eq!(got[i]["result"]["error_code"], 32, "{all}");
+    }
+    assert_eq!(got[6]["status"], "success", "{all}");
+
+    let got = xrpl_js(
+        front,
+        json!([
+            {"t": "req", "r": {"command": "ledger_accept"}},
+            {"t": "req", "r": {"command": "log_level", "severity": "trace"}},
+            {"t": "req", "r": {"command": "server_info"}},
+        ]),
+    )
+    .await;
+    let all = serde_json::to_string(&got).unwrap();
+    for i in [0, 1] {
+        assert_eq!(got[i]["err"]["error"], "noPermission", "{all}");
+        assert_eq!(got[i]["err"]["status"], "error", "{all}");
+        assert_eq!(got[i]["err"]["type"], "response", "{all}");
+    }
+    assert_eq!(got[2]["ok"]["result"]["info"]["hostid"], "STUB", "{all}");
+
+    let reached = stub.commands();
+    for c in [
+        "stop",
+        "wallet_propose",
+        "validation_create",
+        "peers",
+        "ledger_accept",
+        "log_level",
+        "no_such_command",
+    ] {
+        assert!(!reached.iter().any(|s| s == c), "{c} reached the node: {reached:?}");
+    }
+    assert!(requests("malformed", "refused") - refused_before >= 8.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_are_capped_per_session_and_per_group() {
+    let stub = Stub::start().await;
+    let running = gateway::start(&config(
+        stub.addr(),
+        "127.0.0.1:0",
+        "max_subscriptions = 3\nmax_subscriptions_per_group = 4\n",
+        "[cost]\ngroup_private = true\n",
+    ))
+    .await;
+    let front = running.addr("ledger");
+    let mut a = ws_from("127.0.0.2", front).await;
+    let mut b = ws_from("127.0.0.3", front).await;
+    let r = ws_call(
+        &mut a,
+        json!({"id": 1, "command": "subscribe", "streams": ["ledger"], "accounts": [ACCOUNT]}),
+    )
+    .await;
+    assert_eq!(r["status"], "success", "{r}");
+    // Past the session's cap: the node's slowDown, and the request never reaches the node.
+    let r = ws_call(
+        &mut a,
+        json!({"id": 2, "command": "subscribe", "accounts": ["rA1", "rA2"]}),
+    )
+    .await;
+    assert_eq!(r["error"], "slowDown", "{r}");
+    assert_eq!(r["error_code"], 10, "{r}");
+    assert_eq!(r["id"], 2, "{r}");
+    let subscribes = || stub.commands().iter().filter(|c| *c == "subscribe").count();
+    assert_eq!(subscribes(), 1);
+    // 127.0.0.3 shares the /24 group: 2 more fit the group's 4, a third does not.
+    let r = ws_call(
+        &mut b,
+        json!({"id": "x", "command": "subscribe", "accounts": ["rB1", "rB2"]}),
+    )
+    .await;
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(r["id"], "x", "{r}");
+    let r = ws_call(
+        &mut b,
+        json!({"id": "y", "command": "subscribe", "streams": ["transactions"]}),
+    )
+    .await;
+    assert_eq!(r["error"], "slowDown", "{r}");
+    let metrics = gatehouse::telemetry::metrics::render(None);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gatehouse_api_ledger_subscriptions_refused_total{scope=\"group\"} ")),
+        "{metrics}"
+    );
+    // Unsubscribing hands the slots back to the group.
+    let r = ws_call(
+        &mut a,
+        json!({"id": 3, "command": "unsubscribe", "accounts": [ACCOUNT]}),
+    )
+    .await;
+    assert_eq!(r["status"], "success", "{r}");
+    let r = ws_call(
+        &mut b,
+        json!({"id": "z", "command": "subscribe", "streams": ["transactions"]}),
+    )
+    .await;
+    assert_eq!(r["status"], "success", "{r}");
+    // A session's end hands its slots back too.
+    drop(a);
+    let mut c = ws_from("127.0.0.4", front).await;
+    let freed = net::within(Duration::from_secs(3), async || {
+        ws_call(
+            &mut c,
+            json!({"id": 9, "command": "subscribe", "streams": ["validations"]}),
+        )
+        .await["status"]
+            == "success"
+    })
+    .await;
+    assert!(freed.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_notifications_is_cut_off() {
+    let stub = Stub::start().await;
+    let running = gateway::start(&config(
+        stub.addr(),
+        "127.0.0.1:0",
+        "extra_commands = [\"stub_flood\"]\nmax_pending_output = \"64KiB\"\nslow_reader_timeout = \"2s\"\n",
+        "",
+    ))
+    .await;
+    let front = running.addr("ledger");
+    let tcp = connect_from("127.0.0.2", front).await.unwrap();
+    // A small receive buffer, so the kernel holds little of what the client does not read.
+    let sock = socket2::SockRef::from(&tcp);
+    sock.set_recv_buffer_size(4096).unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{front}/"), tcp)
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        json!({"id": 1, "command": "stub_flood", "count": 5000}).to_string(),
+    ))
+    .await
+    .unwrap();
+    // The client reads nothing; after a while the gateway has cut it and the stream ends.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut n = 0usize;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(_)) = ws.next().await {
+            n += 1;
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the connection is still open after {n} messages");
+    assert!(
+        n < 5000,
+        "all {n} notifications were buffered for a client that did not read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_names_the_client_only_when_configured_and_client_headers_never_pass() {
+    let stub = Stub::start().await;
+    let on = gateway::start(&config(stub.addr(), "127.0.0.1:0", "forwarded = true\n", "")).await;
+    let off = gateway::start(&config(stub.addr(), "127.0.0.2:0", "", "")).await;
+    let spoof = "Forwarded: for=203.0.113.9\r\nX-Forwarded-For: 203.0.113.10\r\n";
+    let body = r#"{"method":"ping","params":[{}]}"#;
+    let r = raw_post("127.0.0.5", on.addr("ledger"), body, spoof).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let r = raw_post("127.0.0.5", off.addr("ledger"), body, spoof).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let mut ws = ws_from("127.0.0.6", on.addr("ledger")).await;
+    assert_eq!(
+        ws_call(&mut ws, json!({"id": 1, "command": "ping"})).await["status"],
+        "success"
+    );
+    let mut ws = ws_from("127.0.0.6", off.addr("ledger")).await;
+    assert_eq!(
+        ws_call(&mut ws, json!({"id": 1, "command": "ping"})).await["status"],
+        "success"
+    );
+
+    let seen = stub.seen();
+    let header = |i: usize, name: &str| -> Vec<String> {
+        seen[i]
+            .headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(header(0, "forwarded"), ["for=127.0.0.5"], "{seen:?}");
+    assert!(header(1, "forwarded").is_empty(), "{seen:?}");
+    assert_eq!(header(2, "forwarded"), ["for=127.0.0.6"], "{seen:?}");
+    assert!(header(3, "forwarded").is_empty(), "{seen:?}");
+    for i in 0..4 {
+        assert!(header(i, "x-forwarded-for").is_empty(), "{seen:?}");
+    }
+}
