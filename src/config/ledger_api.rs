@@ -17,7 +17,13 @@ impl Validator<'_> {
             Err(self.err(format!("{key}.{k}"), span, "only for profile = \"ledger\""))
         };
         if let Some(f) = &a.fees {
-            return only("fees", Some(f.span()));
+            let at = [&f.reference, &f.medium, &f.high, &f.malformed]
+                .into_iter()
+                .flatten()
+                .chain(f.commands.values())
+                .map(Spanned::span)
+                .next();
+            return only("fees", at);
         }
         if let Some(c) = a.extra_commands.first() {
             return only("extra_commands", Some(c.span()));
@@ -42,27 +48,34 @@ impl Validator<'_> {
 
     pub(super) fn ledger_api(&self, key: &str, a: &RawFrontApi) -> Result<LedgerSettings, ConfigError> {
         let span = Some(a.profile.span());
-        let bitcoind_only =
-            |k: &str| Err(self.err(format!("{key}.{k}"), span.clone(), "only for profile = \"bitcoind\""));
-        if a.backend_user.is_some() || a.backend_password_file.is_some() || a.backend_cookie_file.is_some() {
-            return bitcoind_only("backend_user");
+        let bitcoind_only = |k: &str, at: Option<std::ops::Range<usize>>| {
+            Err(self.err(format!("{key}.{k}"), at, "only for profile = \"bitcoind\""))
+        };
+        if let Some(u) = &a.backend_user {
+            return bitcoind_only("backend_user", Some(u.span()));
         }
-        if !a.users.is_empty() {
-            return bitcoind_only("users");
+        if let Some(f) = &a.backend_password_file {
+            return bitcoind_only("backend_password_file", Some(f.span()));
+        }
+        if let Some(f) = &a.backend_cookie_file {
+            return bitcoind_only("backend_cookie_file", Some(f.span()));
+        }
+        if let Some(u) = a.users.first() {
+            return bitcoind_only("users", Some(u.name.span()));
         }
         if !a.public_methods.is_empty() {
-            return bitcoind_only("public_methods");
+            return bitcoind_only("public_methods", span);
         }
-        if !a.method_costs.is_empty() {
-            return bitcoind_only("method_costs");
+        if let Some(c) = a.method_costs.values().next() {
+            return bitcoind_only("method_costs", Some(c.span()));
         }
-        if a.max_batch.is_some() {
-            return bitcoind_only("max_batch");
+        if let Some(n) = &a.max_batch {
+            return bitcoind_only("max_batch", Some(n.span()));
         }
-        if a.max_body.is_some() {
+        if let Some(b) = &a.max_body {
             return Err(self.err(
                 format!("{key}.max_body"),
-                span,
+                Some(b.span()),
                 "profile = \"ledger\" caps requests with max_message",
             ));
         }
@@ -77,7 +90,6 @@ impl Validator<'_> {
         };
         let mut fees = Fees::default();
         if let Some(f) = &a.fees {
-            let f = f.get_ref();
             fees.reference = fee("reference", &f.reference, d::DEFAULT_FEE_REFERENCE)?;
             fees.medium = fee("medium", &f.medium, d::DEFAULT_FEE_MEDIUM)?;
             fees.high = fee("high", &f.high, d::DEFAULT_FEE_HIGH)?;

@@ -398,7 +398,7 @@ pub struct RawFrontApi {
     pub forwarded: Option<Spanned<bool>>,
     // Profile `ledger` only; unset ones take `front::api::ledger::settings`' defaults.
     /// `[front.api.fees]`: the node's fee classes and per-command fees.
-    pub fees: Option<Spanned<RawLedgerFees>>,
+    pub fees: Option<RawLedgerFees>,
     #[serde(default)]
     pub extra_commands: Vec<Spanned<String>>,
     pub max_subscriptions: Option<Spanned<usize>>,

@@ -437,3 +437,43 @@ async fn forwarded_names_the_client_only_when_configured_and_client_headers_neve
         assert!(header(i, "x-forwarded-for").is_empty(), "{seen:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_on_the_bitcoind_profile_too() {
+    // The stub records the headers of any JSON-RPC POST, so it stands in for bitcoind here.
+    let stub = Stub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("node.password"), "secret\n").unwrap();
+    let front = |listen: &str, extra: &str| {
+        let api = format!(
+            "[front.api]\nprofile = \"bitcoind\"\nbackend_user = \"gw\"\nbackend_password_file = \"node.password\"\n\
+             public_methods = [\"ping\"]\n{extra}\n"
+        );
+        gateway::front("api", "rpc", listen, "tcp", &[stub.addr()], &api)
+    };
+    let on = gateway::start_in(
+        dir.path(),
+        &format!("{RELAXED}{}", front("127.0.0.1:0", "forwarded = true")),
+    )
+    .await;
+    let off = gateway::start_in(dir.path(), &format!("{RELAXED}{}", front("127.0.0.2:0", ""))).await;
+    let spoof = "Forwarded: for=203.0.113.9\r\nX-Forwarded-For: 203.0.113.10\r\n";
+    let body = r#"{"jsonrpc":"1.0","id":1,"method":"ping","params":[]}"#;
+    for g in [&on, &off] {
+        let r = raw_post("127.0.0.7", g.addr("rpc"), body, spoof).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    let seen = stub.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let forwarded: Vec<Vec<&str>> = seen
+        .iter()
+        .map(|s| {
+            s.headers
+                .iter()
+                .filter(|(k, _)| k == "forwarded" || k == "x-forwarded-for")
+                .map(|(_, v)| v.as_str())
+                .collect()
+        })
+        .collect();
+    assert_eq!(forwarded, [vec!["for=127.0.0.7"], vec![]], "{seen:?}");
+}
