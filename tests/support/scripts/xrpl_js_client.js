@@ -5,7 +5,7 @@
 // error object}; {t: "events", r: request, events: [type, ...], n: N} sends the request and waits for N
 // pushed messages of those types; {t: "until_closed", r: request, max: N} repeats the request until the
 // server closes the connection and gives how many were answered, which answers carried "warning":"load",
-// and the close code.
+// the close code, and when each request was sent (seconds).
 const xrpl = require('xrpl')
 
 async function main () {
@@ -32,10 +32,12 @@ async function main () {
         out.push({ ok: reply, pushed: got })
       } else if (step.t === 'until_closed') {
         const warned = []
+        const sent = []
         let answered = 0
         let error = null
         for (let i = 1; i <= step.max; i++) {
           try {
+            sent.push(performance.now() / 1000)
             const r = await client.request(step.r)
             answered = i
             if (r.warning === 'load') warned.push(i)
@@ -45,7 +47,7 @@ async function main () {
           }
         }
         await new Promise((resolve) => setTimeout(resolve, 200))
-        out.push({ answered, warned, error, closeCode })
+        out.push({ answered, warned, error, closeCode, sent })
       }
     } catch (e) {
       out.push({ err: e.data !== undefined ? e.data : String(e) })

@@ -280,7 +280,7 @@ impl Run<'_> {
         };
         let (id, p) = p;
         let ok = head.as_ref().and_then(|h| h.status.as_deref()) == Some("success");
-        metrics::ledger_request(p.class.index(), if ok { ApiResult::Ok } else { ApiResult::Error });
+        metrics::ledger_request(p.class.index(), ApiResult::Ok);
         if !ok {
             self.subs.undo(&p.taken);
         } else if p.path_find {
