@@ -86,6 +86,7 @@ fn cost_params(config: &Config) -> CostParams {
         group_prefix_v6: config.admission.group_prefix_v6,
         group_private: c.group_private,
         exempt: config.admission.allow.clone(),
+        fee: c.fee,
     }
 }
 

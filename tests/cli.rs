@@ -1805,3 +1805,26 @@ fn check_validates_the_ledger_profile_options() {
     );
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
 }
+
+#[test]
+fn check_rejects_a_fee_drop_threshold_below_the_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
+    let text = format!(
+        "{}\n[cost.ledger]\nwarning = 5000\ndrop = 4000\n",
+        tls_config(&cert, &key)
+    );
+    assert_check_error(
+        &text,
+        "cost.ledger.drop",
+        line_of(&text, "drop = 4000"),
+        "drop must be greater than warning (4000 vs 5000)",
+    );
+    let text = format!("{}\n[cost.ledger]\nwindow = \"0s\"\n", tls_config(&cert, &key));
+    assert_check_error(
+        &text,
+        "cost.ledger.window",
+        line_of(&text, "window = \"0s\""),
+        "must be greater than 0s",
+    );
+}

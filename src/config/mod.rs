@@ -26,7 +26,7 @@ use crate::front::electrum::settings::*;
 use crate::front::{Front, FrontKind, Transport};
 use crate::guard::policy::*;
 use crate::state::bans::BanPolicy;
-use crate::state::cost::CostConfig;
+use crate::state::cost::{CostConfig, FeeParams};
 use crate::state::memory::Limits;
 use crate::telemetry::LogFormat;
 use crate::wire::units::{self, Rate};
@@ -487,6 +487,48 @@ impl Validator<'_> {
             parse_error_cost: c.parse_error_cost,
             max_subscriptions_per_group: c.max_subscriptions_per_group,
             method_costs: c.methods.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            fee: self.fee(&c.ledger)?,
+        })
+    }
+
+    fn fee(&self, f: &schema::RawFee) -> Result<FeeParams, ConfigError> {
+        let d = FeeParams::default();
+        let window = f.window.as_ref().map_or(d.window, |v| v.get_ref().0);
+        let remember = f.remember.as_ref().map_or(d.remember, |v| v.get_ref().0);
+        let warning = f.warning.as_ref().map_or(d.warning, |v| *v.get_ref());
+        let drop = f.drop.as_ref().map_or(d.drop, |v| *v.get_ref());
+        for (key, v, span) in [
+            ("cost.ledger.window", window, span_of(&f.window)),
+            ("cost.ledger.remember", remember, span_of(&f.remember)),
+        ] {
+            if v.is_zero() {
+                return Err(self.err(key, span, "must be greater than 0s"));
+            }
+        }
+        for (key, v, span) in [
+            ("cost.ledger.warning", warning, span_of(&f.warning)),
+            ("cost.ledger.drop", drop, span_of(&f.drop)),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(self.err(key, span, "must be a non-negative number (0 turns it off)"));
+            }
+        }
+        if warning > 0.0 && drop > 0.0 && drop <= warning {
+            let (key, span) = match &f.drop {
+                Some(v) => ("cost.ledger.drop", Some(v.span())),
+                None => ("cost.ledger.warning", span_of(&f.warning)),
+            };
+            return Err(self.err(
+                key,
+                span,
+                format!("drop must be greater than warning ({drop} vs {warning})"),
+            ));
+        }
+        Ok(FeeParams {
+            window,
+            warning,
+            drop,
+            remember,
         })
     }
 

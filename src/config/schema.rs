@@ -112,6 +112,19 @@ pub struct RawCost {
     pub max_subscriptions_per_group: usize,
     /// Per-method base cost overrides.
     pub methods: BTreeMap<String, f64>,
+    /// The node-fee profile (API fronts of the ledger profile).
+    pub ledger: RawFee,
+}
+
+/// `[cost.ledger]`: thresholds and decay of the node-fee balance. Unset fields take `state::cost`'s
+/// `DEFAULT_FEE_*`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFee {
+    pub window: Option<Spanned<Duration>>,
+    pub warning: Option<Spanned<f64>>,
+    pub drop: Option<Spanned<f64>>,
+    pub remember: Option<Spanned<Duration>>,
 }
 
 impl Default for RawCost {
@@ -133,6 +146,7 @@ impl Default for RawCost {
             parse_error_cost: cost::DEFAULT_PARSE_ERROR_COST,
             max_subscriptions_per_group: cost::DEFAULT_MAX_SUBSCRIPTIONS_PER_GROUP,
             methods: BTreeMap::new(),
+            ledger: RawFee::default(),
         }
     }
 }

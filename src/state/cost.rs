@@ -51,6 +51,17 @@ pub const DEFAULT_PARSE_ERROR_COST: f64 = 1000.0;
 /// Default `max_subscriptions_per_group`.
 pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_GROUP: usize = 75_000;
 
+// The node-fee model follows the ledger node's own resource manager, so its operators' intuition carries over.
+/// Default `[cost.ledger] window`: fees decay exponentially with this time constant, so a steady C fee per
+/// second settles at a balance of about C.
+pub const DEFAULT_FEE_WINDOW: Duration = Duration::from_secs(32);
+/// Default `[cost.ledger] warning`: the balance at which replies carry the load warning.
+pub const DEFAULT_FEE_WARNING: f64 = 5000.0;
+/// Default `[cost.ledger] drop`: the balance at which the client is cut off and banned.
+pub const DEFAULT_FEE_DROP: f64 = 25000.0;
+/// Default `[cost.ledger] remember`: how long an inactive client's balance is kept.
+pub const DEFAULT_FEE_REMEMBER: Duration = Duration::from_secs(300);
+
 /// Electrum cost model settings, shared by every Electrum front.
 #[derive(Debug, Clone)]
 pub struct CostConfig {
@@ -67,6 +78,7 @@ pub struct CostConfig {
     pub parse_error_cost: f64,
     pub max_subscriptions_per_group: usize,
     pub method_costs: HashMap<String, f64>,
+    pub fee: FeeParams,
 }
 
 /// Time source, so tests can advance time. Monotonic, as a Duration since an arbitrary epoch.
@@ -150,6 +162,115 @@ pub struct CostParams {
     pub group_private: bool,
     /// Allowlisted networks: no group accounting, but each session still has its own hard limit.
     pub exempt: CidrSet,
+    /// The node-fee profile's balance, thresholds and decay.
+    pub fee: FeeParams,
+}
+
+/// The node-fee profile: per-command fees summed into a balance that decays exponentially.
+///
+/// Both profiles charge one ledger. To compare them, each is read as a fraction of its own cut-off: a group at
+/// half the fee drop threshold and half the Electrum hard limit is at its limit on either front. A group's fee
+/// balance therefore counts `hard_limit / drop` Electrum units per unit, which is also how it travels in
+/// cluster cost reports (peers report in Electrum units).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeeParams {
+    /// Time constant of the exponential decay.
+    pub window: Duration,
+    /// Balance at which replies carry the load warning; 0 never.
+    pub warning: f64,
+    /// Balance at which the client is cut off; 0 never.
+    pub drop: f64,
+    /// An inactive balance is forgotten after this long.
+    pub remember: Duration,
+}
+
+impl Default for FeeParams {
+    fn default() -> Self {
+        FeeParams {
+            window: DEFAULT_FEE_WINDOW,
+            warning: DEFAULT_FEE_WARNING,
+            drop: DEFAULT_FEE_DROP,
+            remember: DEFAULT_FEE_REMEMBER,
+        }
+    }
+}
+
+impl FeeParams {
+    /// Electrum units one unit of fee balance counts for, or 0 when either model has no cut-off to scale by.
+    fn electrum_per_unit(&self, hard_limit: f64) -> f64 {
+        if self.drop > 0.0 && hard_limit > 0.0 {
+            hard_limit / self.drop
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Fees charged and not yet decayed, as of `at`. The balance is `sum / window` (in seconds), as in the node's
+/// own decaying sample: one charge of C raises it by C / window, and a steady C per second settles at C.
+#[derive(Debug, Default, Clone, Copy)]
+struct FeeSample {
+    sum: f64,
+    at: Duration,
+}
+
+impl FeeSample {
+    fn value(&self, now: Duration, f: &FeeParams) -> f64 {
+        if self.sum <= 0.0 {
+            return 0.0;
+        }
+        let dt = now.saturating_sub(self.at);
+        if dt >= f.remember {
+            return 0.0;
+        }
+        let w = f.window.as_secs_f64();
+        if w > 0.0 {
+            self.sum * (-dt.as_secs_f64() / w).exp()
+        } else {
+            0.0
+        }
+    }
+
+    /// The balance as of `now`.
+    fn balance(&self, now: Duration, f: &FeeParams) -> f64 {
+        let w = f.window.as_secs_f64();
+        if w > 0.0 {
+            self.value(now, f) / w
+        } else {
+            0.0
+        }
+    }
+
+    fn settle(&mut self, now: Duration, f: &FeeParams) {
+        self.sum = self.value(now, f);
+        self.at = self.at.max(now);
+    }
+
+    fn add(&mut self, now: Duration, f: &FeeParams, sum: f64) {
+        self.settle(now, f);
+        self.sum += sum;
+    }
+}
+
+/// Where an account stands in the node-fee model: its group's balance (its own when ungrouped), with the
+/// Electrum cost of the same group and peers' reports counted in, and the thresholds it has reached.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeeLoad {
+    pub balance: f64,
+    /// At or over the warning threshold: replies should carry the load warning.
+    pub warning: bool,
+    /// At or over the drop threshold: cut the client off. Coincides with [`Throttle::over_hard`].
+    pub drop: bool,
+}
+
+impl FeeLoad {
+    fn compute(balance: f64, f: &FeeParams) -> FeeLoad {
+        FeeLoad {
+            balance,
+            warning: f.warning > 0.0 && balance >= f.warning,
+            drop: f.drop > 0.0 && balance >= f.drop,
+        }
+    }
 }
 
 impl Default for CostParams {
@@ -165,6 +286,7 @@ impl Default for CostParams {
             group_prefix_v6: 48,
             group_private: false,
             exempt: CidrSet::new(),
+            fee: FeeParams::default(),
         }
     }
 }
@@ -235,18 +357,29 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One session's cost as of `at`.
+/// One session's cost as of `at`, and its node fees.
 #[derive(Debug)]
 struct Meter {
     cost: f64,
     at: Duration,
     subs: u32,
+    fee: FeeSample,
 }
 
 impl Meter {
     fn value(&self, now: Duration, p: &CostParams) -> f64 {
         let dt = now.saturating_sub(self.at).as_secs_f64();
         (self.cost - p.decay_rate(self.subs) * dt).max(0.0)
+    }
+
+    /// Cost and fees together, in Electrum units.
+    fn load(&self, now: Duration, p: &CostParams) -> f64 {
+        let fee = self.fee.balance(now, &p.fee);
+        if fee > 0.0 {
+            self.value(now, p) + fee * p.fee.electrum_per_unit(p.hard_limit)
+        } else {
+            self.value(now, p)
+        }
     }
 
     fn settle(&mut self, now: Duration, p: &CostParams) {
@@ -271,17 +404,28 @@ impl Session {
     }
 }
 
-/// A group's retained cost as of `at`.
+/// A group's retained cost as of `at`, and the fees of its departed sessions (which decay on their own).
 #[derive(Debug, Default)]
 struct Pool {
     value: f64,
     at: Duration,
+    fee: FeeSample,
 }
 
 impl Pool {
     fn value(&self, now: Duration, p: &CostParams) -> f64 {
         let dt = now.saturating_sub(self.at).as_secs_f64();
         (self.value - p.retained_drain.max(0.0) * dt).max(0.0)
+    }
+
+    /// Retained cost and fees together, in Electrum units.
+    fn load(&self, now: Duration, p: &CostParams) -> f64 {
+        let fee = self.fee.balance(now, &p.fee);
+        if fee > 0.0 {
+            self.value(now, p) + fee * p.fee.electrum_per_unit(p.hard_limit)
+        } else {
+            self.value(now, p)
+        }
     }
 
     fn settle(&mut self, now: Duration, p: &CostParams) {
@@ -307,10 +451,20 @@ struct GroupState {
 }
 
 impl GroupState {
-    /// This gateway's share: live sessions plus retained cost.
+    /// This gateway's share: live sessions plus retained cost, fees included, in Electrum units.
     fn local(&self, now: Duration, p: &CostParams) -> f64 {
-        let live: f64 = self.members.iter().map(|s| lock(&s.meter).value(now, p)).sum();
-        live + self.retained.value(now, p)
+        let live: f64 = self.members.iter().map(|s| lock(&s.meter).load(now, p)).sum();
+        live + self.retained.load(now, p)
+    }
+
+    /// The fee balance of live and departed sessions alone.
+    fn fee_balance(&self, now: Duration, p: &CostParams) -> f64 {
+        let live: f64 = self
+            .members
+            .iter()
+            .map(|s| lock(&s.meter).fee.balance(now, &p.fee))
+            .sum();
+        live + self.retained.fee.balance(now, &p.fee)
     }
 
     fn remote(&self, now: Duration) -> f64 {
@@ -328,7 +482,8 @@ impl GroupState {
 
     fn is_idle(&self, now: Duration, p: &CostParams) -> bool {
         self.members.is_empty()
-            && self.retained.value(now, p) <= DRAINED
+            && self.retained.load(now, p) <= DRAINED
+            && self.retained.fee.value(now, &p.fee) <= DRAINED
             && self.remote.iter().all(|r| r.expires <= now)
     }
 }
@@ -425,6 +580,7 @@ impl Ledger {
                 cost: 0.0,
                 at: now,
                 subs: 0,
+                fee: FeeSample::default(),
             }),
             alerted: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -625,6 +781,41 @@ impl fmt::Debug for Account {
 }
 
 impl Account {
+    /// Adds a node fee (in the fee profile's units), then returns where the group stands in that model.
+    /// Non-finite or negative fees are ignored, as charges are.
+    pub fn charge_fee(&self, fee: f64) -> FeeLoad {
+        let p = self.ledger.params.load();
+        let now = self.ledger.clock.now();
+        if fee.is_finite() && fee > 0.0 {
+            lock(&self.session.meter).fee.add(now, &p.fee, fee);
+        }
+        let load = self.fee_load_at(now, &p);
+        if load.drop || Throttle::compute(self.effective_at(now, &p), &p).over_hard {
+            self.alert_group();
+        }
+        load
+    }
+
+    /// Where the group stands in the node-fee model now, without charging.
+    pub fn fee_load(&self) -> FeeLoad {
+        let p = self.ledger.params.load();
+        self.fee_load_at(self.ledger.clock.now(), &p)
+    }
+
+    fn fee_load_at(&self, now: Duration, p: &CostParams) -> FeeLoad {
+        let k = p.fee.electrum_per_unit(p.hard_limit);
+        let balance = if k > 0.0 {
+            // Everything the group costs (Electrum cost, fees, peers' reports) in fee units.
+            self.effective_at(now, p) / k
+        } else {
+            match &self.group {
+                Some((_, g)) => lock(&g.state).fee_balance(now, p),
+                None => lock(&self.session.meter).fee.balance(now, &p.fee),
+            }
+        };
+        FeeLoad::compute(balance, &p.fee)
+    }
+
     /// Adds `units`, then returns the throttle recomputed now. Non-finite or negative charges are ignored: a
     /// NaN would otherwise poison the whole group's cost for good.
     pub fn charge(&self, units: f64) -> Throttle {
@@ -701,7 +892,7 @@ impl Account {
     fn effective_at(&self, now: Duration, p: &CostParams) -> f64 {
         match &self.group {
             Some((_, g)) => lock(&g.state).total(now, p),
-            None => lock(&self.session.meter).value(now, p),
+            None => lock(&self.session.meter).load(now, p),
         }
     }
 
@@ -733,12 +924,17 @@ impl Drop for Account {
         // Leaving and retaining happen under one lock, so a concurrent reader never sees the cost twice or not
         // at all.
         let mut st = lock(&g.state);
-        let own = lock(&self.session.meter).value(now, &p);
+        let (own, own_fee) = {
+            let mut m = lock(&self.session.meter);
+            m.fee.settle(now, &p.fee);
+            (m.value(now, &p), m.fee.sum)
+        };
         if let Some(i) = st.members.iter().position(|s| Arc::ptr_eq(s, &self.session)) {
             st.members.swap_remove(i);
         }
         st.retained.settle(now, &p);
         st.retained.value += own;
+        st.retained.fee.add(now, &p.fee, own_fee);
     }
 }
 
@@ -1263,5 +1459,128 @@ mod tests {
         clock.advance(Duration::from_secs(5));
         l.housekeep();
         assert_eq!(l.groups(), 0);
+    }
+
+    /// The first of `max` back-to-back fees of `fee` at which `hit` holds.
+    fn first_request(a: &Account, fee: f64, max: usize, hit: impl Fn(&FeeLoad) -> bool) -> Option<usize> {
+        (1..=max).find(|_| hit(&a.charge_fee(fee)))
+    }
+
+    #[test]
+    fn a_burst_of_fees_warns_and_drops_at_the_hand_computed_request() {
+        // Each 3000 fee raises the balance by 3000 / 32 = 93.75: warning 5000 at request ceil(53.3) = 54, drop
+        // 25000 at request ceil(266.7) = 267.
+        let (l, _clock) = ledger(test_params());
+        let a = l.open(ip("203.0.113.9"));
+        assert_eq!(first_request(&a, 3000.0, 1000, |f| f.warning), Some(54));
+        assert!(close(a.fee_load().balance, 54.0 * 93.75, 1e-6));
+        let (l, _clock) = ledger(test_params());
+        let a = l.open(ip("203.0.113.9"));
+        assert_eq!(first_request(&a, 3000.0, 1000, |f| f.drop), Some(267));
+        // The drop coincides with the Electrum hard limit: the same group is cut off on either front.
+        assert!(a.throttle().over_hard);
+        let waker = futures_util::task::noop_waker();
+        assert!(a.poll_alert(&mut Context::from_waker(&waker)).is_ready());
+    }
+
+    #[test]
+    fn a_steady_fee_rate_settles_at_its_own_size_and_decays_by_the_window() {
+        let (l, clock) = ledger(test_params());
+        let a = l.open(ip("203.0.113.9"));
+        for _ in 0..600 {
+            a.charge_fee(400.0);
+            clock.advance(Duration::from_secs(1));
+        }
+        // 400 per second settles at about 400 (the node's model; within 2 % of the continuous figure).
+        let settled = a.fee_load().balance;
+        assert!((settled - 400.0).abs() <= 8.0, "{settled}");
+        clock.advance(Duration::from_secs(32));
+        assert!(close(a.fee_load().balance, settled / std::f64::consts::E, 1e-6));
+    }
+
+    #[test]
+    fn a_departed_clients_fees_stay_with_its_group_for_the_remember_time() {
+        let (l, clock) = ledger(test_params());
+        let a = l.open(ip("203.0.113.9"));
+        for _ in 0..100 {
+            a.charge_fee(3000.0);
+        }
+        drop(a);
+        clock.advance(Duration::from_secs(10));
+        let b = l.open(ip("203.0.113.77"));
+        let expect = 100.0 * 3000.0 / 32.0 * (-10.0f64 / 32.0).exp();
+        assert!(close(b.fee_load().balance, expect, 1e-6));
+        assert!(b.fee_load().warning);
+        drop(b);
+        l.housekeep();
+        assert_eq!(l.groups(), 1, "kept while remembered");
+        clock.advance(DEFAULT_FEE_REMEMBER);
+        l.housekeep();
+        assert_eq!(l.groups(), 0, "forgotten after the remember time");
+        assert_eq!(l.open(ip("203.0.113.9")).fee_load().balance, 0.0);
+    }
+
+    #[test]
+    fn fees_and_electrum_cost_add_up_for_one_group() {
+        let (l, _clock) = ledger(test_params());
+        let wallet = l.open(ip("203.0.113.9"));
+        let api = l.open(ip("203.0.113.10"));
+        // Half the hard limit in Electrum cost, then fees to half the drop threshold: the group is at its limit.
+        wallet.charge(DEFAULT_HARD_LIMIT / 2.0);
+        assert!(
+            api.fee_load().warning,
+            "Electrum cost alone brings the group to the warning"
+        );
+        assert!(close(api.fee_load().balance, DEFAULT_FEE_DROP / 2.0, 1e-6));
+        let before = api.charge_fee(DEFAULT_FEE_DROP / 2.0 * 32.0 - 32.0);
+        assert!(!before.drop);
+        assert!(!wallet.throttle().over_hard);
+        assert!(api.charge_fee(32.0).drop);
+        assert!(
+            wallet.throttle().over_hard,
+            "the Electrum session of the group is over too"
+        );
+        // A client elsewhere is untouched.
+        assert_eq!(l.open(ip("198.51.100.1")).fee_load().balance, 0.0);
+    }
+
+    #[test]
+    fn fees_travel_in_cluster_reports_as_electrum_units() {
+        let (l, _clock) = ledger(test_params());
+        let a = l.open(ip("203.0.113.9"));
+        // A balance of 10000 is 0.4 of the drop threshold: 4000 Electrum units.
+        a.charge_fee(10000.0 * 32.0);
+        let report = l.local_costs(0.0, 10);
+        assert_eq!(report.len(), 1);
+        assert!(close(report[0].cost, 4000.0, 1e-6));
+        // Three gateways: two peers report 4000 each for the group; here the group is then at 1.2 of the
+        // threshold in all: 30000 fee units.
+        let group = report[0].group;
+        l.apply_remote([1; 32], &[GroupCost { group, cost: 4000.0 }], Duration::from_secs(5));
+        l.apply_remote([2; 32], &[GroupCost { group, cost: 4000.0 }], Duration::from_secs(5));
+        let load = a.fee_load();
+        assert!(close(load.balance, 30000.0, 1e-6), "{load:?}");
+        assert!(load.drop);
+    }
+
+    #[test]
+    fn fee_thresholds_of_zero_turn_the_profile_off() {
+        let p = CostParams {
+            fee: FeeParams {
+                warning: 0.0,
+                drop: 0.0,
+                ..FeeParams::default()
+            },
+            ..test_params()
+        };
+        let (l, _clock) = ledger(p);
+        let a = l.open(ip("203.0.113.9"));
+        let load = a.charge_fee(1e9);
+        assert!(!load.warning && !load.drop);
+        assert!(
+            !a.throttle().over_hard,
+            "fees without a drop threshold do not count as Electrum cost"
+        );
+        assert!(a.charge_fee(f64::NAN).balance.is_finite());
     }
 }
