@@ -477,3 +477,210 @@ async fn forwarded_on_the_bitcoind_profile_too() {
         .collect();
     assert_eq!(forwarded, [vec!["for=127.0.0.7"], vec![]], "{seen:?}");
 }
+
+/// The node's balance window, in seconds: a charge adds fee / WINDOW and decays over it.
+const WINDOW: f64 = 32.0;
+/// `[cost.ledger]` defaults: the warning and drop thresholds.
+const WARNING: f64 = 5000.0;
+const DROP: f64 = 25000.0;
+
+/// The 1-based request at which a client charging `fee` per request, sending at the times `sent`
+/// (seconds), first has a balance of at least `threshold`: each charge adds fee / 32 and decays by
+/// e^(-dt/32), hand-computed.
+fn predicted(sent: &[f64], fee: f64, threshold: f64, upto: usize) -> usize {
+    let at = |k: usize| -> f64 {
+        sent[..k]
+            .iter()
+            .map(|t| fee / WINDOW * (-(sent[k - 1] - t) / WINDOW).exp())
+            .sum()
+    };
+    if let Some(k) = (1..=upto.min(sent.len())).find(|&k| at(k) >= threshold) {
+        return k;
+    }
+    // Not reached by the requests sent: as many more as it takes, sent at once after the last.
+    let mut balance = at(sent.len());
+    let mut k = sent.len();
+    while balance < threshold {
+        balance += fee / WINDOW;
+        k += 1;
+    }
+    k
+}
+
+/// `actual` is `predicted` within 2 % (at least one request either way, for small counts).
+fn near(actual: usize, predicted: usize, what: &str) {
+    let slack = ((predicted as f64) * 0.02).ceil().max(1.0) as usize;
+    assert!(
+        actual + slack >= predicted && actual <= predicted + slack,
+        "{what} at request {actual}, predicted {predicted} ± {slack}"
+    );
+}
+
+/// account_info at `fee`, so the thresholds are reached in a few hundred requests. (Not server_info: xrpl.js
+/// sends one of its own when it connects.)
+fn priced(fee: f64) -> String {
+    format!("[front.api.fees.commands]\naccount_info = {fee}\n")
+}
+
+/// How many account_info requests reached the node.
+fn account_infos(stub: &Stub) -> usize {
+    stub.commands().iter().filter(|c| *c == "account_info").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_load_warning_at_the_predicted_request_then_1008_and_a_ban() {
+    let stub = Stub::start().await;
+    let fee = 1700.0;
+    let running = gateway::start(&config(
+        stub.addr(),
+        "127.0.0.1:0",
+        &priced(fee),
+        "[cost]\ngroup_private = true\n",
+    ))
+    .await;
+    let front = running.addr("ledger");
+    let got = xrpl_js(
+        front,
+        json!([{"t": "until_closed", "r": {"command": "account_info", "account": ACCOUNT}, "max": 2000}]),
+    )
+    .await;
+    let r = &got[0];
+    let all = r.to_string();
+    let sent: Vec<f64> = r["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let warned: Vec<usize> = r["warned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let answered = r["answered"].as_u64().unwrap() as usize;
+    // The first reply past the warning threshold carries "warning":"load", and every one after it.
+    near(warned[0], predicted(&sent, fee, WARNING, sent.len()), "warning");
+    assert_eq!(warned.len(), answered - warned[0] + 1, "{all}");
+    // The request that reaches the drop threshold is not answered: the node's close code and reason.
+    near(answered + 1, predicted(&sent, fee, DROP, sent.len()), "drop");
+    assert_eq!(r["closeCode"], 1008, "{all}");
+    assert_eq!(account_infos(&stub), answered, "the dropped request reached the node");
+    // The address is banned: a new connection is refused.
+    assert!(net::is_refused("127.0.0.1", front).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_rpc_load_warning_at_the_predicted_request_then_503_and_a_ban() {
+    let stub = Stub::start().await;
+    let fee = 8500.0;
+    let running = gateway::start(&config(
+        stub.addr(),
+        "127.0.0.1:0",
+        &priced(fee),
+        "[cost]\ngroup_private = true\n",
+    ))
+    .await;
+    let front = running.addr("ledger");
+    let got = xrpl_py(
+        front,
+        json!([{"t": "rpc_until", "m": "account_info", "p": {"account": ACCOUNT}, "max": 2000}]),
+    )
+    .await;
+    let r = &got[0];
+    let all = r.to_string();
+    let sent: Vec<f64> = r["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let warned: Vec<usize> = r["warned"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    near(warned[0], predicted(&sent, fee, WARNING, sent.len()), "warning");
+    // xrpl-py reports the node's 503 with its body.
+    let failed_at = sent.len();
+    near(failed_at, predicted(&sent, fee, DROP, sent.len()), "drop");
+    assert_eq!(r["error"]["type"], "XRPLRequestFailureException", "{all}");
+    assert!(all.contains("503") && all.contains("Server is overloaded"), "{all}");
+    assert_eq!(
+        stub.commands().len(),
+        failed_at - 1,
+        "the dropped request reached the node"
+    );
+    assert!(net::is_refused("127.0.0.1", front).await);
+    // The raw reply: the node's status line and body.
+    let other = gateway::start(&config(stub.addr(), "127.0.0.2:0", &priced(DROP * WINDOW), "")).await;
+    let raw = raw_post(
+        "127.0.0.9",
+        other.addr("ledger"),
+        r#"{"method":"account_info","params":[{}]}"#,
+        "",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 503 Server is overloaded\r\n"), "{raw}");
+    assert!(raw.ends_with("\r\n\r\nServer is overloaded\r\n"), "{raw}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_dropped_at_one_gateway_is_refused_at_another_of_its_cluster() {
+    let stub = Stub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let links: Vec<SocketAddr> = (0..2).map(|_| net::free_addr()).collect();
+    let keys = gateway::node_keys(dir.path(), 2);
+    let mut gateways = Vec::new();
+    for i in 0..2 {
+        let peers = gateway::cluster_peers(i, &links, &keys);
+        let cluster = format!(
+            "[cluster]\nnode_key = \"node{i}.key\"\nlisten = \"{}\"\nanti_entropy = \"1s\"\n{peers}\n",
+            links[i]
+        );
+        let toml = config(
+            stub.addr(),
+            &format!("127.0.0.{}:0", i + 1),
+            &priced(DROP * WINDOW),
+            &cluster,
+        );
+        gateways.push(gateway::start_in(dir.path(), &toml).await);
+    }
+    let up = net::within(Duration::from_secs(5), async || {
+        gateways
+            .iter()
+            .all(|g| g.cluster().is_some_and(|c| c.status().peers.iter().all(|p| p.up)))
+    })
+    .await;
+    assert!(up.is_some(), "cluster links not up");
+    assert!(!net::is_refused("127.0.0.20", gateways[1].addr("ledger")).await);
+    // One account_info costs the whole drop threshold: the client is closed with 1008 and banned.
+    let mut ws = ws_from("127.0.0.20", gateways[0].addr("ledger")).await;
+    ws.send(Message::text(
+        json!({"id": 1, "command": "account_info", "account": ACCOUNT}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("closed within 5 s")
+    .expect("a close frame");
+    assert_eq!(u16::from(close.code), 1008);
+    assert_eq!(close.reason.as_str(), "threshold exceeded");
+    // The second gateway refuses the address too, at admission.
+    let refused = net::within(Duration::from_secs(5), async || {
+        net::is_refused("127.0.0.20", gateways[1].addr("ledger")).await
+    })
+    .await;
+    assert!(refused.is_some(), "the ban did not reach the second gateway");
+    assert_eq!(account_infos(&stub), 0);
+}
