@@ -686,3 +686,56 @@ async fn a_client_dropped_at_one_gateway_is_refused_at_another_of_its_cluster() 
     assert!(refused.is_some(), "the ban did not reach the second gateway");
     assert_eq!(account_infos(&stub), 0);
 }
+
+/// Reads until the server's close frame; its code and reason.
+async fn close_frame(ws: &mut Ws, limit: Duration) -> (u16, String) {
+    tokio::time::timeout(limit, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+                Some(Ok(_)) => continue,
+                other => panic!("no close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not closed within {limit:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_is_closed_when_its_group_reaches_the_drop_threshold() {
+    let stub = Stub::start().await;
+    let running = gateway::start(&config(
+        stub.addr(),
+        "127.0.0.1:0",
+        &priced(DROP * WINDOW),
+        "[cost]\ngroup_private = true\n",
+    ))
+    .await;
+    let front = running.addr("ledger");
+    // A subscribed session that sends nothing more, and another of the same /24 that crosses the threshold.
+    let mut idle = ws_from("127.0.0.30", front).await;
+    let r = ws_call(
+        &mut idle,
+        json!({"id": 1, "command": "subscribe", "streams": ["validations"]}),
+    )
+    .await;
+    assert_eq!(r["status"], "success", "{r}");
+    let mut heavy = ws_from("127.0.0.31", front).await;
+    heavy
+        .send(Message::text(
+            json!({"id": 1, "command": "account_info", "account": ACCOUNT}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_frame(&mut heavy, Duration::from_secs(5)).await,
+        (1008, "threshold exceeded".to_string())
+    );
+    // The idle session hears of it at once, not at its next request.
+    assert_eq!(
+        close_frame(&mut idle, Duration::from_secs(2)).await,
+        (1008, "threshold exceeded".to_string())
+    );
+    assert_eq!(account_infos(&stub), 0);
+}
