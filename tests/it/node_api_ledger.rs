@@ -739,3 +739,81 @@ async fn an_idle_session_is_closed_when_its_group_reaches_the_drop_threshold() {
     );
     assert_eq!(account_infos(&stub), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fees_spread_over_three_gateways_meet_one_drop_threshold() {
+    let stub = Stub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let links: Vec<SocketAddr> = (0..3).map(|_| net::free_addr()).collect();
+    let keys = gateway::node_keys(dir.path(), 3);
+    // 60 requests at this fee reach the drop threshold (less what decays meanwhile).
+    let fee = DROP * WINDOW / 60.0;
+    let mut gateways = Vec::new();
+    for i in 0..3 {
+        let peers = gateway::cluster_peers(i, &links, &keys);
+        let global = format!(
+            "[cost]\ngroup_private = true\n\n[cluster]\nnode_key = \"node{i}.key\"\nlisten = \"{}\"\nanti_entropy = \"1s\"\n{peers}\n\
+             [cluster.cost]\ninterval = \"100ms\"\nexpiry = \"1s\"\nthreshold = 10\n\n",
+            links[i]
+        );
+        let toml = config(stub.addr(), &format!("127.0.0.{}:0", i + 1), &priced(fee), &global);
+        gateways.push(gateway::start_in(dir.path(), &toml).await);
+    }
+    let up = net::within(Duration::from_secs(5), async || {
+        gateways
+            .iter()
+            .all(|g| g.cluster().is_some_and(|c| c.status().peers.iter().all(|p| p.up)))
+    })
+    .await;
+    assert!(up.is_some(), "cluster links not up");
+    // One session per gateway from one address; a request to each in turn, a round every 50 ms, until
+    // one of them is closed.
+    let mut sessions = Vec::new();
+    for g in &gateways {
+        sessions.push(ws_from("127.0.3.2", g.addr("ledger")).await);
+    }
+    let start = std::time::Instant::now();
+    let mut sent: Vec<f64> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let closed = 'run: loop {
+        tick.tick().await;
+        for ws in sessions.iter_mut() {
+            sent.push(start.elapsed().as_secs_f64());
+            let req = json!({"id": sent.len(), "command": "account_info", "account": ACCOUNT});
+            if ws.send(Message::text(req.to_string())).await.is_err() {
+                break 'run None;
+            }
+            loop {
+                match tokio::time::timeout(Duration::from_secs(5), ws.next())
+                    .await
+                    .expect("an answer")
+                {
+                    Some(Ok(Message::Text(t))) if t.contains("\"type\":\"response\"") => break,
+                    Some(Ok(Message::Close(f))) => break 'run f,
+                    Some(Ok(_)) => continue,
+                    _ => break 'run None,
+                }
+            }
+        }
+        assert!(sent.len() < 180, "never cut off after {} requests", sent.len());
+    };
+    let close = closed.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1008);
+    // The balance when the client was cut off, hand-computed over everything it sent to the three.
+    let last = sent[sent.len() - 1];
+    let balance: f64 = sent.iter().map(|t| fee / WINDOW * (-(last - t) / WINDOW).exp()).sum();
+    eprintln!("cut off after {} requests at a balance of {balance:.0}", sent.len());
+    // Each gateway saw a third; reports lag by an interval or two on a loaded machine.
+    assert!(
+        (DROP * 0.98..DROP * 1.4).contains(&balance),
+        "cut off at a balance of {balance:.0}, the threshold is {DROP}"
+    );
+    // The cut-off's ban refuses the address at every gateway.
+    for g in &gateways {
+        let refused = net::within(Duration::from_secs(3), async || {
+            net::is_refused("127.0.3.2", g.addr("ledger")).await
+        })
+        .await;
+        assert!(refused.is_some(), "not refused at {}", g.addr("ledger"));
+    }
+}
