@@ -817,3 +817,27 @@ async fn fees_spread_over_three_gateways_meet_one_drop_threshold() {
         assert!(refused.is_some(), "not refused at {}", g.addr("ledger"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_websocket_without_subscriptions_is_closed_and_a_subscriber_stays() {
+    let stub = Stub::start().await;
+    let toml = config(stub.addr(), "127.0.0.1:0", "", "")
+        .replace("[front.api]", "[front.timeouts]\nidle = \"1s\"\n\n[front.api]");
+    let running = gateway::start(&toml).await;
+    let front = running.addr("ledger");
+    let mut quiet = ws_from("127.0.0.40", front).await;
+    let mut subscriber = ws_from("127.0.0.41", front).await;
+    let r = ws_call(
+        &mut subscriber,
+        json!({"id": 1, "command": "subscribe", "streams": ["validations"]}),
+    )
+    .await;
+    assert_eq!(r["status"], "success", "{r}");
+    assert_eq!(close_frame(&mut quiet, Duration::from_secs(3)).await.0, 1001);
+    // Past two idle periods the subscriber still gets answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        ws_call(&mut subscriber, json!({"id": 2, "command": "ping"})).await["status"],
+        "success"
+    );
+}

@@ -358,13 +358,30 @@ where
     };
     let drained = s.front.handles.drain.signal(s.client);
     tokio::pin!(drained);
+    // A session that holds no subscription and waits for no reply may sit idle for the front's idle
+    // timeout; one that holds subscriptions is what a subscriber looks like, and stays.
+    let idle_timeout = s.front.cfg.idle_timeout;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     let mut writer_done = false;
     let reason = loop {
         let step = tokio::select! {
+            _ = &mut idle => {
+                if r.subs.is_empty() && r.pending.is_empty() {
+                    r.queue(close(CloseCode::Away, "idle"));
+                    Step::End(CloseReason::IdleTimeout)
+                } else {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                    Step::Go
+                }
+            }
             m = client_rx.next(), if r.pending.len() < MAX_IN_FLIGHT => match m {
                 None | Some(Ok(Message::Close(_))) => Step::End(CloseReason::ClientClosed),
                 Some(Err(_)) => Step::End(CloseReason::ClientError),
-                Some(Ok(Message::Text(t))) => r.on_client(&t, &mut node_tx).await,
+                Some(Ok(Message::Text(t))) => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + idle_timeout);
+                    r.on_client(&t, &mut node_tx).await
+                }
                 Some(Ok(Message::Binary(b))) => match std::str::from_utf8(&b) {
                     Ok(t) => r.on_client(t, &mut node_tx).await,
                     Err(_) => r.refuse(FeeClass::Malformed, |_| errors::ws_json_invalid("")),
