@@ -43,6 +43,10 @@ enum Cmd {
     Check {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
+        /// Also ask each Electrum upstream what it is, and print what to change on it (as the gateway logs
+        /// at start).
+        #[arg(long)]
+        probe: bool,
     },
     /// Start a self-contained demo: gateway, self-signed certificate and sample Electrum backend on loopback.
     Demo,
@@ -61,6 +65,9 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// Make a random bearer token for an API front: prints the token (for the client) and the
+    /// `token_hash` line for its [[front.api.tokens]] entry (the token itself is not stored).
+    Token,
 }
 
 /// How to reach the admin API: from the config's [admin] section, or given outright.
@@ -125,7 +132,7 @@ enum BansCmd {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Check { config } => check(&config),
+        Cmd::Check { config, probe } => check(&config, probe),
         Cmd::Run { config, log_format } => run(&config, log_format),
         Cmd::Demo => ExitCode::from(gatehouse::demo::run() as u8),
         Cmd::Keygen { out } => match gatehouse::cluster::keys::NodeKey::generate_file(&out) {
@@ -138,6 +145,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Token => {
+            let (token, entry) = gatehouse::front::api::auth::new_token();
+            println!("token: {token}\ntoken_hash = \"{entry}\"");
+            ExitCode::SUCCESS
+        }
         Cmd::Bans { cmd } => bans(cmd),
         Cmd::Cluster {
             cmd: ClusterCmd::Status { json, admin },
@@ -368,7 +380,7 @@ fn bans(cmd: BansCmd) -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, probe: bool) -> ExitCode {
     match Config::load(path) {
         Ok(cfg) => {
             println!("{}: ok", path.display());
@@ -403,12 +415,54 @@ fn check(path: &std::path::Path) -> ExitCode {
             if cfg.admin.enabled {
                 println!("  admin API   {}", cfg.admin.listen);
             }
+            if probe {
+                return probe_backends(&cfg);
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints what each Electrum upstream is and what to change on it; fails when one cannot be probed.
+fn probe_backends(cfg: &Config) -> ExitCode {
+    use gatehouse::front::electrum::probe;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut ok = true;
+    for f in cfg
+        .fronts
+        .iter()
+        .filter(|f| f.kind == gatehouse::front::FrontKind::Electrum)
+    {
+        let admitted = probe::admitted(f, &cfg.admission);
+        for &upstream in &f.upstreams {
+            match rt.block_on(probe::probe(upstream, f.send_proxy)) {
+                Ok(id) => {
+                    println!("  backend {} {upstream}: {id}", f.name);
+                    for a in probe::advise(&id, admitted) {
+                        println!("    advice: {a}");
+                    }
+                }
+                Err(e) => {
+                    ok = false;
+                    eprintln!("error: backend {} {upstream}: {e}", f.name);
+                }
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -457,6 +511,9 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // The backends are asked what they are by the process an operator runs, not by every embedding.
+        let probes: Vec<_> = cfg.fronts.clone();
+        let global = cfg.admission.clone();
         let running = match Gatehouse::start(cfg).await {
             Ok(r) => r,
             Err(e) => {
@@ -472,6 +529,9 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
         let _ = sdnotify::notify("READY=1");
         sdnotify::spawn_watchdog();
         tracing::info!(version = env!("CARGO_PKG_VERSION"), "gatehouse ready");
+        for f in &probes {
+            gatehouse::front::electrum::probe::spawn_advice(f, &global);
+        }
         wait_and_drain(running, path, signals, log_file).await;
         ExitCode::SUCCESS
     })

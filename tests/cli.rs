@@ -229,7 +229,7 @@ group_private = true
 
 /// Replaces every absolute path in quotes with a file in `dir`: `*key*` names become the key and other
 /// `.pem`/`.crt` names the certificate of a pair generated per source folder (so cert and key that sit
-/// together still match), and anything else becomes a CIDR list file.
+/// together still match), and anything else becomes a CIDR list file; REST path prefixes stay.
 fn localise_paths(text: &str, dir: &Path) -> String {
     let mut pairs: HashMap<String, (PathBuf, PathBuf)> = HashMap::new();
     let mut out = String::with_capacity(text.len());
@@ -237,6 +237,12 @@ fn localise_paths(text: &str, dir: &Path) -> String {
     while let Some(start) = rest.find("\"/") {
         let Some(len) = rest[start + 1..].find('"') else { break };
         let orig = &rest[start + 1..start + 1 + len];
+        if orig.starts_with("/rest/") {
+            // An API front's REST path prefix, not a file.
+            out.push_str(&rest[..start + 1 + len]);
+            rest = &rest[start + 1 + len..];
+            continue;
+        }
         let p = Path::new(orig);
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let parent = p.parent().map(|d| d.display().to_string()).unwrap_or_default();
@@ -375,6 +381,7 @@ fn reference_config_sets_every_option() {
         "[[front]]\n[front.api]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\n[[front.api.users]]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\n[front.api.fees]\nzzz_probe = 1\n",
+        "[[front]]\n[front.api]\n[[front.api.tokens]]\nzzz_probe = 1\n",
     ];
     let mut missing = Vec::new();
     for probe in probes {
@@ -1766,6 +1773,12 @@ fn check_validates_the_ledger_profile_options() {
             "caps requests with max_message",
         ),
         (
+            "[front.api.rest]\n\"/rest/chaininfo.json\" = \"cheap\"",
+            "api.rest",
+            "/rest/chaininfo.json",
+            "only for profile = \"bitcoind\"",
+        ),
+        (
             "[front.api.fees]\nhigh = -1",
             "api.fees.high",
             "high = -1",
@@ -1827,4 +1840,199 @@ fn check_rejects_a_fee_drop_threshold_below_the_warning() {
         line_of(&text, "window = \"0s\""),
         "must be greater than 0s",
     );
+}
+
+fn electrum_config(listen: &str, upstreams: &[SocketAddr]) -> String {
+    let ups: Vec<String> = upstreams.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\nupstreams = [{}]\n",
+        ups.join(", ")
+    )
+}
+
+#[test]
+fn check_probe_names_each_backend_and_what_to_change_on_it() {
+    let old = support::backends::version_backend_thread("ElectrumX 1.15.0");
+    let fulcrum = support::backends::version_backend_thread("Fulcrum 1.9.8");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, electrum_config("127.0.0.1:0", &[old, fulcrum])).unwrap();
+    let out = run_to_end(
+        &["check", "--probe", "-c", path.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code(), Some(0), "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
+    let x = at(&format!(
+        "backend wallets {old}: ElectrumX 1.15.0 (protocol 1.4), sees this gateway as 127.0.0.1"
+    ))
+    .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(
+        lines[x + 1].contains("advice: this ElectrumX (before 1.16) puts every wallet"),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[x + 2].contains("advice: ElectrumX's MAX_SESSIONS (default 1000) counts every wallet of this gateway, which admits up to 20000"), "{}", out.stdout);
+    // Fulcrum excludes 127.0.0.1 from its per-address limits by default: nothing to change.
+    let f = at(&format!("backend wallets {fulcrum}: Fulcrum 1.9.8")).unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(lines.get(f + 1).is_none_or(|l| !l.contains("advice")), "{}", out.stdout);
+    // Without --probe nothing is asked.
+    let plain = run_to_end(&["check", "-c", path.to_str().unwrap()], Duration::from_secs(20));
+    assert!(!plain.stdout.contains("backend wallets"), "{}", plain.stdout);
+}
+
+#[test]
+fn check_probe_fails_on_a_backend_that_does_not_answer() {
+    let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gatehouse.toml"),
+        electrum_config("127.0.0.1:0", &[dead]),
+    )
+    .unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    let out = run_to_end(
+        &["check", "--probe", "-c", path.to_str().unwrap()],
+        Duration::from_secs(20),
+    );
+    assert_eq!(out.code(), Some(1), "stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(&format!("error: backend wallets {dead}: connect:")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn run_logs_advice_for_its_backends_at_start() {
+    let old = support::backends::version_backend_thread("ElectrumX 1.15.0");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, electrum_config(&listen.to_string(), &[old])).unwrap();
+    let mut gw = Proc::run_json(&path);
+    let line = gw
+        .wait_json(Duration::from_secs(10), |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("backend advice: this ElectrumX (before 1.16)"))
+        })
+        .unwrap_or_else(|| panic!("no advice logged:\n{}", gw.log()));
+    assert_eq!(line["level"], "WARN", "{line}");
+    assert_eq!(line["software"], "ElectrumX 1.15.0", "{line}");
+    gw.signal(libc::SIGTERM);
+    gw.wait_exit(Duration::from_secs(10));
+}
+
+/// REST prefixes and bearer tokens of a `kind = "api"` front: each mistake at its own line and key.
+#[test]
+fn check_rejects_api_rest_and_token_mistakes() {
+    let base = |api: &str| {
+        format!(
+            "[[front]]\nname = \"rpc\"\nkind = \"api\"\nlisten = [\"127.0.0.1:18443\"]\ntransport = \"tcp\"\n\
+             upstreams = [\"127.0.0.1:18332\"]\n\n[front.api]\nprofile = \"bitcoind\"\n\
+             backend_cookie_file = \"/var/lib/bitcoind/.cookie\"\n{api}"
+        )
+    };
+    let good = "f00d$a9f3bf0bc92f82bedd4ece5ea48898c48216629383a097fa1c913ea8b26af042";
+    let token = |name: &str, hash: &str, methods: &str| {
+        format!("[[front.api.tokens]]\nname = \"{name}\"\ntoken_hash = \"{hash}\"\nmethods = [{methods}]\n")
+    };
+    let m = "\"getblockcount\"";
+
+    let text = base(&token("svc", "f00d$abc", m));
+    assert_check_error(
+        &text,
+        "front[0].api.tokens[0].token_hash",
+        line_of(&text, "token_hash"),
+        "salt$hash",
+    );
+    let text = base(&format!("{}{}", token("svc", good, m), token("svc", good, m)));
+    let second = text
+        .rfind("name = \"svc\"")
+        .map(|at| text[..at].lines().count() + 1)
+        .unwrap();
+    assert_check_error(&text, "front[0].api.tokens[1].name", second, "duplicate token");
+    let text = base(&token("svc", good, ""));
+    assert_check_error(
+        &text,
+        "front[0].api.tokens[0].methods",
+        line_of(&text, "name = \"svc\""),
+        "no methods",
+    );
+
+    // A front with only a token (or only REST) is complete.
+    let dir = tempfile::tempdir().unwrap();
+    for api in [
+        token("svc", good, m),
+        "[front.api.rest]\n\"/rest/tx/\" = \"medium\"\n".to_string(),
+    ] {
+        let (_, out) = check_text(dir.path(), &base(&api));
+        assert_eq!(out.code(), Some(0), "{api}\n{}", out.stderr);
+    }
+
+    for (line, key, reason) in [
+        (
+            "\"/api/tx/\" = \"cheap\"",
+            "front[0].api.rest.\"/api/tx/\"",
+            "starts with `/rest/`",
+        ),
+        (
+            "\"/rest/\" = \"cheap\"",
+            "front[0].api.rest.\"/rest/\"",
+            "starts with `/rest/`",
+        ),
+        (
+            "\"/rest/../x\" = \"cheap\"",
+            "front[0].api.rest.\"/rest/../x\"",
+            "without `..`",
+        ),
+        (
+            "\"/rest/tx/\" = \"pricey\"",
+            "front[0].api.rest.\"/rest/tx/\"",
+            "unknown cost class `pricey`",
+        ),
+    ] {
+        let text = base(&format!(
+            "[front.api.rest]\n\"/rest/chaininfo.json\" = \"cheap\"\n{line}\n"
+        ));
+        assert_check_error(&text, key, line_of(&text, line), reason);
+    }
+}
+
+/// `gatehouse token` prints a fresh token and an entry that a front accepts: different every run, and the
+/// entry is not the token.
+#[test]
+fn token_prints_a_new_token_and_its_entry() {
+    let first = run_to_end(&["token"], Duration::from_secs(10));
+    let second = run_to_end(&["token"], Duration::from_secs(10));
+    assert_eq!(first.code(), Some(0), "{}", first.stderr);
+    let parse = |o: &Outcome| {
+        let token = o
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("token: "))
+            .unwrap()
+            .to_string();
+        let entry = o
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("token_hash = "))
+            .unwrap()
+            .to_string();
+        (token, entry)
+    };
+    let ((t1, e1), (t2, _)) = (parse(&first), parse(&second));
+    assert_ne!(t1, t2);
+    assert_eq!(t1.len(), 64);
+    assert!(!e1.contains(&t1), "{e1}");
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[[front]]\nname = \"rpc\"\nkind = \"api\"\nlisten = [\"127.0.0.1:18443\"]\ntransport = \"tcp\"\n\
+         upstreams = [\"127.0.0.1:18332\"]\n\n[front.api]\nprofile = \"bitcoind\"\n\
+         backend_cookie_file = \"/c\"\n[[front.api.tokens]]\nname = \"t\"\n{e1}\nmethods = [\"getblockcount\"]\n"
+    );
+    let (_, out) = check_text(dir.path(), &text);
+    assert_eq!(out.code(), Some(0), "{text}\n{}", out.stderr);
 }

@@ -213,6 +213,11 @@ impl LiveSource for Live {
         );
         let s = self.guard.bans().stats();
         r.register("bans_active", "Bans in force now", gauge(s.active as i64));
+        r.register(
+            "bans_max_entries",
+            "Entries beyond which automatic bans are refused ([bans] max_entries)",
+            gauge(i64::try_from(self.guard.bans().limits().max_entries).unwrap_or(i64::MAX)),
+        );
         let added = Family::<SourceLabels, Counter>::default();
         for (source, n) in [
             ("session", s.added_session),

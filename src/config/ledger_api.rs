@@ -72,6 +72,12 @@ impl Validator<'_> {
         if let Some(n) = &a.max_batch {
             return bitcoind_only("max_batch", Some(n.span()));
         }
+        if let Some(t) = a.tokens.first() {
+            return bitcoind_only("tokens", Some(t.name.span()));
+        }
+        if let Some(r) = a.rest.values().next() {
+            return bitcoind_only("rest", Some(r.span()));
+        }
         if let Some(b) = &a.max_body {
             return Err(self.err(
                 format!("{key}.max_body"),

@@ -19,7 +19,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 use crate::admin::settings::*;
-use crate::front::api::auth::{BackendAuth, User};
+use crate::front::api::auth::{BackendAuth, Token, User};
 use crate::front::api::settings::{ApiProfile, ApiSettings};
 use crate::front::electrum::methods::{Profile, ProtoVersion};
 use crate::front::electrum::settings::*;
@@ -1139,11 +1139,59 @@ impl Validator<'_> {
                 .map_err(|e| self.err(format!("{k}.rpcauth"), Some(u.rpcauth.span()), e.to_string()))?;
             users.push(user);
         }
-        if users.is_empty() && a.public_methods.is_empty() {
+        let mut tokens: Vec<Token> = Vec::with_capacity(a.tokens.len());
+        for (i, t) in a.tokens.iter().enumerate() {
+            let name = t.name.get_ref();
+            let k = format!("{key}.tokens[{i}]");
+            if name.is_empty() {
+                return Err(self.err(format!("{k}.name"), Some(t.name.span()), "must be non-empty"));
+            }
+            if tokens.iter().any(|o| &o.name == name) {
+                return Err(self.err(
+                    format!("{k}.name"),
+                    Some(t.name.span()),
+                    format!("duplicate token `{name}`"),
+                ));
+            }
+            if t.methods.is_empty() {
+                return Err(self.err(
+                    format!("{k}.methods"),
+                    Some(t.name.span()),
+                    "lists no methods: the token could call nothing",
+                ));
+            }
+            let token = Token::new(
+                name.clone(),
+                t.token_hash.get_ref(),
+                t.methods.iter().cloned().collect(),
+            )
+            .map_err(|e| self.err(format!("{k}.token_hash"), Some(t.token_hash.span()), e.to_string()))?;
+            tokens.push(token);
+        }
+        let mut rest = Vec::with_capacity(a.rest.len());
+        for (prefix, class) in &a.rest {
+            let k = format!("{key}.rest.\"{prefix}\"");
+            crate::front::api::rest::RestPolicy::validate(prefix)
+                .map_err(|e| self.err(k.clone(), Some(class.span()), e.to_string()))?;
+            let c = match class.get_ref().as_str() {
+                "cheap" => crate::front::api::methods::Class::Cheap,
+                "medium" => crate::front::api::methods::Class::Medium,
+                "heavy" => crate::front::api::methods::Class::Heavy,
+                other => {
+                    return Err(self.err(
+                        k,
+                        Some(class.span()),
+                        format!("unknown cost class `{other}`: cheap, medium or heavy"),
+                    ))
+                }
+            };
+            rest.push((prefix.clone(), c));
+        }
+        if users.is_empty() && tokens.is_empty() && a.public_methods.is_empty() && rest.is_empty() {
             return Err(self.err(
                 format!("{key}.users"),
                 Some(a.profile.span()),
-                "no users and no public_methods: every request would be refused",
+                "no users, tokens, public_methods or rest paths: every request would be refused",
             ));
         }
         let size = |v: &Option<Spanned<units::ByteSize>>, k: &str, dflt: usize| match v {
@@ -1191,6 +1239,8 @@ impl Validator<'_> {
             keepalive_timeout: time(&a.keepalive_timeout, "keepalive_timeout", d::DEFAULT_KEEPALIVE_TIMEOUT)?,
             request_timeout: time(&a.request_timeout, "request_timeout", d::DEFAULT_REQUEST_TIMEOUT)?,
             method_costs,
+            tokens,
+            rest: crate::front::api::rest::RestPolicy::new(rest),
             forwarded: a.forwarded.as_ref().is_some_and(|f| *f.get_ref()),
         })
     }

@@ -408,6 +408,12 @@ pub struct RawFrontApi {
     /// Per-method cost overrides, in `[cost]` units.
     #[serde(default)]
     pub method_costs: BTreeMap<String, Spanned<f64>>,
+    /// Bearer tokens, a second way for clients to authenticate.
+    #[serde(default)]
+    pub tokens: Vec<RawApiToken>,
+    /// REST path prefixes let through, each with its cost class; empty: REST off.
+    #[serde(default)]
+    pub rest: BTreeMap<String, Spanned<String>>,
     /// Both profiles: send the client's address to the node as `Forwarded: for=…`.
     pub forwarded: Option<Spanned<bool>>,
     // Profile `ledger` only; unset ones take `front::api::ledger::settings`' defaults.
@@ -420,6 +426,17 @@ pub struct RawFrontApi {
     pub max_message: Option<Spanned<ByteSize>>,
     pub max_pending_output: Option<Spanned<ByteSize>>,
     pub slow_reader_timeout: Option<Spanned<Duration>>,
+}
+
+/// `[[front.api.tokens]]`: one bearer token of an API front, stored as its salted hash.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiToken {
+    pub name: Spanned<String>,
+    /// `salt$hex(HMAC-SHA256(key = salt, message = token))`.
+    pub token_hash: Spanned<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
 }
 
 /// `[front.api.fees]` of a ledger-profile front.

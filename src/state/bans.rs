@@ -546,6 +546,21 @@ impl BanTable {
                     Op::Offence => {}
                 }
             }
+            // Automatic bans count toward their group's escalation after a restart as they did before it.
+            // The journal does not mark them as such: an automatic ban is a local one of exactly the
+            // automatic width whose address has an offence on record.
+            for (prefix, b) in map.iter() {
+                if b.origin != LOCAL_ORIGIN
+                    || prefix != limits.automatic(prefix.ip())
+                    || !offences.contains_key(&prefix.network())
+                {
+                    continue;
+                }
+                let group = limits.group(prefix.ip());
+                if group.prefix() < prefix.prefix() {
+                    store.auto.entry(group).or_default().push(prefix);
+                }
+            }
             drop(offences);
             let live = map.len() + store.lifts.len();
             store.journal = Some(journal);
@@ -1417,6 +1432,29 @@ mod tests {
         assert_eq!(t.lookup(ip("192.0.2.9")).unwrap().1.reason, "b");
         assert!(t.lookup(ip("192.0.2.8")).is_none());
         assert_eq!(t.stats().lifted, 1);
+    }
+
+    #[test]
+    fn escalation_counts_automatic_bans_made_before_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.journal");
+        let limits = || BanLimits {
+            escalate_after: 3,
+            ..BanLimits::default()
+        };
+        let open = || BanTable::open_limited(&path, CidrSet::new(), CompactPolicy::default(), limits()).unwrap();
+        {
+            let t = open();
+            t.ban_offender(ip("203.0.113.1"), HOUR, HOUR, "x").unwrap();
+            t.ban_offender(ip("203.0.113.2"), HOUR, HOUR, "x").unwrap();
+            // An operator's ban of one address of the group is not an offence and does not count.
+            t.ban(net("203.0.113.50"), HOUR, "operator").unwrap();
+        }
+        let t = open();
+        assert_eq!(t.stats().escalated, 0);
+        t.ban_offender(ip("203.0.113.3"), HOUR, HOUR, "x").unwrap();
+        assert_eq!(t.stats().escalated, 1, "the third automatic ban of the group escalates");
+        assert_eq!(t.lookup(ip("203.0.113.200")).unwrap().0, net("203.0.113.0/24"));
     }
 
     #[test]

@@ -553,9 +553,27 @@ impl Ledger {
     }
 
     /// Takes effect on the next charge or read. A session's group is fixed when it opens, so prefix, exempt
-    /// and `group_private` changes apply to new sessions only.
+    /// and `group_private` changes apply to new sessions only. Groups that new limits put over the hard limit
+    /// are alerted now, so their idle sessions are cut without waiting for their next request (an ungrouped
+    /// session is checked at its next request).
     pub fn set_params(&self, params: CostParams) {
-        self.params.store(Arc::new(params));
+        let p = Arc::new(params);
+        self.params.store(p.clone());
+        if p.hard_limit <= 0.0 {
+            return;
+        }
+        let now = self.clock.now();
+        for shard in self.shards.iter() {
+            let groups: Vec<Arc<Group>> = lock(shard).values().cloned().collect();
+            for g in groups {
+                let st = lock(&g.state);
+                if !st.members.is_empty() && st.total(now, &p) >= p.hard_limit {
+                    for m in &st.members {
+                        m.alert();
+                    }
+                }
+            }
+        }
     }
 
     pub fn params(&self) -> Arc<CostParams> {
@@ -1459,6 +1477,29 @@ mod tests {
         clock.advance(Duration::from_secs(5));
         l.housekeep();
         assert_eq!(l.groups(), 0);
+    }
+
+    #[test]
+    fn lowering_the_hard_limit_alerts_groups_now_over_it() {
+        let (l, _clock) = ledger(test_params());
+        let over = l.open(ip("203.0.113.9"));
+        let under = l.open(ip("198.51.100.9"));
+        over.charge(6000.0);
+        under.charge(1000.0);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(over.poll_alert(&mut cx).is_pending());
+        l.set_params(CostParams {
+            soft_limit: 500.0,
+            hard_limit: 5000.0,
+            ..test_params()
+        });
+        assert!(
+            over.poll_alert(&mut cx).is_ready(),
+            "over the new hard limit: alerted at once"
+        );
+        assert!(over.throttle().over_hard);
+        assert!(under.poll_alert(&mut cx).is_pending());
     }
 
     /// The first of `max` back-to-back fees of `fee` at which `hit` holds.

@@ -572,3 +572,91 @@ async fn dead_upstream_is_reported_down() {
     assert_eq!(scrape(&gw).await.get("gatehouse_upstream_up", &up), Some(0.0));
     gw.running.shutdown().await;
 }
+
+// ---- the dashboard and alert rules shipped in conf/ -----------------------------------------------
+
+/// Every `gatehouse_…` metric name a shipped file mentions.
+fn metric_names_in(path: &str) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("gatehouse_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.insert(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
+
+/// A gateway that exports every family, the cluster's included.
+async fn start_clustered() -> (Gw, tempfile::TempDir) {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = gateway::node_keys(keys_dir.path(), 2);
+    let cluster = format!(
+        "\n[cluster]\nnode_key = \"{}\"\nlisten = \"{}\"\n{}",
+        keys_dir.path().join("node0.key").display(),
+        net::free_addr(),
+        gateway::cluster_peers(0, &[net::free_addr(), net::free_addr()], &keys)
+    );
+    (start("dash", &cluster).await, keys_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_dashboard_and_alerts_query_only_exported_metrics() {
+    let (gw, _keys) = start_clustered().await;
+    let e = scrape(&gw).await;
+    for file in [
+        "conf/grafana/gatehouse-dashboard.json",
+        "conf/prometheus/gatehouse-alerts.yml",
+    ] {
+        let names = metric_names_in(file);
+        assert!(names.len() >= 10, "{file} names only {names:?}");
+        let unknown: Vec<&String> = names.iter().filter(|n| family_of(n, &e.types).is_none()).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} queries metrics the binary does not export: {unknown:?}"
+        );
+    }
+    // The dashboard is valid JSON whose panels each query something.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/grafana/gatehouse-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let panels = dash["panels"].as_array().unwrap();
+    let graphs: Vec<&serde_json::Value> = panels.iter().filter(|p| p["type"] != "row").collect();
+    assert!(graphs.len() >= 20);
+    for p in graphs {
+        let targets = p["targets"].as_array().unwrap();
+        assert!(
+            !targets.is_empty()
+                && targets
+                    .iter()
+                    .all(|t| t["expr"].as_str().is_some_and(|x| x.contains("gatehouse_"))),
+            "panel {} queries nothing of ours",
+            p["title"]
+        );
+    }
+}
+
+#[test]
+fn shipped_alert_rules_pass_promtool() {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/prometheus/gatehouse-alerts.yml");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool is missing: run tests/run (the README's test command), which installs it, or apt-get install prometheus");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool rejects the rules:\n{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
+}

@@ -201,3 +201,40 @@ async fn lowered_hard_limit_applies_to_the_next_request_of_an_open_session() {
         "expected the new hard limit to apply at once: {line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowered_hard_limit_cuts_an_idle_session_already_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let fixed = net::free_addr();
+    let front = format!(
+        "[[front]]\nname = \"e\"\nkind = \"electrum\"\nlisten = [\"{fixed}\"]\ntransport = \"tcp\"\nupstreams = [\"{backend}\"]\n"
+    );
+    let loose = format!("{}[cost]\ngroup_private = true\n\n{front}", gateway::RELAXED);
+    let mut running = gateway::start_in(dir.path(), &loose).await;
+    let s = net::connect_from("127.0.0.2", running.addr("e")).await.unwrap();
+    let mut r = tokio::io::BufReader::new(s);
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    r.get_mut()
+        .write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"server.version\",\"params\":[\"t\",\"1.4\"]}\n")
+        .await
+        .unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).await.unwrap();
+    assert!(line.contains("result"), "{line}");
+
+    // The session now sends nothing: the new limit must reach it anyway.
+    let strict = format!(
+        "{}[cost]\ngroup_private = true\nsoft_limit = 1\nhard_limit = 2\n\n{front}",
+        gateway::RELAXED
+    );
+    reload(&mut running, dir.path(), &strict).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "an idle session over the lowered hard limit was left open"
+    );
+}

@@ -1,5 +1,6 @@
 //! Stub backends on loopback, as tokio tasks on the test's runtime (and one on std threads, for tests that
-//! have no runtime): echo, recording, a null-answering Electrum server, a notification flood.
+//! have no runtime): echo, recording, a null-answering Electrum server, a silent server, a notification
+//! flood.
 
 use serde_json::{json, Value};
 use std::future::Future;
@@ -32,6 +33,19 @@ pub async fn echo_backend() -> SocketAddr {
     serve(|mut s| async move {
         let (mut r, mut w) = s.split();
         let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
+/// A backend that accepts, reads everything and never answers (a node that hangs).
+pub async fn silent_backend() -> SocketAddr {
+    serve(|mut s| async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
     })
     .await
 }
@@ -219,4 +233,31 @@ pub async fn flood_backend(budget: u64, wait: bool) -> (SocketAddr, oneshot::Rec
         });
     });
     (addr, rx)
+}
+
+/// A blocking Electrum backend that answers every request with `server.version`'s shape, naming itself
+/// `software`; runs until the test process ends.
+pub fn version_backend_thread(software: &'static str) -> SocketAddr {
+    use std::io::{BufRead, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(s) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut w = s.try_clone().unwrap();
+                for line in std::io::BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    let Ok(req) = serde_json::from_str::<serde_json::Value>(&line) else {
+                        break;
+                    };
+                    let reply = serde_json::json!({"jsonrpc": "2.0", "id": req["id"], "result": [software, "1.4"]});
+                    if writeln!(w, "{reply}").is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

@@ -18,8 +18,8 @@ pub enum AuthError {
     BadCookie(PathBuf),
     #[error("the node credentials are not a valid header value")]
     BadHeader,
-    #[error("rpcauth must be `salt$hash` with a 64-digit hex hash")]
-    BadRpcauth,
+    #[error("must be `salt$hash` with a 64-digit hex hash")]
+    BadSaltedHash,
 }
 
 /// How the gateway authenticates to the node. Debug never prints the secret.
@@ -77,12 +77,43 @@ impl BackendAuth {
     }
 }
 
+/// A stored secret: `salt$hex(HMAC-SHA256(key = salt, message = secret))`, bitcoind's `rpcauth` shape.
+/// The secret itself is never kept.
+#[derive(Clone)]
+struct SaltedHash {
+    salt: String,
+    hash: [u8; 32],
+}
+
+impl SaltedHash {
+    fn parse(entry: &str) -> Result<SaltedHash, AuthError> {
+        let (salt, hex) = entry.split_once('$').ok_or(AuthError::BadSaltedHash)?;
+        if salt.is_empty() || hex.len() != 64 {
+            return Err(AuthError::BadSaltedHash);
+        }
+        let mut hash = [0u8; 32];
+        for (i, b) in hash.iter_mut().enumerate() {
+            let pair = hex.get(2 * i..2 * i + 2).ok_or(AuthError::BadSaltedHash)?;
+            *b = u8::from_str_radix(pair, 16).map_err(|_| AuthError::BadSaltedHash)?;
+        }
+        Ok(SaltedHash {
+            salt: salt.to_string(),
+            hash,
+        })
+    }
+
+    /// Whether `secret` matches, compared in constant time.
+    fn verify(&self, secret: &str) -> bool {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, self.salt.as_bytes());
+        hmac::verify(&key, secret.as_bytes(), &self.hash).is_ok()
+    }
+}
+
 /// One client user: its `rpcauth` entry and the methods it may call.
 #[derive(Clone)]
 pub struct User {
     pub name: String,
-    salt: String,
-    hash: [u8; 32],
+    secret: SaltedHash,
     pub methods: HashSet<String>,
 }
 
@@ -97,28 +128,70 @@ impl fmt::Debug for User {
 
 impl User {
     pub fn new(name: String, rpcauth: &str, methods: HashSet<String>) -> Result<User, AuthError> {
-        let (salt, hex) = rpcauth.split_once('$').ok_or(AuthError::BadRpcauth)?;
-        if salt.is_empty() || hex.len() != 64 {
-            return Err(AuthError::BadRpcauth);
-        }
-        let mut hash = [0u8; 32];
-        for (i, b) in hash.iter_mut().enumerate() {
-            let pair = hex.get(2 * i..2 * i + 2).ok_or(AuthError::BadRpcauth)?;
-            *b = u8::from_str_radix(pair, 16).map_err(|_| AuthError::BadRpcauth)?;
-        }
         Ok(User {
             name,
-            salt: salt.to_string(),
-            hash,
+            secret: SaltedHash::parse(rpcauth)?,
             methods,
         })
     }
 
     /// Whether `password` matches, compared in constant time.
     pub fn verify(&self, password: &str) -> bool {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, self.salt.as_bytes());
-        hmac::verify(&key, password.as_bytes(), &self.hash).is_ok()
+        self.secret.verify(password)
     }
+}
+
+/// One bearer token a client presents as `Authorization: Bearer <token>`: its name (for the operator),
+/// its salted hash and the methods it may call.
+#[derive(Clone)]
+pub struct Token {
+    pub name: String,
+    secret: SaltedHash,
+    pub methods: HashSet<String>,
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Token")
+            .field("name", &self.name)
+            .field("methods", &self.methods)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    pub fn new(name: String, token_hash: &str, methods: HashSet<String>) -> Result<Token, AuthError> {
+        Ok(Token {
+            name,
+            secret: SaltedHash::parse(token_hash)?,
+            methods,
+        })
+    }
+
+    /// The entry whose secret `token` is. Every entry is checked, each in constant time, so the time taken
+    /// does not depend on where (or whether) the match is.
+    pub fn find<'a>(tokens: &'a [Token], token: &str) -> Option<&'a Token> {
+        let mut found = None;
+        for t in tokens {
+            if t.secret.verify(token) && found.is_none() {
+                found = Some(t);
+            }
+        }
+        found
+    }
+}
+
+/// A new random token (32 bytes, hex) and its `salt$hash` entry for `token_hash`.
+pub fn new_token() -> (String, String) {
+    use rand_core::{OsRng, RngCore};
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut secret = [0u8; 32];
+    let mut salt = [0u8; 16];
+    OsRng.fill_bytes(&mut secret);
+    OsRng.fill_bytes(&mut salt);
+    let (token, salt) = (hex(&secret), hex(&salt));
+    let entry = format!("{salt}${}", hex(&hmac_sha256(salt.as_bytes(), token.as_bytes())));
+    (token, entry)
 }
 
 /// HMAC-SHA256 (RFC 2104), as bitcoind's `rpcauth` uses it.
@@ -127,6 +200,17 @@ pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(tag.as_ref());
     out
+}
+
+/// The token of a `Bearer` `Authorization` header value; None when it is not one.
+pub fn parse_bearer(value: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (scheme, rest) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty()).then_some(token)
 }
 
 /// The user and password of a `Basic` `Authorization` header value; None when it is not one.
@@ -171,5 +255,20 @@ mod tests {
             Some(("alice".to_string(), "pw:x".to_string()))
         );
         assert_eq!(parse_basic(b"Bearer abc"), None);
+        assert_eq!(parse_bearer(b"Bearer abc"), Some("abc"));
+        assert_eq!(parse_bearer(b"bearer  abc "), Some("abc"));
+        assert_eq!(parse_bearer(b"Basic abc"), None);
+        assert_eq!(parse_bearer(b"Bearer "), None);
+    }
+
+    #[test]
+    fn new_tokens_match_their_entries_only() {
+        let (token, entry) = new_token();
+        let (other, _) = new_token();
+        assert_eq!(token.len(), 64);
+        let t = Token::new("svc".into(), &entry, HashSet::new()).expect("valid entry");
+        let tokens = [t];
+        assert!(Token::find(&tokens, &token).is_some());
+        assert!(Token::find(&tokens, &other).is_none());
     }
 }

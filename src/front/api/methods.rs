@@ -1,8 +1,13 @@
 //! The bitcoind profile's method classes: what a call costs, judged from its method and parameters.
 
-use super::settings::{DEFAULT_CHEAP_COST, DEFAULT_HEAVY_COST, DEFAULT_MEDIUM_COST};
 use serde_json::value::RawValue;
 use std::collections::HashMap;
+
+/// Default costs of the method classes, in `[cost]` units (per-method overrides live in the front's
+/// settings).
+pub const DEFAULT_CHEAP_COST: f64 = 1.0;
+pub const DEFAULT_MEDIUM_COST: f64 = 20.0;
+pub const DEFAULT_HEAVY_COST: f64 = 500.0;
 
 /// Calls that walk the whole UTXO set or every transaction of a block.
 const HEAVY: &[&str] = &[
@@ -38,7 +43,7 @@ impl Class {
         }
     }
 
-    fn cost(self) -> f64 {
+    pub fn cost(self) -> f64 {
         match self {
             Class::Cheap => DEFAULT_CHEAP_COST,
             Class::Medium => DEFAULT_MEDIUM_COST,

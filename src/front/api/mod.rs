@@ -9,13 +9,14 @@ pub mod auth;
 pub mod forwarded;
 pub mod ledger;
 pub mod methods;
+pub mod rest;
 pub mod settings;
 
 use super::FrontState;
 use crate::listen::{CloseReason, Conn};
 use crate::state::cost::Account;
 use crate::telemetry::metrics::{self, ApiResult};
-use auth::parse_basic;
+use auth::{parse_basic, parse_bearer, Token};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
@@ -192,15 +193,35 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
     // that never reads the reply is cut once the node's time and another keep-alive period have passed.
     let grace = set.request_timeout + set.keepalive_timeout;
     let mut shutdown_at: Option<Instant> = None;
+    // Set when the group reached the hard limit while a request of this connection was in progress:
+    // looked at again once it is answered.
+    let mut alerted = false;
     let result = loop {
         tokio::select! {
             r = http.as_mut() => break Some(r),
+            _ = std::future::poll_fn(|cx| session.account.poll_alert(cx)), if shutdown_at.is_none() => {
+                alerted = true;
+                if session.cut_if_over_limit() {
+                    reason = Some(CloseReason::CostHardLimit);
+                    shutdown_at = Some(Instant::now());
+                    http.as_mut().graceful_shutdown();
+                }
+            }
             _ = tokio::time::sleep(IDLE_CHECK) => {
                 if let Some(at) = shutdown_at {
                     if at.elapsed() >= grace {
                         break None;
                     }
                     continue;
+                }
+                if alerted && session.in_flight.load(Ordering::Acquire) == 0 {
+                    alerted = false;
+                    if session.cut_if_over_limit() {
+                        reason = Some(CloseReason::CostHardLimit);
+                        shutdown_at = Some(Instant::now());
+                        http.as_mut().graceful_shutdown();
+                        continue;
+                    }
                 }
                 let idle = session.in_flight.load(Ordering::Acquire) == 0
                     && lock(&session.last_activity).elapsed() >= set.keepalive_timeout;
@@ -254,11 +275,15 @@ impl Session {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>()
-            + req.uri().to_string().len();
+            + req.uri().path_and_query().map_or(1, |p| p.as_str().len())
+            + req.uri().authority().map_or(0, |a| a.as_str().len());
         if head > settings::MAX_HEADER_BYTES {
             let mut r = empty(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
             r.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             return r;
+        }
+        if !rest::is_jsonrpc_path(req.uri().path()) {
+            return self.rest(&req).await;
         }
         if req.method() != Method::POST {
             let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
@@ -300,18 +325,64 @@ impl Session {
             return self.parse_error();
         };
         if raw.get().starts_with('[') {
-            self.batch(raw, &allowed, &path, body.clone()).await
+            self.batch(raw, allowed, &path, body.clone()).await
         } else {
-            self.single(raw, &allowed, &path, body.clone()).await
+            self.single(raw, allowed, &path, body.clone()).await
         }
     }
 
-    /// The caller's method set: its user's, or the public one without credentials. None = 401.
-    fn authenticate(&self, req: &Request<Incoming>) -> Option<HashSet<String>> {
+    /// A request outside JSON-RPC's paths: a listed REST prefix (GET only) goes to the node at its class's
+    /// cost; anything else gets bitcoind's answer to a path it does not serve, 404 without a body, and pays
+    /// `error_cost`, so a scanner of paths reaches the hard limit like a guesser of passwords.
+    async fn rest(&self, req: &Request<Incoming>) -> Reply {
+        let Some(class) = self.set.rest.class(req.uri().path()) else {
+            metrics::api_request(NO_CLASS, ApiResult::Refused);
+            if self.charge_error() {
+                return self.hard_limit(None);
+            }
+            return empty(StatusCode::NOT_FOUND);
+        };
+        if req.method() != Method::GET {
+            metrics::api_request(class.index(), ApiResult::Refused);
+            if self.charge_error() {
+                return self.hard_limit(None);
+            }
+            let mut r = empty(StatusCode::METHOD_NOT_ALLOWED);
+            r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+            return r;
+        }
+        if !self.charge(class.cost()).await {
+            metrics::api_request(class.index(), ApiResult::Refused);
+            return self.hard_limit(None);
+        }
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        match self.exchange(Method::GET, path, Bytes::new()).await {
+            Ok((status, kind, body)) => {
+                metrics::api_request(class.index(), ApiResult::Ok);
+                self.account.charge_bytes(body.len());
+                let mut r = Response::new(Full::new(body));
+                *r.status_mut() = status;
+                if let Some(kind) = kind {
+                    r.headers_mut().insert(CONTENT_TYPE, kind);
+                }
+                r
+            }
+            Err(e) => {
+                metrics::api_request(class.index(), ApiResult::Error);
+                self.upstream_failed(None, &e)
+            }
+        }
+    }
+
+    /// The caller's method set: its user's or token's, or the public one without credentials. None = 401.
+    fn authenticate(&self, req: &Request<Incoming>) -> Option<&HashSet<String>> {
         match req.headers().get(AUTHORIZATION) {
-            None if !self.set.public_methods.is_empty() => Some(self.set.public_methods.clone()),
+            None if !self.set.public_methods.is_empty() => Some(&self.set.public_methods),
             None => None,
             Some(v) => {
+                if let Some(token) = parse_bearer(v.as_bytes()) {
+                    return Token::find(&self.set.tokens, token).map(|t| &t.methods);
+                }
                 let (name, password) = parse_basic(v.as_bytes())?;
                 let Some(user) = self.set.users.iter().find(|u| u.name == name) else {
                     // The same HMAC work for an unknown name as for a known one, so the time taken does
@@ -319,7 +390,7 @@ impl Session {
                     auth::hmac_sha256(name.as_bytes(), password.as_bytes());
                     return None;
                 };
-                user.verify(&password).then(|| user.methods.clone())
+                user.verify(&password).then_some(&user.methods)
             }
         }
     }
@@ -451,9 +522,20 @@ impl Session {
         json_reply(StatusCode::OK, format!("[{}]", joined.join(",")))
     }
 
-    /// Sends `body` to the node over this session's upstream connection (opened on first use, reopened
-    /// when the node closed it) with the gateway's credentials.
+    /// Sends a JSON-RPC `body` to the node: its status and reply.
     async fn forward(&self, path: &str, body: Bytes) -> Result<(StatusCode, Bytes), ApiError> {
+        let (status, _, reply) = self.exchange(Method::POST, path, body).await?;
+        Ok((status, reply))
+    }
+
+    /// Sends one request to the node over this session's upstream connection (opened on first use,
+    /// reopened when the node closed it) with the gateway's credentials: its status, content type and body.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Option<HeaderValue>, Bytes), ApiError> {
         let auth = self.set.backend.header()?;
         let timeout = self.set.request_timeout;
         let max = self.set.max_response;
@@ -484,7 +566,7 @@ impl Session {
                 .first()
                 .map_or_else(String::new, |a| a.to_string());
             let mut req = Request::new(Full::new(body));
-            *req.method_mut() = Method::POST;
+            *req.method_mut() = method;
             *req.uri_mut() = path.parse().unwrap_or_else(|_| hyper::Uri::from_static("/"));
             let h = req.headers_mut();
             if let Ok(v) = HeaderValue::from_str(&host) {
@@ -502,12 +584,13 @@ impl Session {
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 return Err(ApiError::NodeRefused(status.as_u16()));
             }
+            let kind = resp.headers().get(CONTENT_TYPE).cloned();
             let body = Limited::new(resp.into_body(), max)
                 .collect()
                 .await
                 .map_err(|_| ApiError::ResponseTooLarge(max))?
                 .to_bytes();
-            Ok((status, body))
+            Ok((status, kind, body))
         };
         match tokio::time::timeout(timeout, exchange).await {
             Ok(r) => r,
@@ -566,8 +649,21 @@ impl Session {
         r
     }
 
-    /// Hard limit: 503 with a JSON-RPC error, the connection closed, the address banned.
-    fn hard_limit(&self, id: Option<&RawValue>) -> Reply {
+    /// A keep-alive connection waiting for its next request, whose group (through other sessions, on any
+    /// front, or a peer gateway's report) is at the hard limit: closed now and its address banned, as its
+    /// next request would be refused anyway. HTTP has no way to tell it first. True when it is cut; a
+    /// request in progress is left to finish (its connection is looked at again once it is answered).
+    fn cut_if_over_limit(&self) -> bool {
+        if self.in_flight.load(Ordering::Acquire) != 0 || !self.account.throttle().over_hard {
+            return false;
+        }
+        tracing::info!(front = %self.front.cfg.name, client = %self.client, "group at the cost hard limit; closing an idle connection");
+        self.mark_over_limit();
+        true
+    }
+
+    /// The hard limit's ban and metric, once per connection.
+    fn mark_over_limit(&self) {
         if !self.over_limit.swap(true, Ordering::AcqRel) {
             metrics::hard_limit_disconnect();
             let p = self.front.handles.electrum.ban_policy.load();
@@ -580,6 +676,11 @@ impl Session {
                 );
             }
         }
+    }
+
+    /// Hard limit: 503 with a JSON-RPC error, the connection closed, the address banned.
+    fn hard_limit(&self, id: Option<&RawValue>) -> Reply {
+        self.mark_over_limit();
         let mut r = json_reply(
             StatusCode::SERVICE_UNAVAILABLE,
             rpc_error(id, EXCESSIVE_USE, "excessive resource usage"),

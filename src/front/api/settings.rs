@@ -1,7 +1,8 @@
 //! Settings of a `kind = "api"` front: the profile, the node's credentials, the clients' users and the
 //! HTTP limits, with their defaults.
 
-use super::auth::{BackendAuth, User};
+use super::auth::{BackendAuth, Token, User};
+use super::rest::RestPolicy;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -17,10 +18,6 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `request_timeout`: how long the node may take to answer one request.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Default costs of the method classes, in `[cost]` units.
-pub const DEFAULT_CHEAP_COST: f64 = 1.0;
-pub const DEFAULT_MEDIUM_COST: f64 = 20.0;
-pub const DEFAULT_HEAVY_COST: f64 = 500.0;
 /// The largest request head (request line and headers) accepted; larger ones get 431. JSON-RPC clients
 /// send a few hundred bytes of headers.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -53,6 +50,10 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// Per-method cost overrides; other methods cost their class.
     pub method_costs: HashMap<String, f64>,
+    /// Bearer tokens, each bound to a method set like a user.
+    pub tokens: Vec<Token>,
+    /// The REST path prefixes let through (none: REST off).
+    pub rest: RestPolicy,
     /// Whether requests to the node carry `Forwarded: for=<client>`.
     pub forwarded: bool,
 }

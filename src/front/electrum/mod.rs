@@ -4,6 +4,7 @@
 pub mod frame;
 pub mod jsonrpc;
 pub mod methods;
+pub mod probe;
 pub mod rewrite;
 pub mod session;
 pub mod settings;
