@@ -33,6 +33,7 @@ struct Stages {
     intake: listen::Intake,
     drain: Arc<Drain>,
     electrum: Arc<electrum::Handles>,
+    api_subs: Arc<KeyedCounts>,
     /// Every front's current slot (for housekeeping, certificate watching and the metrics scrape, which
     /// follow reloads).
     fronts: Arc<ArcSwap<Vec<Arc<FrontSlot>>>>,
@@ -43,6 +44,7 @@ impl Stages {
         FrontHandles {
             drain: self.drain.clone(),
             electrum: self.electrum.clone(),
+            api_subs: self.api_subs.clone(),
         }
     }
 }
@@ -246,6 +248,7 @@ impl Gatehouse {
             guard,
             drain,
             electrum,
+            api_subs: Arc::new(KeyedCounts::default()),
             fronts: Arc::new(ArcSwap::from_pointee(Vec::new())),
         });
         let mut bound = Vec::new();

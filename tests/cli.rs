@@ -380,6 +380,7 @@ fn reference_config_sets_every_option() {
         "[[front]]\n[front.timeouts]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\n[[front.api.users]]\nzzz_probe = 1\n",
+        "[[front]]\n[front.api]\n[front.api.fees]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\n[[front.api.tokens]]\nzzz_probe = 1\n",
     ];
     let mut missing = Vec::new();
@@ -1706,6 +1707,116 @@ fn check_rejects_api_front_mistakes() {
         line_of(&text, "keepalive_timeout"),
         "greater than 0s",
     );
+}
+
+/// A ledger-profile api front with `api` lines in its [front.api].
+fn ledger_config(dir: &Path, api: &str) -> String {
+    edited_tls_config(dir, |t| {
+        format!(
+            "{t}\n[[front]]\nname = \"ledger\"\nkind = \"api\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
+             upstreams = [\"127.0.0.1:51233\"]\n\n[front.api]\nprofile = \"ledger\"\n{api}\n"
+        )
+    })
+}
+
+#[test]
+fn check_validates_the_ledger_profile_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_front = |t: &str| t.split("[[front]]").count() - 2;
+    let cases = [
+        (
+            "extra_commands = [\"stop\"]",
+            "api.extra_commands[0]",
+            "extra_commands",
+            "admin command of the node",
+        ),
+        (
+            "extra_commands = [\"Bad-Name\"]",
+            "api.extra_commands[0]",
+            "extra_commands",
+            "lowercase letters",
+        ),
+        (
+            "extra_commands = [\"ping\"]",
+            "api.extra_commands[0]",
+            "extra_commands",
+            "already a public command",
+        ),
+        (
+            "max_subscriptions = 0",
+            "api.max_subscriptions",
+            "max_subscriptions",
+            "must be at least 1",
+        ),
+        (
+            "max_message = \"0B\"",
+            "api.max_message",
+            "max_message",
+            "must be greater than 0",
+        ),
+        (
+            "slow_reader_timeout = \"0s\"",
+            "api.slow_reader_timeout",
+            "slow_reader_timeout",
+            "greater than 0s",
+        ),
+        (
+            "backend_user = \"u\"",
+            "api.backend_user",
+            "backend_user",
+            "only for profile = \"bitcoind\"",
+        ),
+        (
+            "max_body = \"1MiB\"",
+            "api.max_body",
+            "max_body",
+            "caps requests with max_message",
+        ),
+        (
+            "[front.api.rest]\n\"/rest/chaininfo.json\" = \"cheap\"",
+            "api.rest",
+            "/rest/chaininfo.json",
+            "only for profile = \"bitcoind\"",
+        ),
+        (
+            "[front.api.fees]\nhigh = -1",
+            "api.fees.high",
+            "high = -1",
+            "finite number, 0 or more",
+        ),
+        (
+            "[front.api.fees.commands]\nsign = -5",
+            "api.fees.commands.sign",
+            "sign = -5",
+            "finite number",
+        ),
+    ];
+    for (api, key, needle, reason) in cases {
+        let text = ledger_config(dir.path(), api);
+        let key = format!("front[{}].{key}", ledger_front(&text));
+        assert_check_error(&text, &key, line_of(&text, needle), reason);
+    }
+    // And the ledger profile's keys on a bitcoind front.
+    let text = edited_tls_config(dir.path(), |t| {
+        format!(
+            "{t}\n[[front]]\nname = \"rpc\"\nkind = \"api\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
+             upstreams = [\"127.0.0.1:8332\"]\n\n[front.api]\nprofile = \"bitcoind\"\nbackend_cookie_file = \"c\"\n\
+             public_methods = [\"getblockcount\"]\nmax_subscriptions = 5\n"
+        )
+    });
+    let key = format!("front[{}].api.max_subscriptions", ledger_front(&text));
+    assert_check_error(
+        &text,
+        &key,
+        line_of(&text, "max_subscriptions"),
+        "only for profile = \"ledger\"",
+    );
+    // A valid ledger front passes.
+    let (_, out) = check_text(
+        dir.path(),
+        &ledger_config(dir.path(), "forwarded = true\nmax_subscriptions = 5"),
+    );
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //!
 //! Every error names the file, the key path (`front[0].tls.cert`) and, where known, the line.
 
+mod ledger_api;
 pub mod schema;
 
 use crate::listen::tls::{self, CertFiles};
@@ -19,7 +20,7 @@ use toml::Spanned;
 
 use crate::admin::settings::*;
 use crate::front::api::auth::{BackendAuth, Token, User};
-use crate::front::api::settings::ApiSettings;
+use crate::front::api::settings::{ApiProfile, ApiSettings};
 use crate::front::electrum::methods::{Profile, ProtoVersion};
 use crate::front::electrum::settings::*;
 use crate::front::{Front, FrontKind, Transport};
@@ -972,8 +973,11 @@ impl Validator<'_> {
                 })?;
             upstreams.push(addr);
         }
-        let api = match (f.kind, &f.api) {
-            (FrontKind::Api, Some(a)) => Some(Arc::new(self.api(&format!("{key}.api"), a)?)),
+        let (api, ledger) = match (f.kind, &f.api) {
+            (FrontKind::Api, Some(a)) if *a.profile.get_ref() == ApiProfile::Ledger => {
+                (None, Some(Arc::new(self.ledger_api(&format!("{key}.api"), a)?)))
+            }
+            (FrontKind::Api, Some(a)) => (Some(Arc::new(self.api(&format!("{key}.api"), a)?)), None),
             (FrontKind::Api, None) => {
                 return Err(self.err(
                     format!("{key}.api"),
@@ -988,7 +992,7 @@ impl Validator<'_> {
                     "an [front.api] section needs kind = \"api\"",
                 ))
             }
-            (_, None) => None,
+            (_, None) => (None, None),
         };
         let electrum = match (f.kind, &f.electrum) {
             (FrontKind::Peer | FrontKind::Api, Some(_)) => {
@@ -1067,11 +1071,13 @@ impl Validator<'_> {
             idle_timeout: t.idle.0,
             electrum,
             api,
+            ledger,
         })
     }
 
     fn api(&self, key: &str, a: &RawFrontApi) -> Result<ApiSettings, ConfigError> {
         use crate::front::api::settings as d;
+        self.ledger_keys_absent(key, a)?;
         let backend = match (&a.backend_user, &a.backend_password_file, &a.backend_cookie_file) {
             (Some(user), Some(file), None) => {
                 if user.get_ref().is_empty() || user.get_ref().contains(':') {
@@ -1243,6 +1249,7 @@ impl Validator<'_> {
             method_costs,
             tokens,
             rest: crate::front::api::rest::RestPolicy::new(rest),
+            forwarded: a.forwarded.as_ref().is_some_and(|f| *f.get_ref()),
         })
     }
 

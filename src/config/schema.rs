@@ -424,6 +424,18 @@ pub struct RawFrontApi {
     /// REST path prefixes let through, each with its cost class; empty: REST off.
     #[serde(default)]
     pub rest: BTreeMap<String, Spanned<String>>,
+    /// Both profiles: send the client's address to the node as `Forwarded: for=…`.
+    pub forwarded: Option<Spanned<bool>>,
+    // Profile `ledger` only; unset ones take `front::api::ledger::settings`' defaults.
+    /// `[front.api.fees]`: the node's fee classes and per-command fees.
+    pub fees: Option<RawLedgerFees>,
+    #[serde(default)]
+    pub extra_commands: Vec<Spanned<String>>,
+    pub max_subscriptions: Option<Spanned<usize>>,
+    pub max_subscriptions_per_group: Option<Spanned<usize>>,
+    pub max_message: Option<Spanned<ByteSize>>,
+    pub max_pending_output: Option<Spanned<ByteSize>>,
+    pub slow_reader_timeout: Option<Spanned<Duration>>,
 }
 
 /// `[[front.api.tokens]]`: one bearer token of an API front, stored as its salted hash.
@@ -435,6 +447,19 @@ pub struct RawApiToken {
     pub token_hash: Spanned<String>,
     #[serde(default)]
     pub methods: Vec<String>,
+}
+
+/// `[front.api.fees]` of a ledger-profile front.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLedgerFees {
+    pub reference: Option<Spanned<f64>>,
+    pub medium: Option<Spanned<f64>>,
+    pub high: Option<Spanned<f64>>,
+    pub malformed: Option<Spanned<f64>>,
+    /// `[front.api.fees.commands]`: command name → fee.
+    #[serde(default)]
+    pub commands: BTreeMap<String, Spanned<f64>>,
 }
 
 /// `[[front.api.users]]`: one client user of an API front.

@@ -52,6 +52,8 @@ impl Door for FrontSlot {
 pub struct FrontHandles {
     pub drain: Arc<Drain>,
     pub electrum: Arc<electrum::Handles>,
+    /// Subscriptions ledger-profile API sessions hold, per client group.
+    pub api_subs: Arc<crate::guard::limits::KeyedCounts>,
 }
 
 impl FrontSlot {

@@ -1,5 +1,6 @@
 //! The settings of one front: what it listens on, how it admits, its TLS and its upstreams.
 
+use super::api::ledger::settings::LedgerSettings;
 use super::api::settings::ApiSettings;
 use super::electrum::settings::ElectrumSettings;
 use crate::guard::Admission;
@@ -40,8 +41,10 @@ pub struct Front {
     pub idle_timeout: Duration,
     /// Present exactly for `kind = "electrum"` fronts.
     pub electrum: Option<Arc<ElectrumSettings>>,
-    /// Present exactly for `kind = "api"` fronts.
+    /// Present exactly for `kind = "api"` fronts of profile `bitcoind`.
     pub api: Option<Arc<ApiSettings>>,
+    /// Present exactly for `kind = "api"` fronts of profile `ledger`.
+    pub ledger: Option<Arc<LedgerSettings>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

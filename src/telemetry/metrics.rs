@@ -521,6 +521,18 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
         "API front requests, by profile, method class (cheap, medium, heavy; none before a method was read) and result (ok, refused, unauthorized, error)",
         m.api_requests.clone(),
     );
+    // Creates the ledger profile's rows of api_requests before the family is encoded.
+    let ledger = &*LEDGER;
+    r.register(
+        "api_ledger_subscriptions",
+        "Subscriptions (streams, accounts, books, path_find) ledger-profile API sessions hold at the node",
+        ledger.subscriptions.clone(),
+    );
+    r.register(
+        "api_ledger_subscriptions_refused",
+        "Ledger-profile subscriptions refused by a cap, by scope (session, group)",
+        ledger.refused.clone(),
+    );
     r.register(
         "electrum_cost_units",
         "Cost units charged to clients' accounts",
@@ -566,6 +578,64 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &r);
     out
+}
+
+/// Fee classes of the API front's ledger profile (the node's own), as the `method_class` label.
+pub const LEDGER_CLASSES: [&str; 4] = ["reference", "medium", "high", "malformed"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScopeLabels {
+    scope: String,
+}
+
+/// The ledger profile's series: its rows of `api_requests`, registered once so a request never touches
+/// the family's map, and its subscriptions.
+struct LedgerMetrics {
+    /// `[class][result]` of `api_requests{profile="ledger"}`.
+    requests: [[Counter; 4]; 4],
+    subscriptions: Gauge,
+    refused: Family<ScopeLabels, Counter>,
+    /// `[session, group]`.
+    refused_handles: [Counter; 2],
+}
+
+static LEDGER: LazyLock<LedgerMetrics> = LazyLock::new(|| {
+    let requests = std::array::from_fn(|c| {
+        std::array::from_fn(|o| {
+            METRICS.api_requests.get_or_create_owned(&ApiRequestLabels {
+                profile: "ledger".to_string(),
+                method_class: LEDGER_CLASSES[c].to_string(),
+                result: ApiResult::ALL[o].as_str().to_string(),
+            })
+        })
+    });
+    let refused = Family::<ScopeLabels, Counter>::default();
+    let refused_handles = ["session", "group"].map(|s| refused.get_or_create_owned(&ScopeLabels { scope: s.into() }));
+    LedgerMetrics {
+        requests,
+        subscriptions: Gauge::default(),
+        refused,
+        refused_handles,
+    }
+});
+
+/// One request of a ledger-profile API front; `class` indexes [`LEDGER_CLASSES`].
+#[inline]
+pub fn ledger_request(class: usize, outcome: ApiResult) {
+    let o = ApiResult::ALL.iter().position(|r| *r == outcome).unwrap_or(0);
+    if let Some(row) = LEDGER.requests.get(class) {
+        row[o].inc();
+    }
+}
+
+/// Subscriptions ledger-profile sessions hold at the node, changed by `delta`.
+pub fn api_subscriptions_add(delta: i64) {
+    LEDGER.subscriptions.inc_by(delta);
+}
+
+/// A subscription refused by the session's cap (`group = false`) or the group's.
+pub fn api_subscription_refused(group: bool) {
+    LEDGER.refused_handles[usize::from(group)].inc();
 }
 
 pub fn gauge(v: i64) -> Gauge {

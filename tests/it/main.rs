@@ -14,6 +14,7 @@ mod hard_limit;
 mod memory;
 mod metrics;
 mod node_api;
+mod node_api_ledger;
 mod node_relay;
 mod proxy;
 mod reload;

@@ -6,6 +6,7 @@
 //! - `net`: free loopback ports, clients bound to a source address, refusal and echo checks, polling.
 //! - `tls`: certificates written to files, rustls connectors trusting them, renewal by file replacement.
 //! - `parts`: where the third-party parts `tests/run` installs are (its variables, else its cache).
+//! - `ledger`: a stub stoxumd / rippled API port (JSON-RPC and WebSocket) that records what reached it.
 //! - `bitcoind`: a real regtest node (Bitcoin SV's bitcoind, installed by `tests/run`) and its JSON-RPC.
 //! - `backends`: stub upstreams (echo, recording, a null-answering Electrum server, a notification flood).
 //! - `gateway`: the gateway started in-process from TOML, the config snippets, its refusal counters, ban
@@ -20,6 +21,7 @@ pub mod bitcoind;
 pub mod clients;
 pub mod cost;
 pub mod gateway;
+pub mod ledger;
 pub mod net;
 pub mod parts;
 pub mod process;

@@ -29,3 +29,25 @@ pub fn folder(env: &str, cached: &str, probe: &str, what: &str) -> PathBuf {
         .filter(|d| d.join(probe).is_file())
         .unwrap_or_else(|| panic!("{what} is missing: run tests/run (the README's test command), which installs it"))
 }
+
+/// xrpl-py (PyPI) and its dependencies, installed with `pip install --target`: the folder to put on
+/// PYTHONPATH.
+pub fn xrpl_py() -> PathBuf {
+    folder(
+        "GATEHOUSE_XRPL_PY",
+        "pylib-xrpl-py-5.2.0",
+        "xrpl/__init__.py",
+        "xrpl-py (PyPI)",
+    )
+}
+
+/// xrpl.js (npm package `xrpl`), installed with `npm install --prefix`: the folder whose `node_modules`
+/// holds it.
+pub fn xrpl_js() -> PathBuf {
+    folder(
+        "GATEHOUSE_XRPL_JS",
+        "npm-xrpl-5.3.0",
+        "node_modules/xrpl/package.json",
+        "xrpl.js (npm xrpl)",
+    )
+}

@@ -6,6 +6,8 @@
 //! cost hard limit gets 503 and its address is banned, as on the Electrum front.
 
 pub mod auth;
+pub mod forwarded;
+pub mod ledger;
 pub mod methods;
 pub mod rest;
 pub mod settings;
@@ -138,6 +140,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Runs one admitted connection of an API front to its end and logs its close line.
 pub async fn serve(front: Arc<FrontState>, conn: Conn) {
+    if let Some(l) = front.cfg.ledger.clone() {
+        return ledger::serve(front, conn, l).await;
+    }
     let tls = conn.stream.tls_version();
     let Some(set) = front.cfg.api.clone() else {
         tracing::error!(front = %front.cfg.name, "api front without api settings");
@@ -568,6 +573,9 @@ impl Session {
                 h.insert(HOST, v);
             }
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            if self.set.forwarded {
+                h.insert(forwarded::FORWARDED, forwarded::value(self.client.ip()));
+            }
             let mut v = HeaderValue::from_str(&auth).map_err(|_| auth::AuthError::BadHeader)?;
             v.set_sensitive(true);
             h.insert(AUTHORIZATION, v);

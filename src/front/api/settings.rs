@@ -29,6 +29,8 @@ pub const DEFAULT_MAX_BATCH: usize = 100;
 #[serde(rename_all = "lowercase")]
 pub enum ApiProfile {
     Bitcoind,
+    /// stoxumd / rippled: its settings are `front::api::ledger::settings::LedgerSettings`.
+    Ledger,
 }
 
 /// Protocol settings of one API front.
@@ -52,4 +54,6 @@ pub struct ApiSettings {
     pub tokens: Vec<Token>,
     /// The REST path prefixes let through (none: REST off).
     pub rest: RestPolicy,
+    /// Whether requests to the node carry `Forwarded: for=<client>`.
+    pub forwarded: bool,
 }
