@@ -32,6 +32,7 @@ struct Stages {
     intake: listen::Intake,
     drain: Arc<Drain>,
     electrum: Arc<electrum::Handles>,
+    peer_offences: Arc<crate::front::peer::offences::Offences>,
     /// Every front's current slot (for housekeeping, certificate watching and the metrics scrape, which
     /// follow reloads).
     fronts: Arc<ArcSwap<Vec<Arc<FrontSlot>>>>,
@@ -42,6 +43,7 @@ impl Stages {
         FrontHandles {
             drain: self.drain.clone(),
             electrum: self.electrum.clone(),
+            peer_offences: self.peer_offences.clone(),
         }
     }
 }
@@ -229,6 +231,7 @@ impl Gatehouse {
             guard,
             drain,
             electrum,
+            peer_offences: Default::default(),
             fronts: Arc::new(ArcSwap::from_pointee(Vec::new())),
         });
         let mut bound = Vec::new();

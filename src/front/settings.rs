@@ -2,6 +2,7 @@
 
 use super::api::settings::ApiSettings;
 use super::electrum::settings::ElectrumSettings;
+use super::peer::settings::PeerSettings;
 use crate::guard::Admission;
 use crate::listen::tls;
 use crate::upstream::SendProxy;
@@ -42,6 +43,8 @@ pub struct Front {
     pub electrum: Option<Arc<ElectrumSettings>>,
     /// Present exactly for `kind = "api"` fronts.
     pub api: Option<Arc<ApiSettings>>,
+    /// `[front.peer]`: the shape check and limits of a `kind = "peer"` front (defaults elsewhere).
+    pub peer: Arc<PeerSettings>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
