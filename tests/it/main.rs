@@ -15,6 +15,7 @@ mod memory;
 mod metrics;
 mod node_api;
 mod node_relay;
+mod peer_shape;
 mod proxy;
 mod reload;
 #[path = "../support/mod.rs"]

@@ -64,6 +64,69 @@ async fn read_prefix<S: AsyncRead + Unpin + ?Sized>(s: &mut S, buf: &mut [u8]) -
     Ok(n)
 }
 
+/// The most a v1 peer's first message may carry: `version` is a few hundred bytes at most (its user
+/// agent is capped at 256), BSV's `createstrm` a few dozen. It is read whole before the node is
+/// connected to, so a malformed first message never reaches the node.
+pub const FIRST_PAYLOAD_MAX: usize = 1024;
+const FIRST_MAX: usize = bitcoin::HEADER_LEN + FIRST_PAYLOAD_MAX;
+
+/// Reads and judges the connection's opening: for `tls` the ClientHello's first bytes, for `bitcoin` the
+/// first 16 bytes and, for v1, the whole first message. `n` tracks what was read, as it arrives.
+async fn opening<S: AsyncRead + Unpin + ?Sized>(
+    protocol: &PeerProtocol,
+    caps: &bitcoin::PayloadCaps,
+    s: &mut S,
+    first: &mut [u8; FIRST_MAX],
+    n: &mut usize,
+    check: &mut Option<V1Check>,
+) -> std::io::Result<Verdict> {
+    match protocol {
+        PeerProtocol::Any => Ok(Verdict::Pass),
+        PeerProtocol::Tls => {
+            *n = read_prefix(s, &mut first[..tls_hello::HELLO_PREFIX]).await?;
+            Ok(match tls_hello::check_client_hello(&first[..*n]) {
+                _ if *n == 0 => Verdict::Pass,
+                Ok(()) => Verdict::Pass,
+                Err(e) => Verdict::Refuse(
+                    CloseReason::NotClientHello(e),
+                    "not_client_hello",
+                    e != HelloError::Truncated,
+                ),
+            })
+        }
+        PeerProtocol::Bitcoin(b) => {
+            *n = read_prefix(s, &mut first[..bitcoin::OPENING_LEN]).await?;
+            if *n == 0 {
+                return Ok(Verdict::Pass);
+            }
+            match bitcoin::classify_opening(&first[..*n], &b.magic, &b.first_commands) {
+                Opening::V1 => {}
+                Opening::V2Candidate if b.v2 == V2Policy::Allow => return Ok(Verdict::Pass),
+                Opening::V2Candidate => return Ok(refuse(Violation::V2Refused)),
+                Opening::Refused(v) => return Ok(refuse(v)),
+            }
+            *n += read_prefix(s, &mut first[*n..bitcoin::HEADER_LEN]).await?;
+            let len = u32::from_le_bytes([first[16], first[17], first[18], first[19]]) as usize;
+            if *n < bitcoin::HEADER_LEN {
+                return Ok(Verdict::Refuse(CloseReason::ClientClosed, "", false));
+            }
+            if len > FIRST_PAYLOAD_MAX {
+                return Ok(refuse(Violation::Oversized));
+            }
+            *n += read_prefix(s, &mut first[*n..bitcoin::HEADER_LEN + len]).await?;
+            let mut c = V1Check::new(b.magic);
+            match c.feed(&first[..*n], caps) {
+                Ok(1) => {
+                    *check = Some(c);
+                    Ok(Verdict::Pass)
+                }
+                Ok(_) => Ok(Verdict::Refuse(CloseReason::ClientClosed, "", false)),
+                Err(v) => Ok(refuse(v)),
+            }
+        }
+    }
+}
+
 /// How the opening went.
 enum Verdict {
     Pass,
@@ -84,64 +147,45 @@ pub async fn serve(front: &FrontState, mut conn: Conn) {
         reason: CloseReason::UpstreamUnreachable,
         requests: None,
     };
-    let mut first = [0u8; bitcoin::OPENING_LEN];
-    let want = match &set.protocol {
-        PeerProtocol::Any => 0,
-        PeerProtocol::Tls => tls_hello::HELLO_PREFIX,
-        PeerProtocol::Bitcoin(_) => bitcoin::OPENING_LEN,
-    };
+    let mut first = [0u8; FIRST_MAX];
     let mut n = 0;
-    if want > 0 {
-        let deadline = tokio::time::Instant::from_std(conn.accepted_at + front.cfg.handshake_timeout);
-        n = match tokio::time::timeout_at(deadline, read_prefix(&mut conn.stream, &mut first[..want])).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) => {
-                line.reason = CloseReason::ClientError;
-                return front.log_close(&line);
-            }
-            Err(_) => {
-                // Silence or slowloris: refused before the node hears of it, not banned (a port scan
-                // that connects and waits is not worth a ban-table entry).
-                peer.metrics.refused("timeout");
-                line.reason = CloseReason::HandshakeTimeout;
-                return front.log_close(&line);
-            }
-        };
-        if n == 0 {
-            line.reason = CloseReason::ClientClosed;
+    let mut check = None;
+    let deadline = tokio::time::Instant::from_std(conn.accepted_at + front.cfg.handshake_timeout);
+    let verdict = match tokio::time::timeout_at(
+        deadline,
+        opening(
+            &set.protocol,
+            &peer.caps,
+            &mut conn.stream,
+            &mut first,
+            &mut n,
+            &mut check,
+        ),
+    )
+    .await
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(_)) => {
+            line.reason = CloseReason::ClientError;
             return front.log_close(&line);
         }
-        line.bytes_in = n as u64;
-    }
-    let mut check = None;
-    let verdict = match &set.protocol {
-        PeerProtocol::Any => Verdict::Pass,
-        PeerProtocol::Tls => match tls_hello::check_client_hello(&first[..n]) {
-            Ok(()) => Verdict::Pass,
-            Err(e) => Verdict::Refuse(
-                CloseReason::NotClientHello(e),
-                "not_client_hello",
-                e != HelloError::Truncated,
-            ),
-        },
-        PeerProtocol::Bitcoin(b) => match bitcoin::classify_opening(&first[..n], &b.magic, &b.first_commands) {
-            Opening::V1 => {
-                let mut c = V1Check::new(b.magic);
-                match c.feed(&first[..n], &peer.caps) {
-                    Ok(_) => {
-                        check = Some(c);
-                        Verdict::Pass
-                    }
-                    Err(v) => refuse(v),
-                }
-            }
-            Opening::V2Candidate if b.v2 == V2Policy::Allow => Verdict::Pass,
-            Opening::V2Candidate => refuse(Violation::V2Refused),
-            Opening::Refused(v) => refuse(v),
-        },
+        Err(_) => {
+            // Silence or slowloris: refused before the node hears of it, not banned (a port scan that
+            // connects and waits is not worth a ban-table entry).
+            peer.metrics.refused("timeout");
+            line.reason = CloseReason::HandshakeTimeout;
+            return front.log_close(&line);
+        }
     };
+    line.bytes_in = n as u64;
+    if n == 0 && !matches!(set.protocol, PeerProtocol::Any) {
+        line.reason = CloseReason::ClientClosed;
+        return front.log_close(&line);
+    }
     if let Verdict::Refuse(reason, label, offence) = verdict {
-        peer.metrics.refused(label);
+        if !label.is_empty() {
+            peer.metrics.refused(label);
+        }
         line.reason = reason;
         front.log_close(&line);
         if offence {
