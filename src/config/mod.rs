@@ -172,7 +172,8 @@ impl Config {
 
     fn raw(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
         serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
-            let key = e.path().to_string();
+            // A value wrapped in `Spanned` shows up in the path as toml's private field: not the operator's key.
+            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             ConfigError {
                 file: file.to_path_buf(),
@@ -1029,13 +1030,15 @@ impl Validator<'_> {
         let Some(p) = &f.peer else {
             return Ok(PeerSettings::default());
         };
+        let proto = p.protocol.as_ref().map_or(RawPeerProtocol::Any, |v| *v.get_ref());
+        let proto_span = span_of(&p.protocol);
         if f.kind != FrontKind::Peer {
-            return Err(self.err(key, None, "a [front.peer] section needs kind = \"peer\""));
+            return Err(self.err(key, proto_span, "a [front.peer] section needs kind = \"peer\""));
         }
         let bitcoin_only = |k: &str, span: Option<std::ops::Range<usize>>| {
             Err(self.err(format!("{key}.{k}"), span, "needs protocol = \"bitcoin\""))
         };
-        if p.protocol != RawPeerProtocol::Bitcoin {
+        if proto != RawPeerProtocol::Bitcoin {
             for (k, span) in [
                 ("magic", span_of(&p.magic)),
                 ("v2", span_of(&p.v2)),
@@ -1053,10 +1056,10 @@ impl Validator<'_> {
                 return bitcoin_only(&format!("payload_caps.{k}"), Some(v.span()));
             }
         }
-        if p.protocol == RawPeerProtocol::Tls && f.transport.uses_tls() {
+        if proto == RawPeerProtocol::Tls && f.transport.uses_tls() {
             return Err(self.err(
                 format!("{key}.protocol"),
-                None,
+                proto_span,
                 "protocol = \"tls\" checks TLS the gateway relays untouched; use transport = \"tcp\"",
             ));
         }
@@ -1068,14 +1071,14 @@ impl Validator<'_> {
                 "must be between 1 byte and 4GiB - 1",
             )),
         };
-        let protocol = match p.protocol {
+        let protocol = match proto {
             RawPeerProtocol::Any => PeerProtocol::Any,
             RawPeerProtocol::Tls => PeerProtocol::Tls,
             RawPeerProtocol::Bitcoin => {
                 let Some(m) = &p.magic else {
                     return Err(self.err(
                         format!("{key}.magic"),
-                        None,
+                        proto_span,
                         "protocol = \"bitcoin\" needs the chain's magic, e.g. \"f9beb4d9\" (mainnet)",
                     ));
                 };

@@ -392,8 +392,8 @@ pub enum RawV2 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFrontPeer {
-    #[serde(default)]
-    pub protocol: RawPeerProtocol,
+    /// Default "any".
+    pub protocol: Option<Spanned<RawPeerProtocol>>,
     /// The chain's network magic as 8 hex digits, as it appears on the wire (bitcoin only).
     pub magic: Option<Spanned<String>>,
     pub v2: Option<Spanned<RawV2>>,

@@ -2,7 +2,6 @@
 //! and what peer sessions hold. Handles are registered per front when it is built, so a session counts
 //! with one relaxed atomic add.
 
-use super::metrics::FrontLabels;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -25,6 +24,11 @@ pub const REFUSALS: [&str; 9] = [
 
 /// Which pace made a peer wait.
 pub const PACES: [&str; 3] = ["bytes_in", "bytes_out", "messages"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FrontLabels {
+    front: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FrontReasonLabels {
