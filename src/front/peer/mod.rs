@@ -223,7 +223,7 @@ pub async fn serve(front: &FrontState, mut conn: Conn) {
         end = &mut relay => Some(end),
         _ = front.handles.drain.signal(conn.client) => None,
     };
-    // The prefix was counted when it was read, and again as the relay wrote it on.
+    // The relay wrote the opening on first and counted it with the rest.
     line.bytes_in = relay.bytes_in();
     line.bytes_out = relay.bytes_out();
     let violation = relay.policy().violation;
