@@ -373,3 +373,58 @@ async fn the_nodes_addr_messages_lose_private_and_upstream_addresses() {
     assert_eq!(metric("peer_addr_entries_dropped_total{front=\"scrub\"}"), 3.0);
     assert_eq!(metric("peer_addr_messages_dropped_total{front=\"scrub\"}"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_buffers_count_toward_the_memory_budget_and_the_largest_are_cut() {
+    // The node announces a 200 KB addr message to each peer and sends 150 KB of it: the address filter
+    // holds what arrived. Eight such peers hold more than the 1 MiB budget.
+    let mut partial = Vec::new();
+    partial.extend_from_slice(&MAGIC);
+    partial.extend_from_slice(&command("addr").unwrap());
+    partial.extend_from_slice(&200_000u32.to_le_bytes());
+    partial.extend_from_slice(&[0; 4]);
+    partial.extend(vec![0u8; 150_000]);
+    let node = node_sending(partial).await;
+    let toml = format!(
+        "{}[limits]\nmemory_budget = \"1MiB\"\n\n{}",
+        gateway::RELAXED,
+        gateway::tcp_front(
+            "budget",
+            node,
+            &guard("filter_addr = true\nmax_buffered = \"256KiB\"\n")
+        )
+    );
+    let gw = gateway::start(&toml).await;
+    let held_before = metric("peer_buffered_bytes");
+    let mut peers = Vec::new();
+    for i in 0..8 {
+        let mut s = net::connect_from(&format!("127.0.0.{}", 2 + i), gw.addr("budget"))
+            .await
+            .unwrap();
+        s.write_all(&version()).await.unwrap();
+        peers.push(s);
+        // One at a time, so the budget fills in a known order.
+        let held = net::within(Duration::from_secs(5), async || {
+            metric("peer_buffered_bytes") - held_before >= (150_000 * (i + 1)) as f64 || gw.memory().cuts() > 0
+        })
+        .await;
+        assert!(held.is_some(), "peer {i}: {} bytes held", metric("peer_buffered_bytes"));
+    }
+    assert!(gw.memory().cuts() >= 1, "the budget cut nobody");
+    // A cut peer's connection is closed, with nothing of the held message sent on.
+    let mut closed = 0;
+    for s in &mut peers {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no peer connection was closed");
+    // What the cut sessions held is released, from the gauge and the budget alike.
+    let released = net::within(Duration::from_secs(2), async || {
+        metric("peer_buffered_bytes") - held_before < (8 * 150_000) as f64
+    })
+    .await;
+    assert!(released.is_some(), "{} bytes held", metric("peer_buffered_bytes"));
+    assert!(gw.memory().used() < 8 * 150_000, "{} bytes charged", gw.memory().used());
+}
