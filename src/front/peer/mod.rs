@@ -26,8 +26,8 @@ use settings::{PeerProtocol, V2Policy};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// What a peer front's sessions share: violation counts, the metric handles, the addresses the address
-/// filter hides.
+/// What the sessions of one peer front share: the metric handles, the payload caps, the addresses the
+/// address filter hides. (Violation counts span fronts: they live in the front handles.)
 #[derive(Debug)]
 pub struct PeerFront {
     pub metrics: PeerMetrics,
@@ -85,19 +85,21 @@ async fn opening<S: AsyncRead + Unpin + ?Sized>(
         PeerProtocol::Tls => {
             *n = read_prefix(s, &mut first[..tls_hello::HELLO_PREFIX]).await?;
             Ok(match tls_hello::check_client_hello(&first[..*n]) {
-                _ if *n == 0 => Verdict::Pass,
+                _ if *n == 0 => Verdict::Closed,
                 Ok(()) => Verdict::Pass,
-                Err(e) => Verdict::Refuse(
-                    CloseReason::NotClientHello(e),
-                    "not_client_hello",
-                    e != HelloError::Truncated,
-                ),
+                // A client that closed mid-hello is not judged on what it never sent.
+                Err(HelloError::Truncated) => Verdict::Closed,
+                Err(e) => Verdict::Refuse {
+                    reason: CloseReason::NotClientHello(e),
+                    label: "not_client_hello",
+                    offence: true,
+                },
             })
         }
         PeerProtocol::Bitcoin(b) => {
             *n = read_prefix(s, &mut first[..bitcoin::OPENING_LEN]).await?;
             if *n == 0 {
-                return Ok(Verdict::Pass);
+                return Ok(Verdict::Closed);
             }
             match bitcoin::classify_opening(&first[..*n], &b.magic, &b.first_commands) {
                 Opening::V1 => {}
@@ -108,7 +110,7 @@ async fn opening<S: AsyncRead + Unpin + ?Sized>(
             *n += read_prefix(s, &mut first[*n..bitcoin::HEADER_LEN]).await?;
             let len = u32::from_le_bytes([first[16], first[17], first[18], first[19]]) as usize;
             if *n < bitcoin::HEADER_LEN {
-                return Ok(Verdict::Refuse(CloseReason::ClientClosed, "", false));
+                return Ok(Verdict::Closed);
             }
             if len > FIRST_PAYLOAD_MAX {
                 return Ok(refuse(Violation::Oversized));
@@ -120,7 +122,7 @@ async fn opening<S: AsyncRead + Unpin + ?Sized>(
                     *check = Some(c);
                     Ok(Verdict::Pass)
                 }
-                Ok(_) => Ok(Verdict::Refuse(CloseReason::ClientClosed, "", false)),
+                Ok(_) => Ok(Verdict::Closed),
                 Err(v) => Ok(refuse(v)),
             }
         }
@@ -129,8 +131,16 @@ async fn opening<S: AsyncRead + Unpin + ?Sized>(
 
 /// How the opening went.
 enum Verdict {
+    /// The node may be connected to.
     Pass,
-    Refuse(CloseReason, &'static str, bool),
+    /// The client closed before its opening was complete.
+    Closed,
+    /// The opening is refused: `label` names it in the metrics, and an `offence` counts toward a ban.
+    Refuse {
+        reason: CloseReason,
+        label: &'static str,
+        offence: bool,
+    },
 }
 
 /// Runs one peer session: the shape check, the upstream, the relay under the front's policy.
@@ -178,14 +188,12 @@ pub async fn serve(front: &FrontState, mut conn: Conn) {
         }
     };
     line.bytes_in = n as u64;
-    if n == 0 && !matches!(set.protocol, PeerProtocol::Any) {
+    if let Verdict::Closed = verdict {
         line.reason = CloseReason::ClientClosed;
         return front.log_close(&line);
     }
-    if let Verdict::Refuse(reason, label, offence) = verdict {
-        if !label.is_empty() {
-            peer.metrics.refused(label);
-        }
+    if let Verdict::Refuse { reason, label, offence } = verdict {
+        peer.metrics.refused(label);
         line.reason = reason;
         front.log_close(&line);
         if offence {
@@ -245,7 +253,11 @@ pub async fn serve(front: &FrontState, mut conn: Conn) {
 }
 
 fn refuse(v: Violation) -> Verdict {
-    Verdict::Refuse(CloseReason::PeerProtocol(v), v.label(), v.is_offence())
+    Verdict::Refuse {
+        reason: CloseReason::PeerProtocol(v),
+        label: v.label(),
+        offence: v.is_offence(),
+    }
 }
 
 /// Counts a violation of the client's address; past `max_violations`, the address is banned.
