@@ -428,3 +428,35 @@ async fn peer_buffers_count_toward_the_memory_budget_and_the_largest_are_cut() {
     assert!(released.is_some(), "{} bytes held", metric("peer_buffered_bytes"));
     assert!(gw.memory().used() < 8 * 150_000, "{} bytes charged", gw.memory().used());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_opening_is_refused_at_the_handshake_timeout_before_the_node_is_connected() {
+    let (node, accepted) = counting_echo().await;
+    let extra = |proto: &str| {
+        format!(
+            "[front.peer]\nprotocol = \"{proto}\"\n{}[front.timeouts]\nhandshake = \"1s\"\n",
+            if proto == "bitcoin" {
+                "magic = \"dab5bffa\"\n"
+            } else {
+                ""
+            }
+        )
+    };
+    let toml = format!(
+        "{}{}{}",
+        gateway::RELAXED,
+        gateway::tcp_front_at("slowtls", "127.0.0.1:0", node, &extra("tls")),
+        gateway::tcp_front_at("slowbtc", "127.0.1.1:0", node, &extra("bitcoin")),
+    );
+    let gw = gateway::start(&toml).await;
+    for (front, opening) in [("slowtls", &[22u8, 3, 1][..]), ("slowbtc", &version()[..20])] {
+        let before = refusals(front, "timeout");
+        let mut s = net::connect_from("127.0.0.2", gw.addr(front)).await.unwrap();
+        // Slowloris: a few bytes of a plausible opening, then nothing.
+        s.write_all(opening).await.unwrap();
+        let took = net::closed_within(&mut s, Duration::from_secs(5)).await;
+        assert!(took >= Duration::from_millis(800), "{front}: closed after {took:?}");
+        assert_eq!(refusals(front, "timeout"), before + 1.0, "{front}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the node was connected to");
+}
