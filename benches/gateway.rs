@@ -433,6 +433,157 @@ fn cidr_list() -> (Duration, f64) {
     (load, per)
 }
 
+/// Peer fronts of the throughput rows: the plain relay (`protocol = "any"`) and the Bitcoin guard, plain
+/// TCP, in front of a sink that counts what reaches it.
+fn write_peer_config(dir: &Path, sink: SocketAddr, plain_port: u16, guard_port: u16) -> String {
+    let _ = dir;
+    format!(
+        r#"
+[runtime]
+worker_threads = 1
+drain_deadline = "1s"
+[log]
+level = "warn"
+
+[[front]]
+name = "plain"
+kind = "peer"
+listen = ["127.0.0.1:{plain_port}"]
+transport = "tcp"
+upstreams = ["{sink}"]
+
+[[front]]
+name = "guard"
+kind = "peer"
+listen = ["127.0.0.1:{guard_port}"]
+transport = "tcp"
+upstreams = ["{sink}"]
+[front.peer]
+protocol = "bitcoin"
+magic = "f9beb4d9"
+v2 = "refuse"
+"#
+    )
+}
+
+/// A node stand-in that reads and discards everything, counting the bytes.
+async fn sink_backend() -> (SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let t = total.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let t = t.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 256 * 1024];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    t.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (addr, total)
+}
+
+/// One v1 message with a valid header (mainnet magic) and `payload`.
+fn v1_message(cmd: &[u8], payload: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut m = vec![0xf9, 0xbe, 0xb4, 0xd9];
+    let mut c = [0u8; 12];
+    c[..cmd.len()].copy_from_slice(cmd);
+    m.extend_from_slice(&c);
+    m.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let d = sha2::Sha256::digest(sha2::Sha256::digest(payload));
+    m.extend_from_slice(&d[..4]);
+    m.extend_from_slice(payload);
+    m
+}
+
+/// `PEER_CONNS` peers each send a `version`, then 256 KiB `block` messages for `secs`: bytes/s that reached
+/// the sink, and gateway CPU seconds per GB relayed.
+async fn peer_throughput(
+    gw: &Gateway,
+    front: SocketAddr,
+    sink: &std::sync::atomic::AtomicU64,
+    secs: f64,
+) -> (f64, f64) {
+    const PEER_CONNS: usize = 4;
+    let payload: Vec<u8> = (0..256 * 1024u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let burst = Arc::new(v1_message(b"block", &payload).repeat(4));
+    let version = v1_message(b"version", &[1u8; 100]);
+    let before = sink.load(std::sync::atomic::Ordering::Relaxed);
+    let cpu0 = gw.cpu_seconds();
+    let start = Instant::now();
+    let until = start + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::new();
+    for _ in 0..PEER_CONNS {
+        let burst = burst.clone();
+        let version = version.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(front).await.unwrap();
+            s.write_all(&version).await.unwrap();
+            while Instant::now() < until {
+                if s.write_all(&burst).await.is_err() {
+                    return;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let took = start.elapsed().as_secs_f64();
+    let bytes = (sink.load(std::sync::atomic::Ordering::Relaxed) - before) as f64;
+    let cpu = gw.cpu_seconds() - cpu0;
+    (bytes / took, cpu / (bytes / 1e9))
+}
+
+/// The peer rows: the plain relay against the Bitcoin guard, on a gateway of their own.
+async fn peer_rows(dir: &Path, secs: f64) {
+    let (sink, total) = sink_backend().await;
+    let (pp, gp) = (free_port(), free_port());
+    let path = dir.join("peer.toml");
+    std::fs::write(&path, write_peer_config(dir, sink, pp, gp)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["run", "-c"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn gatehouse");
+    let gw = Gateway { child };
+    let plain: SocketAddr = format!("127.0.0.1:{pp}").parse().unwrap();
+    let guard: SocketAddr = format!("127.0.0.1:{gp}").parse().unwrap();
+    for _ in 0..200 {
+        if TcpStream::connect(plain).await.is_ok() && TcpStream::connect(guard).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (plain_bps, plain_cpu) = peer_throughput(&gw, plain, &total, secs).await;
+    let (guard_bps, guard_cpu) = peer_throughput(&gw, guard, &total, secs).await;
+    println!("\n| peer front, 4 peers streaming 256 KiB `block` messages | relayed bytes/s | gateway CPU s per GB |");
+    println!("|---|---|---|");
+    println!(
+        "| plain relay (`protocol = \"any\"`) | {:.0} MB/s | {plain_cpu:.3} |",
+        plain_bps / 1e6
+    );
+    println!(
+        "| Bitcoin guard (`protocol = \"bitcoin\"`: headers and checksums) | {:.0} MB/s ({:.2} x plain) | {guard_cpu:.3} ({:.2} x plain) |",
+        guard_bps / 1e6,
+        guard_bps / plain_bps,
+        guard_cpu / plain_cpu
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let secs = if quick { 1.5 } else { 5.0 };
@@ -455,6 +606,10 @@ fn main() {
         let resuming = tls_connector(&der, true, false);
         let full = tls_connector(&der, false, false);
         let full_pq = tls_connector(&der, false, true);
+        if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("peer") {
+            peer_rows(dir.path(), secs).await;
+            return;
+        }
         if let Ok(phase) = std::env::var("GATEHOUSE_BENCH_ONLY") {
             // For profiling one phase: `GATEHOUSE_BENCH_ONLY=electrum perf record -p <gateway pid>`.
             let target = if phase == "relay" { relay } else { electrum };
@@ -520,5 +675,6 @@ fn main() {
         println!("| load a 100,000-entry CIDR file | {:.0} ms |", cidr_load.as_secs_f64() * 1e3);
         println!("| CIDR lookup in that set (17 prefix lengths) | {cidr_ns:.0} ns |");
         api_http::run(dir.path(), secs).await;
+        peer_rows(dir.path(), secs).await;
     });
 }

@@ -34,6 +34,7 @@ struct Stages {
     drain: Arc<Drain>,
     electrum: Arc<electrum::Handles>,
     api_subs: Arc<KeyedCounts>,
+    peer_offences: Arc<crate::front::peer::offences::Offences>,
     /// Every front's current slot (for housekeeping, certificate watching and the metrics scrape, which
     /// follow reloads).
     fronts: Arc<ArcSwap<Vec<Arc<FrontSlot>>>>,
@@ -45,6 +46,7 @@ impl Stages {
             drain: self.drain.clone(),
             electrum: self.electrum.clone(),
             api_subs: self.api_subs.clone(),
+            peer_offences: self.peer_offences.clone(),
         }
     }
 }
@@ -249,6 +251,7 @@ impl Gatehouse {
             drain,
             electrum,
             api_subs: Arc::new(KeyedCounts::default()),
+            peer_offences: Default::default(),
             fronts: Arc::new(ArcSwap::from_pointee(Vec::new())),
         });
         let mut bound = Vec::new();

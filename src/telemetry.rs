@@ -3,6 +3,7 @@
 
 pub mod log_gate;
 pub mod metrics;
+pub mod peer;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};

@@ -379,6 +379,7 @@ fn reference_config_sets_every_option() {
         "[[front]]\n[front.upstream]\nzzz_probe = 1\n",
         "[[front]]\n[front.timeouts]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\nzzz_probe = 1\n",
+        "[[front]]\n[front.peer]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\n[[front.api.users]]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\n[front.api.fees]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\n[[front.api.tokens]]\nzzz_probe = 1\n",
@@ -2035,4 +2036,105 @@ fn token_prints_a_new_token_and_its_entry() {
     );
     let (_, out) = check_text(dir.path(), &text);
     assert_eq!(out.code(), Some(0), "{text}\n{}", out.stderr);
+}
+
+#[test]
+fn check_rejects_peer_front_mistakes() {
+    let base = |kind: &str, transport: &str, peer: &str| {
+        format!(
+            "[[front]]\nname = \"p2p\"\nkind = \"{kind}\"\nlisten = [\"127.0.0.1:18444\"]\ntransport = \"{transport}\"\n\
+             upstreams = [\"127.0.0.1:18445\"]\n\n[front.peer]\n{peer}"
+        )
+    };
+    let text = base("peer", "tcp", "protocol = \"bitcoin\"\n");
+    assert_check_error(
+        &text,
+        "front[0].peer.magic",
+        line_of(&text, "protocol ="),
+        "needs the chain's magic",
+    );
+    let text = base("peer", "tcp", "protocol = \"bitcoin\"\nmagic = \"f9beb4\"\n");
+    assert_check_error(
+        &text,
+        "front[0].peer.magic",
+        line_of(&text, "magic ="),
+        "not 4 bytes in hex",
+    );
+    let text = base("peer", "tcp", "protocol = \"bitcoin\"\nmagic = \"f9beb4zz\"\n");
+    assert_check_error(
+        &text,
+        "front[0].peer.magic",
+        line_of(&text, "magic ="),
+        "not 4 bytes in hex",
+    );
+    let text = base("peer", "tcp", "magic = \"f9beb4d9\"\n");
+    assert_check_error(
+        &text,
+        "front[0].peer.magic",
+        line_of(&text, "magic ="),
+        "needs protocol = \"bitcoin\"",
+    );
+    let text = base(
+        "peer",
+        "tcp",
+        "protocol = \"bitcoin\"\nmagic = \"f9beb4d9\"\nfirst_commands = [\"version\", \"much-too-long-command\"]\n",
+    );
+    assert_check_error(
+        &text,
+        "front[0].peer.first_commands",
+        line_of(&text, "first_commands"),
+        "is not a command",
+    );
+    let text = base(
+        "peer",
+        "tcp",
+        "protocol = \"bitcoin\"\nmagic = \"f9beb4d9\"\nmax_payload = \"0B\"\n",
+    );
+    assert_check_error(
+        &text,
+        "front[0].peer.max_payload",
+        line_of(&text, "max_payload"),
+        "between 1 byte",
+    );
+    let text = base(
+        "peer",
+        "tcp",
+        "protocol = \"bitcoin\"\nmagic = \"f9beb4d9\"\nv2 = \"maybe\"\n",
+    );
+    assert_check_error(&text, "front[0].peer.v2", line_of(&text, "v2 ="), "unknown variant");
+    let text = base("peer", "tcp", "burst_in = \"1MiB\"\n");
+    assert_check_error(
+        &text,
+        "front[0].peer.burst_in",
+        line_of(&text, "burst_in"),
+        "needs bytes_per_second_in",
+    );
+    let text = base("peer", "tcp", "bytes_per_second_out = \"1MiB\"\nburst_out = \"1KiB\"\n");
+    assert_check_error(
+        &text,
+        "front[0].peer.burst_out",
+        line_of(&text, "burst_out"),
+        "at least 16KiB",
+    );
+    let text = base("peer", "tcp", "max_buffered = \"1KiB\"\n");
+    assert_check_error(
+        &text,
+        "front[0].peer.max_buffered",
+        line_of(&text, "max_buffered"),
+        "at least 64KiB",
+    );
+    let text = base("peer", "tcp", "slow_peer_timeout = \"0s\"\n");
+    assert_check_error(
+        &text,
+        "front[0].peer.slow_peer_timeout",
+        line_of(&text, "slow_peer_timeout"),
+        "greater than 0s",
+    );
+    let text = base("electrum", "tcp", "protocol = \"any\"\n");
+    assert_check_error(
+        &text,
+        "front[0].peer",
+        line_of(&text, "protocol ="),
+        "needs kind = \"peer\"",
+    );
 }

@@ -198,12 +198,12 @@ impl LiveSource for Live {
         let mem = &self.memory;
         r.register(
             "memory_budget_bytes",
-            "Bytes all Electrum sessions together may buffer ([limits] memory_budget)",
+            "Bytes all Electrum and peer sessions together may buffer ([limits] memory_budget)",
             gauge(mem.limit() as i64),
         );
         r.register(
             "memory_buffered_bytes",
-            "Bytes Electrum sessions buffer now (partial lines, queued output and requests), in 4 KiB steps",
+            "Bytes Electrum and peer sessions buffer now (partial lines, queued output and requests, relay buffers), in 4 KiB steps",
             gauge(mem.used() as i64),
         );
         r.register(

@@ -23,6 +23,7 @@ use crate::front::api::auth::{BackendAuth, Token, User};
 use crate::front::api::settings::{ApiProfile, ApiSettings};
 use crate::front::electrum::methods::{Profile, ProtoVersion};
 use crate::front::electrum::settings::*;
+use crate::front::peer::settings::PeerSettings;
 use crate::front::{Front, FrontKind, Transport};
 use crate::guard::policy::*;
 use crate::state::bans::BanPolicy;
@@ -174,7 +175,8 @@ impl Config {
 
     fn raw(text: &str, file: &Path) -> Result<RawConfig, ConfigError> {
         serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
-            let key = e.path().to_string();
+            // A value wrapped in `Spanned` shows up in the path as toml's private field: not the operator's key.
+            let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
             let inner = e.into_inner();
             ConfigError {
                 file: file.to_path_buf(),
@@ -1072,6 +1074,206 @@ impl Validator<'_> {
             electrum,
             api,
             ledger,
+            peer: Arc::new(self.peer(key, f)?),
+        })
+    }
+
+    fn peer(&self, key: &str, f: &RawFront) -> Result<PeerSettings, ConfigError> {
+        use crate::front::peer::settings::{self as d, BitcoinShape, Pace, PeerLimits, PeerProtocol, V2Policy};
+        use crate::wire::bitcoin;
+        let key = format!("{key}.peer");
+        let Some(p) = &f.peer else {
+            return Ok(PeerSettings::default());
+        };
+        let proto = p.protocol.as_ref().map_or(RawPeerProtocol::Any, |v| *v.get_ref());
+        let proto_span = span_of(&p.protocol);
+        if f.kind != FrontKind::Peer {
+            return Err(self.err(key, proto_span, "a [front.peer] section needs kind = \"peer\""));
+        }
+        let bitcoin_only = |k: &str, span: Option<std::ops::Range<usize>>| {
+            Err(self.err(format!("{key}.{k}"), span, "needs protocol = \"bitcoin\""))
+        };
+        if proto != RawPeerProtocol::Bitcoin {
+            for (k, span) in [
+                ("magic", span_of(&p.magic)),
+                ("v2", span_of(&p.v2)),
+                ("first_commands", span_of(&p.first_commands)),
+                ("max_payload", span_of(&p.max_payload)),
+                ("filter_addr", span_of(&p.filter_addr)),
+                ("message_rate", span_of(&p.message_rate)),
+                ("message_burst", span_of(&p.message_burst)),
+            ] {
+                if span.is_some() {
+                    return bitcoin_only(k, span);
+                }
+            }
+            if let Some((k, v)) = p.payload_caps.iter().next() {
+                return bitcoin_only(&format!("payload_caps.{k}"), Some(v.span()));
+            }
+        }
+        if proto == RawPeerProtocol::Tls && f.transport.uses_tls() {
+            return Err(self.err(
+                format!("{key}.protocol"),
+                proto_span,
+                "protocol = \"tls\" checks TLS the gateway relays untouched; use transport = \"tcp\"",
+            ));
+        }
+        let payload = |k: &str, v: &Spanned<units::ByteSize>| match u32::try_from(v.get_ref().0) {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(self.err(
+                format!("{key}.{k}"),
+                Some(v.span()),
+                "must be between 1 byte and 4GiB - 1",
+            )),
+        };
+        let protocol = match proto {
+            RawPeerProtocol::Any => PeerProtocol::Any,
+            RawPeerProtocol::Tls => PeerProtocol::Tls,
+            RawPeerProtocol::Bitcoin => {
+                let Some(m) = &p.magic else {
+                    return Err(self.err(
+                        format!("{key}.magic"),
+                        proto_span,
+                        "protocol = \"bitcoin\" needs the chain's magic, e.g. \"f9beb4d9\" (mainnet)",
+                    ));
+                };
+                let text = m.get_ref();
+                let magic = (text.len() == 8)
+                    .then(|| {
+                        let mut b = [0u8; 4];
+                        for (i, c) in b.iter_mut().enumerate() {
+                            *c = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+                        }
+                        Some(b)
+                    })
+                    .flatten()
+                    .ok_or_else(|| {
+                        self.err(
+                            format!("{key}.magic"),
+                            Some(m.span()),
+                            format!("`{text}` is not 4 bytes in hex (e.g. \"fabfb5da\")"),
+                        )
+                    })?;
+                let cmd = |k: String, name: &str, span| {
+                    bitcoin::command(name).ok_or_else(|| {
+                        self.err(
+                            k,
+                            Some(span),
+                            format!("`{name}` is not a command (1 to 12 printable ASCII characters)"),
+                        )
+                    })
+                };
+                let first_commands = match &p.first_commands {
+                    Some(v) if v.get_ref().is_empty() => {
+                        return Err(self.err(
+                            format!("{key}.first_commands"),
+                            Some(v.span()),
+                            "must name at least one command",
+                        ))
+                    }
+                    Some(v) => v
+                        .get_ref()
+                        .iter()
+                        .map(|c| cmd(format!("{key}.first_commands"), c, v.span()))
+                        .collect::<Result<Vec<_>, _>>()?,
+                    None => d::DEFAULT_FIRST_COMMANDS
+                        .iter()
+                        .map(|c| bitcoin::command(c).expect("a valid default"))
+                        .collect(),
+                };
+                let mut caps = bitcoin::PayloadCaps::default();
+                if let Some(v) = &p.max_payload {
+                    caps.default = payload("max_payload", v)?;
+                }
+                for (name, v) in &p.payload_caps {
+                    let k = format!("payload_caps.{name}");
+                    let c = cmd(format!("{key}.{k}"), name, v.span())?;
+                    caps.overrides.push((c, payload(&k, v)?));
+                }
+                PeerProtocol::Bitcoin(BitcoinShape {
+                    magic,
+                    first_commands,
+                    caps,
+                    v2: match p.v2.as_ref().map(|v| *v.get_ref()) {
+                        Some(RawV2::Allow) | None => V2Policy::Allow,
+                        Some(RawV2::Refuse) => V2Policy::Refuse,
+                    },
+                    filter_addr: p.filter_addr.as_ref().is_some_and(|v| *v.get_ref()),
+                })
+            }
+        };
+        let bytes =
+            |rate: &Option<Spanned<units::ByteSize>>, burst: &Option<Spanned<units::ByteSize>>, k: &str, kb: &str| {
+                let Some(r) = rate else {
+                    return match burst {
+                        Some(b) => Err(self.err(format!("{key}.{kb}"), Some(b.span()), format!("needs {k}"))),
+                        None => Ok(None),
+                    };
+                };
+                if r.get_ref().0 == 0 {
+                    return Err(self.err(format!("{key}.{k}"), Some(r.span()), "must be greater than 0"));
+                }
+                let per_second = r.get_ref().0 as f64;
+                // A burst below one buffer would make every read wait: the relay reads up to one at a time.
+                let floor = crate::wire::buf::BUF_SIZE as f64;
+                let burst = match burst {
+                    Some(b) if (b.get_ref().0 as f64) < floor => {
+                        return Err(self.err(format!("{key}.{kb}"), Some(b.span()), "must be at least 16KiB"))
+                    }
+                    Some(b) => b.get_ref().0 as f64,
+                    None => per_second.max(floor),
+                };
+                Ok(Some(Pace { per_second, burst }))
+            };
+        let messages = match (&p.message_rate, &p.message_burst) {
+            (Some(r), b) => {
+                let per_second = f64::from(r.get_ref().count) / r.get_ref().per.as_secs_f64();
+                let burst = match b {
+                    Some(b) if *b.get_ref() == 0 => {
+                        return Err(self.err(format!("{key}.message_burst"), Some(b.span()), "must be at least 1"))
+                    }
+                    Some(b) => f64::from(*b.get_ref()),
+                    None => per_second.ceil().max(1.0),
+                };
+                Some(Pace { per_second, burst })
+            }
+            (None, Some(b)) => {
+                return Err(self.err(format!("{key}.message_burst"), Some(b.span()), "needs message_rate"))
+            }
+            (None, None) => None,
+        };
+        let max_buffered = match &p.max_buffered {
+            Some(b) if (b.get_ref().0 as usize) < d::MIN_MAX_BUFFERED => {
+                return Err(self.err(format!("{key}.max_buffered"), Some(b.span()), "must be at least 64KiB"))
+            }
+            Some(b) => usize::try_from(b.get_ref().0).unwrap_or(usize::MAX),
+            None => d::DEFAULT_MAX_BUFFERED,
+        };
+        let slow_peer_timeout = match &p.slow_peer_timeout {
+            Some(t) if t.get_ref().0.is_zero() => {
+                return Err(self.err(
+                    format!("{key}.slow_peer_timeout"),
+                    Some(t.span()),
+                    "must be greater than 0s",
+                ))
+            }
+            Some(t) => t.get_ref().0,
+            None => d::DEFAULT_SLOW_PEER_TIMEOUT,
+        };
+        Ok(PeerSettings {
+            protocol,
+            limits: PeerLimits {
+                bytes_in: bytes(&p.bytes_per_second_in, &p.burst_in, "bytes_per_second_in", "burst_in")?,
+                bytes_out: bytes(
+                    &p.bytes_per_second_out,
+                    &p.burst_out,
+                    "bytes_per_second_out",
+                    "burst_out",
+                )?,
+                messages,
+                max_buffered,
+                slow_peer_timeout,
+            },
         })
     }
 

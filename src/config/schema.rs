@@ -392,6 +392,49 @@ pub struct RawFront {
     pub electrum: Option<RawFrontElectrum>,
     /// Protocol settings of a node API front.
     pub api: Option<RawFrontApi>,
+    /// Shape check and per-peer limits of a peer front.
+    pub peer: Option<RawFrontPeer>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawPeerProtocol {
+    #[default]
+    Any,
+    Tls,
+    Bitcoin,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RawV2 {
+    Allow,
+    Refuse,
+}
+
+/// `[front.peer]`: unset fields take `front::peer::settings`' defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFrontPeer {
+    /// Default "any".
+    pub protocol: Option<Spanned<RawPeerProtocol>>,
+    /// The chain's network magic as 8 hex digits, as it appears on the wire (bitcoin only).
+    pub magic: Option<Spanned<String>>,
+    pub v2: Option<Spanned<RawV2>>,
+    pub first_commands: Option<Spanned<Vec<String>>>,
+    /// The payload cap of every command not in `payload_caps`.
+    pub max_payload: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    pub payload_caps: BTreeMap<String, Spanned<ByteSize>>,
+    pub filter_addr: Option<Spanned<bool>>,
+    pub bytes_per_second_in: Option<Spanned<ByteSize>>,
+    pub bytes_per_second_out: Option<Spanned<ByteSize>>,
+    pub burst_in: Option<Spanned<ByteSize>>,
+    pub burst_out: Option<Spanned<ByteSize>>,
+    pub message_rate: Option<Spanned<Rate>>,
+    pub message_burst: Option<Spanned<u32>>,
+    pub max_buffered: Option<Spanned<ByteSize>>,
+    pub slow_peer_timeout: Option<Spanned<Duration>>,
 }
 
 /// `[front.api]`: a node's JSON-RPC API. Unset limits take `front::api::settings`' defaults.

@@ -8,12 +8,11 @@
 pub mod api;
 pub mod drain;
 pub mod electrum;
+pub mod peer;
 pub mod relay;
 pub mod settings;
 
 pub use drain::Drain;
-
-use crate::front::relay::{Relay, RelayEnd};
 
 use crate::guard::Level;
 pub use crate::listen::{CloseReason, CloseSide};
@@ -54,6 +53,8 @@ pub struct FrontHandles {
     pub electrum: Arc<electrum::Handles>,
     /// Subscriptions ledger-profile API sessions hold, per client group.
     pub api_subs: Arc<crate::guard::limits::KeyedCounts>,
+    /// Peer protocol violations per address, across the peer fronts.
+    pub peer_offences: Arc<peer::offences::Offences>,
 }
 
 impl FrontSlot {
@@ -73,6 +74,8 @@ pub struct FrontState {
     /// Pre-registered metric handles of this front.
     pub metrics: FrontMetrics,
     pub handles: FrontHandles,
+    /// What the peer sessions of this front share (unused by other kinds).
+    pub peer: peer::PeerFront,
 }
 
 /// Everything the one log line about a closed connection says.
@@ -107,6 +110,7 @@ impl FrontState {
             ),
             tls: cfg.tls.clone().map(TlsAcceptor::from),
             metrics: FrontMetrics::new(&cfg.name, cfg.tls.is_some()),
+            peer: peer::PeerFront::new(&cfg),
             handles,
             cfg,
         }
@@ -116,7 +120,7 @@ impl FrontState {
     pub async fn serve(self: Arc<Self>, conn: Conn) {
         match self.cfg.kind {
             FrontKind::Electrum => self.serve_electrum(conn).await,
-            FrontKind::Peer => self.serve_relay(conn).await,
+            FrontKind::Peer => peer::serve(&self, conn).await,
             FrontKind::Api => api::serve(self, conn).await,
         }
     }
@@ -159,38 +163,6 @@ impl FrontState {
         line.bytes_out = out.bytes_out;
         line.reason = out.reason;
         line.requests = Some((out.requests, out.cost));
-        self.log_close(&line);
-    }
-
-    async fn serve_relay(&self, mut conn: Conn) {
-        let mut line = CloseLine {
-            client: conn.client,
-            via: conn.via,
-            tls: conn.stream.tls_version(),
-            since: conn.accepted_at,
-            bytes_in: 0,
-            bytes_out: 0,
-            reason: CloseReason::UpstreamUnreachable,
-            requests: None,
-        };
-        let mut upstream = match self.pool.connect(conn.client, conn.local).await {
-            Ok((s, _addr)) => s,
-            Err(e) => {
-                tracing::warn!(front = %self.cfg.name, error = %e, "no upstream reachable");
-                return self.log_close(&line);
-            }
-        };
-        let mut relay = Relay::new(&mut conn.stream, &mut upstream, self.cfg.idle_timeout);
-        let end = tokio::select! {
-            end = &mut relay => Some(end),
-            _ = self.handles.drain.signal(conn.client) => None,
-        };
-        line.bytes_in = relay.bytes_in();
-        line.bytes_out = relay.bytes_out();
-        line.reason = end.as_ref().map_or(CloseReason::Shutdown, CloseReason::from);
-        if let Some(RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e)) = &end {
-            tracing::debug!(front = %self.cfg.name, client = %conn.client, error = %e, "relay i/o error");
-        }
         self.log_close(&line);
     }
 

@@ -3,6 +3,7 @@
 use super::api::ledger::settings::LedgerSettings;
 use super::api::settings::ApiSettings;
 use super::electrum::settings::ElectrumSettings;
+use super::peer::settings::PeerSettings;
 use crate::guard::Admission;
 use crate::listen::tls;
 use crate::upstream::SendProxy;
@@ -45,6 +46,8 @@ pub struct Front {
     pub api: Option<Arc<ApiSettings>>,
     /// Present exactly for `kind = "api"` fronts of profile `ledger`.
     pub ledger: Option<Arc<LedgerSettings>>,
+    /// `[front.peer]`: the shape check and limits of a `kind = "peer"` front (defaults elsewhere).
+    pub peer: Arc<PeerSettings>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -57,6 +57,12 @@ pub enum CloseReason {
     BadServerVersion,
     /// The client's protocol range does not meet the one the front polices.
     UnsupportedProtocolVersion,
+    /// A peer broke the Bitcoin peer framing the front checks (or opened with something else).
+    PeerProtocol(crate::wire::bitcoin::Violation),
+    /// A peer of a TLS peer port did not open with a TLS ClientHello.
+    NotClientHello(crate::wire::tls_hello::HelloError),
+    /// A peer left the node's bytes unread longer than the front's slow-peer timeout.
+    SlowPeer,
 }
 
 impl CloseReason {
@@ -94,6 +100,9 @@ impl CloseReason {
             CloseReason::NoServerVersion => "no server.version",
             CloseReason::BadServerVersion => "bad server.version",
             CloseReason::UnsupportedProtocolVersion => "unsupported protocol version",
+            CloseReason::PeerProtocol(v) => return Cow::Owned(format!("peer protocol: {v}")),
+            CloseReason::NotClientHello(e) => return Cow::Owned(format!("not a tls clienthello: {e}")),
+            CloseReason::SlowPeer => "slow peer",
         })
     }
 }
@@ -144,6 +153,12 @@ mod tests {
             assert_eq!(reason.to_string(), text);
             assert_eq!(reason.side(), side, "{text}");
         }
+        let v = CloseReason::PeerProtocol(crate::wire::bitcoin::Violation::BadChecksum);
+        assert_eq!(v.to_string(), "peer protocol: bad checksum");
+        assert_eq!(v.side(), CloseSide::Gateway);
+        let h = CloseReason::NotClientHello(crate::wire::tls_hello::HelloError::NotHandshake);
+        assert_eq!(h.to_string(), "not a tls clienthello: not a handshake record");
+        assert_eq!(CloseReason::SlowPeer.to_string(), "slow peer");
         let tls = CloseReason::Tls(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad record"));
         assert_eq!(tls.to_string(), "tls error: bad record");
         assert_eq!(tls.side(), CloseSide::Client);

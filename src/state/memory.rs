@@ -1,5 +1,6 @@
-//! Process-wide budget for the bytes Electrum sessions buffer: partial request lines in the framing,
-//! output queued toward clients, requests queued toward the backend and partial backend replies.
+//! Process-wide budget for the bytes sessions buffer: for Electrum, partial request lines in the framing,
+//! output queued toward clients, requests queued toward the backend and partial backend replies; for peer
+//! fronts, the relay's buffers and an address message being filtered.
 //!
 //! Each session's buffers are bounded on their own, but those bounds multiplied by the connection caps
 //! allow gigabytes. Every session therefore reports what it holds to one [`MemoryBudget`]; when the total
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 /// Process-wide resource limits (`[limits]`); reloadable.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Bytes all Electrum sessions together may buffer (see [`MemoryBudget`]).
+    /// Bytes all Electrum and peer sessions together may buffer (see [`MemoryBudget`]).
     pub memory_budget: u64,
 }
 

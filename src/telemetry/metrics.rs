@@ -574,6 +574,7 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
         "Admin API connections shed for lack of slots: displaced (an older one without the token was closed) or refused",
         m.admin_shed.clone(),
     );
+    super::peer::register(&mut r);
     let mut out = String::with_capacity(16 * 1024);
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &r);

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 
 /// One TLS record's worth of plaintext: large enough that bulk transfers are not syscall-bound.
-const BUF_SIZE: usize = 16 * 1024;
+pub const BUF_SIZE: usize = 16 * 1024;
 /// Buffers kept per thread for reuse; beyond this they are freed.
 const POOL_MAX: usize = 256;
 

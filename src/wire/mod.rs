@@ -1,8 +1,11 @@
 //! Pure codecs and value formats, with no gateway state: the PROXY header, unit-carrying values, address
-//! prefix sets, address canonicalisation and the relay's buffer pool.
+//! prefix sets, address canonicalisation, the relay's buffer pool, and the shapes of peer protocols (Bitcoin's
+//! v1 framing, a TLS ClientHello).
 
 pub mod acl;
 pub mod addr;
+pub mod bitcoin;
 pub mod buf;
 pub mod proxy;
+pub mod tls_hello;
 pub mod units;

@@ -16,6 +16,7 @@ mod metrics;
 mod node_api;
 mod node_api_ledger;
 mod node_relay;
+mod peer_shape;
 mod proxy;
 mod reload;
 #[path = "../support/mod.rs"]

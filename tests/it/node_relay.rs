@@ -1,7 +1,9 @@
-//! A real node behind a `kind = "peer"` front: node B, whose only peer is the gateway, syncs node A's
-//! regtest chain through it (101 blocks, then one more), and A sees B's connection arrive from the gateway.
+//! A real node behind a `kind = "peer"` front with the Bitcoin guard on (v1 framing checked message by
+//! message, v2 refused, the node's addr messages filtered): node B, whose only peer is the gateway, syncs
+//! node A's regtest chain through it (101 blocks, then one more, then a wallet transaction), and A sees
+//! B's connection arrive from the gateway.
 
-use crate::support::bitcoind::Bitcoind;
+use crate::support::bitcoind::{Bitcoind, REWARD_ADDR};
 use crate::support::gateway::{self, RELAXED};
 use crate::support::net;
 use serde_json::json;
@@ -9,9 +11,15 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_syncs_a_regtest_chain_through_a_peer_front() {
-    let a = Bitcoind::start(&["-listen=1"]).await;
-    a.mine(101).await;
-    let running = gateway::start(&format!("{RELAXED}{}", gateway::tcp_front("p2p", a.p2p, ""))).await;
+    // A keeps a wallet (the support's default is none) to send a transaction later.
+    let a = Bitcoind::start(&["-listen=1", "-disablewallet=0"]).await;
+    let wallet_addr = a.rpc("getnewaddress", json!([])).await;
+    a.rpc("generatetoaddress", json!([101, wallet_addr])).await;
+    // This node's regtest magic is dab5bffa on the wire; the second stream of an association opens with
+    // `createstrm` instead of `version`.
+    let guard = "[front.peer]\nprotocol = \"bitcoin\"\nmagic = \"dab5bffa\"\n\
+                 first_commands = [\"version\", \"createstrm\"]\nv2 = \"refuse\"\nfilter_addr = true\n";
+    let running = gateway::start(&format!("{RELAXED}{}", gateway::tcp_front("p2p", a.p2p, guard))).await;
     let front = running.addr("p2p");
     let connect = format!("-connect={front}");
     let b = Bitcoind::start(&[&connect, "-listen=0"]).await;
@@ -30,6 +38,25 @@ async fn node_syncs_a_regtest_chain_through_a_peer_front() {
     })
     .await;
     assert!(got.is_some(), "B never got A's block {tip}");
+
+    // A wallet transaction reaches B's mempool through it too.
+    let txid = a.rpc("sendtoaddress", json!([REWARD_ADDR, 1.5])).await;
+    let got = net::within(Duration::from_secs(30), async || {
+        b.rpc("getrawmempool", json!([]))
+            .await
+            .as_array()
+            .is_some_and(|m| m.contains(&txid))
+    })
+    .await;
+    assert!(got.is_some(), "B never got A's transaction {txid}");
+    // Nothing the real nodes sent broke the guard.
+    let metrics = gatehouse::telemetry::metrics::render(None);
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("gatehouse_peer_refusals_total{front=\"p2p\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused, 0.0, "{metrics}");
 
     // B's only peer is the front. A's only peer is inbound, from a socket this process holds: the
     // gateway's upstream side (B is another process). This node version opens each association as two

@@ -125,8 +125,24 @@ impl Bitcoind {
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "RPC reply"))??;
         let text = String::from_utf8_lossy(&out);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-        let v: Value = serde_json::from_str(body)
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or(("", ""));
+        // Some replies (an empty mempool) come chunked: join the chunks.
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            let mut joined = String::new();
+            let mut rest = body;
+            while let Some((size, after)) = rest.split_once("\r\n") {
+                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                if n == 0 || after.len() < n {
+                    break;
+                }
+                joined.push_str(&after[..n]);
+                rest = after[n..].trim_start_matches("\r\n");
+            }
+            joined
+        } else {
+            body.to_string()
+        };
+        let v: Value = serde_json::from_str(&body)
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}: {text:?}")))?;
         Ok(match v.get("error") {
             Some(e) if !e.is_null() => Err(e.clone()),
