@@ -116,6 +116,8 @@ pub enum StartError {
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    Acme(#[from] listen::acme::AcmeStartError),
     #[error("front `{front}`: cannot listen on {addr}: {source}")]
     Bind {
         front: String,
@@ -133,6 +135,9 @@ pub struct Running {
     drain_deadline: Duration,
     admin: Option<admin::AdminServer>,
     cluster: Option<cluster::Cluster>,
+    /// The ACME client, when `[acme]` is set; its registry as the admin API reads it.
+    acme: Option<listen::acme::AcmeRun>,
+    acme_registry: Arc<arc_swap::ArcSwapOption<listen::acme::Registry>>,
     reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
 }
 
@@ -255,6 +260,14 @@ impl Gatehouse {
             .fronts
             .store(Arc::new(fronts.values().map(|r| r.slot.clone()).collect()));
         tokio::spawn(watch_certificates(shared.clone()));
+        let acme = match config.acme.clone() {
+            Some(a) => Some(listen::acme::AcmeRun::start(a).await?),
+            None => None,
+        };
+        let acme_registry = Arc::new(arc_swap::ArcSwapOption::new(
+            acme.as_ref().map(|a| a.registry().clone()),
+        ));
+        let certs = admin::certs::Certs::new(shared.fronts.clone(), acme_registry.clone());
         // Bans shared with the other gateways of the cluster, both ways, through the ban table.
         let cluster = match &config.cluster {
             Some(c) => {
@@ -275,9 +288,11 @@ impl Gatehouse {
                             shared.guard.clone(),
                             shared.electrum.memory.clone(),
                         )
-                        .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle)),
+                        .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle))
+                        .with_certs(certs.clone()),
                         config.admin.metrics_public,
                     )
+                    .with_certs(certs.clone())
                     .with_reload(reload_tx)
                     .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle))
                     .with_connections_per_peer(config.admin.max_connections_per_peer);
@@ -290,6 +305,8 @@ impl Gatehouse {
             drain_deadline: config.runtime.drain_deadline,
             admin,
             cluster,
+            acme,
+            acme_registry,
             reload_requests: Some(reload_rx),
         })
     }
@@ -394,6 +411,7 @@ impl Running {
     /// addresses changed, which are stopped first to free their ports. Runtime and log settings need a
     /// restart.
     pub async fn reload(&mut self, mut config: Config) -> Result<ReloadSummary, StartError> {
+        self.reload_acme(config.acme.clone()).await?;
         let new_fronts = std::mem::take(&mut config.fronts);
         let mut summary = ReloadSummary::default();
         let keep: Vec<&str> = new_fronts.iter().map(|f| f.name.as_str()).collect();
@@ -501,7 +519,41 @@ impl Running {
 
     /// Graceful stop: no new connections, open sessions may finish until the configured drain deadline,
     /// then the rest are closed.
+    /// Restarts the ACME client when `[acme]` changed (certificates already issued stay in their slots).
+    /// A new client that cannot start leaves the old one running.
+    async fn reload_acme(&mut self, wanted: Option<listen::acme::AcmeSettings>) -> Result<(), StartError> {
+        if wanted.as_ref() == self.acme.as_ref().map(|a| a.settings()) {
+            return Ok(());
+        }
+        let old = self.acme.take();
+        if let Some(o) = &old {
+            o.stop();
+        }
+        if let Some(s) = wanted {
+            match listen::acme::AcmeRun::start(s).await {
+                Ok(run) => self.acme = Some(run),
+                Err(e) => {
+                    if let Some(o) = old {
+                        self.acme = listen::acme::AcmeRun::start(o.settings().clone()).await.ok();
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        self.acme_registry
+            .store(self.acme.as_ref().map(|a| a.registry().clone()));
+        Ok(())
+    }
+
+    /// The ACME client's HTTP-01 listener as bound.
+    pub fn acme_http_addr(&self) -> Option<SocketAddr> {
+        self.acme.as_ref().and_then(|a| a.http_addr())
+    }
+
     pub async fn shutdown(mut self) -> DrainReport {
+        if let Some(a) = self.acme.take() {
+            a.stop();
+        }
         self.stop_accepting().await;
         self.shared.intake.tracker.close();
         let open = self.shared.intake.tracker.len();

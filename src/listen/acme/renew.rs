@@ -1,0 +1,265 @@
+//! The renewal loop: one task per certificate. It orders at once when the slot holds no usable
+//! certificate, otherwise at two thirds of the lifetime (less a random part of a twentieth, so a fleet
+//! does not renew in step); a failed order keeps the old certificate, is a warning, and is retried after
+//! a doubling wait (or as long as the CA's `Retry-After` asks, when longer).
+
+use super::client::{self, Https, RetryAfter};
+use super::http01;
+use super::issue;
+use super::registry::{self, unix_now, usable, CertStatus, Registry};
+use super::settings::{AcmeCert, AcmeSettings, EXPIRY_ALARM, ORDER_TIMEOUT};
+use super::store;
+use crate::listen::tls::{CertInfo, CertSource, LiveCert};
+use crate::telemetry::metrics;
+use rand_core::RngCore;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeStartError {
+    #[error(transparent)]
+    Roots(#[from] client::RootsError),
+    #[error("acme.http_listen: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("acme.certificate `{name}`: cannot make its placeholder: {source}")]
+    Placeholder { name: String, source: rcgen::Error },
+}
+
+/// The running ACME client; stopped (its tasks and the HTTP-01 listener) by [`AcmeRun::stop`] or drop.
+pub struct AcmeRun {
+    settings: AcmeSettings,
+    registry: Arc<Registry>,
+    stop: CancellationToken,
+    http_addr: Option<std::net::SocketAddr>,
+}
+
+impl Drop for AcmeRun {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// What every certificate task of one run shares.
+struct Ctx {
+    settings: AcmeSettings,
+    registry: Arc<Registry>,
+    account: OnceCell<instant_acme::Account>,
+    roots: rustls::RootCertStore,
+    retry_after: RetryAfter,
+}
+
+impl AcmeRun {
+    /// Starts a task per certificate and, for HTTP-01, the challenge listener. Must run inside tokio.
+    pub async fn start(settings: AcmeSettings) -> Result<AcmeRun, AcmeStartError> {
+        let registry = registry::registry(&settings.state_dir);
+        let roots = client::roots(settings.ca_root.as_deref())?;
+        let stop = CancellationToken::new();
+        let mut http_addr = None;
+        if let Some(addr) = settings.http_listen {
+            let l = bind_retrying(addr)
+                .await
+                .map_err(|source| AcmeStartError::Bind { addr, source })?;
+            http_addr = l.local_addr().ok();
+            tokio::spawn(http01::serve(l, registry.clone(), stop.clone()));
+        }
+        let ctx = Arc::new(Ctx {
+            settings: settings.clone(),
+            registry: registry.clone(),
+            account: OnceCell::new(),
+            roots,
+            retry_after: RetryAfter::default(),
+        });
+        for cert in &settings.certificates {
+            let slot = registry.slot(cert).map_err(|source| AcmeStartError::Placeholder {
+                name: cert.name.clone(),
+                source,
+            })?;
+            tokio::spawn(keep(ctx.clone(), cert.clone(), slot, stop.clone()));
+        }
+        Ok(AcmeRun {
+            settings,
+            registry,
+            stop,
+            http_addr,
+        })
+    }
+
+    pub fn settings(&self) -> &AcmeSettings {
+        &self.settings
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// The HTTP-01 listener's address as bound (port 0 resolved).
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_addr
+    }
+
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Binds the HTTP-01 port, waiting up to a second while it is still held: on a reload the stopped
+/// client's listener closes a moment after it is told to.
+async fn bind_retrying(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        match crate::listen::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed: at two thirds of its lifetime,
+/// less up to a twentieth of it drawn at random.
+pub fn renew_at(info: &CertInfo, random: u64) -> i64 {
+    let life = (info.not_after - info.not_before).max(0);
+    let jitter = match life / 20 {
+        0 => 0,
+        j => (random % j as u64) as i64,
+    };
+    info.not_before + life * 2 / 3 - jitter
+}
+
+/// The wait after the `failures`-th failure in a row: `retry_min` doubled per earlier failure, at most
+/// `retry_max`, and never shorter than the CA asked.
+pub fn backoff(min: Duration, max: Duration, failures: u32, asked: Option<Duration>) -> Duration {
+    let doubled = min.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
+    doubled.min(max).max(asked.unwrap_or_default())
+}
+
+async fn attempt(ctx: &Ctx, cert: &AcmeCert) -> Result<(), issue::IssueError> {
+    let account = ctx
+        .account
+        .get_or_try_init(|| issue::account(&ctx.settings, Https::new(ctx.roots.clone(), ctx.retry_after.clone())))
+        .await?;
+    let issued = issue::order(account, ctx.settings.challenge, &ctx.registry, cert).await?;
+    store::save_cert(&ctx.settings.state_dir, &cert.name, &issued.chain_pem, &issued.key_pem)?;
+    Ok(())
+}
+
+async fn keep(ctx: Arc<Ctx>, cert: AcmeCert, slot: Arc<LiveCert>, stop: CancellationToken) {
+    let name = cert.name.as_str();
+    let mut failures = 0u32;
+    let mut last_error: Option<String> = None;
+    let mut retry_at: Option<i64> = None;
+    let mut random = rand_core::OsRng.next_u64();
+    if slot.load().info.source == CertSource::Placeholder {
+        tracing::warn!(certificate = name, domains = ?cert.domains, "no valid ACME certificate yet: serving a self-signed placeholder until the order succeeds");
+    }
+    loop {
+        let served = slot.load();
+        let now = unix_now();
+        let good = usable(&served, &cert, now);
+        let due = match retry_at {
+            Some(t) => t,
+            None if good => renew_at(&served.info, random),
+            None => now,
+        };
+        ctx.registry.set_status(
+            name,
+            CertStatus {
+                next_attempt: Some(due),
+                failures,
+                last_error: last_error.clone(),
+            },
+        );
+        if good && served.info.not_after - now < EXPIRY_ALARM.as_secs() as i64 {
+            tracing::error!(
+                certificate = name,
+                expires_in_s = served.info.not_after - now,
+                "ACME certificate expires within 7 days and is not renewed yet"
+            );
+        }
+        let wait = Duration::from_secs(due.saturating_sub(now).max(0) as u64);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = tokio::time::timeout(ORDER_TIMEOUT, attempt(&ctx, &cert)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(issue::IssueError::Timeout(ORDER_TIMEOUT)),
+            },
+        };
+        let result = result.and_then(|()| {
+            store::load_cert(&ctx.settings.state_dir, &cert.name).ok_or(issue::IssueError::Store(
+                std::io::Error::other("the saved certificate does not load"),
+            ))
+        });
+        match result {
+            Ok(new) => {
+                metrics::acme_order(true);
+                tracing::info!(certificate = name, domains = ?cert.domains, issuer = %new.info.issuer, not_after = new.info.not_after, "ACME certificate issued; new handshakes use it now");
+                slot.store(new);
+                failures = 0;
+                last_error = None;
+                retry_at = None;
+                random = rand_core::OsRng.next_u64();
+            }
+            Err(e) => {
+                metrics::acme_order(false);
+                failures = failures.saturating_add(1);
+                let now_t = std::time::SystemTime::now();
+                let asked = ctx.retry_after.take().and_then(|t| t.duration_since(now_t).ok());
+                let wait = backoff(ctx.settings.retry_min, ctx.settings.retry_max, failures, asked);
+                retry_at = Some(unix_now() + wait.as_secs().max(1) as i64);
+                last_error = Some(e.to_string());
+                if good {
+                    tracing::warn!(certificate = name, error = %e, retry_in_s = wait.as_secs(), "ACME renewal failed; still serving the current certificate");
+                } else {
+                    tracing::warn!(certificate = name, error = %e, retry_in_s = wait.as_secs(), "ACME order failed; still serving the placeholder");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(nb: i64, na: i64) -> CertInfo {
+        CertInfo {
+            not_before: nb,
+            not_after: na,
+            issuer: String::new(),
+            names: Vec::new(),
+            source: CertSource::Acme,
+        }
+    }
+
+    #[test]
+    fn renews_at_two_thirds_less_jitter() {
+        // 90 days: renewal 60 days in, up to 4.5 days earlier.
+        let i = info(0, 90 * 86400);
+        assert_eq!(renew_at(&i, 0), 60 * 86400);
+        let r = renew_at(&i, u64::MAX);
+        assert!(r <= 60 * 86400 && r > 60 * 86400 - 90 * 86400 / 20);
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_honours_the_ca() {
+        let (min, max) = (Duration::from_secs(60), Duration::from_secs(3600));
+        assert_eq!(backoff(min, max, 1, None), min);
+        assert_eq!(backoff(min, max, 3, None), Duration::from_secs(240));
+        assert_eq!(backoff(min, max, 40, None), max);
+        assert_eq!(
+            backoff(min, max, 1, Some(Duration::from_secs(900))),
+            Duration::from_secs(900)
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! Built-in ACME against a real Pebble (Debian package `pebble`, installed by `tests/run`), with real
+//! challenge validation: Pebble resolves the test names to 127.0.0.1 through pebble-challtestsrv and
+//! connects to the gateway's own TLS front (TLS-ALPN-01) or HTTP-01 listener.
+
+use crate::support::backends::stub_backend;
+use crate::support::clients::{http_exchange, sample};
+use crate::support::gateway::{start_in, RELAXED};
+use crate::support::net::{ip, within};
+use crate::support::pebble::{connect_trusting, free_port_on, presented, Pebble};
+use gatehouse::admin::AdminListen;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const DOMAIN: &str = "electrum.example.com";
+const TOKEN: &str = "acme-test-admin-token";
+
+struct Gw {
+    running: gatehouse::Running,
+    front: SocketAddr,
+    admin: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+/// A gateway with an Electrum TLS front on `front` serving the ACME certificate `main` for
+/// [`DOMAIN`], the admin API, and `[acme]` made of `acme_keys` plus `extra`.
+async fn gateway(front: SocketAddr, acme_keys: &str, extra: &str) -> Gw {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let backend = stub_backend(&[]).await;
+    let toml = format!(
+        "{RELAXED}[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n\
+         [acme]\n{acme_keys}retry_min = \"1s\"\nretry_max = \"2s\"\n{extra}\n\
+         [[acme.certificate]]\nname = \"main\"\ndomains = [\"{DOMAIN}\"]\n\n\
+         [[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"{front}\"]\n\
+         transport = \"tls\"\nupstreams = [\"{backend}\"]\n[front.tls]\nacme = \"main\"\n"
+    );
+    let running = start_in(dir.path(), &toml).await;
+    let admin = match running.admin_addr() {
+        Some(AdminListen::Tcp(a)) => *a,
+        other => panic!("admin API not on TCP: {other:?}"),
+    };
+    Gw {
+        running,
+        front,
+        admin,
+        dir,
+    }
+}
+
+async fn admin_get(gw: &Gw, path: &str) -> (u16, String) {
+    let auth = format!("Bearer {TOKEN}");
+    let (status, _, body) = http_exchange(gw.admin, "GET", path, Some(&auth), None).await;
+    (status, body)
+}
+
+async fn certs(gw: &Gw) -> serde_json::Value {
+    let (status, body) = admin_get(gw, "/v1/certs").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The `main` certificate's entry as `GET /v1/certs` lists it.
+async fn main_cert(gw: &Gw) -> serde_json::Value {
+    certs(gw).await["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "main")
+        .cloned()
+        .expect("main listed")
+}
+
+async fn metric(gw: &Gw, series: &str) -> Option<f64> {
+    let (status, body) = admin_get(gw, "/metrics").await;
+    assert_eq!(status, 200);
+    sample(&body, series)
+}
+
+/// Waits until the front presents a chain that verifies against Pebble's root for [`DOMAIN`].
+async fn wait_issued(gw: &Gw, root: &rustls::pki_types::CertificateDer<'static>) {
+    let ok = within(Duration::from_secs(60), async || {
+        connect_trusting(root, gw.front, DOMAIN).await.is_ok()
+    })
+    .await;
+    let entry = main_cert(gw).await;
+    assert!(
+        ok.is_some(),
+        "no Pebble-issued certificate on the front; /v1/certs: {entry}"
+    );
+}
+
+/// One Electrum exchange through the front, over a session that trusts only Pebble's root.
+async fn electrum_roundtrip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut BufReader<S>, id: u32) {
+    let line =
+        format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"server.version\",\"params\":[\"t\",\"1.4\"]}}\n");
+    s.get_mut().write_all(line.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_line(&mut answer))
+        .await
+        .expect("an answer")
+        .unwrap();
+    assert!(answer.contains(&format!("\"id\":{id}")), "{answer}");
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_issues_a_certificate_chaining_to_pebble_served_by_the_electrum_front() {
+    let at = ip("127.0.0.61");
+    let front = SocketAddr::new(at, free_port_on(at));
+    let pebble = Pebble::start(at, free_port_on(at), front.port(), None);
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(front, &pebble.acme_keys(state.path()), "challenge = \"tls-alpn-01\"\n").await;
+    let root = pebble.root().await;
+    wait_issued(&gw, &root).await;
+    // A wallet trusting only Pebble's root completes an Electrum exchange through the front.
+    let s = connect_trusting(&root, gw.front, DOMAIN).await.unwrap();
+    electrum_roundtrip(&mut BufReader::new(s), 1).await;
+
+    // The account and the pair are kept in the state folder, readable by the gateway's user only.
+    let acme_dir = state.path().join("acme");
+    let files: Vec<_> = std::fs::read_dir(&acme_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files
+        .iter()
+        .any(|p| p.file_name().unwrap().to_string_lossy().starts_with("account-")));
+    for f in ["main.pem", "main.key"] {
+        assert_eq!(mode(&acme_dir.join(f)), 0o600, "{f}");
+    }
+    for f in &files {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    let entry = main_cert(&gw).await;
+    assert_eq!(entry["source"], "acme", "{entry}");
+    assert_eq!(entry["front"], "wallets");
+    assert!(entry["issuer"].as_str().unwrap().contains("Pebble"), "{entry}");
+    assert!(entry["next_renewal"].as_i64().unwrap() > entry["not_before"].as_i64().unwrap());
+    // Counted process-wide, so other tests' orders may be in it too.
+    assert!(metric(&gw, "gatehouse_acme_orders_total{result=\"issued\"}").await >= Some(1.0));
+    let expiry = metric(
+        &gw,
+        "gatehouse_tls_certificate_expiry_timestamp_seconds{front=\"wallets\",name=\"main\"}",
+    )
+    .await;
+    assert_eq!(expiry, entry["not_after"].as_f64());
+    let (status, body) = admin_get(&gw, "/readyz").await;
+    assert_eq!(status, 200);
+    assert!(!body.contains("placeholder"), "{body}");
+    gw.running.shutdown().await;
+    drop(gw.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_issues_through_the_challenge_listener_which_answers_nothing_else() {
+    let at = ip("127.0.0.62");
+    let front = SocketAddr::new(at, free_port_on(at));
+    let http = SocketAddr::new(at, free_port_on(at));
+    let pebble = Pebble::start(at, http.port(), front.port(), None);
+    let state = tempfile::tempdir().unwrap();
+    let extra = format!("challenge = \"http-01\"\nhttp_listen = \"{http}\"\n");
+    let gw = gateway(front, &pebble.acme_keys(state.path()), &extra).await;
+    let root = pebble.root().await;
+    wait_issued(&gw, &root).await;
+    let s = connect_trusting(&root, gw.front, DOMAIN).await.unwrap();
+    electrum_roundtrip(&mut BufReader::new(s), 7).await;
+    // Anything but a challenge token being offered is refused.
+    for path in ["/", "/.well-known/acme-challenge/unknown-token", "/admin"] {
+        let (status, _, _) = http_exchange(http, "GET", path, None, None).await;
+        assert_eq!(status, 404, "{path}");
+    }
+    // No front answers TLS-ALPN-01 with this challenge type: an acme-tls/1 hello gets the real certificate.
+    gw.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_to_new_handshakes_while_open_sessions_carry_on() {
+    let at = ip("127.0.0.63");
+    let front = SocketAddr::new(at, free_port_on(at));
+    // Certificates of 12 s: renewed about 8 s after issuance.
+    let pebble = Pebble::start(at, free_port_on(at), front.port(), Some(12));
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(front, &pebble.acme_keys(state.path()), "").await;
+    let root = pebble.root().await;
+    wait_issued(&gw, &root).await;
+    let first = presented(gw.front, DOMAIN).await[0].clone();
+    let s = connect_trusting(&root, gw.front, DOMAIN).await.unwrap();
+    let mut session = BufReader::new(s);
+    electrum_roundtrip(&mut session, 1).await;
+    let renewed = within(Duration::from_secs(30), async || {
+        presented(gw.front, DOMAIN).await[0] != first
+    })
+    .await;
+    assert!(renewed.is_some(), "no renewal within 30 s: {}", main_cert(&gw).await);
+    // The new one chains to Pebble too, and the session opened before the renewal still works.
+    connect_trusting(&root, gw.front, DOMAIN).await.unwrap();
+    electrum_roundtrip(&mut session, 2).await;
+    assert!(metric(&gw, "gatehouse_acme_orders_total{result=\"issued\"}").await >= Some(2.0));
+    gw.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pebble_gone_a_renewal_fails_the_old_certificate_stays_and_a_retry_is_scheduled() {
+    let at = ip("127.0.0.64");
+    let front = SocketAddr::new(at, free_port_on(at));
+    let mut pebble = Pebble::start(at, free_port_on(at), front.port(), Some(20));
+    let state = tempfile::tempdir().unwrap();
+    let gw = gateway(front, &pebble.acme_keys(state.path()), "").await;
+    let root = pebble.root().await;
+    wait_issued(&gw, &root).await;
+    let first = presented(gw.front, DOMAIN).await[0].clone();
+    pebble.stop();
+    // The renewal (due about 13 s after issuance) fails: counted, and another attempt is scheduled.
+    let failed = within(Duration::from_secs(30), async || {
+        main_cert(&gw).await["failures"].as_u64() >= Some(1)
+    })
+    .await;
+    let entry = main_cert(&gw).await;
+    assert!(failed.is_some(), "no failed renewal: {entry}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        entry["next_renewal"].as_i64().unwrap() >= now,
+        "no retry scheduled: {entry}"
+    );
+    assert!(entry["last_error"].as_str().is_some(), "{entry}");
+    assert_eq!(entry["source"], "acme");
+    assert!(metric(&gw, "gatehouse_acme_orders_total{result=\"failed\"}").await >= Some(1.0));
+    // The old certificate is still what new handshakes get, and it still verifies.
+    assert_eq!(presented(gw.front, DOMAIN).await[0], first);
+    connect_trusting(&root, gw.front, DOMAIN).await.unwrap();
+    gw.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_the_first_order_succeeds_a_placeholder_is_served_and_said_in_readyz() {
+    // A directory nobody answers at: every order fails.
+    let at = ip("127.0.0.65");
+    let closed = free_port_on(at);
+    let state = tempfile::tempdir().unwrap();
+    let ca = crate::support::tls::certs();
+    let keys = format!(
+        "directory = \"https://{at}:{closed}/dir\"\nca_root = \"{}\"\nstate_dir = \"{}\"\n",
+        ca.cert.display(),
+        state.path().display()
+    );
+    let gw = gateway(SocketAddr::new(at, free_port_on(at)), &keys, "").await;
+    let chain = presented(gw.front, DOMAIN).await;
+    let (_, leaf) = x509_parser::parse_x509_certificate(chain[0].as_ref()).unwrap();
+    assert!(leaf.issuer().to_string().contains("placeholder"), "{}", leaf.issuer());
+    let (status, body) = admin_get(&gw, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("placeholder for main"), "{body}");
+    let failed = within(Duration::from_secs(10), async || {
+        main_cert(&gw).await["failures"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(failed.is_some(), "{}", main_cert(&gw).await);
+    assert_eq!(main_cert(&gw).await["source"], "placeholder");
+    gw.running.shutdown().await;
+}
