@@ -267,3 +267,155 @@ async fn until_the_first_order_succeeds_a_placeholder_is_served_and_said_in_read
     assert_eq!(main_cert(&gw).await["source"], "placeholder");
     gw.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_without_sni_keep_the_old_self_signed_identity_while_sni_clients_get_the_acme_certificate() {
+    let at = ip("127.0.0.66");
+    let front = SocketAddr::new(at, free_port_on(at));
+    let pebble = Pebble::start(at, free_port_on(at), front.port(), None);
+    let state = tempfile::tempdir().unwrap();
+    let old = crate::support::tls::certs_named("old-identity");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let backend = stub_backend(&[]).await;
+    let toml = format!(
+        "{RELAXED}[acme]\n{}retry_min = \"1s\"\n[[acme.certificate]]\nname = \"main\"\ndomains = [\"{DOMAIN}\"]\n\n\
+         [[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"{front}\"]\ntransport = \"tls\"\n\
+         upstreams = [\"{backend}\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[front.tls.sni]]\nname = \"{DOMAIN}\"\nacme = \"main\"\n",
+        pebble.acme_keys(state.path()),
+        old.cert.display(),
+        old.key.display()
+    );
+    let running = start_in(dir.path(), &toml).await;
+    let root = pebble.root().await;
+    let ok = within(Duration::from_secs(60), async || {
+        connect_trusting(&root, front, DOMAIN).await.is_ok()
+    })
+    .await;
+    assert!(ok.is_some(), "no Pebble-issued certificate for the SNI name");
+    // A wallet that sends no SNI (it connects by IP) and pinned the old certificate still gets it.
+    // (rustls sends no SNI when the server name is an IP address.)
+    assert_eq!(presented(front, &at.to_string()).await[0], old.der);
+    // One sending the public name gets the CA-signed one.
+    assert_ne!(presented(front, DOMAIN).await[0], old.der);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn check_reports_bad_acme_settings_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = crate::support::tls::certs();
+    let state = dir.path().display().to_string();
+    let base = |acme: &str, tls: &str| {
+        format!(
+            "[acme]\nstate_dir = \"{state}\"\n{acme}\n[[acme.certificate]]\nname = \"main\"\ndomains = [\"{DOMAIN}\"]\n\n\
+             [[front]]\nname = \"wallets\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tls\"\n\
+             upstreams = [\"127.0.0.1:1\"]\n[front.tls]\n{tls}\n"
+        )
+    };
+    let path = dir.path().join("gatehouse.toml");
+    let expect = |text: String, needle: &str, key: &str, reason: &str| {
+        let line = text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        let err = gatehouse::config::Config::parse(&text, &path).unwrap_err().to_string();
+        let want = format!("{}:{line}: {key}: ", path.display());
+        assert!(
+            err.starts_with(&want) && err.contains(reason),
+            "{err}\nwanted {want}… {reason}"
+        );
+    };
+    expect(
+        base("", "acme = \"nope\""),
+        "acme = \"nope\"",
+        "front[0].tls.acme",
+        "no [[acme.certificate]] is named `nope`",
+    );
+    expect(
+        base("challenge = \"http-01\"", "acme = \"main\""),
+        "challenge",
+        "acme.http_listen",
+        "needs http_listen",
+    );
+    expect(
+        base("directory = \"http://acme.example/dir\"", "acme = \"main\""),
+        "directory",
+        "acme.directory",
+        "must be an https:// URL",
+    );
+    expect(
+        base("contact = [\"ops@example.com\"]", "acme = \"main\""),
+        "contact",
+        "acme.contact[0]",
+        "mailto:",
+    );
+    let wild = base("", "acme = \"main\"").replace(&format!("[\"{DOMAIN}\"]"), "[\"*.example.com\"]");
+    expect(
+        wild,
+        "*.example.com",
+        "acme.certificate[0].domains[0]",
+        "wildcards need the DNS-01",
+    );
+    let both = base(
+        "",
+        &format!(
+            "acme = \"main\"\ncert = \"{}\"\nkey = \"{}\"",
+            certs.cert.display(),
+            certs.key.display()
+        ),
+    );
+    expect(both, "acme = \"main\"", "front[0].tls.acme", "not both");
+    // With TLS-ALPN-01 some TLS front must serve the certificate, or nothing can answer the CA.
+    let unserved = base(
+        "",
+        &format!("cert = \"{}\"\nkey = \"{}\"", certs.cert.display(), certs.key.display()),
+    );
+    let err = gatehouse::config::Config::parse(&unserved, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("acme.certificate[0].name: no TLS front serves `main`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn file_certificates_have_expiry_metrics_and_one_within_seven_days_counts_as_expiring() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    // A certificate ending in three days.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let not_after = std::time::SystemTime::now() + Duration::from_secs(3 * 86400);
+    params.not_after = not_after.into();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("soon.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("soon.key"), key.serialize_pem()).unwrap();
+    let backend = stub_backend(&[]).await;
+    let toml = format!(
+        "{RELAXED}[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n\
+         [[front]]\nname = \"expiring\"\nkind = \"peer\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tls\"\n\
+         upstreams = [\"{backend}\"]\n[front.tls]\ncert = \"soon.crt\"\nkey = \"soon.key\"\n"
+    );
+    let running = start_in(dir.path(), &toml).await;
+    let admin = match running.admin_addr() {
+        Some(AdminListen::Tcp(a)) => *a,
+        other => panic!("{other:?}"),
+    };
+    let auth = format!("Bearer {TOKEN}");
+    let (_, _, body) = http_exchange(admin, "GET", "/metrics", Some(&auth), None).await;
+    let want = not_after.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64;
+    assert_eq!(
+        sample(
+            &body,
+            "gatehouse_tls_certificate_expiry_timestamp_seconds{front=\"expiring\",name=\"default\"}"
+        ),
+        Some(want),
+        "{body}"
+    );
+    assert_eq!(
+        sample(&body, "gatehouse_tls_certificates_expiring"),
+        Some(1.0),
+        "{body}"
+    );
+    running.shutdown().await;
+}
