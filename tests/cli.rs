@@ -229,7 +229,7 @@ group_private = true
 
 /// Replaces every absolute path in quotes with a file in `dir`: `*key*` names become the key and other
 /// `.pem`/`.crt` names the certificate of a pair generated per source folder (so cert and key that sit
-/// together still match), and anything else becomes a CIDR list file.
+/// together still match), names without an extension an empty folder, and anything else a CIDR list file.
 fn localise_paths(text: &str, dir: &Path) -> String {
     let mut pairs: HashMap<String, (PathBuf, PathBuf)> = HashMap::new();
     let mut out = String::with_capacity(text.len());
@@ -241,7 +241,12 @@ fn localise_paths(text: &str, dir: &Path) -> String {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let parent = p.parent().map(|d| d.display().to_string()).unwrap_or_default();
         let n = pairs.len();
-        let local = if name.contains("key") || name.ends_with(".pem") || name.ends_with(".crt") {
+        let local = if !name.contains('.') {
+            // A folder (the ACME state folder): made empty.
+            let d = dir.join(format!("dir-{}", out.len()));
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        } else if name.contains("key") || name.ends_with(".pem") || name.ends_with(".crt") {
             let (cert, key) = pairs
                 .entry(parent)
                 .or_insert_with(|| {
@@ -374,6 +379,8 @@ fn reference_config_sets_every_option() {
         "[[front]]\n[front.timeouts]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\n[[front.api.users]]\nzzz_probe = 1\n",
+        "[acme]\nzzz_probe = 1\n",
+        "[acme]\n[[acme.certificate]]\nzzz_probe = 1\n",
     ];
     let mut missing = Vec::new();
     for probe in probes {
