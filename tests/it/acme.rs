@@ -419,3 +419,45 @@ async fn file_certificates_have_expiry_metrics_and_one_within_seven_days_counts_
     );
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_a_certificate_orders_it_and_keeps_the_one_in_force() {
+    let at = ip("127.0.0.67");
+    let front = SocketAddr::new(at, free_port_on(at));
+    let pebble = Pebble::start(at, free_port_on(at), front.port(), None);
+    let state = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = stub_backend(&[]).await;
+    let toml = |more_certs: &str, more_sni: &str| {
+        format!(
+            "{RELAXED}[acme]\n{}retry_min = \"1s\"\n[[acme.certificate]]\nname = \"main\"\ndomains = [\"{DOMAIN}\"]\n{more_certs}\n\
+             [[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"{front}\"]\ntransport = \"tls\"\n\
+             upstreams = [\"{backend}\"]\n[front.tls]\nacme = \"main\"\n{more_sni}",
+            pebble.acme_keys(state.path())
+        )
+    };
+    let path = dir.path().join("gatehouse.toml");
+    let mut running = start_in(dir.path(), &toml("", "")).await;
+    let root = pebble.root().await;
+    let ok = within(Duration::from_secs(60), async || {
+        connect_trusting(&root, front, DOMAIN).await.is_ok()
+    })
+    .await;
+    assert!(ok.is_some(), "no certificate for {DOMAIN}");
+    let first = presented(front, DOMAIN).await[0].clone();
+    let second = "wss.example.com";
+    let text = toml(
+        &format!("[[acme.certificate]]\nname = \"web\"\ndomains = [\"{second}\"]\n"),
+        &format!("[[front.tls.sni]]\nname = \"{second}\"\nacme = \"web\"\n"),
+    );
+    let cfg = gatehouse::config::Config::parse(&text, &path).unwrap();
+    running.reload(cfg).await.unwrap();
+    let ok = within(Duration::from_secs(60), async || {
+        connect_trusting(&root, front, second).await.is_ok()
+    })
+    .await;
+    assert!(ok.is_some(), "no certificate for {second} after the reload");
+    // The certificate already in force was neither dropped nor ordered again.
+    assert_eq!(presented(front, DOMAIN).await[0], first);
+    running.shutdown().await;
+}
