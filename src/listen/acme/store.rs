@@ -29,7 +29,10 @@ fn account_file(state_dir: &Path, directory: &str) -> PathBuf {
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
-    let tmp = path.with_extension("tmp");
+    // A temporary name of the file's own (`main.pem` and `main.key` must not share one).
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
