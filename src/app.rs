@@ -137,6 +137,8 @@ pub struct Running {
     cluster: Option<cluster::Cluster>,
     /// The ACME client, when `[acme]` is set; its registry as the admin API reads it.
     acme: Option<listen::acme::AcmeRun>,
+    /// The cluster's side of ACME, kept for the client a reload starts.
+    acme_peers: Option<listen::acme::Peers>,
     acme_registry: Arc<arc_swap::ArcSwapOption<listen::acme::Registry>>,
     reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
 }
@@ -260,14 +262,6 @@ impl Gatehouse {
             .fronts
             .store(Arc::new(fronts.values().map(|r| r.slot.clone()).collect()));
         tokio::spawn(watch_certificates(shared.clone()));
-        let acme = match config.acme.clone() {
-            Some(a) => Some(listen::acme::AcmeRun::start(a).await?),
-            None => None,
-        };
-        let acme_registry = Arc::new(arc_swap::ArcSwapOption::new(
-            acme.as_ref().map(|a| a.registry().clone()),
-        ));
-        let certs = admin::certs::Certs::new(shared.fronts.clone(), acme_registry.clone());
         // Bans shared with the other gateways of the cluster, both ways, through the ban table.
         let cluster = match &config.cluster {
             Some(c) => {
@@ -278,6 +272,17 @@ impl Gatehouse {
             }
             None => None,
         };
+        // Behind one name the cluster orders each certificate once: one gateway orders and shares it
+        // (and its challenge answers) over the links.
+        let acme_peers = cluster.as_ref().and_then(acme_peers);
+        let acme = match config.acme.clone() {
+            Some(a) => Some(listen::acme::AcmeRun::start(a, acme_peers.clone()).await?),
+            None => None,
+        };
+        let acme_registry = Arc::new(arc_swap::ArcSwapOption::new(
+            acme.as_ref().map(|a| a.registry().clone()),
+        ));
+        let certs = admin::certs::Certs::new(shared.fronts.clone(), acme_registry.clone());
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let admin = admin_listener.zip(config.admin.token.as_ref()).map(|(l, token)| {
             let state =
@@ -306,10 +311,22 @@ impl Gatehouse {
             admin,
             cluster,
             acme,
+            acme_peers,
             acme_registry,
             reload_requests: Some(reload_rx),
         })
     }
+}
+
+/// The ACME client's view of the cluster links (None under the Redis backend, which has none).
+fn acme_peers(c: &cluster::Cluster) -> Option<listen::acme::Peers> {
+    let (links, inbound) = c.acme_links()?;
+    let orders = links.orders();
+    Some(listen::acme::Peers {
+        orders,
+        send: Arc::new(move |m| links.send(m)),
+        inbound: Arc::new(tokio::sync::Mutex::new(inbound)),
+    })
 }
 
 /// Polls certificate files once a second: renewal tools replace files rather than notify anyone, and a
@@ -530,11 +547,13 @@ impl Running {
             o.stop();
         }
         if let Some(s) = wanted {
-            match listen::acme::AcmeRun::start(s).await {
+            match listen::acme::AcmeRun::start(s, self.acme_peers.clone()).await {
                 Ok(run) => self.acme = Some(run),
                 Err(e) => {
                     if let Some(o) = old {
-                        self.acme = listen::acme::AcmeRun::start(o.settings().clone()).await.ok();
+                        self.acme = listen::acme::AcmeRun::start(o.settings().clone(), self.acme_peers.clone())
+                            .await
+                            .ok();
                     }
                     return Err(e.into());
                 }

@@ -217,6 +217,9 @@ fn certs(admin: &AdminArgs, json: bool) -> ExitCode {
         if c.next_renewal.is_some() {
             println!("  renewal: {}", when(c.next_renewal));
         }
+        if let Some(peer) = &c.ordered_by {
+            println!("  ordered by cluster peer {peer}");
+        }
         if c.failures > 0 {
             println!(
                 "  failed:  {} order(s) in a row, last: {}",

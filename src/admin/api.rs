@@ -261,4 +261,8 @@ pub struct CertEntry {
     pub failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// ACME in a cluster: the gateway (its node key) that ordered the certificate served here; absent
+    /// when this gateway ordered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_by: Option<String>,
 }

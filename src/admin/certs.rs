@@ -51,6 +51,7 @@ impl Certs {
                     not_after: info.not_after,
                     next_renewal: status.as_ref().and_then(|s| s.next_attempt),
                     failures: status.as_ref().map_or(0, |s| s.failures),
+                    ordered_by: status.as_ref().and_then(|s| s.ordered_by.clone()),
                     last_error: status.and_then(|s| s.last_error),
                 });
             }
@@ -73,6 +74,7 @@ impl Certs {
                     not_after: served.info.not_after,
                     next_renewal: status.next_attempt,
                     failures: status.failures,
+                    ordered_by: status.ordered_by,
                     last_error: status.last_error,
                 });
             }

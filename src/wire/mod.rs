@@ -2,6 +2,7 @@
 //! prefix sets, address canonicalisation and the relay's buffer pool.
 
 pub mod acl;
+pub mod acme;
 pub mod addr;
 pub mod buf;
 pub mod proxy;

@@ -461,3 +461,83 @@ async fn a_reload_that_adds_a_certificate_orders_it_and_keeps_the_one_in_force()
     assert_eq!(presented(front, DOMAIN).await[0], first);
     running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_in_a_cluster_end_with_one_order_and_the_same_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let keys = crate::support::gateway::node_keys(dir.path(), 2);
+    let pk = |i: usize| gatehouse::cluster::keys::PublicKey::parse(&keys[i]).unwrap();
+    // The lowest key orders; the CA's validation is sent to the other gateway, which can answer it only
+    // with the challenge the orderer shared.
+    let orderer = if pk(0) < pk(1) { 0 } else { 1 };
+    let follower = 1 - orderer;
+    let ips = [ip("127.0.0.68"), ip("127.0.0.69")];
+    let port = free_port_on(ips[0]);
+    let fronts = ips.map(|a| SocketAddr::new(a, port));
+    let links: Vec<SocketAddr> = ips.iter().map(|&a| SocketAddr::new(a, free_port_on(a))).collect();
+    let pebble = Pebble::start(ips[follower], free_port_on(ips[follower]), port, None);
+    let backend = stub_backend(&[]).await;
+    let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut gateways = Vec::new();
+    for i in 0..2 {
+        let peers = crate::support::gateway::cluster_peers(i, &links, &keys);
+        let toml = format!(
+            "{RELAXED}[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n\
+             [cluster]\nnode_key = \"node{i}.key\"\nlisten = \"{}\"\n{peers}\n\
+             [acme]\n{}retry_min = \"1s\"\nretry_max = \"2s\"\n\
+             [[acme.certificate]]\nname = \"main\"\ndomains = [\"{DOMAIN}\"]\n\n\
+             [[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"{}\"]\ntransport = \"tls\"\n\
+             upstreams = [\"{backend}\"]\n[front.tls]\nacme = \"main\"\n",
+            links[i],
+            pebble.acme_keys(states[i].path()),
+            fronts[i]
+        );
+        gateways.push(start_in(dir.path(), &toml).await);
+    }
+    let admins: Vec<SocketAddr> = gateways
+        .iter()
+        .map(|g| match g.admin_addr() {
+            Some(AdminListen::Tcp(a)) => *a,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let root = pebble.root().await;
+    for (i, front) in fronts.iter().enumerate() {
+        let ok = within(Duration::from_secs(60), async || {
+            connect_trusting(&root, *front, DOMAIN).await.is_ok()
+        })
+        .await;
+        let auth = format!("Bearer {TOKEN}");
+        let (_, _, body) = http_exchange(admins[i], "GET", "/v1/certs", Some(&auth), None).await;
+        assert!(ok.is_some(), "gateway {i} has no Pebble certificate: {body}");
+    }
+    // One order: both serve the very same certificate, and the follower names who ordered it.
+    assert_eq!(
+        presented(fronts[0], DOMAIN).await[0],
+        presented(fronts[1], DOMAIN).await[0]
+    );
+    let auth = format!("Bearer {TOKEN}");
+    let entry = |body: String| -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["certificates"][0].clone()
+    };
+    let f = entry(
+        http_exchange(admins[follower], "GET", "/v1/certs", Some(&auth), None)
+            .await
+            .2,
+    );
+    assert_eq!(f["ordered_by"], keys[orderer].as_str(), "{f}");
+    assert_eq!(f["source"], "acme", "{f}");
+    let o = entry(
+        http_exchange(admins[orderer], "GET", "/v1/certs", Some(&auth), None)
+            .await
+            .2,
+    );
+    assert!(o.get("ordered_by").is_none(), "{o}");
+    // The follower keeps the shared pair in its own state folder, 0600.
+    assert_eq!(mode(&states[follower].path().join("acme/main.key")), 0o600);
+    for g in gateways {
+        g.shutdown().await;
+    }
+}

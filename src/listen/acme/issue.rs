@@ -4,6 +4,7 @@
 use super::registry::Registry;
 use super::settings::{AcmeCert, AcmeSettings, Challenge};
 use super::store;
+use crate::wire::acme::AcmeShare;
 use instant_acme::{
     Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
@@ -55,9 +56,13 @@ pub async fn account(settings: &AcmeSettings, http: super::client::Https) -> Res
     Ok(account)
 }
 
-/// The answers this order offered, withdrawn when it ends.
+/// Sends a message to the cluster's other gateways.
+pub type Share = dyn Fn(AcmeShare) -> usize + Send + Sync;
+
+/// The answers this order offered (here and to the cluster's other gateways), withdrawn when it ends.
 struct Offered<'a> {
     registry: &'a Registry,
+    share: Option<&'a Share>,
     http: Vec<String>,
     alpn: Vec<String>,
 }
@@ -66,9 +71,21 @@ impl Drop for Offered<'_> {
     fn drop(&mut self) {
         for t in &self.http {
             self.registry.withdraw_http(t);
+            if let Some(share) = self.share {
+                share(AcmeShare::Http {
+                    token: t.clone(),
+                    key_authorization: None,
+                });
+            }
         }
         for d in &self.alpn {
             self.registry.withdraw_alpn(d);
+            if let Some(share) = self.share {
+                share(AcmeShare::Alpn {
+                    domain: d.clone(),
+                    digest: None,
+                });
+            }
         }
     }
 }
@@ -84,11 +101,13 @@ pub async fn order(
     challenge: Challenge,
     registry: &Arc<Registry>,
     cert: &AcmeCert,
+    share: Option<&Share>,
 ) -> Result<Issued, IssueError> {
     let ids: Vec<Identifier> = cert.domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
     let mut order = account.new_order(&NewOrder::new(&ids)).await?;
     let mut offered = Offered {
         registry,
+        share,
         http: Vec::new(),
         alpn: Vec::new(),
     };
@@ -109,16 +128,32 @@ pub async fn order(
             .challenge(kind.clone())
             .ok_or_else(|| IssueError::NoChallenge(challenge.as_str(), domain.clone()))?;
         let ka = ch.key_authorization();
-        let ok = match challenge {
+        // The CA may reach any gateway behind the name: every one offers the answer.
+        let (ok, msg) = match challenge {
             Challenge::Http01 => {
                 offered.http.push(ch.token.clone());
-                registry.offer_http(&ch.token, ka.as_str())
+                (
+                    registry.offer_http(&ch.token, ka.as_str()),
+                    AcmeShare::Http {
+                        token: ch.token.clone(),
+                        key_authorization: Some(ka.as_str().to_string()),
+                    },
+                )
             }
             Challenge::TlsAlpn01 => {
                 offered.alpn.push(domain.clone());
-                registry.offer_alpn(&domain, ka.digest().as_ref())?
+                (
+                    registry.offer_alpn(&domain, ka.digest().as_ref())?,
+                    AcmeShare::Alpn {
+                        domain: domain.clone(),
+                        digest: Some(ka.digest().as_ref().to_vec()),
+                    },
+                )
             }
         };
+        if let Some(share) = share {
+            share(msg);
+        }
         if !ok {
             return Err(IssueError::Crowded);
         }

@@ -16,5 +16,5 @@ mod store;
 
 pub use client::{roots as load_roots, RootsError};
 pub use registry::{registry, CertStatus, Registry, ACME_TLS_ALPN};
-pub use renew::{AcmeRun, AcmeStartError};
+pub use renew::{AcmeRun, AcmeStartError, Peers};
 pub use settings::*;

@@ -27,6 +27,8 @@ pub struct CertStatus {
     /// Orders failed since the last success.
     pub failures: u32,
     pub last_error: Option<String>,
+    /// The cluster peer whose order this gateway serves (None: ordered here).
+    pub ordered_by: Option<String>,
 }
 
 pub struct Registry {
@@ -113,8 +115,17 @@ impl Registry {
         lock(&self.status).get(name).cloned().unwrap_or_default()
     }
 
-    pub(crate) fn set_status(&self, name: &str, st: CertStatus) {
-        lock(&self.status).insert(name.to_string(), st);
+    /// Sets where the renewal stands; who ordered the certificate is kept as last recorded.
+    pub(crate) fn set_status(&self, name: &str, mut st: CertStatus) {
+        let mut all = lock(&self.status);
+        if let Some(old) = all.get(name) {
+            st.ordered_by = st.ordered_by.or_else(|| old.ordered_by.clone());
+        }
+        all.insert(name.to_string(), st);
+    }
+
+    pub(crate) fn set_ordered_by(&self, name: &str, peer: Option<String>) {
+        lock(&self.status).entry(name.to_string()).or_default().ordered_by = peer;
     }
 
     /// The server config for `acme-tls/1` handshakes: it serves only the challenge certificates.

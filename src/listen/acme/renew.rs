@@ -11,6 +11,7 @@ use super::settings::{AcmeCert, AcmeSettings, EXPIRY_ALARM, ORDER_TIMEOUT};
 use super::store;
 use crate::listen::tls::{CertInfo, CertSource, LiveCert};
 use crate::telemetry::metrics;
+use crate::wire::acme::AcmeShare;
 use rand_core::RngCore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +31,23 @@ pub enum AcmeStartError {
     Placeholder { name: String, source: rcgen::Error },
 }
 
+/// The cluster's other gateways, as the ACME client reaches them: one gateway (`orders`) orders every
+/// certificate and shares it; the others serve what it shares and answer the challenges it offers.
+#[derive(Clone)]
+pub struct Peers {
+    pub orders: bool,
+    pub send: Arc<issue::Share>,
+    /// Messages from peers, with the sender's id; shared by the clients a reload starts in turn.
+    pub inbound: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(String, AcmeShare)>>>,
+}
+
+/// How often a gateway that does not order asks the orderer for a certificate it lacks.
+const ASK_EVERY: Duration = Duration::from_secs(2);
+
 /// The running ACME client; stopped (its tasks and the HTTP-01 listener) by [`AcmeRun::stop`] or drop.
 pub struct AcmeRun {
     settings: AcmeSettings,
+    peers: Option<Peers>,
     registry: Arc<Registry>,
     stop: CancellationToken,
     http_addr: Option<std::net::SocketAddr>,
@@ -51,11 +66,12 @@ struct Ctx {
     account: OnceCell<instant_acme::Account>,
     roots: rustls::RootCertStore,
     retry_after: RetryAfter,
+    peers: Option<Peers>,
 }
 
 impl AcmeRun {
     /// Starts a task per certificate and, for HTTP-01, the challenge listener. Must run inside tokio.
-    pub async fn start(settings: AcmeSettings) -> Result<AcmeRun, AcmeStartError> {
+    pub async fn start(settings: AcmeSettings, peers: Option<Peers>) -> Result<AcmeRun, AcmeStartError> {
         let registry = registry::registry(&settings.state_dir);
         let roots = client::roots(settings.ca_root.as_deref())?;
         let stop = CancellationToken::new();
@@ -73,7 +89,11 @@ impl AcmeRun {
             account: OnceCell::new(),
             roots,
             retry_after: RetryAfter::default(),
+            peers: peers.clone(),
         });
+        if peers.is_some() {
+            tokio::spawn(listen_to_peers(ctx.clone(), stop.clone()));
+        }
         for cert in &settings.certificates {
             let slot = registry.slot(cert).map_err(|source| AcmeStartError::Placeholder {
                 name: cert.name.clone(),
@@ -83,6 +103,7 @@ impl AcmeRun {
         }
         Ok(AcmeRun {
             settings,
+            peers,
             registry,
             stop,
             http_addr,
@@ -91,6 +112,11 @@ impl AcmeRun {
 
     pub fn settings(&self) -> &AcmeSettings {
         &self.settings
+    }
+
+    /// The cluster hookup, for the client a reload starts next.
+    pub fn peers(&self) -> Option<Peers> {
+        self.peers.clone()
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -145,12 +171,144 @@ async fn attempt(ctx: &Ctx, cert: &AcmeCert) -> Result<(), issue::IssueError> {
         .account
         .get_or_try_init(|| issue::account(&ctx.settings, Https::new(ctx.roots.clone(), ctx.retry_after.clone())))
         .await?;
-    let issued = issue::order(account, ctx.settings.challenge, &ctx.registry, cert).await?;
+    let share = ctx.peers.as_ref().map(|p| &*p.send);
+    let issued = issue::order(account, ctx.settings.challenge, &ctx.registry, cert, share).await?;
     store::save_cert(&ctx.settings.state_dir, &cert.name, &issued.chain_pem, &issued.key_pem)?;
+    if let Some(p) = &ctx.peers {
+        (p.send)(AcmeShare::Certificate {
+            name: cert.name.clone(),
+            chain_pem: issued.chain_pem,
+            key_pem: issued.key_pem,
+        });
+    }
     Ok(())
 }
 
+/// A gateway that does not order: serves what the orderer shares, asking for it while it lacks a usable
+/// certificate or the one it has is due for renewal.
+async fn follow(ctx: Arc<Ctx>, peers: Peers, cert: AcmeCert, slot: Arc<LiveCert>, stop: CancellationToken) {
+    let random = rand_core::OsRng.next_u64();
+    loop {
+        let served = slot.load();
+        let now = unix_now();
+        let due = !usable(&served, &cert, now) || now >= renew_at(&served.info, random);
+        ctx.registry.set_status(
+            &cert.name,
+            CertStatus {
+                next_attempt: None,
+                failures: 0,
+                last_error: due.then(|| "waiting for the cluster's orderer".to_string()),
+                ordered_by: None,
+            },
+        );
+        if due {
+            (peers.send)(AcmeShare::Want {
+                name: cert.name.clone(),
+            });
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(ASK_EVERY) => {}
+        }
+    }
+}
+
+/// Takes what the cluster's other gateways send: challenge answers to offer, certificates from the
+/// orderer, requests for this orderer's certificates.
+async fn listen_to_peers(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let Some(peers) = ctx.peers.clone() else { return };
+    let mut inbound = tokio::select! {
+        _ = stop.cancelled() => return,
+        g = peers.inbound.lock() => g,
+    };
+    loop {
+        let (peer, m) = tokio::select! {
+            _ = stop.cancelled() => return,
+            m = inbound.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        let registry = &ctx.registry;
+        match m {
+            AcmeShare::Http {
+                token,
+                key_authorization: Some(ka),
+            } => {
+                registry.offer_http(&token, &ka);
+            }
+            AcmeShare::Http { token, .. } => registry.withdraw_http(&token),
+            AcmeShare::Alpn {
+                domain,
+                digest: Some(d),
+            } => {
+                if let Err(e) = registry.offer_alpn(&domain, &d) {
+                    tracing::warn!(error = %e, "cannot make a TLS-ALPN-01 answer a peer offered");
+                }
+            }
+            AcmeShare::Alpn { domain, .. } => registry.withdraw_alpn(&domain),
+            AcmeShare::Certificate {
+                name,
+                chain_pem,
+                key_pem,
+            } if !peers.orders => {
+                let Some(cert) = ctx.settings.certificates.iter().find(|c| c.name == name) else {
+                    continue;
+                };
+                let Ok(slot) = registry.slot(cert) else { continue };
+                let current = slot.load();
+                let now = unix_now();
+                // Checked under a name of its own first, so a stale or foreign pair never replaces the
+                // files of the certificate in force.
+                let incoming = format!("{name}.incoming");
+                let dir = &ctx.settings.state_dir;
+                let taken = store::save_cert(dir, &incoming, &chain_pem, &key_pem)
+                    .ok()
+                    .and_then(|()| store::load_cert(dir, &incoming))
+                    .filter(|new| {
+                        usable(new, cert, now)
+                            && (!usable(&current, cert, now) || new.info.not_after > current.info.not_after)
+                    });
+                let files = store::cert_files(dir, &incoming);
+                let _ = std::fs::remove_file(&files.cert);
+                let _ = std::fs::remove_file(&files.key);
+                let Some(new) = taken else { continue };
+                if let Err(e) = store::save_cert(dir, &name, &chain_pem, &key_pem) {
+                    tracing::warn!(certificate = %name, error = %e, "cannot keep the certificate a peer shared");
+                    continue;
+                }
+                tracing::info!(certificate = %name, ordered_by = %peer, not_after = new.info.not_after, "certificate received from the cluster's orderer; new handshakes use it now");
+                slot.store(new);
+                registry.set_ordered_by(&name, Some(peer));
+            }
+            AcmeShare::Want { name } if peers.orders => {
+                let Some(cert) = ctx.settings.certificates.iter().find(|c| c.name == name) else {
+                    continue;
+                };
+                let files = store::cert_files(&ctx.settings.state_dir, &name);
+                let served = registry.slot(cert).map(|s| s.load());
+                if served.is_ok_and(|s| usable(&s, cert, unix_now())) {
+                    if let (Ok(chain_pem), Ok(key_pem)) = (
+                        std::fs::read_to_string(&files.cert),
+                        std::fs::read_to_string(&files.key),
+                    ) {
+                        (peers.send)(AcmeShare::Certificate {
+                            name,
+                            chain_pem,
+                            key_pem,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 async fn keep(ctx: Arc<Ctx>, cert: AcmeCert, slot: Arc<LiveCert>, stop: CancellationToken) {
+    if let Some(p) = ctx.peers.clone().filter(|p| !p.orders) {
+        return follow(ctx, p, cert, slot, stop).await;
+    }
     let name = cert.name.as_str();
     let mut failures = 0u32;
     let mut last_error: Option<String> = None;
@@ -174,6 +332,7 @@ async fn keep(ctx: Arc<Ctx>, cert: AcmeCert, slot: Arc<LiveCert>, stop: Cancella
                 next_attempt: Some(due),
                 failures,
                 last_error: last_error.clone(),
+                ordered_by: None,
             },
         );
         if good && served.info.not_after - now < EXPIRY_ALARM.as_secs() as i64 {
