@@ -87,6 +87,7 @@ impl Validator<'_> {
         };
         let retry_min = time(&a.retry_min, "retry_min", acme::DEFAULT_RETRY_MIN)?;
         let retry_max = time(&a.retry_max, "retry_max", acme::DEFAULT_RETRY_MAX)?;
+        let orderer_grace = time(&a.orderer_grace, "orderer_grace", acme::DEFAULT_ORDERER_GRACE)?;
         if retry_max < retry_min {
             return Err(self.err(
                 "acme.retry_max",
@@ -156,6 +157,7 @@ impl Validator<'_> {
             http_listen,
             retry_min,
             retry_max,
+            orderer_grace,
             certificates,
         }))
     }

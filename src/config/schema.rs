@@ -456,6 +456,7 @@ pub struct RawAcme {
     pub http_listen: Option<Spanned<String>>,
     pub retry_min: Option<Spanned<Duration>>,
     pub retry_max: Option<Spanned<Duration>>,
+    pub orderer_grace: Option<Spanned<Duration>>,
     #[serde(default, rename = "certificate")]
     pub certificates: Vec<RawAcmeCert>,
 }

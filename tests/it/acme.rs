@@ -541,3 +541,45 @@ async fn two_gateways_in_a_cluster_end_with_one_order_and_the_same_certificate()
         g.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_whose_orderer_stays_away_orders_itself_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = crate::support::gateway::node_keys(dir.path(), 2);
+    let pk = |i: usize| gatehouse::cluster::keys::PublicKey::parse(&keys[i]).unwrap();
+    // This gateway is the one with the higher key; the orderer (the lower key) never starts.
+    let (me, orderer) = if pk(0) < pk(1) { (1, 0) } else { (0, 1) };
+    let at = ip("127.0.0.70");
+    let front = SocketAddr::new(at, free_port_on(at));
+    let links: Vec<SocketAddr> = (0..2).map(|_| SocketAddr::new(at, free_port_on(at))).collect();
+    let pebble = Pebble::start(at, free_port_on(at), front.port(), None);
+    let state = tempfile::tempdir().unwrap();
+    let backend = stub_backend(&[]).await;
+    let peers = crate::support::gateway::cluster_peers(me, &links, &keys);
+    let toml = format!(
+        "{RELAXED}[cluster]\nnode_key = \"node{me}.key\"\nlisten = \"{}\"\n{peers}\n\
+         [acme]\n{}retry_min = \"1s\"\norderer_grace = \"3s\"\n\
+         [[acme.certificate]]\nname = \"main\"\ndomains = [\"{DOMAIN}\"]\n\n\
+         [[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"{front}\"]\ntransport = \"tls\"\n\
+         upstreams = [\"{backend}\"]\n[front.tls]\nacme = \"main\"\n",
+        links[me],
+        pebble.acme_keys(state.path()),
+    );
+    let running = start_in(dir.path(), &toml).await;
+    let root = pebble.root().await;
+    // Not before the grace: it waits for the orderer first.
+    let early = within(Duration::from_secs(2), async || {
+        connect_trusting(&root, front, DOMAIN).await.is_ok()
+    })
+    .await;
+    assert!(
+        early.is_none(),
+        "ordered before the grace (orderer {orderer} only absent)"
+    );
+    let ok = within(Duration::from_secs(30), async || {
+        connect_trusting(&root, front, DOMAIN).await.is_ok()
+    })
+    .await;
+    assert!(ok.is_some(), "no certificate after the orderer's grace");
+    running.shutdown().await;
+}

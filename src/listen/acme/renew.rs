@@ -185,13 +185,21 @@ async fn attempt(ctx: &Ctx, cert: &AcmeCert) -> Result<(), issue::IssueError> {
 }
 
 /// A gateway that does not order: serves what the orderer shares, asking for it while it lacks a usable
-/// certificate or the one it has is due for renewal.
-async fn follow(ctx: Arc<Ctx>, peers: Peers, cert: AcmeCert, slot: Arc<LiveCert>, stop: CancellationToken) {
+/// certificate or the one it has is due for renewal. Returns (so this gateway orders itself) when that has
+/// lasted `orderer_grace`: an orderer gone for good must not let the cluster's certificates expire.
+async fn follow(ctx: &Ctx, peers: &Peers, cert: &AcmeCert, slot: &LiveCert, stop: &CancellationToken) -> bool {
     let random = rand_core::OsRng.next_u64();
+    let mut due_since: Option<std::time::Instant> = None;
     loop {
         let served = slot.load();
         let now = unix_now();
-        let due = !usable(&served, &cert, now) || now >= renew_at(&served.info, random);
+        let due = !usable(&served, cert, now) || now >= renew_at(&served.info, random);
+        if !due {
+            due_since = None;
+        } else if due_since.get_or_insert_with(std::time::Instant::now).elapsed() >= ctx.settings.orderer_grace {
+            tracing::warn!(certificate = %cert.name, grace_s = ctx.settings.orderer_grace.as_secs(), "no certificate from the cluster's orderer in time; ordering here");
+            return true;
+        }
         ctx.registry.set_status(
             &cert.name,
             CertStatus {
@@ -207,7 +215,7 @@ async fn follow(ctx: Arc<Ctx>, peers: Peers, cert: AcmeCert, slot: Arc<LiveCert>
             });
         }
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return false,
             _ = tokio::time::sleep(ASK_EVERY) => {}
         }
     }
@@ -307,7 +315,9 @@ async fn listen_to_peers(ctx: Arc<Ctx>, stop: CancellationToken) {
 
 async fn keep(ctx: Arc<Ctx>, cert: AcmeCert, slot: Arc<LiveCert>, stop: CancellationToken) {
     if let Some(p) = ctx.peers.clone().filter(|p| !p.orders) {
-        return follow(ctx, p, cert, slot, stop).await;
+        if !follow(&ctx, &p, &cert, &slot, &stop).await {
+            return;
+        }
     }
     let name = cert.name.as_str();
     let mut failures = 0u32;

@@ -16,6 +16,9 @@ pub const EXPIRY_ALARM: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_CERTIFICATES: usize = 64;
 /// Most names on one certificate (Let's Encrypt's own limit).
 pub const MAX_DOMAINS: usize = 100;
+/// In a cluster, how long a gateway that does not order waits for the orderer's certificate before it
+/// orders itself (the orderer may be down for good).
+pub const DEFAULT_ORDERER_GRACE: Duration = Duration::from_secs(600);
 /// Longest one order may take, challenges and polling included, before it counts as failed.
 pub const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -63,6 +66,7 @@ pub struct AcmeSettings {
     pub http_listen: Option<SocketAddr>,
     pub retry_min: Duration,
     pub retry_max: Duration,
+    pub orderer_grace: Duration,
     pub certificates: Vec<AcmeCert>,
 }
 
