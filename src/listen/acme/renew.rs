@@ -159,6 +159,14 @@ pub fn renew_at(info: &CertInfo, random: u64) -> i64 {
     info.not_before + life * 2 / 3 - jitter
 }
 
+/// When a gateway that does not order starts asking for a renewed certificate: at three quarters of the
+/// lifetime, after the orderer's whole renewal window (two thirds, less up to a twentieth), so the
+/// orderer's own jitter never looks like an absent orderer.
+pub fn follower_due(info: &CertInfo) -> i64 {
+    let life = (info.not_after - info.not_before).max(0);
+    info.not_before + life * 3 / 4
+}
+
 /// The wait after the `failures`-th failure in a row: `retry_min` doubled per earlier failure, at most
 /// `retry_max`, and never shorter than the CA asked.
 pub fn backoff(min: Duration, max: Duration, failures: u32, asked: Option<Duration>) -> Duration {
@@ -188,12 +196,11 @@ async fn attempt(ctx: &Ctx, cert: &AcmeCert) -> Result<(), issue::IssueError> {
 /// certificate or the one it has is due for renewal. Returns (so this gateway orders itself) when that has
 /// lasted `orderer_grace`: an orderer gone for good must not let the cluster's certificates expire.
 async fn follow(ctx: &Ctx, peers: &Peers, cert: &AcmeCert, slot: &LiveCert, stop: &CancellationToken) -> bool {
-    let random = rand_core::OsRng.next_u64();
     let mut due_since: Option<std::time::Instant> = None;
     loop {
         let served = slot.load();
         let now = unix_now();
-        let due = !usable(&served, cert, now) || now >= renew_at(&served.info, random);
+        let due = !usable(&served, cert, now) || now >= follower_due(&served.info);
         if !due {
             due_since = None;
         } else if due_since.get_or_insert_with(std::time::Instant::now).elapsed() >= ctx.settings.orderer_grace {
@@ -418,6 +425,13 @@ mod tests {
         assert_eq!(renew_at(&i, 0), 60 * 86400);
         let r = renew_at(&i, u64::MAX);
         assert!(r <= 60 * 86400 && r > 60 * 86400 - 90 * 86400 / 20);
+    }
+
+    #[test]
+    fn followers_ask_only_after_the_orderers_whole_window() {
+        let i = info(0, 90 * 86400);
+        assert!(follower_due(&i) > renew_at(&i, 0));
+        assert_eq!(follower_due(&i), 90 * 86400 * 3 / 4);
     }
 
     #[test]
