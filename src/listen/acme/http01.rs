@@ -1,7 +1,7 @@
 //! The HTTP-01 answerer (`acme.http_listen`, port 80 in production): `GET /.well-known/acme-challenge/
 //! <token>` gets the key authorization of a token being offered; everything else gets 404 and the
 //! connection closed. It holds at most [`MAX_CONNECTIONS`] connections, each for at most
-//! [`CONNECTION_LIFETIME`], so the port costs little to anyone who floods it.
+//! 30 s, so the port costs little to anyone who floods it.
 
 use super::registry::Registry;
 use http_body_util::Full;
