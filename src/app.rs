@@ -121,6 +121,8 @@ pub enum StartError {
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    Acme(#[from] listen::acme::AcmeStartError),
     #[error("front `{front}`: cannot listen on {addr}: {source}")]
     Bind {
         front: String,
@@ -138,6 +140,11 @@ pub struct Running {
     drain_deadline: Duration,
     admin: Option<admin::AdminServer>,
     cluster: Option<cluster::Cluster>,
+    /// The ACME client, when `[acme]` is set; its registry as the admin API reads it.
+    acme: Option<listen::acme::AcmeRun>,
+    /// The cluster's side of ACME, kept for the client a reload starts.
+    acme_peers: Option<listen::acme::Peers>,
+    acme_registry: Arc<arc_swap::ArcSwapOption<listen::acme::Registry>>,
     reload_requests: Option<tokio::sync::mpsc::Receiver<ReloadRequest>>,
     upgrade_requests: Option<tokio::sync::mpsc::Receiver<UpgradeRequest>>,
     /// How long a successor process has to report ready (`runtime.upgrade_timeout`).
@@ -287,6 +294,17 @@ impl Gatehouse {
             }
             None => None,
         };
+        // Behind one name the cluster orders each certificate once: one gateway orders and shares it
+        // (and its challenge answers) over the links.
+        let acme_peers = cluster.as_ref().and_then(acme_peers);
+        let acme = match config.acme.clone() {
+            Some(a) => Some(listen::acme::AcmeRun::start(a, acme_peers.clone()).await?),
+            None => None,
+        };
+        let acme_registry = Arc::new(arc_swap::ArcSwapOption::new(
+            acme.as_ref().map(|a| a.registry().clone()),
+        ));
+        let certs = admin::certs::Certs::new(shared.fronts.clone(), acme_registry.clone());
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
         let (upgrade_tx, upgrade_rx) = tokio::sync::mpsc::channel(1);
         let admin = admin_listener.zip(config.admin.token.as_ref()).map(|(l, token)| {
@@ -298,9 +316,11 @@ impl Gatehouse {
                             shared.guard.clone(),
                             shared.electrum.memory.clone(),
                         )
-                        .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle)),
+                        .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle))
+                        .with_certs(certs.clone()),
                         config.admin.metrics_public,
                     )
+                    .with_certs(certs.clone())
                     .with_reload(reload_tx)
                     .with_upgrade(upgrade_tx)
                     .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle))
@@ -314,12 +334,26 @@ impl Gatehouse {
             drain_deadline: config.runtime.drain_deadline,
             admin,
             cluster,
+            acme,
+            acme_peers,
+            acme_registry,
             reload_requests: Some(reload_rx),
             upgrade_requests: Some(upgrade_rx),
             upgrade_timeout: config.runtime.upgrade_timeout,
             successor: None,
         })
     }
+}
+
+/// The ACME client's view of the cluster links (None under the Redis backend, which has none).
+fn acme_peers(c: &cluster::Cluster) -> Option<listen::acme::Peers> {
+    let (links, inbound) = c.acme_links()?;
+    let orders = links.orders();
+    Some(listen::acme::Peers {
+        orders,
+        send: Arc::new(move |m| links.send(m)),
+        inbound: Arc::new(tokio::sync::Mutex::new(inbound)),
+    })
 }
 
 /// Polls certificate files once a second: renewal tools replace files rather than notify anyone, and a
@@ -421,6 +455,7 @@ impl Running {
     /// addresses changed, which are stopped first to free their ports. Runtime and log settings need a
     /// restart.
     pub async fn reload(&mut self, mut config: Config) -> Result<ReloadSummary, StartError> {
+        self.reload_acme(config.acme.clone()).await?;
         let new_fronts = std::mem::take(&mut config.fronts);
         let mut summary = ReloadSummary::default();
         let keep: Vec<&str> = new_fronts.iter().map(|f| f.name.as_str()).collect();
@@ -537,7 +572,43 @@ impl Running {
 
     /// Graceful stop: no new connections, open sessions may finish until the configured drain deadline,
     /// then the rest are closed.
+    /// Restarts the ACME client when `[acme]` changed (certificates already issued stay in their slots).
+    /// A new client that cannot start leaves the old one running.
+    async fn reload_acme(&mut self, wanted: Option<listen::acme::AcmeSettings>) -> Result<(), StartError> {
+        if wanted.as_ref() == self.acme.as_ref().map(|a| a.settings()) {
+            return Ok(());
+        }
+        let old = self.acme.take();
+        if let Some(o) = &old {
+            o.stop();
+        }
+        if let Some(s) = wanted {
+            match listen::acme::AcmeRun::start(s, self.acme_peers.clone()).await {
+                Ok(run) => self.acme = Some(run),
+                Err(e) => {
+                    if let Some(o) = old {
+                        self.acme = listen::acme::AcmeRun::start(o.settings().clone(), self.acme_peers.clone())
+                            .await
+                            .ok();
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        self.acme_registry
+            .store(self.acme.as_ref().map(|a| a.registry().clone()));
+        Ok(())
+    }
+
+    /// The ACME client's HTTP-01 listener as bound.
+    pub fn acme_http_addr(&self) -> Option<SocketAddr> {
+        self.acme.as_ref().and_then(|a| a.http_addr())
+    }
+
     pub async fn shutdown(mut self) -> DrainReport {
+        if let Some(a) = self.acme.take() {
+            a.stop();
+        }
         self.stop_accepting().await;
         self.shared.intake.tracker.close();
         let open = self.shared.intake.tracker.len();

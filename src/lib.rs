@@ -13,12 +13,12 @@
 //! | [`admin`] | HTTP admin API, its client, settings and reload types (shared with the CLI), the scrape-time metrics ([`admin::live`]) | cluster, front, listen, upstream, guard, state, telemetry, wire, sys |
 //! | [`cluster`] | ban and cost sharing between gateways: signed records, links, Redis, keys | state, telemetry, wire, sys |
 //! | [`front`] | the front (settings, handles, the one close-line logger) and its kinds: [`front::electrum`], [`front::relay`], [`front::api`] (node HTTP JSON-RPC); implements [`listen::Handler`] | listen, upstream, guard, state, telemetry, wire, sys |
-//! | [`listen`] | bind, accept, PROXY intake, admission, TLS → a [`listen::Conn`] handed to a [`listen::Handler`] trait object | guard, state, telemetry, wire, sys |
+//! | [`listen`] | bind, accept, PROXY intake, admission, TLS (certificate files, and ACME: [`listen::acme`]) → a [`listen::Conn`] handed to a [`listen::Handler`] trait object | guard, state, telemetry, wire, sys |
 //! | [`upstream`] | backend pools, failover, PROXY v2 out | telemetry, wire, sys |
 //! | [`guard`] | admission: "may this address connect now?" (ACLs, caps, rates, the ban lookup); its policy types | state, telemetry, wire, sys |
 //! | [`state`] | what the guard reads and the cluster replicates: the ban table and its journal, the cost ledger, the memory budget | telemetry, wire, sys |
 //! | [`telemetry`] | leaf: counters, histograms, the refusal log gate, log setup; reads no gateway state | nothing |
-//! | [`wire`] | leaf: pure codecs and values: PROXY header, units, address prefix sets, the buffer pool | nothing |
+//! | [`wire`] | leaf: pure codecs and values: PROXY header, units, address prefix sets, the buffer pool, the ACME messages gateways share | nothing |
 //! | [`sys`] | leaf: OS glue, the only `unsafe`: socket activation, descriptor passing, sd_notify, the journal's fcntl lock, rlimit | nothing |
 //!
 //! Settings types live beside the code that reads them (`guard::Admission`, `state::cost::CostConfig`,

@@ -61,6 +61,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ClusterCmd,
     },
+    /// List the certificates a running gateway serves or orders: names, issuer, expiry, source (file,
+    /// acme, placeholder) and, for ACME, the next renewal (through its admin API).
+    Certs {
+        /// Print the API's JSON as it is.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Make this node's Ed25519 cluster key (file mode 0600) and print its public key for the peers' configs.
     Keygen {
         #[arg(long, value_name = "FILE")]
@@ -165,7 +174,84 @@ fn main() -> ExitCode {
         Cmd::Cluster {
             cmd: ClusterCmd::Status { json, admin },
         } => cluster_status(&admin, json),
+        Cmd::Certs { json, admin } => certs(&admin, json),
     }
+}
+
+/// A Unix time as an HTTP date (UTC), or `-` for none.
+fn when(t: Option<i64>) -> String {
+    match t.and_then(|t| u64::try_from(t).ok()) {
+        Some(t) => httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t)),
+        None => "-".to_string(),
+    }
+}
+
+fn certs(admin: &AdminArgs, json: bool) -> ExitCode {
+    let (target, token) = match admin_target(admin) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let reply = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(client::request(&target, &token, Method::GET, "/v1/certs", None))
+                .map_err(|e| e.to_string())
+        });
+    let list = match reply {
+        Ok(r) if r.status.is_success() && json => {
+            println!("{}", r.body);
+            return ExitCode::SUCCESS;
+        }
+        Ok(r) if r.status.is_success() => match r.parse::<api::CertList>() {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Ok(r) => {
+            eprintln!("error: {} (HTTP {})", r.error_message(), r.status.as_u16());
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if list.certificates.is_empty() {
+        println!("no certificates");
+        return ExitCode::SUCCESS;
+    }
+    for c in &list.certificates {
+        println!(
+            "{} {} ({}): {}",
+            c.front.as_deref().unwrap_or("(no front)"),
+            c.name,
+            c.source,
+            c.names.join(", ")
+        );
+        println!("  issuer:  {}", c.issuer);
+        println!("  expires: {}", when(Some(c.not_after)));
+        if c.next_renewal.is_some() {
+            println!("  renewal: {}", when(c.next_renewal));
+        }
+        if let Some(peer) = &c.ordered_by {
+            println!("  ordered by cluster peer {peer}");
+        }
+        if c.failures > 0 {
+            println!(
+                "  failed:  {} order(s) in a row, last: {}",
+                c.failures,
+                c.last_error.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn admin_target(a: &AdminArgs) -> Result<(AdminListen, AdminToken), String> {

@@ -229,7 +229,8 @@ group_private = true
 
 /// Replaces every absolute path in quotes with a file in `dir`: `*key*` names become the key and other
 /// `.pem`/`.crt` names the certificate of a pair generated per source folder (so cert and key that sit
-/// together still match), and anything else becomes a CIDR list file; REST path prefixes stay.
+/// together still match), names without an extension an empty folder, and anything else a CIDR list file;
+/// REST path prefixes stay.
 fn localise_paths(text: &str, dir: &Path) -> String {
     let mut pairs: HashMap<String, (PathBuf, PathBuf)> = HashMap::new();
     let mut out = String::with_capacity(text.len());
@@ -247,7 +248,12 @@ fn localise_paths(text: &str, dir: &Path) -> String {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let parent = p.parent().map(|d| d.display().to_string()).unwrap_or_default();
         let n = pairs.len();
-        let local = if name.contains("key") || name.ends_with(".pem") || name.ends_with(".crt") {
+        let local = if !name.contains('.') {
+            // A folder (the ACME state folder): made empty.
+            let d = dir.join(format!("dir-{}", out.len()));
+            std::fs::create_dir_all(&d).unwrap();
+            d
+        } else if name.contains("key") || name.ends_with(".pem") || name.ends_with(".crt") {
             let (cert, key) = pairs
                 .entry(parent)
                 .or_insert_with(|| {
@@ -383,6 +389,8 @@ fn reference_config_sets_every_option() {
         "[[front]]\n[front.api]\n[[front.api.users]]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\n[front.api.fees]\nzzz_probe = 1\n",
         "[[front]]\n[front.api]\n[[front.api.tokens]]\nzzz_probe = 1\n",
+        "[acme]\nzzz_probe = 1\n",
+        "[acme]\n[[acme.certificate]]\nzzz_probe = 1\n",
     ];
     let mut missing = Vec::new();
     for probe in probes {
@@ -2137,4 +2145,60 @@ fn check_rejects_peer_front_mistakes() {
         line_of(&text, "protocol ="),
         "needs kind = \"peer\"",
     );
+}
+
+#[test]
+fn certs_command_lists_file_and_acme_certificates_with_issuer_expiry_and_source() {
+    // The operator's old self-signed certificate stays the default (wallets that send no SNI and pinned
+    // it), while the public name gets the ACME certificate (a placeholder here: the CA is unreachable).
+    let backend = echo_backend_thread();
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let nowhere = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = localhost_cert(dir.path(), "old-identity");
+    std::fs::write(dir.path().join("admin.token"), format!("{ADMIN_TOKEN}\n")).unwrap();
+    let text = format!(
+        "[admin]\nenabled = true\nlisten = \"{admin}\"\ntoken_file = \"admin.token\"\n\n\
+         [acme]\ndirectory = \"https://127.0.0.1:{nowhere}/dir\"\nca_root = \"{}\"\nstate_dir = \"{}\"\n\
+         [[acme.certificate]]\nname = \"public\"\ndomains = [\"electrum.example.com\"]\n\n\
+         [[front]]\nname = \"wallets\"\nkind = \"peer\"\nlisten = [\"{listen}\"]\ntransport = \"tls\"\n\
+         upstreams = [\"{backend}\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[front.tls.sni]]\nname = \"electrum.example.com\"\nacme = \"public\"\n",
+        cert.display(),
+        dir.path().display(),
+        cert.display(),
+        key.display()
+    );
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, text).unwrap();
+    let conf = path.to_str().unwrap();
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    let t = Duration::from_secs(20);
+    let out = run_to_end(&["certs", "-c", conf], t);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let (_, leaf) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+    let expires = httpdate::fmt_http_date(
+        std::time::UNIX_EPOCH + Duration::from_secs(leaf.validity().not_after.timestamp() as u64),
+    );
+    assert!(
+        out.stdout.contains("wallets default (file): localhost"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("issuer:  CN=old-identity"), "{}", out.stdout);
+    assert!(out.stdout.contains(&format!("expires: {expires}")), "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("wallets public (placeholder): electrum.example.com"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("renewal: "), "{}", out.stdout);
+    let out = run_to_end(&["certs", "--json", "-c", conf], t);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["certificates"][0]["sni"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["certificates"][1]["sni"], "electrum.example.com", "{v}");
 }

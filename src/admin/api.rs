@@ -245,3 +245,39 @@ mod tests {
         assert_eq!(serde_json::from_str::<ClusterStatus>(&to_json(&none)).unwrap(), none);
     }
 }
+
+/// `GET /v1/certs`: every certificate the gateway serves, or orders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertList {
+    pub certificates: Vec<CertEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertEntry {
+    /// The front serving it; None for an ACME certificate no front serves.
+    pub front: Option<String>,
+    /// The `[[acme.certificate]]` name, else the SNI name, else `default`.
+    pub name: String,
+    /// The SNI name it is chosen for (None: the default certificate).
+    pub sni: Option<String>,
+    /// `file`, `acme` or `placeholder`.
+    pub source: String,
+    pub issuer: String,
+    /// DNS names of the leaf.
+    pub names: Vec<String>,
+    /// Unix seconds.
+    pub not_before: i64,
+    pub not_after: i64,
+    /// ACME: when the next order is due (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_renewal: Option<i64>,
+    /// ACME: orders failed since the last success, and the last failure.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// ACME in a cluster: the gateway (its node key) that ordered the certificate served here; absent
+    /// when this gateway ordered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_by: Option<String>,
+}

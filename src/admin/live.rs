@@ -5,7 +5,7 @@ use crate::front::{FrontSlot, FrontState};
 use crate::guard::{Guard, Refusal};
 use crate::state::memory::MemoryBudget;
 use crate::telemetry::metrics::{
-    counter, gauge, FrontLabels, KindLabels, LiveSource, ReasonLabels, SourceLabels, UpstreamLabels,
+    counter, gauge, CertLabels, FrontLabels, KindLabels, LiveSource, ReasonLabels, SourceLabels, UpstreamLabels,
 };
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
@@ -20,6 +20,7 @@ pub struct Live {
     guard: Arc<Guard>,
     memory: Arc<MemoryBudget>,
     cluster: Option<crate::cluster::StatusHandle>,
+    certs: Option<super::certs::Certs>,
 }
 
 impl Live {
@@ -29,7 +30,14 @@ impl Live {
             guard,
             memory,
             cluster: None,
+            certs: None,
         }
+    }
+
+    /// Adds every served certificate's expiry to the scrape.
+    pub fn with_certs(mut self, certs: super::certs::Certs) -> Live {
+        self.certs = Some(certs);
+        self
     }
 
     /// Adds the cluster links' state to the scrape.
@@ -77,6 +85,30 @@ impl LiveSource for Live {
                 .inc_by(self.guard.refused(reason));
         }
         r.register("connections_refused", "Connections refused, by reason", refused);
+        if let Some(c) = &self.certs {
+            let expiry = Family::<CertLabels, Gauge>::default();
+            let soon = crate::listen::acme::registry::unix_now() + crate::listen::acme::EXPIRY_ALARM.as_secs() as i64;
+            let mut expiring = 0;
+            for e in c.list().certificates {
+                expiring += i64::from(e.not_after < soon);
+                expiry
+                    .get_or_create(&CertLabels {
+                        front: e.front.unwrap_or_default(),
+                        name: e.name,
+                    })
+                    .set(e.not_after);
+            }
+            r.register(
+                "tls_certificate_expiry_timestamp_seconds",
+                "When each served certificate expires (Unix seconds), by front and name (ACME name, SNI name or default; front empty for an ACME certificate no front serves)",
+                expiry,
+            );
+            r.register(
+                "tls_certificates_expiring",
+                "Certificates that expire within 7 days",
+                gauge(expiring),
+            );
+        }
         r.register(
             "upstream_up",
             "1 when the upstream (by position in its front) is believed reachable, 0 while marked down",

@@ -6,6 +6,7 @@
 //! audit line (target `gatehouse::audit`) naming the peer, the action and the result, never the token.
 
 pub mod api;
+pub mod certs;
 pub mod client;
 pub mod live;
 pub mod reload;
@@ -74,6 +75,8 @@ pub struct AdminState {
     cluster: Option<crate::cluster::StatusHandle>,
     /// Connections one peer may hold at once.
     per_peer: usize,
+    /// The served certificates, for `GET /v1/certs` and `/readyz`.
+    certs: Option<certs::Certs>,
 }
 
 impl AdminState {
@@ -112,7 +115,14 @@ impl AdminState {
             upgrade: None,
             cluster: None,
             per_peer: DEFAULT_ADMIN_CONNECTIONS_PER_PEER,
+            certs: None,
         }
+    }
+
+    /// Lets `GET /v1/certs` list the certificates and `/readyz` name placeholders.
+    pub fn with_certs(mut self, certs: certs::Certs) -> AdminState {
+        self.certs = Some(certs);
+        self
     }
 
     /// Serves the gateway's live values at `/metrics`; `public` lets it answer without the token.
@@ -550,7 +560,22 @@ async fn handle(state: &AdminState, peer: &str, authorized: bool, req: Request<I
                     },
                 )
             } else {
-                reply(StatusCode::OK, &api::Health::new(api::HealthStatus::Ready))
+                // Ready (the fronts serve, and a TLS-ALPN-01 validation may well arrive through the load
+                // balancer), but a wallet would not trust a placeholder: say so.
+                let placeholders = state.certs.as_ref().map(certs::Certs::placeholders).unwrap_or_default();
+                let reason = (!placeholders.is_empty()).then(|| {
+                    format!(
+                        "serving a self-signed placeholder for {} until its ACME order succeeds",
+                        placeholders.join(", ")
+                    )
+                });
+                reply(
+                    StatusCode::OK,
+                    &api::Health {
+                        status: api::HealthStatus::Ready,
+                        reason,
+                    },
+                )
             };
         }
         (_, "/healthz" | "/readyz") => return method_not_allowed("GET"),
@@ -574,6 +599,16 @@ async fn handle(state: &AdminState, peer: &str, authorized: bool, req: Request<I
         (_, p) if p.starts_with("/v1/bans/") => method_not_allowed("DELETE"),
         (&Method::GET, "/v1/cluster") => reply(StatusCode::OK, &cluster_status(state)),
         (_, "/v1/cluster") => method_not_allowed("GET"),
+        (&Method::GET, "/v1/certs") => match &state.certs {
+            Some(c) => reply(StatusCode::OK, &c.list()),
+            None => reply(
+                StatusCode::OK,
+                &api::CertList {
+                    certificates: Vec::new(),
+                },
+            ),
+        },
+        (_, "/v1/certs") => method_not_allowed("GET"),
         (&Method::GET, "/metrics") => metrics(state),
         (_, "/metrics") => method_not_allowed("GET"),
         (&Method::POST, "/v1/reload") => reload(state, peer).await,

@@ -62,6 +62,8 @@ pub enum Msg {
     Records(Vec<Carried>),
     /// The sender's own cost of its costliest groups (see `cluster::cost`).
     Costs(Vec<crate::state::cost::GroupCost>),
+    /// ACME: challenge answers, certificates and requests for them (see `cluster::AcmeLinks`).
+    Acme(crate::wire::acme::AcmeShare),
 }
 
 #[derive(Debug, thiserror::Error)]

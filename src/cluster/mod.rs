@@ -485,6 +485,8 @@ struct Inner {
     redis: Option<redis::RedisLink>,
     /// The gateway's refusal log gate, once attached (see [`Cluster::gate_refusal_logs`]).
     refusal_log: std::sync::OnceLock<Arc<crate::telemetry::log_gate::RefusalLog>>,
+    /// Where ACME messages from peers go, once the ACME client listens (see [`Cluster::acme_links`]).
+    acme: std::sync::OnceLock<mpsc::Sender<(String, crate::wire::acme::AcmeShare)>>,
 }
 
 /// The log gate's address for what arrives without one of its own (messages read from Redis, records
@@ -496,6 +498,41 @@ pub struct Cluster {
     inner: Arc<Inner>,
     /// A copy of the link listener, to hand over to a successor process (a live upgrade).
     socket: Option<std::os::fd::OwnedFd>,
+}
+
+/// The ACME client's way to the other gateways over the links.
+#[derive(Clone)]
+pub struct AcmeLinks {
+    inner: Arc<Inner>,
+}
+
+impl AcmeLinks {
+    /// This node's key.
+    pub fn me(&self) -> PublicKey {
+        self.inner.me
+    }
+
+    /// Whether this node orders the cluster's certificates: the lowest key of the listed nodes, a choice
+    /// every node makes alike without asking anyone.
+    pub fn orders(&self) -> bool {
+        self.inner.peers.iter().all(|(_, k)| self.inner.me < *k)
+    }
+
+    /// Sends `m` to every peer linked now; returns how many took it.
+    pub fn send(&self, m: crate::wire::acme::AcmeShare) -> usize {
+        let msg = Msg::Acme(m);
+        lock(&self.inner.links)
+            .values()
+            .filter(|l| l.tx.try_send(msg.clone()).is_ok())
+            .count()
+    }
+
+    /// Sends `m` to one peer, if linked.
+    pub fn send_to(&self, peer: PublicKey, m: crate::wire::acme::AcmeShare) -> bool {
+        lock(&self.inner.links)
+            .get(&peer)
+            .is_some_and(|l| l.tx.try_send(Msg::Acme(m)).is_ok())
+    }
 }
 
 impl Drop for Cluster {
@@ -628,6 +665,7 @@ impl Cluster {
             sharing: std::sync::OnceLock::new(),
             redis,
             refusal_log: std::sync::OnceLock::new(),
+            acme: std::sync::OnceLock::new(),
         });
         // Subscribed before the table is read, so nothing made in between is missed (seen twice at
         // worst, which changes nothing).
@@ -698,6 +736,22 @@ impl Cluster {
     /// reason per `log.refusal_interval`), so a flood of them cannot flood the log. Later calls do nothing.
     pub fn gate_refusal_logs(&self, log: Arc<crate::telemetry::log_gate::RefusalLog>) {
         let _ = self.inner.refusal_log.set(log);
+    }
+
+    /// ACME over the links: the handle that sends to every peer, and the messages peers send with the
+    /// sender's id, once (a second call gets None). Under the Redis backend there are no links, so None.
+    pub fn acme_links(&self) -> Option<(AcmeLinks, mpsc::Receiver<(String, crate::wire::acme::AcmeShare)>)> {
+        if self.inner.redis.is_some() {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        self.inner.acme.set(tx).ok()?;
+        Some((
+            AcmeLinks {
+                inner: self.inner.clone(),
+            },
+            rx,
+        ))
     }
 
     /// Compares the whole table with what was published and publishes the difference. The change feed
@@ -1388,6 +1442,14 @@ impl Inner {
                     }
                     Msg::BucketDigest { buckets, which, ids } => self.answer_bucket_digest(buckets, which, ids),
                     Msg::Want(ids) => self.answer_want(ids),
+                    Msg::Acme(m) => {
+                        // Dropped when the ACME client is busy or absent: every share is asked for or
+                        // offered again.
+                        if let Some(tx) = self.acme.get() {
+                            let _ = tx.try_send((peer.to_string(), m));
+                        }
+                        Vec::new()
+                    }
                     Msg::Costs(figures) => {
                         if let Some(s) = self.sharing.get() {
                             s.receive(peer.0, &figures);

@@ -3,13 +3,12 @@
 //!
 //! Every error names the file, the key path (`front[0].tls.cert`) and, where known, the line.
 
+mod acme;
 mod ledger_api;
 pub mod schema;
 
-use crate::listen::tls::{self, CertFiles};
 use crate::wire::acl::{load_cidr_file, parse_cidr, CidrSet};
 use ipnetwork::IpNetwork;
-use rustls::ServerConfig;
 use schema::*;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -83,6 +82,8 @@ pub struct Config {
     pub limits: Limits,
     /// Ban sharing with other gateways (None = standalone).
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Certificates ordered over ACME (None = none).
+    pub acme: Option<crate::listen::acme::AcmeSettings>,
     /// Host names announced in server.features.
     pub public_hosts: Vec<String>,
     pub fronts: Vec<Front>,
@@ -126,7 +127,14 @@ impl Config {
     pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
         let raw = Self::raw(text, file)?;
         let base = file.parent().unwrap_or(Path::new(".")).to_path_buf();
-        Validator { text, file, base }.config(raw)
+        let mut v = Validator {
+            text,
+            file,
+            base,
+            acme: None,
+        };
+        v.acme = v.acme(raw.acme.as_ref())?;
+        v.config(raw)
     }
 
     /// What is valid but probably not meant. Today one rule: when every Electrum front listens on loopback
@@ -169,6 +177,7 @@ impl Config {
             text: &text,
             file: path,
             base,
+            acme: None,
         }
         .admin(&raw.admin)
     }
@@ -200,6 +209,8 @@ struct Validator<'a> {
     text: &'a str,
     file: &'a Path,
     base: PathBuf,
+    /// `[acme]`, validated first: fronts' `tls.acme` names its certificates.
+    acme: Option<crate::listen::acme::AcmeSettings>,
 }
 
 impl Validator<'_> {
@@ -242,6 +253,7 @@ impl Validator<'_> {
             }
             fronts.push(front);
         }
+        self.acme_served(&fronts)?;
         let admin = self.admin(&raw.admin)?;
         let admin_addr = match &admin.listen {
             AdminListen::Tcp(a) if admin.enabled && a.port() != 0 => Some(*a),
@@ -337,6 +349,7 @@ impl Validator<'_> {
             admin,
             limits: self.limits(&raw.limits)?,
             cluster: raw.cluster.as_ref().map(|c| self.cluster(c)).transpose()?,
+            acme: self.acme.clone(),
             public_hosts: raw.electrum.public_hosts.clone(),
             source: self.file.to_path_buf(),
             runtime: Runtime {
@@ -1021,7 +1034,7 @@ impl Validator<'_> {
                 return Err(self.err(
                     format!("{key}.tls"),
                     None,
-                    "transport = \"tls\" or \"wss\" needs a [front.tls] section with cert and key",
+                    "transport = \"tls\" or \"wss\" needs a [front.tls] section with cert and key, or acme",
                 ))
             }
             (false, Some(_)) => {
@@ -1453,35 +1466,6 @@ impl Validator<'_> {
             rest: crate::front::api::rest::RestPolicy::new(rest),
             forwarded: a.forwarded.as_ref().is_some_and(|f| *f.get_ref()),
         })
-    }
-
-    fn tls(&self, key: &str, t: &RawTls) -> Result<(Arc<ServerConfig>, Arc<tls::CertWatch>), ConfigError> {
-        let pair = |k: &str, name: Option<String>, cert: &Spanned<PathBuf>, keyf: &Spanned<PathBuf>| {
-            let files = CertFiles {
-                cert: self.path(cert.get_ref()),
-                key: self.path(keyf.get_ref()),
-            };
-            let loaded = tls::load_certified_key(&files).map_err(|e| {
-                let (field, span) = match e {
-                    tls::TlsError::Cert { .. } => ("cert", cert.span()),
-                    tls::TlsError::Key { .. } | tls::TlsError::Mismatch { .. } => ("key", keyf.span()),
-                };
-                self.err(format!("{k}.{field}"), Some(span), e.to_string())
-            })?;
-            Ok::<_, ConfigError>(tls::LoadedCert {
-                name,
-                files,
-                key: loaded,
-            })
-        };
-        let mut certs = vec![pair(key, None, &t.cert, &t.key)?];
-        for (i, s) in t.sni.iter().enumerate() {
-            if s.name.is_empty() {
-                return Err(self.err(format!("{key}.sni[{i}].name"), None, "must not be empty"));
-            }
-            certs.push(pair(&format!("{key}.sni[{i}]"), Some(s.name.clone()), &s.cert, &s.key)?);
-        }
-        Ok(tls::server_config(certs))
     }
 }
 

@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// Ban sharing with the operator's other gateways; absent = this gateway stands alone.
     pub cluster: Option<RawCluster>,
+    /// Certificates the gateway orders itself; fronts name them in `[front.tls] acme`.
+    pub acme: Option<RawAcme>,
     #[serde(default, rename = "front")]
     pub fronts: Vec<RawFront>,
 }
@@ -516,11 +518,13 @@ pub struct RawApiUser {
     pub methods: Vec<String>,
 }
 
+/// `[front.tls]`: the default certificate, from files (`cert` and `key`) or from `[acme]` (`acme`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
-    pub cert: Spanned<PathBuf>,
-    pub key: Spanned<PathBuf>,
+    pub cert: Option<Spanned<PathBuf>>,
+    pub key: Option<Spanned<PathBuf>>,
+    pub acme: Option<Spanned<String>>,
     #[serde(default)]
     pub sni: Vec<RawSniCert>,
 }
@@ -529,8 +533,35 @@ pub struct RawTls {
 #[serde(deny_unknown_fields)]
 pub struct RawSniCert {
     pub name: String,
-    pub cert: Spanned<PathBuf>,
-    pub key: Spanned<PathBuf>,
+    pub cert: Option<Spanned<PathBuf>>,
+    pub key: Option<Spanned<PathBuf>>,
+    pub acme: Option<Spanned<String>>,
+}
+
+/// `[acme]`. Unset fields take `listen::acme`'s `DEFAULT_*`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: Option<Spanned<String>>,
+    #[serde(default)]
+    pub contact: Vec<Spanned<String>>,
+    pub state_dir: Spanned<PathBuf>,
+    pub ca_root: Option<Spanned<PathBuf>>,
+    pub challenge: Option<Spanned<crate::listen::acme::Challenge>>,
+    pub http_listen: Option<Spanned<String>>,
+    pub retry_min: Option<Spanned<Duration>>,
+    pub retry_max: Option<Spanned<Duration>>,
+    pub orderer_grace: Option<Spanned<Duration>>,
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<RawAcmeCert>,
+}
+
+/// `[[acme.certificate]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcmeCert {
+    pub name: Spanned<String>,
+    pub domains: Spanned<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -219,6 +219,10 @@ impl Handler for FrontState {
         self.tls.as_ref()
     }
 
+    fn acme_challenge(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        self.cfg.cert_watch.as_ref().and_then(|w| w.challenge_config())
+    }
+
     fn metrics(&self) -> &FrontMetrics {
         &self.metrics
     }

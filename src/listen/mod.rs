@@ -1,6 +1,7 @@
 //! Listening sockets and connection intake: accept, establish the client's identity (PROXY protocol from
 //! trusted load balancers), ask the guard, and terminate TLS. What comes out is an admitted [`Conn`].
 
+pub mod acme;
 mod close;
 pub mod stream;
 pub mod tls;
@@ -69,6 +70,11 @@ pub trait Handler: Send + Sync + 'static {
     fn proxy_accept_from(&self) -> &CidrSet;
     fn handshake_timeout(&self) -> Duration;
     fn tls(&self) -> Option<&TlsAcceptor>;
+    /// The server config for TLS-ALPN-01 validation handshakes (ALPN `acme-tls/1`), when the front
+    /// serves an ACME certificate; such a handshake gets the challenge certificate and is then closed.
+    fn acme_challenge(&self) -> Option<&Arc<rustls::ServerConfig>> {
+        None
+    }
     fn metrics(&self) -> &FrontMetrics;
     /// Logs the close line of a connection that ended before its session started.
     fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: CloseReason);
@@ -256,22 +262,29 @@ async fn finish_intake(
     let started = Instant::now();
     let stream = match front.tls() {
         None => ClientStream::Plain(tcp),
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => {
-                front.metrics().handshake(Handshake::Ok, started.elapsed());
-                ClientStream::Tls(Box::new(s))
+        Some(acceptor) => {
+            match tokio::time::timeout_at(deadline, handshake(acceptor, front.acme_challenge(), tcp)).await {
+                Ok(Ok(None)) => {
+                    front.metrics().handshake(Handshake::Ok, started.elapsed());
+                    tracing::info!(front = %front.name(), client = %id.client, "answered an ACME TLS-ALPN-01 validation");
+                    return None;
+                }
+                Ok(Ok(Some(s))) => {
+                    front.metrics().handshake(Handshake::Ok, started.elapsed());
+                    ClientStream::Tls(Box::new(s))
+                }
+                Ok(Err(e)) => {
+                    front.metrics().handshake(Handshake::Error, started.elapsed());
+                    front.log_early_close(id.client, id.via, accepted_at, CloseReason::Tls(e));
+                    return None;
+                }
+                Err(_) => {
+                    front.metrics().handshake(Handshake::Timeout, started.elapsed());
+                    front.log_early_close(id.client, id.via, accepted_at, CloseReason::HandshakeTimeout);
+                    return None;
+                }
             }
-            Ok(Err(e)) => {
-                front.metrics().handshake(Handshake::Error, started.elapsed());
-                front.log_early_close(id.client, id.via, accepted_at, CloseReason::Tls(e));
-                return None;
-            }
-            Err(_) => {
-                front.metrics().handshake(Handshake::Timeout, started.elapsed());
-                front.log_early_close(id.client, id.via, accepted_at, CloseReason::HandshakeTimeout);
-                return None;
-            }
-        },
+        }
     };
     Some(Conn {
         stream,
@@ -281,6 +294,30 @@ async fn finish_intake(
         accepted_at,
         permit,
     })
+}
+
+/// Terminates TLS. With `challenge` (the front serves an ACME certificate) the ClientHello is read first:
+/// one offering ALPN `acme-tls/1` is a CA's validation and gets the challenge config, its handshake is
+/// completed and the connection closed (`None`); any other hello gets the front's own config.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    challenge: Option<&Arc<rustls::ServerConfig>>,
+    tcp: Prefixed<TcpStream>,
+) -> std::io::Result<Option<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>> {
+    let Some(challenge) = challenge else {
+        return acceptor.accept(tcp).await.map(Some);
+    };
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let validation = start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut protos| protos.any(|p| p == acme::ACME_TLS_ALPN));
+    if !validation {
+        return start.into_stream(acceptor.config().clone()).await.map(Some);
+    }
+    let mut s = start.into_stream(challenge.clone()).await?;
+    let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
+    Ok(None)
 }
 
 /// Reads a direct client's first bytes, as many as it takes to tell them from a PROXY signature, and

@@ -42,6 +42,13 @@ pub struct FrontLabels {
     pub front: String,
 }
 
+/// A served certificate: its front and its name (ACME name, SNI name or `default`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertLabels {
+    pub front: String,
+    pub name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FrontResultLabels {
     front: String,
@@ -476,6 +483,19 @@ pub fn admin_connection_shed(how: AdminShed) {
     METRICS.admin_shed_handles[AdminShed::ALL.iter().position(|&s| s == how).unwrap_or(0)].inc();
 }
 
+/// ACME orders by result (`issued`, `failed`), kept apart from [`METRICS`] so the ACME client's one
+/// series stays beside its own function.
+static ACME_ORDERS: LazyLock<(Family<ResultLabels, Counter>, [Counter; 2])> = LazyLock::new(|| {
+    let f = Family::<ResultLabels, Counter>::default();
+    let h = ["issued", "failed"].map(|r| f.get_or_create_owned(&ResultLabels { result: r.into() }));
+    (f, h)
+});
+
+/// An ACME order ended: a certificate `issued`, or `failed`.
+pub fn acme_order(issued: bool) {
+    ACME_ORDERS.1[usize::from(!issued)].inc();
+}
+
 /// Series read from the running gateway at scrape time (open connections, refusals, bans, cluster
 /// links). The gateway's owner implements it, so this module reads no gateway state itself.
 pub trait LiveSource: Send + Sync {
@@ -575,6 +595,11 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
         m.admin_shed.clone(),
     );
     super::peer::register(&mut r);
+    r.register(
+        "acme_orders",
+        "ACME orders, by result (issued, failed)",
+        ACME_ORDERS.0.clone(),
+    );
     let mut out = String::with_capacity(16 * 1024);
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &r);

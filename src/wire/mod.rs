@@ -3,6 +3,7 @@
 //! v1 framing, a TLS ClientHello).
 
 pub mod acl;
+pub mod acme;
 pub mod addr;
 pub mod bitcoin;
 pub mod buf;

@@ -1,5 +1,6 @@
 //! Integration tests: the real gateway on real loopback sockets.
 
+mod acme;
 mod admin;
 mod admission;
 mod bans;

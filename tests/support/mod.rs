@@ -7,6 +7,7 @@
 //! - `tls`: certificates written to files, rustls connectors trusting them, renewal by file replacement.
 //! - `parts`: where the third-party parts `tests/run` installs are (its variables, else its cache).
 //! - `ledger`: a stub stoxumd / rippled API port (JSON-RPC and WebSocket) that records what reached it.
+//! - `pebble`: a real ACME server (Pebble, with pebble-challtestsrv as its DNS) on loopback, and TLS probes.
 //! - `bitcoind`: a real regtest node (Bitcoin SV's bitcoind, installed by `tests/run`) and its JSON-RPC.
 //! - `backends`: stub upstreams (echo, recording, a null-answering Electrum server, a notification flood).
 //! - `gateway`: the gateway started in-process from TOML, the config snippets, its refusal counters, ban
@@ -24,5 +25,6 @@ pub mod gateway;
 pub mod ledger;
 pub mod net;
 pub mod parts;
+pub mod pebble;
 pub mod process;
 pub mod tls;
