@@ -79,8 +79,13 @@ enum Step {
     End(CloseReason),
 }
 
+/// What tungstenite reads per call. It zeroes this much of its buffer before every read, so its 128 KiB
+/// default cost more CPU than all else a message takes; API messages are mostly under a kilobyte.
+const READ_BUFFER: usize = 8 * 1024;
+
 fn config(max: usize) -> WebSocketConfig {
     let mut cfg = WebSocketConfig::default();
+    cfg.read_buffer_size = READ_BUFFER;
     cfg.max_message_size = Some(max);
     cfg.max_frame_size = Some(max);
     cfg
