@@ -18,6 +18,8 @@ use tokio_rustls::TlsConnector;
 
 #[path = "support/api_http.rs"]
 mod api_http;
+#[path = "support/api_ledger.rs"]
+mod api_ledger;
 
 const CONNS: usize = 50;
 const IN_FLIGHT: usize = 8;
@@ -600,6 +602,11 @@ fn main() {
             api_http::run(dir.path(), secs).await;
             return;
         }
+        if std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|p| p == "ledger") {
+            // The ledger profile's rows alone (about 6 x 1.5 s with --quick).
+            api_ledger::run(dir.path(), secs).await;
+            return;
+        }
         let backend = stub_backend().await;
         let (gw, electrum, relay) = start_gateway(dir.path(), backend).await;
         let der = std::fs::read(dir.path().join("bench.der")).unwrap();
@@ -676,5 +683,6 @@ fn main() {
         println!("| CIDR lookup in that set (17 prefix lengths) | {cidr_ns:.0} ns |");
         api_http::run(dir.path(), secs).await;
         peer_rows(dir.path(), secs).await;
+        api_ledger::run(dir.path(), secs).await;
     });
 }

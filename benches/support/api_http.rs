@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
-const CONNS: usize = 50;
+pub(super) const CONNS: usize = 50;
 const USER: &str = "bench";
 /// `bench`'s rpcauth entry: salt `f00d`, HMAC-SHA256(key = "f00d", message = "wonderland").
 const RPCAUTH: &str = "f00d$a9f3bf0bc92f82bedd4ece5ea48898c48216629383a097fa1c913ea8b26af042";
@@ -28,7 +28,11 @@ fn id_of(body: &[u8]) -> &[u8] {
 }
 
 /// Reads one HTTP message head and its Content-Length body into `body`; false at EOF.
-async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R, line: &mut String, body: &mut Vec<u8>) -> bool {
+pub(super) async fn read_message<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    line: &mut String,
+    body: &mut Vec<u8>,
+) -> bool {
     let mut len = 0usize;
     loop {
         line.clear();
@@ -123,7 +127,7 @@ async fn load(addr: SocketAddr, secs: f64) -> (f64, u64) {
     (n as f64 / start.elapsed().as_secs_f64(), n)
 }
 
-async fn wait_listening(addr: SocketAddr) -> bool {
+pub(super) async fn wait_listening(addr: SocketAddr) -> bool {
     for _ in 0..200 {
         if TcpStream::connect(addr).await.is_ok() {
             return true;
@@ -177,7 +181,7 @@ methods = ["getblockcount"]
 }
 
 /// HAProxy's binary, installed with apt-get when missing; Err says why there is none.
-fn haproxy_binary() -> Result<String, String> {
+pub(super) fn haproxy_binary() -> Result<String, String> {
     let found = || {
         ["/usr/sbin/haproxy", "/usr/bin/haproxy", "/usr/local/sbin/haproxy"]
             .into_iter()
@@ -204,7 +208,7 @@ fn haproxy_binary() -> Result<String, String> {
 }
 
 /// HAProxy in HTTP mode with one thread (as the gateway has one worker), keep-alive both ways.
-async fn start_haproxy(bin: &str, dir: &Path, node: SocketAddr) -> Result<(Gateway, SocketAddr), String> {
+pub(super) async fn start_haproxy(bin: &str, dir: &Path, node: SocketAddr) -> Result<(Gateway, SocketAddr), String> {
     let port = free_port();
     let cfg = format!(
         "global\n  nbthread 1\n  maxconn 2000\n\

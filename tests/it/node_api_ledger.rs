@@ -841,3 +841,41 @@ async fn an_idle_websocket_without_subscriptions_is_closed_and_a_subscriber_stay
         "success"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_rpc_batches_and_malformed_requests_get_the_nodes_answers() {
+    let stub = Stub::start().await;
+    let running = gateway::start(&config(stub.addr(), "127.0.0.1:0", "", "")).await;
+    let front = running.addr("ledger");
+    // A batch of public commands goes to the node whole.
+    let ok = raw_post(
+        "127.0.0.50",
+        front,
+        r#"{"method":"batch","params":[{"method":"ping"},{"method":"server_info"}]}"#,
+        "",
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert_eq!(stub.commands(), ["batch"]);
+    // One admin command refuses the whole batch, as the node refuses a forbidden request.
+    let walled = raw_post(
+        "127.0.0.50",
+        front,
+        r#"{"method":"batch","params":[{"method":"ping"},{"method":"stop"}]}"#,
+        "",
+    )
+    .await;
+    assert!(walled.starts_with("HTTP/1.1 403"), "{walled}");
+    assert!(walled.ends_with("\r\n\r\nForbidden\r\n"), "{walled}");
+    for (body, status, text) in [
+        ("{not json", "400", "Unable to parse request"),
+        (r#"{"params":[{}]}"#, "400", "Null method"),
+        (r#"{"method":7}"#, "400", "method is not string"),
+        (r#"{"method":"ping","params":{"a":1}}"#, "400", "params unparsable"),
+    ] {
+        let r = raw_post("127.0.0.50", front, body, "").await;
+        assert!(r.starts_with(&format!("HTTP/1.1 {status}")), "{body}: {r}");
+        assert!(r.contains(text), "{body}: {r}");
+    }
+    assert_eq!(stub.commands(), ["batch"]);
+}

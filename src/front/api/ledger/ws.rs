@@ -64,6 +64,13 @@ struct Head<'a> {
     kind: Option<Cow<'a, str>>,
 }
 
+/// Where a message's top-level id is.
+#[derive(Deserialize)]
+struct IdAt<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+}
+
 /// What a client message led to.
 enum Step {
     Go,
@@ -72,8 +79,13 @@ enum Step {
     End(CloseReason),
 }
 
+/// What tungstenite reads per call. It zeroes this much of its buffer before every read, so its 128 KiB
+/// default cost more CPU than all else a message takes; API messages are mostly under a kilobyte.
+const READ_BUFFER: usize = 8 * 1024;
+
 fn config(max: usize) -> WebSocketConfig {
     let mut cfg = WebSocketConfig::default();
+    cfg.read_buffer_size = READ_BUFFER;
     cfg.max_message_size = Some(max);
     cfg.max_frame_size = Some(max);
     cfg
@@ -232,12 +244,9 @@ impl Run<'_> {
         let id = self.next_id;
         self.next_id += 1;
         let client_id = fields.remove("id");
-        if let Ok(v) = RawValue::from_string(id.to_string()) {
-            fields.insert("id".to_string(), v);
-        }
-        let Ok(forward) = serde_json::to_string(&fields) else {
-            return Step::End(CloseReason::ClientError);
-        };
+        // The client's message goes on as it came, only its id replaced (or one added).
+        let at = serde_json::from_str::<IdAt<'_>>(text).ok().and_then(|h| h.id);
+        let forward = splice_id(text, at.map(RawValue::get), &id.to_string());
         self.pending.insert(
             id,
             Pending {
@@ -268,7 +277,8 @@ impl Run<'_> {
             // A notification. The session's path_find updates carry the id of its path_find request.
             if let (Some((pf, client_id)), Some(id)) = (&self.path_find, id) {
                 if *pf == id && head.as_ref().is_some_and(|h| h.kind.as_deref() == Some("path_find")) {
-                    let out = restore_id(&text, client_id.as_deref(), false, false);
+                    let at = head.as_ref().and_then(|h| h.id).map(RawValue::get);
+                    let out = restore_id(&text, at, client_id.as_deref(), false, false);
                     return self.answer(out.unwrap_or_else(|| text.to_string()));
                 }
             }
@@ -286,16 +296,58 @@ impl Run<'_> {
         } else if p.path_find {
             self.path_find = Some((id, p.client_id.as_ref().map(|c| c.to_owned())));
         }
-        match restore_id(&text, p.client_id.as_deref(), p.warning, !ok) {
+        let at = head.as_ref().and_then(|h| h.id).map(RawValue::get);
+        match restore_id(&text, at, p.client_id.as_deref(), p.warning, !ok) {
             Some(out) => self.answer(out),
             None => self.answer(text.to_string()),
         }
     }
 }
 
-/// `text` (a node reply) with the client's id in place of the session's (or none), the echoed request's
-/// id too on an error, and `"warning":"load"` when earned.
-fn restore_id(text: &str, client_id: Option<&RawValue>, warning: bool, error: bool) -> Option<String> {
+/// `text` (a JSON object) with the value `at` (its top-level id, a slice of `text`) replaced by `with`, or
+/// with `"id":with` added first when `at` is None.
+fn splice_id(text: &str, at: Option<&str>, with: &str) -> String {
+    let mut out = String::with_capacity(text.len() + with.len() + 8);
+    let start = at.and_then(|a| (a.as_ptr() as usize).checked_sub(text.as_ptr() as usize));
+    match (at, start) {
+        (Some(a), Some(s)) if s + a.len() <= text.len() && text.get(s..s + a.len()) == Some(a) => {
+            out.push_str(&text[..s]);
+            out.push_str(with);
+            out.push_str(&text[s + a.len()..]);
+        }
+        _ => {
+            let brace = text.find('{').map_or(0, |b| b + 1);
+            let empty = text[brace..].trim_start().starts_with('}');
+            out.push_str(&text[..brace]);
+            out.push_str("\"id\":");
+            out.push_str(with);
+            if !empty {
+                out.push(',');
+            }
+            out.push_str(&text[brace..]);
+        }
+    }
+    out
+}
+
+/// `text` (a node reply, whose top-level id is the slice `at`) with the client's id in place of the
+/// session's (or none), the echoed request's id too on an error, and `"warning":"load"` when earned. The
+/// usual reply (a success, to a request with an id) keeps the node's bytes, its id replaced.
+fn restore_id(
+    text: &str,
+    at: Option<&str>,
+    client_id: Option<&RawValue>,
+    warning: bool,
+    error: bool,
+) -> Option<String> {
+    if let (Some(c), Some(_), false) = (client_id, at, error) {
+        let out = splice_id(text, at, c.get());
+        return Some(if warning {
+            errors::with_warning(&out).unwrap_or(out)
+        } else {
+            out
+        });
+    }
     let mut f: Fields = serde_json::from_str(text).ok()?;
     match client_id {
         Some(c) => {
@@ -426,4 +478,32 @@ where
     }
     let _ = tokio::time::timeout(CLOSE_GRACE, node_tx.send(Message::Close(None))).await;
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_spliced_in_place() {
+        let text = r#"{"command":"ping","id":"abc","x":[1]}"#;
+        let at = serde_json::from_str::<IdAt<'_>>(text).unwrap().id.map(RawValue::get);
+        assert_eq!(splice_id(text, at, "7"), r#"{"command":"ping","id":7,"x":[1]}"#);
+        assert_eq!(
+            splice_id(r#"{"command":"ping"}"#, None, "7"),
+            r#"{"id":7,"command":"ping"}"#
+        );
+        assert_eq!(splice_id(" { } ", None, "7"), r#" {"id":7 } "#);
+        // A slice from elsewhere is not trusted: the id is added instead.
+        assert_eq!(splice_id(r#"{"a":1}"#, Some("1"), "7"), r#"{"id":7,"a":1}"#);
+        let reply = r#"{"id":7,"result":{},"status":"success","type":"response"}"#;
+        let at = serde_json::from_str::<IdAt<'_>>(reply).unwrap().id.map(RawValue::get);
+        let client: Box<RawValue> = RawValue::from_string("\"abc\"".into()).unwrap();
+        assert_eq!(
+            restore_id(reply, at, Some(&client), true, false).unwrap(),
+            r#"{"id":"abc","result":{},"status":"success","type":"response","warning":"load"}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&restore_id(reply, at, None, false, false).unwrap()).unwrap();
+        assert!(v.get("id").is_none());
+    }
 }
