@@ -84,6 +84,8 @@ pub struct CloseLine<'a> {
     pub reason: CloseReason,
     /// Electrum sessions only: requests received and the session's own cost at close.
     pub requests: Option<(u64, f64)>,
+    /// The trusted tier the session was accounted in, by name.
+    pub tier: Option<&'a str>,
 }
 
 impl FrontState {
@@ -130,6 +132,7 @@ impl FrontState {
             bytes_out: 0,
             reason: CloseReason::ClientClosed,
             requests: None,
+            tier: None,
         };
         let out = if matches!(self.cfg.transport, Transport::Ws | Transport::Wss) {
             let max = self
@@ -157,6 +160,7 @@ impl FrontState {
         line.bytes_out = out.bytes_out;
         line.reason = out.reason;
         line.requests = Some((out.requests, out.cost));
+        line.tier = out.tier.as_deref().map(|t| t.name.as_str());
         self.log_close(&line);
     }
 
@@ -170,6 +174,12 @@ impl FrontState {
             bytes_out: 0,
             reason: CloseReason::UpstreamUnreachable,
             requests: None,
+            tier: self
+                .cfg
+                .admission
+                .tiers
+                .lookup(conn.client.ip())
+                .map(|m| m.tier.name.as_str()),
         };
         let mut upstream = match self.pool.connect(conn.client, conn.local).await {
             Ok((s, _addr)) => s,
@@ -203,6 +213,7 @@ impl FrontState {
             tls = l.tls,
             requests = l.requests.map(|r| r.0),
             cost = l.requests.map(|r| (r.1 * 10.0).round() / 10.0),
+            tier = l.tier,
             reason = &*l.reason.text(),
             "connection closed"
         );
@@ -219,6 +230,7 @@ impl FrontState {
             bytes_out: 0,
             reason,
             requests: None,
+            tier: None,
         });
     }
 }
