@@ -1956,7 +1956,7 @@ fn check_rejects_tier_mistakes() {
         "192.0.2.0/24 overlaps 192.0.2.7/32 (tier `tor`)",
     );
 
-    for bad in ["0", "-2", "\"lots\""] {
+    for bad in ["0", "-2", "1e9", "\"lots\""] {
         let text = with(&format!(
             "[[tier]]\nname = \"tor\"\nnetworks = [\"192.0.2.7/32\"]\ncost = {bad}\n"
         ));

@@ -27,7 +27,7 @@ use crate::guard::policy::*;
 use crate::state::bans::BanPolicy;
 use crate::state::cost::{CostConfig, FeeParams};
 use crate::state::memory::Limits;
-use crate::state::tier::{Scale, Tier, TierBans, Tiers, MAX_TIERS};
+use crate::state::tier::{Scale, Tier, TierBans, Tiers, MAX_SCALE, MAX_TIERS};
 use crate::telemetry::LogFormat;
 use crate::wire::units::{self, Rate};
 
@@ -482,13 +482,15 @@ impl Validator<'_> {
             ] {
                 if let Some(v) = v {
                     *slot = match v.get_ref() {
-                        RawScale::Times(k) if k.is_finite() && *k > 0.0 => Scale::Times(*k),
+                        RawScale::Times(k) if k.is_finite() && *k > 0.0 && *k <= MAX_SCALE => Scale::Times(*k),
                         RawScale::Word(w) if w == "exempt" => Scale::Exempt,
                         RawScale::Times(k) => {
                             return Err(self.err(
                                 format!("{key}.{field}"),
                                 Some(v.span()),
-                                format!("multiplier {k} must be a number greater than 0 (or \"exempt\")"),
+                                format!(
+                                    "multiplier {k} must be a number greater than 0 and at most {MAX_SCALE} (or \"exempt\")"
+                                ),
                             ))
                         }
                         RawScale::Word(w) => {

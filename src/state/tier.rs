@@ -15,6 +15,8 @@ use std::sync::Arc;
 /// Most `[[tier]]` tables: each names a metric label, and a tier is an operator's handful of partners,
 /// not a second allowlist.
 pub const MAX_TIERS: usize = 64;
+/// The largest multiplier: beyond it a limit means nothing, and `"exempt"` says so plainly.
+pub const MAX_SCALE: f64 = 1_000_000.0;
 /// What every limit of a tier is multiplied by when the tier does not say.
 pub const DEFAULT_SCALE: Scale = Scale::Times(1.0);
 

@@ -297,3 +297,50 @@ async fn statuses(from: &str, front: std::net::SocketAddr, user: &str, n: usize)
         .map(|l| l[..3].parse().unwrap())
         .collect()
 }
+
+/// Subscribes to the `i`-th made-up scripthash; true if the gateway accepted it.
+async fn subscribe(c: &mut Client, i: u32) -> bool {
+    let r = c
+        .call("blockchain.scripthash.subscribe", &format!("[\"{i:064x}\"]"), 0.0)
+        .await;
+    match r.v.get("error") {
+        None => true,
+        Some(e) => {
+            assert!(e["message"].as_str().unwrap_or("").contains("subscriptions"), "{}", r.v);
+            false
+        }
+    }
+}
+
+/// Subscriptions ×3: per session 2 → 6, per group 3 → 9 in the tier's own group; the strangers of its /24
+/// keep 2 per session and 3 for their group, none of which the tier's 6 took.
+#[tokio::test(start_paused = true)]
+async fn a_tier_gets_multiplied_subscription_caps() {
+    let backend = backends::stub_backend(&[]).await;
+    let toml = format!(
+        "{}[[tier]]\nname = \"subs3\"\nnetworks = [\"127.0.0.2/32\"]\nsubscriptions = 3\n",
+        config(
+            backend,
+            "max_subscriptions_per_group = 3",
+            "",
+            "\"127.0.0.1:0\"",
+            "[front.electrum]\nmax_subscriptions = 2\n"
+        )
+    );
+    let running = gateway::start(&toml).await;
+    let to = running.addr("electrum");
+    let mut tier = Client::open("127.0.0.2", to).await;
+    for i in 0..6 {
+        assert!(subscribe(&mut tier, i).await, "tier subscription {}", i + 1);
+    }
+    assert!(!subscribe(&mut tier, 6).await, "tier's 7th subscription accepted");
+    let mut a = Client::open("127.0.0.3", to).await;
+    assert!(subscribe(&mut a, 100).await && subscribe(&mut a, 101).await);
+    assert!(!subscribe(&mut a, 102).await, "stranger's 3rd subscription accepted");
+    let mut b = Client::open("127.0.0.4", to).await;
+    assert!(
+        subscribe(&mut b, 200).await,
+        "the /24's group cap counted the tier's subscriptions"
+    );
+    assert!(!subscribe(&mut b, 201).await, "the /24's 4th subscription accepted");
+}
