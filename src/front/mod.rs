@@ -84,8 +84,6 @@ pub struct CloseLine<'a> {
     pub reason: CloseReason,
     /// Electrum sessions only: requests received and the session's own cost at close.
     pub requests: Option<(u64, f64)>,
-    /// The trusted tier the session was accounted in, by name.
-    pub tier: Option<&'a str>,
 }
 
 impl FrontState {
@@ -132,7 +130,6 @@ impl FrontState {
             bytes_out: 0,
             reason: CloseReason::ClientClosed,
             requests: None,
-            tier: None,
         };
         let out = if matches!(self.cfg.transport, Transport::Ws | Transport::Wss) {
             let max = self
@@ -160,11 +157,12 @@ impl FrontState {
         line.bytes_out = out.bytes_out;
         line.reason = out.reason;
         line.requests = Some((out.requests, out.cost));
-        line.tier = out.tier.as_deref().map(|t| t.name.as_str());
-        self.log_close(&line);
+        self.log_close_in(&line, out.tier.as_deref().map(|t| t.name.as_str()));
     }
 
     async fn serve_relay(&self, mut conn: Conn) {
+        let tier = self.cfg.admission.tiers.lookup(conn.client.ip());
+        let tier = tier.map(|m| m.tier.name.as_str());
         let mut line = CloseLine {
             client: conn.client,
             via: conn.via,
@@ -174,18 +172,12 @@ impl FrontState {
             bytes_out: 0,
             reason: CloseReason::UpstreamUnreachable,
             requests: None,
-            tier: self
-                .cfg
-                .admission
-                .tiers
-                .lookup(conn.client.ip())
-                .map(|m| m.tier.name.as_str()),
         };
         let mut upstream = match self.pool.connect(conn.client, conn.local).await {
             Ok((s, _addr)) => s,
             Err(e) => {
                 tracing::warn!(front = %self.cfg.name, error = %e, "no upstream reachable");
-                return self.log_close(&line);
+                return self.log_close_in(&line, tier);
             }
         };
         let mut relay = Relay::new(&mut conn.stream, &mut upstream, self.cfg.idle_timeout);
@@ -199,10 +191,15 @@ impl FrontState {
         if let Some(RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e)) = &end {
             tracing::debug!(front = %self.cfg.name, client = %conn.client, error = %e, "relay i/o error");
         }
-        self.log_close(&line);
+        self.log_close_in(&line, tier);
     }
 
     pub fn log_close(&self, l: &CloseLine<'_>) {
+        self.log_close_in(l, None)
+    }
+
+    /// The close line of a session accounted in the trusted tier `tier` (by name: never the address).
+    pub fn log_close_in(&self, l: &CloseLine<'_>, tier: Option<&str>) {
         tracing::info!(
             front = %self.cfg.name,
             client = %l.client,
@@ -213,7 +210,7 @@ impl FrontState {
             tls = l.tls,
             requests = l.requests.map(|r| r.0),
             cost = l.requests.map(|r| (r.1 * 10.0).round() / 10.0),
-            tier = l.tier,
+            tier,
             reason = &*l.reason.text(),
             "connection closed"
         );
@@ -230,7 +227,6 @@ impl FrontState {
             bytes_out: 0,
             reason,
             requests: None,
-            tier: None,
         });
     }
 }

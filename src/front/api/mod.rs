@@ -247,7 +247,7 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
         })
     };
     let account = session.account.load_full();
-    front.log_close(&super::CloseLine {
+    let line = super::CloseLine {
         client: conn.client,
         via: conn.via,
         tls,
@@ -256,8 +256,8 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
         bytes_out: session.bytes_out.load(Ordering::Relaxed),
         reason,
         requests: Some((session.requests.load(Ordering::Relaxed), account.cost())),
-        tier: account.tier().map(|t| t.name.as_str()),
-    });
+    };
+    front.log_close_in(&line, account.tier().map(|t| t.name.as_str()));
 }
 
 impl Session {
