@@ -161,8 +161,6 @@ impl FrontState {
     }
 
     async fn serve_relay(&self, mut conn: Conn) {
-        let tier = self.cfg.admission.tiers.lookup(conn.client.ip());
-        let tier = tier.map(|m| m.tier.name.as_str());
         let mut line = CloseLine {
             client: conn.client,
             via: conn.via,
@@ -177,7 +175,7 @@ impl FrontState {
             Ok((s, _addr)) => s,
             Err(e) => {
                 tracing::warn!(front = %self.cfg.name, error = %e, "no upstream reachable");
-                return self.log_close_in(&line, tier);
+                return self.log_close(&line);
             }
         };
         let mut relay = Relay::new(&mut conn.stream, &mut upstream, self.cfg.idle_timeout);
@@ -191,7 +189,7 @@ impl FrontState {
         if let Some(RelayEnd::ClientError(e) | RelayEnd::UpstreamError(e)) = &end {
             tracing::debug!(front = %self.cfg.name, client = %conn.client, error = %e, "relay i/o error");
         }
-        self.log_close_in(&line, tier);
+        self.log_close(&line);
     }
 
     pub fn log_close(&self, l: &CloseLine<'_>) {

@@ -600,16 +600,6 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
         m.upstream_connect_seconds.clone(),
     );
     r.register(
-        "reloads",
-        "Configuration reloads, by result (ok, error)",
-        m.reloads.clone(),
-    );
-    r.register(
-        "admin_connections_shed",
-        "Admin API connections shed for lack of slots: displaced (an older one without the token was closed) or refused",
-        m.admin_shed.clone(),
-    );
-    r.register(
         "tier_sessions",
         "Sessions accounted in a trusted tier, by tier",
         m.tier_sessions.clone(),
@@ -623,6 +613,16 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
         "tier_bans_spared",
         "Automatic bans not made because the client's tier has bans = \"never\", by tier",
         m.tier_bans_spared.clone(),
+    );
+    r.register(
+        "reloads",
+        "Configuration reloads, by result (ok, error)",
+        m.reloads.clone(),
+    );
+    r.register(
+        "admin_connections_shed",
+        "Admin API connections shed for lack of slots: displaced (an older one without the token was closed) or refused",
+        m.admin_shed.clone(),
     );
     let mut out = String::with_capacity(16 * 1024);
     // Writing to a String cannot fail.
