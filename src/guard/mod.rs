@@ -375,6 +375,39 @@ mod tests {
     }
 
     #[test]
+    fn an_exempt_tier_has_no_cap_and_a_multiplied_one_its_multiple() {
+        use crate::state::tier::{Scale, Tier, Tiers};
+        let mut free = Tier::new("free");
+        free.networks = vec!["192.0.2.7/32".parse().unwrap()];
+        free.connections_per_ip = Scale::Exempt;
+        free.connect_rate = Scale::Exempt;
+        let mut twice = Tier::new("twice");
+        twice.networks = vec!["192.0.2.8/32".parse().unwrap()];
+        twice.connections_per_ip = Scale::Times(2.0);
+        let admission = Admission {
+            max_connections_per_ip: Some(2),
+            tiers: Arc::new(Tiers::new(vec![free, twice])),
+            ..Admission::global_default()
+        };
+        let g = Guard::new(
+            admission,
+            Arc::new(BanTable::new(crate::wire::acl::CidrSet::default())),
+            Duration::from_secs(60),
+        );
+        let front = Level::new(Admission {
+            tiers: g.global().policy.load().admission.tiers.clone(),
+            ..Admission::global_default()
+        });
+        let admit = |ip: &str| g.admit(&front, ip.parse().unwrap());
+        let held: Vec<Permit> = (0..50).map(|_| admit("192.0.2.7").expect("exempt")).collect();
+        let twice: Vec<Permit> = (0..4).map(|_| admit("192.0.2.8").expect("within 2 × 2")).collect();
+        assert_eq!(admit("192.0.2.8").err(), Some(Refusal::PerIpCap));
+        let stranger: Vec<Permit> = (0..2).map(|_| admit("192.0.2.9").expect("within 2")).collect();
+        assert_eq!(admit("192.0.2.9").err(), Some(Refusal::PerIpCap));
+        drop((held, twice, stranger));
+    }
+
+    #[test]
     fn a_flood_from_more_addresses_than_the_gate_holds_stays_bounded() {
         let g = guard(Duration::from_secs(60));
         let logged = (0..(LOG_GATE_MAX as u32 * 2))
