@@ -90,6 +90,7 @@ fn cost_params(config: &Config) -> CostParams {
         group_private: c.group_private,
         exempt: config.admission.allow.clone(),
         fee: c.fee,
+        tiers: config.tiers.clone(),
     }
 }
 
@@ -231,6 +232,7 @@ impl Gatehouse {
             Some(path) => BanTable::open_limited(path, allow, Default::default(), config.bans.limits)?,
             None => BanTable::new(allow).with_limits(config.bans.limits),
         });
+        bans.set_never_auto(config.tiers.never_banned());
         let guard = Arc::new(Guard::new(
             config.admission.clone(),
             bans.clone(),
@@ -242,6 +244,7 @@ impl Gatehouse {
             cost: ArcSwap::from_pointee(config.cost.clone()),
             ban_policy: ArcSwap::from_pointee(config.bans.clone()),
             group_subs: KeyedCounts::default(),
+            tier_subs: KeyedCounts::default(),
             memory: MemoryBudget::new(config.limits.memory_budget),
             // Known once the listeners are bound (port 0 shows the real port).
             features_hosts: ArcSwap::from_pointee(serde_json::Value::Null),
@@ -510,6 +513,7 @@ impl Running {
         shared.guard.global().set_policy(config.admission.clone());
         shared.guard.bans().set_allowlist(config.admission.allow.clone());
         shared.guard.bans().set_limits(config.bans.limits);
+        shared.guard.bans().set_never_auto(config.tiers.never_banned());
         shared.electrum.ledger.set_params(cost_params(&config));
         shared.electrum.cost.store(Arc::new(config.cost.clone()));
         shared.electrum.ban_policy.store(Arc::new(config.bans.clone()));

@@ -391,6 +391,7 @@ fn reference_config_sets_every_option() {
         "[[front]]\n[front.api]\n[[front.api.tokens]]\nzzz_probe = 1\n",
         "[acme]\nzzz_probe = 1\n",
         "[acme]\n[[acme.certificate]]\nzzz_probe = 1\n",
+        "[[tier]]\nzzz_probe = 1\n",
     ];
     let mut missing = Vec::new();
     for probe in probes {
@@ -1826,6 +1827,107 @@ fn check_validates_the_ledger_profile_options() {
         &ledger_config(dir.path(), "forwarded = true\nmax_subscriptions = 5"),
     );
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
+}
+
+#[test]
+fn check_rejects_tier_mistakes() {
+    let api = "[[front]]\nname = \"rpc\"\nkind = \"api\"\nlisten = [\"127.0.0.1:18443\"]\ntransport = \"tcp\"\n\
+               upstreams = [\"127.0.0.1:18332\"]\n\n[front.api]\nprofile = \"bitcoind\"\n\
+               backend_cookie_file = \"/var/lib/bitcoind/.cookie\"\n\
+               [[front.api.users]]\nname = \"alice\"\n\
+               rpcauth = \"f00d$a9f3bf0bc92f82bedd4ece5ea48898c48216629383a097fa1c913ea8b26af042\"\n\
+               methods = [\"getblockcount\"]\n";
+    let with = |tiers: &str| format!("{api}\n{tiers}");
+
+    let text = with("[[tier]]\nname = \"partner\"\ncredentials = [\"alice\", \"mallory\"]\n");
+    assert_check_error(
+        &text,
+        "tier[0].credentials[1]",
+        line_of(&text, "credentials ="),
+        "`mallory` is no user or token name of any [front.api]",
+    );
+
+    let text = with(
+        "[[tier]]\nname = \"tor\"\nnetworks = [\"192.0.2.7/32\"]\n\n\
+         [[tier]]\nname = \"lan\"\nnetworks = [\"198.51.100.0/24\", \"192.0.2.0/24\"]\n",
+    );
+    assert_check_error(
+        &text,
+        "tier[1].networks[1]",
+        line_of(&text, "192.0.2.0/24"),
+        "192.0.2.0/24 overlaps 192.0.2.7/32 (tier `tor`)",
+    );
+
+    for bad in ["0", "-2", "1e9", "\"lots\""] {
+        let text = with(&format!(
+            "[[tier]]\nname = \"tor\"\nnetworks = [\"192.0.2.7/32\"]\ncost = {bad}\n"
+        ));
+        let reason = if bad.starts_with('"') {
+            "neither a multiplier nor \"exempt\""
+        } else {
+            "must be a number greater than 0"
+        };
+        assert_check_error(&text, "tier[0].cost", line_of(&text, "cost ="), reason);
+    }
+
+    let text = with("[[tier]]\nname = \"tor\"\nnetworks = [\"192.0.2.7/32\"]\nbans = \"sometimes\"\n");
+    assert_check_error(
+        &text,
+        "tier[0].bans",
+        line_of(&text, "bans ="),
+        "neither \"auto\" nor \"never\"",
+    );
+
+    let text = with("[[tier]]\nname = \"tor gateway\"\nnetworks = [\"192.0.2.7/32\"]\n");
+    assert_check_error(&text, "tier[0].name", line_of(&text, "tor gateway"), "metric label");
+}
+
+/// A std connection from source address `from` (127.0.0.2 …), for clients the gateway tells apart.
+fn connect_from_std(from: &str, to: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(from.parse().unwrap(), 0).into()).unwrap();
+    sock.connect_timeout(&to.into(), Duration::from_secs(5)).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+#[test]
+fn the_close_line_names_the_tier_never_its_address() {
+    let backend = support::backends::version_backend_thread("ElectrumX 1.16.0");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[front]]\nname = \"electrum\"\nkind = \"electrum\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\n\
+             upstreams = [\"{backend}\"]\n\n[[tier]]\nname = \"onion\"\nnetworks = [\"127.0.0.2/32\"]\ncost = 20\n"
+        ),
+    )
+    .unwrap();
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    for (from, tier) in [("127.0.0.2", Some("onion")), ("127.0.0.3", None)] {
+        let mut s = connect_from_std(from, listen);
+        s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"server.version\",\"params\":[\"t\",\"1.4\"]}\n")
+            .unwrap();
+        let mut reply = [0u8; 256];
+        let n = s.read(&mut reply).unwrap();
+        assert!(
+            String::from_utf8_lossy(&reply[..n]).contains("\"result\""),
+            "{}",
+            gw.log()
+        );
+        let local = s.local_addr().unwrap().to_string();
+        drop(s);
+        let line = gw
+            .wait_json(Duration::from_secs(10), |v| {
+                v["message"] == "connection closed" && v["client"] == local.as_str()
+            })
+            .unwrap_or_else(|| panic!("no close line for {local}:\n{}", gw.log()));
+        assert_eq!(line.get("tier").and_then(|t| t.as_str()), tier, "{line}");
+    }
 }
 
 #[test]

@@ -28,6 +28,7 @@ use crate::guard::policy::*;
 use crate::state::bans::BanPolicy;
 use crate::state::cost::{CostConfig, FeeParams};
 use crate::state::memory::Limits;
+use crate::state::tier::{Scale, Tier, TierBans, Tiers, MAX_SCALE, MAX_TIERS};
 use crate::telemetry::LogFormat;
 use crate::wire::units::{self, Rate};
 
@@ -87,6 +88,8 @@ pub struct Config {
     /// Host names announced in server.features.
     pub public_hosts: Vec<String>,
     pub fronts: Vec<Front>,
+    /// Trusted tiers (also in every level's `admission.tiers`).
+    pub tiers: Arc<Tiers>,
 }
 
 /// Most Tokio worker threads `runtime.worker_threads` may ask for: more only costs memory and scheduling
@@ -237,7 +240,7 @@ impl Validator<'_> {
     }
 
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let global = self.admission("admission", &raw.admission, None)?;
+        let mut global = self.admission("admission", &raw.admission, None)?;
         if raw.fronts.is_empty() {
             return Err(self.err("front", None, "at least one [[front]] is required"));
         }
@@ -336,7 +339,13 @@ impl Validator<'_> {
                 .map_err(|r| self.err("bans.journal", Some(j.span()), r.to_string()))?;
         }
         let ban_limits = self.ban_limits(b, &global)?;
+        let tiers = Arc::new(self.tiers(&raw.tiers, &fronts)?);
+        global.tiers = tiers.clone();
+        for f in &mut fronts {
+            f.admission.tiers = tiers.clone();
+        }
         Ok(Config {
+            tiers,
             cost,
             bans: BanPolicy {
                 enabled: b.enabled,
@@ -373,6 +382,157 @@ impl Validator<'_> {
             admission: global,
             fronts,
         })
+    }
+
+    /// `[[tier]]`: names unique and fit for a metric label, networks that overlap no other tier's,
+    /// credentials that name an API front's user or token, multipliers above 0.
+    fn tiers(&self, raw: &[RawTier], fronts: &[Front]) -> Result<Tiers, ConfigError> {
+        if raw.len() > MAX_TIERS {
+            return Err(self.err(
+                format!("tier[{MAX_TIERS}]"),
+                Some(raw[MAX_TIERS].name.span()),
+                format!("at most {MAX_TIERS} tiers"),
+            ));
+        }
+        let mut tiers: Vec<Tier> = Vec::with_capacity(raw.len());
+        // Every tier network so far, with the tier that holds it, to find overlaps.
+        let mut seen: Vec<(IpNetwork, String)> = Vec::new();
+        let mut claimed: Vec<(&str, String)> = Vec::new();
+        for (i, r) in raw.iter().enumerate() {
+            let key = format!("tier[{i}]");
+            let name = r.name.get_ref();
+            let label_ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !label_ok {
+                return Err(self.err(
+                    format!("{key}.name"),
+                    Some(r.name.span()),
+                    format!("`{name}` must be 1-64 letters, digits, `-` or `_` (it is a metric label)"),
+                ));
+            }
+            if tiers.iter().any(|t| &t.name == name) {
+                return Err(self.err(
+                    format!("{key}.name"),
+                    Some(r.name.span()),
+                    format!("duplicate tier name `{name}`"),
+                ));
+            }
+            let mut t = Tier::new(name.clone());
+            let mut nets = self.cidrs(&format!("{key}.networks"), &r.networks)?;
+            let listed = nets.len();
+            if let Some(f) = &r.networks_file {
+                self.cidr_files(&format!("{key}.networks_file"), std::slice::from_ref(f), &mut nets)?;
+            }
+            for (j, n) in nets.iter().enumerate() {
+                let (nkey, span) = if j < listed {
+                    (format!("{key}.networks[{j}]"), Some(r.networks[j].span()))
+                } else {
+                    (
+                        format!("{key}.networks_file"),
+                        r.networks_file.as_ref().map(|f| f.span()),
+                    )
+                };
+                let n = normalize_net(*n);
+                if let Some((o, owner)) = seen
+                    .iter()
+                    .find(|(o, _)| o.contains(n.network()) || n.contains(o.network()))
+                {
+                    let whose = if owner == name {
+                        "listed twice in this tier".to_string()
+                    } else {
+                        format!("tier `{owner}`")
+                    };
+                    return Err(self.err(
+                        nkey,
+                        span,
+                        format!("{n} overlaps {o} ({whose}): a client belongs to one tier"),
+                    ));
+                }
+                seen.push((n, name.clone()));
+                t.networks.push(n);
+            }
+            for (j, c) in r.credentials.iter().enumerate() {
+                let ckey = format!("{key}.credentials[{j}]");
+                let c_name = c.get_ref().as_str();
+                let known = fronts
+                    .iter()
+                    .filter_map(|f| f.api.as_ref())
+                    .any(|a| a.users.iter().any(|u| u.name == c_name) || a.tokens.iter().any(|t| t.name == c_name));
+                if !known {
+                    return Err(self.err(
+                        ckey,
+                        Some(c.span()),
+                        format!("`{c_name}` is no user or token name of any [front.api]"),
+                    ));
+                }
+                if let Some((_, owner)) = claimed.iter().find(|(n, _)| *n == c_name) {
+                    return Err(self.err(
+                        ckey,
+                        Some(c.span()),
+                        format!("`{c_name}` already belongs to tier `{owner}`"),
+                    ));
+                }
+                claimed.push((c_name, name.clone()));
+                t.credentials.push(c_name.to_string());
+            }
+            if t.networks.is_empty() && t.credentials.is_empty() {
+                return Err(self.err(
+                    format!("{key}.networks"),
+                    Some(r.name.span()),
+                    "a tier needs networks, a networks_file or credentials",
+                ));
+            }
+            for (field, v, slot) in [
+                ("connections_per_ip", &r.connections_per_ip, &mut t.connections_per_ip),
+                (
+                    "connections_per_group",
+                    &r.connections_per_group,
+                    &mut t.connections_per_group,
+                ),
+                ("connect_rate", &r.connect_rate, &mut t.connect_rate),
+                ("cost", &r.cost, &mut t.cost),
+                ("subscriptions", &r.subscriptions, &mut t.subscriptions),
+            ] {
+                if let Some(v) = v {
+                    *slot = match v.get_ref() {
+                        RawScale::Times(k) if k.is_finite() && *k > 0.0 && *k <= MAX_SCALE => Scale::Times(*k),
+                        RawScale::Word(w) if w == "exempt" => Scale::Exempt,
+                        RawScale::Times(k) => {
+                            return Err(self.err(
+                                format!("{key}.{field}"),
+                                Some(v.span()),
+                                format!(
+                                    "multiplier {k} must be a number greater than 0 and at most {MAX_SCALE} (or \"exempt\")"
+                                ),
+                            ))
+                        }
+                        RawScale::Word(w) => {
+                            return Err(self.err(
+                                format!("{key}.{field}"),
+                                Some(v.span()),
+                                format!("`{w}` is neither a multiplier nor \"exempt\""),
+                            ))
+                        }
+                    };
+                }
+            }
+            t.bans = match r.bans.as_ref().map(|b| (b.get_ref().as_str(), b.span())) {
+                None | Some(("auto", _)) => TierBans::Auto,
+                Some(("never", _)) => TierBans::Never,
+                Some((other, span)) => {
+                    return Err(self.err(
+                        format!("{key}.bans"),
+                        Some(span),
+                        format!("`{other}` is neither \"auto\" nor \"never\""),
+                    ))
+                }
+            };
+            tiers.push(t);
+        }
+        Ok(Tiers::new(tiers))
     }
 
     fn admin(&self, a: &schema::RawAdmin) -> Result<AdminConfig, ConfigError> {
@@ -932,6 +1092,7 @@ impl Validator<'_> {
                 "connect_burst_per_ip",
                 default_ip_rate,
             )?,
+            tiers: Arc::new(Tiers::default()),
             rate_per_group: rate(
                 a.connect_rate_per_group,
                 a.connect_burst_per_group,
@@ -1527,4 +1688,9 @@ fn journal_writable(path: &Path) -> Result<(), JournalPlaceError> {
 
 fn span_of<T>(v: &Option<Spanned<T>>) -> Option<std::ops::Range<usize>> {
     v.as_ref().map(Spanned::span)
+}
+
+/// `net` with its host bits cleared, as the tier lookup stores it.
+fn normalize_net(net: IpNetwork) -> IpNetwork {
+    IpNetwork::new(net.network(), net.prefix()).unwrap_or(net)
 }

@@ -40,6 +40,39 @@ pub struct RawConfig {
     pub acme: Option<RawAcme>,
     #[serde(default, rename = "front")]
     pub fronts: Vec<RawFront>,
+    /// Trusted tiers: networks and API credentials with their own multiples of the limits.
+    #[serde(default, rename = "tier")]
+    pub tiers: Vec<RawTier>,
+}
+
+/// `[[tier]]`: one trusted tier. Each limit is a multiplier of what strangers get, or `"exempt"`; unset
+/// limits stay as they are (`state::tier::DEFAULT_SCALE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub networks: Vec<Spanned<String>>,
+    /// A file of CIDRs, one a line (`#` comments), added to `networks`.
+    pub networks_file: Option<Spanned<PathBuf>>,
+    /// API front user (`[[front.api.users]]`) and token (`[[front.api.tokens]]`) names.
+    #[serde(default)]
+    pub credentials: Vec<Spanned<String>>,
+    pub connections_per_ip: Option<Spanned<RawScale>>,
+    pub connections_per_group: Option<Spanned<RawScale>>,
+    pub connect_rate: Option<Spanned<RawScale>>,
+    pub cost: Option<Spanned<RawScale>>,
+    pub subscriptions: Option<Spanned<RawScale>>,
+    /// `"auto"` (the default) or `"never"`.
+    pub bans: Option<Spanned<String>>,
+}
+
+/// A multiplier (`20`, `2.5`) or a word (`"exempt"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawScale {
+    Times(f64),
+    Word(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -163,10 +163,15 @@ impl FrontState {
         line.bytes_out = out.bytes_out;
         line.reason = out.reason;
         line.requests = Some((out.requests, out.cost));
-        self.log_close(&line);
+        self.log_close_in(&line, out.tier.as_deref().map(|t| t.name.as_str()));
     }
 
     pub fn log_close(&self, l: &CloseLine<'_>) {
+        self.log_close_in(l, None)
+    }
+
+    /// The close line of a session accounted in the trusted tier `tier` (by name: never the address).
+    pub fn log_close_in(&self, l: &CloseLine<'_>, tier: Option<&str>) {
         tracing::info!(
             front = %self.cfg.name,
             client = %l.client,
@@ -177,6 +182,7 @@ impl FrontState {
             tls = l.tls,
             requests = l.requests.map(|r| r.0),
             cost = l.requests.map(|r| (r.1 * 10.0).round() / 10.0),
+            tier,
             reason = &*l.reason.text(),
             "connection closed"
         );

@@ -80,14 +80,34 @@ pub struct LevelPolicy {
     pub admission: Admission,
     ip_rate: Option<ConnectRate>,
     group_rate: Option<ConnectRate>,
+    /// Per tier (in the order of `admission.tiers`): its own per-IP and per-group limiters, with the
+    /// tier's multiple of this level's rates.
+    tier_rates: Vec<(Option<ConnectRate>, Option<ConnectRate>)>,
 }
 
 impl LevelPolicy {
     pub fn new(admission: Admission) -> LevelPolicy {
+        let tier_rates = admission
+            .tiers
+            .iter()
+            .map(|t| {
+                let scaled = |r: Option<RateLimit>| r.and_then(|r| r.scaled(t.connect_rate)).map(ConnectRate::new);
+                (scaled(admission.rate_per_ip), scaled(admission.rate_per_group))
+            })
+            .collect();
         LevelPolicy {
             ip_rate: admission.rate_per_ip.map(ConnectRate::new),
             group_rate: admission.rate_per_group.map(ConnectRate::new),
+            tier_rates,
             admission,
+        }
+    }
+
+    /// The per-IP and per-group limiters that apply to a client of tier `index` (or a stranger).
+    fn rates(&self, tier: Option<usize>) -> (Option<&ConnectRate>, Option<&ConnectRate>) {
+        match tier.and_then(|i| self.tier_rates.get(i)) {
+            Some((ip, group)) => (ip.as_ref(), group.as_ref()),
+            None => (self.ip_rate.as_ref(), self.group_rate.as_ref()),
         }
     }
 }
@@ -98,6 +118,9 @@ pub struct Level {
     total: TotalCount,
     per_ip: KeyedCounts,
     per_group: KeyedCounts,
+    /// Connections per tier network, kept apart from `per_group` so a tier network's address never
+    /// counts as the /24 that starts at the same address.
+    per_tier_group: KeyedCounts,
 }
 
 impl Level {
@@ -107,6 +130,7 @@ impl Level {
             total: TotalCount::default(),
             per_ip: KeyedCounts::default(),
             per_group: KeyedCounts::default(),
+            per_tier_group: KeyedCounts::default(),
         })
     }
 
@@ -120,8 +144,26 @@ impl Level {
 
     fn housekeep(&self) {
         let p = self.policy.load();
-        for r in [&p.ip_rate, &p.group_rate].into_iter().flatten() {
+        let tiers = p.tier_rates.iter().flat_map(|(a, b)| [a, b]);
+        for r in [&p.ip_rate, &p.group_rate].into_iter().chain(tiers).flatten() {
             r.housekeep();
+        }
+    }
+}
+
+/// Which group a connection counts in at one level.
+#[derive(Clone, Copy)]
+enum GroupSlot {
+    /// The address group (its /24 or /48).
+    Net(IpAddr),
+    /// A tier network, by its address.
+    Tier(IpAddr),
+}
+
+impl GroupSlot {
+    fn key(self) -> IpAddr {
+        match self {
+            GroupSlot::Net(k) | GroupSlot::Tier(k) => k,
         }
     }
 }
@@ -130,7 +172,16 @@ impl Level {
 struct Held {
     level: Arc<Level>,
     ip: IpAddr,
-    group: Option<IpAddr>,
+    group: Option<GroupSlot>,
+}
+
+impl Held {
+    fn counts(level: &Level, g: GroupSlot) -> &KeyedCounts {
+        match g {
+            GroupSlot::Net(_) => &level.per_group,
+            GroupSlot::Tier(_) => &level.per_tier_group,
+        }
+    }
 }
 
 impl Drop for Held {
@@ -138,7 +189,7 @@ impl Drop for Held {
         self.level.total.release();
         self.level.per_ip.release(self.ip);
         if let Some(g) = self.group {
-            self.level.per_group.release(g);
+            Held::counts(&self.level, g).release(g.key());
         }
     }
 }
@@ -205,17 +256,18 @@ impl Guard {
         }
         // Allowlisted networks are operators' own or trusted peers: they keep per-IP limits but are
         // not lumped into a group with strangers.
-        let g = self.hold(&self.global, &gp, ip, allowed)?;
-        let f = self.hold(front, &fp, ip, allowed)?;
+        let (g, gt) = self.hold(&self.global, &gp, ip, allowed)?;
+        let (f, ft) = self.hold(front, &fp, ip, allowed)?;
         // The front is checked before the global level so that a front's refusal leaves the global
         // allowance untouched; per IP before per group so that one client's refusal cannot spend its
         // neighbours' group allowance.
-        for (p, group) in [(&fp, f.group), (&gp, g.group)] {
-            if p.ip_rate.as_ref().is_some_and(|r| !r.check(ip)) {
+        for (p, group, tier) in [(&fp, f.group, ft), (&gp, g.group, gt)] {
+            let (ip_rate, group_rate) = p.rates(tier);
+            if ip_rate.is_some_and(|r| !r.check(ip)) {
                 return Err(Refusal::IpRate);
             }
-            if let (Some(r), Some(group)) = (&p.group_rate, group) {
-                if !r.check(group) {
+            if let (Some(r), Some(group)) = (group_rate, group) {
+                if !r.check(group.key()) {
                     return Err(Refusal::GroupRate);
                 }
             }
@@ -223,28 +275,51 @@ impl Guard {
         Ok(Permit { _held: [g, f] })
     }
 
-    fn hold(&self, level: &Arc<Level>, p: &LevelPolicy, ip: IpAddr, allowed: bool) -> Result<Held, Refusal> {
+    /// Takes the connection's slots at one level; also returns the index of the client's tier there.
+    fn hold(
+        &self,
+        level: &Arc<Level>,
+        p: &LevelPolicy,
+        ip: IpAddr,
+        allowed: bool,
+    ) -> Result<(Held, Option<usize>), Refusal> {
         let a = &p.admission;
+        let tier = a.tiers.lookup(ip);
+        let (per_ip, per_group) = match &tier {
+            Some(t) => (
+                t.tier.connections_per_ip.cap(a.max_connections_per_ip),
+                t.tier.connections_per_group.cap(a.max_connections_per_group),
+            ),
+            None => (a.max_connections_per_ip, a.max_connections_per_group),
+        };
         if !level.total.try_acquire(a.max_connections) {
             return Err(Refusal::MaxConnections);
         }
-        if !level.per_ip.try_acquire(ip, a.max_connections_per_ip) {
+        if !level.per_ip.try_acquire(ip, per_ip) {
             level.total.release();
             return Err(Refusal::PerIpCap);
         }
-        let group = (!allowed).then(|| addr::group_of(ip, a.group_prefix_v4, a.group_prefix_v6));
+        // A tier client's group is its tier network, never the /24 it sits in.
+        let group = (!allowed).then(|| match &tier {
+            Some(t) => GroupSlot::Tier(t.group.network()),
+            None => GroupSlot::Net(addr::group_of(ip, a.group_prefix_v4, a.group_prefix_v6)),
+        });
         if let Some(g) = group {
-            if !level.per_group.try_acquire(g, a.max_connections_per_group) {
+            if !Held::counts(level, g).try_acquire(g.key(), per_group) {
                 level.total.release();
                 level.per_ip.release(ip);
                 return Err(Refusal::PerGroupCap);
             }
         }
-        Ok(Held {
-            level: level.clone(),
-            ip,
-            group,
-        })
+        let index = tier.map(|t| t.index);
+        Ok((
+            Held {
+                level: level.clone(),
+                ip,
+                group,
+            },
+            index,
+        ))
     }
 
     /// Counts a refusal decided outside [`Guard::admit`] (PROXY header problems).
@@ -297,6 +372,39 @@ mod tests {
         let again = guard(Duration::ZERO);
         assert!(again.should_log(a, Refusal::Denied));
         assert!(again.should_log(a, Refusal::Denied), "interval 0 logs every refusal");
+    }
+
+    #[test]
+    fn an_exempt_tier_has_no_cap_and_a_multiplied_one_its_multiple() {
+        use crate::state::tier::{Scale, Tier, Tiers};
+        let mut free = Tier::new("free");
+        free.networks = vec!["192.0.2.7/32".parse().unwrap()];
+        free.connections_per_ip = Scale::Exempt;
+        free.connect_rate = Scale::Exempt;
+        let mut twice = Tier::new("twice");
+        twice.networks = vec!["192.0.2.8/32".parse().unwrap()];
+        twice.connections_per_ip = Scale::Times(2.0);
+        let admission = Admission {
+            max_connections_per_ip: Some(2),
+            tiers: Arc::new(Tiers::new(vec![free, twice])),
+            ..Admission::global_default()
+        };
+        let g = Guard::new(
+            admission,
+            Arc::new(BanTable::new(crate::wire::acl::CidrSet::default())),
+            Duration::from_secs(60),
+        );
+        let front = Level::new(Admission {
+            tiers: g.global().policy.load().admission.tiers.clone(),
+            ..Admission::global_default()
+        });
+        let admit = |ip: &str| g.admit(&front, ip.parse().unwrap());
+        let held: Vec<Permit> = (0..50).map(|_| admit("192.0.2.7").expect("exempt")).collect();
+        let twice: Vec<Permit> = (0..4).map(|_| admit("192.0.2.8").expect("within 2 × 2")).collect();
+        assert_eq!(admit("192.0.2.8").err(), Some(Refusal::PerIpCap));
+        let stranger: Vec<Permit> = (0..2).map(|_| admit("192.0.2.9").expect("within 2")).collect();
+        assert_eq!(admit("192.0.2.9").err(), Some(Refusal::PerIpCap));
+        drop((held, twice, stranger));
     }
 
     #[test]

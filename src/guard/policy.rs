@@ -1,7 +1,9 @@
 //! Admission policy: the rules one level (global or one front) applies to new connections.
 
+use crate::state::tier::{Scale, Tiers};
 use crate::wire::acl::CidrSet;
 use crate::wire::units::Rate;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Global `max_connections` when unset: far above one host's wallets, below the descriptors it can hold.
@@ -30,6 +32,24 @@ pub struct RateLimit {
     pub burst: u32,
 }
 
+impl RateLimit {
+    /// The allowance a tier gets: rate and burst multiplied (never below one), or none when exempt.
+    pub fn scaled(self, s: Scale) -> Option<RateLimit> {
+        let k = match s {
+            Scale::Exempt => return None,
+            Scale::Times(k) => k,
+        };
+        let mul = |n: u32| (f64::from(n) * k).round().clamp(1.0, f64::from(u32::MAX)) as u32;
+        Some(RateLimit {
+            rate: Rate {
+                count: mul(self.rate.count),
+                per: self.rate.per,
+            },
+            burst: mul(self.burst),
+        })
+    }
+}
+
 /// One level of admission rules (global or one front).
 #[derive(Debug, Clone)]
 pub struct Admission {
@@ -43,6 +63,9 @@ pub struct Admission {
     pub group_prefix_v6: u8,
     pub rate_per_ip: Option<RateLimit>,
     pub rate_per_group: Option<RateLimit>,
+    /// Trusted tiers (the same for every level): multiples of the caps and rates above, and a group of
+    /// their own per tier network.
+    pub tiers: Arc<Tiers>,
 }
 
 impl Admission {
@@ -59,6 +82,7 @@ impl Admission {
             group_prefix_v6: DEFAULT_GROUP_PREFIX_V6,
             rate_per_ip: Some(DEFAULT_RATE_PER_IP),
             rate_per_group: None,
+            tiers: Arc::new(Tiers::default()),
         }
     }
 }

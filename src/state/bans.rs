@@ -395,6 +395,9 @@ pub struct BanTable {
     journal_failing: std::sync::atomic::AtomicBool,
     /// Networks that can never be banned (the global admission allowlist); swapped whole on reload.
     allow: ArcSwap<CidrSet>,
+    /// Networks automatic bans never cover (trusted tiers with `bans = "never"`); operators' and peers'
+    /// bans still apply to them. Swapped whole on reload.
+    never_auto: ArcSwap<CidrSet>,
     /// Past offences per address, so repeat offenders get longer bans; journaled, so a restart does
     /// not give every offender a first-offence ban again.
     offences: Mutex<HashMap<IpAddr, Offence>>,
@@ -484,6 +487,7 @@ impl BanTable {
             limits: ArcSwap::from_pointee(BanLimits::default()),
             journal_failing: std::sync::atomic::AtomicBool::new(false),
             allow: ArcSwap::from_pointee(allow),
+            never_auto: ArcSwap::from_pointee(CidrSet::new()),
             offences: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             feed: broadcast::channel(FEED_CAPACITY).0,
@@ -648,6 +652,12 @@ impl BanTable {
     /// Replaces the networks that can never be banned. Bans already in force are left alone.
     pub fn set_allowlist(&self, allow: CidrSet) {
         self.allow.store(std::sync::Arc::new(allow));
+    }
+
+    /// Replaces the networks automatic bans never cover, neither by banning an address in them nor by
+    /// escalating to a group that holds one.
+    pub fn set_never_auto(&self, nets: CidrSet) {
+        self.never_auto.store(std::sync::Arc::new(nets));
     }
 
     pub fn journal_path(&self) -> Option<PathBuf> {
@@ -1037,6 +1047,11 @@ impl BanTable {
             tracing::warn!(prefix = %target, %allowed, reason, "ban refused: the network is allowlisted");
             return None;
         }
+        let never = self.never_auto.load();
+        if allowlisted(&never, &target).is_some() {
+            tracing::debug!(prefix = %target, reason, "automatic ban not made: the address's tier has bans = \"never\"");
+            return None;
+        }
         let now = SystemTime::now();
         let mut store = lock(&self.store);
         // Already covered by a wider ban (its group was banned, or an operator's): nothing to add.
@@ -1095,7 +1110,8 @@ impl BanTable {
         let escalate = limits.escalate_after > 0
             && group.prefix() < target.prefix()
             && members.len() + 1 >= limits.escalate_after as usize
-            && allowlisted(&allow, &group).is_none();
+            && allowlisted(&allow, &group).is_none()
+            && allowlisted(&never, &group).is_none();
         let mut lines = vec![offence.entry(target.network())];
         if escalate {
             let until = members.iter().map(|m| m.until).fold(now + duration, SystemTime::max);
@@ -1861,6 +1877,24 @@ mod tests {
         assert_eq!(lines, 3);
         let t = BanTable::open(&path, CidrSet::new()).unwrap();
         assert!(!t.is_banned(ip("192.0.2.1")) && t.is_banned(ip("192.0.2.2")));
+    }
+
+    #[test]
+    fn never_auto_networks_are_spared_automatic_bans_only() {
+        let t = BanTable::new(CidrSet::new()).with_limits(BanLimits {
+            escalate_after: 2,
+            ..BanLimits::default()
+        });
+        t.set_never_auto(CidrSet::from_nets([net("192.0.2.7")]));
+        assert_eq!(t.ban_offender(ip("192.0.2.7"), HOUR, HOUR, "x"), None);
+        assert!(!t.is_banned(ip("192.0.2.7")));
+        // Two strangers of the /24 would escalate to the group, which holds the spared address: not done.
+        assert_eq!(t.ban_offender(ip("192.0.2.8"), HOUR, HOUR, "x"), Some(HOUR));
+        assert_eq!(t.ban_offender(ip("192.0.2.9"), HOUR, HOUR, "x"), Some(HOUR));
+        assert!(t.is_banned(ip("192.0.2.9")) && !t.is_banned(ip("192.0.2.7")));
+        // An operator's ban still applies.
+        t.ban(net("192.0.2.7"), HOUR, "operator").unwrap();
+        assert!(t.is_banned(ip("192.0.2.7")));
     }
 
     #[test]

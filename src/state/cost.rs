@@ -15,10 +15,12 @@
 //! its group's lock and each member's lock in turn, so the charge path costs O(members of the group) and never
 //! touches a lock shared by unrelated clients.
 
+use super::tier::{Tier, TierMatch, Tiers};
 use crate::wire::acl::CidrSet;
 use crate::wire::addr;
 use arc_swap::ArcSwap;
 use futures_util::task::AtomicWaker;
+use ipnetwork::IpNetwork;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
@@ -164,6 +166,8 @@ pub struct CostParams {
     pub exempt: CidrSet,
     /// The node-fee profile's balance, thresholds and decay.
     pub fee: FeeParams,
+    /// Trusted tiers: their clients get a multiple of the limits above and a group of their own.
+    pub tiers: Arc<Tiers>,
 }
 
 /// The node-fee profile: per-command fees summed into a balance that decays exponentially.
@@ -264,11 +268,12 @@ pub struct FeeLoad {
 }
 
 impl FeeLoad {
-    fn compute(balance: f64, f: &FeeParams) -> FeeLoad {
+    /// `scale` multiplies both thresholds (a tier's budget); infinite means neither is ever reached.
+    fn compute(balance: f64, f: &FeeParams, scale: f64) -> FeeLoad {
         FeeLoad {
             balance,
-            warning: f.warning > 0.0 && balance >= f.warning,
-            drop: f.drop > 0.0 && balance >= f.drop,
+            warning: f.warning > 0.0 && balance >= f.warning * scale,
+            drop: f.drop > 0.0 && balance >= f.drop * scale,
         }
     }
 }
@@ -287,6 +292,7 @@ impl Default for CostParams {
             group_private: false,
             exempt: CidrSet::new(),
             fee: FeeParams::default(),
+            tiers: Arc::new(Tiers::default()),
         }
     }
 }
@@ -334,10 +340,25 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn compute(effective: f64, p: &CostParams) -> Throttle {
-        let span = p.hard_limit - p.soft_limit;
+        Self::compute_scaled(effective, p, 1.0)
+    }
+
+    /// As [`Throttle::compute`] with the soft and hard limits multiplied by `scale` (a tier's budget). An
+    /// infinite scale (the tier is exempt from cost limits) never throttles.
+    pub fn compute_scaled(effective: f64, p: &CostParams, scale: f64) -> Throttle {
+        if !scale.is_finite() {
+            return Throttle {
+                frac: 0.0,
+                concurrency: p.initial_concurrency.max(1),
+                sleep: Duration::ZERO,
+                over_hard: false,
+            };
+        }
+        let (soft, hard) = (p.soft_limit * scale, p.hard_limit * scale);
+        let span = hard - soft;
         // `f64::max` maps a NaN to 0, so garbage parameters cannot make `mul_f64` below panic.
         let frac = if span > 0.0 {
-            ((effective - p.soft_limit) / span).max(0.0)
+            ((effective - soft) / span).max(0.0)
         } else {
             0.0
         };
@@ -347,7 +368,7 @@ impl Throttle {
             frac,
             concurrency: concurrency.max(1),
             sleep: p.max_sleep.mul_f64(f),
-            over_hard: p.hard_limit > 0.0 && effective >= p.hard_limit,
+            over_hard: hard > 0.0 && effective >= hard,
         }
     }
 }
@@ -364,12 +385,14 @@ struct Meter {
     at: Duration,
     subs: u32,
     fee: FeeSample,
+    /// A tier's session decays this many times as fast, as it has that many times the budget (1 otherwise).
+    decay: f64,
 }
 
 impl Meter {
     fn value(&self, now: Duration, p: &CostParams) -> f64 {
         let dt = now.saturating_sub(self.at).as_secs_f64();
-        (self.cost - p.decay_rate(self.subs) * dt).max(0.0)
+        (self.cost - p.decay_rate(self.subs) * self.decay * dt).max(0.0)
     }
 
     /// Cost and fees together, in Electrum units.
@@ -405,17 +428,30 @@ impl Session {
 }
 
 /// A group's retained cost as of `at`, and the fees of its departed sessions (which decay on their own).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Pool {
     value: f64,
     at: Duration,
     fee: FeeSample,
+    /// A tier group drains this many times as fast (1 otherwise).
+    drain: f64,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            value: 0.0,
+            at: Duration::ZERO,
+            fee: FeeSample::default(),
+            drain: 1.0,
+        }
+    }
 }
 
 impl Pool {
     fn value(&self, now: Duration, p: &CostParams) -> f64 {
         let dt = now.saturating_sub(self.at).as_secs_f64();
-        (self.value - p.retained_drain.max(0.0) * dt).max(0.0)
+        (self.value - p.retained_drain.max(0.0) * self.drain * dt).max(0.0)
     }
 
     /// Retained cost and fees together, in Electrum units.
@@ -516,6 +552,10 @@ struct Group {
 
 type Shard = Mutex<HashMap<IpAddr, Arc<Group>>>;
 
+/// A tier group: the tier's name and the tier network (or, for a credential's tier, the client address).
+/// Kept apart from the address groups, so a tier network never shares a key with the /24 it sits in.
+type TierKey = (String, IpNetwork);
+
 /// Spreads groups over shards so opening and closing sessions of different groups do not contend.
 const SHARDS: usize = 32;
 
@@ -531,6 +571,8 @@ pub struct Ledger {
     /// The groups each peer named in its last report, so a group it leaves out next time stops counting at
     /// once rather than at expiry.
     reported: Mutex<HashMap<PeerId, Vec<IpAddr>>>,
+    /// Tier groups. Only opening, closing and housekeeping take this lock; charges go to the group's own.
+    tiered: Mutex<HashMap<TierKey, Arc<Group>>>,
 }
 
 impl fmt::Debug for Ledger {
@@ -549,6 +591,7 @@ impl Ledger {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             reported: Mutex::new(HashMap::new()),
+            tiered: Mutex::new(HashMap::new()),
         })
     }
 
@@ -588,34 +631,79 @@ impl Ledger {
         &self.shards[(self.hasher.hash_one(group) % SHARDS as u64) as usize]
     }
 
-    /// A new session; charges nothing itself.
+    /// A new session; charges nothing itself. A client inside a tier network is accounted in its tier.
     pub fn open(self: &Arc<Self>, ip: IpAddr) -> Account {
         let ip = addr::canonical(ip);
         let p = self.params.load();
-        let now = self.clock.now();
-        let session = Arc::new(Session {
+        if let Some(m) = p.tiers.lookup(ip) {
+            return self.open_tier(ip, &m);
+        }
+        self.open_plain(ip, &p)
+    }
+
+    /// A new session in `tier`'s group `tier.group`, with the tier's budget; for a tier found by an API
+    /// credential ([`Tiers::by_credential`]) as for one found by address.
+    pub fn open_tier(self: &Arc<Self>, ip: IpAddr, tier: &TierMatch<'_>) -> Account {
+        let ip = addr::canonical(ip);
+        let scale = tier.tier.cost.factor();
+        let decay = if scale.is_finite() { scale } else { 1.0 };
+        let session = self.session(decay);
+        let key = (tier.tier.name.clone(), tier.group);
+        let g = {
+            let mut map = lock(&self.tiered);
+            let g = map
+                .entry(key)
+                .or_insert_with(|| {
+                    let g = Group::default();
+                    lock(&g.state).retained.drain = decay;
+                    Arc::new(g)
+                })
+                .clone();
+            lock(&g.state).members.push(session.clone());
+            g
+        };
+        tier.tier.metrics.session();
+        Account {
+            ledger: self.clone(),
+            session,
+            group: Some((None, g)),
+            ip,
+            tier: Some((tier.tier.clone(), tier.group)),
+            scale,
+        }
+    }
+
+    fn session(&self, decay: f64) -> Arc<Session> {
+        Arc::new(Session {
             meter: Mutex::new(Meter {
                 cost: 0.0,
-                at: now,
+                at: self.clock.now(),
                 subs: 0,
                 fee: FeeSample::default(),
+                decay,
             }),
             alerted: AtomicBool::new(false),
             waker: AtomicWaker::new(),
-        });
+        })
+    }
+
+    fn open_plain(self: &Arc<Self>, ip: IpAddr, p: &CostParams) -> Account {
+        let session = self.session(1.0);
         let group = p.group_for(ip).map(|key| {
             // The member is added under the shard lock so housekeeping cannot drop the group between lookup
             // and join, which would leave this session counting into an orphan.
             let mut shard = lock(self.shard(key));
             let g = shard.entry(key).or_default().clone();
             lock(&g.state).members.push(session.clone());
-            (key, g)
+            (Some(key), g)
         });
         Account {
             ledger: self.clone(),
             session,
             group,
             ip,
+            tier: None,
+            scale: 1.0,
         }
     }
 
@@ -772,10 +860,12 @@ impl Ledger {
                 !st.is_idle(now, &p)
             });
         }
+        lock(&self.tiered).retain(|_, g| !lock(&g.state).is_idle(now, &p));
     }
 
+    /// Groups held, tier groups included.
     pub fn groups(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(s).len()).sum::<usize>() + lock(&self.tiered).len()
     }
 }
 
@@ -784,8 +874,13 @@ impl Ledger {
 pub struct Account {
     ledger: Arc<Ledger>,
     session: Arc<Session>,
-    group: Option<(IpAddr, Arc<Group>)>,
+    /// The group and its address key; a tier group has no address key.
+    group: Option<(Option<IpAddr>, Arc<Group>)>,
     ip: IpAddr,
+    /// The tier and the tier group's network.
+    tier: Option<(Arc<Tier>, IpNetwork)>,
+    /// What the soft and hard limits are multiplied by: 1, a tier's factor, or infinite (exempt).
+    scale: f64,
 }
 
 impl fmt::Debug for Account {
@@ -808,7 +903,7 @@ impl Account {
             lock(&self.session.meter).fee.add(now, &p.fee, fee);
         }
         let load = self.fee_load_at(now, &p);
-        if load.drop || Throttle::compute(self.effective_at(now, &p), &p).over_hard {
+        if load.drop || Throttle::compute_scaled(self.effective_at(now, &p), &p, self.scale).over_hard {
             self.alert_group();
         }
         load
@@ -831,7 +926,7 @@ impl Account {
                 None => lock(&self.session.meter).fee.balance(now, &p.fee),
             }
         };
-        FeeLoad::compute(balance, &p.fee)
+        FeeLoad::compute(balance, &p.fee, self.scale)
     }
 
     /// Adds `units`, then returns the throttle recomputed now. Non-finite or negative charges are ignored: a
@@ -847,7 +942,7 @@ impl Account {
                 crate::telemetry::metrics::cost_charged(units);
             }
         }
-        let t = Throttle::compute(self.effective_at(now, &p), &p);
+        let t = Throttle::compute_scaled(self.effective_at(now, &p), &p, self.scale);
         if t.over_hard {
             self.alert_group();
         }
@@ -890,7 +985,7 @@ impl Account {
     pub fn throttle(&self) -> Throttle {
         let p = self.ledger.params.load();
         let now = self.ledger.clock.now();
-        Throttle::compute(self.effective_at(now, &p), &p)
+        Throttle::compute_scaled(self.effective_at(now, &p), &p, self.scale)
     }
 
     /// Own cost, decayed to now.
@@ -923,9 +1018,21 @@ impl Account {
         m.subs = n;
     }
 
-    /// The network this session's cost is shared with; `None` for exempt and ungrouped clients.
+    /// The network this session's cost is shared with; `None` for exempt and ungrouped clients, and for a
+    /// tier's clients (they share with their tier group alone: see [`Account::tier`]).
     pub fn group(&self) -> Option<IpAddr> {
-        self.group.as_ref().map(|(k, _)| *k)
+        self.group.as_ref().and_then(|(k, _)| *k)
+    }
+
+    /// The trusted tier this session is accounted in.
+    pub fn tier(&self) -> Option<&Arc<Tier>> {
+        self.tier.as_ref().map(|(t, _)| t)
+    }
+
+    /// The network a tier session shares its budget with: the tier network, or its own address for a
+    /// credential's tier.
+    pub fn tier_group(&self) -> Option<IpNetwork> {
+        self.tier.as_ref().map(|(_, n)| *n)
     }
 
     /// The client address, canonicalised.
@@ -1160,6 +1267,50 @@ mod tests {
         let c = l.open(ip("10.0.0.1"));
         assert_eq!(c.effective_cost(), 0.0);
         assert!(l.open(ip("192.0.2.1")).group().is_some());
+    }
+
+    #[test]
+    fn tier_has_a_multiplied_budget_and_a_group_of_its_own() {
+        use crate::state::tier::{Scale, Tier, Tiers};
+        let mut t = Tier::new("tor");
+        t.networks = vec!["127.0.0.2/32".parse().unwrap()];
+        t.cost = Scale::Times(20.0);
+        let mut free = Tier::new("free");
+        free.networks = vec!["127.0.9.0/28".parse().unwrap()];
+        free.cost = Scale::Exempt;
+        let p = CostParams {
+            tiers: Arc::new(Tiers::new(vec![t, free])),
+            ..test_params()
+        };
+        let (l, _) = ledger(p);
+        let a = l.open(ip("127.0.0.2"));
+        let stranger = l.open(ip("127.0.0.3"));
+        assert_eq!(a.tier().map(|t| t.name.as_str()), Some("tor"));
+        assert_eq!((a.group(), stranger.group()), (None, Some(ip("127.0.0.0"))));
+        a.charge(5.0);
+        // 5 + 20·n ≥ 20 × 10000 first at n = 9,999.75 → 10,000; the soft limit 20 × 1000 at n = 1000.
+        let mut hard = None;
+        for n in 1..=20_000 {
+            let th = a.charge(20.0);
+            if n < 1000 {
+                assert_eq!(th.frac, 0.0, "request {n}");
+            }
+            if n == 5000 {
+                assert!(th.frac > 0.0 && th.sleep > Duration::ZERO, "still throttled: {th:?}");
+            }
+            if th.over_hard {
+                hard = Some(n);
+                break;
+            }
+        }
+        assert_eq!(hard, Some(10_000));
+        assert_eq!(stranger.effective_cost(), 0.0, "the tier's cost is not the /24's");
+        assert!(!stranger.throttle().over_hard);
+        let ex = l.open(ip("127.0.9.5"));
+        ex.charge(1e9);
+        assert!(!ex.throttle().over_hard && ex.throttle().sleep == Duration::ZERO);
+        drop(a);
+        assert_eq!(l.groups(), 3, "two tier groups and the strangers' /24");
     }
 
     #[test]

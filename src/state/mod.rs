@@ -5,3 +5,4 @@ pub mod bans;
 pub mod cost;
 pub mod journal;
 pub mod memory;
+pub mod tier;

@@ -10,7 +10,7 @@
 //!   refusals by reason (the guard's own counters), ban counts (the ban table's stats)
 //!   and upstream up/down (each upstream pool). Nothing is counted twice.
 //!
-//! Labels are only ever a front's name, an upstream's position in its front ("0", "1", …), a reason, a
+//! Labels are only ever a front's name, a trusted tier's name, an upstream's position in its front ("0", "1", …), a reason, a
 //! result, a request class, a ban source or the version. Never a client address, never a backend address.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -278,6 +278,14 @@ struct Metrics {
     build_info: Family<VersionLabels, Gauge>,
     admin_shed: Family<ReasonLabels, Counter>,
     admin_shed_handles: [Counter; AdminShed::ALL.len()],
+    tier_sessions: Family<TierLabels, Counter>,
+    tier_hard_limit: Family<TierLabels, Counter>,
+    tier_bans_spared: Family<TierLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabels {
+    tier: String,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -333,8 +341,47 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         build_info,
         admin_shed,
         admin_shed_handles,
+        tier_sessions: Family::default(),
+        tier_hard_limit: Family::default(),
+        tier_bans_spared: Family::default(),
     }
 });
+
+/// The handles of one trusted tier, registered when the tier is configured; labelled by the tier's name,
+/// never by an address.
+#[derive(Clone, Debug)]
+pub struct TierMetrics {
+    sessions: Counter,
+    hard_limit: Counter,
+    bans_spared: Counter,
+}
+
+impl TierMetrics {
+    pub fn new(tier: &str) -> TierMetrics {
+        let m = &*METRICS;
+        let label = TierLabels { tier: tier.into() };
+        TierMetrics {
+            sessions: m.tier_sessions.get_or_create_owned(&label),
+            hard_limit: m.tier_hard_limit.get_or_create_owned(&label),
+            bans_spared: m.tier_bans_spared.get_or_create_owned(&label),
+        }
+    }
+
+    /// A session (Electrum or API) accounted in the tier.
+    pub fn session(&self) {
+        self.sessions.inc();
+    }
+
+    /// A session of the tier cut at its (multiplied) hard limit.
+    pub fn hard_limit(&self) {
+        self.hard_limit.inc();
+    }
+
+    /// An automatic ban not made because the tier's bans are `never`.
+    pub fn ban_spared(&self) {
+        self.bans_spared.inc();
+    }
+}
 
 /// The connection-path handles of one front, registered when the front is built.
 #[derive(Clone)]
@@ -583,6 +630,21 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
         "Duration of successful upstream connects, by front and upstream position",
         Unit::Seconds,
         m.upstream_connect_seconds.clone(),
+    );
+    r.register(
+        "tier_sessions",
+        "Sessions accounted in a trusted tier, by tier",
+        m.tier_sessions.clone(),
+    );
+    r.register(
+        "tier_hard_limit_disconnects",
+        "Sessions of a trusted tier closed at the tier's own cost hard limit, by tier",
+        m.tier_hard_limit.clone(),
+    );
+    r.register(
+        "tier_bans_spared",
+        "Automatic bans not made because the client's tier has bans = \"never\", by tier",
+        m.tier_bans_spared.clone(),
     );
     r.register(
         "reloads",

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// Connects from `from` and checks the session works end to end; returns it still open.
-async fn admitted(from: &str, to: SocketAddr) -> TcpStream {
+pub(crate) async fn admitted(from: &str, to: SocketAddr) -> TcpStream {
     let mut s = net::connect_from(from, to)
         .await
         .unwrap_or_else(|e| panic!("{from}: connect to {to}: {e}"));
@@ -22,7 +22,7 @@ async fn admitted(from: &str, to: SocketAddr) -> TcpStream {
 }
 
 /// Checks `from` is refused by `to` for `reason`, and that this refusal is the only one counted.
-async fn refused(running: &Running, from: &str, to: SocketAddr, reason: Refusal) {
+pub(crate) async fn refused(running: &Running, from: &str, to: SocketAddr, reason: Refusal) {
     let before = counters(running);
     assert!(net::is_refused(from, to).await, "{from} should be refused ({reason})");
     assert_eq!(

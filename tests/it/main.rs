@@ -22,6 +22,7 @@ mod proxy;
 mod reload;
 #[path = "../support/mod.rs"]
 mod support;
+mod tiers;
 mod timeouts;
 mod tls;
 mod upstream;

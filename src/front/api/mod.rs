@@ -77,7 +77,9 @@ struct Session {
     set: Arc<ApiSettings>,
     client: SocketAddr,
     local: SocketAddr,
-    account: Account,
+    /// Swapped when a request authenticates with a credential of a trusted tier: the session is then
+    /// accounted in that tier from its next charge on.
+    account: arc_swap::ArcSwap<Account>,
     upstream: tokio::sync::Mutex<Option<SendRequest<Full<Bytes>>>>,
     in_flight: AtomicUsize,
     last_activity: Mutex<Instant>,
@@ -156,7 +158,7 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
         set: set.clone(),
         client: conn.client,
         local: conn.local,
-        account,
+        account: arc_swap::ArcSwap::from_pointee(account),
         upstream: tokio::sync::Mutex::new(None),
         in_flight: AtomicUsize::new(0),
         last_activity: Mutex::new(Instant::now()),
@@ -199,7 +201,7 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
     let result = loop {
         tokio::select! {
             r = http.as_mut() => break Some(r),
-            _ = std::future::poll_fn(|cx| session.account.poll_alert(cx)), if shutdown_at.is_none() => {
+            _ = std::future::poll_fn(|cx| session.account.load().poll_alert(cx)), if shutdown_at.is_none() => {
                 alerted = true;
                 if session.cut_if_over_limit() {
                     reason = Some(CloseReason::CostHardLimit);
@@ -249,7 +251,8 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
             _ => CloseReason::ClientClosed,
         })
     };
-    front.log_close(&super::CloseLine {
+    let account = session.account.load_full();
+    let line = super::CloseLine {
         client: conn.client,
         via: conn.via,
         tls,
@@ -257,14 +260,15 @@ pub async fn serve(front: Arc<FrontState>, conn: Conn) {
         bytes_in: session.bytes_in.load(Ordering::Relaxed),
         bytes_out: session.bytes_out.load(Ordering::Relaxed),
         reason,
-        requests: Some((session.requests.load(Ordering::Relaxed), session.account.cost())),
-    });
+        requests: Some((session.requests.load(Ordering::Relaxed), account.cost())),
+    };
+    front.log_close_in(&line, account.tier().map(|t| t.name.as_str()));
 }
 
 impl Session {
     async fn handle(&self, req: Request<Incoming>) -> Reply {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if self.account.throttle().over_hard {
+        if self.account.load().throttle().over_hard {
             metrics::api_request(NO_CLASS, ApiResult::Refused);
             return self.hard_limit(None);
         }
@@ -316,7 +320,7 @@ impl Session {
             Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return self.too_large(),
             Err(_) => return empty(StatusCode::BAD_REQUEST),
         };
-        self.account.charge_bytes(body.len());
+        self.account.load().charge_bytes(body.len());
         self.bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
         let Ok(text) = std::str::from_utf8(&body) else {
             return self.parse_error();
@@ -359,7 +363,7 @@ impl Session {
         match self.exchange(Method::GET, path, Bytes::new()).await {
             Ok((status, kind, body)) => {
                 metrics::api_request(class.index(), ApiResult::Ok);
-                self.account.charge_bytes(body.len());
+                self.account.load().charge_bytes(body.len());
                 let mut r = Response::new(Full::new(body));
                 *r.status_mut() = status;
                 if let Some(kind) = kind {
@@ -381,7 +385,9 @@ impl Session {
             None => None,
             Some(v) => {
                 if let Some(token) = parse_bearer(v.as_bytes()) {
-                    return Token::find(&self.set.tokens, token).map(|t| &t.methods);
+                    let t = Token::find(&self.set.tokens, token)?;
+                    self.enter_tier_of(&t.name);
+                    return Some(&t.methods);
                 }
                 let (name, password) = parse_basic(v.as_bytes())?;
                 let Some(user) = self.set.users.iter().find(|u| u.name == name) else {
@@ -390,7 +396,11 @@ impl Session {
                     auth::hmac_sha256(name.as_bytes(), password.as_bytes());
                     return None;
                 };
-                user.verify(&password).then_some(&user.methods)
+                if !user.verify(&password) {
+                    return None;
+                }
+                self.enter_tier_of(&user.name);
+                Some(&user.methods)
             }
         }
     }
@@ -437,7 +447,7 @@ impl Session {
                 match self.forward(path, body).await {
                     Ok((status, reply)) => {
                         metrics::api_request(class, ApiResult::Ok);
-                        self.account.charge_bytes(reply.len());
+                        self.account.load().charge_bytes(reply.len());
                         json_reply(status, reply)
                     }
                     Err(e) => {
@@ -498,7 +508,7 @@ impl Session {
             };
             let replies = match self.forward(path, sent).await {
                 Ok((_, reply)) => {
-                    self.account.charge_bytes(reply.len());
+                    self.account.load().charge_bytes(reply.len());
                     match serde_json::from_slice::<Vec<Box<RawValue>>>(&reply) {
                         Ok(r) if r.len() == forward.len() => r,
                         _ => {
@@ -615,7 +625,7 @@ impl Session {
     /// Charges `units`; false at the hard limit. Above the soft limit the request first sleeps its share
     /// of `max_sleep`, as Electrum sessions do, so a heavy client slows down before it is refused.
     async fn charge(&self, units: f64) -> bool {
-        let th = self.account.charge(units);
+        let th = self.account.load().charge(units);
         if th.over_hard {
             return false;
         }
@@ -628,12 +638,13 @@ impl Session {
     /// Charges a refused request's `error_cost`; true at the hard limit.
     fn charge_error(&self) -> bool {
         let units = self.front.handles.electrum.cost.load().error_cost;
-        self.account.charge(units).over_hard
+        self.account.load().charge(units).over_hard
     }
 
     fn parse_error(&self) -> Reply {
         metrics::api_request(NO_CLASS, ApiResult::Error);
         self.account
+            .load()
             .charge(self.front.handles.electrum.cost.load().parse_error_cost);
         json_reply(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -654,7 +665,7 @@ impl Session {
     /// next request would be refused anyway. HTTP has no way to tell it first. True when it is cut; a
     /// request in progress is left to finish (its connection is looked at again once it is answered).
     fn cut_if_over_limit(&self) -> bool {
-        if self.in_flight.load(Ordering::Acquire) != 0 || !self.account.throttle().over_hard {
+        if self.in_flight.load(Ordering::Acquire) != 0 || !self.account.load().throttle().over_hard {
             return false;
         }
         tracing::info!(front = %self.front.cfg.name, client = %self.client, "group at the cost hard limit; closing an idle connection");
@@ -662,12 +673,33 @@ impl Session {
         true
     }
 
+    /// Moves the session into the tier the credential `name` belongs to, unless it is accounted there
+    /// already. Its cost so far stays where it was charged.
+    fn enter_tier_of(&self, name: &str) {
+        let ledger = &self.front.handles.electrum.ledger;
+        let params = ledger.params();
+        let Some(m) = params.tiers.by_credential(name, self.client.ip()) else {
+            return;
+        };
+        if self.account.load().tier().is_some_and(|t| Arc::ptr_eq(t, m.tier)) {
+            return;
+        }
+        self.account.store(Arc::new(ledger.open_tier(self.client.ip(), &m)));
+    }
+
     /// The hard limit's ban and metric, once per connection.
     fn mark_over_limit(&self) {
         if !self.over_limit.swap(true, Ordering::AcqRel) {
             metrics::hard_limit_disconnect();
+            let account = self.account.load();
+            let tier = account.tier();
+            if let Some(t) = tier {
+                t.metrics.hard_limit();
+            }
             let p = self.front.handles.electrum.ban_policy.load();
-            if p.enabled {
+            if let Some(t) = tier.filter(|t| t.bans == crate::state::tier::TierBans::Never) {
+                t.metrics.ban_spared();
+            } else if p.enabled {
                 self.front.handles.electrum.bans.ban_offender(
                     self.client.ip(),
                     p.duration,

@@ -28,6 +28,9 @@ pub struct Handles {
     pub ban_policy: ArcSwap<BanPolicy>,
     /// Subscriptions held per client group.
     pub group_subs: KeyedCounts,
+    /// Subscriptions held per tier group, by the tier network's address (apart from `group_subs`, whose
+    /// /24 keys could equal it).
+    pub tier_subs: KeyedCounts,
     /// Bytes buffered by every Electrum session together, against `[limits] memory_budget`.
     pub memory: Arc<MemoryBudget>,
     /// The `hosts` object announced in server.features.

@@ -14,16 +14,18 @@ use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
 use super::settings::{ElectrumSettings, VersionPolicy};
 use super::Handles;
 use crate::front::{CloseReason, FrontState};
+use crate::guard::limits::KeyedCounts;
 use crate::state::bans::BanPolicy;
 use crate::state::cost::CostConfig;
 use crate::state::cost::{Account, Throttle};
 use crate::state::memory::Charge;
+use crate::state::tier::{Tier, TierBans, DEFAULT_SCALE};
 use crate::telemetry::metrics::{self, Class, ReqResult};
 use crate::wire::buf::{give_buf, take_buf};
 use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -47,6 +49,8 @@ pub struct Outcome {
     pub bytes_out: u64,
     pub requests: u64,
     pub cost: f64,
+    /// The trusted tier the session was accounted in.
+    pub tier: Option<Arc<Tier>>,
 }
 
 /// A client's JSON-RPC id, kept byte for byte so the reply carries exactly what the client sent; small
@@ -406,6 +410,7 @@ where
         bytes_out: s.bytes_out,
         requests: s.requests,
         cost: s.account.cost(),
+        tier: s.account.tier().cloned(),
     }
 }
 
@@ -769,24 +774,34 @@ impl Session<'_> {
     /// The hard limit's close and ban, once its -101 is written.
     fn cut_off(&mut self) {
         metrics::hard_limit_disconnect();
-        self.close_with(CloseReason::CostHardLimit);
-        let p = self.ban_policy.clone();
-        if p.enabled {
-            self.shared
-                .bans
-                .ban_offender(self.client.ip(), p.duration, p.max_duration, "cost hard limit");
+        if let Some(t) = self.account.tier() {
+            t.metrics.hard_limit();
         }
+        self.close_with(CloseReason::CostHardLimit);
+        self.ban("cost hard limit");
     }
 
     fn violation(&mut self, what: &'static str) {
         self.violations += 1;
-        let p = self.ban_policy.clone();
-        if p.enabled && self.violations > p.max_violations {
+        if self.ban_policy.enabled && self.violations > self.ban_policy.max_violations {
             self.close_with(CloseReason::ProtocolViolations);
-            self.shared
-                .bans
-                .ban_offender(self.client.ip(), p.duration, p.max_duration, what);
+            self.ban(what);
         }
+    }
+
+    /// The automatic ban of this client, unless its tier's bans are `never` (the session is cut all the same).
+    fn ban(&self, reason: &str) {
+        let p = &self.ban_policy;
+        if !p.enabled {
+            return;
+        }
+        if let Some(t) = self.account.tier().filter(|t| t.bans == TierBans::Never) {
+            t.metrics.ban_spared();
+            return;
+        }
+        self.shared
+            .bans
+            .ban_offender(self.client.ip(), p.duration, p.max_duration, reason);
     }
 
     // ---- client side ----------------------------------------------------------------------------
@@ -864,18 +879,23 @@ impl Session<'_> {
             .ok_or_else(|| RpcError::new(ErrorCode::MethodNotFound, format!("unknown method \"{}\"", req.method)))?;
         methods::validate(info, req.params)?;
         if info.special == Special::Subscribe {
-            let group_cap = self.cost.max_subscriptions_per_group;
-            if self.subs >= self.set.max_subscriptions {
+            let scale = self.account.tier().map_or(DEFAULT_SCALE, |t| t.subscriptions);
+            let group_cap = scale.cap(Some(self.cost.max_subscriptions_per_group));
+            let session_cap = scale.cap(Some(self.set.max_subscriptions));
+            if session_cap.is_some_and(|c| self.subs >= c) {
                 return Err(RpcError::new(
                     ErrorCode::InvalidRequest,
-                    format!("too many subscriptions (limit {})", self.set.max_subscriptions),
+                    format!("too many subscriptions (limit {})", session_cap.unwrap_or_default()),
                 ));
             }
-            if let Some(g) = self.account.group() {
-                if !self.shared.group_subs.try_acquire(g, Some(group_cap)) {
+            if let Some((counts, g)) = self.subs_slot() {
+                if !counts.try_acquire(g, group_cap) {
                     return Err(RpcError::new(
                         ErrorCode::InvalidRequest,
-                        format!("too many subscriptions from your network (limit {group_cap})"),
+                        format!(
+                            "too many subscriptions from your network (limit {})",
+                            group_cap.unwrap_or_default()
+                        ),
                     ));
                 }
                 self.group_subs += 1;
@@ -1425,20 +1445,29 @@ impl Session<'_> {
         self.subs -= 1;
         self.account.set_subscriptions(self.subs as u32);
         if self.group_subs > 0 {
-            if let Some(g) = self.account.group() {
-                self.shared.group_subs.release(g);
+            if let Some((counts, g)) = self.subs_slot() {
+                counts.release(g);
             }
             self.group_subs -= 1;
         }
     }
 
     fn release_group_subs(&mut self) {
-        if let Some(g) = self.account.group() {
+        if let Some((counts, g)) = self.subs_slot() {
             for _ in 0..self.group_subs {
-                self.shared.group_subs.release(g);
+                counts.release(g);
             }
         }
         self.group_subs = 0;
+    }
+
+    /// Where this session's subscriptions count per group: its tier group, or its address group.
+    fn subs_slot(&self) -> Option<(&KeyedCounts, IpAddr)> {
+        let shared = self.shared;
+        match self.account.tier_group() {
+            Some(net) => Some((&shared.tier_subs, net.network())),
+            None => self.account.group().map(|g| (&shared.group_subs, g)),
+        }
     }
 }
 
