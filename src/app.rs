@@ -117,6 +117,8 @@ pub enum StartError {
     Admin(#[from] admin::AdminError),
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    #[error("blocklist feeds: {0}")]
+    Feeds(#[from] crate::intel::http::HttpError),
     #[error("front `{front}`: cannot listen on {addr}: {source}")]
     Bind {
         front: String,
@@ -220,11 +222,10 @@ impl Gatehouse {
             Some(path) => BanTable::open_limited(path, allow, Default::default(), config.bans.limits)?,
             None => BanTable::new(allow).with_limits(config.bans.limits),
         });
-        let guard = Arc::new(Guard::new(
-            config.admission.clone(),
-            bans.clone(),
-            config.log.refusal_interval,
-        ));
+        let feeds = Arc::new(crate::intel::feed_set(&config.feeds, config.crowdsec.as_ref()));
+        let guard = Arc::new(
+            Guard::new(config.admission.clone(), bans.clone(), config.log.refusal_interval).with_feeds(feeds.clone()),
+        );
         let drain = Arc::new(Drain::new(config.runtime.drain_spread));
         let electrum = Arc::new(electrum::Handles {
             ledger: Ledger::new(cost_params(&config), clock),
@@ -252,6 +253,14 @@ impl Gatehouse {
         for f in std::mem::take(&mut config.fronts) {
             bound.push(bind_front(FrontState::new(f, shared.front_handles()))?);
         }
+        // Once every listener is bound and before any serves: the kept copies of the feeds go in force first.
+        crate::intel::start(
+            &config.feeds,
+            config.crowdsec.as_ref(),
+            &feeds,
+            &bans,
+            &shared.intake.stop_accepting,
+        )?;
         let addrs: BTreeMap<String, Vec<SocketAddr>> = bound
             .iter()
             .map(|b| (b.state.cfg.name.clone(), b.bound.clone()))
@@ -298,7 +307,8 @@ impl Gatehouse {
                     .with_reload(reload_tx)
                     .with_upgrade(upgrade_tx)
                     .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle))
-                    .with_connections_per_peer(config.admin.max_connections_per_peer);
+                    .with_connections_per_peer(config.admin.max_connections_per_peer)
+                    .with_feeds(feeds.clone());
             admin::AdminServer::spawn(l, Arc::new(state))
         });
         tokio::spawn(housekeeping(shared.clone()));

@@ -77,6 +77,7 @@ impl LiveSource for Live {
                 .inc_by(self.guard.refused(reason));
         }
         r.register("connections_refused", "Connections refused, by reason", refused);
+        self.guard.feeds().register_metrics(r);
         r.register(
             "upstream_up",
             "1 when the upstream (by position in its front) is believed reachable, 0 while marked down",

@@ -27,7 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
@@ -74,6 +74,8 @@ pub struct AdminState {
     cluster: Option<crate::cluster::StatusHandle>,
     /// Connections one peer may hold at once.
     per_peer: usize,
+    /// The blocklist sources, for `/readyz`.
+    feeds: Option<Arc<crate::state::feeds::FeedSet>>,
 }
 
 impl AdminState {
@@ -81,6 +83,31 @@ impl AdminState {
     pub fn with_cluster(mut self, cluster: Option<crate::cluster::StatusHandle>) -> AdminState {
         self.cluster = cluster;
         self
+    }
+
+    /// Lets `/readyz` tell each blocklist source's state.
+    pub fn with_feeds(mut self, feeds: Arc<crate::state::feeds::FeedSet>) -> AdminState {
+        self.feeds = Some(feeds);
+        self
+    }
+
+    fn feed_health(&self) -> Vec<api::FeedHealth> {
+        let Some(f) = &self.feeds else { return Vec::new() };
+        f.statuses()
+            .into_iter()
+            .map(|s| api::FeedHealth {
+                state: match (s.stale, s.last_success) {
+                    (true, _) => "stale",
+                    (false, 0) => "empty",
+                    (false, _) => "ok",
+                }
+                .to_string(),
+                last_success: (s.last_success > 0).then(|| rfc3339(UNIX_EPOCH + Duration::from_secs(s.last_success))),
+                name: s.name,
+                entries: s.entries,
+                last_error: s.last_error,
+            })
+            .collect()
     }
 
     /// Caps the connections one peer (address, or uid on a unix socket) may hold at once.
@@ -112,6 +139,7 @@ impl AdminState {
             upgrade: None,
             cluster: None,
             per_peer: DEFAULT_ADMIN_CONNECTIONS_PER_PEER,
+            feeds: None,
         }
     }
 
@@ -547,10 +575,15 @@ async fn handle(state: &AdminState, peer: &str, authorized: bool, req: Request<I
                     &api::Health {
                         status: api::HealthStatus::Degraded,
                         reason: Some("the ban journal is failing writes".to_string()),
+                        feeds: state.feed_health(),
                     },
                 )
             } else {
-                reply(StatusCode::OK, &api::Health::new(api::HealthStatus::Ready))
+                let ready = api::Health {
+                    feeds: state.feed_health(),
+                    ..api::Health::new(api::HealthStatus::Ready)
+                };
+                reply(StatusCode::OK, &ready)
             };
         }
         (_, "/healthz" | "/readyz") => return method_not_allowed("GET"),
@@ -946,27 +979,7 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// UTC time as RFC 3339 (`2024-05-01T12:00:00Z`), without a date library.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use crate::wire::time::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,8 @@
 //!
 //! Every error names the file, the key path (`front[0].tls.cert`) and, where known, the line.
 
+pub mod feeds;
+pub mod raw_feeds;
 pub mod schema;
 
 use crate::listen::tls::{self, CertFiles};
@@ -84,6 +86,9 @@ pub struct Config {
     /// Host names announced in server.features.
     pub public_hosts: Vec<String>,
     pub fronts: Vec<Front>,
+    /// Blocklist feeds (kept in the ban journal's folder when there is one).
+    pub feeds: Vec<crate::intel::settings::FeedSettings>,
+    pub crowdsec: Option<crate::intel::settings::CrowdSecSettings>,
 }
 
 /// Most Tokio worker threads `runtime.worker_threads` may ask for: more only costs memory and scheduling
@@ -321,7 +326,12 @@ impl Validator<'_> {
                 .map_err(|r| self.err("bans.journal", Some(j.span()), r.to_string()))?;
         }
         let ban_limits = self.ban_limits(b, &global)?;
+        let journal = b.journal.as_ref().map(|p| self.path(p.get_ref()));
+        let feeds = self.feeds(&raw.feeds, journal.as_deref())?;
+        let crowdsec = self.crowdsec(raw.crowdsec.as_ref())?;
         Ok(Config {
+            feeds,
+            crowdsec,
             cost,
             bans: BanPolicy {
                 enabled: b.enabled,

@@ -36,6 +36,11 @@ pub struct RawConfig {
     pub limits: RawLimits,
     /// Ban sharing with the operator's other gateways; absent = this gateway stands alone.
     pub cluster: Option<RawCluster>,
+    /// Blocklist feeds merged into the deny set.
+    #[serde(default)]
+    pub feeds: Vec<super::raw_feeds::RawFeed>,
+    /// CrowdSec Local API: bouncer and/or reporter.
+    pub crowdsec: Option<super::raw_feeds::RawCrowdSec>,
     #[serde(default, rename = "front")]
     pub fronts: Vec<RawFront>,
 }
