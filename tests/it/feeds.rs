@@ -310,3 +310,31 @@ async fn copies_over_the_size_or_entry_cap_are_refused_whole() {
     assert_eq!(metric(gw.admin, "gatehouse_feed_entries{feed=\"capped\"}").await, 2.0);
     gw.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_feed_is_fetched_with_its_ca_file_and_refused_without_it() {
+    let certs = crate::support::tls::certs();
+    let (server, files) = files::serve_tls(certs.der.clone(), &certs.key).await;
+    files.put("/list.txt", "127.0.15.0/24\n");
+    let dir = tempfile::tempdir().unwrap();
+    let feeds = format!(
+        "[[feeds]]\nname = \"tls\"\nurl = \"https://{server}/list.txt\"\nca_file = \"{}\"\ninterval = \"1s\"\n\n\
+         [[feeds]]\nname = \"untrusted\"\nurl = \"https://{server}/list.txt\"\ninterval = \"1s\"\n",
+        certs.cert.display()
+    );
+    let gw = start(dir.path(), &feeds).await;
+    until_refused("127.0.15.1", gw.front, true).await;
+    // The same server is no one the system's roots vouch for.
+    until_metric(
+        gw.admin,
+        "gatehouse_feed_failures_total{feed=\"untrusted\",reason=\"fetch\"}",
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        metric(gw.admin, "gatehouse_feed_entries{feed=\"untrusted\"}").await,
+        0.0
+    );
+    assert_eq!(readyz_feed(gw.admin, "untrusted").await["state"], "stale");
+    gw.running.shutdown().await;
+}

@@ -1,11 +1,14 @@
 //! A loopback HTTP server of files the test changes as it goes (blocklists and their signatures), and
 //! how many requests it served.
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[derive(Clone, Default)]
 pub struct Files {
@@ -27,40 +30,68 @@ impl Files {
 
 /// Starts the server on 127.0.0.1; unknown paths get 404. One request per connection.
 pub async fn serve() -> (SocketAddr, Files) {
+    serve_with(None).await
+}
+
+/// As [`serve`], over TLS with the certificate `cert` and its key file (`https://127.0.0.1:PORT/`).
+pub async fn serve_tls(cert: CertificateDer<'static>, key: &Path) -> (SocketAddr, Files) {
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)
+        .unwrap();
+    serve_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))).await
+}
+
+async fn serve_with(tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Files) {
     let files = Files::default();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let f = files.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((tcp, _)) = l.accept().await else { return };
             let f = f.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                match tls {
+                    None => answer(tcp, f).await,
+                    Some(t) => {
+                        if let Ok(s) = t.accept(tcp).await {
+                            answer(s, f).await
+                        }
                     }
                 }
-                let text = String::from_utf8_lossy(&head);
-                let path = text.split(' ').nth(1).unwrap_or("/").to_string();
-                let body = f.map.lock().unwrap().get(&path).cloned();
-                f.served.fetch_add(1, Ordering::SeqCst);
-                let (status, body) = match body {
-                    Some(b) => ("200 OK", b),
-                    None => ("404 Not Found", b"not found\n".to_vec()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = s.write_all(head.as_bytes()).await;
-                let _ = s.write_all(&body).await;
-                let _ = s.shutdown().await;
             });
         }
     });
     (addr, files)
+}
+
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, f: Files) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let path = text.split(' ').nth(1).unwrap_or("/").to_string();
+    let body = f.map.lock().unwrap().get(&path).cloned();
+    f.served.fetch_add(1, Ordering::SeqCst);
+    let (status, body) = match body {
+        Some(b) => ("200 OK", b),
+        None => ("404 Not Found", b"not found\n".to_vec()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.write_all(&body).await;
+    let _ = s.shutdown().await;
 }
