@@ -13,7 +13,7 @@ use crate::wire::time::rfc3339;
 use hyper::{Method, StatusCode};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::broadcast;
@@ -194,12 +194,8 @@ impl Bouncer {
 
 /// An alert as the Local API takes it (`POST /v1/alerts`), for one ban.
 fn alert(r: &Reporter, b: &BanRecord, now: SystemTime) -> serde_json::Value {
-    let host = (b.prefix.prefix() == 32 && b.prefix.is_ipv4()) || (b.prefix.prefix() == 128 && b.prefix.is_ipv6());
-    let (scope, value) = if host {
-        ("Ip", b.prefix.ip().to_string())
-    } else {
-        ("Range", b.prefix.to_string())
-    };
+    let (scope, value) = scope_value(&b.prefix);
+    let host = scope == "Ip";
     let secs = b.until.duration_since(now).unwrap_or_default().as_secs().max(1);
     let at = rfc3339(b.created);
     let mut source = serde_json::json!({ "scope": scope, "value": value });
@@ -270,13 +266,13 @@ impl ReporterTask {
     }
 
     pub async fn run(mut self, mut feed: broadcast::Receiver<BanChange>, stop: CancellationToken) {
-        let mut queue: std::collections::VecDeque<BanRecord> = Default::default();
+        let mut queue: VecDeque<Report> = VecDeque::new();
         loop {
             if queue.is_empty() {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     change = feed.recv() => match change {
-                        Ok(c) => self.take(c, &mut queue),
+                        Ok(c) => take(c, &mut queue),
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             self.reports.count_dropped(n);
                             tracing::warn!(missed = n, "CrowdSec reporter fell behind the ban feed; those bans are not reported");
@@ -287,41 +283,48 @@ impl ReporterTask {
             }
             // Whatever else is already waiting goes in the same push.
             while let Ok(c) = feed.try_recv() {
-                self.take(c, &mut queue);
+                take(c, &mut queue);
             }
             let now = SystemTime::now();
-            queue.retain(|b| b.is_live(now));
+            queue.retain(|r| !matches!(r, Report::Ban(b) if !b.is_live(now)));
             if queue.len() > MAX_QUEUE {
                 let extra = queue.len() - MAX_QUEUE;
                 queue.drain(..extra);
                 self.reports.count_dropped(extra as u64);
             }
-            if queue.is_empty() {
-                continue;
-            }
-            let n = queue.len().min(MAX_BATCH);
-            let batch: Vec<serde_json::Value> = queue.iter().take(n).map(|b| alert(&self.reporter, b, now)).collect();
-            match self.push(&batch).await {
-                Ok(()) => {
-                    queue.drain(..n);
-                    self.reports.count_pushed(n as u64);
+            // In order: a ban and its lift must reach the Local API in the order they were made.
+            let result = match queue.front() {
+                None => continue,
+                Some(Report::Lift(net)) => {
+                    let net = *net;
+                    self.lift(net).await.map(|()| {
+                        queue.pop_front();
+                        self.reports.count_lifted();
+                    })
                 }
-                Err(e) => {
-                    self.reports.count_failed();
-                    tracing::warn!(error = %e, waiting = queue.len(), "CrowdSec reporter: alerts not pushed; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(self.retry) => {}
-                    }
+                Some(Report::Ban(_)) => {
+                    let batch: Vec<serde_json::Value> = queue
+                        .iter()
+                        .take(MAX_BATCH)
+                        .map_while(|r| match r {
+                            Report::Ban(b) => Some(alert(&self.reporter, b, now)),
+                            Report::Lift(_) => None,
+                        })
+                        .collect();
+                    let n = batch.len();
+                    self.push(&batch).await.map(|()| {
+                        queue.drain(..n);
+                        self.reports.count_pushed(n as u64);
+                    })
                 }
-            }
-        }
-    }
-
-    fn take(&self, change: BanChange, queue: &mut std::collections::VecDeque<BanRecord>) {
-        if let BanChange::Ban(b) = change {
-            if b.origin == LOCAL_ORIGIN {
-                queue.push_back(b);
+            };
+            if let Err(e) = result {
+                self.reports.count_failed();
+                tracing::warn!(error = %e, waiting = queue.len(), "CrowdSec reporter: Local API not updated; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.retry) => {}
+                }
             }
         }
     }
@@ -352,6 +355,23 @@ impl ReporterTask {
 
     async fn push(&mut self, batch: &[serde_json::Value]) -> Result<(), String> {
         let body = serde_json::to_vec(batch).map_err(|e| e.to_string())?;
+        self.authorised(Method::POST, "/v1/alerts", Some(body)).await
+    }
+
+    /// Deletes the decision this gateway's alert made for `net` (only that one: the scenario is ours),
+    /// so a ban lifted here stops refusing across the fleet too.
+    async fn lift(&mut self, net: IpNetwork) -> Result<(), String> {
+        let (scope, value) = scope_value(&net);
+        let key = if scope == "Ip" { "ip" } else { "range" };
+        let path = format!(
+            "/v1/decisions?{key}={}&scenario={}",
+            query_escape(&value),
+            query_escape(&self.reporter.scenario)
+        );
+        self.authorised(Method::DELETE, &path, None).await
+    }
+
+    async fn authorised(&mut self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<(), String> {
         // A token expires (an hour by default): on 401 log in again once and retry.
         for attempt in 0..2 {
             let token = match (&self.token, attempt) {
@@ -362,21 +382,61 @@ impl ReporterTask {
             let resp = self
                 .client
                 .request(
-                    Method::POST,
-                    &self.base.join("/v1/alerts"),
+                    method.clone(),
+                    &self.base.join(path),
                     &[("Content-Type", "application/json"), ("Authorization", &auth)],
-                    Some(body.clone()),
+                    body.clone(),
                 )
                 .await
                 .map_err(|e| e.to_string())?;
             match resp.status {
                 StatusCode::OK | StatusCode::CREATED => return Ok(()),
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN if attempt == 0 => self.token = None,
-                s => return Err(format!("push alerts: HTTP {s}")),
+                s => return Err(format!("{method} {}: HTTP {s}", path.split('?').next().unwrap_or(path))),
             }
         }
-        Err("push alerts: not authorised after logging in again".into())
+        Err("not authorised after logging in again".into())
     }
+}
+
+/// What the gateway tells the Local API, in the order it happened.
+enum Report {
+    Ban(BanRecord),
+    Lift(IpNetwork),
+}
+
+/// Only this gateway's own statements: bans learnt from cluster peers are theirs to report.
+fn take(change: BanChange, queue: &mut VecDeque<Report>) {
+    match change {
+        BanChange::Ban(b) if b.origin == LOCAL_ORIGIN => queue.push_back(Report::Ban(b)),
+        BanChange::Unban { prefix, lifted, .. } if lifted.origin == LOCAL_ORIGIN => {
+            queue.push_back(Report::Lift(prefix))
+        }
+        _ => {}
+    }
+}
+
+/// CrowdSec's scope and value for a network: `Ip` for one address, else `Range`.
+fn scope_value(net: &IpNetwork) -> (&'static str, String) {
+    let host = (net.prefix() == 32 && net.is_ipv4()) || (net.prefix() == 128 && net.is_ipv6());
+    if host {
+        ("Ip", net.ip().to_string())
+    } else {
+        ("Range", net.to_string())
+    }
+}
+
+/// Percent-encodes a query value (addresses, CIDRs and scenario names need little of it).
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b':') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -170,19 +170,11 @@ impl Feed {
         let cap = self.settings.max_size;
         match loc {
             FeedLocation::File(p) => {
-                let len = tokio::fs::metadata(p)
+                // The runtime has no file I/O of its own: read on the blocking pool (a list is small).
+                let path = p.clone();
+                tokio::task::spawn_blocking(move || read_capped(&path, cap))
                     .await
-                    .map_err(|e| Failure(FeedFailure::Fetch, format!("{}: {e}", p.display())))?
-                    .len();
-                if len > cap {
-                    return Err(Failure(
-                        FeedFailure::TooLarge,
-                        format!("{}: {len} bytes, more than {cap}", p.display()),
-                    ));
-                }
-                tokio::fs::read(p)
-                    .await
-                    .map_err(|e| Failure(FeedFailure::Fetch, format!("{}: {e}", p.display())))
+                    .map_err(|e| Failure(FeedFailure::Fetch, e.to_string()))?
             }
             FeedLocation::Url(u) => {
                 let url = Url::parse(u)?;
@@ -195,6 +187,19 @@ impl Feed {
             }
         }
     }
+}
+
+fn read_capped(p: &Path, cap: u64) -> Result<Vec<u8>, Failure> {
+    let len = std::fs::metadata(p)
+        .map_err(|e| Failure(FeedFailure::Fetch, format!("{}: {e}", p.display())))?
+        .len();
+    if len > cap {
+        return Err(Failure(
+            FeedFailure::TooLarge,
+            format!("{}: {len} bytes, more than {cap}", p.display()),
+        ));
+    }
+    std::fs::read(p).map_err(|e| Failure(FeedFailure::Fetch, format!("{}: {e}", p.display())))
 }
 
 /// Writes the copy beside its final name, syncs it and renames it over the old one, so a crash leaves

@@ -183,6 +183,7 @@ pub struct FeedStatus {
 pub struct Reports {
     enabled: AtomicBool,
     pushed: AtomicU64,
+    lifted: AtomicU64,
     failed: AtomicU64,
     dropped: AtomicU64,
 }
@@ -194,6 +195,10 @@ impl Reports {
 
     pub fn count_pushed(&self, n: u64) {
         self.pushed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn count_lifted(&self) {
+        self.lifted.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn count_failed(&self) {
@@ -271,6 +276,7 @@ impl FeedSet {
             let alerts = Family::<ResultLabels, Counter>::default();
             for (result, n) in [
                 ("pushed", &rep.pushed),
+                ("lifted", &rep.lifted),
                 ("failed", &rep.failed),
                 ("dropped", &rep.dropped),
             ] {
@@ -280,7 +286,7 @@ impl FeedSet {
             }
             r.register(
                 "crowdsec_alerts",
-                "This gateway's bans pushed to the CrowdSec Local API as alerts (failed: pushes that failed; dropped: bans never pushed)",
+                "This gateway's bans pushed to the CrowdSec Local API as alerts (lifted: their decisions deleted after a lift here; failed: requests that failed; dropped: bans never pushed)",
                 alerts,
             );
         }

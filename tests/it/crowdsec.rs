@@ -1,9 +1,9 @@
 //! CrowdSec against a real Local API (Debian package `crowdsec`, started on a free loopback port with its
 //! own configuration and SQLite database): a `cscli decisions add` ban refuses the client at the gateway
 //! within the poll interval, other decision types do not, `cscli decisions delete` readmits it; and a
-//! ban the gateway makes by itself shows in `cscli alerts list`.
+//! ban the gateway makes by itself shows in `cscli alerts list`, and lifting it here deletes its decision.
 
-use crate::support::clients::{admin_get, sample};
+use crate::support::clients::{admin_get, http, sample};
 use crate::support::crowdsec::Lapi;
 use crate::support::net::{self, is_refused, within};
 use crate::support::{backends, gateway};
@@ -182,11 +182,56 @@ async fn reporter_mode_pushes_automatic_bans_as_alerts_cscli_lists() {
     .await;
     let out = lapi.cscli(&["alerts", "list", "-o", "json"]);
     assert!(listed.is_some(), "the ban is not in cscli alerts list:\n{out}");
+    assert!(decided(&lapi, "127.0.14.9").await, "no decision came with the alert");
     let text = admin_get(admin, TOKEN, "/metrics").await;
     assert_eq!(
         sample(&text, "gatehouse_crowdsec_alerts_total{result=\"pushed\"}"),
         Some(1.0),
         "{text}"
     );
+
+    // The operator lifts the ban here: the decision the alert made goes too (and only that one).
+    let l = lapi.clone();
+    tokio::task::spawn_blocking(move || l.cscli(&["decisions", "add", "--ip", "127.0.14.9", "--duration", "1h"]))
+        .await
+        .unwrap();
+    let auth = format!("Bearer {TOKEN}");
+    let (status, v) = http(admin, "DELETE", "/v1/bans/127.0.14.9%2F32", Some(&auth), None).await;
+    assert_eq!(status, 200, "{v}");
+    let gone = within(Duration::from_secs(20), async || {
+        let l = lapi.clone();
+        let out = tokio::task::spawn_blocking(move || l.cscli(&["decisions", "list", "-o", "json"]))
+            .await
+            .unwrap();
+        !out.contains("gatehouse/automatic-ban")
+    })
+    .await;
+    let out = lapi.cscli(&["decisions", "list", "-o", "json"]);
+    assert!(gone.is_some(), "the lifted ban's decision is still there:\n{out}");
+    assert!(
+        decided(&lapi, "127.0.14.9").await,
+        "the operator's own cscli decision went too"
+    );
+    let text = admin_get(admin, TOKEN, "/metrics").await;
+    assert_eq!(
+        sample(&text, "gatehouse_crowdsec_alerts_total{result=\"lifted\"}"),
+        Some(1.0),
+        "{text}"
+    );
     running.shutdown().await;
+}
+
+/// Whether `cscli decisions list` shows a decision on `ip`.
+async fn decided(lapi: &std::sync::Arc<Lapi>, ip: &str) -> bool {
+    let l = lapi.clone();
+    let out = tokio::task::spawn_blocking(move || l.cscli(&["decisions", "list", "-o", "json"]))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    v.as_array().is_some_and(|alerts| {
+        alerts
+            .iter()
+            .flat_map(|a| a["decisions"].as_array().into_iter().flatten())
+            .any(|d| d["value"] == ip)
+    })
 }
