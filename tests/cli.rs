@@ -1983,3 +1983,26 @@ fn check_names_the_feed_or_crowdsec_key_at_fault() {
         assert_check_error(&text, key, line_of(&text, at), reason);
     }
 }
+
+#[test]
+fn check_warns_when_feeds_have_no_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
+    let feed = "[[feeds]]\nname = \"drop\"\nurl = \"http://127.0.0.1:1/drop.txt\"\n";
+    let text = format!("{feed}\n[cost]\ngroup_private = true\n\n{}", tls_config(&cert, &key));
+    let (path, out) = check_text(dir.path(), &text);
+    assert_eq!(out.code(), Some(0), "a warning is not an error: {}", out.stderr);
+    let warning = format!("warning: {}: feeds: no [bans] journal", path.display());
+    assert!(
+        out.stderr.contains(&warning),
+        "stderr lacks `{warning}`: {}",
+        out.stderr
+    );
+    let kept = format!(
+        "{feed}\n[cost]\ngroup_private = true\n\n[bans]\njournal = \"bans.journal\"\n\n{}",
+        tls_config(&cert, &key)
+    );
+    let (_, out) = check_text(dir.path(), &kept);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("warning"), "warned: {}", out.stderr);
+}

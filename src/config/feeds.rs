@@ -1,7 +1,7 @@
 //! `[[feeds]]` and `[crowdsec]`: validation of what the operator wrote into `intel::settings`.
 
 use super::raw_feeds::{RawCrowdSec, RawFeed};
-use super::{ConfigError, Validator};
+use super::{Config, ConfigError, ConfigWarning, Validator};
 use crate::intel::http::Url;
 use crate::intel::settings::*;
 use crate::intel::verify::{parse_minisign_key, parse_sha256};
@@ -221,4 +221,19 @@ impl Validator<'_> {
             reporter,
         }))
     }
+}
+
+/// Feeds without a ban journal have no state directory: their last good copies live in memory only, so
+/// after a restart a feed whose source does not answer refuses nothing.
+pub(super) fn warnings(c: &Config) -> Vec<ConfigWarning> {
+    if c.feeds.is_empty() || c.bans.journal.is_some() {
+        return Vec::new();
+    }
+    vec![ConfigWarning {
+        file: c.source.clone(),
+        key: "feeds".to_string(),
+        reason: "no [bans] journal, so no state directory: the feeds' last good copies are not kept, and after \
+                 a restart a feed refuses nothing until its source answers; set [bans] journal"
+            .to_string(),
+    }]
 }
