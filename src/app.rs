@@ -422,8 +422,8 @@ impl Running {
     /// and new requests at once; fronts are added and removed (a removed front stops accepting while
     /// its sessions run to their end). New listeners are bound before anything is swapped, so a port
     /// that cannot be bound leaves the old configuration in force — except for fronts whose listen
-    /// addresses changed, which are stopped first to free their ports. Runtime and log settings need a
-    /// restart.
+    /// addresses changed, which are stopped first to free their ports. Runtime and log settings, blocklist
+    /// feeds and CrowdSec need a restart.
     pub async fn reload(&mut self, mut config: Config) -> Result<ReloadSummary, StartError> {
         let new_fronts = std::mem::take(&mut config.fronts);
         let mut summary = ReloadSummary::default();

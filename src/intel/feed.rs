@@ -120,13 +120,15 @@ impl Feed {
             Ok(None) => self.source.confirmed(SystemTime::now()),
             Ok(Some((set, body, digest))) => {
                 let entries = set.len();
-                self.source.replace(set, SystemTime::now());
-                self.current = Some(digest);
-                if let Some(path) = &self.settings.cache {
-                    if let Err(e) = keep(path, &body) {
+                // Kept before it takes effect, so a copy in force is one a restart finds.
+                if let Some(path) = self.settings.cache.clone() {
+                    let kept = tokio::task::spawn_blocking(move || keep(&path, &body).map_err(|e| (path, e))).await;
+                    if let Ok(Err((path, e))) = kept {
                         tracing::warn!(feed = %self.settings.name, cache = %path.display(), error = %e, "blocklist feed: cannot keep the new copy in the state directory");
                     }
                 }
+                self.source.replace(set, SystemTime::now());
+                self.current = Some(digest);
                 tracing::info!(feed = %self.settings.name, entries, "blocklist feed loaded");
             }
             Err(Failure(why, detail)) => {

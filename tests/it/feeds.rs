@@ -110,7 +110,8 @@ async fn a_file_feed_refuses_what_it_lists_and_follows_the_file() {
     );
 
     // The operator edits the file: the next refresh swaps the list whole.
-    std::fs::write(&list, "127.0.4.0/24 ; SBL000002\n").unwrap();
+    // Written aside and renamed, as editors do, so the feed never reads half a file.
+    crate::support::tls::replace(&list, b"127.0.4.0/24 ; SBL000002\n");
     until_refused("127.0.3.9", gw.front, false).await;
     assert!(is_refused("127.0.4.9", gw.front).await);
     gw.running.shutdown().await;
@@ -281,8 +282,9 @@ async fn copies_over_the_size_or_entry_cap_are_refused_whole() {
     .await;
     until_refused("127.0.10.1", gw.front, true).await;
     until_refused("127.0.11.1", gw.front, true).await;
-    std::fs::write(dir.path().join("small.txt"), "127.0.10.1\n127.0.10.2\n127.0.10.3\n").unwrap();
-    std::fs::write(dir.path().join("tiny.txt"), "127.0.11.1\n127.0.11.2\n").unwrap();
+    let replace = crate::support::tls::replace;
+    replace(&dir.path().join("small.txt"), b"127.0.10.1\n127.0.10.2\n127.0.10.3\n");
+    replace(&dir.path().join("tiny.txt"), b"127.0.11.1\n127.0.11.2\n");
     until_metric(
         gw.admin,
         "gatehouse_feed_failures_total{feed=\"capped\",reason=\"too_many_entries\"}",
