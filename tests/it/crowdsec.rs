@@ -136,6 +136,27 @@ async fn bouncer_mode_enforces_ban_decisions_and_drops_deleted_ones() {
         "{text}"
     );
     eprintln!("a new decision refused the client {took:?} after cscli returned");
+
+    // The Local API goes away: the decisions last fetched stay in force, and the metrics say so.
+    drop(std::sync::Arc::into_inner(lapi).expect("no cscli call left running"));
+    let stale = within(WITHIN, async || {
+        let text = admin_get(admin, TOKEN, "/metrics").await;
+        sample(&text, "gatehouse_feed_stale{feed=\"crowdsec\"}") == Some(1.0)
+            && sample(
+                &text,
+                "gatehouse_feed_failures_total{feed=\"crowdsec\",reason=\"fetch\"}",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+    })
+    .await;
+    let text = admin_get(admin, TOKEN, "/metrics").await;
+    assert!(stale.is_some(), "no failed poll after the Local API stopped:\n{text}");
+    assert!(
+        is_refused("127.0.12.1", front).await,
+        "the decisions were dropped with the Local API"
+    );
+    assert!(is_refused("127.0.13.5", front).await);
     running.shutdown().await;
 }
 
