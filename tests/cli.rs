@@ -1950,7 +1950,7 @@ fn check_names_the_feed_or_crowdsec_key_at_fault() {
             "[[feeds]]\nname = \"drop\"\nfile = \"drop.txt\"\nformat = \"csv\"\n",
             "feeds[0].format",
             "format = ",
-            "unknown format `csv` (expected `plain` or `spamhaus`)",
+            "unknown format `csv` (expected `plain`, `spamhaus` or `spamhaus-json`)",
         ),
         (
             "[[feeds]]\nname = \"crowdsec\"\nfile = \"drop.txt\"\n",

@@ -9,6 +9,8 @@ pub enum FormatError {
     NotText,
     #[error("line {line}: {reason}")]
     Line { line: usize, reason: CidrError },
+    #[error("line {line}: not a JSON object: {reason}")]
+    Json { line: usize, reason: String },
     #[error("more than {cap} entries")]
     TooMany { cap: usize },
 }
@@ -20,6 +22,7 @@ pub fn parse(body: &[u8], format: FeedFormat, cap: usize) -> Result<CidrSet, For
     let comment = match format {
         FeedFormat::Plain => '#',
         FeedFormat::Spamhaus => ';',
+        FeedFormat::SpamhausJson => return parse_json_lines(text, cap),
     };
     let mut set = CidrSet::default();
     for (idx, raw) in text.lines().enumerate() {
@@ -29,6 +32,38 @@ pub fn parse(body: &[u8], format: FeedFormat, cap: usize) -> Result<CidrSet, For
         }
         let net = parse_cidr(entry).map_err(|reason| FormatError::Line { line: idx + 1, reason })?;
         set.insert(net, ());
+        if set.len() > cap {
+            return Err(FormatError::TooMany { cap });
+        }
+    }
+    Ok(set)
+}
+
+/// One line of Spamhaus's JSON lists; only the network is read.
+#[derive(serde::Deserialize)]
+struct JsonEntry<'a> {
+    #[serde(borrow)]
+    cidr: Option<&'a str>,
+}
+
+fn parse_json_lines(text: &str, cap: usize) -> Result<CidrSet, FormatError> {
+    let mut set = CidrSet::default();
+    for (idx, raw) in text.lines().enumerate() {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            continue;
+        }
+        let line = idx + 1;
+        let e: JsonEntry = serde_json::from_str(raw).map_err(|e| FormatError::Json {
+            line,
+            reason: e.to_string(),
+        })?;
+        // The metadata line (`"type":"metadata"`) carries no network.
+        let Some(cidr) = e.cidr else { continue };
+        set.insert(
+            parse_cidr(cidr).map_err(|reason| FormatError::Line { line, reason })?,
+            (),
+        );
         if set.len() > cap {
             return Err(FormatError::TooMany { cap });
         }
@@ -48,6 +83,21 @@ mod tests {
         assert!(set.contains("1.10.17.1".parse().unwrap()));
         let plain = b"# firehol\n192.0.2.0/24 # docs\n\n2001:db8::/32\n198.51.100.7\n";
         assert_eq!(parse(plain, FeedFormat::Plain, 10).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn spamhaus_json_lines_and_their_metadata_line() {
+        let json = br#"{"cidr":"1.10.16.0/20","sblid":"SBL256894","rir":"apnic"}
+{"cidr":"2a06:e480::/29","sblid":"SBL301771","rir":"ripencc"}
+{"type":"metadata","timestamp":1796600000,"size":2,"records":2,"copyright":"(c) 2026 The Spamhaus Project SLU"}
+"#;
+        let set = parse(json, FeedFormat::SpamhausJson, 10).unwrap();
+        assert_eq!(set.len(), 2);
+        assert!(set.contains("2a06:e480::1".parse().unwrap()));
+        let e = parse(b"{\"cidr\":\"1.10.16.0/20\"}\nnot json\n", FeedFormat::SpamhausJson, 10).unwrap_err();
+        assert!(e.to_string().starts_with("line 2: not a JSON object"), "{e}");
+        let e = parse(b"{\"cidr\":\"1.10.16.0/33\"}\n", FeedFormat::SpamhausJson, 10).unwrap_err();
+        assert!(e.to_string().starts_with("line 1: prefix length `33`"), "{e}");
     }
 
     #[test]

@@ -35,15 +35,19 @@ pub enum FeedFormat {
     Plain,
     /// Spamhaus DROP/EDROP text: `CIDR ; SBL123456`, comments start with `;`.
     Spamhaus,
+    /// Spamhaus's JSON lines (`drop_v4.json`, `drop_v6.json`): one object per line with a `cidr`; the
+    /// closing metadata line has none.
+    SpamhausJson,
 }
 
 impl FeedFormat {
-    pub const NAMES: &'static str = "`plain` or `spamhaus`";
+    pub const NAMES: &'static str = "`plain`, `spamhaus` or `spamhaus-json`";
 
     pub fn parse(s: &str) -> Option<FeedFormat> {
         match s {
             "plain" => Some(FeedFormat::Plain),
             "spamhaus" => Some(FeedFormat::Spamhaus),
+            "spamhaus-json" => Some(FeedFormat::SpamhausJson),
             _ => None,
         }
     }

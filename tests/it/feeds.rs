@@ -317,10 +317,16 @@ async fn copies_over_the_size_or_entry_cap_are_refused_whole() {
 async fn an_https_feed_is_fetched_with_its_ca_file_and_refused_without_it() {
     let certs = crate::support::tls::certs();
     let (server, files) = files::serve_tls(certs.der.clone(), &certs.key).await;
-    files.put("/list.txt", "127.0.15.0/24\n");
+    // Spamhaus's JSON lines, closing metadata line included.
+    files.put(
+        "/list.txt",
+        "{\"cidr\":\"127.0.15.0/24\",\"sblid\":\"SBL000003\",\"rir\":\"ripencc\"}\n\
+         {\"type\":\"metadata\",\"timestamp\":1796600000,\"size\":1,\"records\":1}\n",
+    );
     let dir = tempfile::tempdir().unwrap();
     let feeds = format!(
-        "[[feeds]]\nname = \"tls\"\nurl = \"https://{server}/list.txt\"\nca_file = \"{}\"\ninterval = \"1s\"\n\n\
+        "[[feeds]]\nname = \"tls\"\nurl = \"https://{server}/list.txt\"\nformat = \"spamhaus-json\"\nca_file = \"{}\"\n\
+         interval = \"1s\"\n\n\
          [[feeds]]\nname = \"untrusted\"\nurl = \"https://{server}/list.txt\"\ninterval = \"1s\"\n",
         certs.cert.display()
     );
