@@ -3,7 +3,7 @@
 //! one is counted and logged and the last good copy stays in force.
 
 use super::format;
-use super::http::{Client, HttpError, Url};
+use super::http::{Client, HttpError, Url, Validators};
 use super::settings::{FeedLocation, FeedSettings, Verify};
 use super::verify;
 use crate::state::feeds::{FeedFailure, FeedSource};
@@ -20,6 +20,14 @@ pub struct Feed {
     client: Option<Client>,
     /// SHA-256 of the copy in force, so an unchanged list is neither parsed nor written again.
     current: Option<[u8; 32]>,
+    /// What the server said identifies the copy in force, so an unchanged list is not downloaded again.
+    validators: Validators,
+}
+
+/// A copy from a file or a server, or the server's word that the copy in force is still current.
+enum Fetched {
+    Body(Vec<u8>, Validators),
+    NotModified,
 }
 
 /// A failed attempt: why, in the metrics' words, and what exactly.
@@ -74,6 +82,7 @@ impl Feed {
             source,
             client,
             current: None,
+            validators: Validators::default(),
         })
     }
 
@@ -118,7 +127,7 @@ impl Feed {
     async fn refresh(&mut self) {
         match self.attempt().await {
             Ok(None) => self.source.confirmed(SystemTime::now()),
-            Ok(Some((set, body, digest))) => {
+            Ok(Some((set, body, digest, validators))) => {
                 let entries = set.len();
                 // Kept before it takes effect, so a copy in force is one a restart finds.
                 if let Some(path) = self.settings.cache.clone() {
@@ -129,6 +138,7 @@ impl Feed {
                 }
                 self.source.replace(set, SystemTime::now());
                 self.current = Some(digest);
+                self.validators = validators;
                 tracing::info!(feed = %self.settings.name, entries, "blocklist feed loaded");
             }
             Err(Failure(why, detail)) => {
@@ -139,8 +149,17 @@ impl Feed {
     }
 
     /// A new verified, parsed copy, or None if it is the copy in force already.
-    async fn attempt(&self) -> Result<Option<(CidrSet, Vec<u8>, [u8; 32])>, Failure> {
-        let body = self.fetch(&self.settings.location).await?;
+    async fn attempt(&self) -> Result<Option<(CidrSet, Vec<u8>, [u8; 32], Validators)>, Failure> {
+        // Conditional only while a copy is in force: it was verified, so "not modified" means it still is.
+        let ask = if self.current.is_some() {
+            self.validators.conditions()
+        } else {
+            Vec::new()
+        };
+        let (body, validators) = match self.fetch(&self.settings.location, &ask).await? {
+            Fetched::NotModified => return Ok(None),
+            Fetched::Body(b, v) => (b, v),
+        };
         let digest: [u8; 32] = Sha256::digest(&body).into();
         match &self.settings.verify {
             Verify::None => {}
@@ -149,9 +168,16 @@ impl Feed {
             }
             Verify::Minisign { key, .. } => {
                 let loc = signature_location(&self.settings).expect("minisign feeds have a signature location");
-                let sig = self.fetch(&loc).await.map_err(|Failure(_, d)| {
-                    Failure(FeedFailure::Signature, format!("cannot fetch the signature: {d}"))
-                })?;
+                let sig = match self.fetch(&loc, &[]).await {
+                    Ok(Fetched::Body(sig, _)) => sig,
+                    Ok(Fetched::NotModified) => unreachable!("an unconditional request is never answered 304"),
+                    Err(Failure(_, d)) => {
+                        return Err(Failure(
+                            FeedFailure::Signature,
+                            format!("cannot fetch the signature: {d}"),
+                        ))
+                    }
+                };
                 verify::check_minisign(&body, &sig, key).map_err(|e| Failure(FeedFailure::Signature, e.to_string()))?;
             }
         }
@@ -165,27 +191,29 @@ impl Feed {
             };
             Failure(why, e.to_string())
         })?;
-        Ok(Some((set, body, digest)))
+        Ok(Some((set, body, digest, validators)))
     }
 
-    async fn fetch(&self, loc: &FeedLocation) -> Result<Vec<u8>, Failure> {
+    async fn fetch(&self, loc: &FeedLocation, ask: &[(&str, &str)]) -> Result<Fetched, Failure> {
         let cap = self.settings.max_size;
         match loc {
             FeedLocation::File(p) => {
                 // The runtime has no file I/O of its own: read on the blocking pool (a list is small).
                 let path = p.clone();
-                tokio::task::spawn_blocking(move || read_capped(&path, cap))
+                let body = tokio::task::spawn_blocking(move || read_capped(&path, cap))
                     .await
-                    .map_err(|e| Failure(FeedFailure::Fetch, e.to_string()))?
+                    .map_err(|e| Failure(FeedFailure::Fetch, e.to_string()))??;
+                Ok(Fetched::Body(body, Validators::default()))
             }
             FeedLocation::Url(u) => {
                 let url = Url::parse(u)?;
                 let client = self.client.as_ref().expect("URL feeds have a client");
-                let resp = client.request(hyper::Method::GET, &url, &[], None).await?;
-                if resp.status != hyper::StatusCode::OK {
-                    return Err(Failure(FeedFailure::Status, format!("{u}: HTTP {}", resp.status)));
+                let resp = client.request(hyper::Method::GET, &url, ask, None).await?;
+                match resp.status {
+                    hyper::StatusCode::OK => Ok(Fetched::Body(resp.body, resp.validators)),
+                    hyper::StatusCode::NOT_MODIFIED if !ask.is_empty() => Ok(Fetched::NotModified),
+                    s => Err(Failure(FeedFailure::Status, format!("{u}: HTTP {s}"))),
                 }
-                Ok(resp.body)
             }
         }
     }

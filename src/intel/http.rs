@@ -104,6 +104,46 @@ impl Url {
 pub struct Response {
     pub status: StatusCode,
     pub body: Vec<u8>,
+    /// The copy's `ETag` and `Last-Modified`, for asking next time whether it changed.
+    pub validators: Validators,
+}
+
+/// What a server said identifies its copy; sent back as `If-None-Match` / `If-Modified-Since`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+/// Longest validator kept: a server's header is not a place to store megabytes.
+const MAX_VALIDATOR: usize = 256;
+
+impl Validators {
+    fn of(headers: &hyper::HeaderMap) -> Validators {
+        let get = |name: hyper::header::HeaderName| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= MAX_VALIDATOR)
+                .map(str::to_string)
+        };
+        Validators {
+            etag: get(hyper::header::ETAG),
+            last_modified: get(hyper::header::LAST_MODIFIED),
+        }
+    }
+
+    /// The conditional request headers for these validators.
+    pub fn conditions(&self) -> Vec<(&'static str, &str)> {
+        let mut h = Vec::new();
+        if let Some(e) = &self.etag {
+            h.push(("If-None-Match", e.as_str()));
+        }
+        if let Some(m) = &self.last_modified {
+            h.push(("If-Modified-Since", m.as_str()));
+        }
+        h
+    }
 }
 
 /// A client for one kind of use: its roots, its deadline and its body cap.
@@ -233,6 +273,7 @@ impl Client {
         let result = match resp {
             Ok(resp) => {
                 let status = resp.status();
+                let validators = Validators::of(resp.headers());
                 let mut body = resp.into_body();
                 let mut out = Vec::new();
                 let mut result = Ok(());
@@ -252,7 +293,11 @@ impl Client {
                         out.extend_from_slice(&data);
                     }
                 }
-                result.map(|()| Response { status, body: out })
+                result.map(|()| Response {
+                    status,
+                    body: out,
+                    validators,
+                })
             }
             Err(e) => Err(HttpError::Http(e)),
         };

@@ -346,3 +346,22 @@ async fn an_https_feed_is_fetched_with_its_ca_file_and_refused_without_it() {
     assert_eq!(readyz_feed(gw.admin, "untrusted").await["state"], "stale");
     gw.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_list_is_asked_for_with_its_etag_and_not_downloaded_again() {
+    let (server, files) = files::serve().await;
+    files.put("/list.txt", "127.0.16.0/24\n");
+    let dir = tempfile::tempdir().unwrap();
+    let feeds = format!("[[feeds]]\nname = \"etag\"\nurl = \"http://{server}/list.txt\"\ninterval = \"1s\"\n");
+    let gw = start(dir.path(), &feeds).await;
+    until_refused("127.0.16.1", gw.front, true).await;
+    let asked = within(Duration::from_secs(10), async || files.not_modified() >= 2).await;
+    assert!(asked.is_some(), "no conditional request answered 304");
+    assert_eq!(files.bodies(), 1, "the unchanged list was downloaded again");
+    assert_eq!(metric(gw.admin, "gatehouse_feed_stale{feed=\"etag\"}").await, 0.0);
+    // A change is fetched whole (the ETag no longer matches).
+    files.put("/list.txt", "127.0.17.0/24\n");
+    until_refused("127.0.17.1", gw.front, true).await;
+    assert_eq!(files.bodies(), 2);
+    gw.running.shutdown().await;
+}

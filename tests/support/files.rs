@@ -1,5 +1,6 @@
-//! A loopback HTTP server of files the test changes as it goes (blocklists and their signatures), and
-//! how many requests it served.
+//! A loopback HTTP server of files the test changes as it goes (blocklists and their signatures), with
+//! an `ETag` on each answer and `304 Not Modified` for a request that names the current one, and how
+//! many requests it served.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -14,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub struct Files {
     map: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     served: Arc<AtomicUsize>,
+    bodies: Arc<AtomicUsize>,
+    not_modified: Arc<AtomicUsize>,
 }
 
 impl Files {
@@ -25,6 +28,16 @@ impl Files {
     /// Requests answered so far (any path, any status).
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
+    }
+
+    /// Answers that carried a file (200).
+    pub fn bodies(&self) -> usize {
+        self.bodies.load(Ordering::SeqCst)
+    }
+
+    /// Answers `304 Not Modified` (the client's `If-None-Match` named the current copy).
+    pub fn not_modified(&self) -> usize {
+        self.not_modified.load(Ordering::SeqCst)
     }
 }
 
@@ -81,14 +94,30 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, f: Files) {
     }
     let text = String::from_utf8_lossy(&head);
     let path = text.split(' ').nth(1).unwrap_or("/").to_string();
+    let asked = text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("if-none-match").then(|| v.trim().to_string())
+    });
     let body = f.map.lock().unwrap().get(&path).cloned();
     f.served.fetch_add(1, Ordering::SeqCst);
-    let (status, body) = match body {
-        Some(b) => ("200 OK", b),
-        None => ("404 Not Found", b"not found\n".to_vec()),
+    let (status, etag, body) = match body {
+        Some(b) => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&b, &mut h);
+            let etag = format!("\"{:x}\"", std::hash::Hasher::finish(&h));
+            if asked.as_deref() == Some(etag.as_str()) {
+                f.not_modified.fetch_add(1, Ordering::SeqCst);
+                ("304 Not Modified", etag, Vec::new())
+            } else {
+                f.bodies.fetch_add(1, Ordering::SeqCst);
+                ("200 OK", etag, b)
+            }
+        }
+        None => ("404 Not Found", "\"none\"".to_string(), b"not found\n".to_vec()),
     };
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nETag: {etag}\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n\
+         Connection: close\r\n\r\n",
         body.len()
     );
     let _ = s.write_all(head.as_bytes()).await;
