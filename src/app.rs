@@ -124,6 +124,8 @@ pub enum StartError {
     Cluster(#[from] cluster::ClusterError),
     #[error(transparent)]
     Acme(#[from] listen::acme::AcmeStartError),
+    #[error("blocklist feeds: {0}")]
+    Feeds(#[from] crate::intel::http::HttpError),
     #[error("front `{front}`: cannot listen on {addr}: {source}")]
     Bind {
         front: String,
@@ -233,11 +235,10 @@ impl Gatehouse {
             None => BanTable::new(allow).with_limits(config.bans.limits),
         });
         bans.set_never_auto(config.tiers.never_banned());
-        let guard = Arc::new(Guard::new(
-            config.admission.clone(),
-            bans.clone(),
-            config.log.refusal_interval,
-        ));
+        let feeds = Arc::new(crate::intel::feed_set(&config.feeds, config.crowdsec.as_ref()));
+        let guard = Arc::new(
+            Guard::new(config.admission.clone(), bans.clone(), config.log.refusal_interval).with_feeds(feeds.clone()),
+        );
         let drain = Arc::new(Drain::new(config.runtime.drain_spread));
         let electrum = Arc::new(electrum::Handles {
             ledger: Ledger::new(cost_params(&config), clock),
@@ -268,6 +269,14 @@ impl Gatehouse {
         for f in std::mem::take(&mut config.fronts) {
             bound.push(bind_front(FrontState::new(f, shared.front_handles()))?);
         }
+        // Once every listener is bound and before any serves: the kept copies of the feeds go in force first.
+        crate::intel::start(
+            &config.feeds,
+            config.crowdsec.as_ref(),
+            &feeds,
+            &bans,
+            &shared.intake.stop_accepting,
+        )?;
         let addrs: BTreeMap<String, Vec<SocketAddr>> = bound
             .iter()
             .map(|b| (b.state.cfg.name.clone(), b.bound.clone()))
@@ -327,7 +336,8 @@ impl Gatehouse {
                     .with_reload(reload_tx)
                     .with_upgrade(upgrade_tx)
                     .with_cluster(cluster.as_ref().map(cluster::Cluster::status_handle))
-                    .with_connections_per_peer(config.admin.max_connections_per_peer);
+                    .with_connections_per_peer(config.admin.max_connections_per_peer)
+                    .with_feeds(feeds.clone());
             admin::AdminServer::spawn(l, Arc::new(state))
         });
         tokio::spawn(housekeeping(shared.clone()));
@@ -455,8 +465,8 @@ impl Running {
     /// and new requests at once; fronts are added and removed (a removed front stops accepting while
     /// its sessions run to their end). New listeners are bound before anything is swapped, so a port
     /// that cannot be bound leaves the old configuration in force — except for fronts whose listen
-    /// addresses changed, which are stopped first to free their ports. Runtime and log settings need a
-    /// restart.
+    /// addresses changed, which are stopped first to free their ports. Runtime and log settings, blocklist
+    /// feeds and CrowdSec need a restart.
     pub async fn reload(&mut self, mut config: Config) -> Result<ReloadSummary, StartError> {
         self.reload_acme(config.acme.clone()).await?;
         let new_fronts = std::mem::take(&mut config.fronts);

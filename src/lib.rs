@@ -12,6 +12,7 @@
 //! | [`config`] | TOML → validated settings, built from the settings types of the modules below; only `app` and `main.rs` use it | everything below |
 //! | [`admin`] | HTTP admin API, its client, settings and reload types (shared with the CLI), the scrape-time metrics ([`admin::live`]) | cluster, front, listen, upstream, guard, state, telemetry, wire, sys |
 //! | [`cluster`] | ban and cost sharing between gateways: signed records, links, Redis, keys | state, telemetry, wire, sys |
+//! | [`intel`] | blocklist feeds (fetch, verify, parse, keep) and CrowdSec (bouncer, reporter), filling the deny set in `state` | state, telemetry, wire, sys |
 //! | [`front`] | the front (settings, handles, the one close-line logger) and its kinds: [`front::electrum`], [`front::relay`], [`front::api`] (node HTTP JSON-RPC); implements [`listen::Handler`] | listen, upstream, guard, state, telemetry, wire, sys |
 //! | [`listen`] | bind, accept, PROXY intake, admission, TLS (certificate files, and ACME: [`listen::acme`]) → a [`listen::Conn`] handed to a [`listen::Handler`] trait object | guard, state, telemetry, wire, sys |
 //! | [`upstream`] | backend pools, failover, PROXY v2 out | telemetry, wire, sys |
@@ -31,6 +32,7 @@ pub mod cluster;
 pub mod config;
 pub mod front;
 pub mod guard;
+pub mod intel;
 pub mod listen;
 pub mod state;
 pub mod sys;

@@ -377,6 +377,8 @@ fn reference_config_sets_every_option() {
         "[limits]\nzzz_probe = 1\n",
         "[cluster]\nzzz_probe = 1\n",
         "[cluster]\n[[cluster.peers]]\nzzz_probe = 1\n",
+        "[[feeds]]\nzzz_probe = 1\n",
+        "[crowdsec]\nzzz_probe = 1\n",
         "[[front]]\nzzz_probe = 1\n",
         "[[front]]\n[front.tls]\nzzz_probe = 1\n",
         "[[front]]\n[front.tls]\n[[front.tls.sni]]\nzzz_probe = 1\n",
@@ -2303,4 +2305,83 @@ fn certs_command_lists_file_and_acme_certificates_with_issuer_expiry_and_source(
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["certificates"][0]["sni"], serde_json::Value::Null, "{v}");
     assert_eq!(v["certificates"][1]["sni"], "electrum.example.com", "{v}");
+}
+
+#[test]
+fn check_names_the_feed_or_crowdsec_key_at_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
+    let base = tls_config(&cert, &key);
+    let cases = [
+        (
+            "[[feeds]]\nname = \"drop\"\nurl = \"http://127.0.0.1:1/drop.txt\"\nsha256 = \"abc\"\n",
+            "feeds[0].sha256",
+            "sha256 = ",
+            "expected 64 hexadecimal digits",
+        ),
+        (
+            "[[feeds]]\nname = \"drop\"\nurl = \"ftp://127.0.0.1/drop.txt\"\n",
+            "feeds[0].url",
+            "url = ",
+            "is not an http:// or https:// URL",
+        ),
+        (
+            "[[feeds]]\nname = \"drop\"\nfile = \"drop.txt\"\nformat = \"csv\"\n",
+            "feeds[0].format",
+            "format = ",
+            "unknown format `csv` (expected `plain`, `spamhaus` or `spamhaus-json`)",
+        ),
+        (
+            "[[feeds]]\nname = \"crowdsec\"\nfile = \"drop.txt\"\n",
+            "feeds[0].name",
+            "name = \"crowdsec\"",
+            "`crowdsec` is taken",
+        ),
+        (
+            "[[feeds]]\nname = \"signed\"\nfile = \"drop.txt\"\nminisign_key = \"AAAA\"\n",
+            "feeds[0].minisign_key",
+            "minisign_key = ",
+            "a minisign public key is 42 bytes",
+        ),
+        (
+            "[crowdsec]\nurl = \"http://127.0.0.1:8080/\"\napi_key_file = \"missing.key\"\n",
+            "crowdsec.api_key_file",
+            "api_key_file = ",
+            "cannot read",
+        ),
+        (
+            "[crowdsec]\nurl = \"http://127.0.0.1:8080/\"\nmachine_id = \"edge\"\n",
+            "crowdsec.password_file",
+            "machine_id = ",
+            "required with `machine_id`",
+        ),
+    ];
+    for (extra, key, at, reason) in cases {
+        // Before the first [[front]], so the tables are top-level ones.
+        let text = format!("{extra}\n{base}");
+        assert_check_error(&text, key, line_of(&text, at), reason);
+    }
+}
+
+#[test]
+fn check_warns_when_feeds_have_no_state_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
+    let feed = "[[feeds]]\nname = \"drop\"\nurl = \"http://127.0.0.1:1/drop.txt\"\n";
+    let text = format!("{feed}\n[cost]\ngroup_private = true\n\n{}", tls_config(&cert, &key));
+    let (path, out) = check_text(dir.path(), &text);
+    assert_eq!(out.code(), Some(0), "a warning is not an error: {}", out.stderr);
+    let warning = format!("warning: {}: feeds: no [bans] journal", path.display());
+    assert!(
+        out.stderr.contains(&warning),
+        "stderr lacks `{warning}`: {}",
+        out.stderr
+    );
+    let kept = format!(
+        "{feed}\n[cost]\ngroup_private = true\n\n[bans]\njournal = \"bans.journal\"\n\n{}",
+        tls_config(&cert, &key)
+    );
+    let (_, out) = check_text(dir.path(), &kept);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(!out.stderr.contains("warning"), "warned: {}", out.stderr);
 }

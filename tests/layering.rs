@@ -12,14 +12,15 @@ use std::path::{Path, PathBuf};
 const MAY_IMPORT: &[(&str, &str)] = &[
     (
         "app",
-        "admin config cluster front listen upstream guard state telemetry wire sys",
+        "admin config cluster intel front listen upstream guard state telemetry wire sys",
     ),
     (
         "config",
-        "admin cluster front listen upstream guard state telemetry wire sys",
+        "admin cluster intel front listen upstream guard state telemetry wire sys",
     ),
     ("admin", "cluster front listen upstream guard state telemetry wire sys"),
     ("cluster", "state telemetry wire sys"),
+    ("intel", "state telemetry wire sys"),
     ("front", "listen upstream guard state telemetry wire sys"),
     ("listen", "guard state telemetry wire sys"),
     ("upstream", "telemetry wire sys"),

@@ -31,6 +31,23 @@ pub struct Health {
     /// Why the gateway is not ready, when that is not plain from the status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `/readyz`: each blocklist source (feeds, `crowdsec`); a stale one serves its last good copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedHealth>,
+}
+
+/// One blocklist source as `/readyz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedHealth {
+    pub name: String,
+    pub entries: usize,
+    /// `ok`, `stale` (the last load failed: the last good copy is in force) or `empty` (never loaded).
+    pub state: String,
+    /// RFC 3339, UTC; absent if never loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +65,11 @@ pub enum HealthStatus {
 
 impl Health {
     pub fn new(status: HealthStatus) -> Health {
-        Health { status, reason: None }
+        Health {
+            status,
+            reason: None,
+            feeds: Vec::new(),
+        }
     }
 }
 
@@ -211,6 +232,7 @@ mod tests {
         let ready = Health {
             status: HealthStatus::Degraded,
             reason: Some("why".into()),
+            feeds: Vec::new(),
         };
         assert_eq!(to_json(&ready), r#"{"reason":"why","status":"degraded"}"#);
         assert_eq!(to_json(&Health::new(HealthStatus::Ok)), r#"{"status":"ok"}"#);

@@ -109,6 +109,7 @@ impl LiveSource for Live {
                 gauge(expiring),
             );
         }
+        self.guard.feeds().register_metrics(r);
         r.register(
             "upstream_up",
             "1 when the upstream (by position in its front) is believed reachable, 0 while marked down",

@@ -28,7 +28,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 use subtle::ConstantTimeEq;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::task::JoinSet;
@@ -77,6 +77,8 @@ pub struct AdminState {
     per_peer: usize,
     /// The served certificates, for `GET /v1/certs` and `/readyz`.
     certs: Option<certs::Certs>,
+    /// The blocklist sources, for `/readyz`.
+    feeds: Option<Arc<crate::state::feeds::FeedSet>>,
 }
 
 impl AdminState {
@@ -84,6 +86,31 @@ impl AdminState {
     pub fn with_cluster(mut self, cluster: Option<crate::cluster::StatusHandle>) -> AdminState {
         self.cluster = cluster;
         self
+    }
+
+    /// Lets `/readyz` tell each blocklist source's state.
+    pub fn with_feeds(mut self, feeds: Arc<crate::state::feeds::FeedSet>) -> AdminState {
+        self.feeds = Some(feeds);
+        self
+    }
+
+    fn feed_health(&self) -> Vec<api::FeedHealth> {
+        let Some(f) = &self.feeds else { return Vec::new() };
+        f.statuses()
+            .into_iter()
+            .map(|s| api::FeedHealth {
+                state: match (s.stale, s.last_success) {
+                    (true, _) => "stale",
+                    (false, 0) => "empty",
+                    (false, _) => "ok",
+                }
+                .to_string(),
+                last_success: (s.last_success > 0).then(|| rfc3339(UNIX_EPOCH + Duration::from_secs(s.last_success))),
+                name: s.name,
+                entries: s.entries,
+                last_error: s.last_error,
+            })
+            .collect()
     }
 
     /// Caps the connections one peer (address, or uid on a unix socket) may hold at once.
@@ -116,6 +143,7 @@ impl AdminState {
             cluster: None,
             per_peer: DEFAULT_ADMIN_CONNECTIONS_PER_PEER,
             certs: None,
+            feeds: None,
         }
     }
 
@@ -557,6 +585,7 @@ async fn handle(state: &AdminState, peer: &str, authorized: bool, req: Request<I
                     &api::Health {
                         status: api::HealthStatus::Degraded,
                         reason: Some("the ban journal is failing writes".to_string()),
+                        feeds: state.feed_health(),
                     },
                 )
             } else {
@@ -569,13 +598,12 @@ async fn handle(state: &AdminState, peer: &str, authorized: bool, req: Request<I
                         placeholders.join(", ")
                     )
                 });
-                reply(
-                    StatusCode::OK,
-                    &api::Health {
-                        status: api::HealthStatus::Ready,
-                        reason,
-                    },
-                )
+                let ready = api::Health {
+                    reason,
+                    feeds: state.feed_health(),
+                    ..api::Health::new(api::HealthStatus::Ready)
+                };
+                reply(StatusCode::OK, &ready)
             };
         }
         (_, "/healthz" | "/readyz") => return method_not_allowed("GET"),
@@ -981,27 +1009,7 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// UTC time as RFC 3339 (`2024-05-01T12:00:00Z`), without a date library.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's days-to-civil algorithm.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use crate::wire::time::rfc3339;
 
 #[cfg(test)]
 mod tests {

@@ -270,16 +270,23 @@ impl Running {
         let sockets = self.handover_sockets();
         let names: Vec<String> = sockets.iter().map(|(n, _)| n.clone()).collect();
         let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| *fd).collect();
-        handover::send_with_fds(&ours, &Msg::Listeners { names }.line(), &fds).map_err(UpgradeError::Channel)?;
+        let sent = handover::send_with_fds(&ours, &Msg::Listeners { names }.line(), &fds);
         drop(sockets);
         ours.set_nonblocking(true).map_err(UpgradeError::Channel)?;
         let (r, mut w) = tokio::net::UnixStream::from_std(ours)
             .map_err(UpgradeError::Channel)?
             .into_split();
         let mut lines = BufReader::new(r);
+        let mut buf = Vec::new();
+        if let Err(e) = sent {
+            // A successor that refused its config may have said so and gone before the sockets reached it:
+            // its reason, still readable, is the answer, not the broken pipe.
+            return Err(last_words(&mut lines, &mut buf)
+                .await
+                .map_or(UpgradeError::Channel(e), UpgradeError::Refused));
+        }
         let mut feed = self.bans().subscribe();
         let deadline = tokio::time::Instant::now() + self.upgrade_timeout;
-        let mut buf = Vec::new();
         loop {
             let has_journal_out = released.is_some();
             // `buf` is cleared only after a whole line: a read that another branch interrupted has left
@@ -294,7 +301,11 @@ impl Running {
                         true => match Msg::parse(&msg).map_err(|e| UpgradeError::Protocol(e.to_string()))? {
                             Msg::Validated => {
                                 *released = self.bans().release_journal();
-                                w.write_all(&Msg::JournalReleased.line()).await.map_err(UpgradeError::Channel)?;
+                                if let Err(e) = w.write_all(&Msg::JournalReleased.line()).await {
+                                    return Err(last_words(&mut lines, &mut buf)
+                                        .await
+                                        .map_or(UpgradeError::Channel(e), UpgradeError::Refused));
+                                }
                             }
                             Msg::Ready { pid } => return Ok((pid, w, feed)),
                             Msg::Failed { reason } => return Err(UpgradeError::Refused(reason)),
@@ -315,25 +326,33 @@ impl Running {
                     let Some(status) = status else {
                         return Err(UpgradeError::Protocol("its exit status cannot be read".to_string()));
                     };
-                    // Its last words, if it said why.
-                    let said = tokio::time::timeout(Duration::from_secs(1), async {
-                        loop {
-                            match read_line(&mut lines, &mut buf).await {
-                                Ok(true) => {
-                                    if let Ok(Msg::Failed { reason }) = Msg::parse(&std::mem::take(&mut buf)) {
-                                        return Some(reason);
-                                    }
-                                }
-                                _ => return None,
-                            }
-                        }
-                    }).await.ok().flatten();
-                    return Err(said.map_or(UpgradeError::Exited(status), UpgradeError::Refused));
+                    return Err(last_words(&mut lines, &mut buf)
+                        .await
+                        .map_or(UpgradeError::Exited(status), UpgradeError::Refused));
                 }
                 _ = tokio::time::sleep_until(deadline) => return Err(UpgradeError::Timeout(self.upgrade_timeout)),
             }
         }
     }
+}
+
+/// The reason a successor gave before it went, if it gave one (waited for briefly).
+async fn last_words<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut R, buf: &mut Vec<u8>) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match read_line(lines, buf).await {
+                Ok(true) => {
+                    if let Ok(Msg::Failed { reason }) = Msg::parse(&std::mem::take(buf)) {
+                        return Some(reason);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 /// Why the successor hung up: its exit status (waited for briefly), or a protocol error.

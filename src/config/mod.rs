@@ -4,7 +4,9 @@
 //! Every error names the file, the key path (`front[0].tls.cert`) and, where known, the line.
 
 mod acme;
+pub mod feeds;
 mod ledger_api;
+pub mod raw_feeds;
 pub mod schema;
 
 use crate::wire::acl::{load_cidr_file, parse_cidr, CidrSet};
@@ -90,6 +92,9 @@ pub struct Config {
     pub fronts: Vec<Front>,
     /// Trusted tiers (also in every level's `admission.tiers`).
     pub tiers: Arc<Tiers>,
+    /// Blocklist feeds (kept in the ban journal's folder when there is one).
+    pub feeds: Vec<crate::intel::settings::FeedSettings>,
+    pub crowdsec: Option<crate::intel::settings::CrowdSecSettings>,
 }
 
 /// Most Tokio worker threads `runtime.worker_threads` may ask for: more only costs memory and scheduling
@@ -140,21 +145,22 @@ impl Config {
         v.config(raw)
     }
 
-    /// What is valid but probably not meant. Today one rule: when every Electrum front listens on loopback
-    /// only and none takes PROXY headers, every wallet arrives from a loopback address (through a local
+    /// What is valid but probably not meant: feeds with nowhere to keep their last good copies, and
+    /// when every Electrum front listens on loopback only and none takes PROXY headers, every wallet arrives from a loopback address (through a local
     /// proxy or tunnel), and with `cost.group_private = false` each connection is accounted alone, so
     /// reconnecting hands a client a fresh budget. Private listen addresses are not enough to tell: port
     /// forwarding and cloud 1:1 NAT deliver public clients to them with their own addresses.
     pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut out = feeds::warnings(self);
         let mut electrum = self.fronts.iter().filter(|f| f.electrum.is_some()).peekable();
         let local_only = electrum.peek().is_some()
             && electrum.all(|f| {
                 f.proxy_accept_from.is_empty() && f.listen.iter().all(|a| a.ip().to_canonical().is_loopback())
             });
         if !local_only || self.cost.group_private {
-            return Vec::new();
+            return out;
         }
-        vec![ConfigWarning {
+        out.push(ConfigWarning {
             file: self.source.clone(),
             key: "cost.group_private".to_string(),
             reason: "every Electrum front listens on loopback only without [front.proxy_protocol], so every \
@@ -162,7 +168,8 @@ impl Config {
                      cost budget each time it reconnects; take the clients' real addresses with PROXY intake \
                      (accept_from), or set group_private = true (then all of them share one budget)"
                 .to_string(),
-        }]
+        });
+        out
     }
 
     /// Only the `[admin]` section, validated, for the `bans` commands: they run as an operator who need
@@ -344,8 +351,13 @@ impl Validator<'_> {
         for f in &mut fronts {
             f.admission.tiers = tiers.clone();
         }
+        let journal = b.journal.as_ref().map(|p| self.path(p.get_ref()));
+        let feeds = self.feeds(&raw.feeds, journal.as_deref())?;
+        let crowdsec = self.crowdsec(raw.crowdsec.as_ref())?;
         Ok(Config {
             tiers,
+            feeds,
+            crowdsec,
             cost,
             bans: BanPolicy {
                 enabled: b.enabled,

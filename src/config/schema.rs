@@ -38,6 +38,11 @@ pub struct RawConfig {
     pub cluster: Option<RawCluster>,
     /// Certificates the gateway orders itself; fronts name them in `[front.tls] acme`.
     pub acme: Option<RawAcme>,
+    /// Blocklist feeds merged into the deny set.
+    #[serde(default)]
+    pub feeds: Vec<super::raw_feeds::RawFeed>,
+    /// CrowdSec Local API: bouncer and/or reporter.
+    pub crowdsec: Option<super::raw_feeds::RawCrowdSec>,
     #[serde(default, rename = "front")]
     pub fronts: Vec<RawFront>,
     /// Trusted tiers: networks and API credentials with their own multiples of the limits.

@@ -1,7 +1,7 @@
 //! Admission: the one place that answers "may this address connect now?". Every front calls
 //! [`Guard::admit`]; no front re-implements allow/deny/ban/limit logic.
 //!
-//! Order of decisions: ban → deny → allowlist → caps → rate. Rate comes last so that a connection
+//! Order of decisions: ban → blocklist feeds → deny → allowlist → caps → rate. Rate comes last so that a connection
 //! refused by a list or a cap does not also spend the client's rate allowance. Limiters are charged
 //! as they are checked (governor has no dry run), so a connection refused by the group rate has
 //! still spent its own per-IP allowance: that only makes a flooding client wait longer.
@@ -10,6 +10,7 @@ pub mod limits;
 pub mod policy;
 
 use crate::state::bans::BanTable;
+use crate::state::feeds::FeedSet;
 use crate::telemetry::log_gate::RefusalLog;
 use crate::wire::addr;
 use arc_swap::ArcSwap;
@@ -24,6 +25,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Refusal {
     Banned,
+    /// Listed by a blocklist feed or a CrowdSec decision (which one: `gatehouse_feed_refusals_total`).
+    Feed,
     Denied,
     NotAllowlisted,
     MaxConnections,
@@ -36,8 +39,9 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::Banned,
+        Refusal::Feed,
         Refusal::Denied,
         Refusal::NotAllowlisted,
         Refusal::MaxConnections,
@@ -52,6 +56,7 @@ impl Refusal {
     pub fn as_str(self) -> &'static str {
         match self {
             Refusal::Banned => "banned",
+            Refusal::Feed => "feed",
             Refusal::Denied => "denied",
             Refusal::NotAllowlisted => "not_allowlisted",
             Refusal::MaxConnections => "max_connections",
@@ -202,6 +207,7 @@ pub struct Permit {
 pub struct Guard {
     global: Arc<Level>,
     bans: Arc<BanTable>,
+    feeds: Arc<FeedSet>,
     refused: [AtomicU64; Refusal::ALL.len()],
     refusal_log: Arc<RefusalLog>,
 }
@@ -211,9 +217,20 @@ impl Guard {
         Guard {
             global: Level::new(global),
             bans,
+            feeds: Arc::default(),
             refused: Default::default(),
             refusal_log: Arc::new(RefusalLog::new(log_interval)),
         }
+    }
+
+    /// Refuses what the blocklist feeds and CrowdSec list.
+    pub fn with_feeds(mut self, feeds: Arc<FeedSet>) -> Guard {
+        self.feeds = feeds;
+        self
+    }
+
+    pub fn feeds(&self) -> &Arc<FeedSet> {
+        &self.feeds
     }
 
     /// The refusal log gate, for other listeners (the cluster's) to log their refusals through.
@@ -243,6 +260,9 @@ impl Guard {
     fn decide(&self, front: &Arc<Level>, ip: IpAddr) -> Result<Permit, Refusal> {
         if self.bans.is_banned(ip) {
             return Err(Refusal::Banned);
+        }
+        if self.feeds.refuse(ip).is_some() {
+            return Err(Refusal::Feed);
         }
         let gp = self.global.policy.load();
         let fp = front.policy.load();

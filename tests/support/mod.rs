@@ -14,6 +14,8 @@
 //!   journal lines planted for it.
 //! - `clients`: an Electrum client that keeps its session's cost model, admin API requests, metric samples.
 //! - `cost`: the cost-accounting set-ups several modules share (one priced gateway, three clustered ones).
+//! - `files`: a loopback HTTP server of files the test changes (blocklist feeds and their signatures).
+//! - `crowdsec`: a real CrowdSec Local API on a free loopback port, and `cscli` against it.
 
 #![allow(dead_code)]
 
@@ -21,6 +23,8 @@ pub mod backends;
 pub mod bitcoind;
 pub mod clients;
 pub mod cost;
+pub mod crowdsec;
+pub mod files;
 pub mod gateway;
 pub mod ledger;
 pub mod net;
