@@ -186,23 +186,19 @@ fn when(t: Option<i64>) -> String {
     }
 }
 
-fn certs(admin: &AdminArgs, json: bool) -> ExitCode {
-    let (target, token) = match admin_target(admin) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let reply = tokio::runtime::Builder::new_current_thread()
+/// `GET path` on the admin API named by `admin`; Err says why there is no reply.
+fn admin_get(admin: &AdminArgs, path: &str) -> Result<client::Reply, String> {
+    let (target, token) = admin_target(admin)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(client::request(&target, &token, Method::GET, path, None))
         .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(client::request(&target, &token, Method::GET, "/v1/certs", None))
-                .map_err(|e| e.to_string())
-        });
-    let list = match reply {
+}
+
+fn certs(admin: &AdminArgs, json: bool) -> ExitCode {
+    let list = match admin_get(admin, "/v1/certs") {
         Ok(r) if r.status.is_success() && json => {
             println!("{}", r.body);
             return ExitCode::SUCCESS;
@@ -302,22 +298,7 @@ fn last_sync(lag_ms: Option<u64>) -> String {
 }
 
 fn cluster_status(admin: &AdminArgs, json: bool) -> ExitCode {
-    let (target, token) = match admin_target(admin) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let reply = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|rt| {
-            rt.block_on(client::request(&target, &token, Method::GET, "/v1/cluster", None))
-                .map_err(|e| e.to_string())
-        });
-    let reply = match reply {
+    let reply = match admin_get(admin, "/v1/cluster") {
         Ok(r) if r.status.is_success() => r,
         Ok(r) => {
             eprintln!("error: {} (HTTP {})", r.error_message(), r.status.as_u16());
