@@ -9,13 +9,15 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
+#[path = "support/anchors.rs"]
+mod anchors;
 #[path = "support/api_http.rs"]
 mod api_http;
 #[path = "support/api_ledger.rs"]
@@ -198,7 +200,7 @@ fn free_port() -> u16 {
 
 /// Runs the gateway binary on the config at `path`.
 fn spawn_gateway(path: &Path) -> Gateway {
-    let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let child = anchors::pinned(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["run", "-c"])
         .arg(path)
         .stdin(Stdio::null())
@@ -547,21 +549,89 @@ async fn peer_throughput(
     (bytes / took, cpu / (bytes / 1e9))
 }
 
+/// One process in the middle, measured as the gateway's rows are: CPU per 100k requests of the wallet mix,
+/// latency, and full handshakes per CPU second.
+struct Anchor {
+    name: &'static str,
+    figures: Result<(f64, Duration, Duration, f64), String>,
+}
+
+async fn measure(
+    p: &Gateway,
+    addr: SocketAddr,
+    resuming: &TlsConnector,
+    full: &TlsConnector,
+    secs: f64,
+) -> (f64, Duration, Duration, f64) {
+    let cpu0 = p.cpu_seconds();
+    let mut r = load(addr, Some(resuming), secs).await;
+    let cpu = (p.cpu_seconds() - cpu0) / r.requests as f64 * 100_000.0;
+    let cpu0 = p.cpu_seconds();
+    let hs = handshakes(addr, full, secs).await;
+    let hs_per_cpu = hs as f64 / (p.cpu_seconds() - cpu0).max(1e-9);
+    (cpu, r.pct(0.5), r.pct(0.99), hs_per_cpu)
+}
+
+/// HAProxy and nginx in front of the same stub, and the gateway's own figures as ratios to HAProxy's.
+async fn anchor_rows(
+    dir: &Path,
+    backend: SocketAddr,
+    resuming: &TlsConnector,
+    full: &TlsConnector,
+    secs: f64,
+    gateway: &[Anchor],
+) {
+    let mut anchors = Vec::new();
+    for (name, started) in [
+        (
+            "HAProxy 2.6 (TLS → TCP, 1 thread)",
+            anchors::haproxy_tls(dir, backend).await,
+        ),
+        (
+            "nginx stream (TLS → TCP, 1 worker)",
+            anchors::nginx_tls(dir, backend).await,
+        ),
+    ] {
+        let figures = match started {
+            Ok((p, addr)) => Ok(measure(&p, addr, resuming, full, secs).await),
+            Err(e) => Err(e),
+        };
+        anchors.push(Anchor { name, figures });
+    }
+    let base = anchors[0].figures.as_ref().ok().copied();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("\n## Against the proxies operators would otherwise pick\n");
+    println!("Same stub backend, same certificate (ECDSA P-256, TLS 1.3), the wallet mix as above, one worker each,");
+    println!(
+        "the process under test pinned to one core and the load generator to the other (when taskset is there).\n"
+    );
+    println!("| target | CPU s per 100k requests | vs HAProxy | p50 / p99 latency | full handshakes per CPU second | vs HAProxy |");
+    println!("|---|---|---|---|---|---|");
+    for a in anchors.iter().chain(gateway) {
+        match &a.figures {
+            Ok((cpu, p50, p99, hs)) => {
+                let (rc, rh) = base.map_or(("–".to_string(), "–".to_string()), |(bc, _, _, bh)| {
+                    (format!("{:.2}", cpu / bc), format!("{:.2}", hs / bh))
+                });
+                println!(
+                    "| {} | {cpu:.3} | {rc} | {:.0} / {:.0} µs | {hs:.0} | {rh} |",
+                    a.name,
+                    us(*p50),
+                    us(*p99)
+                );
+            }
+            Err(e) => println!("| {} | skipped: {e} | | | | |", a.name),
+        }
+    }
+}
+
 /// The peer rows: the plain relay against the Bitcoin guard, on a gateway of their own.
 async fn peer_rows(dir: &Path, secs: f64) {
     let (sink, total) = sink_backend().await;
     let (pp, gp) = (free_port(), free_port());
     let path = dir.join("peer.toml");
     std::fs::write(&path, write_peer_config(dir, sink, pp, gp)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn gatehouse");
-    let gw = Gateway { child };
+    let gw = spawn_gateway(&path);
     let plain: SocketAddr = format!("127.0.0.1:{pp}").parse().unwrap();
     let guard: SocketAddr = format!("127.0.0.1:{gp}").parse().unwrap();
     for _ in 0..200 {
@@ -591,6 +661,9 @@ fn main() {
     let secs = if quick { 1.5 } else { 5.0 };
     let idle_n = if quick { 1000 } else { 5000 };
     raise_nofile();
+    if !anchors::pin_load_generator() {
+        eprintln!("bench: taskset is not available: processes are not pinned to cores");
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -613,6 +686,22 @@ fn main() {
         let resuming = tls_connector(&der, true, false);
         let full = tls_connector(&der, false, false);
         let full_pq = tls_connector(&der, false, true);
+        if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("anchors") {
+            // The gateway against HAProxy and nginx alone.
+            let gateway = [
+                Anchor {
+                    name: "Gatehouse relay front (TLS → TCP)",
+                    figures: Ok(measure(&gw, relay, &resuming, &full, secs).await),
+                },
+                Anchor {
+                    name: "Gatehouse Electrum front (cost accounting on)",
+                    figures: Ok(measure(&gw, electrum, &resuming, &full, secs).await),
+                },
+            ];
+            drop(gw);
+            anchor_rows(dir.path(), backend, &resuming, &full, secs, &gateway).await;
+            return;
+        }
         if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("peer") {
             peer_rows(dir.path(), secs).await;
             return;
@@ -681,6 +770,17 @@ fn main() {
         println!("| handshakes/s wall clock on the Electrum front (client shares the machine) | {:.0} |", hs as f64 / secs);
         println!("| load a 100,000-entry CIDR file | {:.0} ms |", cidr_load.as_secs_f64() * 1e3);
         println!("| CIDR lookup in that set (17 prefix lengths) | {cidr_ns:.0} ns |");
+        let gateway = [
+            Anchor {
+                name: "Gatehouse relay front (TLS → TCP)",
+                figures: Ok((per100k(cpu_relay, &via_relay), r50, r99, hs_relay as f64 / cpu_hs_relay.max(1e-9))),
+            },
+            Anchor {
+                name: "Gatehouse Electrum front (cost accounting on)",
+                figures: Ok((per100k(cpu_el, &via_el), e50, e99, hs as f64 / cpu_hs.max(1e-9))),
+            },
+        ];
+        anchor_rows(dir.path(), backend, &resuming, &full, secs, &gateway).await;
         api_http::run(dir.path(), secs).await;
         peer_rows(dir.path(), secs).await;
         api_ledger::run(dir.path(), secs).await;
