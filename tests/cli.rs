@@ -464,6 +464,84 @@ fn check_rejects_a_missing_certificate() {
     );
 }
 
+/// A TLS front `main` routing `btc.example.org` to `route`, and an Electrum front `btc` with `btc_listen`
+/// and `btc_extra` keys.
+fn routed_config(cert: &Path, key: &Path, route: &str, btc_listen: &str, btc_extra: &str) -> String {
+    format!(
+        "[[front]]\nname = \"main\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tls\"\n\
+         upstreams = [\"127.0.0.1:50001\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[front.tls.sni]]\nname = \"btc.example.org\"\nroute = \"{route}\"\n\n\
+         [[front]]\nname = \"btc\"\nkind = \"electrum\"\nlisten = [{btc_listen}]\ntransport = \"tcp\"\n\
+         upstreams = [\"127.0.0.1:50011\"]\n{btc_extra}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+#[test]
+fn check_validates_sni_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
+    let ok = routed_config(&cert, &key, "btc", "", "");
+    let (_, out) = check_text(dir.path(), &ok);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "a routed front without listen addresses is valid: {}",
+        out.stderr
+    );
+    let text = routed_config(&cert, &key, "ltc", "", "");
+    assert_check_error(
+        &text,
+        "front[0].tls.sni[0].route",
+        line_of(&text, "route = "),
+        "no front is named `ltc`",
+    );
+    let text = routed_config(&cert, &key, "main", "\"127.0.0.2:0\"", "");
+    assert_check_error(
+        &text,
+        "front[0].tls.sni[0].route",
+        line_of(&text, "route = "),
+        "a front cannot route to itself",
+    );
+    // A target that routes again would take a second handshake (and could loop back).
+    let (cert2, key2, _) = localhost_cert(dir.path(), "other");
+    let chained = format!(
+        "{}[[front]]\nname = \"third\"\nkind = \"electrum\"\nlisten = [\"127.0.0.3:0\"]\ntransport = \"tls\"\n\
+         upstreams = [\"127.0.0.1:50021\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[front.tls.sni]]\nname = \"x.example.org\"\nroute = \"main\"\n",
+        routed_config(&cert, &key, "btc", "", ""),
+        cert2.display(),
+        key2.display()
+    );
+    assert_check_error(
+        &chained,
+        "front[2].tls.sni[0].route",
+        line_of(&chained, "route = \"main\""),
+        "`main` routes by SNI itself",
+    );
+    let peer_tls = routed_config(&cert, &key, "btc", "", "")
+        .replace("name = \"btc\"\nkind = \"electrum\"", "name = \"btc\"\nkind = \"peer\"")
+        + "[front.peer]\nprotocol = \"tls\"\n";
+    assert_check_error(
+        &peer_tls,
+        "front[0].tls.sni[0].route",
+        line_of(&peer_tls, "route = "),
+        "routed connections arrive decrypted",
+    );
+    // A front without listen addresses that no route names would serve nothing.
+    let text = routed_config(&cert, &key, "btc", "", "")
+        .replace("[[front.tls.sni]]\nname = \"btc.example.org\"\nroute = \"btc\"\n", "");
+    let (_, out) = check_text(dir.path(), &text);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(": front[1].listen: at least one listen address is required (a front with none must be"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn check_rejects_a_key_that_does_not_match() {
     let dir = tempfile::tempdir().unwrap();
