@@ -6,6 +6,7 @@ use crate::support::clients::sample;
 use crate::support::gateway::{start_in, RELAXED};
 use crate::support::net::{connect_from, ip};
 use crate::support::tls::{tls_connector, write_cert_names};
+use futures_util::{SinkExt, StreamExt};
 use gatehouse::Running;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
@@ -15,6 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const BTC: &str = "btc.example.org";
 const KEVA: &str = "keva.example.org";
+const WS: &str = "ws.example.org";
 const UNKNOWN: &str = "other.example.org";
 
 /// What the routed set-up serves: the listening front `{p}-main` (default upstream), `{p}-btc` and
@@ -33,19 +35,23 @@ struct Routed {
 async fn routed(p: &str, cost: &str, ping: f64) -> Routed {
     let dir = tempfile::tempdir().unwrap();
     let alg = &rcgen::PKCS_ECDSA_P256_SHA256;
-    let (cert, key, default_der) = write_cert_names(dir.path(), "default", &["localhost", BTC, UNKNOWN], alg);
+    let (cert, key, default_der) = write_cert_names(dir.path(), "default", &["localhost", BTC, WS, UNKNOWN], alg);
     let (kcert, kkey, keva_der) = write_cert_names(dir.path(), "keva", &[KEVA], alg);
     let default_up = version_backend_thread("default-backend");
     let btc_up = version_backend_thread("btc-backend");
     let keva_up = version_backend_thread("keva-backend");
+    let ws_up = version_backend_thread("ws-backend");
     let toml = format!(
         "{RELAXED}[cost]\n{cost}\n[cost.methods]\n\"server.ping\" = {ping}\n\n\
          [[front]]\nname = \"{p}-main\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tls\"\n\
          upstreams = [\"{default_up}\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
          [[front.tls.sni]]\nname = \"{BTC}\"\nroute = \"{p}-btc\"\n\
+         [[front.tls.sni]]\nname = \"{WS}\"\nroute = \"{p}-ws\"\n\
          [[front.tls.sni]]\nname = \"{KEVA}\"\nroute = \"{p}-keva\"\ncert = \"{}\"\nkey = \"{}\"\n\n\
          [[front]]\nname = \"{p}-btc\"\nkind = \"electrum\"\nlisten = []\ntransport = \"tcp\"\n\
          upstreams = [\"{btc_up}\"]\n\n\
+         [[front]]\nname = \"{p}-ws\"\nkind = \"electrum\"\nlisten = []\ntransport = \"ws\"\n\
+         upstreams = [\"{ws_up}\"]\n\n\
          [[front]]\nname = \"{p}-keva\"\nkind = \"electrum\"\nlisten = []\ntransport = \"tcp\"\n\
          upstreams = [\"{keva_up}\"]\n[front.electrum]\nprofile = \"kevacoin\"\n",
         cert.display(),
@@ -139,9 +145,26 @@ async fn each_server_name_reaches_its_front_and_others_get_the_default() {
     call(&mut btc, 1, "server.version", r#"["test", "1.4"]"#).await.unwrap();
     let v = call(&mut btc, 2, "blockchain.block.count", "[]").await.unwrap();
     assert_eq!(v["error"]["code"], -32601, "{v}");
+    // The WebSocket front answers WebSocket inside the one TLS session (wss on the shared port).
+    let tls = connect(&r, "127.0.0.2", Some(WS)).await.unwrap().into_inner();
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://ws.example.org/", tls)
+        .await
+        .expect("WebSocket upgrade on the routed front");
+
+    let req = r#"{"jsonrpc":"2.0","id":1,"method":"server.version","params":["test","1.4"]}"#;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(req))
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a reply in time")
+        .expect("a message")
+        .unwrap();
+    assert!(reply.to_text().unwrap().contains("ws-backend"), "{reply}");
     // Counted by configured front names; the unknown name and no-SNI clients are not routes.
     assert_eq!(routed_count("snia", "btc"), 3.0);
     assert_eq!(routed_count("snia", "keva"), 3.0);
+    assert_eq!(routed_count("snia", "ws"), 1.0);
     let text = gatehouse::telemetry::metrics::render(None);
     assert!(!text.contains(UNKNOWN), "a client's name reached the metrics");
 }
