@@ -2463,3 +2463,63 @@ fn check_warns_when_feeds_have_no_state_directory() {
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert!(!out.stderr.contains("warning"), "warned: {}", out.stderr);
 }
+
+#[test]
+fn a_routed_connection_closes_under_the_target_fronts_name() {
+    let backend = support::backends::version_backend_thread("btc-backend");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = support::tls::write_cert_names(
+        dir.path(),
+        "server",
+        &["localhost", "btc.example.org"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[front]]\nname = \"main\"\nkind = \"electrum\"\nlisten = [\"{listen}\"]\ntransport = \"tls\"\n\
+             upstreams = [\"127.0.0.1:1\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[front.tls.sni]]\nname = \"btc.example.org\"\nroute = \"btc\"\n\n\
+             [[front]]\nname = \"btc\"\nkind = \"electrum\"\nlisten = []\ntransport = \"tcp\"\n\
+             upstreams = [\"{backend}\"]\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    let tcp = connect_from_std("127.0.0.2", listen);
+    let local = tcp.local_addr().unwrap().to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let cfg =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), "btc.example.org".try_into().unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"server.version\",\"params\":[\"t\",\"1.4\"]}\n")
+        .unwrap();
+    let mut reply = [0u8; 256];
+    let n = s.read(&mut reply).unwrap();
+    assert!(
+        String::from_utf8_lossy(&reply[..n]).contains("btc-backend"),
+        "{}",
+        gw.log()
+    );
+    s.conn.send_close_notify();
+    let _ = s.flush();
+    drop(s);
+    let line = gw
+        .wait_json(Duration::from_secs(10), |v| {
+            v["message"] == "connection closed" && v["client"] == local.as_str()
+        })
+        .unwrap_or_else(|| panic!("no close line for {local}:\n{}", gw.log()));
+    assert_eq!(line["front"], "btc", "{line}");
+    assert!(line["tls"].as_str().is_some_and(|t| t.starts_with("TLS")), "{line}");
+}
