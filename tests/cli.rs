@@ -529,6 +529,17 @@ fn check_validates_sni_routes() {
         line_of(&peer_tls, "route = "),
         "routed connections arrive decrypted",
     );
+    // One name, two tables: which one would win?
+    let twice = routed_config(&cert, &key, "btc", "", "").replace(
+        "route = \"btc\"\n",
+        "route = \"btc\"\n[[front.tls.sni]]\nname = \"BTC.example.org\"\nroute = \"main\"\n",
+    );
+    assert_check_error(
+        &twice,
+        "front[0].tls.sni[1].route",
+        line_of(&twice, "route = \"main\""),
+        "`BTC.example.org` has an earlier [[front.tls.sni]] table on this front",
+    );
     // A front without listen addresses that no route names would serve nothing.
     let text = routed_config(&cert, &key, "btc", "", "")
         .replace("[[front.tls.sni]]\nname = \"btc.example.org\"\nroute = \"btc\"\n", "");

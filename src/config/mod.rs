@@ -1285,6 +1285,12 @@ impl Validator<'_> {
                 let key = format!("front[{i}].tls.sni[{j}].route");
                 let err = |reason: String| Err(self.err(key.clone(), Some(r.span()), reason));
                 let target = r.get_ref();
+                if t.sni[..j].iter().any(|o| o.name.eq_ignore_ascii_case(&s.name)) {
+                    return err(format!(
+                        "`{}` has an earlier [[front.tls.sni]] table on this front",
+                        s.name
+                    ));
+                }
                 let Some(to) = fronts.iter().find(|f| &f.name == target) else {
                     return err(format!("no front is named `{target}`"));
                 };
