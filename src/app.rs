@@ -47,6 +47,7 @@ impl Stages {
             electrum: self.electrum.clone(),
             api_subs: self.api_subs.clone(),
             peer_offences: self.peer_offences.clone(),
+            fronts: self.fronts.clone(),
         }
     }
 }

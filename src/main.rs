@@ -532,10 +532,18 @@ fn check(path: &std::path::Path, probe: bool) -> ExitCode {
                 eprintln!("warning: {w}");
             }
             for f in &cfg.fronts {
-                let listen: Vec<String> = f.listen.iter().map(|a| a.to_string()).collect();
+                let mut listen: Vec<String> = f.listen.iter().map(|a| a.to_string()).collect();
+                if listen.is_empty() {
+                    listen.push("(routed connections only)".to_string());
+                }
                 let up: Vec<String> = f.upstreams.iter().map(|a| a.to_string()).collect();
+                let routes: Vec<String> = f
+                    .sni_routes
+                    .iter()
+                    .map(|r| format!("{} → {}", r.name, r.target))
+                    .collect();
                 println!(
-                    "  front {:<16} {:?}/{:?}  listen {}  → {}{}{}",
+                    "  front {:<16} {:?}/{:?}  listen {}  → {}{}{}{}",
                     f.name,
                     f.kind,
                     f.transport,
@@ -550,6 +558,11 @@ fn check(path: &std::path::Path, probe: bool) -> ExitCode {
                         ""
                     } else {
                         "  [PROXY intake]"
+                    },
+                    if routes.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  [SNI routes: {}]", routes.join(", "))
                     },
                 );
             }

@@ -464,6 +464,95 @@ fn check_rejects_a_missing_certificate() {
     );
 }
 
+/// A TLS front `main` routing `btc.example.org` to `route`, and an Electrum front `btc` with `btc_listen`
+/// and `btc_extra` keys.
+fn routed_config(cert: &Path, key: &Path, route: &str, btc_listen: &str, btc_extra: &str) -> String {
+    format!(
+        "[[front]]\nname = \"main\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tls\"\n\
+         upstreams = [\"127.0.0.1:50001\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[front.tls.sni]]\nname = \"btc.example.org\"\nroute = \"{route}\"\n\n\
+         [[front]]\nname = \"btc\"\nkind = \"electrum\"\nlisten = [{btc_listen}]\ntransport = \"tcp\"\n\
+         upstreams = [\"127.0.0.1:50011\"]\n{btc_extra}\n",
+        cert.display(),
+        key.display()
+    )
+}
+
+#[test]
+fn check_validates_sni_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = localhost_cert(dir.path(), "server");
+    let ok = routed_config(&cert, &key, "btc", "", "");
+    let (_, out) = check_text(dir.path(), &ok);
+    assert_eq!(
+        out.code(),
+        Some(0),
+        "a routed front without listen addresses is valid: {}",
+        out.stderr
+    );
+    let text = routed_config(&cert, &key, "ltc", "", "");
+    assert_check_error(
+        &text,
+        "front[0].tls.sni[0].route",
+        line_of(&text, "route = "),
+        "no front is named `ltc`",
+    );
+    let text = routed_config(&cert, &key, "main", "\"127.0.0.2:0\"", "");
+    assert_check_error(
+        &text,
+        "front[0].tls.sni[0].route",
+        line_of(&text, "route = "),
+        "a front cannot route to itself",
+    );
+    // A target that routes again would take a second handshake (and could loop back).
+    let (cert2, key2, _) = localhost_cert(dir.path(), "other");
+    let chained = format!(
+        "{}[[front]]\nname = \"third\"\nkind = \"electrum\"\nlisten = [\"127.0.0.3:0\"]\ntransport = \"tls\"\n\
+         upstreams = [\"127.0.0.1:50021\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[front.tls.sni]]\nname = \"x.example.org\"\nroute = \"main\"\n",
+        routed_config(&cert, &key, "btc", "", ""),
+        cert2.display(),
+        key2.display()
+    );
+    assert_check_error(
+        &chained,
+        "front[2].tls.sni[0].route",
+        line_of(&chained, "route = \"main\""),
+        "`main` routes by SNI itself",
+    );
+    let peer_tls = routed_config(&cert, &key, "btc", "", "")
+        .replace("name = \"btc\"\nkind = \"electrum\"", "name = \"btc\"\nkind = \"peer\"")
+        + "[front.peer]\nprotocol = \"tls\"\n";
+    assert_check_error(
+        &peer_tls,
+        "front[0].tls.sni[0].route",
+        line_of(&peer_tls, "route = "),
+        "routed connections arrive decrypted",
+    );
+    // One name, two tables: which one would win?
+    let twice = routed_config(&cert, &key, "btc", "", "").replace(
+        "route = \"btc\"\n",
+        "route = \"btc\"\n[[front.tls.sni]]\nname = \"BTC.example.org\"\nroute = \"main\"\n",
+    );
+    assert_check_error(
+        &twice,
+        "front[0].tls.sni[1].route",
+        line_of(&twice, "route = \"main\""),
+        "`BTC.example.org` has an earlier [[front.tls.sni]] table on this front",
+    );
+    // A front without listen addresses that no route names would serve nothing.
+    let text = routed_config(&cert, &key, "btc", "", "")
+        .replace("[[front.tls.sni]]\nname = \"btc.example.org\"\nroute = \"btc\"\n", "");
+    let (_, out) = check_text(dir.path(), &text);
+    assert_eq!(out.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(": front[1].listen: at least one listen address is required (a front with none must be"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn check_rejects_a_key_that_does_not_match() {
     let dir = tempfile::tempdir().unwrap();
@@ -2384,4 +2473,64 @@ fn check_warns_when_feeds_have_no_state_directory() {
     let (_, out) = check_text(dir.path(), &kept);
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
     assert!(!out.stderr.contains("warning"), "warned: {}", out.stderr);
+}
+
+#[test]
+fn a_routed_connection_closes_under_the_target_fronts_name() {
+    let backend = support::backends::version_backend_thread("btc-backend");
+    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = support::tls::write_cert_names(
+        dir.path(),
+        "server",
+        &["localhost", "btc.example.org"],
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+    );
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[front]]\nname = \"main\"\nkind = \"electrum\"\nlisten = [\"{listen}\"]\ntransport = \"tls\"\n\
+             upstreams = [\"127.0.0.1:1\"]\n[front.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [[front.tls.sni]]\nname = \"btc.example.org\"\nroute = \"btc\"\n\n\
+             [[front]]\nname = \"btc\"\nkind = \"electrum\"\nlisten = []\ntransport = \"tcp\"\n\
+             upstreams = [\"{backend}\"]\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut gw = Proc::run_json(&path);
+    wait_accepting(&mut gw, listen);
+    let tcp = connect_from_std("127.0.0.2", listen);
+    let local = tcp.local_addr().unwrap().to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let cfg =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), "btc.example.org".try_into().unwrap()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    s.write_all(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"server.version\",\"params\":[\"t\",\"1.4\"]}\n")
+        .unwrap();
+    let mut reply = [0u8; 256];
+    let n = s.read(&mut reply).unwrap();
+    assert!(
+        String::from_utf8_lossy(&reply[..n]).contains("btc-backend"),
+        "{}",
+        gw.log()
+    );
+    s.conn.send_close_notify();
+    let _ = s.flush();
+    drop(s);
+    let line = gw
+        .wait_json(Duration::from_secs(10), |v| {
+            v["message"] == "connection closed" && v["client"] == local.as_str()
+        })
+        .unwrap_or_else(|| panic!("no close line for {local}:\n{}", gw.log()));
+    assert_eq!(line["front"], "btc", "{line}");
+    assert!(line["tls"].as_str().is_some_and(|t| t.starts_with("TLS")), "{line}");
 }

@@ -227,6 +227,10 @@ impl Validator<'_> {
             if s.name.is_empty() {
                 return Err(self.err(format!("{key}.sni[{i}].name"), None, "must not be empty"));
             }
+            // A routed name may be covered by the default certificate (a wildcard or several names).
+            if s.route.is_some() && s.cert.is_none() && s.key.is_none() && s.acme.is_none() {
+                continue;
+            }
             certs.push(self.front_cert(
                 &format!("{key}.sni[{i}]"),
                 Some(s.name.clone()),

@@ -25,7 +25,7 @@ use crate::front::api::settings::{ApiProfile, ApiSettings};
 use crate::front::electrum::methods::{Profile, ProtoVersion};
 use crate::front::electrum::settings::*;
 use crate::front::peer::settings::PeerSettings;
-use crate::front::{Front, FrontKind, Transport};
+use crate::front::{Front, FrontKind, SniRoute, Transport};
 use crate::guard::policy::*;
 use crate::state::bans::BanPolicy;
 use crate::state::cost::{CostConfig, FeeParams};
@@ -264,6 +264,7 @@ impl Validator<'_> {
             fronts.push(front);
         }
         self.acme_served(&fronts)?;
+        self.sni_routes(&fronts, &raw.fronts)?;
         let admin = self.admin(&raw.admin)?;
         let admin_addr = match &admin.listen {
             AdminListen::Tcp(a) if admin.enabled && a.port() != 0 => Some(*a),
@@ -1119,9 +1120,7 @@ impl Validator<'_> {
         if f.name.trim().is_empty() {
             return Err(self.err(format!("{key}.name"), None, "must not be empty"));
         }
-        if f.listen.is_empty() {
-            return Err(self.err(format!("{key}.listen"), None, "at least one listen address is required"));
-        }
+        // An empty list is checked in `sni_routes`: only a front that receives routed connections may have it.
         let listen = f
             .listen
             .iter()
@@ -1261,7 +1260,66 @@ impl Validator<'_> {
             api,
             ledger,
             peer: Arc::new(self.peer(key, f)?),
+            sni_routes: f
+                .tls
+                .iter()
+                .flat_map(|t| &t.sni)
+                .filter_map(|s| {
+                    s.route.as_ref().map(|r| SniRoute {
+                        name: s.name.to_ascii_lowercase(),
+                        target: r.get_ref().clone(),
+                    })
+                })
+                .collect(),
         })
+    }
+
+    /// Routes name an existing other front that serves decrypted streams and routes nothing itself (one
+    /// step, so no loop); a front without listen addresses must be some route's target.
+    fn sni_routes(&self, fronts: &[Front], raw: &[RawFront]) -> Result<(), ConfigError> {
+        use crate::front::peer::settings::PeerProtocol;
+        for (i, rf) in raw.iter().enumerate() {
+            let Some(t) = &rf.tls else { continue };
+            for (j, s) in t.sni.iter().enumerate() {
+                let Some(r) = &s.route else { continue };
+                let key = format!("front[{i}].tls.sni[{j}].route");
+                let err = |reason: String| Err(self.err(key.clone(), Some(r.span()), reason));
+                let target = r.get_ref();
+                if t.sni[..j].iter().any(|o| o.name.eq_ignore_ascii_case(&s.name)) {
+                    return err(format!(
+                        "`{}` has an earlier [[front.tls.sni]] table on this front",
+                        s.name
+                    ));
+                }
+                let Some(to) = fronts.iter().find(|f| &f.name == target) else {
+                    return err(format!("no front is named `{target}`"));
+                };
+                if *target == rf.name {
+                    return err("a front cannot route to itself".into());
+                }
+                if !to.sni_routes.is_empty() {
+                    return err(format!(
+                        "`{target}` routes by SNI itself; a route goes one step (the handshake happens once)"
+                    ));
+                }
+                if to.peer.protocol == PeerProtocol::Tls {
+                    return err(format!(
+                        "`{target}` checks that its clients speak TLS, but routed connections arrive decrypted"
+                    ));
+                }
+            }
+        }
+        for (i, f) in fronts.iter().enumerate() {
+            if f.listen.is_empty() && !fronts.iter().any(|o| o.sni_routes.iter().any(|r| r.target == f.name)) {
+                return Err(self.err(
+                    format!("front[{i}].listen"),
+                    None,
+                    "at least one listen address is required (a front with none must be the target of another \
+                     front's [[front.tls.sni]] route)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn peer(&self, key: &str, f: &RawFront) -> Result<PeerSettings, ConfigError> {

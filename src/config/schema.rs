@@ -571,6 +571,8 @@ pub struct RawTls {
 #[serde(deny_unknown_fields)]
 pub struct RawSniCert {
     pub name: String,
+    /// Another front, by name, that serves connections asking for `name`.
+    pub route: Option<Spanned<String>>,
     pub cert: Option<Spanned<PathBuf>>,
     pub key: Option<Spanned<PathBuf>>,
     pub acme: Option<Spanned<String>>,

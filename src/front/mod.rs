@@ -16,11 +16,11 @@ pub use drain::Drain;
 
 use crate::guard::Level;
 pub use crate::listen::{CloseReason, CloseSide};
-use crate::listen::{Conn, Door, Handler};
+use crate::listen::{Conn, Door, Handler, Route};
 use crate::telemetry::metrics::FrontMetrics;
 use crate::upstream::Pool;
 use crate::wire::acl::CidrSet;
-pub use settings::{Front, FrontKind, Transport};
+pub use settings::{Front, FrontKind, SniRoute, Transport};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -55,6 +55,8 @@ pub struct FrontHandles {
     pub api_subs: Arc<crate::guard::limits::KeyedCounts>,
     /// Peer protocol violations per address, across the peer fronts.
     pub peer_offences: Arc<peer::offences::Offences>,
+    /// Every front's current slot, where SNI routes find their target front.
+    pub fronts: Arc<arc_swap::ArcSwap<Vec<Arc<FrontSlot>>>>,
 }
 
 impl FrontSlot {
@@ -76,6 +78,8 @@ pub struct FrontState {
     pub handles: FrontHandles,
     /// What the peer sessions of this front share (unused by other kinds).
     pub peer: peer::PeerFront,
+    /// The SNI routes with their pre-registered counters.
+    routes: Vec<(SniRoute, prometheus_client::metrics::counter::Counter)>,
 }
 
 /// Everything the one log line about a closed connection says.
@@ -111,6 +115,11 @@ impl FrontState {
             tls: cfg.tls.clone().map(TlsAcceptor::from),
             metrics: FrontMetrics::new(&cfg.name, cfg.tls.is_some()),
             peer: peer::PeerFront::new(&cfg),
+            routes: cfg
+                .sni_routes
+                .iter()
+                .map(|r| (r.clone(), crate::telemetry::metrics::sni_route(&cfg.name, &r.target)))
+                .collect(),
             handles,
             cfg,
         }
@@ -231,6 +240,22 @@ impl Handler for FrontState {
 
     fn metrics(&self) -> &FrontMetrics {
         &self.metrics
+    }
+
+    fn routes_by_sni(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
+    fn route(&self, server_name: Option<&str>) -> Option<Route> {
+        let name = server_name?;
+        let (route, routed) = self.routes.iter().find(|(r, _)| r.name.eq_ignore_ascii_case(name))?;
+        // The target as configured now; a target a reload removed leaves the connection here.
+        let fronts = self.handles.fronts.load();
+        let slot = fronts.iter().find(|s| s.state.load().cfg.name == route.target)?;
+        Some(Route {
+            target: slot.state.load_full(),
+            routed: routed.clone(),
+        })
     }
 
     fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: CloseReason) {

@@ -46,8 +46,20 @@ pub struct Front {
     pub api: Option<Arc<ApiSettings>>,
     /// Present exactly for `kind = "api"` fronts of profile `ledger`.
     pub ledger: Option<Arc<LedgerSettings>>,
+    /// `[[front.tls.sni]] route`: server names whose connections another front serves after this
+    /// front's handshake.
+    pub sni_routes: Vec<SniRoute>,
     /// `[front.peer]`: the shape check and limits of a `kind = "peer"` front (defaults elsewhere).
     pub peer: Arc<PeerSettings>,
+}
+
+/// One server name routed to another front (by that front's name, looked up per connection so a reload
+/// of either front takes effect for new connections).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniRoute {
+    /// Lowercase: SNI names compare case-insensitively.
+    pub name: String,
+    pub target: String,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]

@@ -76,10 +76,27 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
     fn metrics(&self) -> &FrontMetrics;
+    /// Whether some server names hand the connection to another front: intake then reads the
+    /// ClientHello before it completes the handshake (with this front's certificates).
+    fn routes_by_sni(&self) -> bool {
+        false
+    }
+    /// The front that serves a client asking for `server_name` after this front's handshake; `None`
+    /// keeps the connection here (no name, an unknown name, or no routes).
+    fn route(&self, _server_name: Option<&str>) -> Option<Route> {
+        None
+    }
     /// Logs the close line of a connection that ended before its session started.
     fn log_early_close(&self, client: SocketAddr, via: Option<SocketAddr>, since: Instant, reason: CloseReason);
     /// Runs one admitted connection to its end.
     fn serve(self: Arc<Self>, conn: Conn) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+/// A connection's way to another front, chosen by the SNI name of its ClientHello.
+pub struct Route {
+    pub target: Arc<dyn Handler>,
+    /// Counts connections that completed the handshake and went this way.
+    pub routed: prometheus_client::metrics::counter::Counter,
 }
 
 /// Where an accept loop finds its front's current version (a reload swaps it) and its own stop signal.
@@ -132,8 +149,8 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<dyn Door>, shared: Int
                 // Boxed, so the handshake's state is freed before the session (a boxed future of its own)
                 // starts, rather than kept in the task beside it.
                 let intake = Box::pin(intake_proxied(sock, peer, local, accepted_at, &front, &shared2));
-                if let Some(conn) = intake.await {
-                    front.serve(conn).await;
+                if let Some((conn, serving)) = intake.await {
+                    serving.serve(conn).await;
                 }
             });
             continue;
@@ -161,8 +178,8 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<dyn Door>, shared: Int
                 &front,
                 &shared2,
             ));
-            if let Some(conn) = intake.await {
-                front.serve(conn).await;
+            if let Some((conn, serving)) = intake.await {
+                serving.serve(conn).await;
             }
         });
     }
@@ -189,7 +206,7 @@ async fn intake_proxied(
     accepted_at: Instant,
     front: &Arc<dyn Handler>,
     shared: &Intake,
-) -> Option<Conn> {
+) -> Option<(Conn, Arc<dyn Handler>)> {
     let timeout = front.handshake_timeout();
     let (header, rest) = match tokio::time::timeout(timeout, proxy::read_header(&mut sock)).await {
         Ok(Ok(x)) => x,
@@ -231,7 +248,8 @@ async fn intake_proxied(
 }
 
 /// Refuses a PROXY header from a peer that is not a trusted balancer (it may be forging its address),
-/// then terminates TLS when the front asks for it.
+/// then terminates TLS when the front asks for it. Returns the connection and the front that serves it:
+/// this one, or the one its SNI name routes to.
 async fn finish_intake(
     mut sock: TcpStream,
     mut prefix: Vec<u8>,
@@ -240,7 +258,7 @@ async fn finish_intake(
     permit: Permit,
     front: &Arc<dyn Handler>,
     shared: &Intake,
-) -> Option<Conn> {
+) -> Option<(Conn, Arc<dyn Handler>)> {
     let timeout = front.handshake_timeout();
     let deadline = tokio::time::Instant::from_std(accepted_at + timeout);
     if id.via.is_none() && !front.proxy_accept_from().is_empty() {
@@ -260,61 +278,75 @@ async fn finish_intake(
     front.metrics().accepted();
     let tcp = Prefixed::new(prefix, sock);
     let started = Instant::now();
+    let mut serving = None;
     let stream = match front.tls() {
         None => ClientStream::Plain(tcp),
-        Some(acceptor) => {
-            match tokio::time::timeout_at(deadline, handshake(acceptor, front.acme_challenge(), tcp)).await {
-                Ok(Ok(None)) => {
-                    front.metrics().handshake(Handshake::Ok, started.elapsed());
-                    tracing::info!(front = %front.name(), client = %id.client, "answered an ACME TLS-ALPN-01 validation");
-                    return None;
-                }
-                Ok(Ok(Some(s))) => {
-                    front.metrics().handshake(Handshake::Ok, started.elapsed());
-                    ClientStream::Tls(Box::new(s))
-                }
-                Ok(Err(e)) => {
-                    front.metrics().handshake(Handshake::Error, started.elapsed());
-                    front.log_early_close(id.client, id.via, accepted_at, CloseReason::Tls(e));
-                    return None;
-                }
-                Err(_) => {
-                    front.metrics().handshake(Handshake::Timeout, started.elapsed());
-                    front.log_early_close(id.client, id.via, accepted_at, CloseReason::HandshakeTimeout);
-                    return None;
-                }
+        Some(acceptor) => match tokio::time::timeout_at(deadline, handshake(acceptor, &**front, tcp)).await {
+            Ok(Ok(None)) => {
+                front.metrics().handshake(Handshake::Ok, started.elapsed());
+                tracing::info!(front = %front.name(), client = %id.client, "answered an ACME TLS-ALPN-01 validation");
+                return None;
             }
-        }
+            Ok(Ok(Some((s, route)))) => {
+                front.metrics().handshake(Handshake::Ok, started.elapsed());
+                if let Some(r) = route {
+                    r.routed.inc();
+                    serving = Some(r.target);
+                }
+                ClientStream::Tls(Box::new(s))
+            }
+            Ok(Err(e)) => {
+                front.metrics().handshake(Handshake::Error, started.elapsed());
+                front.log_early_close(id.client, id.via, accepted_at, CloseReason::Tls(e));
+                return None;
+            }
+            Err(_) => {
+                front.metrics().handshake(Handshake::Timeout, started.elapsed());
+                front.log_early_close(id.client, id.via, accepted_at, CloseReason::HandshakeTimeout);
+                return None;
+            }
+        },
     };
-    Some(Conn {
+    let conn = Conn {
         stream,
         client: id.client,
         via: id.via,
         local: id.local,
         accepted_at,
         permit,
-    })
+    };
+    Some((conn, serving.unwrap_or_else(|| front.clone())))
 }
 
-/// Terminates TLS. With `challenge` (the front serves an ACME certificate) the ClientHello is read first:
-/// one offering ALPN `acme-tls/1` is a CA's validation and gets the challenge config, its handshake is
-/// completed and the connection closed (`None`); any other hello gets the front's own config.
+type TlsServerStream = tokio_rustls::server::TlsStream<Prefixed<TcpStream>>;
+
+/// Terminates TLS. When the front serves an ACME certificate or routes by SNI, the ClientHello is read
+/// first: one offering ALPN `acme-tls/1` is a CA's validation and gets the challenge config, its handshake
+/// is completed and the connection closed (`None`); any other hello gets the front's own config, and its
+/// server name picks the front that serves the connection (the route, if any).
 async fn handshake(
     acceptor: &TlsAcceptor,
-    challenge: Option<&Arc<rustls::ServerConfig>>,
+    front: &dyn Handler,
     tcp: Prefixed<TcpStream>,
-) -> std::io::Result<Option<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>> {
-    let Some(challenge) = challenge else {
-        return acceptor.accept(tcp).await.map(Some);
-    };
-    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-    let validation = start
-        .client_hello()
-        .alpn()
-        .is_some_and(|mut protos| protos.any(|p| p == acme::ACME_TLS_ALPN));
-    if !validation {
-        return start.into_stream(acceptor.config().clone()).await.map(Some);
+) -> std::io::Result<Option<(TlsServerStream, Option<Route>)>> {
+    let challenge = front.acme_challenge();
+    if challenge.is_none() && !front.routes_by_sni() {
+        return acceptor.accept(tcp).await.map(|s| Some((s, None)));
     }
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let hello = start.client_hello();
+    let challenge = challenge.filter(|_| {
+        hello
+            .alpn()
+            .is_some_and(|mut protos| protos.any(|p| p == acme::ACME_TLS_ALPN))
+    });
+    let Some(challenge) = challenge else {
+        let route = front.route(hello.server_name());
+        return start
+            .into_stream(acceptor.config().clone())
+            .await
+            .map(|s| Some((s, route)));
+    };
     let mut s = start.into_stream(challenge.clone()).await?;
     let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
     Ok(None)

@@ -588,6 +588,11 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
         "API front requests, by profile, method class (cheap, medium, heavy; none before a method was read) and result (ok, refused, unauthorized, error)",
         m.api_requests.clone(),
     );
+    r.register(
+        "sni_routed",
+        "TLS connections an SNI name routed from the listening front to another front, by front and target",
+        SNI_ROUTED.clone(),
+    );
     // Creates the ledger profile's rows of api_requests before the family is encoded.
     let ledger = &*LEDGER;
     r.register(
@@ -724,6 +729,23 @@ pub fn api_subscriptions_add(delta: i64) {
 /// A subscription refused by the session's cap (`group = false`) or the group's.
 pub fn api_subscription_refused(group: bool) {
     LEDGER.refused_handles[usize::from(group)].inc();
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    front: String,
+    target: String,
+}
+
+/// Routed connections per configured route: labelled by front names only, never by a name a client sent.
+static SNI_ROUTED: LazyLock<Family<RouteLabels, Counter>> = LazyLock::new(Family::default);
+
+/// The counter of connections `front` routes to `target` by SNI, registered when the route is configured.
+pub fn sni_route(front: &str, target: &str) -> Counter {
+    SNI_ROUTED.get_or_create_owned(&RouteLabels {
+        front: front.into(),
+        target: target.into(),
+    })
 }
 
 pub fn gauge(v: i64) -> Gauge {

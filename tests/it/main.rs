@@ -22,6 +22,7 @@ mod node_relay;
 mod peer_shape;
 mod proxy;
 mod reload;
+mod sni_routing;
 #[path = "../support/mod.rs"]
 mod support;
 mod tiers;

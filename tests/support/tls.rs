@@ -50,8 +50,21 @@ fn write_cert_as(
     name: &str,
     alg: &'static rcgen::SignatureAlgorithm,
 ) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+    write_cert_names(dir, stem, &[name], alg)
+}
+
+/// Writes `stem.crt` / `stem.key` into `dir`: a self-signed certificate for every DNS name of `names`
+/// and 127.0.0.1 (one certificate serving several SNI names).
+pub fn write_cert_names(
+    dir: &Path,
+    stem: &str,
+    names: &[&str],
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> (PathBuf, PathBuf, CertificateDer<'static>) {
     let key = rcgen::KeyPair::generate_for(alg).unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![name.to_string(), "127.0.0.1".to_string()]).unwrap();
+    let mut sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    sans.push("127.0.0.1".to_string());
+    let mut params = rcgen::CertificateParams::new(sans).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, stem);
     let cert = params.self_signed(&key).unwrap();
     let cp = dir.join(format!("{stem}.crt"));
