@@ -81,6 +81,7 @@
 //! - **Cost** ([`cost`]): besides ban records, links carry each node's cost report (its costliest client
 //!   groups, every `[cluster.cost].interval`), which peers add to those groups' cost.
 
+pub mod acme_seal;
 pub mod cost;
 pub mod keys;
 pub mod link;
@@ -520,6 +521,9 @@ impl AcmeLinks {
 
     /// Sends `m` to every peer linked now; returns how many took it.
     pub fn send(&self, m: crate::wire::acme::AcmeShare) -> usize {
+        if let Some(r) = &self.inner.redis {
+            return usize::from(r.offer_acme(m));
+        }
         let msg = Msg::Acme(m);
         lock(&self.inner.links)
             .values()
@@ -529,6 +533,10 @@ impl AcmeLinks {
 
     /// Sends `m` to one peer, if linked.
     pub fn send_to(&self, peer: PublicKey, m: crate::wire::acme::AcmeShare) -> bool {
+        if let Some(r) = &self.inner.redis {
+            // Redis has no one-to-one channel: everyone gets it, and the others ignore what is not theirs.
+            return r.offer_acme(m);
+        }
         lock(&self.inner.links)
             .get(&peer)
             .is_some_and(|l| l.tx.try_send(Msg::Acme(m)).is_ok())
@@ -739,9 +747,10 @@ impl Cluster {
     }
 
     /// ACME over the links: the handle that sends to every peer, and the messages peers send with the
-    /// sender's id, once (a second call gets None). Under the Redis backend there are no links, so None.
+    /// sender's id, once (a second call gets None). Under the Redis backend they travel sealed through
+    /// Redis when `redis_acme_key_file` is set, and not at all (None) otherwise.
     pub fn acme_links(&self) -> Option<(AcmeLinks, mpsc::Receiver<(String, crate::wire::acme::AcmeShare)>)> {
-        if self.inner.redis.is_some() {
+        if self.inner.redis.as_ref().is_some_and(|r| !r.shares_acme()) {
             return None;
         }
         let (tx, rx) = mpsc::channel(QUEUE);

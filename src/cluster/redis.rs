@@ -39,6 +39,9 @@
 //!   the receivers). Anyone who can write to Redis could publish, so reports are signed by their node and
 //!   carry a sequence number: unlisted or tampered reports are counted and dropped, and replays of older
 //!   ones change nothing.
+//! - **ACME shares** (challenge answers, certificates with their keys, requests) travel on `<prefix>acme`
+//!   only when `redis_acme_key_file` is set, sealed by [`super::acme_seal`] with that secret, which Redis
+//!   never sees; they are not stored (a gateway lacking a certificate keeps asking the orderer).
 //! - **TLS** (`rediss://`) is not compiled in: reach Redis over a private network or a local TLS tunnel.
 
 use super::cost::{ReportVerdict, SignedCostReport};
@@ -95,6 +98,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct RedisConfig {
     url: String,
     prefix: String,
+    /// The secret ACME shares are sealed with (see [`super::acme_seal`]); without it gateways on Redis do
+    /// not share certificates and each orders its own.
+    acme_key: Option<[u8; super::acme_seal::KEY_LEN]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,7 +126,14 @@ impl RedisConfig {
         Ok(RedisConfig {
             url: url.to_string(),
             prefix: prefix.to_string(),
+            acme_key: None,
         })
+    }
+
+    /// Shares ACME certificates and challenge answers through Redis, sealed with `key`.
+    pub fn with_acme_key(mut self, key: [u8; super::acme_seal::KEY_LEN]) -> RedisConfig {
+        self.acme_key = Some(key);
+        self
     }
 
     /// The URL with any credentials replaced by `***`, for logs and status.
@@ -138,6 +151,7 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &self.redacted_url())
             .field("prefix", &self.prefix)
+            .field("acme_key", &self.acme_key.map(|_| "***"))
             .finish()
     }
 }
@@ -265,6 +279,14 @@ pub(super) struct RedisLink {
     /// queues old ones.
     costs: tokio::sync::watch::Sender<Option<Arc<String>>>,
     status: Mutex<RedisStatus>,
+    /// ACME shares to seal and publish; None without `redis_acme_key_file`.
+    acme: Option<mpsc::Sender<crate::wire::acme::AcmeShare>>,
+}
+
+/// The channel sealed ACME shares are announced on (they are not stored: a gateway that lacks a
+/// certificate keeps asking for it until the orderer answers).
+pub fn acme_channel(prefix: &str) -> String {
+    format!("{prefix}acme")
 }
 
 /// The channel cost reports are announced on (they are not stored: each is current for one interval).
@@ -280,6 +302,7 @@ pub(super) struct RedisTask {
     rx: mpsc::Receiver<Carried>,
     costs: tokio::sync::watch::Receiver<Option<Arc<String>>>,
     anti_entropy: Duration,
+    acme: Option<(super::acme_seal::Sealer, mpsc::Receiver<crate::wire::acme::AcmeShare>)>,
 }
 
 impl RedisLink {
@@ -291,9 +314,20 @@ impl RedisLink {
         let client = ::redis::Client::open(cfg.url.as_str()).map_err(|_| RedisConfigError::Invalid)?;
         let (tx, rx) = mpsc::channel(queue);
         let (costs, costs_rx) = tokio::sync::watch::channel(None);
+        let (acme_tx, acme) = match &cfg.acme_key {
+            Some(k) => {
+                let (tx, rx) = mpsc::channel(queue);
+                (
+                    Some(tx),
+                    Some((super::acme_seal::Sealer::new(k, &acme_channel(&cfg.prefix)), rx)),
+                )
+            }
+            None => (None, None),
+        };
         let link = RedisLink {
             tx,
             costs,
+            acme: acme_tx,
             status: Mutex::new(RedisStatus {
                 url: cfg.redacted_url(),
                 prefix: cfg.prefix.clone(),
@@ -310,6 +344,7 @@ impl RedisLink {
             rx,
             costs: costs_rx,
             anti_entropy: anti_entropy.max(Duration::from_millis(50)),
+            acme,
         };
         Ok((link, task))
     }
@@ -324,6 +359,17 @@ impl RedisLink {
         if let Ok(json) = serde_json::to_string(r) {
             self.costs.send_replace(Some(Arc::new(json)));
         }
+    }
+
+    /// Whether ACME shares travel through Redis (a shared secret is configured).
+    pub(super) fn shares_acme(&self) -> bool {
+        self.acme.is_some()
+    }
+
+    /// Queues an ACME share for Redis; false when sharing is off, or the queue is full (every share is
+    /// asked for or offered again).
+    pub(super) fn offer_acme(&self, m: crate::wire::acme::AcmeShare) -> bool {
+        self.acme.as_ref().is_some_and(|tx| tx.try_send(m).is_ok())
     }
 
     pub(super) fn status(&self) -> RedisStatus {
@@ -409,6 +455,9 @@ impl RedisTask {
         let (mut sink, messages) = timed(self.client.get_async_pubsub()).await?.split();
         timed(sink.subscribe(channel(&self.prefix))).await?;
         timed(sink.subscribe(cost_channel(&self.prefix))).await?;
+        if self.acme.is_some() {
+            timed(sink.subscribe(acme_channel(&self.prefix))).await?;
+        }
         let sha: String = ::redis::cmd("SCRIPT")
             .arg("LOAD")
             .arg(SET_SCRIPT)
@@ -436,6 +485,9 @@ impl RedisTask {
                     Some(m) if m.get_channel_name() == cost_channel(&self.prefix) => {
                         on_cost_report(inner, m.get_payload_bytes());
                     }
+                    Some(m) if m.get_channel_name() == acme_channel(&self.prefix) => {
+                        self.on_acme(inner, m.get_payload_bytes());
+                    }
                     Some(m) => self.on_message(inner, m.get_payload_bytes(), rejected),
                     None => return Some(SessionError::Closed),
                 },
@@ -457,6 +509,20 @@ impl RedisTask {
                         }
                     }
                 }
+                Some(share) = recv_acme(&mut self.acme) => {
+                    let Some((sealer, _)) = &self.acme else { continue };
+                    let Some(sealed) = sealer.seal(&inner.me.to_string(), &share) else { continue };
+                    let published: Result<(), _> = timed(
+                        ::redis::cmd("PUBLISH")
+                            .arg(acme_channel(&self.prefix))
+                            .arg(sealed)
+                            .query_async(&mut s.conn),
+                    )
+                    .await;
+                    if let Err(e) = published {
+                        return Some(e);
+                    }
+                }
                 c = self.rx.recv() => {
                     // The channel closes only when the cluster is gone.
                     let c = c?;
@@ -474,6 +540,29 @@ impl RedisTask {
                 _ = ae.tick() => if let Err(e) = self.resync(inner, s, rejected).await {
                     return Some(e);
                 },
+            }
+        }
+    }
+
+    /// A sealed ACME share from another gateway goes to the ACME client; this node's own echo, and what
+    /// does not open under the fleet's secret, are dropped.
+    fn on_acme(&self, inner: &Inner, payload: &[u8]) {
+        let Some((sealer, _)) = &self.acme else { return };
+        match sealer.open(payload) {
+            Some((from, share)) => {
+                if from != inner.me.to_string() {
+                    if let Some(tx) = inner.acme.get() {
+                        let _ = tx.try_send((from, share));
+                    }
+                }
+            }
+            None => {
+                bump(&inner.counters.rejected_malformed);
+                if inner.should_log(NO_ADDR, "redis_acme_unsealed") {
+                    tracing::warn!(
+                        "cluster: a message on the redis acme channel does not open under redis_acme_key_file"
+                    );
+                }
             }
         }
     }
@@ -649,6 +738,16 @@ impl RedisTask {
 }
 
 /// A peer's cost report from the channel: taken if signed by a listed node and newer than its last.
+/// The next ACME share to publish; pending forever when sharing is off.
+async fn recv_acme(
+    acme: &mut Option<(super::acme_seal::Sealer, mpsc::Receiver<crate::wire::acme::AcmeShare>)>,
+) -> Option<crate::wire::acme::AcmeShare> {
+    match acme {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn on_cost_report(inner: &Inner, payload: &[u8]) {
     let Some(sharing) = inner.sharing.get() else { return };
     let report = match SignedCostReport::decode(payload) {

@@ -903,6 +903,17 @@ impl Validator<'_> {
                 };
                 let redis = crate::cluster::redis::RedisConfig::new(url.get_ref(), &c.redis_prefix)
                     .map_err(|e| self.err("cluster.redis_url", Some(url.span()), e.to_string()))?;
+                let redis = match &c.redis_acme_key_file {
+                    None => redis,
+                    Some(f) => {
+                        let key_err = |reason: String| self.err("cluster.redis_acme_key_file", Some(f.span()), reason);
+                        let path = self.path(f.get_ref());
+                        let bytes = std::fs::read(&path).map_err(|e| key_err(format!("{}: {e}", path.display())))?;
+                        let key = crate::cluster::acme_seal::parse_key(&bytes)
+                            .map_err(|e| key_err(format!("{}: {e}", path.display())))?;
+                        redis.with_acme_key(key)
+                    }
+                };
                 crate::cluster::Backend::Redis(redis)
             }
             Some((other, span)) => {

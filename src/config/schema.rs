@@ -99,6 +99,9 @@ pub struct RawCluster {
     pub redis_url: Option<Spanned<String>>,
     #[serde(default = "default_redis_prefix")]
     pub redis_prefix: String,
+    /// 32 secret bytes every gateway of the fleet holds: ACME certificates and challenge answers travel
+    /// through Redis sealed with it (without it each gateway orders its own).
+    pub redis_acme_key_file: Option<Spanned<PathBuf>>,
     /// The longest statement a peer may make (`cluster::DEFAULT_MAX_RECORD_DURATION`).
     pub max_record_duration: Option<Spanned<Duration>>,
     /// Statements held per peer (`cluster::DEFAULT_MAX_RECORDS_PER_ORIGIN`).

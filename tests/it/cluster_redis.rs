@@ -375,6 +375,24 @@ fn redis_backend_config_errors_name_the_key() {
     let with_password = parse(&base.replace("redis://127.0.0.1", "redis://:hunter2@127.0.0.1")).unwrap();
     assert!(!format!("{:?}", with_password.cluster).contains("hunter2"));
 
+    // The ACME secret must be 32 bytes; the error names the key and its line, never the contents.
+    std::fs::write(dir.path().join("short.secret"), "c0ffee").unwrap();
+    let with_secret = |f: &str| base.replace("anti_entropy", &format!("redis_acme_key_file = \"{f}\"\nanti_entropy"));
+    let e = parse(&with_secret("short.secret")).unwrap_err();
+    assert_eq!(e.key, "cluster.redis_acme_key_file", "{e}");
+    assert!(
+        e.line.is_some() && e.to_string().contains("32 bytes") && !e.to_string().contains("c0ffee"),
+        "{e}"
+    );
+    let e = parse(&with_secret("missing.secret")).unwrap_err();
+    assert_eq!(e.key, "cluster.redis_acme_key_file", "{e}");
+    std::fs::write(dir.path().join("good.secret"), [9u8; 32]).unwrap();
+    let ok = parse(&with_secret("good.secret")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !format!("{:?}", ok.cluster).contains("[9, 9"),
+        "the secret is never shown"
+    );
+
     // The links backend still needs both.
     let links = base.replace("backend = \"redis\"", "backend = \"links\"");
     let e = parse(&links).unwrap_err();
@@ -656,4 +674,118 @@ async fn a_listed_nodes_bounds_hold_through_redis_and_a_writer_cannot_grow_the_r
         "{} remembered",
         st.rejected_remembered
     );
+}
+
+/// Gateway `i` of a two-node fleet on Redis `url` with the ACME certificate `main` for `domain` served by
+/// an Electrum TLS front on `front`, sharing ACME through Redis with the secret in `acme.secret`.
+fn acme_config(
+    i: usize,
+    keys: &[String],
+    url: &str,
+    acme_keys: &str,
+    domain: &str,
+    front: SocketAddr,
+    up: SocketAddr,
+) -> String {
+    let peers = gateway::cluster_peers(i, &[], keys);
+    format!(
+        "{}[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n\
+         [cluster]\nbackend = \"redis\"\nredis_url = \"{url}\"\nredis_acme_key_file = \"acme.secret\"\n\
+         node_key = \"node{i}.key\"\n{peers}\n\
+         [acme]\n{acme_keys}retry_min = \"1s\"\nretry_max = \"2s\"\n\
+         [[acme.certificate]]\nname = \"main\"\ndomains = [\"{domain}\"]\n\n\
+         [[front]]\nname = \"wallets\"\nkind = \"electrum\"\nlisten = [\"{front}\"]\ntransport = \"tls\"\n\
+         upstreams = [\"{up}\"]\n[front.tls]\nacme = \"main\"\n",
+        gateway::RELAXED
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_redis_end_with_one_order_and_the_same_certificate_sealed_in_transit() {
+    use crate::support::pebble::{connect_trusting, free_port_on, presented, Pebble};
+    use futures_util::StreamExt;
+    const DOMAIN: &str = "electrum.example.com";
+    let redis = RedisServer::start().await;
+    // Everything on the ACME channel, as anyone with access to Redis sees it.
+    let mut pubsub = redis::Client::open(redis.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    pubsub.subscribe(format!("{PREFIX}acme")).await.unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let recorder = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(m) = messages.next().await {
+                seen.lock().unwrap().push(m.get_payload_bytes().to_vec());
+            }
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    std::fs::write(dir.path().join("acme.secret"), format!("{}\n", "5a".repeat(32))).unwrap();
+    let keys = gateway::node_keys(dir.path(), 2);
+    let pk = |i: usize| gatehouse::cluster::keys::PublicKey::parse(&keys[i]).unwrap();
+    // The lowest key orders; the CA's validation goes to the other gateway, which can answer it only with
+    // the challenge the orderer shared through Redis.
+    let orderer = if pk(0) < pk(1) { 0 } else { 1 };
+    let follower = 1 - orderer;
+    let ips = [net::ip("127.0.0.78"), net::ip("127.0.0.79")];
+    let port = free_port_on(ips[0]);
+    let fronts = ips.map(|a| SocketAddr::new(a, port));
+    let pebble = Pebble::start(ips[follower], free_port_on(ips[follower]), port, None);
+    let up = backends::stub_backend(&[]).await;
+    let states = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut gateways = Vec::new();
+    for i in 0..2 {
+        let toml = acme_config(
+            i,
+            &keys,
+            &redis.url(),
+            &pebble.acme_keys(states[i].path()),
+            DOMAIN,
+            fronts[i],
+            up,
+        );
+        gateways.push(gateway::start_in(dir.path(), &toml).await);
+    }
+    let root = pebble.root().await;
+    for (i, front) in fronts.iter().enumerate() {
+        let ok = net::within(Duration::from_secs(60), async || {
+            connect_trusting(&root, *front, DOMAIN).await.is_ok()
+        })
+        .await;
+        assert!(ok.is_some(), "gateway {i} has no Pebble certificate");
+    }
+    // One order: both serve the very same certificate, and the follower names who ordered it.
+    assert_eq!(
+        presented(fronts[0], DOMAIN).await[0],
+        presented(fronts[1], DOMAIN).await[0]
+    );
+    let admin = |g: &Running| match g.admin_addr() {
+        Some(gatehouse::admin::AdminListen::Tcp(a)) => *a,
+        other => panic!("{other:?}"),
+    };
+    let auth = format!("Bearer {TOKEN}");
+    let (_, _, body) = clients::http_exchange(admin(&gateways[follower]), "GET", "/v1/certs", Some(&auth), None).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["certificates"][0]["ordered_by"], keys[orderer].as_str(), "{v}");
+    // The shares went through Redis, and neither the key, the certificate nor the name is readable there.
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    recorder.abort();
+    assert!(seen.len() >= 2, "only {} messages on the acme channel", seen.len());
+    for m in &seen {
+        let text = String::from_utf8_lossy(m);
+        assert!(
+            !text.contains("PRIVATE KEY")
+                && !text.contains("CERTIFICATE")
+                && !text.contains(DOMAIN)
+                && !text.contains("main")
+        );
+    }
+    for g in gateways {
+        g.shutdown().await;
+    }
 }
