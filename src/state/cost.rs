@@ -250,6 +250,17 @@ impl FeeSample {
         self.at = self.at.max(now);
     }
 
+    /// `cost` (Electrum units) with this balance added in the same units. Costs nothing while no fee was
+    /// ever charged, which is every Electrum session's case.
+    fn added_to(&self, cost: f64, now: Duration, p: &CostParams) -> f64 {
+        let fee = self.balance(now, &p.fee);
+        if fee > 0.0 {
+            cost + fee * p.fee.electrum_per_unit(p.hard_limit)
+        } else {
+            cost
+        }
+    }
+
     fn add(&mut self, now: Duration, f: &FeeParams, sum: f64) {
         self.settle(now, f);
         self.sum += sum;
@@ -397,12 +408,7 @@ impl Meter {
 
     /// Cost and fees together, in Electrum units.
     fn load(&self, now: Duration, p: &CostParams) -> f64 {
-        let fee = self.fee.balance(now, &p.fee);
-        if fee > 0.0 {
-            self.value(now, p) + fee * p.fee.electrum_per_unit(p.hard_limit)
-        } else {
-            self.value(now, p)
-        }
+        self.fee.added_to(self.value(now, p), now, p)
     }
 
     fn settle(&mut self, now: Duration, p: &CostParams) {
@@ -456,12 +462,7 @@ impl Pool {
 
     /// Retained cost and fees together, in Electrum units.
     fn load(&self, now: Duration, p: &CostParams) -> f64 {
-        let fee = self.fee.balance(now, &p.fee);
-        if fee > 0.0 {
-            self.value(now, p) + fee * p.fee.electrum_per_unit(p.hard_limit)
-        } else {
-            self.value(now, p)
-        }
+        self.fee.added_to(self.value(now, p), now, p)
     }
 
     fn settle(&mut self, now: Duration, p: &CostParams) {
