@@ -137,10 +137,10 @@ pub(super) async fn wait_listening(addr: SocketAddr) -> bool {
     false
 }
 
-/// The gateway binary with one `bitcoind` API front (one worker thread, cost limits off).
-async fn start_gateway(dir: &Path, node: SocketAddr) -> (Gateway, SocketAddr) {
+/// The gateway binary with one API front named `name` (one worker thread, cost limits off) whose
+/// `[front.api]` table is `api`.
+pub(super) async fn start_api_gateway(dir: &Path, name: &str, node: SocketAddr, api: &str) -> (Gateway, SocketAddr) {
     let port = free_port();
-    std::fs::write(dir.join("node.password"), "regtest\n").unwrap();
     let cfg = format!(
         r#"
 [runtime]
@@ -157,27 +157,31 @@ soft_limit = 0
 hard_limit = 0
 
 [[front]]
-name = "rpc"
+name = "{name}"
 kind = "api"
 listen = ["127.0.0.1:{port}"]
 transport = "tcp"
 upstreams = ["{node}"]
 [front.api]
-profile = "bitcoind"
-backend_user = "gatehouse"
-backend_password_file = "node.password"
-[[front.api.users]]
-name = "{USER}"
-rpcauth = "{RPCAUTH}"
-methods = ["getblockcount"]
+{api}
 "#
     );
-    let path = dir.join("bench-api.toml");
+    let path = dir.join(format!("bench-{name}.toml"));
     std::fs::write(&path, cfg).unwrap();
     let gw = spawn_gateway(&path);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     assert!(wait_listening(addr).await, "gateway did not start listening");
     (gw, addr)
+}
+
+/// The gateway binary with one `bitcoind` API front.
+async fn start_gateway(dir: &Path, node: SocketAddr) -> (Gateway, SocketAddr) {
+    std::fs::write(dir.join("node.password"), "regtest\n").unwrap();
+    let api = format!(
+        "profile = \"bitcoind\"\nbackend_user = \"gatehouse\"\nbackend_password_file = \"node.password\"\n\
+         [[front.api.users]]\nname = \"{USER}\"\nrpcauth = \"{RPCAUTH}\"\nmethods = [\"getblockcount\"]\n"
+    );
+    start_api_gateway(dir, "rpc", node, &api).await
 }
 
 /// HAProxy's binary, installed with apt-get when missing; Err says why there is none.
@@ -218,7 +222,7 @@ pub(super) async fn start_haproxy(bin: &str, dir: &Path, node: SocketAddr) -> Re
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
-    let child = Command::new(bin)
+    let child = super::anchors::pinned(bin)
         .args(["-db", "-f"])
         .arg(&path)
         .stdin(Stdio::null())

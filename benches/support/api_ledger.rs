@@ -3,12 +3,11 @@
 //! command judged against the node's table, its fee charged, a node WebSocket per client session) and
 //! through HAProxy in HTTP mode; requests/s and CPU seconds per 100k requests of the process in the middle.
 
-use super::api_http::{haproxy_binary, read_message, start_haproxy, wait_listening, CONNS};
-use super::{free_port, Gateway};
+use super::api_http::{haproxy_binary, read_message, start_api_gateway, start_haproxy, CONNS};
+use super::Gateway;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -136,48 +135,9 @@ async fn load(addr: SocketAddr, secs: f64, ws: bool) -> (f64, u64) {
     (n as f64 / start.elapsed().as_secs_f64(), n)
 }
 
-/// The gateway binary with one `ledger` API front (one worker thread, fees that never warn or drop).
+/// The gateway binary with one `ledger` API front (fees that never warn or drop: cost limits are off).
 async fn start_gateway(dir: &Path, node: SocketAddr) -> (Gateway, SocketAddr) {
-    let port = free_port();
-    let cfg = format!(
-        r#"
-[runtime]
-worker_threads = 1
-[log]
-level = "warn"
-[admission]
-max_connections_per_ip = 100000
-max_connections_per_group = 100000
-connect_rate_per_ip = "100000/s"
-connect_burst_per_ip = 100000
-[cost]
-soft_limit = 0
-hard_limit = 0
-
-[[front]]
-name = "ledger"
-kind = "api"
-listen = ["127.0.0.1:{port}"]
-transport = "tcp"
-upstreams = ["{node}"]
-[front.api]
-profile = "ledger"
-"#
-    );
-    let path = dir.join("bench-ledger.toml");
-    std::fs::write(&path, cfg).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .args(["run", "-c"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn gatehouse");
-    let gw = Gateway { child };
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    assert!(wait_listening(addr).await, "gateway did not start listening");
-    (gw, addr)
+    start_api_gateway(dir, "ledger", node, "profile = \"ledger\"").await
 }
 
 /// One transport's row pair: (direct, gateway, HAProxy) requests/s and CPU per 100k requests.
