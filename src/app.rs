@@ -252,7 +252,11 @@ impl Gatehouse {
             features_hosts: ArcSwap::from_pointee(serde_json::Value::Null),
             bans: bans.clone(),
             drain: drain.clone(),
+            budgets: Default::default(),
         });
+        electrum
+            .budgets
+            .configure(&electrum::gate::budget_specs(&config.fronts));
         let shared = Arc::new(Stages {
             intake: listen::Intake {
                 guard: guard.clone(),
@@ -470,6 +474,7 @@ impl Running {
     /// feeds and CrowdSec need a restart.
     pub async fn reload(&mut self, mut config: Config) -> Result<ReloadSummary, StartError> {
         self.reload_acme(config.acme.clone()).await?;
+        let budgets = electrum::gate::budget_specs(&config.fronts);
         let new_fronts = std::mem::take(&mut config.fronts);
         let mut summary = ReloadSummary::default();
         let keep: Vec<&str> = new_fronts.iter().map(|f| f.name.as_str()).collect();
@@ -529,6 +534,7 @@ impl Running {
         shared.electrum.cost.store(Arc::new(config.cost.clone()));
         shared.electrum.ban_policy.store(Arc::new(config.bans.clone()));
         shared.electrum.memory.set_limit(config.limits.memory_budget);
+        shared.electrum.budgets.configure(&budgets);
         let states: Vec<Arc<FrontState>> = self.fronts.values().map(|r| r.slot.state.load_full()).collect();
         let refs: Vec<&FrontState> = states.iter().map(|s| s.as_ref()).collect();
         let addrs: BTreeMap<String, Vec<SocketAddr>> =

@@ -1,6 +1,7 @@
 //! Logging setup: human lines on a terminal, JSON lines for log shippers, to stderr or to a file that
 //! `SIGUSR1` reopens (for logrotate); Prometheus metrics in [`metrics`].
 
+pub mod budget;
 pub mod log_gate;
 pub mod metrics;
 pub mod peer;

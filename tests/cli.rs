@@ -411,6 +411,84 @@ fn reference_config_sets_every_option() {
 // ---------------------------------------------------------------------------------------------------------------
 // `check` errors: exit 1, `FILE:LINE: KEY: reason`
 
+/// A tcp front of `kind` on `listen` in front of 127.0.0.1:9, then its `[front.upstream]` body (lines 1–7 are
+/// the front's own, the body starts on line 8).
+fn budget_front(name: &str, kind: &str, listen: &str, upstream: &str) -> String {
+    format!(
+        "[[front]]\nname = \"{name}\"\nkind = \"{kind}\"\nlisten = [\"{listen}\"]\ntransport = \"tcp\"\n\
+         upstreams = [\"127.0.0.1:9\"]\n[front.upstream]\n{upstream}\n"
+    )
+}
+
+#[test]
+fn check_rejects_bad_in_flight_budgets() {
+    let one = |kind, upstream| budget_front("f", kind, "127.0.0.1:0", upstream);
+    assert_check_error(
+        &one("peer", "max_in_flight = 8"),
+        "front[0].upstream.max_in_flight",
+        8,
+        "only Electrum fronts (kind = \"electrum\") have an in-flight budget",
+    );
+    assert_check_error(
+        &one("peer", "connect_timeout = \"1s\"\nmax_queued = 10"),
+        "front[0].upstream.max_queued",
+        9,
+        "only Electrum fronts",
+    );
+    assert_check_error(
+        &one("electrum", "max_in_flight = 0"),
+        "front[0].upstream.max_in_flight",
+        8,
+        "0 would never let a request through: at least 1",
+    );
+    assert_check_error(
+        &one("electrum", "heavy_in_flight = 0"),
+        "front[0].upstream.heavy_in_flight",
+        8,
+        "at least 1",
+    );
+    assert_check_error(
+        &one("electrum", "max_in_flight = 4\nheavy_in_flight = 5"),
+        "front[0].upstream.heavy_in_flight",
+        9,
+        "5 exceeds max_in_flight = 4",
+    );
+    assert_check_error(
+        &one("electrum", "max_in_flight = \"fast\""),
+        "front[0].upstream.max_in_flight",
+        8,
+        "expected \"auto\", \"off\" or a number of requests",
+    );
+    assert_check_error(
+        &one("electrum", "max_in_flight = \"off\"\nheavy_in_flight = 2"),
+        "front[0].upstream.heavy_in_flight",
+        9,
+        "needs a budget: max_in_flight is \"off\"",
+    );
+    // Two fronts naming one backend share its budget: they must agree on it.
+    let a = budget_front("a", "electrum", "127.0.0.1:0", "max_in_flight = 8");
+    let b = budget_front("b", "electrum", "127.0.0.2:0", "max_in_flight = 16");
+    assert_check_error(
+        &format!("{a}{b}"),
+        "front[1].upstreams[0]",
+        14,
+        "127.0.0.1:9 is also an upstream of front `a`, with other in-flight settings",
+    );
+    // Agreeing fronts, a peer front on the same backend, and the words pass.
+    let b = budget_front("b", "electrum", "127.0.0.2:0", "max_in_flight = 8");
+    let p = budget_front("p", "peer", "127.0.0.3:0", "");
+    let c = budget_front(
+        "c",
+        "electrum",
+        "127.0.0.4:0",
+        "max_in_flight = \"auto\"\nheavy_in_flight = \"auto\"",
+    )
+    .replace("127.0.0.1:9", "127.0.0.1:10");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, out) = check_text(dir.path(), &format!("{a}{b}{p}{c}"));
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+}
+
 #[test]
 fn check_rejects_an_unknown_front_key() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@
 //! Every error names the file, the key path (`front[0].tls.cert`) and, where known, the line.
 
 mod acme;
+mod budget;
 pub mod feeds;
 mod ledger_api;
 pub mod raw_feeds;
@@ -265,6 +266,7 @@ impl Validator<'_> {
         }
         self.acme_served(&fronts)?;
         self.sni_routes(&fronts, &raw.fronts)?;
+        self.budgets_agree(&fronts, &raw.fronts)?;
         let admin = self.admin(&raw.admin)?;
         let admin_addr = match &admin.listen {
             AdminListen::Tcp(a) if admin.enabled && a.port() != 0 => Some(*a),
@@ -1252,6 +1254,7 @@ impl Validator<'_> {
                 "must be greater than 0s",
             ));
         }
+        let budget = self.budget(&format!("{key}.upstream"), f)?;
         Ok(Front {
             name: f.name.clone(),
             kind: f.kind,
@@ -1265,6 +1268,7 @@ impl Validator<'_> {
             send_proxy: f.upstream.send_proxy,
             connect_timeout: f.upstream.connect_timeout.0,
             retry_backoff: f.upstream.retry_backoff.0,
+            budget,
             handshake_timeout: t.handshake.0,
             idle_timeout: t.idle.0,
             electrum,

@@ -624,6 +624,20 @@ pub struct RawUpstream {
     pub connect_timeout: Duration,
     #[serde(default = "default_retry_backoff")]
     pub retry_backoff: Duration,
+    /// Electrum fronts: `"auto"`, a count or `"off"`.
+    pub max_in_flight: Option<Spanned<RawCount>>,
+    /// Electrum fronts: a count or `"auto"`.
+    pub heavy_in_flight: Option<Spanned<RawCount>>,
+    /// Electrum fronts: a count.
+    pub max_queued: Option<Spanned<i64>>,
+}
+
+/// A count (`8`) or a word (`"auto"`, `"off"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawCount {
+    Count(i64),
+    Word(String),
 }
 
 fn default_connect_timeout() -> Duration {
@@ -639,6 +653,9 @@ impl Default for RawUpstream {
             send_proxy: SendProxy::None,
             connect_timeout: default_connect_timeout(),
             retry_backoff: default_retry_backoff(),
+            max_in_flight: None,
+            heavy_in_flight: None,
+            max_queued: None,
         }
     }
 }

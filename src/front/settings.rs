@@ -6,6 +6,7 @@ use super::electrum::settings::ElectrumSettings;
 use super::peer::settings::PeerSettings;
 use crate::guard::Admission;
 use crate::listen::tls;
+use crate::upstream::budget::BudgetSettings;
 use crate::upstream::SendProxy;
 use crate::wire::acl::CidrSet;
 use rustls::ServerConfig;
@@ -38,6 +39,8 @@ pub struct Front {
     pub send_proxy: SendProxy,
     pub connect_timeout: Duration,
     pub retry_backoff: Duration,
+    /// The in-flight budget of each upstream (Electrum fronts; "off" for every other kind).
+    pub budget: BudgetSettings,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
     /// Present exactly for `kind = "electrum"` fronts.

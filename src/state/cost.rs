@@ -1003,6 +1003,17 @@ impl Account {
         self.effective_at(self.ledger.clock.now(), &p)
     }
 
+    /// [`Account::effective_cost`] in units of this account's own budget: a tier's group with ten times
+    /// the limits counts a tenth, an exempt one nothing. Comparable across groups and tiers.
+    pub fn relative_cost(&self) -> f64 {
+        let cost = self.effective_cost();
+        if self.scale.is_finite() && self.scale > 0.0 {
+            cost / self.scale
+        } else {
+            0.0
+        }
+    }
+
     fn effective_at(&self, now: Duration, p: &CostParams) -> f64 {
         match &self.group {
             Some((_, g)) => lock(&g.state).total(now, p),

@@ -662,6 +662,7 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
         m.admin_shed.clone(),
     );
     super::peer::register(&mut r);
+    super::budget::register(&mut r);
     r.register(
         "acme_orders",
         "ACME orders, by result (issued, failed)",

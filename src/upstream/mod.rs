@@ -1,5 +1,10 @@
 //! Backend pools: upstreams tried in order, failing over on connect errors. An upstream that fails is
-//! marked down for a back-off so every client does not pay its connect timeout again.
+//! marked down for a back-off so every client does not pay its connect timeout again. Each backend may
+//! also have an in-flight budget with a fair queue in front of it ([`budget`]), its window set or
+//! learned from its latency ([`window`]).
+
+pub mod budget;
+pub mod window;
 
 use crate::wire::proxy;
 use std::net::SocketAddr;

@@ -29,3 +29,4 @@ mod tiers;
 mod timeouts;
 mod tls;
 mod upstream;
+mod upstream_budget;

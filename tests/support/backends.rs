@@ -1,6 +1,6 @@
 //! Stub backends on loopback, as tokio tasks on the test's runtime (and one on std threads, for tests that
 //! have no runtime): echo, recording, a null-answering Electrum server, a silent server, a notification
-//! flood.
+//! flood, an Electrum server of modelled capacity (one request at a time, a service time per method).
 
 use serde_json::{json, Value};
 use std::future::Future;
@@ -260,4 +260,108 @@ pub fn version_backend_thread(software: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// One request a [`modelled_backend`] served: its method and params as sent, and when it was served.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub method: String,
+    pub params: Value,
+    pub done: Instant,
+}
+
+/// A backend whose capacity is modelled: every connection's requests go to one server that serves one
+/// request at a time, in the order they arrived, each taking its method's service time (times `scale`
+/// per mille, which a test may change while it runs), and records what it served in that order. It
+/// answers `server.version` with a version and everything else with `"result":null`.
+pub struct Modelled {
+    pub addr: SocketAddr,
+    pub served: std::sync::Arc<std::sync::Mutex<Vec<Served>>>,
+    /// Requests received and not yet served (queued at the server, or in service).
+    pub pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Service times are multiplied by this per mille (1000 = as given).
+    pub scale: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Modelled {
+    /// What has been served so far.
+    pub fn served(&self) -> Vec<Served> {
+        self.served.lock().unwrap().clone()
+    }
+
+    /// Requests waiting or in service at the backend now.
+    pub fn pending(&self) -> usize {
+        self.pending.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+pub async fn modelled_backend(service: fn(&str) -> Duration) -> Modelled {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    type Job = (Value, tokio::sync::mpsc::UnboundedSender<String>);
+    let (jobs_tx, mut jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
+    let served = Arc::new(Mutex::new(Vec::new()));
+    let pending = Arc::new(AtomicUsize::new(0));
+    let scale = Arc::new(AtomicU64::new(1000));
+    {
+        let (served, pending, scale) = (served.clone(), pending.clone(), scale.clone());
+        tokio::spawn(async move {
+            while let Some((req, out)) = jobs.recv().await {
+                let method = req["method"].as_str().unwrap_or("").to_string();
+                let took = service(&method).mul_f64(scale.load(Ordering::SeqCst) as f64 / 1000.0);
+                if !took.is_zero() {
+                    tokio::time::sleep(took).await;
+                }
+                let result = if method == "server.version" {
+                    json!(["Modelled 1.0", "1.4"])
+                } else {
+                    Value::Null
+                };
+                served.lock().unwrap().push(Served {
+                    method,
+                    params: req["params"].clone(),
+                    done: Instant::now(),
+                });
+                pending.fetch_sub(1, Ordering::SeqCst);
+                if let Some(id) = req.get("id") {
+                    let _ = out.send(json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string());
+                }
+            }
+        });
+    }
+    let pending2 = pending.clone();
+    let addr = serve(move |s| {
+        let jobs_tx = jobs_tx.clone();
+        let pending = pending2.clone();
+        async move {
+            let _ = s.set_nodelay(true);
+            let (r, mut w) = s.into_split();
+            let (out_tx, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            tokio::spawn(async move {
+                while let Some(mut line) = out_rx.recv().await {
+                    line.push('\n');
+                    if w.write_all(line.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(req) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                pending.fetch_add(1, Ordering::SeqCst);
+                if jobs_tx.send((req, out_tx.clone())).is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    Modelled {
+        addr,
+        served,
+        pending,
+        scale,
+    }
 }

@@ -9,7 +9,8 @@
 //! - `ledger`: a stub stoxumd / rippled API port (JSON-RPC and WebSocket) that records what reached it.
 //! - `pebble`: a real ACME server (Pebble, with pebble-challtestsrv as its DNS) on loopback, and TLS probes.
 //! - `bitcoind`: a real regtest node (Bitcoin SV's bitcoind, installed by `tests/run`) and its JSON-RPC.
-//! - `backends`: stub upstreams (echo, recording, a null-answering Electrum server, a notification flood).
+//! - `backends`: stub upstreams (echo, recording, a null-answering Electrum server, a notification flood,
+//!   an Electrum server of modelled capacity that records the order it served requests in).
 //! - `gateway`: the gateway started in-process from TOML, the config snippets, its refusal counters, ban
 //!   journal lines planted for it.
 //! - `clients`: an Electrum client that keeps its session's cost model, admin API requests, metric samples.

@@ -104,6 +104,23 @@ pub enum CostKind {
     ResponseSize,
 }
 
+/// Whether a method is heavy for the backend: it counts against the backend's heavy in-flight budget
+/// as well as its window (see `upstream::budget`). Heavy means reading a lot of the index (a history, the
+/// unspent outputs, a mempool slice, thousands of headers) or asking the node for a decoded transaction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heavy {
+    No,
+    Yes,
+    /// `blockchain.block.headers` asking for more than [`HEAVY_HEADERS`].
+    LargeCount,
+    /// `blockchain.transaction.get` with `verbose` true (the node decodes the transaction).
+    Verbose,
+}
+
+/// Header counts above this make `blockchain.block.headers` heavy: two cost units' worth, beyond what a
+/// wallet catching up a few blocks asks for.
+pub const HEAVY_HEADERS: u64 = 100;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct MethodInfo {
     pub name: &'static str,
@@ -115,6 +132,7 @@ pub struct MethodInfo {
     pub base_cost: f64,
     pub special: Special,
     pub cost_kind: CostKind,
+    pub heavy: Heavy,
 }
 
 /// ElectrumX's MAX_CHUNK_SIZE: `blockchain.block.headers` never returns more.
@@ -141,7 +159,13 @@ const fn m(name: &'static str, min: ProtoVersion, base_cost: f64) -> MethodInfo 
         base_cost,
         special: Special::None,
         cost_kind: CostKind::Fixed,
+        heavy: Heavy::No,
     }
+}
+
+const fn heavy(mut info: MethodInfo, heavy: Heavy) -> MethodInfo {
+    info.heavy = heavy;
+    info
 }
 
 const fn special(mut info: MethodInfo, special: Special) -> MethodInfo {
@@ -164,6 +188,8 @@ const fn keva(name: &'static str, base_cost: f64, cost_kind: CostKind) -> Method
         base_cost,
         special: Special::None,
         cost_kind,
+        // Each reads up to thousands of entries (keyvalues, hashtags, reactions) or 200 transactions.
+        heavy: Heavy::Yes,
     }
 }
 
@@ -179,7 +205,10 @@ pub static METHODS: &[MethodInfo] = &[
     special(m("server.add_peer", V1_1, 100.0), Special::AddPeer),
     m("blockchain.headers.subscribe", V1_0, 0.25),
     kind(m("blockchain.block.header", V1_3, 0.25), CostKind::BlockHeader),
-    kind(m("blockchain.block.headers", V1_2, 0.0), CostKind::BlockHeaders),
+    heavy(
+        kind(m("blockchain.block.headers", V1_2, 0.0), CostKind::BlockHeaders),
+        Heavy::LargeCount,
+    ),
     m("blockchain.estimatefee", V1_0, 2.1),
     MethodInfo {
         max: Some(BEFORE_1_6),
@@ -187,7 +216,7 @@ pub static METHODS: &[MethodInfo] = &[
     },
     m("mempool.get_fee_histogram", V1_2, 1.0),
     m("mempool.get_info", V1_6, 1.0),
-    m("blockchain.transaction.get", V1_0, 1.0),
+    heavy(m("blockchain.transaction.get", V1_0, 1.0), Heavy::Verbose),
     kind(m("blockchain.transaction.broadcast", V1_0, 0.25), CostKind::Broadcast),
     // New in 1.6, no ElectrumX price to follow: charged like a broadcast of all its transactions.
     kind(
@@ -197,25 +226,35 @@ pub static METHODS: &[MethodInfo] = &[
     m("blockchain.transaction.get_merkle", V1_0, 0.5),
     m("blockchain.transaction.id_from_pos", V1_4, 0.5),
     m("blockchain.scripthash.get_balance", V1_1, 1.0),
-    m("blockchain.scripthash.listunspent", V1_1, 1.0),
-    kind(
-        m("blockchain.scripthash.get_history", V1_1, 0.5),
-        CostKind::ResponseSize,
+    heavy(m("blockchain.scripthash.listunspent", V1_1, 1.0), Heavy::Yes),
+    heavy(
+        kind(
+            m("blockchain.scripthash.get_history", V1_1, 0.5),
+            CostKind::ResponseSize,
+        ),
+        Heavy::Yes,
     ),
     // Not in ElectrumX's cost table; its answer grows with the mempool like get_history's, so priced alike.
-    kind(
-        m("blockchain.scripthash.get_mempool", V1_1, 0.5),
-        CostKind::ResponseSize,
+    heavy(
+        kind(
+            m("blockchain.scripthash.get_mempool", V1_1, 0.5),
+            CostKind::ResponseSize,
+        ),
+        Heavy::Yes,
     ),
-    special(
-        kind(m("blockchain.scripthash.subscribe", V1_1, 0.5), CostKind::ResponseSize),
-        Special::Subscribe,
+    // The status it answers is a hash of the whole history: the same reads as get_history.
+    heavy(
+        special(
+            kind(m("blockchain.scripthash.subscribe", V1_1, 0.5), CostKind::ResponseSize),
+            Special::Subscribe,
+        ),
+        Heavy::Yes,
     ),
     special(
         m("blockchain.scripthash.unsubscribe", V1_4_2, 0.1),
         Special::Unsubscribe,
     ),
-    keva("blockchain.block.count", 0.25, CostKind::Fixed),
+    heavy(keva("blockchain.block.count", 0.25, CostKind::Fixed), Heavy::No),
     keva("blockchain.keva.get_keyvalues", 5.0, CostKind::PerReplyItem(0.5)),
     keva("blockchain.keva.get_hashtag", 5.0, CostKind::PerReplyItem(0.5)),
     // Reads up to 2000 replies per call.
@@ -269,6 +308,17 @@ pub fn extra(name: &str) -> Option<&'static MethodInfo> {
 }
 
 static EXTRA: MethodInfo = m("extra", V1_0, 1.0);
+
+/// Whether this request of the method is heavy for the backend (see [`Heavy`]).
+pub fn is_heavy(info: &MethodInfo, params: Option<&RawValue>) -> bool {
+    match info.heavy {
+        Heavy::No => false,
+        Heavy::Yes => true,
+        // An unreadable count is served as a full chunk, as it is charged.
+        Heavy::LargeCount => param_u64(params, 1, "count").is_none_or(|c| c > HEAVY_HEADERS),
+        Heavy::Verbose => param_raw(params, 1, "verbose").is_some_and(|v| v.get() == "true"),
+    }
+}
 
 /// Cost of a request before forwarding: base (or its configured override) plus the part that
 /// depends on the parameters. Parameters the gateway cannot read are charged as their worst case:
@@ -566,6 +616,41 @@ mod tests {
         assert!(close(request_cost(headers, Some(&*p("[0,100]")), &overrides), 3.0));
         let banner = lookup("server.banner", Profile::Bitcoin, V1_4).unwrap();
         assert_eq!(request_cost(banner, None, &overrides), 0.5);
+    }
+
+    #[test]
+    fn heavy_methods() {
+        let b = |name| lookup(name, Profile::Bitcoin, V1_4).unwrap();
+        let heavy = |name, params: &str| is_heavy(b(name), Some(&*p(params)));
+        for name in [
+            "blockchain.scripthash.get_history",
+            "blockchain.scripthash.listunspent",
+            "blockchain.scripthash.get_mempool",
+            "blockchain.scripthash.subscribe",
+        ] {
+            assert!(heavy(name, "[\"00\"]"), "{name}");
+        }
+        for name in [
+            "server.ping",
+            "blockchain.scripthash.get_balance",
+            "blockchain.headers.subscribe",
+            "blockchain.estimatefee",
+        ] {
+            assert!(!heavy(name, "[]"), "{name}");
+        }
+        assert!(!heavy("blockchain.block.headers", "[0, 100]"));
+        assert!(heavy("blockchain.block.headers", "[0, 2016]"));
+        assert!(heavy("blockchain.block.headers", r#"{"start_height":0,"count":101}"#));
+        assert!(!heavy("blockchain.transaction.get", "[\"ab\"]"));
+        assert!(!heavy("blockchain.transaction.get", "[\"ab\", false]"));
+        assert!(heavy("blockchain.transaction.get", "[\"ab\", true]"));
+        assert!(heavy(
+            "blockchain.transaction.get",
+            r#"{"tx_hash":"ab","verbose":true}"#
+        ));
+        let k = |name| lookup(name, Profile::Kevacoin, V1_4).unwrap();
+        assert!(is_heavy(k("blockchain.keva.get_keyvalue_reactions"), None));
+        assert!(!is_heavy(k("blockchain.block.count"), None));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the method table with its costs, reply rewriting, the session loop and the WebSocket transport.
 
 pub mod frame;
+pub mod gate;
 pub mod jsonrpc;
 pub mod methods;
 pub mod probe;
@@ -38,4 +39,6 @@ pub struct Handles {
     /// Where a session's automatic bans go.
     pub bans: Arc<BanTable>,
     pub drain: Arc<Drain>,
+    /// The in-flight budget of every backend an Electrum front names, by address.
+    pub budgets: crate::upstream::budget::Budgets,
 }

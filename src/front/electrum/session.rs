@@ -9,6 +9,7 @@
 //! rewrites (server.features, server.peers.subscribe) and server.version's clamped range.
 
 use super::frame::{Frame, LineDecoder};
+use super::gate::{Gate, Offer};
 use super::jsonrpc::{self, ErrorCode, Incoming, Message, ParseError, Request, RpcError};
 use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
 use super::settings::{ElectrumSettings, VersionPolicy};
@@ -106,6 +107,8 @@ struct Track {
     info: &'static MethodInfo,
     /// The client batch this request is an item of.
     batch: Option<u64>,
+    /// Counts against the backend's heavy budget too.
+    heavy: bool,
 }
 
 /// A client batch being answered: its items go to the backend one by one as throttle slots allow, and
@@ -144,6 +147,8 @@ struct InFlight {
     gid: u64,
     track: Track,
     arrived: Instant,
+    /// When it was written upstream: the backend's latency, for a learned in-flight window.
+    sent: Instant,
     /// Already answered with -102; the backend's late reply is dropped.
     timed_out: bool,
 }
@@ -158,6 +163,8 @@ enum Event {
     Timer,
     Flushed,
     Shutdown,
+    /// The backend's budget granted slots to requests waiting in the gate.
+    Granted,
     /// The process-wide memory budget chose this session to be cut.
     MemoryCut,
     /// The session's group reached the cost hard limit (possibly through others' charges).
@@ -182,6 +189,8 @@ struct Session<'a> {
     version_seen: bool,
     waiting: VecDeque<Queued>,
     sleeping: Vec<Queued>,
+    /// Let go by the throttle, waiting for a slot at the backend's in-flight budget.
+    gate: Gate<Queued>,
     /// In the order forwarded, so by increasing `gid`.
     inflight: VecDeque<InFlight>,
     /// The last id the gateway gave a forwarded request (per session: replies come back on the
@@ -275,6 +284,7 @@ where
         version_seen: false,
         waiting: VecDeque::new(),
         sleeping: Vec::new(),
+        gate: Gate::new(!front.cfg.budget.is_off()),
         inflight: VecDeque::new(),
         last_gid: 0,
         batches: Vec::new(),
@@ -317,9 +327,13 @@ where
             }
         }
         // Dial the backend only once there is something to send to it.
-        if upstream.is_none() && !s.up_out.is_empty() && !s.upstream_failed {
+        if upstream.is_none() && (!s.up_out.is_empty() || s.gate.wants_backend()) && !s.upstream_failed {
             match front.pool.connect(s.client, s.local).await {
-                Ok((u, _)) => upstream = Some(u),
+                Ok((u, addr)) => {
+                    upstream = Some(u);
+                    s.now = Instant::now();
+                    s.bind_gate(addr);
+                }
                 Err(e) => {
                     tracing::warn!(front = %front.cfg.name, error = %e, "no upstream reachable");
                     s.upstream_failed = true;
@@ -395,6 +409,12 @@ where
                 timer.as_mut().reset(s.next_deadline());
             }
             Event::Flushed => {}
+            Event::Granted => {
+                while let Some(w) = s.gate.next_granted(s.now) {
+                    let q = w.item;
+                    s.forward(&q.bytes, q.slot, q.track, q.arrived);
+                }
+            }
             Event::Shutdown => break CloseReason::Shutdown,
             Event::MemoryCut => {
                 tracing::warn!(front = %front.cfg.name, client = %s.client, held = s.mem.held(), "memory budget reached; disconnecting one of the largest sessions");
@@ -457,7 +477,7 @@ impl Session<'_> {
     }
 
     fn has_pending(&self) -> bool {
-        !(self.inflight.is_empty() && self.waiting.is_empty() && self.sleeping.is_empty())
+        !(self.inflight.is_empty() && self.waiting.is_empty() && self.sleeping.is_empty() && self.gate.is_empty())
     }
 
     /// Drives writes as far as they go, then reports the first read or timer event.
@@ -474,6 +494,9 @@ impl Session<'_> {
         }
         if self.account.poll_alert(cx).is_ready() {
             return Poll::Ready(Event::CostAlert);
+        }
+        if self.gate.poll_granted(cx).is_ready() {
+            return Poll::Ready(Event::Granted);
         }
         let mut wrote = false;
         // Client writes.
@@ -604,6 +627,9 @@ impl Session<'_> {
         if let Some(q) = self.waiting.front() {
             d = d.min(q.arrived + timeout);
         }
+        if let Some(a) = self.gate.oldest() {
+            d = d.min(a + timeout);
+        }
         if let Some(f) = self.inflight.iter().find(|f| !f.timed_out) {
             d = d.min(f.arrived + timeout);
         }
@@ -624,6 +650,7 @@ impl Session<'_> {
             .waiting
             .iter()
             .chain(self.sleeping.iter())
+            .chain(self.gate.iter())
             .map(|q| q.bytes.len())
             .sum();
         self.mem
@@ -683,7 +710,8 @@ impl Session<'_> {
 
     /// Requests the client is still owed an answer for.
     fn awaits_replies(&self) -> bool {
-        !(self.waiting.is_empty() && self.sleeping.is_empty()) || self.inflight.iter().any(|f| !f.timed_out)
+        !(self.waiting.is_empty() && self.sleeping.is_empty() && self.gate.is_empty())
+            || self.inflight.iter().any(|f| !f.timed_out)
     }
 
     // ---- output helpers -------------------------------------------------------------------------
@@ -711,6 +739,10 @@ impl Session<'_> {
         let mut tracks: Vec<Track> = Vec::new();
         tracks.extend(self.waiting.drain(..).map(|q| q.track));
         tracks.extend(self.sleeping.drain(..).map(|q| q.track));
+        tracks.extend(self.gate.drain(self.now).into_iter().map(|q| q.track));
+        for f in &self.inflight {
+            self.gate.release(f.track.heavy, None, self.now);
+        }
         tracks.extend(self.inflight.drain(..).filter(|f| !f.timed_out).map(|f| f.track));
         for t in tracks {
             self.finish(&t, Entry::Error(code, msg));
@@ -763,6 +795,7 @@ impl Session<'_> {
         self.closing = Some(reason);
         self.waiting.clear();
         self.sleeping.clear();
+        self.gate.drain(self.now);
     }
 
     /// Hard limit: answer -101, close, and ban the address.
@@ -958,6 +991,7 @@ impl Session<'_> {
             id: req.id.map(IdKey::new),
             info,
             batch: None,
+            heavy: methods::is_heavy(info, req.params),
         };
         self.enqueue(req.raw, slot, track);
     }
@@ -1007,6 +1041,7 @@ impl Session<'_> {
             id: req.id.map(IdKey::new),
             info: methods::version_info(),
             batch: None,
+            heavy: false,
         };
         self.enqueue(&fwd, IdSlot::Insert(1), track);
     }
@@ -1102,6 +1137,7 @@ impl Session<'_> {
                                     id: req.id.map(IdKey::new),
                                     info,
                                     batch: Some(key),
+                                    heavy: methods::is_heavy(info, req.params),
                                 };
                                 forwarded += 1;
                                 self.enqueue(req.raw, slot, track);
@@ -1143,10 +1179,10 @@ impl Session<'_> {
     fn enqueue(&mut self, bytes: &[u8], slot: IdSlot, track: Track) {
         let th = self.th;
         let now = self.now;
-        let slots = self.inflight.len() + self.sleeping.len();
+        let slots = self.inflight.len() + self.sleeping.len() + self.gate.len();
         if self.waiting.is_empty() && slots < th.concurrency as usize {
             if th.sleep.is_zero() {
-                self.forward(bytes, slot, track, now);
+                self.send(bytes, slot, track, now);
             } else {
                 metrics::throttled();
                 self.sleeping.push(Queued {
@@ -1167,6 +1203,49 @@ impl Session<'_> {
                 wake: now,
             });
         }
+    }
+
+    /// Writes the request upstream if the backend's in-flight budget has a slot for it, else leaves it
+    /// waiting for one in the gate (or answers it busy when the backend's queue is full).
+    fn send(&mut self, bytes: &[u8], slot: IdSlot, track: Track, arrived: Instant) {
+        if self.gate.try_now(track.heavy) {
+            return self.forward(bytes, slot, track, arrived);
+        }
+        let heavy = track.heavy;
+        let q = Queued {
+            bytes: bytes.to_vec(),
+            slot,
+            track,
+            arrived,
+            wake: arrived,
+        };
+        match self
+            .gate
+            .offer(q, heavy, arrived, self.account.relative_cost(), self.now)
+        {
+            Offer::Go(q) => self.forward(&q.bytes, q.slot, q.track, q.arrived),
+            Offer::Waits => {}
+            Offer::Refused(q) => self.busy(&q.track),
+        }
+    }
+
+    /// The session now knows its backend: requests waiting for it take their slots or places.
+    fn bind_gate(&mut self, addr: SocketAddr) {
+        let (go, refused) = self.gate.bind(&self.shared.budgets, addr, &self.account, self.now);
+        for q in go {
+            self.forward(&q.bytes, q.slot, q.track, q.arrived);
+        }
+        for q in refused {
+            self.busy(&q.track);
+        }
+    }
+
+    /// -102 at once: the backend's queue is at its cap.
+    fn busy(&mut self, track: &Track) {
+        self.finish(
+            track,
+            Entry::Error(ErrorCode::ServerBusy, "server busy - request queue full"),
+        );
     }
 
     /// Writes the request upstream under a fresh gateway id. Replies are matched by that id alone, so
@@ -1194,6 +1273,7 @@ impl Session<'_> {
             gid,
             track,
             arrived,
+            sent: self.now,
             timed_out: false,
         });
     }
@@ -1257,6 +1337,9 @@ impl Session<'_> {
                 expired.push(q.track);
             }
         }
+        if let Some(cutoff) = now.checked_sub(timeout) {
+            expired.extend(self.gate.expire(cutoff, now).into_iter().map(|q| q.track));
+        }
         // A late request keeps its slot until the backend answers: the backend is still busy with it.
         let mut late = Vec::new();
         for f in self
@@ -1281,6 +1364,7 @@ impl Session<'_> {
                     id: f.track.id.take(),
                     info: f.track.info,
                     batch: f.track.batch.take(),
+                    heavy: f.track.heavy,
                 };
                 self.finish(
                     &t,
@@ -1297,16 +1381,18 @@ impl Session<'_> {
         while i < self.sleeping.len() {
             if self.sleeping[i].wake <= now {
                 let q = self.sleeping.swap_remove(i);
-                self.forward(&q.bytes, q.slot, q.track, q.arrived);
+                self.send(&q.bytes, q.slot, q.track, q.arrived);
             } else {
                 i += 1;
             }
         }
         let th = self.th;
-        while !self.waiting.is_empty() && self.inflight.len() + self.sleeping.len() < th.concurrency as usize {
+        while !self.waiting.is_empty()
+            && self.inflight.len() + self.sleeping.len() + self.gate.len() < th.concurrency as usize
+        {
             let Some(mut q) = self.waiting.pop_front() else { break };
             if th.sleep.is_zero() {
-                self.forward(&q.bytes, q.slot, q.track, q.arrived);
+                self.send(&q.bytes, q.slot, q.track, q.arrived);
             } else {
                 q.wake = now + th.sleep;
                 self.sleeping.push(q);
@@ -1320,6 +1406,7 @@ impl Session<'_> {
         // The oversized reply was never buffered whole, so its id is unknown: the oldest request still
         // waiting is the one it answers in the common (ordered) case.
         if let Some(f) = self.inflight.pop_front() {
+            self.gate.release(f.track.heavy, None, self.now);
             if !f.timed_out {
                 self.finish(&f.track, Entry::Error(ErrorCode::InvalidRequest, "response too large"));
             }
@@ -1355,6 +1442,11 @@ impl Session<'_> {
             return;
         };
         let f = self.inflight.remove(pos).expect("position is valid");
+        self.gate.release(
+            f.track.heavy,
+            Some(self.now.saturating_duration_since(f.sent)),
+            self.now,
+        );
         self.promote(self.now);
         if f.timed_out {
             return;

@@ -1,0 +1,354 @@
+//! The backends' in-flight budgets, through the real gateway in front of a backend of modelled capacity
+//! (one request served at a time, a fixed service time per method, the order recorded): an honest
+//! wallet's request overtakes an abusive group's queued ones, a light request passes while the heavy
+//! budget is full, a request waiting past request_timeout gets -102 and never reaches the backend, the
+//! queue cap answers -102 at once, "off" forwards as before, and the learned window follows the
+//! backend's latency on /metrics.
+//!
+//! Abusers and the honest wallet are in different /24s (127.0.1.x, 127.0.2.x) with `group_private = true`,
+//! so the ledger charges them as two groups.
+
+use crate::support::backends::{self, Modelled};
+use crate::support::clients::{self, Client};
+use crate::support::gateway::{self, RELAXED};
+use crate::support::net;
+use gatehouse::admin::AdminListen;
+use gatehouse::upstream::budget::Budget;
+use gatehouse::Running;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const HISTORY: &str = "blockchain.scripthash.get_history";
+const BALANCE: &str = "blockchain.scripthash.get_balance";
+/// What `[cost.methods]` of [`config`] charges for a get_history: ten of them make a group costly.
+const HISTORY_COST: f64 = 50.0;
+
+/// One Electrum front `name` in front of `backend`, throttle limits out of reach, get_history priced at
+/// [`HISTORY_COST`]; `upstream` is the `[front.upstream]` body, `more` further top-level tables.
+fn config(name: &str, backend: SocketAddr, upstream: &str, cost_extra: &str, more: &str) -> String {
+    format!(
+        "{RELAXED}[cost]\nsoft_limit = 100000\nhard_limit = 1000000\ninitial_concurrency = 10\ngroup_private = true\n\
+         {cost_extra}\n[cost.methods]\n\"{HISTORY}\" = {HISTORY_COST}\n\n{more}\n\
+         [[front]]\nname = \"{name}\"\nkind = \"electrum\"\nlisten = [\"127.0.0.1:0\"]\ntransport = \"tcp\"\n\
+         upstreams = [\"{backend}\"]\n[front.upstream]\n{upstream}\n"
+    )
+}
+
+fn budget(running: &Running, front: &str, backend: SocketAddr) -> Arc<Budget> {
+    running
+        .front(front)
+        .unwrap()
+        .handles
+        .electrum
+        .budgets
+        .get(backend)
+        .expect("the backend has a budget")
+}
+
+/// History reads take 20 ms, everything else 1 ms.
+fn history_20ms(method: &str) -> Duration {
+    match method {
+        HISTORY => Duration::from_millis(20),
+        _ => Duration::from_millis(1),
+    }
+}
+
+/// Four abusive sessions of one /24, each with ten history reads pipelined; returns them (keep them open).
+async fn flood(to: SocketAddr) -> Vec<Client> {
+    let mut abusers = Vec::new();
+    for i in 0..4 {
+        abusers.push(Client::open(&format!("127.0.1.{}", i + 2), to).await);
+    }
+    for (i, c) in abusers.iter_mut().enumerate() {
+        for j in 0..10 {
+            c.send(HISTORY, &format!("[\"abuse-{i}-{j}\"]"), HISTORY_COST).await;
+        }
+    }
+    abusers
+}
+
+/// An honest wallet's history read: how many of the abusers' reads the backend served between the
+/// moment it was sent and the moment it was served.
+async fn honest_history(stub: &Modelled, honest: &mut Client) -> (usize, usize) {
+    let sent_at = stub.served().len();
+    let r = honest.call(HISTORY, "[\"honest\"]", HISTORY_COST).await;
+    assert!(r.v.get("error").is_none(), "{}", r.v);
+    let served = stub.served();
+    let at = served
+        .iter()
+        .position(|s| s.params == json!(["honest"]))
+        .expect("the honest request reached the backend");
+    let abusers_between = served[sent_at..at].iter().filter(|s| s.method == HISTORY).count();
+    let abusers_after = 40 - served[..at].iter().filter(|s| s.method == HISTORY).count();
+    (abusers_between, abusers_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_request_goes_before_an_abusive_groups_queue() {
+    let stub = backends::modelled_backend(history_20ms).await;
+    let toml = config("bq_fair", stub.addr, "max_in_flight = 1\nheavy_in_flight = 1\n", "", "");
+    let running = gateway::start(&toml).await;
+    let to = running.addr("bq_fair");
+    let b = budget(&running, "bq_fair", stub.addr);
+    let mut honest = Client::open("127.0.2.2", to).await;
+    let _abusers = flood(to).await;
+    // The abusers' reads wait in the gateway, one at a time reaching the backend.
+    assert!(
+        net::within(Duration::from_secs(10), async || b.load().2 >= 30)
+            .await
+            .is_some(),
+        "abusers' requests did not queue: {:?}",
+        b.load()
+    );
+    assert!(stub.pending() <= 1, "the backend holds {} requests", stub.pending());
+    let (between, after) = honest_history(&stub, &mut honest).await;
+    // Its group is cheap: it goes ahead of the abusers' queue, after at most the read in service and the
+    // one whose start tag ties with its own. Measured in the backend's own order, not in wall-clock time.
+    assert!(
+        between <= 2,
+        "{between} abusive reads were served before the honest one"
+    );
+    assert!(after >= 25, "only {after} abusive reads were still waiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_forwards_everything_at_once_as_before() {
+    let stub = backends::modelled_backend(history_20ms).await;
+    let toml = config("bq_unbudgeted", stub.addr, "max_in_flight = \"off\"\n", "", "");
+    let running = gateway::start(&toml).await;
+    let to = running.addr("bq_unbudgeted");
+    assert!(running
+        .front("bq_unbudgeted")
+        .unwrap()
+        .handles
+        .electrum
+        .budgets
+        .get(stub.addr)
+        .is_none());
+    let mut honest = Client::open("127.0.2.2", to).await;
+    let _abusers = flood(to).await;
+    // Every read the throttle lets go reaches the backend at once and queues there…
+    assert!(
+        net::within(Duration::from_secs(10), async || stub.pending() >= 30)
+            .await
+            .is_some(),
+        "the backend holds only {}",
+        stub.pending()
+    );
+    // …so the honest wallet's read waits behind all of them, in the backend's own queue.
+    let (between, _) = honest_history(&stub, &mut honest).await;
+    assert!(between >= 25, "only {between} abusive reads were served first");
+    let text = gatehouse::telemetry::metrics::render(None);
+    assert!(
+        !text.contains("gatehouse_upstream_window{front=\"bq_unbudgeted\""),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn light_request_passes_while_the_heavy_budget_is_full() {
+    fn slow_history(method: &str) -> Duration {
+        match method {
+            HISTORY => Duration::from_millis(300),
+            _ => Duration::from_millis(1),
+        }
+    }
+    let stub = backends::modelled_backend(slow_history).await;
+    let toml = config(
+        "bq_heavy",
+        stub.addr,
+        "max_in_flight = 4\nheavy_in_flight = 1\n",
+        "",
+        "",
+    );
+    let running = gateway::start(&toml).await;
+    let to = running.addr("bq_heavy");
+    let b = budget(&running, "bq_heavy", stub.addr);
+    let mut light = Client::open("127.0.2.2", to).await;
+    let mut heavy = Client::open("127.0.1.2", to).await;
+    for j in 0..3 {
+        heavy.send(HISTORY, &format!("[\"h{j}\"]"), HISTORY_COST).await;
+    }
+    assert!(
+        net::within(Duration::from_secs(5), async || b.load() == (1, 1, 2))
+            .await
+            .is_some(),
+        "{:?}",
+        b.load()
+    );
+    let r = light.call(BALANCE, "[\"light\"]", 1.0).await;
+    assert!(r.v.get("error").is_none(), "{}", r.v);
+    let order: Vec<String> = stub
+        .served()
+        .into_iter()
+        .filter(|s| s.method != "server.version")
+        .map(|s| s.params[0].as_str().unwrap().to_string())
+        .collect();
+    // Answered while the first heavy read was in service, before the other heavy ones.
+    assert_eq!(order, ["h0", "light"], "served so far");
+    for _ in 0..3 {
+        let r = heavy.recv().await.expect("heavy reply");
+        assert!(r.v.get("error").is_none(), "{}", r.v);
+    }
+    let order: Vec<String> = stub
+        .served()
+        .into_iter()
+        .filter(|s| s.method != "server.version")
+        .map(|s| s.params[0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order, ["h0", "light", "h1", "h2"]);
+    assert_eq!(b.load(), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_past_request_timeout_gets_102_and_never_reaches_the_backend() {
+    fn slow_history(method: &str) -> Duration {
+        match method {
+            HISTORY => Duration::from_millis(2500),
+            _ => Duration::ZERO,
+        }
+    }
+    let stub = backends::modelled_backend(slow_history).await;
+    let toml = config(
+        "bq_late",
+        stub.addr,
+        "max_in_flight = 1\n",
+        "request_timeout = \"1s\"\n",
+        "",
+    );
+    let running = gateway::start(&toml).await;
+    let to = running.addr("bq_late");
+    let b = budget(&running, "bq_late", stub.addr);
+    let mut slow = Client::open("127.0.1.2", to).await;
+    let mut waiter = Client::open("127.0.2.2", to).await;
+    slow.send(HISTORY, "[\"slow\"]", HISTORY_COST).await;
+    assert!(net::within(Duration::from_secs(5), async || b.load().0 == 1)
+        .await
+        .is_some());
+    let id = waiter.send(BALANCE, "[\"waits\"]", 1.0).await;
+    assert!(net::within(Duration::from_secs(5), async || b.load().2 == 1)
+        .await
+        .is_some());
+    let r = waiter.recv().await.expect("a reply");
+    assert_eq!(r.id(), id);
+    assert_eq!(r.error_code(), Some(-102), "{}", r.v);
+    assert_eq!(r.v["error"]["message"], "server busy - request timed out");
+    // It left the queue; the slow read, answered -102 too, still holds its slot: the backend works on it.
+    assert_eq!(b.load().2, 0);
+    assert_eq!(slow.recv().await.unwrap().error_code(), Some(-102));
+    assert_eq!(b.load().0, 1);
+    assert!(net::within(Duration::from_secs(10), async || b.load().0 == 0)
+        .await
+        .is_some());
+    let served: Vec<String> = stub.served().into_iter().map(|s| s.method).collect();
+    assert!(!served.iter().any(|m| m == BALANCE), "{served:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_cap_answers_102_at_once_and_counts() {
+    fn slow_history(method: &str) -> Duration {
+        match method {
+            HISTORY => Duration::from_millis(300),
+            _ => Duration::ZERO,
+        }
+    }
+    let stub = backends::modelled_backend(slow_history).await;
+    let toml = config("bq_capped", stub.addr, "max_in_flight = 1\nmax_queued = 2\n", "", "");
+    let running = gateway::start(&toml).await;
+    let to = running.addr("bq_capped");
+    let mut c = Client::open("127.0.1.2", to).await;
+    let mut ids = Vec::new();
+    for j in 0..4 {
+        ids.push(c.send(HISTORY, &format!("[\"q{j}\"]"), HISTORY_COST).await);
+    }
+    // One in flight, two queued, the fourth refused before anything is served.
+    let first = c.recv().await.unwrap();
+    assert_eq!(first.id(), ids[3], "{}", first.v);
+    assert_eq!(first.error_code(), Some(-102));
+    assert_eq!(first.v["error"]["message"], "server busy - request queue full");
+    assert!(stub.served().iter().all(|s| s.method != HISTORY));
+    for want in &ids[..3] {
+        let r = c.recv().await.unwrap();
+        assert_eq!(r.id(), *want);
+        assert!(r.v.get("error").is_none(), "{}", r.v);
+    }
+    let text = gatehouse::telemetry::metrics::render(None);
+    assert_eq!(
+        clients::sample(
+            &text,
+            "gatehouse_upstream_queue_refused_total{front=\"bq_capped\",upstream=\"0\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        clients::sample(
+            &text,
+            "gatehouse_upstream_dispatched_after_wait_total{front=\"bq_capped\",upstream=\"0\"}"
+        ),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learned_window_follows_the_backends_latency_on_metrics() {
+    fn balance_5ms(method: &str) -> Duration {
+        match method {
+            BALANCE => Duration::from_millis(5),
+            _ => Duration::ZERO,
+        }
+    }
+    const TOKEN: &str = "budget-metrics-token-0123456789";
+    let stub = backends::modelled_backend(balance_5ms).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
+    let admin = "[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n";
+    // No max_in_flight: the default is "auto".
+    let toml = config("bq_learned", stub.addr, "", "", admin);
+    let running = gateway::start_in(dir.path(), &toml).await;
+    let admin = match running.admin_addr() {
+        Some(AdminListen::Tcp(a)) => *a,
+        other => panic!("admin API not on TCP: {other:?}"),
+    };
+    let window = async || {
+        let text = clients::admin_get(admin, TOKEN, "/metrics").await;
+        clients::sample(&text, "gatehouse_upstream_window{front=\"bq_learned\",upstream=\"0\"}").unwrap_or(-1.0)
+    };
+    assert_eq!(window().await, 64.0);
+    let to = running.addr("bq_learned");
+    // Eight wallets keep ten balance lookups each in flight: 80 at once for a backend serving one at a time.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..8 {
+        let stop = stop.clone();
+        let mut c = Client::open(&format!("127.0.{}.2", i + 1), to).await;
+        load.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                c.send(BALANCE, "[\"w\"]", 1.0).await;
+            }
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let r = c.recv().await.expect("reply");
+                assert!(r.v.get("error").is_none(), "{}", r.v);
+                c.send(BALANCE, "[\"w\"]", 1.0).await;
+            }
+        }));
+    }
+    // Latency rises with the queue inside the backend: the window shrinks to its floor.
+    let mut low = f64::MAX;
+    let shrunk = net::within(Duration::from_secs(30), async || {
+        low = low.min(window().await);
+        low <= 8.0
+    })
+    .await;
+    assert!(shrunk.is_some(), "window still {low}");
+    // The backend becomes fast: the window grows back.
+    stub.scale.store(0, std::sync::atomic::Ordering::SeqCst);
+    let grown = net::within(Duration::from_secs(30), async || window().await >= 2.0 * low).await;
+    assert!(grown.is_some(), "window {} after falling to {low}", window().await);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for t in load {
+        t.abort();
+    }
+}
