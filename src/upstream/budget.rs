@@ -37,8 +37,11 @@ pub const DEFAULT_MAX_QUEUED: usize = 8192;
 /// Largest configurable `max_in_flight`, `heavy_in_flight` and `max_queued`: far beyond any backend,
 /// small enough that a typo is caught.
 pub const MAX_CONFIGURED: u32 = 1 << 20;
-/// The heavy budget under `heavy_in_flight = "auto"`: this share of the current window, at least 1.
-pub const DEFAULT_HEAVY_SHARE: f64 = 0.25;
+/// Under `heavy_in_flight = "auto"` this share of the window (at least one slot) is kept for light
+/// requests and the heavy budget is the rest, at least 1: a wallet's ordinary mix is about a third heavy
+/// (histories, unspent lists, subscriptions), so a smaller heavy budget would queue ordinary traffic on
+/// a backend that has room, while a saturated one still keeps a balance lookup's way clear.
+pub const DEFAULT_LIGHT_RESERVE: f64 = 0.25;
 /// The cost at which a group's share of the dispatches is half a free group's (at ten times it, a
 /// group gets an eleventh): a few heavy calls' worth in Electrum units, where a wallet syncing costs tens.
 pub const DEFAULT_COST_UNIT: f64 = 100.0;
@@ -59,7 +62,7 @@ pub enum InFlight {
 /// `heavy_in_flight`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum HeavyInFlight {
-    /// [`DEFAULT_HEAVY_SHARE`] of the current window, at least 1.
+    /// The window less [`DEFAULT_LIGHT_RESERVE`] of it, at least 1.
     #[default]
     Auto,
     Fixed(u32),
@@ -211,7 +214,11 @@ impl Inner {
         match (&self.limit, self.settings.heavy_in_flight) {
             (Limit::Unlimited, _) => u32::MAX,
             (_, HeavyInFlight::Fixed(n)) => n,
-            (_, HeavyInFlight::Auto) => ((f64::from(self.window()) * DEFAULT_HEAVY_SHARE) as u32).max(1),
+            (_, HeavyInFlight::Auto) => {
+                let w = self.window();
+                let reserve = ((f64::from(w) * DEFAULT_LIGHT_RESERVE) as u32).max(1);
+                w.saturating_sub(reserve).max(1)
+            }
         }
     }
 

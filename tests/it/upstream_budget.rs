@@ -352,3 +352,67 @@ async fn learned_window_follows_the_backends_latency_on_metrics() {
         t.abort();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_the_budget_and_waiting_requests_keep_their_place() {
+    fn slow_history(method: &str) -> Duration {
+        match method {
+            HISTORY => Duration::from_millis(300),
+            _ => Duration::ZERO,
+        }
+    }
+    let stub = backends::modelled_backend(slow_history).await;
+    let dir = tempfile::tempdir().unwrap();
+    let narrow = config(
+        "bq_reload",
+        stub.addr,
+        "max_in_flight = 1\nheavy_in_flight = 1\n",
+        "",
+        "",
+    );
+    let mut running = gateway::start_in(dir.path(), &narrow).await;
+    let to = running.addr("bq_reload");
+    let b = budget(&running, "bq_reload", stub.addr);
+    let mut c = Client::open("127.0.1.2", to).await;
+    for j in 0..4 {
+        c.send(HISTORY, &format!("[\"r{j}\"]"), HISTORY_COST).await;
+    }
+    assert!(net::within(Duration::from_secs(5), async || b.load() == (1, 1, 3))
+        .await
+        .is_some());
+    // A wider budget: one more goes at once, the others stay queued in their order.
+    let wide = config(
+        "bq_reload",
+        stub.addr,
+        "max_in_flight = 2\nheavy_in_flight = 2\n",
+        "",
+        "",
+    );
+    let cfg = gatehouse::config::Config::parse(&wide, &dir.path().join("gatehouse.toml")).unwrap();
+    running.reload(cfg).await.unwrap();
+    assert_eq!(b.load(), (2, 2, 2));
+    assert!(Arc::ptr_eq(&b, &budget(&running, "bq_reload", stub.addr)));
+    for j in 0..4 {
+        let r = c.recv().await.unwrap();
+        assert!(r.v.get("error").is_none(), "{j}: {}", r.v);
+    }
+    let order: Vec<String> = stub
+        .served()
+        .into_iter()
+        .filter(|s| s.method == HISTORY)
+        .map(|s| s.params[0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order, ["r0", "r1", "r2", "r3"]);
+    // "off" drops the budget: new sessions go straight to the backend.
+    let off = config("bq_reload", stub.addr, "max_in_flight = \"off\"\n", "", "");
+    let cfg = gatehouse::config::Config::parse(&off, &dir.path().join("gatehouse.toml")).unwrap();
+    running.reload(cfg).await.unwrap();
+    assert!(running
+        .front("bq_reload")
+        .unwrap()
+        .handles
+        .electrum
+        .budgets
+        .get(stub.addr)
+        .is_none());
+}
