@@ -22,6 +22,12 @@ mod anchors;
 mod api_http;
 #[path = "support/api_ledger.rs"]
 mod api_ledger;
+#[path = "support/electrumx.rs"]
+mod electrumx;
+#[path = "support/flood.rs"]
+mod flood;
+#[path = "support/saturation.rs"]
+mod saturation;
 
 const CONNS: usize = 50;
 const IN_FLIGHT: usize = 8;
@@ -678,6 +684,19 @@ fn main() {
         if std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|p| p == "ledger") {
             // The ledger profile's rows alone (about 6 x 1.5 s with --quick).
             api_ledger::run(dir.path(), secs).await;
+            return;
+        }
+        if std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|p| p == "saturation") {
+            // Honest wallets against a flood, in front of a modelled backend (about 3 min with --quick).
+            flood::raise_nofile(16_000);
+            saturation::run(dir.path(), quick).await;
+            return;
+        }
+        if std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|p| p == "electrumx") {
+            // The same in front of a real ElectrumX over a real node (about 8 min with --quick, plus a
+            // one-time setup).
+            flood::raise_nofile(16_000);
+            electrumx::run(dir.path(), quick).await;
             return;
         }
         let backend = stub_backend().await;

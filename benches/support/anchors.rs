@@ -109,6 +109,25 @@ pub(super) async fn haproxy_tls(dir: &Path, backend: SocketAddr) -> Result<(Gate
     Ok((started(cmd, "haproxy", addr).await?, addr))
 }
 
+/// HAProxy in TCP mode (plain in, plain out, no protocol awareness) with one thread, relaying to `backend`;
+/// room for the flood rows' tens of thousands of connections.
+pub(super) async fn haproxy_tcp(dir: &Path, backend: SocketAddr) -> Result<(Gateway, SocketAddr), String> {
+    let bin = haproxy_binary()?;
+    let port = free_port();
+    let cfg = format!(
+        "global\n  nbthread 1\n  maxconn 9000\n\
+         defaults\n  mode tcp\n  maxconn 9000\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend tcp\n  bind 127.0.0.1:{port}\n  default_backend indexer\n\
+         backend indexer\n  server s1 {backend} maxconn 9000\n"
+    );
+    let path = dir.join("anchor-haproxy-tcp.cfg");
+    std::fs::write(&path, cfg).map_err(|e| e.to_string())?;
+    let mut cmd = pinned(&bin);
+    cmd.args(["-db", "-f"]).arg(&path);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    Ok((started(cmd, "haproxy", addr).await?, addr))
+}
+
 /// nginx's stream module terminating TLS 1.3 in one worker (no master) and relaying bytes to `backend`.
 pub(super) async fn nginx_tls(dir: &Path, backend: SocketAddr) -> Result<(Gateway, SocketAddr), String> {
     let bin = nginx_binary()?;
