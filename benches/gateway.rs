@@ -687,14 +687,14 @@ fn main() {
             return;
         }
         if std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|p| p == "saturation") {
-            // Honest wallets against a flood, in front of a modelled backend (about 3 min with --quick).
+            // Honest wallets against a flood, in front of a modelled backend (about 4 min with --quick).
             flood::raise_nofile(16_000);
             saturation::run(dir.path(), quick).await;
             return;
         }
         if std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|p| p == "electrumx") {
-            // The same in front of a real ElectrumX over a real node (about 8 min with --quick, plus a
-            // one-time setup).
+            // The same in front of a real ElectrumX over a real node (about 5 min with --quick, plus a
+            // one-time setup of about a minute).
             flood::raise_nofile(16_000);
             electrumx::run(dir.path(), quick).await;
             return;
