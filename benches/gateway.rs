@@ -22,6 +22,8 @@ mod anchors;
 mod api_http;
 #[path = "support/api_ledger.rs"]
 mod api_ledger;
+#[path = "support/latency.rs"]
+mod latency;
 
 const CONNS: usize = 50;
 const IN_FLIGHT: usize = 8;
@@ -700,6 +702,13 @@ fn main() {
             ];
             drop(gw);
             anchor_rows(dir.path(), backend, &resuming, &full, secs, &gateway).await;
+            latency::run(dir.path(), backend, &resuming, secs).await;
+            return;
+        }
+        if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("latency") {
+            // The latency rows alone: 10 connections x 1 in flight against the anchors.
+            drop(gw);
+            latency::run(dir.path(), backend, &resuming, secs).await;
             return;
         }
         if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("peer") {
@@ -712,7 +721,9 @@ fn main() {
             if phase == "handshake" {
                 handshakes(electrum, &full, 10.0).await;
             } else {
-                load(target, Some(&resuming), 10.0).await;
+                let r = load(target, Some(&resuming), 10.0).await;
+                // Requests served, so a profile's counts (samples, syscalls) can be read per request.
+                println!("{phase}: {} requests in {:.2} s ({:.0}/s)", r.requests, r.elapsed.as_secs_f64(), r.rps());
             }
             return;
         }
@@ -781,6 +792,7 @@ fn main() {
             },
         ];
         anchor_rows(dir.path(), backend, &resuming, &full, secs, &gateway).await;
+        latency::run(dir.path(), backend, &resuming, secs).await;
         api_http::run(dir.path(), secs).await;
         peer_rows(dir.path(), secs).await;
         api_ledger::run(dir.path(), secs).await;
