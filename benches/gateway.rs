@@ -26,6 +26,8 @@ mod api_ledger;
 mod electrumx;
 #[path = "support/flood.rs"]
 mod flood;
+#[path = "support/latency.rs"]
+mod latency;
 #[path = "support/saturation.rs"]
 mod saturation;
 
@@ -719,6 +721,13 @@ fn main() {
             ];
             drop(gw);
             anchor_rows(dir.path(), backend, &resuming, &full, secs, &gateway).await;
+            latency::run(dir.path(), backend, &resuming, secs).await;
+            return;
+        }
+        if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("latency") {
+            // The latency rows alone: 10 connections x 1 in flight against the anchors.
+            drop(gw);
+            latency::run(dir.path(), backend, &resuming, secs).await;
             return;
         }
         if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("peer") {
@@ -731,7 +740,9 @@ fn main() {
             if phase == "handshake" {
                 handshakes(electrum, &full, 10.0).await;
             } else {
-                load(target, Some(&resuming), 10.0).await;
+                let r = load(target, Some(&resuming), 10.0).await;
+                // Requests served, so a profile's counts (samples, syscalls) can be read per request.
+                println!("{phase}: {} requests in {:.2} s ({:.0}/s)", r.requests, r.elapsed.as_secs_f64(), r.rps());
             }
             return;
         }
@@ -800,6 +811,7 @@ fn main() {
             },
         ];
         anchor_rows(dir.path(), backend, &resuming, &full, secs, &gateway).await;
+        latency::run(dir.path(), backend, &resuming, secs).await;
         api_http::run(dir.path(), secs).await;
         peer_rows(dir.path(), secs).await;
         api_ledger::run(dir.path(), secs).await;

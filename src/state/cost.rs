@@ -933,17 +933,25 @@ impl Account {
     /// Adds `units`, then returns the throttle recomputed now. Non-finite or negative charges are ignored: a
     /// NaN would otherwise poison the whole group's cost for good.
     pub fn charge(&self, units: f64) -> Throttle {
-        let p = self.ledger.params.load();
+        self.charge_under(units, &self.ledger.params.load())
+    }
+
+    /// [`Account::charge`] with the parameters already loaded (a session charges on every read and every
+    /// request: one load and one lock of its meter each, not two).
+    fn charge_under(&self, units: f64, p: &CostParams) -> Throttle {
         let now = self.ledger.clock.now();
-        {
+        let own = {
             let mut m = lock(&self.session.meter);
-            m.settle(now, &p);
+            m.settle(now, p);
             if units.is_finite() && units > 0.0 {
                 m.cost += units;
                 crate::telemetry::metrics::cost_charged(units);
             }
-        }
-        let t = Throttle::compute_scaled(self.effective_at(now, &p), &p, self.scale);
+            // Ungrouped, the session's own meter is its effective cost: read it under the same lock.
+            self.group.is_none().then(|| m.load(now, p))
+        };
+        let effective = own.unwrap_or_else(|| self.effective_at(now, p));
+        let t = Throttle::compute_scaled(effective, p, self.scale);
         if t.over_hard {
             self.alert_group();
         }
@@ -978,9 +986,10 @@ impl Account {
     }
 
     pub fn charge_bytes(&self, n: usize) -> Throttle {
-        let per = self.ledger.params.load().bytes_per_unit;
+        let p = self.ledger.params.load();
+        let per = p.bytes_per_unit;
         let units = if per > 0.0 { n as f64 / per } else { 0.0 };
-        self.charge(units)
+        self.charge_under(units, &p)
     }
 
     pub fn throttle(&self) -> Throttle {

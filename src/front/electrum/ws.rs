@@ -21,6 +21,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
+/// What tungstenite reads per call. It zeroes this much of its buffer before every read, so its 128 KiB
+/// default costs more than the rest of a wallet request's handling; requests are a few hundred bytes.
+const READ_BUFFER: usize = 8 * 1024;
+
 pub struct WsLines<S> {
     ws: WebSocketStream<Limited<S>>,
     /// Bytes handed to the WebSocket library up to the last complete message: what it took since is the
@@ -41,6 +45,7 @@ where
 {
     // Messages arrive cut to one byte over the limit, so that one byte is all the room needed.
     let mut cfg = WebSocketConfig::default();
+    cfg.read_buffer_size = READ_BUFFER;
     cfg.max_message_size = Some(max_message.saturating_add(1));
     cfg.max_frame_size = Some(max_message.saturating_add(1));
     let stream = Limited {
