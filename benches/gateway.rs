@@ -22,6 +22,8 @@ mod anchors;
 mod api_http;
 #[path = "support/api_ledger.rs"]
 mod api_ledger;
+#[path = "support/scale.rs"]
+mod scale;
 
 const CONNS: usize = 50;
 const IN_FLIGHT: usize = 8;
@@ -657,6 +659,11 @@ async fn peer_rows(dir: &Path, secs: f64) {
 }
 
 fn main() {
+    if std::env::var_os(scale::STUB_ROLE).is_some() {
+        // The scale rows' stub backend, in a process of its own (see support/scale.rs).
+        scale::stub_main();
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let secs = if quick { 1.5 } else { 5.0 };
     let idle_n = if quick { 1000 } else { 5000 };
@@ -678,6 +685,11 @@ fn main() {
         if std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|p| p == "ledger") {
             // The ledger profile's rows alone (about 6 x 1.5 s with --quick).
             api_ledger::run(dir.path(), secs).await;
+            return;
+        }
+        if std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|p| p == "scale") {
+            // Idle TLS wallet sessions held by one gateway: memory and handshake rate as they grow.
+            scale::run(dir.path(), quick).await;
             return;
         }
         let backend = stub_backend().await;

@@ -318,7 +318,9 @@ where
         }
         // Dial the backend only once there is something to send to it.
         if upstream.is_none() && !s.up_out.is_empty() && !s.upstream_failed {
-            match front.pool.connect(s.client, s.local).await {
+            // Boxed: the dial's state is needed once, and inline it would make every idle session's
+            // future larger by as much.
+            match Box::pin(front.pool.connect(s.client, s.local)).await {
                 Ok((u, _)) => upstream = Some(u),
                 Err(e) => {
                     tracing::warn!(front = %front.cfg.name, error = %e, "no upstream reachable");
