@@ -285,8 +285,9 @@ async fn start_gateway(dir: &Path, stubs: &[SocketAddr], nofile: u64) -> (Gatewa
     let path = dir.join("scale.toml");
     std::fs::write(&path, write_config(dir, &ports, stubs, nofile)).unwrap();
     let gw = match std::env::var("GATEHOUSE_SCALE_WRAP") {
-        // For profiling: `GATEHOUSE_SCALE_WRAP="heaptrack -o /tmp/gw"` runs the gateway under that command
-        // (the CPU and RSS figures are then the wrapper's, not the gateway's).
+        // For profiling: `GATEHOUSE_SCALE_WRAP="env LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so
+        // DUMP_HEAPTRACK_OUTPUT=/tmp/gw.raw"` runs the gateway under that command. Use one that execs the
+        // gateway (as `env` does): the bench stops the process it started, and the figures are that process's.
         Ok(wrap) => {
             let mut words = wrap.split_whitespace();
             let child = Command::new(words.next().expect("a command in GATEHOUSE_SCALE_WRAP"))
