@@ -30,6 +30,8 @@ mod flood;
 mod latency;
 #[path = "support/saturation.rs"]
 mod saturation;
+#[path = "support/scale.rs"]
+mod scale;
 
 const CONNS: usize = 50;
 const IN_FLIGHT: usize = 8;
@@ -665,6 +667,11 @@ async fn peer_rows(dir: &Path, secs: f64) {
 }
 
 fn main() {
+    if std::env::var_os(scale::STUB_ROLE).is_some() {
+        // The scale rows' stub backend, in a process of its own (see support/scale.rs).
+        scale::stub_main();
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let secs = if quick { 1.5 } else { 5.0 };
     let idle_n = if quick { 1000 } else { 5000 };
@@ -699,6 +706,11 @@ fn main() {
             // one-time setup of about a minute).
             flood::raise_nofile(16_000);
             electrumx::run(dir.path(), quick).await;
+            return;
+        }
+        if std::env::var("GATEHOUSE_BENCH_ONLY").is_ok_and(|p| p == "scale") {
+            // Idle TLS wallet sessions held by one gateway: memory and handshake rate as they grow.
+            scale::run(dir.path(), quick).await;
             return;
         }
         let backend = stub_backend().await;

@@ -15,6 +15,7 @@ pub mod settings;
 pub use drain::Drain;
 
 use crate::guard::Level;
+use crate::listen::stream::ClientStream;
 pub use crate::listen::{CloseReason, CloseSide};
 use crate::listen::{Conn, Door, Handler, Route};
 use crate::telemetry::metrics::FrontMetrics;
@@ -125,54 +126,74 @@ impl FrontState {
         }
     }
 
-    /// Runs one admitted connection to its end and logs one line about it.
-    pub async fn serve(self: Arc<Self>, conn: Conn) {
+    /// Runs one admitted connection to its end and logs one line about it. Each kind's session is boxed on
+    /// its own: one future type for every kind is as large as the largest (the API front's HTTP state, about
+    /// 6 KiB), and each of tens of thousands of idle wallet sessions would carry it.
+    pub fn serve(self: Arc<Self>, conn: Conn) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         match self.cfg.kind {
-            FrontKind::Electrum => self.serve_electrum(conn).await,
-            FrontKind::Peer => peer::serve(&self, conn).await,
-            FrontKind::Api => api::serve(self, conn).await,
+            FrontKind::Electrum => Box::pin(self.serve_electrum(conn)),
+            FrontKind::Peer => Box::pin(async move { peer::serve(&self, conn).await }),
+            FrontKind::Api => Box::pin(api::serve(self, conn)),
         }
     }
 
-    async fn serve_electrum(&self, mut conn: Conn) {
-        let tls = conn.stream.tls_version();
-        let mut line = CloseLine {
-            client: conn.client,
-            via: conn.via,
-            tls,
-            since: conn.accepted_at,
-            bytes_in: 0,
-            bytes_out: 0,
-            reason: CloseReason::ClientClosed,
-            requests: None,
-        };
-        let out = if matches!(self.cfg.transport, Transport::Ws | Transport::Wss) {
-            let max = self
-                .cfg
-                .electrum
-                .as_ref()
-                .map_or(electrum::settings::DEFAULT_MAX_LINE, |e| e.max_line);
-            let deadline = tokio::time::Instant::from_std(conn.accepted_at + self.cfg.handshake_timeout);
-            let mut ws = match tokio::time::timeout_at(deadline, electrum::ws::accept(conn.stream, max)).await {
-                Ok(Ok(ws)) => ws,
-                Ok(Err(e)) => {
-                    line.reason = CloseReason::WebSocketHandshake(e);
-                    return self.log_close(&line);
-                }
-                Err(_) => {
-                    line.reason = CloseReason::HandshakeTimeout;
-                    return self.log_close(&line);
-                }
+    /// An Electrum session. Not an `async fn`: that would keep both the argument and a local copy of
+    /// `conn` for the session's whole life; the block uses `conn` where it captured it.
+    #[allow(clippy::manual_async_fn)]
+    fn serve_electrum(self: Arc<Self>, mut conn: Conn) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            let tls = conn.stream.tls_version();
+            let mut line = CloseLine {
+                client: conn.client,
+                via: conn.via,
+                tls,
+                since: conn.accepted_at,
+                bytes_in: 0,
+                bytes_out: 0,
+                reason: CloseReason::ClientClosed,
+                requests: None,
             };
-            electrum::session::run(&mut ws, conn.client, conn.local, self, &self.handles.electrum).await
-        } else {
-            electrum::session::run(&mut conn.stream, conn.client, conn.local, self, &self.handles.electrum).await
+            let out = if matches!(self.cfg.transport, Transport::Ws | Transport::Wss) {
+                // Boxed, so sessions over tcp and tls do not carry the WebSocket handshake's state.
+                let ws = Box::pin(self.electrum_over_ws(conn.stream, conn.client, conn.local, conn.accepted_at));
+                match ws.await {
+                    Ok(out) => out,
+                    Err(reason) => {
+                        line.reason = reason;
+                        return self.log_close(&line);
+                    }
+                }
+            } else {
+                electrum::session::run(&mut conn.stream, conn.client, conn.local, &self, &self.handles.electrum).await
+            };
+            line.bytes_in = out.bytes_in;
+            line.bytes_out = out.bytes_out;
+            line.reason = out.reason;
+            line.requests = Some((out.requests, out.cost));
+            self.log_close_in(&line, out.tier.as_deref().map(|t| t.name.as_str()));
+        }
+    }
+
+    /// The WebSocket handshake (within the front's handshake timeout), then the Electrum session over it.
+    async fn electrum_over_ws(
+        &self,
+        stream: ClientStream,
+        client: SocketAddr,
+        local: SocketAddr,
+        accepted_at: Instant,
+    ) -> Result<electrum::session::Outcome, CloseReason> {
+        let max = self
+            .cfg
+            .electrum
+            .as_ref()
+            .map_or(electrum::settings::DEFAULT_MAX_LINE, |e| e.max_line);
+        let deadline = tokio::time::Instant::from_std(accepted_at + self.cfg.handshake_timeout);
+        let mut ws = match tokio::time::timeout_at(deadline, electrum::ws::accept(stream, max)).await {
+            Ok(Ok(ws)) => ws,
+            Ok(Err(e)) => return Err(CloseReason::WebSocketHandshake(e)),
+            Err(_) => return Err(CloseReason::HandshakeTimeout),
         };
-        line.bytes_in = out.bytes_in;
-        line.bytes_out = out.bytes_out;
-        line.reason = out.reason;
-        line.requests = Some((out.requests, out.cost));
-        self.log_close_in(&line, out.tier.as_deref().map(|t| t.name.as_str()));
+        Ok(electrum::session::run(&mut ws, client, local, self, &self.handles.electrum).await)
     }
 
     pub fn log_close(&self, l: &CloseLine<'_>) {
@@ -263,8 +284,30 @@ impl Handler for FrontState {
     }
 
     fn serve(self: Arc<Self>, conn: Conn) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        // The session's own future, boxed as it is: a wrapping `async` block would hold `conn` a second time
-        // for the whole session.
-        Box::pin(FrontState::serve(self, conn))
+        // Boxed per kind already: a wrapping `async` block would hold `conn` a second time for the whole
+        // session.
+        FrontState::serve(self, conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, B, F: Future>(_: fn(A, B) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// What one wallet session holds for its whole life, idle or not: its own state, not the largest front
+    /// kind's (the API front's HTTP machinery), nor the WebSocket handshake's or the upstream dial's, which
+    /// are boxed apart.
+    #[test]
+    fn an_electrum_session_future_holds_only_its_own_state() {
+        let electrum = future_size(FrontState::serve_electrum);
+        assert!(
+            electrum <= 3 * 1024,
+            "an Electrum session's future takes {electrum} bytes"
+        );
     }
 }

@@ -145,14 +145,9 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<dyn Door>, shared: Int
         let _ = sock.set_nodelay(true);
         if front.proxy_accept_from().contains(peer.ip()) {
             let (front, shared2) = (front.clone(), shared.clone());
-            shared.tracker.spawn(async move {
-                // Boxed, so the handshake's state is freed before the session (a boxed future of its own)
-                // starts, rather than kept in the task beside it.
-                let intake = Box::pin(intake_proxied(sock, peer, local, accepted_at, &front, &shared2));
-                if let Some((conn, serving)) = intake.await {
-                    serving.serve(conn).await;
-                }
-            });
+            shared.tracker.spawn(Connection::Intake(Box::pin(async move {
+                intake_proxied(sock, peer, local, accepted_at, &front, &shared2).await
+            })));
             continue;
         }
         let permit = match shared.guard.admit(front.level(), peer.ip()) {
@@ -163,27 +158,45 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<dyn Door>, shared: Int
             }
         };
         let (front, shared2) = (front.clone(), shared.clone());
-        shared.tracker.spawn(async move {
+        shared.tracker.spawn(Connection::Intake(Box::pin(async move {
             let client = Identity {
                 client: peer,
                 via: None,
                 local,
             };
-            let intake = Box::pin(finish_intake(
-                sock,
-                Vec::new(),
-                client,
-                accepted_at,
-                permit,
-                &front,
-                &shared2,
-            ));
-            if let Some((conn, serving)) = intake.await {
-                serving.serve(conn).await;
-            }
-        });
+            finish_intake(sock, Vec::new(), client, accepted_at, permit, &front, &shared2).await
+        })));
     }
     tracing::info!(front = %slot.current().name(), addr = listener.local_addr().ok().map(tracing::field::display), "listener closed");
+}
+
+type IntakeFuture = Pin<Box<dyn Future<Output = Option<(Conn, Arc<dyn Handler>)>> + Send>>;
+
+/// One connection's task: the intake (PROXY header, TLS handshake), then the front's session. Each stage
+/// is a boxed future of its own and the task holds one at a time, so a session's task keeps nothing of the
+/// intake: an `async` block awaiting both would keep room for the intake's arguments and its result
+/// (about 560 bytes) beside every session, idle or not, for the session's whole life.
+enum Connection {
+    Intake(IntakeFuture),
+    Serving(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl Future for Connection {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::task::Poll;
+        loop {
+            match &mut *self {
+                Connection::Intake(intake) => match intake.as_mut().poll(cx) {
+                    Poll::Ready(Some((conn, serving))) => *self = Connection::Serving(serving.serve(conn)),
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Connection::Serving(session) => return session.as_mut().poll(cx),
+            }
+        }
+    }
 }
 
 pub(crate) fn log_refusal(front: &dyn Handler, shared: &Intake, ip: IpAddr, via: Option<SocketAddr>, r: Refusal) {
@@ -372,5 +385,15 @@ async fn read_unless_proxy(sock: &mut TcpStream) -> Option<Vec<u8>> {
         if n == buf.len() || buf[..n].starts_with(b"PROXY ") {
             return None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection's task is one boxed stage at a time (two pointers and a tag): nothing of the intake
+    /// stays beside a session for its life.
+    #[test]
+    fn a_connection_task_holds_one_boxed_stage() {
+        assert!(std::mem::size_of::<super::Connection>() <= 24);
     }
 }

@@ -328,7 +328,9 @@ where
         }
         // Dial the backend only once there is something to send to it.
         if upstream.is_none() && (!s.up_out.is_empty() || s.gate.wants_backend()) && !s.upstream_failed {
-            match front.pool.connect(s.client, s.local).await {
+            // Boxed: the dial's state is needed once, and inline it would make every idle session's
+            // future larger by as much.
+            match Box::pin(front.pool.connect(s.client, s.local)).await {
                 Ok((u, addr)) => {
                     upstream = Some(u);
                     s.now = Instant::now();
