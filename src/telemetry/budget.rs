@@ -97,13 +97,17 @@ impl BudgetMetrics {
         }
     }
 
-    /// The budget's state after a change.
-    pub fn state(&self, window: u32, heavy_window: u32, in_flight: u32, heavy_in_flight: u32, queued: usize) {
-        self.window.set(i64::from(window));
-        self.heavy_window.set(i64::from(heavy_window));
-        self.in_flight.set(i64::from(in_flight));
-        self.heavy_in_flight.set(i64::from(heavy_in_flight));
-        self.queued.set(queued as i64);
+    /// Sets one gauge of the budget's state: 0 window, 1 heavy window, 2 in flight, 3 heavy in flight,
+    /// 4 queued.
+    pub fn set(&self, gauge: usize, v: i64) {
+        let g = match gauge {
+            0 => &self.window,
+            1 => &self.heavy_window,
+            2 => &self.in_flight,
+            3 => &self.heavy_in_flight,
+            _ => &self.queued,
+        };
+        g.set(v);
     }
 
     /// A request that waited `waited` for its slot and got it.

@@ -183,6 +183,8 @@ struct Inner {
     lanes: Vec<LaneState>,
     free: Vec<u32>,
     cost_unit: f64,
+    /// The gauges' values as last set (window, heavy window, in flight, heavy in flight, queued).
+    published: [i64; 5],
 }
 
 pub struct Budget {
@@ -322,14 +324,21 @@ impl Inner {
         self.zombies = 0;
     }
 
-    fn publish(&self, m: &BudgetMetrics) {
-        m.state(
-            self.window(),
-            self.heavy_window(),
-            self.in_flight,
-            self.heavy_in_flight,
-            self.queued_total(),
-        );
+    /// Sets the gauges that changed since the last call: on the hot path that is one or two of them.
+    fn publish(&mut self, m: &BudgetMetrics) {
+        let now = [
+            i64::from(self.window()),
+            i64::from(self.heavy_window()),
+            i64::from(self.in_flight),
+            i64::from(self.heavy_in_flight),
+            self.queued_total() as i64,
+        ];
+        for (i, v) in now.into_iter().enumerate() {
+            if self.published[i] != v {
+                self.published[i] = v;
+                m.set(i, v);
+            }
+        }
     }
 }
 
@@ -350,7 +359,7 @@ impl Budget {
             InFlight::Fixed(n) => Limit::Fixed(n.max(1)),
             InFlight::Off => Limit::Unlimited,
         };
-        let inner = Inner {
+        let mut inner = Inner {
             settings,
             limit,
             in_flight: 0,
@@ -364,6 +373,7 @@ impl Budget {
             lanes: Vec::new(),
             free: Vec::new(),
             cost_unit: if cost_unit > 0.0 { cost_unit } else { DEFAULT_COST_UNIT },
+            published: [-1; 5],
         };
         inner.publish(&metrics);
         Arc::new(Budget {

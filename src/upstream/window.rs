@@ -22,9 +22,12 @@ pub const DEFAULT_MAX_WINDOW: u32 = 1024;
 pub const DEFAULT_INITIAL_WINDOW: u32 = 64;
 /// A round is calm when its fastest answer took at most this many times its class's base latency…
 pub const DEFAULT_TOLERANCE: f64 = 2.0;
-/// …or at most this much longer than the base: sub-millisecond answers on loopback jitter by more than
-/// their own size, and that is scheduling noise, not a queue inside the backend.
-pub const DEFAULT_SLACK: Duration = Duration::from_millis(2);
+/// …or at most this much longer than the base. The latency is measured inside the gateway, so it also
+/// holds the gateway's own scheduling delay, which grows to milliseconds when the gateway itself is busy
+/// (and sub-millisecond answers on loopback jitter by more than their own size): that is not a queue
+/// inside the backend, and shrinking the window for it would only make the gateway queue too. An
+/// indexer saturated by heavy reads delays its answers by tens to hundreds of milliseconds.
+pub const DEFAULT_SLACK: Duration = Duration::from_millis(10);
 /// What a congested round multiplies the window by.
 pub const DEFAULT_SHRINK: f64 = 0.7;
 /// Rounds after which the base latency is taken again from the fastest answers of the last period, so a

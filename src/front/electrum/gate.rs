@@ -120,7 +120,12 @@ impl<T> Gate<T> {
     /// Ready when slots were granted to this session's waiting requests; take them with
     /// [`Gate::next_granted`].
     pub fn poll_granted(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(lane) = &self.lane else { return Poll::Pending };
+        // Grants only ever go to waiting requests: a session with none skips the mailbox's atomics, and
+        // registers its waker on the first poll after it queues one (a grant made before that is found
+        // by the count).
+        let Some(lane) = self.lane.as_ref().filter(|_| !self.waiting.is_empty()) else {
+            return Poll::Pending;
+        };
         match lane.poll_granted(cx) {
             Poll::Ready(g) => {
                 self.granted[0] += g[0];
