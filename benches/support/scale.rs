@@ -239,20 +239,9 @@ fn raise_nofile_to(want: u64) -> Result<u64, String> {
 // The gateway.
 
 fn write_config(dir: &Path, ports: &[u16], stubs: &[SocketAddr], nofile: u64) -> String {
+    let head = super::open_gates("warn", nofile);
     let mut cfg = format!(
-        r#"
-[runtime]
-worker_threads = 1
-max_open_files = {nofile}
-drain_deadline = "1s"
-[log]
-level = "warn"
-[admission]
-max_connections = 10000000
-max_connections_per_ip = 10000000
-max_connections_per_group = 10000000
-connect_rate_per_ip = "10000000/s"
-connect_burst_per_ip = 10000000
+        r#"{head}
 [limits]
 memory_budget = "8GiB"
 [cost]

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 /// `tests/run`'s cache: `$XDG_CACHE_HOME/gatehouse`, else `$HOME/.cache/gatehouse`, else
 /// `/var/tmp/.cache/gatehouse`, as the script computes it.
-fn cache() -> PathBuf {
+pub fn cache() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
