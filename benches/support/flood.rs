@@ -590,8 +590,19 @@ pub enum Target {
     GatehouseOff,
     /// The gateway with the scheduler's defaults.
     GatehouseDefault,
-    /// The gateway with `max_in_flight = "auto"`.
-    GatehouseAuto,
+    /// The gateway with a hand-set budget: [`HAND_SET`], or `GATEHOUSE_FLOOD_UPSTREAM`'s lines.
+    GatehouseHandSet,
+}
+
+/// The hand-set row's `[front.upstream]` lines: what an operator who knows the backend serves one request
+/// at a time would configure, to compare with what the learned window finds.
+const HAND_SET: &str = "max_in_flight = 2\nheavy_in_flight = 1";
+
+/// The hand-set row's lines: `GATEHOUSE_FLOOD_UPSTREAM` (`;` between lines) or [`HAND_SET`].
+fn hand_set() -> String {
+    std::env::var("GATEHOUSE_FLOOD_UPSTREAM")
+        .map(|v| v.replace(';', "\n"))
+        .unwrap_or_else(|_| HAND_SET.to_string())
 }
 
 impl Target {
@@ -600,8 +611,19 @@ impl Target {
         Target::Haproxy,
         Target::GatehouseOff,
         Target::GatehouseDefault,
-        Target::GatehouseAuto,
+        Target::GatehouseHandSet,
     ];
+
+    /// Its name in `GATEHOUSE_FLOOD_TARGETS`.
+    fn key(self) -> &'static str {
+        match self {
+            Target::Direct => "direct",
+            Target::Haproxy => "haproxy",
+            Target::GatehouseOff => "off",
+            Target::GatehouseDefault => "default",
+            Target::GatehouseHandSet => "hand",
+        }
+    }
 
     fn name(self, direct: &str) -> String {
         match self {
@@ -609,16 +631,19 @@ impl Target {
             Target::Haproxy => "HAProxy (TCP mode, 1 thread)".to_string(),
             Target::GatehouseOff => "Gatehouse without the scheduler (`max_in_flight = \"off\"`)".to_string(),
             Target::GatehouseDefault => "Gatehouse with the scheduler (defaults)".to_string(),
-            Target::GatehouseAuto => "Gatehouse with the scheduler (`max_in_flight = \"auto\"`)".to_string(),
+            Target::GatehouseHandSet => format!(
+                "Gatehouse with a hand-set budget (`{}`)",
+                hand_set().replace('\n', "`, `")
+            ),
         }
     }
 
     /// The `[front.upstream]` line this target's gateway gets.
-    fn upstream_key(self, scheduler: bool) -> &'static str {
+    fn upstream_key(self, scheduler: bool) -> String {
         match self {
-            Target::GatehouseOff if scheduler => "max_in_flight = \"off\"",
-            Target::GatehouseAuto => "max_in_flight = \"auto\"",
-            _ => "",
+            Target::GatehouseOff if scheduler => "max_in_flight = \"off\"".to_string(),
+            Target::GatehouseHandSet => hand_set(),
+            _ => String::new(),
         }
     }
 }
@@ -713,11 +738,19 @@ pub async fn rows<B: Backend>(
     if !scheduler {
         eprintln!("bench: this gatehouse build refuses `max_in_flight` (no upstream scheduler): its rows are skipped");
     }
+    // `GATEHOUSE_FLOOD_TARGETS=off,default` and `GATEHOUSE_FLOOD_SIZES=1,10` pick rows, for experiments.
+    let picked = |var: &str, key: &str| std::env::var(var).map_or(true, |v| v.split(',').any(|k| k.trim() == key));
     let mut lines = Vec::new();
-    for target in Target::ALL {
-        for size in sizes {
+    for target in Target::ALL
+        .into_iter()
+        .filter(|t| picked("GATEHOUSE_FLOOD_TARGETS", t.key()))
+    {
+        for size in sizes
+            .iter()
+            .filter(|s| picked("GATEHOUSE_FLOOD_SIZES", &(s.conns / FLOOD.conns).to_string()))
+        {
             let name = target.name(direct);
-            if matches!(target, Target::GatehouseDefault | Target::GatehouseAuto) && !scheduler {
+            if matches!(target, Target::GatehouseDefault | Target::GatehouseHandSet) && !scheduler {
                 lines.push(format!("| {name} | {} | not in this build | | | | | | |", size.label()));
                 continue;
             }
@@ -732,7 +765,7 @@ pub async fn rows<B: Backend>(
                     (Some(p), a)
                 }
                 _ => {
-                    let (g, a) = start_gateway(dir, backend, target.upstream_key(scheduler))
+                    let (g, a) = start_gateway(dir, backend, &target.upstream_key(scheduler))
                         .await
                         .unwrap_or_else(|e| panic!("{name}: {e}"));
                     (Some(g), a)

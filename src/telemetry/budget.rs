@@ -36,6 +36,7 @@ struct Series {
     queued: Family<BackendLabels, Gauge>,
     dispatched: Family<BackendLabels, Counter>,
     refused: Family<BackendLabels, Counter>,
+    pushed_out: Family<BackendLabels, Counter>,
     wait: Histograms,
 }
 
@@ -47,6 +48,7 @@ static SERIES: LazyLock<Series> = LazyLock::new(|| Series {
     queued: Family::default(),
     dispatched: Family::default(),
     refused: Family::default(),
+    pushed_out: Family::default(),
     wait: Family::new_with_constructor(wait_histogram as fn() -> Histogram),
 });
 
@@ -60,6 +62,7 @@ pub struct BudgetMetrics {
     queued: Gauge,
     dispatched: Counter,
     refused: Counter,
+    pushed_out: Counter,
     wait: Histogram,
 }
 
@@ -79,6 +82,7 @@ impl BudgetMetrics {
             queued: s.queued.get_or_create_owned(&l),
             dispatched: s.dispatched.get_or_create_owned(&l),
             refused: s.refused.get_or_create_owned(&l),
+            pushed_out: s.pushed_out.get_or_create_owned(&l),
             wait: s.wait.get_or_create_owned(&l),
         }
     }
@@ -93,6 +97,7 @@ impl BudgetMetrics {
             queued: Gauge::default(),
             dispatched: Counter::default(),
             refused: Counter::default(),
+            pushed_out: Counter::default(),
             wait: wait_histogram(),
         }
     }
@@ -119,6 +124,15 @@ impl BudgetMetrics {
     /// A request refused because the queue was at its cap.
     pub fn refused(&self) {
         self.refused.inc();
+    }
+
+    /// A queued request pushed out of the full queue by a cheaper group's newcomer.
+    pub fn pushed_out(&self) {
+        self.pushed_out.inc();
+    }
+
+    pub fn pushed_out_total(&self) -> u64 {
+        self.pushed_out.get()
     }
 
     pub fn dispatched_total(&self) -> u64 {
@@ -173,6 +187,11 @@ pub fn register(r: &mut Registry) {
         "upstream_queue_refused",
         "Requests answered -102 at once because a backend's queue was at its cap",
         s.refused.clone(),
+    );
+    r.register(
+        "upstream_queue_pushed_out",
+        "Queued requests answered -102 to make room in a backend's full queue for a cheaper group's request (the costliest group's newest first)",
+        s.pushed_out.clone(),
     );
     r.register_with_unit(
         "upstream_queue_wait",

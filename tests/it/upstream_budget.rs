@@ -2,8 +2,9 @@
 //! (one request served at a time, a fixed service time per method, the order recorded): an honest
 //! wallet's request overtakes an abusive group's queued ones, a light request passes while the heavy
 //! budget is full, a request waiting past request_timeout gets -102 and never reaches the backend, the
-//! queue cap answers -102 at once, "off" forwards as before, and the learned window follows the
-//! backend's latency on /metrics.
+//! queue cap answers -102 at once, a full queue answers the costly group's newest request busy to let a
+//! cheaper wallet in, "off" forwards as before, and the learned window follows the backend's latency on
+//! /metrics.
 //!
 //! Abusers and the honest wallet are in different /24s (127.0.1.x, 127.0.2.x) with `group_private = true`,
 //! so the ledger charges them as two groups.
@@ -105,7 +106,7 @@ async fn honest_request_goes_before_an_abusive_groups_queue() {
     assert!(stub.pending() <= 1, "the backend holds {} requests", stub.pending());
     let (between, after) = honest_history(&stub, &mut honest).await;
     // Its group is cheap: it goes ahead of the abusers' queue, after at most the read in service and the
-    // one whose start tag ties with its own. Measured in the backend's own order, not in wall-clock time.
+    // one dispatched as it arrived. Measured in the backend's own order, not in wall-clock time.
     assert!(
         between <= 2,
         "{between} abusive reads were served before the honest one"
@@ -290,6 +291,61 @@ async fn queue_cap_answers_102_at_once_and_counts() {
         ),
         Some(2.0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_the_costly_group_busy_and_lets_the_wallet_in() {
+    fn slow_history(method: &str) -> Duration {
+        match method {
+            HISTORY => Duration::from_millis(300),
+            _ => Duration::ZERO,
+        }
+    }
+    let stub = backends::modelled_backend(slow_history).await;
+    let toml = config(
+        "bq_push",
+        stub.addr,
+        "max_in_flight = 1
+max_queued = 2
+",
+        "",
+        "",
+    );
+    let running = gateway::start(&toml).await;
+    let to = running.addr("bq_push");
+    // The abuser's group has a slot and fills the queue: three history reads, costly ones.
+    let mut abuser = Client::open("127.0.1.2", to).await;
+    let mut ids = Vec::new();
+    for j in 0..3 {
+        ids.push(abuser.send(HISTORY, &format!("[\"a{j}\"]"), HISTORY_COST).await);
+    }
+    let b = budget(&running, "bq_push", stub.addr);
+    assert!(
+        net::within(Duration::from_secs(10), async || b.load() == (1, 1, 2))
+            .await
+            .is_some(),
+        "{:?}",
+        b.load()
+    );
+    // A wallet of another /24, which has cost nothing yet, is not refused: the abuser's newest read is
+    // answered busy instead of the wallet's server.version, which is served next.
+    let mut honest = Client::open("127.0.2.2", to).await;
+    let wallet = honest.send(BALANCE, "[\"w\"]", 1.0).await;
+    let busy = abuser.recv().await.unwrap();
+    assert_eq!(busy.id(), ids[2], "{}", busy.v);
+    assert_eq!(busy.error_code(), Some(-102));
+    let r = honest.recv().await.unwrap();
+    assert_eq!(r.id(), wallet);
+    assert!(r.v.get("error").is_none(), "{}", r.v);
+    for want in &ids[..2] {
+        let r = abuser.recv().await.unwrap();
+        assert_eq!(r.id(), *want);
+        assert!(r.v.get("error").is_none(), "{}", r.v);
+    }
+    let text = gatehouse::telemetry::metrics::render(None);
+    let series = |name: &str| clients::sample(&text, &format!("{name}{{front=\"bq_push\",upstream=\"0\"}}"));
+    assert_eq!(series("gatehouse_upstream_queue_pushed_out_total"), Some(1.0), "{text}");
+    assert_eq!(series("gatehouse_upstream_queue_refused_total"), Some(0.0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,8 @@ pub struct Gate<T> {
     waiting: VecDeque<Waiting<T>>,
     /// Grants collected and not yet paired with a waiting request, per class (light, heavy).
     granted: [u32; 2],
+    /// Push-outs collected and not yet paired with a waiting request, per class.
+    pushed_out: [u32; 2],
 }
 
 impl<T> Gate<T> {
@@ -52,6 +54,7 @@ impl<T> Gate<T> {
             lane: None,
             waiting: VecDeque::new(),
             granted: [0; 2],
+            pushed_out: [0; 2],
         }
     }
 
@@ -127,9 +130,11 @@ impl<T> Gate<T> {
             return Poll::Pending;
         };
         match lane.poll_granted(cx) {
-            Poll::Ready(g) => {
-                self.granted[0] += g[0];
-                self.granted[1] += g[1];
+            Poll::Ready(news) => {
+                for c in 0..2 {
+                    self.granted[c] += news.granted[c];
+                    self.pushed_out[c] += news.pushed_out[c];
+                }
                 Poll::Ready(())
             }
             Poll::Pending => Poll::Pending,
@@ -148,6 +153,21 @@ impl<T> Gate<T> {
                 }
                 // Nothing left to pair it with: give the slot back.
                 self.release(heavy, None, now);
+            }
+        }
+        None
+    }
+
+    /// The newest waiting request of a class the backend's full queue pushed out: answer it busy. Its
+    /// place in the queue is already gone.
+    pub fn next_pushed_out(&mut self) -> Option<Waiting<T>> {
+        for c in 0..2 {
+            while self.pushed_out[c] > 0 {
+                self.pushed_out[c] -= 1;
+                let heavy = c == 1;
+                if let Some(pos) = self.waiting.iter().rposition(|w| w.heavy == heavy) {
+                    return self.waiting.remove(pos);
+                }
             }
         }
         None

@@ -163,7 +163,7 @@ enum Event {
     Timer,
     Flushed,
     Shutdown,
-    /// The backend's budget granted slots to requests waiting in the gate.
+    /// The backend's budget granted slots to requests waiting in the gate, or pushed some out.
     Granted,
     /// The process-wide memory budget chose this session to be cut.
     MemoryCut,
@@ -415,6 +415,9 @@ where
                 while let Some(w) = s.gate.next_granted(s.now) {
                     let q = w.item;
                     s.forward(&q.bytes, q.slot, q.track, q.arrived);
+                }
+                while let Some(w) = s.gate.next_pushed_out() {
+                    s.busy(&w.item.track);
                 }
             }
             Event::Shutdown => break CloseReason::Shutdown,
