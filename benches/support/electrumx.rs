@@ -198,8 +198,10 @@ struct ElectrumX {
 
 impl ElectrumX {
     /// ElectrumX for BitcoinSV regtest over `node`, its index in `db`, plain TCP on a free loopback port, its
-    /// COST_* limits at their defaults; returns once it serves the node's tip.
-    async fn start(pylib: &Path, node: &Bitcoind, db: &Path, log: PathBuf) -> ElectrumX {
+    /// COST_* limits at their defaults unless `own_limits_off` (COST_SOFT_LIMIT=0, COST_HARD_LIMIT=0: behind
+    /// the gateway, whose scheduler would otherwise have its slots held by requests ElectrumX sleeps on);
+    /// returns once it serves the node's tip.
+    async fn start(pylib: &Path, node: &Bitcoind, db: &Path, log: PathBuf, own_limits_off: bool) -> ElectrumX {
         let addr = net::free_addr();
         let rpc = net::free_addr();
         let child = Command::new("python3")
@@ -219,6 +221,12 @@ impl ElectrumX {
             .env("ALLOW_ROOT", "1")
             .env("CACHE_MB", "256")
             .env("LOG_LEVEL", "warning")
+            .envs(
+                own_limits_off
+                    .then_some([("COST_SOFT_LIMIT", "0"), ("COST_HARD_LIMIT", "0")])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("ElectrumX log file"))
@@ -332,7 +340,7 @@ async fn prepared(pylib: &Path) -> PathBuf {
         "bench: mined {tip} blocks in {:.0} s; ElectrumX indexes them",
         started.elapsed().as_secs_f64()
     );
-    let ex = ElectrumX::start(pylib, &n, &tmp.join("db"), tmp.join("electrumx.log")).await;
+    let ex = ElectrumX::start(pylib, &n, &tmp.join("db"), tmp.join("electrumx.log"), false).await;
     ex.stop();
     stop_node(n, &tmp.join("node")).await;
     let took = started.elapsed().as_secs_f64();
@@ -356,7 +364,7 @@ struct Indexer<'a> {
 }
 
 impl Backend for Indexer<'_> {
-    async fn fresh(&mut self) -> SocketAddr {
+    async fn fresh(&mut self, behind_gateway: bool) -> SocketAddr {
         // Killed, not stopped: a clean stop would wait for that backlog too. The index is a fresh copy.
         drop(self.running.take());
         let db = self.work.join("db");
@@ -367,7 +375,7 @@ impl Backend for Indexer<'_> {
         );
         self.starts += 1;
         let log = self.work.join(format!("electrumx-{}.log", self.starts));
-        let ex = ElectrumX::start(&self.pylib, self.node, &db, log).await;
+        let ex = ElectrumX::start(&self.pylib, self.node, &db, log, behind_gateway).await;
         let addr = ex.addr;
         self.running = Some(ex);
         addr
@@ -397,7 +405,7 @@ pub async fn run(dir: &Path, quick: bool) {
         running: None,
         starts: 0,
     };
-    indexer.fresh().await;
+    indexer.fresh(false).await;
     eprintln!(
         "bench: ElectrumX serves {tip} blocks, {:.1} s after the start",
         started.elapsed().as_secs_f64()
@@ -413,10 +421,13 @@ pub async fn run(dir: &Path, quick: bool) {
     let phases = Phases::new(quick);
     println!("\n## Honest wallets under a flood: ElectrumX\n");
     println!(
-        "ElectrumX 1.20.2 (COIN=BitcoinSV NET=regtest, MAX_SESSIONS={MAX_SESSIONS}, COST_* at their defaults: soft 1000, hard 10000,"
+        "ElectrumX 1.20.2 (COIN=BitcoinSV NET=regtest, MAX_SESSIONS={MAX_SESSIONS}, INITIAL_CONCURRENT 10, REQUEST_SLEEP 2500 ms; alone and behind"
     );
     println!(
-        "INITIAL_CONCURRENT 10, REQUEST_SLEEP 2500 ms; restarted for every row) over Bitcoin SV's bitcoind 1.0.13 on a {tip}-block"
+        "HAProxy with COST_* at their defaults, soft 1000, hard 10000; behind the gateway with COST_SOFT_LIMIT=0 and COST_HARD_LIMIT=0,"
+    );
+    println!(
+        "as the gateway's backend advice says; restarted for every row) over Bitcoin SV's bitcoind 1.0.13 on a {tip}-block"
     );
     println!(
         "regtest chain, sharing a core with the load generator. Honest wallets: 5, get_balance + get_history + listunspent of"

@@ -720,7 +720,9 @@ async fn start_gateway(dir: &Path, backend: SocketAddr, upstream_key: &str) -> R
 pub trait Backend {
     /// Its address, ready for a new row. A backend that keeps working through a gone client's backlog
     /// (ElectrumX's reader threads do) is restarted here, so that every row starts from an idle backend.
-    async fn fresh(&mut self) -> SocketAddr;
+    /// `behind_gateway`: the row puts the gateway in front, and the backend runs as the gateway's
+    /// backend advice says (its own per-client limits off: the gateway applies them per real client).
+    async fn fresh(&mut self, behind_gateway: bool) -> SocketAddr;
 }
 
 /// Every target at every size in front of `backend`, one markdown table. A target that cannot start fails
@@ -754,7 +756,7 @@ pub async fn rows<B: Backend>(
                 lines.push(format!("| {name} | {} | not in this build | | | | | | |", size.label()));
                 continue;
             }
-            let backend = backend.fresh().await;
+            let backend = backend.fresh(!matches!(target, Target::Direct | Target::Haproxy)).await;
             settle(backend, &req.honest[0], Duration::from_secs(60)).await;
             let (_proc, addr) = match target {
                 Target::Direct => (None, backend),

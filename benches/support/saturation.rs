@@ -263,7 +263,7 @@ async fn accept(l: TcpListener, jobs: std::sync::mpsc::Sender<Job>, replies: Arc
 struct Modelled(SocketAddr);
 
 impl Backend for Modelled {
-    async fn fresh(&mut self) -> SocketAddr {
+    async fn fresh(&mut self, _behind_gateway: bool) -> SocketAddr {
         self.0
     }
 }

@@ -12,23 +12,24 @@
 
 use std::time::Duration;
 
-/// The smallest learned window: a backend that answers slowly even with few requests in flight still gets
-/// a few, so one slow answer cannot stall every wallet behind it.
-pub const DEFAULT_MIN_WINDOW: u32 = 4;
+/// The smallest learned window: one light and one heavy request, so a slow heavy answer never stalls a
+/// balance lookup, while an indexer that serves one request at a time holds at most one flood request
+/// ahead of an honest wallet's.
+pub const DEFAULT_MIN_WINDOW: u32 = 2;
 /// The largest learned window: no indexer serves more requests at once than this usefully.
 pub const DEFAULT_MAX_WINDOW: u32 = 1024;
-/// Where learning starts: ten wallets' worth of ElectrumX's initial concurrency, doubled each calm round
-/// while it is the limit.
-pub const DEFAULT_INITIAL_WINDOW: u32 = 64;
+/// Where learning starts, doubled each calm round while it is the limit: small, because a flood arriving
+/// before the first congested round finds this many requests' room inside the backend.
+pub const DEFAULT_INITIAL_WINDOW: u32 = 16;
 /// A round is calm when its fastest answer took at most this many times its class's base latency…
 pub const DEFAULT_TOLERANCE: f64 = 2.0;
-/// …or at most this much longer than the base. The latency is measured inside the gateway, so it also
-/// holds the gateway's own scheduling delay, which grows to milliseconds when the gateway itself is busy
-/// (and sub-millisecond answers on loopback jitter by more than their own size): that is not a queue
-/// inside the backend, and shrinking the window for it would only make the gateway queue too. An
-/// indexer saturated by heavy reads delays its answers by tens to hundreds of milliseconds.
-pub const DEFAULT_SLACK: Duration = Duration::from_millis(10);
-/// What a congested round multiplies the window by.
+/// …or at most this much longer than the base. Sub-millisecond answers on loopback jitter by more than
+/// their own size, and the latency, measured inside the gateway, also holds the gateway's own scheduling
+/// delay: neither is a queue inside the backend. Every millisecond allowed here is one an honest request
+/// may wait inside the backend behind the flood, so it is kept just above that noise.
+pub const DEFAULT_SLACK: Duration = Duration::from_millis(3);
+/// What a congested round multiplies the window by (at most half when its fastest answer took over twice
+/// the allowance: the backend holds a long queue).
 pub const DEFAULT_SHRINK: f64 = 0.7;
 /// Rounds after which the base latency is taken again from the fastest answers of the last period, so a
 /// backend that became slower for good (a larger chain, a busier host) is not judged forever against the
@@ -141,7 +142,13 @@ impl AutoWindow {
             }
         } else {
             self.slow_start = false;
-            self.window = ((f64::from(self.window) * self.p.shrink) as u32).max(self.p.min);
+            // Far over the allowance, the backend holds a long queue: halve at once.
+            let shrink = if self.best > 2.0 {
+                self.p.shrink.min(0.5)
+            } else {
+                self.p.shrink
+            };
+            self.window = ((f64::from(self.window) * shrink) as u32).max(self.p.min);
         }
         self.rounds += 1;
         if self.p.base_rounds > 0 && self.rounds % self.p.base_rounds == 0 {
@@ -205,11 +212,14 @@ mod tests {
         let mut w = AutoWindow::new(small());
         rounds(&mut w, 1, ms(10), false);
         assert_eq!(w.window(), 16);
-        // Five times the base: the backend queues. Multiplicative decrease, down to the floor.
-        rounds(&mut w, 1, ms(50), false);
+        // Three times the base (1.5 times the allowance): the backend queues. Multiplicative decrease…
+        rounds(&mut w, 1, ms(30), false);
         assert_eq!(w.window(), 11);
-        rounds(&mut w, 1, ms(50), false);
+        rounds(&mut w, 1, ms(30), false);
         assert_eq!(w.window(), 7);
+        // …by half when over twice the allowance, down to the floor.
+        rounds(&mut w, 1, ms(50), false);
+        assert_eq!(w.window(), 3);
         rounds(&mut w, 10, ms(50), false);
         assert_eq!(w.window(), 2);
         // Back to the base: linear growth now (slow start ended with the first congested round).

@@ -372,7 +372,10 @@ async fn learned_window_follows_the_backends_latency_on_metrics() {
         let text = clients::admin_get(admin, TOKEN, "/metrics").await;
         clients::sample(&text, "gatehouse_upstream_window{front=\"bq_learned\",upstream=\"0\"}").unwrap_or(-1.0)
     };
-    assert_eq!(window().await, 64.0);
+    assert_eq!(
+        window().await,
+        f64::from(gatehouse::upstream::window::DEFAULT_INITIAL_WINDOW)
+    );
     let to = running.addr("bq_learned");
     // Eight wallets keep ten balance lookups each in flight: 80 at once for a backend serving one at a time.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
