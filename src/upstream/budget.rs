@@ -888,11 +888,7 @@ mod tests {
     }
 
     fn grants(l: &Lane) -> [u32; 2] {
-        let mut cx = Context::from_waker(Waker::noop());
-        match l.poll_granted(&mut cx) {
-            Poll::Ready(n) => n.granted,
-            Poll::Pending => [0, 0],
-        }
+        news(l).granted
     }
 
     /// Queues `queued` ((lane index, cost), in arrival order) behind `hold`'s one slot of a budget of 1,

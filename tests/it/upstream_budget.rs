@@ -56,6 +56,14 @@ fn history_20ms(method: &str) -> Duration {
     }
 }
 
+/// History reads take 300 ms, everything else no time: a queue forms behind the first read.
+fn slow_history(method: &str) -> Duration {
+    match method {
+        HISTORY => Duration::from_millis(300),
+        _ => Duration::ZERO,
+    }
+}
+
 /// Four abusive sessions of one /24, each with ten history reads pipelined; returns them (keep them open).
 async fn flood(to: SocketAddr) -> Vec<Client> {
     let mut abusers = Vec::new();
@@ -249,12 +257,6 @@ async fn waiting_past_request_timeout_gets_102_and_never_reaches_the_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_cap_answers_102_at_once_and_counts() {
-    fn slow_history(method: &str) -> Duration {
-        match method {
-            HISTORY => Duration::from_millis(300),
-            _ => Duration::ZERO,
-        }
-    }
     let stub = backends::modelled_backend(slow_history).await;
     let toml = config("bq_capped", stub.addr, "max_in_flight = 1\nmax_queued = 2\n", "", "");
     let running = gateway::start(&toml).await;
@@ -295,12 +297,6 @@ async fn queue_cap_answers_102_at_once_and_counts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_the_costly_group_busy_and_lets_the_wallet_in() {
-    fn slow_history(method: &str) -> Duration {
-        match method {
-            HISTORY => Duration::from_millis(300),
-            _ => Duration::ZERO,
-        }
-    }
     let stub = backends::modelled_backend(slow_history).await;
     let toml = config(
         "bq_push",
@@ -414,12 +410,6 @@ async fn learned_window_follows_the_backends_latency_on_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_the_budget_and_waiting_requests_keep_their_place() {
-    fn slow_history(method: &str) -> Duration {
-        match method {
-            HISTORY => Duration::from_millis(300),
-            _ => Duration::ZERO,
-        }
-    }
     let stub = backends::modelled_backend(slow_history).await;
     let dir = tempfile::tempdir().unwrap();
     let narrow = config(
