@@ -57,6 +57,9 @@ pub const DEFAULT_LIGHT_RESERVE: f64 = 0.25;
 pub const DEFAULT_COST_UNIT: f64 = 100.0;
 /// Cancelled tokens beyond the live ones at which the queues are rebuilt without them.
 const COMPACT_SLACK: usize = 1024;
+/// The largest step a group's turn moves the virtual time by (a billion free groups' worth): tags stay
+/// far below 2^53, where adding a free group's step of 1 is still exact, whatever a cost reads.
+const MAX_STEP: f64 = 1e9;
 
 /// `max_in_flight`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -316,12 +319,7 @@ impl Inner {
     }
 
     fn step(&self, cost: f64) -> f64 {
-        let step = 1.0 + cost.max(0.0) / self.cost_unit;
-        if step.is_finite() {
-            step
-        } else {
-            f64::MAX / 4.0
-        }
+        (1.0 + cost.max(0.0) / self.cost_unit).min(MAX_STEP)
     }
 
     /// Gives `group` its turn in class `c`, tagged with the group's cost of the moment.
@@ -428,6 +426,17 @@ impl Inner {
             l.mailbox.granted[c].fetch_add(1, Ordering::AcqRel);
             l.mailbox.waker.wake();
             m.dispatched(now.saturating_duration_since(t.since));
+        }
+        // A class with no turn left starts its virtual time over, so tags stay small numbers; the groups
+        // still queued in the other class keep no tag of this one.
+        for c in [LIGHT, HEAVY] {
+            if self.turns[c].is_empty() && self.vtime[c] != 0.0 {
+                self.vtime[c] = 0.0;
+                for f in self.flows.values_mut() {
+                    f.start[c] = 0.0;
+                    f.finish[c] = 0.0;
+                }
+            }
         }
     }
 
@@ -974,6 +983,38 @@ mod tests {
         let count = |g| order.iter().filter(|&&w| w == g).count();
         // In the first 160 dispatches: 100, 50 and 10.
         assert_eq!((count(0), count(1), count(2)), (100, 50, 10), "{order:?}");
+    }
+
+    #[test]
+    fn a_group_of_any_cost_leaves_the_queue_fair_for_the_next_ones() {
+        let b = budget(fixed(1, 1));
+        let hold = b.lane(99);
+        assert!(hold.try_now(false));
+        let now = Instant::now();
+        // A group whose cost reads as large as a float goes (nobody else waits) …
+        let huge = b.lane(7);
+        assert_eq!(huge.enqueue(false, f64::MAX, now), Admit::Queued);
+        assert_eq!(huge.enqueue(false, f64::INFINITY, now), Admit::Queued);
+        hold.release(false, None, now);
+        assert_eq!(grants(&huge), [1, 0]);
+        huge.release(false, None, now);
+        assert_eq!(grants(&huge), [1, 0]);
+        // … and groups queued behind its last request still share by cost (2 : 1 at 0 and 100), not by
+        // arrival: the tags have not run out of precision.
+        let lanes: Vec<Lane> = (0..2).map(|g| b.lane(g)).collect();
+        for _ in 0..30 {
+            assert_eq!(lanes[0].enqueue(false, 0.0, now), Admit::Queued);
+            assert_eq!(lanes[1].enqueue(false, 100.0, now), Admit::Queued);
+        }
+        huge.release(false, None, now);
+        let mut order = Vec::new();
+        for _ in 0..30 {
+            let who = lanes.iter().position(|l| grants(l) == [1, 0]).expect("one grant");
+            order.push(who);
+            lanes[who].release(false, None, now);
+        }
+        let first = order.iter().filter(|&&w| w == 0).count();
+        assert!((19..=21).contains(&first), "{order:?}");
     }
 
     #[test]
