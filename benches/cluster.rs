@@ -1,4 +1,4 @@
-//! Cluster and ban-table benchmark: `cargo bench --bench cluster` (add `-- --quick` for a short run).
+//! Cluster, ban-table and cost-ledger benchmark: `cargo bench --bench cluster` (add `-- --quick` for a short run).
 //!
 //! Two real cluster nodes on loopback (their own journaled ban tables in a temporary directory, real
 //! links), then the ban table alone. Prints one markdown table. Timings are of this machine under whatever
@@ -267,6 +267,45 @@ fn table(dir: &Path, n: u32, rows: &mut Vec<Row>) {
     }
 }
 
+/// (5): the cost ledger's charge path, in a group of one session and in a group of `members` sessions that
+/// all charge in turn (an abusive /24's shape), as a ratio to the lone session's.
+fn ledger(members: usize, rounds: usize, rows: &mut Vec<Row>) {
+    use gatehouse::state::cost::{CostParams, Ledger, SystemClock};
+    let params = CostParams {
+        group_private: true,
+        // Out of reach: the bench measures the accounting, not the throttle.
+        soft_limit: 1e15,
+        hard_limit: 1e16,
+        ..CostParams::default()
+    };
+    let per_charge = |n: usize| {
+        let l = Ledger::new(params.clone(), Arc::new(SystemClock::new()));
+        let accounts: Vec<_> = (0..n)
+            .map(|i| l.open(IpAddr::from([10, 9, 8, (i % 250) as u8 + 1])))
+            .collect();
+        let charges = rounds * members;
+        let started = Instant::now();
+        let mut over = 0u32;
+        for i in 0..charges {
+            over += u32::from(accounts[i % n].charge(black_box(1.0)).over_hard);
+        }
+        assert_eq!(over, 0);
+        started.elapsed().as_nanos() as f64 / charges as f64
+    };
+    let lone = per_charge(1);
+    let crowd = per_charge(members);
+    rows.push(Row {
+        what: "Cost ledger: one charge, the session alone in its group".to_string(),
+        result: format!("{lone:.0} ns"),
+        target: "",
+    });
+    rows.push(Row {
+        what: format!("Cost ledger: one charge, {members} busy sessions in the group"),
+        result: format!("{crowd:.0} ns ({:.2}× alone)", crowd / lone),
+        target: "≤ 2× alone",
+    });
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (prop_n, ae_n, table_n) = if quick {
@@ -287,6 +326,7 @@ fn main() {
         anti_entropy(dir.path(), ae_n, &mut rows).await;
     });
     table(dir.path(), table_n, &mut rows);
+    ledger(1_000, if quick { 200 } else { 1_000 }, &mut rows);
     println!();
     println!("| Measure | Result | Target |");
     println!("|---|---|---|");

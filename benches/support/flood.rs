@@ -106,6 +106,8 @@ pub struct Requests {
 pub struct Outcome {
     quiet: Vec<Duration>,
     attack: Vec<Duration>,
+    /// Every attack-phase honest request: wallet, method, sent after the attack began, took.
+    attack_log: Vec<(usize, usize, Duration, Duration)>,
     honest_errors: u64,
     honest_unanswered: u64,
     honest_answers_attack: u64,
@@ -136,6 +138,21 @@ fn ms(d: Option<Duration>) -> String {
 }
 
 impl Outcome {
+    /// `GATEHOUSE_FLOOD_TRACE`: the slowest honest requests of the attack, with when they were sent, to
+    /// tell a start-of-attack transient from a steady tail.
+    fn trace_slowest(&mut self, n: usize) {
+        const METHODS: [&str; 3] = ["get_balance", "get_history", "listunspent"];
+        self.attack_log.sort_by_key(|e| std::cmp::Reverse(e.3));
+        for (w, m, at, took) in self.attack_log.iter().take(n) {
+            eprintln!(
+                "bench: slow honest: wallet {w} {} sent {:.3} s into the attack, took {:.1} ms",
+                METHODS[*m],
+                at.as_secs_f64(),
+                took.as_secs_f64() * 1e3
+            );
+        }
+    }
+
     /// One markdown row: target, flood, honest p50 and p99 quiet → attack, the p99 ratio, the abusers'
     /// answers/s and share of all answers, honest errors and unanswered requests, the abusers' connects and
     /// error replies.
@@ -200,17 +217,19 @@ fn is_error(head: &[u8]) -> bool {
 struct HonestStats {
     quiet: Vec<Duration>,
     attack: Vec<Duration>,
+    attack_log: Vec<(usize, usize, Duration, Duration)>,
     errors: u64,
     unanswered: u64,
     answers_attack: u64,
 }
 
 impl HonestStats {
-    fn record(&mut self, sent: Instant, took: Duration, attack_at: Instant) {
+    fn record(&mut self, sent: Instant, took: Duration, attack_at: Instant, method: usize) {
         if sent < attack_at {
             self.quiet.push(took);
         } else {
             self.attack.push(took);
+            self.attack_log.push((0, method, sent - attack_at, took));
         }
     }
 }
@@ -283,8 +302,8 @@ async fn honest(
                 // read_until keeps what it read in `line` when the other branch wins: the line continues.
                 got = timeout_at(drain_end.into(), r.read_until(b'\n', &mut line)) => match got {
                     Err(_) => {
-                        for (_, t0) in pending.drain() {
-                            st.record(t0, drain_end - t0, attack_at);
+                        for (i, t0) in pending.drain() {
+                            st.record(t0, drain_end - t0, attack_at, (i as usize - 1) % methods.len());
                             st.unanswered += 1;
                         }
                         break 'conn;
@@ -299,10 +318,10 @@ async fn honest(
                         let now = Instant::now();
                         let reply: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
                         line.clear();
-                        let Some(t0) = reply["id"].as_u64().and_then(|i| pending.remove(&i)) else {
+                        let Some((i, t0)) = reply["id"].as_u64().and_then(|i| Some((i, pending.remove(&i)?))) else {
                             continue;
                         };
-                        st.record(t0, now - t0, attack_at);
+                        st.record(t0, now - t0, attack_at, (i as usize - 1) % methods.len());
                         if reply.get("error").is_some_and(|e| !e.is_null()) || reply.get("result").is_none() {
                             st.errors += 1;
                         } else if now >= attack_at && now < end {
@@ -490,9 +509,16 @@ pub async fn run(to: SocketAddr, size: &Size, req: &Requests, phases: &Phases) -
         ));
     }
     let mut o = Outcome::default();
-    for st in wallets.await.expect("the honest wallets' thread") {
+    for (w, st) in wallets
+        .await
+        .expect("the honest wallets' thread")
+        .into_iter()
+        .enumerate()
+    {
         o.quiet.extend(st.quiet);
         o.attack.extend(st.attack);
+        o.attack_log
+            .extend(st.attack_log.into_iter().map(|(_, m, at, took)| (w, m, at, took)));
         o.honest_errors += st.errors;
         o.honest_unanswered += st.unanswered;
         o.honest_answers_attack += st.answers_attack;
@@ -775,6 +801,9 @@ pub async fn rows<B: Backend>(
             };
             eprintln!("bench: flood row: {name}, {}", size.label());
             let mut o = run(addr, size, req, phases).await;
+            if std::env::var_os("GATEHOUSE_FLOOD_TRACE").is_some() {
+                o.trace_slowest(20);
+            }
             let line = o.row(&name, size);
             eprintln!("{line}");
             lines.push(line);

@@ -11,10 +11,12 @@
 //! and carry the peer's own decayed value, so decaying them again would count decay twice. Only local cost
 //! is ever reported, so figures do not echo between gateways.
 //!
-//! Lock order is shard → group → session. A charge takes its own session's lock alone, releases it, then takes
-//! its group's lock and each member's lock in turn, so the charge path costs O(members of the group) and never
-//! touches a lock shared by unrelated clients.
+//! Lock order is shard → group → session. A grouped session's charge takes its group's lock, then its own
+//! session's; the group keeps its live sessions' costs summed as they change (see [`FallingSum`]), so a charge
+//! costs O(log members) rather than a walk over every member, and never touches a lock shared by unrelated
+//! clients.
 
+use super::falling_sum::{FallingSum, Slot};
 use super::tier::{Tier, TierMatch, Tiers};
 use crate::wire::acl::CidrSet;
 use crate::wire::addr;
@@ -415,11 +417,18 @@ impl Meter {
         self.cost = self.value(now, p);
         self.at = self.at.max(now);
     }
+
+    /// Units per second this meter sheds.
+    fn slope(&self, p: &CostParams) -> f64 {
+        p.decay_rate(self.subs) * self.decay
+    }
 }
 
 #[derive(Debug)]
 struct Session {
     meter: Mutex<Meter>,
+    /// This session's place in its group's sum of live costs; `None` when ungrouped.
+    slot: Option<Slot>,
     /// Set when the session's group (or the session alone, if ungrouped) has reached the hard limit, so a
     /// session that sends nothing can be cut without waiting for its next line.
     alerted: AtomicBool,
@@ -482,15 +491,59 @@ struct Remote {
 #[derive(Debug, Default)]
 struct GroupState {
     members: Vec<Arc<Session>>,
+    /// The members' meters, summed: each member's line is replaced whenever its meter changes.
+    live: FallingSum,
+    /// The hard limit the lines in `live` were drawn with (decay rates scale with it).
+    live_hard: f64,
+    /// Whether any member was ever charged a node fee; until then the members' fees are all zero and
+    /// need no walk.
+    fees: bool,
     retained: Pool,
     /// One entry per peer reporting this group; a handful at most, so a Vec beats a map.
     remote: Vec<Remote>,
 }
 
 impl GroupState {
+    /// A new member, counted from now on.
+    fn join(&mut self, session: &Arc<Session>) {
+        self.members.push(session.clone());
+    }
+
+    /// Redraws every member's line when the hard limit (and so every decay rate) changed since they were
+    /// drawn; the old rates then apply to nobody, as a meter read with new parameters would do anyway.
+    fn refresh(&mut self, p: &CostParams) {
+        if self.live_hard.to_bits() == p.hard_limit.to_bits() {
+            return;
+        }
+        self.live_hard = p.hard_limit;
+        for s in &self.members {
+            if let Some(slot) = s.slot {
+                let m = lock(&s.meter);
+                self.live.set(slot, m.cost, m.at.as_secs_f64(), m.slope(p));
+            }
+        }
+    }
+
+    /// Puts a member's meter, as it now stands, into the sum.
+    fn redraw(&mut self, slot: Slot, m: &Meter, p: &CostParams) {
+        self.live.set(slot, m.cost, m.at.as_secs_f64(), m.slope(p));
+    }
+
     /// This gateway's share: live sessions plus retained cost, fees included, in Electrum units.
-    fn local(&self, now: Duration, p: &CostParams) -> f64 {
-        let live: f64 = self.members.iter().map(|s| lock(&s.meter).load(now, p)).sum();
+    fn local(&mut self, now: Duration, p: &CostParams) -> f64 {
+        self.refresh(p);
+        let mut live = self.live.total(now.as_secs_f64());
+        if self.fees {
+            let k = p.fee.electrum_per_unit(p.hard_limit);
+            if k > 0.0 {
+                let fees: f64 = self
+                    .members
+                    .iter()
+                    .map(|s| lock(&s.meter).fee.balance(now, &p.fee))
+                    .sum();
+                live += fees * k;
+            }
+        }
         live + self.retained.load(now, p)
     }
 
@@ -508,7 +561,7 @@ impl GroupState {
         self.remote.iter().filter(|r| r.expires > now).map(|r| r.value).sum()
     }
 
-    fn total(&self, now: Duration, p: &CostParams) -> f64 {
+    fn total(&mut self, now: Duration, p: &CostParams) -> f64 {
         let local = self.local(now, p);
         if self.remote.is_empty() {
             local
@@ -610,7 +663,7 @@ impl Ledger {
         for shard in self.shards.iter() {
             let groups: Vec<Arc<Group>> = lock(shard).values().cloned().collect();
             for g in groups {
-                let st = lock(&g.state);
+                let mut st = lock(&g.state);
                 if !st.members.is_empty() && st.total(now, &p) >= p.hard_limit {
                     for m in &st.members {
                         m.alert();
@@ -648,9 +701,8 @@ impl Ledger {
         let ip = addr::canonical(ip);
         let scale = tier.tier.cost.factor();
         let decay = if scale.is_finite() { scale } else { 1.0 };
-        let session = self.session(decay);
         let key = (tier.tier.name.clone(), tier.group);
-        let g = {
+        let (g, session) = {
             let mut map = lock(&self.tiered);
             let g = map
                 .entry(key)
@@ -660,8 +712,8 @@ impl Ledger {
                     Arc::new(g)
                 })
                 .clone();
-            lock(&g.state).members.push(session.clone());
-            g
+            let session = self.join(&g, decay);
+            (g, session)
         };
         tier.tier.metrics.session();
         Account {
@@ -674,7 +726,7 @@ impl Ledger {
         }
     }
 
-    fn session(&self, decay: f64) -> Arc<Session> {
+    fn session(&self, decay: f64, slot: Option<Slot>) -> Arc<Session> {
         Arc::new(Session {
             meter: Mutex::new(Meter {
                 cost: 0.0,
@@ -683,21 +735,32 @@ impl Ledger {
                 fee: FeeSample::default(),
                 decay,
             }),
+            slot,
             alerted: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         })
     }
 
+    /// A new session, member of `g`.
+    fn join(&self, g: &Group, decay: f64) -> Arc<Session> {
+        let mut st = lock(&g.state);
+        let slot = st.live.insert();
+        let session = self.session(decay, Some(slot));
+        st.join(&session);
+        session
+    }
+
     fn open_plain(self: &Arc<Self>, ip: IpAddr, p: &CostParams) -> Account {
-        let session = self.session(1.0);
+        let mut session = None;
         let group = p.group_for(ip).map(|key| {
             // The member is added under the shard lock so housekeeping cannot drop the group between lookup
             // and join, which would leave this session counting into an orphan.
             let mut shard = lock(self.shard(key));
             let g = shard.entry(key).or_default().clone();
-            lock(&g.state).members.push(session.clone());
+            session = Some(self.join(&g, 1.0));
             (Some(key), g)
         });
+        let session = session.unwrap_or_else(|| self.session(1.0, None));
         Account {
             ledger: self.clone(),
             session,
@@ -901,6 +964,9 @@ impl Account {
         let p = self.ledger.params.load();
         let now = self.ledger.clock.now();
         if fee.is_finite() && fee > 0.0 {
+            if let Some((_, g)) = &self.group {
+                lock(&g.state).fees = true;
+            }
             lock(&self.session.meter).fee.add(now, &p.fee, fee);
         }
         let load = self.fee_load_at(now, &p);
@@ -940,17 +1006,31 @@ impl Account {
     /// request: one load and one lock of its meter each, not two).
     fn charge_under(&self, units: f64, p: &CostParams) -> Throttle {
         let now = self.ledger.clock.now();
-        let own = {
-            let mut m = lock(&self.session.meter);
+        let add = |m: &mut Meter| {
             m.settle(now, p);
             if units.is_finite() && units > 0.0 {
                 m.cost += units;
                 crate::telemetry::metrics::cost_charged(units);
             }
-            // Ungrouped, the session's own meter is its effective cost: read it under the same lock.
-            self.group.is_none().then(|| m.load(now, p))
         };
-        let effective = own.unwrap_or_else(|| self.effective_at(now, p));
+        let effective = match (&self.group, self.session.slot) {
+            (Some((_, g)), Some(slot)) => {
+                let mut st = lock(&g.state);
+                st.refresh(p);
+                {
+                    let mut m = lock(&self.session.meter);
+                    add(&mut m);
+                    st.redraw(slot, &m, p);
+                }
+                st.total(now, p)
+            }
+            _ => {
+                // Ungrouped, the session's own meter is its effective cost: read it under the same lock.
+                let mut m = lock(&self.session.meter);
+                add(&mut m);
+                m.load(now, p)
+            }
+        };
         let t = Throttle::compute_scaled(effective, p, self.scale);
         if t.over_hard {
             self.alert_group();
@@ -1034,9 +1114,20 @@ impl Account {
     pub fn set_subscriptions(&self, n: u32) {
         let p = self.ledger.params.load();
         let now = self.ledger.clock.now();
-        let mut m = lock(&self.session.meter);
-        m.settle(now, &p);
-        m.subs = n;
+        let set = |m: &mut Meter| {
+            m.settle(now, &p);
+            m.subs = n;
+        };
+        match (&self.group, self.session.slot) {
+            (Some((_, g)), Some(slot)) => {
+                let mut st = lock(&g.state);
+                st.refresh(&p);
+                let mut m = lock(&self.session.meter);
+                set(&mut m);
+                st.redraw(slot, &m, &p);
+            }
+            _ => set(&mut lock(&self.session.meter)),
+        }
     }
 
     /// The network this session's cost is shared with; `None` for exempt and ungrouped clients, and for a
@@ -1077,6 +1168,9 @@ impl Drop for Account {
         };
         if let Some(i) = st.members.iter().position(|s| Arc::ptr_eq(s, &self.session)) {
             st.members.swap_remove(i);
+        }
+        if let Some(slot) = self.session.slot {
+            st.live.remove(slot);
         }
         st.retained.settle(now, &p);
         st.retained.value += own;

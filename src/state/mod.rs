@@ -3,6 +3,7 @@
 
 pub mod bans;
 pub mod cost;
+mod falling_sum;
 pub mod feeds;
 pub mod journal;
 pub mod memory;
