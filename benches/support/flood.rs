@@ -497,17 +497,34 @@ pub async fn run(to: SocketAddr, size: &Size, req: &Requests, phases: &Phases) -
         connects: AtomicU64::new(0),
     });
     let heavy = Arc::new(req.heavy.clone());
-    let mut abusers = tokio::task::JoinSet::new();
-    for i in 0..size.conns {
-        abusers.spawn(abuser(
-            size.abuser_src(i),
-            to,
-            heavy.clone(),
-            drain_end,
-            counters.clone(),
-            i,
-        ));
-    }
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (gone, abusers_gone) = tokio::sync::oneshot::channel::<()>();
+    let (conns, src_of, c) = (size.conns, *size, counters.clone());
+    std::thread::Builder::new()
+        .name("abusers".into())
+        .spawn(move || {
+            // The abusers stand for other machines: on this one they must not take the load core from the
+            // honest wallets and the backend when both want it, or the table would show the load
+            // generator's own queueing. The lowest priority lets them have every cycle the others leave.
+            lowest_priority();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut abusers = tokio::task::JoinSet::new();
+                for i in 0..conns {
+                    abusers.spawn(abuser(src_of.abuser_src(i), to, heavy.clone(), drain_end, c.clone(), i));
+                }
+                let _ = stopped.await;
+                // The abusers kept the backend busy until the honest answers were in; closing their sockets
+                // now lets the target drop their work.
+                abusers.abort_all();
+                while abusers.join_next().await.is_some() {}
+            });
+            let _ = gone.send(());
+        })
+        .expect("spawn the abusers' thread");
     let mut o = Outcome::default();
     for (w, st) in wallets
         .await
@@ -527,10 +544,8 @@ pub async fn run(to: SocketAddr, size: &Size, req: &Requests, phases: &Phases) -
     o.abuser_answers = counters.answers.load(Relaxed);
     o.abuser_errors = counters.errors.load(Relaxed);
     o.abuser_connects = counters.connects.load(Relaxed);
-    // The abusers kept the backend busy until the honest answers were in; closing their sockets now lets
-    // the target drop their work.
-    abusers.abort_all();
-    while abusers.join_next().await.is_some() {}
+    let _ = stop.send(());
+    let _ = abusers_gone.await;
     if o.abuser_connects == 0 {
         panic!("flood against {to}: no abuser connection was accepted (are 127.30.x.y addresses usable here?)");
     }
@@ -538,6 +553,24 @@ pub async fn run(to: SocketAddr, size: &Size, req: &Requests, phases: &Phases) -
         panic!("flood against {to}: no honest wallet got an answer in the quiet phase (is the target serving?)");
     }
     o
+}
+
+/// Puts the calling thread at nice 19 (`renice` on its thread id); says so when it cannot.
+fn lowest_priority() {
+    let tid = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name().map(|t| t.to_string_lossy().into_owned()));
+    let ok = tid.is_some_and(|tid| {
+        Command::new("renice")
+            .args(["-n", "19", "-p", &tid])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !ok {
+        eprintln!("bench: could not lower the abusers' thread priority; honest latency includes load-core contention");
+    }
 }
 
 /// Waits until `to` answers an honest wallet's get_balance within 100 ms again (the previous row's backlog

@@ -436,9 +436,14 @@ struct Session {
 }
 
 impl Session {
+    /// Does nothing for a session told already and not yet listening: while a group stays over the hard
+    /// limit every charge of every member alerts the whole group, and two atomic writes per member per
+    /// charge (the flag and the waker's) made a wave of cut-off sessions cost the square of its size. A
+    /// plain read of a flag already set costs nothing of the sort.
     fn alert(&self) {
-        self.alerted.store(true, Ordering::Release);
-        self.waker.wake();
+        if !self.alerted.load(Ordering::Acquire) && !self.alerted.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
     }
 }
 
@@ -1013,7 +1018,8 @@ impl Account {
                 crate::telemetry::metrics::cost_charged(units);
             }
         };
-        let effective = match (&self.group, self.session.slot) {
+        let added = if units.is_finite() && units > 0.0 { units } else { 0.0 };
+        match (&self.group, self.session.slot) {
             (Some((_, g)), Some(slot)) => {
                 let mut st = lock(&g.state);
                 st.refresh(p);
@@ -1022,20 +1028,36 @@ impl Account {
                     add(&mut m);
                     st.redraw(slot, &m, p);
                 }
-                st.total(now, p)
+                let total = st.total(now, p);
+                let t = Throttle::compute_scaled(total, p, self.scale);
+                // The members hear of it when this charge takes the group over. While it stays over, the
+                // charging session is told again and the others have been told already: telling every
+                // member at every charge cost the square of the group's size.
+                if t.over_hard {
+                    if Throttle::compute_scaled(total - added, p, self.scale).over_hard {
+                        self.session.alert();
+                    } else {
+                        for m in &st.members {
+                            m.alert();
+                        }
+                    }
+                }
+                t
             }
             _ => {
                 // Ungrouped, the session's own meter is its effective cost: read it under the same lock.
-                let mut m = lock(&self.session.meter);
-                add(&mut m);
-                m.load(now, p)
+                let load = {
+                    let mut m = lock(&self.session.meter);
+                    add(&mut m);
+                    m.load(now, p)
+                };
+                let t = Throttle::compute_scaled(load, p, self.scale);
+                if t.over_hard {
+                    self.session.alert();
+                }
+                t
             }
-        };
-        let t = Throttle::compute_scaled(effective, p, self.scale);
-        if t.over_hard {
-            self.alert_group();
         }
-        t
     }
 
     /// Tells every session of the group (or this one alone, if ungrouped) that the hard limit is reached.
