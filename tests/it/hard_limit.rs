@@ -58,6 +58,41 @@ async fn an_idle_session_is_cut_when_its_group_goes_over_the_hard_limit() {
     assert!(r.v.get("error").is_none(), "{}", r.v);
 }
 
+/// Twenty idle sessions of one /24 when a twenty-first takes the group over: each is cut with -101 within
+/// a second, but not all in the same instant. Cut together, a flood's thousands of sessions stalled the
+/// gateway for tens of milliseconds at once; spread over a few hundred milliseconds they do not.
+#[tokio::test(start_paused = true)]
+async fn a_groups_sessions_are_cut_at_spread_times_within_a_second() {
+    let backend = stub_backend(&[]).await;
+    let running = start_crossing(backend).await;
+    let addr = running.addr("electrum");
+    let mut idle = Vec::new();
+    for i in 2..22 {
+        idle.push(Client::open(&format!("127.0.0.{i}"), addr).await);
+    }
+    let mut busy = Client::open("127.0.0.30", addr).await;
+    let start = Instant::now();
+    let mut cuts = tokio::task::JoinSet::new();
+    for mut c in idle {
+        cuts.spawn(async move {
+            cut_with_101(&mut c, Duration::from_secs(1)).await;
+            start.elapsed()
+        });
+    }
+    busy.send("blockchain.estimatefee", "[6]", CROSSING_COST).await;
+    let mut at = Vec::new();
+    while let Some(t) = cuts.join_next().await {
+        at.push(t.unwrap());
+    }
+    let (first, last) = (at.iter().min().unwrap(), at.iter().max().unwrap());
+    assert!(*last < Duration::from_secs(1), "cut at {at:?}");
+    assert!(
+        *last - *first >= Duration::from_millis(100),
+        "twenty sessions cut within {:?} of each other: {at:?}",
+        *last - *first
+    );
+}
+
 /// A session of the group whose request the backend never answers is cut within a second as well: that
 /// request gets the -101 as its reply, instead of the session waiting up to `request_timeout` for it.
 #[tokio::test(start_paused = true)]

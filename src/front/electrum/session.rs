@@ -42,6 +42,11 @@ const MAX_UP_OUT: usize = 1 << 20;
 /// How long a session found over the cost hard limit may still send its next request (which then gets
 /// the -101 as its reply, as ElectrumX does) before it is cut with an unsolicited -101.
 const HARD_LIMIT_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+/// Each session's grace is longer by a random share of this. A group goes over for all its sessions at
+/// once: without the spread a flood's thousands of sessions were all cut in the same instant, and the
+/// wave of replies and closes held the gateway's worker for tens of milliseconds while honest
+/// requests waited behind it. Random, so that a client cannot line its sessions' cuts up again.
+const HARD_LIMIT_SPREAD: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// What a session reports when it ends.
 pub struct Outcome {
@@ -709,7 +714,9 @@ impl Session<'_> {
         }
         self.refresh_throttle();
         if self.th.over_hard {
-            self.hard_check = Some(self.now + HARD_LIMIT_GRACE);
+            let spread = HARD_LIMIT_SPREAD
+                .mul_f64(f64::from(rand_core::RngCore::next_u32(&mut rand_core::OsRng)) / 2f64.powi(32));
+            self.hard_check = Some(self.now + HARD_LIMIT_GRACE + spread);
         }
     }
 
