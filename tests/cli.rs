@@ -465,6 +465,24 @@ fn check_rejects_bad_in_flight_budgets() {
         9,
         "needs a budget: max_in_flight is \"off\"",
     );
+    assert_check_error(
+        &one("electrum", "throttled_heavy_in_flight = 0"),
+        "front[0].upstream.throttled_heavy_in_flight",
+        8,
+        "at least 1",
+    );
+    assert_check_error(
+        &one("electrum", "throttled_heavy_in_flight = \"auto\""),
+        "front[0].upstream.throttled_heavy_in_flight",
+        8,
+        "expected \"off\" or a number of requests",
+    );
+    assert_check_error(
+        &one("electrum", "max_in_flight = \"off\"\nthrottled_heavy_in_flight = 1"),
+        "front[0].upstream.throttled_heavy_in_flight",
+        9,
+        "needs a budget: max_in_flight is \"off\"",
+    );
     // Two fronts naming one backend share its budget: they must agree on it.
     let a = budget_front("a", "electrum", "127.0.0.1:0", "max_in_flight = 8");
     let b = budget_front("b", "electrum", "127.0.0.2:0", "max_in_flight = 16");
@@ -481,7 +499,7 @@ fn check_rejects_bad_in_flight_budgets() {
         "c",
         "electrum",
         "127.0.0.4:0",
-        "max_in_flight = \"auto\"\nheavy_in_flight = \"auto\"",
+        "max_in_flight = \"auto\"\nheavy_in_flight = \"auto\"\nthrottled_heavy_in_flight = \"off\"",
     )
     .replace("127.0.0.1:9", "127.0.0.1:10");
     let dir = tempfile::tempdir().unwrap();

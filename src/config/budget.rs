@@ -1,11 +1,14 @@
-//! The in-flight budget keys of `[front.upstream]` (`max_in_flight`, `heavy_in_flight`, `max_queued`):
+//! The in-flight budget keys of `[front.upstream]` (`max_in_flight`, `heavy_in_flight`,
+//! `throttled_heavy_in_flight`, `max_queued`):
 //! validated into `upstream::budget::BudgetSettings`, on Electrum fronts only, and one budget per backend
 //! address across the fronts that name it.
 
 use super::schema::{RawCount, RawFront};
 use super::{ConfigError, Validator};
 use crate::front::{Front, FrontKind};
-use crate::upstream::budget::{BudgetSettings, HeavyInFlight, InFlight, DEFAULT_MAX_QUEUED, MAX_CONFIGURED};
+use crate::upstream::budget::{
+    BudgetSettings, HeavyInFlight, InFlight, DEFAULT_MAX_QUEUED, DEFAULT_THROTTLED_HEAVY_IN_FLIGHT, MAX_CONFIGURED,
+};
 use std::net::SocketAddr;
 use toml::Spanned;
 
@@ -17,6 +20,10 @@ impl Validator<'_> {
             let present = [
                 ("max_in_flight", u.max_in_flight.as_ref().map(Spanned::span)),
                 ("heavy_in_flight", u.heavy_in_flight.as_ref().map(Spanned::span)),
+                (
+                    "throttled_heavy_in_flight",
+                    u.throttled_heavy_in_flight.as_ref().map(Spanned::span),
+                ),
                 ("max_queued", u.max_queued.as_ref().map(Spanned::span)),
             ];
             if let Some((k, span)) = present.into_iter().find(|(_, s)| s.is_some()) {
@@ -79,6 +86,26 @@ impl Validator<'_> {
                 }
             }
         };
+        let throttled_heavy_in_flight = match &u.throttled_heavy_in_flight {
+            None => Some(DEFAULT_THROTTLED_HEAVY_IN_FLIGHT),
+            Some(v) => {
+                let k = format!("{key}.throttled_heavy_in_flight");
+                if off {
+                    return Err(self.err(k, Some(v.span()), "needs a budget: max_in_flight is \"off\""));
+                }
+                match v.get_ref() {
+                    RawCount::Word(w) if w == "off" => None,
+                    RawCount::Count(n) => Some(self.count(&k, v, *n)?),
+                    RawCount::Word(w) => {
+                        return Err(self.err(
+                            k,
+                            Some(v.span()),
+                            format!("expected \"off\" or a number of requests, not {w:?}"),
+                        ))
+                    }
+                }
+            }
+        };
         let max_queued = match &u.max_queued {
             None => DEFAULT_MAX_QUEUED,
             Some(v) => {
@@ -92,6 +119,7 @@ impl Validator<'_> {
         Ok(BudgetSettings {
             max_in_flight,
             heavy_in_flight,
+            throttled_heavy_in_flight,
             max_queued,
         })
     }
@@ -128,7 +156,7 @@ impl Validator<'_> {
                             format!(
                                 "{addr} is also an upstream of front `{name}`, with other in-flight settings: a \
                                  backend has one budget, so give both fronts the same max_in_flight, \
-                                 heavy_in_flight and max_queued"
+                                 heavy_in_flight, throttled_heavy_in_flight and max_queued"
                             ),
                         ))
                     }

@@ -628,6 +628,8 @@ pub struct RawUpstream {
     pub max_in_flight: Option<Spanned<RawCount>>,
     /// Electrum fronts: a count or `"auto"`.
     pub heavy_in_flight: Option<Spanned<RawCount>>,
+    /// Electrum fronts: a count or `"off"`.
+    pub throttled_heavy_in_flight: Option<Spanned<RawCount>>,
     /// Electrum fronts: a count.
     pub max_queued: Option<Spanned<i64>>,
 }
@@ -655,6 +657,7 @@ impl Default for RawUpstream {
             retry_backoff: default_retry_backoff(),
             max_in_flight: None,
             heavy_in_flight: None,
+            throttled_heavy_in_flight: None,
             max_queued: None,
         }
     }

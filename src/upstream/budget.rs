@@ -52,6 +52,15 @@ pub const MAX_CONFIGURED: u32 = 1 << 20;
 /// (histories, unspent lists, subscriptions), so a smaller heavy budget would queue ordinary traffic on
 /// a backend that has room, while a saturated one still keeps a balance lookup's way clear.
 pub const DEFAULT_LIGHT_RESERVE: f64 = 0.25;
+/// Default `throttled_heavy_in_flight`: heavy requests of sessions the cost model throttles (their group is
+/// over the soft limit) that the backend may hold at once, all such sessions together. However fair the
+/// queue, a heavy read the backend has begun cannot be taken back: each one inside it is one an honest
+/// wallet's request may have to wait for. Clients the cost model already slows get one at a time.
+pub const DEFAULT_THROTTLED_HEAVY_IN_FLIGHT: u32 = 1;
+/// Where the learned heavy window starts (it is also learned on its own, from heavy answers alone, and is
+/// at most the share above): a flood's heavy requests arriving at once find this many places inside the
+/// backend before the first round tells how slow they are, so it is small.
+pub const DEFAULT_HEAVY_INITIAL_WINDOW: u32 = 4;
 /// The cost at which a group's share of the dispatches is half a free group's (at ten times it, a
 /// group gets an eleventh): a few heavy calls' worth in Electrum units, where a wallet syncing costs tens.
 pub const DEFAULT_COST_UNIT: f64 = 100.0;
@@ -86,6 +95,8 @@ pub enum HeavyInFlight {
 pub struct BudgetSettings {
     pub max_in_flight: InFlight,
     pub heavy_in_flight: HeavyInFlight,
+    /// `None`: throttled sessions' heavy requests share the heavy budget like any others.
+    pub throttled_heavy_in_flight: Option<u32>,
     pub max_queued: usize,
 }
 
@@ -94,6 +105,7 @@ impl Default for BudgetSettings {
         BudgetSettings {
             max_in_flight: InFlight::Auto,
             heavy_in_flight: HeavyInFlight::Auto,
+            throttled_heavy_in_flight: Some(DEFAULT_THROTTLED_HEAVY_IN_FLIGHT),
             max_queued: DEFAULT_MAX_QUEUED,
         }
     }
@@ -144,6 +156,8 @@ struct Flow {
     turn: [u64; 2],
     /// The group's cost as its sessions last reported it.
     cost: f64,
+    /// Whether its sessions are throttled, as they last reported it.
+    throttled: bool,
 }
 
 impl Flow {
@@ -213,13 +227,16 @@ struct LaneState {
     cancelled: [u32; 2],
     /// Slots held (granted, collected or not).
     held: [u32; 2],
+    /// Of the heavy slots held, those taken while throttled.
+    held_throttled: u32,
     mailbox: Arc<Mailbox>,
 }
 
 #[derive(Debug)]
 enum Limit {
     Fixed(u32),
-    Auto(AutoWindow),
+    /// The window learned from every answer, and the heavy window learned from heavy answers alone.
+    Auto(Box<(AutoWindow, AutoWindow)>),
     /// The budget was switched off or dropped by a reload: whatever waits goes, and nothing waits again.
     Unlimited,
 }
@@ -230,6 +247,8 @@ struct Inner {
     limit: Limit,
     in_flight: u32,
     heavy_in_flight: u32,
+    /// Heavy slots held by throttled sessions.
+    throttled_in_flight: u32,
     /// Live queued requests per class (cancelled ones still in a group's queue are not counted).
     queued: [usize; 2],
     /// The groups with anything queued.
@@ -272,7 +291,7 @@ impl Inner {
     fn window(&self) -> u32 {
         match &self.limit {
             Limit::Fixed(n) => *n,
-            Limit::Auto(w) => w.window(),
+            Limit::Auto(l) => l.0.window(),
             Limit::Unlimited => u32::MAX,
         }
     }
@@ -281,10 +300,17 @@ impl Inner {
         match (&self.limit, self.settings.heavy_in_flight) {
             (Limit::Unlimited, _) => u32::MAX,
             (_, HeavyInFlight::Fixed(n)) => n,
-            (_, HeavyInFlight::Auto) => {
+            (limit, HeavyInFlight::Auto) => {
                 let w = self.window();
                 let reserve = ((f64::from(w) * DEFAULT_LIGHT_RESERVE) as u32).max(1);
-                w.saturating_sub(reserve).max(1)
+                let share = w.saturating_sub(reserve).max(1);
+                // Light answers alone can make the whole window look calm (a flood's cheap requests are
+                // served in no time) while every heavy place holds a long read: the heavy window answers
+                // to the heavy answers' own latency as well.
+                match limit {
+                    Limit::Auto(l) => share.min(l.1.window()),
+                    _ => share,
+                }
             }
         }
     }
@@ -294,24 +320,52 @@ impl Inner {
     }
 
     /// Whether a request of class `c` may have a slot without waiting: room in the budget (and the heavy
-    /// budget) and nobody of its class ahead of it.
-    fn free_for(&self, c: usize) -> bool {
+    /// budget, and for a throttled session's heavy request the throttled budget) and nobody of its class
+    /// ahead of it.
+    fn free_for(&self, c: usize, throttled: bool) -> bool {
         self.queued[c] == 0
             && self.in_flight < self.window()
-            && (c == LIGHT || self.heavy_in_flight < self.heavy_window())
+            && (c == LIGHT || (self.heavy_in_flight < self.heavy_window() && self.throttled_room(throttled)))
     }
 
-    fn take(&mut self, lane: u32, c: usize) {
+    /// Room for one more heavy request of a session throttled (or not).
+    fn throttled_room(&self, throttled: bool) -> bool {
+        match self.settings.throttled_heavy_in_flight {
+            Some(n) if throttled && !matches!(self.limit, Limit::Unlimited) => self.throttled_in_flight < n.max(1),
+            _ => true,
+        }
+    }
+
+    fn take(&mut self, lane: u32, c: usize, throttled: bool) {
         self.in_flight += 1;
+        let l = &mut self.lanes[lane as usize];
+        l.held[c] += 1;
         if c == HEAVY {
             self.heavy_in_flight += 1;
+            if throttled {
+                self.throttled_in_flight += 1;
+                l.held_throttled += 1;
+            }
         }
-        self.lanes[lane as usize].held[c] += 1;
     }
 
-    fn give_back(&mut self, held: [u32; 2]) {
+    /// Slots given back: `held` per class, `throttled` of the heavy ones taken while throttled.
+    fn give_back(&mut self, held: [u32; 2], throttled: u32) {
         self.in_flight = self.in_flight.saturating_sub(held[LIGHT] + held[HEAVY]);
         self.heavy_in_flight = self.heavy_in_flight.saturating_sub(held[HEAVY]);
+        self.throttled_in_flight = self.throttled_in_flight.saturating_sub(throttled);
+    }
+
+    /// One slot of class `c` given back by a lane; a heavy one counts as throttled while the lane holds
+    /// any taken so (which of its heavy requests was answered does not matter: they are alike).
+    fn give_back_one(&mut self, lane: u32, c: usize) {
+        let l = &mut self.lanes[lane as usize];
+        l.held[c] -= 1;
+        let throttled = u32::from(c == HEAVY && l.held_throttled > 0);
+        l.held_throttled -= throttled;
+        let mut held = [0; 2];
+        held[c] = 1;
+        self.give_back(held, throttled);
     }
 
     fn lane(&mut self, id: u32, gen: u32) -> Option<&mut LaneState> {
@@ -392,7 +446,14 @@ impl Inner {
         while self.in_flight < self.window() {
             self.skip_stale(LIGHT);
             self.skip_stale(HEAVY);
-            let heavy_ok = self.heavy_in_flight < self.heavy_window();
+            // A throttled group's turn at the head of the heavy queue waits for the throttled budget (a
+            // cheaper group behind it waits as long: at most one heavy answer, and rarely, as throttled
+            // groups' tags are the costliest).
+            let head_throttled = self.turns[HEAVY]
+                .peek()
+                .and_then(|t| self.flows.get(&t.group))
+                .is_some_and(|f| f.throttled);
+            let heavy_ok = self.heavy_in_flight < self.heavy_window() && self.throttled_room(head_throttled);
             let lead = |c: usize| self.turns[c].peek().map(|t| t.tag - self.vtime[c]);
             let c = match (lead(LIGHT), lead(HEAVY).filter(|_| heavy_ok)) {
                 (None, None) => break,
@@ -411,6 +472,7 @@ impl Inner {
             let Some(f) = self.flows.get_mut(&turn.group) else {
                 continue;
             };
+            let throttled = c == HEAVY && f.throttled;
             f.turn[c] = 0;
             if !f.queue[c].is_empty() {
                 self.give_turn(turn.group, c);
@@ -420,7 +482,7 @@ impl Inner {
             let Some(t) = token else { continue };
             self.vtime[c] = self.vtime[c].max(turn.tag);
             self.queued[c] = self.queued[c].saturating_sub(1);
-            self.take(t.lane, c);
+            self.take(t.lane, c, throttled);
             let l = &mut self.lanes[t.lane as usize];
             l.tokens[c] = l.tokens[c].saturating_sub(1);
             l.mailbox.granted[c].fetch_add(1, Ordering::AcqRel);
@@ -518,6 +580,17 @@ impl Inner {
     }
 }
 
+/// A learned budget: the window from `auto`, the heavy window from the same limits with its own start
+/// and a floor of one.
+fn learned(auto: WindowParams) -> Limit {
+    let heavy = WindowParams {
+        min: 1,
+        initial: DEFAULT_HEAVY_INITIAL_WINDOW.min(auto.initial),
+        ..auto
+    };
+    Limit::Auto(Box::new((AutoWindow::new(auto), AutoWindow::new(heavy))))
+}
+
 impl Budget {
     /// A budget reporting to `metrics`, with the window learned by `auto` when settings say "auto".
     pub fn new(settings: BudgetSettings, metrics: BudgetMetrics) -> Arc<Budget> {
@@ -531,7 +604,7 @@ impl Budget {
         cost_unit: f64,
     ) -> Arc<Budget> {
         let limit = match settings.max_in_flight {
-            InFlight::Auto => Limit::Auto(AutoWindow::new(auto)),
+            InFlight::Auto => learned(auto),
             InFlight::Fixed(n) => Limit::Fixed(n.max(1)),
             InFlight::Off => Limit::Unlimited,
         };
@@ -540,6 +613,7 @@ impl Budget {
             limit,
             in_flight: 0,
             heavy_in_flight: 0,
+            throttled_in_flight: 0,
             queued: [0; 2],
             flows: HashMap::new(),
             turns: [BinaryHeap::new(), BinaryHeap::new()],
@@ -571,8 +645,8 @@ impl Budget {
             settings.max_in_flight,
             std::mem::replace(&mut g.limit, Limit::Unlimited),
         ) {
-            (InFlight::Auto, Limit::Auto(w)) => Limit::Auto(w),
-            (InFlight::Auto, _) => Limit::Auto(AutoWindow::new(WindowParams::default())),
+            (InFlight::Auto, Limit::Auto(l)) => Limit::Auto(l),
+            (InFlight::Auto, _) => learned(WindowParams::default()),
             (InFlight::Fixed(n), _) => Limit::Fixed(n.max(1)),
             (InFlight::Off, _) => Limit::Unlimited,
         };
@@ -624,6 +698,7 @@ impl Budget {
                 l.tokens = [0; 2];
                 l.cancelled = [0; 2];
                 l.held = [0; 2];
+                l.held_throttled = 0;
                 l.mailbox = mailbox.clone();
                 id
             }
@@ -635,6 +710,7 @@ impl Budget {
                     tokens: [0; 2],
                     cancelled: [0; 2],
                     held: [0; 2],
+                    held_throttled: 0,
                     mailbox: mailbox.clone(),
                 });
                 (g.lanes.len() - 1) as u32
@@ -667,26 +743,27 @@ impl std::fmt::Debug for Lane {
 
 impl Lane {
     /// Takes a slot if one is free and nobody of the class waits: the hot path, one uncontended lock.
-    pub fn try_now(&self, heavy: bool) -> bool {
+    /// `throttled`: the session is throttled by the cost model (see [`DEFAULT_THROTTLED_HEAVY_IN_FLIGHT`]).
+    pub fn try_now(&self, heavy: bool, throttled: bool) -> bool {
         let c = class(heavy);
         let b = &*self.budget;
         let mut g = b.lock();
-        if !g.free_for(c) {
+        if !g.free_for(c, throttled) {
             return false;
         }
-        g.take(self.id, c);
+        g.take(self.id, c, throttled);
         g.publish(&b.metrics);
         true
     }
 
     /// Takes a slot, or queues the request in its group with the group's current `cost` (any scale
     /// the caller keeps to; [`DEFAULT_COST_UNIT`] halves a share), or refuses it when the queue is full.
-    pub fn enqueue(&self, heavy: bool, cost: f64, now: Instant) -> Admit {
+    pub fn enqueue(&self, heavy: bool, throttled: bool, cost: f64, now: Instant) -> Admit {
         let c = class(heavy);
         let b = &*self.budget;
         let mut g = b.lock();
-        if g.free_for(c) {
-            g.take(self.id, c);
+        if g.free_for(c, throttled) {
+            g.take(self.id, c, throttled);
             g.publish(&b.metrics);
             return Admit::Now;
         }
@@ -699,14 +776,21 @@ impl Lane {
             }
             b.metrics.pushed_out();
         }
-        if g.in_flight >= g.window() {
-            if let Limit::Auto(w) = &mut g.limit {
+        let heavy_full = c == HEAVY && g.heavy_in_flight >= g.heavy_window();
+        let in_flight = g.in_flight;
+        if let Limit::Auto(l) = &mut g.limit {
+            let (w, h) = &mut **l;
+            if in_flight >= w.window() {
                 w.note_full();
+            }
+            if heavy_full {
+                h.note_full();
             }
         }
         let f = g.flows.entry(group).or_default();
         let grew = cost > f.cost;
         f.cost = cost;
+        f.throttled = throttled;
         f.queue[c].push_back(Token {
             lane: self.id,
             gen: self.gen,
@@ -721,6 +805,11 @@ impl Lane {
         }
         g.queued[c] += 1;
         g.lanes[self.id as usize].tokens[c] += 1;
+        // Throttled requests may wait while heavy places are free: a newcomer then goes at once if its
+        // turn comes first.
+        if g.throttled_in_flight > 0 {
+            g.dispatch(now, &b.metrics);
+        }
         g.publish(&b.metrics);
         Admit::Queued
     }
@@ -735,12 +824,13 @@ impl Lane {
         if l.held[c] == 0 {
             return;
         }
-        l.held[c] -= 1;
-        let mut held = [0; 2];
-        held[c] = 1;
-        g.give_back(held);
-        if let (Some(latency), Limit::Auto(w)) = (latency, &mut g.limit) {
+        g.give_back_one(self.id, c);
+        if let (Some(latency), Limit::Auto(l)) = (latency, &mut g.limit) {
+            let (w, h) = &mut **l;
             w.sample(latency, heavy);
+            if heavy {
+                h.sample(latency, true);
+            }
         }
         g.dispatch(now, &b.metrics);
         g.publish(&b.metrics);
@@ -765,10 +855,7 @@ impl Lane {
         let mb = &self.mailbox.granted[c];
         if mb.load(Ordering::Acquire) > 0 && l.held[c] > 0 {
             mb.fetch_sub(1, Ordering::AcqRel);
-            l.held[c] -= 1;
-            let mut held = [0; 2];
-            held[c] = 1;
-            g.give_back(held);
+            g.give_back_one(self.id, c);
             g.dispatch(now, &b.metrics);
             g.publish(&b.metrics);
         }
@@ -812,12 +899,13 @@ impl Drop for Lane {
         let Some(l) = g.lane(self.id, self.gen) else { return };
         l.live = false;
         l.gen = l.gen.wrapping_add(1);
-        let (tokens, held) = (l.tokens, l.held);
+        let (tokens, held, throttled) = (l.tokens, l.held, l.held_throttled);
         l.tokens = [0; 2];
         l.held = [0; 2];
+        l.held_throttled = 0;
         l.cancelled = [0; 2];
         g.free.push(self.id);
-        g.give_back(held);
+        g.give_back(held, throttled);
         for (c, n) in tokens.into_iter().enumerate() {
             g.queued[c] = g.queued[c].saturating_sub(n as usize);
             g.zombies += n as usize;
@@ -888,6 +976,7 @@ mod tests {
         BudgetSettings {
             max_in_flight: InFlight::Fixed(n),
             heavy_in_flight: HeavyInFlight::Fixed(heavy),
+            throttled_heavy_in_flight: Some(DEFAULT_THROTTLED_HEAVY_IN_FLIGHT),
             max_queued: 1000,
         }
     }
@@ -905,7 +994,7 @@ mod tests {
     fn serve_order(hold: Lane, lanes: &[Lane], queued: &[(usize, f64)], n: usize) -> Vec<usize> {
         let now = Instant::now();
         for &(i, cost) in queued {
-            assert_eq!(lanes[i].enqueue(false, cost, now), Admit::Queued);
+            assert_eq!(lanes[i].enqueue(false, false, cost, now), Admit::Queued);
         }
         hold.release(false, None, now);
         drop(hold);
@@ -927,9 +1016,9 @@ mod tests {
     fn free_budget_grants_at_once_and_counts() {
         let b = budget(fixed(2, 1));
         let l = b.lane(1);
-        assert!(l.try_now(false));
-        assert!(l.try_now(true));
-        assert!(!l.try_now(false));
+        assert!(l.try_now(false, false));
+        assert!(l.try_now(true, false));
+        assert!(!l.try_now(false, false));
         assert_eq!(b.load(), (2, 1, 0));
         l.release(true, None, Instant::now());
         assert_eq!(b.load(), (1, 0, 0));
@@ -938,17 +1027,50 @@ mod tests {
     }
 
     #[test]
+    fn throttled_sessions_share_one_heavy_place() {
+        let b = budget(fixed(8, 6));
+        let (abuser, other_abuser, wallet) = (b.lane(1), b.lane(2), b.lane(3));
+        let now = Instant::now();
+        // One throttled heavy request inside the backend; a second waits, whichever group it is of,
+        // though five heavy places are free.
+        assert!(abuser.try_now(true, true));
+        assert!(!other_abuser.try_now(true, true));
+        assert_eq!(other_abuser.enqueue(true, true, 5000.0, now), Admit::Queued);
+        // Their light requests go at once; an unthrottled wallet's heavy ones queue (one waits already)
+        // and are granted at once, ahead of the throttled one.
+        assert!(abuser.try_now(false, true));
+        assert_eq!(wallet.enqueue(true, false, 0.0, now), Admit::Queued);
+        assert_eq!(wallet.enqueue(true, false, 0.0, now), Admit::Queued);
+        assert_eq!(grants(&wallet), [0, 2]);
+        assert_eq!(grants(&other_abuser), [0, 0]);
+        // The throttled place comes free: the waiting request takes it.
+        abuser.release(true, None, now);
+        assert_eq!(grants(&other_abuser), [0, 1]);
+        assert!(!abuser.try_now(true, true));
+        // A lane dropped with its throttled place gives it back.
+        drop(other_abuser);
+        assert!(abuser.try_now(true, true));
+        // Off: throttled sessions use the heavy budget like any others.
+        let b = budget(BudgetSettings {
+            throttled_heavy_in_flight: None,
+            ..fixed(8, 6)
+        });
+        let l = b.lane(1);
+        assert!(l.try_now(true, true) && l.try_now(true, true) && l.try_now(true, true));
+    }
+
+    #[test]
     fn fifo_within_a_group() {
         let b = budget(fixed(1, 1));
         let hold = b.lane(9);
-        assert!(hold.try_now(false));
+        assert!(hold.try_now(false, false));
         // Three sessions of one group, queued alternately: served in arrival order.
         let lanes: Vec<Lane> = (0..3).map(|_| b.lane(7)).collect();
         let now = Instant::now();
         let mut expect = Vec::new();
         for round in 0..4 {
             for (i, l) in lanes.iter().enumerate() {
-                assert_eq!(l.enqueue(false, 50.0 * round as f64, now), Admit::Queued);
+                assert_eq!(l.enqueue(false, false, 50.0 * round as f64, now), Admit::Queued);
                 expect.push(i);
             }
         }
@@ -970,7 +1092,7 @@ mod tests {
     fn shares_shrink_as_cost_grows() {
         let b = budget(fixed(1, 1));
         let hold = b.lane(99);
-        assert!(hold.try_now(false));
+        assert!(hold.try_now(false, false));
         // Group 0 costs nothing, group 1 one cost unit, group 2 nine: shares 1 : 1/2 : 1/10.
         let lanes: Vec<Lane> = (0..3).map(|g| b.lane(g)).collect();
         let mut queued = Vec::new();
@@ -989,12 +1111,12 @@ mod tests {
     fn a_group_of_any_cost_leaves_the_queue_fair_for_the_next_ones() {
         let b = budget(fixed(1, 1));
         let hold = b.lane(99);
-        assert!(hold.try_now(false));
+        assert!(hold.try_now(false, false));
         let now = Instant::now();
         // A group whose cost reads as large as a float goes (nobody else waits) …
         let huge = b.lane(7);
-        assert_eq!(huge.enqueue(false, f64::MAX, now), Admit::Queued);
-        assert_eq!(huge.enqueue(false, f64::INFINITY, now), Admit::Queued);
+        assert_eq!(huge.enqueue(false, false, f64::MAX, now), Admit::Queued);
+        assert_eq!(huge.enqueue(false, false, f64::INFINITY, now), Admit::Queued);
         hold.release(false, None, now);
         assert_eq!(grants(&huge), [1, 0]);
         huge.release(false, None, now);
@@ -1003,8 +1125,8 @@ mod tests {
         // arrival: the tags have not run out of precision.
         let lanes: Vec<Lane> = (0..2).map(|g| b.lane(g)).collect();
         for _ in 0..30 {
-            assert_eq!(lanes[0].enqueue(false, 0.0, now), Admit::Queued);
-            assert_eq!(lanes[1].enqueue(false, 100.0, now), Admit::Queued);
+            assert_eq!(lanes[0].enqueue(false, false, 0.0, now), Admit::Queued);
+            assert_eq!(lanes[1].enqueue(false, false, 100.0, now), Admit::Queued);
         }
         huge.release(false, None, now);
         let mut order = Vec::new();
@@ -1021,18 +1143,18 @@ mod tests {
     fn an_expensive_group_is_not_starved() {
         let b = budget(fixed(1, 1));
         let hold = b.lane(99);
-        assert!(hold.try_now(false));
+        assert!(hold.try_now(false, false));
         let rich = b.lane(1);
         let cheap = b.lane(2);
         let now = Instant::now();
         // The expensive group's one request waits while cheap requests keep arriving, two per dispatch.
-        assert_eq!(rich.enqueue(false, 10_000.0, now), Admit::Queued);
-        assert_eq!(cheap.enqueue(false, 0.0, now), Admit::Queued);
+        assert_eq!(rich.enqueue(false, false, 10_000.0, now), Admit::Queued);
+        assert_eq!(cheap.enqueue(false, false, 0.0, now), Admit::Queued);
         hold.release(false, None, now);
         let mut served_cheap = 0;
         let rich_at = loop {
-            cheap.enqueue(false, 0.0, now);
-            cheap.enqueue(false, 0.0, now);
+            cheap.enqueue(false, false, 0.0, now);
+            cheap.enqueue(false, false, 0.0, now);
             if grants(&rich) == [1, 0] {
                 break served_cheap;
             }
@@ -1046,10 +1168,10 @@ mod tests {
         assert!((95..=110).contains(&rich_at), "{rich_at}");
         // And so does its next request.
         rich.release(false, None, now);
-        rich.enqueue(false, 10_000.0, now);
+        rich.enqueue(false, false, 10_000.0, now);
         let mut before = 0;
         loop {
-            cheap.enqueue(false, 0.0, now);
+            cheap.enqueue(false, false, 0.0, now);
             if grants(&rich) == [1, 0] {
                 break;
             }
@@ -1067,12 +1189,12 @@ mod tests {
         let a = b.lane(1);
         let w = b.lane(2);
         let now = Instant::now();
-        assert!(a.try_now(true));
+        assert!(a.try_now(true, false));
         // A second heavy waits for the heavy budget although the window has room…
-        assert!(!a.try_now(true));
-        assert_eq!(a.enqueue(true, 0.0, now), Admit::Queued);
+        assert!(!a.try_now(true, false));
+        assert_eq!(a.enqueue(true, false, 0.0, now), Admit::Queued);
         // …while a light request goes at once.
-        assert!(w.try_now(false));
+        assert!(w.try_now(false, false));
         assert_eq!(b.load(), (2, 1, 1));
         a.release(true, Some(Duration::from_millis(5)), now);
         assert_eq!(grants(&a), [0, 1]);
@@ -1095,15 +1217,15 @@ mod tests {
         });
         let now = Instant::now();
         let heavy_hold = b.lane(90);
-        assert!(heavy_hold.try_now(true));
+        assert!(heavy_hold.try_now(true, false));
         let light_hold = b.lane(91);
-        assert!(light_hold.try_now(false));
+        assert!(light_hold.try_now(false, false));
         // A flood's groups queue heavy and light requests while they still cost nothing…
         let flood: Vec<Lane> = (1..=4).map(|g| b.lane(g)).collect();
         for l in &flood {
             for _ in 0..10 {
-                assert_eq!(l.enqueue(true, 0.0, now), Admit::Queued);
-                assert_eq!(l.enqueue(false, 0.0, now), Admit::Queued);
+                assert_eq!(l.enqueue(true, false, 0.0, now), Admit::Queued);
+                assert_eq!(l.enqueue(false, false, 0.0, now), Admit::Queued);
             }
         }
         // …and their light requests are served while the heavy budget stays full.
@@ -1114,10 +1236,10 @@ mod tests {
         }
         // By now the flood costs a lot; an honest wallet's heavy request arrives.
         for l in &flood {
-            l.enqueue(false, 5000.0, now);
+            l.enqueue(false, false, 5000.0, now);
         }
         let honest = b.lane(50);
-        assert_eq!(honest.enqueue(true, 0.0, now), Admit::Queued);
+        assert_eq!(honest.enqueue(true, false, 0.0, now), Admit::Queued);
         // The next heavy slot is the wallet's, not one of the forty heavy requests queued before it.
         heavy_hold.release(true, None, now);
         assert_eq!(grants(&honest), [0, 1]);
@@ -1132,20 +1254,20 @@ mod tests {
         });
         let now = Instant::now();
         let hold = b.lane(90);
-        assert!(hold.try_now(false));
+        assert!(hold.try_now(false, false));
         let flood = b.lane(1);
         let other = b.lane(2);
-        assert_eq!(flood.enqueue(false, 5000.0, now), Admit::Queued);
-        assert_eq!(flood.enqueue(true, 5000.0, now), Admit::Queued);
-        assert_eq!(other.enqueue(false, 300.0, now), Admit::Queued);
+        assert_eq!(flood.enqueue(false, false, 5000.0, now), Admit::Queued);
+        assert_eq!(flood.enqueue(true, false, 5000.0, now), Admit::Queued);
+        assert_eq!(other.enqueue(false, false, 300.0, now), Admit::Queued);
         // Full. The flood's own newcomer and a costlier one find no one costlier to push out.
-        assert_eq!(flood.enqueue(false, 5000.0, now), Admit::Refused);
-        assert_eq!(b.lane(3).enqueue(false, 9000.0, now), Admit::Refused);
+        assert_eq!(flood.enqueue(false, false, 5000.0, now), Admit::Refused);
+        assert_eq!(b.lane(3).enqueue(false, false, 9000.0, now), Admit::Refused);
         assert_eq!(b.metrics().refused_total(), 2);
         assert!(news(&flood).is_empty());
         // A cheaper wallet's request takes the place of the costliest group's newest (its heavy one).
         let honest = b.lane(4);
-        assert_eq!(honest.enqueue(false, 0.0, now), Admit::Queued);
+        assert_eq!(honest.enqueue(false, false, 0.0, now), Admit::Queued);
         assert_eq!(
             news(&flood),
             News {
@@ -1171,10 +1293,10 @@ mod tests {
         });
         let l = b.lane(1);
         let now = Instant::now();
-        assert!(l.try_now(false));
-        assert_eq!(l.enqueue(false, 0.0, now), Admit::Queued);
-        assert_eq!(l.enqueue(true, 0.0, now), Admit::Queued);
-        assert_eq!(l.enqueue(false, 0.0, now), Admit::Refused);
+        assert!(l.try_now(false, false));
+        assert_eq!(l.enqueue(false, false, 0.0, now), Admit::Queued);
+        assert_eq!(l.enqueue(true, false, 0.0, now), Admit::Queued);
+        assert_eq!(l.enqueue(false, false, 0.0, now), Admit::Refused);
         assert_eq!(b.metrics().refused_total(), 1);
     }
 
@@ -1184,9 +1306,9 @@ mod tests {
         let a = b.lane(1);
         let c = b.lane(2);
         let now = Instant::now();
-        assert!(a.try_now(false));
-        assert_eq!(c.enqueue(false, 0.0, now), Admit::Queued);
-        assert_eq!(c.enqueue(false, 0.0, now), Admit::Queued);
+        assert!(a.try_now(false, false));
+        assert_eq!(c.enqueue(false, false, 0.0, now), Admit::Queued);
+        assert_eq!(c.enqueue(false, false, 0.0, now), Admit::Queued);
         // One times out in the queue: the other keeps its place.
         c.cancel(false, now);
         assert_eq!(b.load(), (1, 0, 1));
@@ -1196,15 +1318,15 @@ mod tests {
         assert_eq!(b.load(), (1, 0, 0));
         // A grant not collected yet is given back by a cancel.
         let d = b.lane(3);
-        assert_eq!(d.enqueue(false, 0.0, now), Admit::Queued);
+        assert_eq!(d.enqueue(false, false, 0.0, now), Admit::Queued);
         c.release(false, None, now);
         d.cancel(false, now);
         assert_eq!(b.load(), (0, 0, 0));
         // A session that ends while queued leaves nothing behind, and no grant goes to it.
         let e = b.lane(4);
-        assert!(e.try_now(false));
+        assert!(e.try_now(false, false));
         let f = b.lane(5);
-        assert_eq!(f.enqueue(false, 0.0, now), Admit::Queued);
+        assert_eq!(f.enqueue(false, false, 0.0, now), Admit::Queued);
         drop(f);
         drop(e);
         assert_eq!(b.load(), (0, 0, 0));
@@ -1216,9 +1338,9 @@ mod tests {
         let b = budget(fixed(1, 1));
         let a = b.lane(1);
         let now = Instant::now();
-        assert!(a.try_now(false));
+        assert!(a.try_now(false, false));
         for _ in 0..3 {
-            assert_eq!(a.enqueue(false, 0.0, now), Admit::Queued);
+            assert_eq!(a.enqueue(false, false, 0.0, now), Admit::Queued);
         }
         b.set_settings(fixed(2, 1), now);
         assert_eq!(grants(&a), [1, 0]);
@@ -1226,7 +1348,7 @@ mod tests {
         b.retire(now);
         assert_eq!(grants(&a), [2, 0]);
         assert_eq!(b.load(), (4, 0, 0));
-        assert!(a.try_now(true));
+        assert!(a.try_now(true, false));
     }
 
     #[test]
@@ -1237,12 +1359,12 @@ mod tests {
         });
         let a = b.lane(1);
         let now = Instant::now();
-        assert!(a.try_now(false));
+        assert!(a.try_now(false, false));
         for _ in 0..3000 {
-            assert_eq!(a.enqueue(false, 0.0, now), Admit::Queued);
+            assert_eq!(a.enqueue(false, false, 0.0, now), Admit::Queued);
         }
         let keep = b.lane(2);
-        assert_eq!(keep.enqueue(false, 0.0, now), Admit::Queued);
+        assert_eq!(keep.enqueue(false, false, 0.0, now), Admit::Queued);
         for _ in 0..3000 {
             a.cancel(false, now);
         }
@@ -1268,12 +1390,53 @@ mod tests {
         let l = b.lane(1);
         let now = Instant::now();
         for i in 0..40 {
-            while l.try_now(false) {}
-            l.enqueue(false, 0.0, now);
+            while l.try_now(false, false) {}
+            l.enqueue(false, false, 0.0, now);
             let ms = if i < 8 { 1 } else { 50 };
             l.release(false, Some(Duration::from_millis(ms)), now);
             grants(&l);
         }
         assert!(b.window() < 8, "{}", b.window());
+    }
+
+    #[test]
+    fn the_heavy_window_follows_heavy_answers_alone() {
+        let b = Budget::with_params(
+            BudgetSettings {
+                throttled_heavy_in_flight: None,
+                ..BudgetSettings::default()
+            },
+            BudgetMetrics::detached(),
+            WindowParams {
+                initial: 16,
+                min: 2,
+                ..WindowParams::default()
+            },
+            DEFAULT_COST_UNIT,
+        );
+        let heavy_window = |b: &Budget| b.lock().heavy_window();
+        assert_eq!((b.window(), heavy_window(&b)), (16, DEFAULT_HEAVY_INITIAL_WINDOW));
+        let l = b.lane(1);
+        let now = Instant::now();
+        // A base for each class: a heavy read takes 1 ms with nothing ahead of it.
+        assert!(l.try_now(true, false));
+        l.release(true, Some(Duration::from_millis(1)), now);
+        // Then light answers come back at their base while heavy ones wait 40 ms (but one in twenty, a
+        // wallet's small read, which keeps the heavy base where it is): the window stays open, the heavy
+        // window closes to one or two.
+        for i in 0..400 {
+            while l.try_now(false, false) {}
+            while l.try_now(true, false) {}
+            l.enqueue(true, false, 0.0, now);
+            l.enqueue(false, false, 0.0, now);
+            l.release(false, Some(Duration::from_micros(100)), now);
+            if b.load().1 > 0 {
+                let ms = if i % 20 == 0 { 1 } else { 40 };
+                l.release(true, Some(Duration::from_millis(ms)), now);
+            }
+            grants(&l);
+        }
+        assert!(b.window() >= 16, "{}", b.window());
+        assert!(heavy_window(&b) <= 2, "{}", heavy_window(&b));
     }
 }

@@ -122,6 +122,54 @@ async fn honest_request_goes_before_an_abusive_groups_queue() {
     assert!(after >= 25, "only {after} abusive reads were still waiting");
 }
 
+/// Room for eight heavy reads at the backend, but the abusive group is throttled (over a low soft limit):
+/// its reads reach the backend one at a time, so an honest wallet's read waits for at most the one in
+/// service. With the throttled budget "off", the same flood fills the eight places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_group_holds_one_heavy_place_at_the_backend() {
+    for (name, key, most) in [
+        ("bq_throttled", "", 1),
+        ("bq_throttled_off", "throttled_heavy_in_flight = \"off\"\n", 8),
+    ] {
+        let stub = backends::modelled_backend(history_20ms).await;
+        let upstream = format!("max_in_flight = 8\nheavy_in_flight = 8\n{key}");
+        let toml = config(name, stub.addr, &upstream, "", "").replace("soft_limit = 100000", "soft_limit = 200");
+        let running = gateway::start(&toml).await;
+        let to = running.addr(name);
+        let b = budget(&running, name, stub.addr);
+        let mut honest = Client::open("127.0.2.2", to).await;
+        // The abusers' /24 is over the soft limit before the flood: every read of theirs is throttled.
+        let mut first = Client::open("127.0.1.9", to).await;
+        for i in 0..5 {
+            let r = first.call(HISTORY, &format!("[\"first-{i}\"]"), HISTORY_COST).await;
+            assert!(r.v.get("error").is_none(), "{}", r.v);
+        }
+        let _abusers = flood(to).await;
+        let mut held = 0;
+        assert!(
+            net::within(Duration::from_secs(10), async || {
+                held = held.max(stub.pending());
+                b.load().2 >= 20 || held >= 8
+            })
+            .await
+            .is_some(),
+            "{name}: the abusers' reads neither queued nor filled the backend: {:?}",
+            b.load()
+        );
+        held = held.max(stub.pending());
+        assert!(held <= most, "{name}: the backend held {held} abusive reads at once");
+        let (between, _) = honest_history(&stub, &mut honest).await;
+        if most == 1 {
+            assert!(
+                between <= 2,
+                "{name}: {between} abusive reads were served before the honest one"
+            );
+        } else {
+            assert!(held >= 6, "{name}: the backend held only {held} abusive reads at once");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_forwards_everything_at_once_as_before() {
     let stub = backends::modelled_backend(history_20ms).await;

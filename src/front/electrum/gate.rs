@@ -44,6 +44,8 @@ pub struct Gate<T> {
     granted: [u32; 2],
     /// Push-outs collected and not yet paired with a waiting request, per class.
     pushed_out: [u32; 2],
+    /// The cost model throttles the session: its heavy requests count against the throttled budget.
+    throttled: bool,
 }
 
 impl<T> Gate<T> {
@@ -55,7 +57,13 @@ impl<T> Gate<T> {
             waiting: VecDeque::new(),
             granted: [0; 2],
             pushed_out: [0; 2],
+            throttled: false,
         }
+    }
+
+    /// Whether the cost model throttles the session, for the requests it lets go from now on.
+    pub fn set_throttled(&mut self, throttled: bool) {
+        self.throttled = throttled;
     }
 
     /// Whether a request may be written now, taking its slot if so: one uncontended lock when budgeted.
@@ -67,7 +75,7 @@ impl<T> Gate<T> {
             (_, false) => false,
             (None, true) => true,
             // The budget's own queues say whether anyone (this session included) waits ahead.
-            (Some(l), true) => l.try_now(heavy),
+            (Some(l), true) => l.try_now(heavy, self.throttled),
         }
     }
 
@@ -81,7 +89,7 @@ impl<T> Gate<T> {
             self.waiting.push_back(Waiting { item, heavy, arrived });
             return Offer::Waits;
         };
-        match lane.enqueue(heavy, cost, now.into_std()) {
+        match lane.enqueue(heavy, self.throttled, cost, now.into_std()) {
             Admit::Now => Offer::Go(item),
             Admit::Queued => {
                 self.waiting.push_back(Waiting { item, heavy, arrived });

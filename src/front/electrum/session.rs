@@ -315,6 +315,7 @@ where
         hard_check: None,
         crossed_here: false,
     };
+    s.gate.set_throttled(s.th.frac > 0.0);
     let mut client_dec = LineDecoder::new(set.max_line);
     let mut up_dec = LineDecoder::new(set.max_response);
     let mut upstream: Option<TcpStream> = None;
@@ -475,12 +476,14 @@ impl Session<'_> {
             self.crossed_here = th.over_hard;
         }
         self.th = th;
+        self.gate.set_throttled(th.frac > 0.0);
     }
 
     /// Re-reads the throttle without charging (decay, or others' charges): a crossing seen here is not
     /// this session's, and once the group is back under the limit no earlier crossing counts either.
     fn refresh_throttle(&mut self) {
         self.th = self.account.throttle();
+        self.gate.set_throttled(self.th.frac > 0.0);
         if !self.th.over_hard {
             self.crossed_here = false;
         }
