@@ -64,6 +64,8 @@ pub struct BudgetMetrics {
     refused: Counter,
     pushed_out: Counter,
     wait: Histogram,
+    /// The series' labels; none when detached.
+    labels: Option<BackendLabels>,
 }
 
 impl BudgetMetrics {
@@ -84,7 +86,23 @@ impl BudgetMetrics {
             refused: s.refused.get_or_create_owned(&l),
             pushed_out: s.pushed_out.get_or_create_owned(&l),
             wait: s.wait.get_or_create_owned(&l),
+            labels: Some(l),
         }
+    }
+
+    /// Takes the backend's series off /metrics (its budget was dropped): a budget still held by the
+    /// sessions of the old configuration writes to them unseen, and a budget made later for the same front
+    /// and position starts series of its own instead of sharing these.
+    pub fn unregister(&self) {
+        let Some(l) = &self.labels else { return };
+        let s = &*SERIES;
+        for g in [&s.window, &s.heavy_window, &s.in_flight, &s.heavy_in_flight, &s.queued] {
+            g.remove(l);
+        }
+        for c in [&s.dispatched, &s.refused, &s.pushed_out] {
+            c.remove(l);
+        }
+        s.wait.remove(l);
     }
 
     /// Handles registered nowhere, for budgets built outside a gateway (unit tests).
@@ -99,6 +117,7 @@ impl BudgetMetrics {
             refused: Counter::default(),
             pushed_out: Counter::default(),
             wait: wait_histogram(),
+            labels: None,
         }
     }
 

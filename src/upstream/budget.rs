@@ -656,7 +656,7 @@ impl Budget {
     }
 
     /// Lets everything through from now on (the backend's budget was dropped from the configuration):
-    /// sessions still holding a lane to it keep working.
+    /// sessions still holding a lane to it keep working, and its series leave /metrics.
     pub fn retire(&self, now: Instant) {
         self.set_settings(
             BudgetSettings {
@@ -665,6 +665,7 @@ impl Budget {
             },
             now,
         );
+        self.metrics.unregister();
     }
 
     pub fn settings(&self) -> BudgetSettings {

@@ -500,10 +500,22 @@ async fn reload_swaps_the_budget_and_waiting_requests_keep_their_place() {
         .map(|s| s.params[0].as_str().unwrap().to_string())
         .collect();
     assert_eq!(order, ["r0", "r1", "r2", "r3"]);
-    // "off" drops the budget: new sessions go straight to the backend.
+    let series = "gatehouse_upstream_window{front=\"bq_reload\",upstream=\"0\"} 2";
+    let text = gatehouse::telemetry::metrics::render(None);
+    assert!(text.contains(series), "{text}");
+    // "off" drops the budget: new sessions go straight to the backend, and its series leave /metrics
+    // (the session still open holds the old budget; what it does there is not the backend's budget).
     let off = config("bq_reload", stub.addr, "max_in_flight = \"off\"\n", "", "");
     let cfg = gatehouse::config::Config::parse(&off, &dir.path().join("gatehouse.toml")).unwrap();
     running.reload(cfg).await.unwrap();
+    let r = c.call(HISTORY, "[\"after\"]", HISTORY_COST).await;
+    assert!(r.v.get("error").is_none(), "{}", r.v);
+    let text = gatehouse::telemetry::metrics::render(None);
+    let left: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("front=\"bq_reload\"") && l.starts_with("gatehouse_upstream_") && !l.contains("connect"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     assert!(running
         .front("bq_reload")
         .unwrap()
