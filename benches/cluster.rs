@@ -271,39 +271,48 @@ fn table(dir: &Path, n: u32, rows: &mut Vec<Row>) {
 /// all charge in turn (an abusive /24's shape), as a ratio to the lone session's.
 fn ledger(members: usize, rounds: usize, rows: &mut Vec<Row>) {
     use gatehouse::state::cost::{CostParams, Ledger, SystemClock};
-    // `over`: the group is past the hard limit, so every charge also tells every member to stop.
-    let per_charge = |n: usize, over: bool| {
+    // The limits at their defaults (so costs decay at the real rate); each session starts with a
+    // connection's cost, which keeps it counted for seconds, and then charges a thousandth of a unit per
+    // request, so the group stays under the hard limit unless pushed over on purpose. `over`: the group
+    // is past the hard limit, so every charge also tells every member to stop. `busy`: how many of the `n`
+    // sessions charge (the first ones); the others hold their connection's cost.
+    let per_charge = |n: usize, over: bool, busy: usize| {
         let params = CostParams {
             group_private: true,
-            // Out of reach unless pushed over on purpose: the bench measures the accounting.
-            soft_limit: 1e15,
-            hard_limit: 1e16,
             ..CostParams::default()
         };
+        let hard_limit = params.hard_limit;
         let l = Ledger::new(params, Arc::new(SystemClock::new()));
         let accounts: Vec<_> = (0..n)
             .map(|i| l.open(IpAddr::from([10, 9, 8, (i % 250) as u8 + 1])))
             .collect();
+        for a in &accounts {
+            a.charge(5.0);
+        }
         if over {
-            assert!(accounts[0].charge(1e17).over_hard);
+            assert!(accounts[0].charge(2.0 * hard_limit).over_hard);
         }
         let charges = rounds * members;
         let started = Instant::now();
         let mut hard = 0usize;
         for i in 0..charges {
-            hard += usize::from(accounts[i % n].charge(black_box(1.0)).over_hard);
+            hard += usize::from(accounts[i % busy].charge(black_box(0.001)).over_hard);
         }
         assert_eq!(hard, if over { charges } else { 0 });
         started.elapsed().as_nanos() as f64 / charges as f64
     };
-    let lone = per_charge(1, false);
+    let lone = per_charge(1, false, 1);
     rows.push(Row {
         what: "Cost ledger: one charge, the session alone in its group".to_string(),
         result: format!("{lone:.0} ns"),
         target: "",
     });
-    for (over, label) in [(false, "busy"), (true, "over the hard limit")] {
-        let crowd = per_charge(members, over);
+    for (over, busy, label) in [
+        (false, members, "all busy"),
+        (false, 1, "one busy, the others idle"),
+        (true, members, "over the hard limit"),
+    ] {
+        let crowd = per_charge(members, over, busy);
         rows.push(Row {
             what: format!("Cost ledger: one charge, {members} sessions in the group, {label}"),
             result: format!("{crowd:.0} ns ({:.2}× alone)", crowd / lone),

@@ -56,8 +56,10 @@ impl Ord for Zero {
     }
 }
 
-/// Heap entries past this many per counted line (plus a constant) are compacted away: every change pushes a
-/// new zero time and leaves the old one behind.
+/// Heap entries past this many per slot (plus a constant) are compacted away: every change pushes a new zero
+/// time and leaves the old one behind. Per slot rather than per counted line, so a compaction (a pass over
+/// the slots) comes at most once per as many changes as there are slots: one busy member among many idle
+/// ones does not pay a pass over all of them every few charges.
 const STALE_FACTOR: usize = 2;
 const STALE_SLACK: usize = 32;
 
@@ -125,7 +127,7 @@ impl FallingSum {
                 slot: slot.0,
                 gen,
             }));
-            if self.zeros.len() > STALE_FACTOR * self.counted + STALE_SLACK {
+            if self.zeros.len() > STALE_FACTOR * self.entries.len() + STALE_SLACK {
                 self.compact();
             }
         }
