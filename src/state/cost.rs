@@ -509,11 +509,6 @@ struct GroupState {
 }
 
 impl GroupState {
-    /// A new member, counted from now on.
-    fn join(&mut self, session: &Arc<Session>) {
-        self.members.push(session.clone());
-    }
-
     /// Redraws every member's line when the hard limit (and so every decay rate) changed since they were
     /// drawn; the old rates then apply to nobody, as a meter read with new parameters would do anyway.
     fn refresh(&mut self, p: &CostParams) {
@@ -751,7 +746,7 @@ impl Ledger {
         let mut st = lock(&g.state);
         let slot = st.live.insert();
         let session = self.session(decay, Some(slot));
-        st.join(&session);
+        st.members.push(session.clone());
         session
     }
 
@@ -1011,14 +1006,14 @@ impl Account {
     /// request: one load and one lock of its meter each, not two).
     fn charge_under(&self, units: f64, p: &CostParams) -> Throttle {
         let now = self.ledger.clock.now();
+        let added = if units.is_finite() && units > 0.0 { units } else { 0.0 };
         let add = |m: &mut Meter| {
             m.settle(now, p);
-            if units.is_finite() && units > 0.0 {
-                m.cost += units;
-                crate::telemetry::metrics::cost_charged(units);
+            if added > 0.0 {
+                m.cost += added;
+                crate::telemetry::metrics::cost_charged(added);
             }
         };
-        let added = if units.is_finite() && units > 0.0 { units } else { 0.0 };
         match (&self.group, self.session.slot) {
             (Some((_, g)), Some(slot)) => {
                 let mut st = lock(&g.state);

@@ -28,7 +28,6 @@ struct Entry {
     line: Option<Line>,
     /// Bumped whenever the line changes, so heap entries for an old line are recognised and skipped.
     gen: u32,
-    free: bool,
 }
 
 /// A value reaching zero at `at` (seconds), valid while its slot's generation is still `gen`.
@@ -80,7 +79,6 @@ impl FallingSum {
         match self.free.pop() {
             Some(i) => {
                 let e = &mut self.entries[i];
-                e.free = false;
                 e.gen = e.gen.wrapping_add(1);
                 Slot(i)
             }
@@ -95,7 +93,6 @@ impl FallingSum {
     pub fn remove(&mut self, slot: Slot) {
         self.uncount(slot.0);
         let e = &mut self.entries[slot.0];
-        e.free = true;
         e.gen = e.gen.wrapping_add(1);
         self.free.push(slot.0);
     }
