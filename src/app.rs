@@ -31,6 +31,8 @@ use tokio_util::task::TaskTracker;
 struct Stages {
     guard: Arc<Guard>,
     intake: listen::Intake,
+    /// Accept, PROXY and TLS off the workers, when configured; the threads end with the gateway.
+    intake_threads: Option<listen::threads::IntakeThreads>,
     drain: Arc<Drain>,
     electrum: Arc<electrum::Handles>,
     api_subs: Arc<KeyedCounts>,
@@ -127,6 +129,8 @@ pub enum StartError {
     Acme(#[from] listen::acme::AcmeStartError),
     #[error("blocklist feeds: {0}")]
     Feeds(#[from] crate::intel::http::HttpError),
+    #[error("cannot start the intake threads: {0}")]
+    IntakeThreads(std::io::Error),
     #[error("front `{front}`: cannot listen on {addr}: {source}")]
     Bind {
         front: String,
@@ -206,10 +210,20 @@ fn serve_front(b: Bound, shared: &Stages) -> FrontRun {
     let loops = b
         .listeners
         .into_iter()
-        .map(|l| {
+        .flat_map(|l| {
             let f = slot.state.load();
             tracing::info!(front = %f.cfg.name, addr = l.local_addr().ok().map(tracing::field::display), kind = ?f.cfg.kind, transport = ?f.cfg.transport, "listening");
-            tokio::spawn(listen::accept_loop(l, slot.clone() as Arc<dyn Door>, shared.intake.clone()))
+            let accept = |l| listen::accept_loop(l, slot.clone() as Arc<dyn Door>, shared.intake.clone());
+            if let Some(threads) = &shared.intake_threads {
+                match threads.spawn_accept(&l, accept) {
+                    // The copies on the intake threads accept; this one leaves the workers' reactor.
+                    Ok(loops) => return loops,
+                    Err(e) => {
+                        tracing::warn!(front = %f.cfg.name, error = %e, "cannot accept on the intake threads; accepting on the workers")
+                    }
+                }
+            }
+            vec![tokio::spawn(accept(l))]
         })
         .collect();
     FrontRun {
@@ -257,12 +271,16 @@ impl Gatehouse {
         electrum
             .budgets
             .configure(&electrum::gate::budget_specs(&config.fronts));
+        let intake_threads =
+            listen::threads::IntakeThreads::start(config.runtime.intake).map_err(StartError::IntakeThreads)?;
         let shared = Arc::new(Stages {
             intake: listen::Intake {
                 guard: guard.clone(),
                 tracker: TaskTracker::new(),
                 stop_accepting: CancellationToken::new(),
+                home: intake_threads.as_ref().map(|_| tokio::runtime::Handle::current()),
             },
+            intake_threads,
             guard,
             drain,
             electrum,

@@ -696,3 +696,84 @@ async fn reloaded_method_cost_applies_to_the_next_request_of_an_open_session() {
         "the reloaded estimatefee price did not apply to the open session: {v}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// 5. Accept and TLS on threads of their own, at the configured priority
+
+/// The gateway's threads as `ps -L` shows them: (name, nice value), from /proc.
+fn threads_of(pid: i32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // "tid (name) state ppid …": the name may hold spaces, so fields are counted from its closing ')';
+        // the nice value is the 19th field, the 17th after the name.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let nice = stat[close + 1..].split_whitespace().nth(16).unwrap().parse().unwrap();
+        out.push((name, nice));
+    }
+    out.sort();
+    out
+}
+
+/// With `intake_threads = 2, intake_nice = 7` the binary runs two intake threads at nice 7 beside workers
+/// at 0, and TLS wallets accepted there are served (their sessions handed to the workers); with
+/// `intake_threads = 0` there is no intake thread and wallets are served as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intake_runs_on_its_own_threads_at_the_configured_priority() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = localhost_cert(dir.path(), "server");
+    let tls = tls_connector(&[der], rustls::DEFAULT_VERSIONS);
+    let backend = stub_electrum();
+    for (threads, nice) in [(2, 7), (0, 7)] {
+        let gw_conf = WalletGateway {
+            listen: free_addr(),
+            backend,
+            admin_table: String::new(),
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+        let conf = gw_conf.config("", "").replacen(
+            "[runtime]\n",
+            &format!("[runtime]\nintake_threads = {threads}\nintake_nice = {nice}\nworker_threads = 2\n"),
+            1,
+        );
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, conf).unwrap();
+        let mut gw = Proc::run_json(&path);
+        wait_accepting(&mut gw, gw_conf.listen);
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..20 {
+            let tls = tls.clone();
+            set.spawn(async move {
+                let (s, _) = tls_session(&tls, "127.0.0.1", gw_conf.listen).await?;
+                let mut w = Wallet::new(format!("wallet {i}"), s);
+                w.handshake().await;
+                w.call("server.ping", "[]").await
+            });
+        }
+        while let Some(j) = set.join_next().await {
+            let v = j.unwrap().unwrap_or_else(|e| panic!("{e}\n{}", gw.log()));
+            assert!(v["result"].is_null(), "{v}");
+        }
+        let seen = threads_of(gw.pid());
+        let intake: Vec<_> = seen.iter().filter(|(n, _)| n.starts_with("gh-intake")).collect();
+        assert_eq!(
+            intake.len(),
+            threads,
+            "intake threads with intake_threads = {threads}: {seen:?}"
+        );
+        assert!(
+            intake.iter().all(|(_, n)| *n == nice),
+            "intake at nice {nice}: {seen:?}"
+        );
+        let workers: Vec<_> = seen.iter().filter(|(n, _)| n.starts_with("tokio-rt")).collect();
+        assert!(!workers.is_empty(), "{seen:?}");
+        assert!(workers.iter().all(|(_, n)| *n == 0), "workers at nice 0: {seen:?}");
+    }
+}

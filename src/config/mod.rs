@@ -28,6 +28,7 @@ use crate::front::electrum::settings::*;
 use crate::front::peer::settings::PeerSettings;
 use crate::front::{Front, FrontKind, SniRoute, Transport};
 use crate::guard::policy::*;
+use crate::listen::threads::{IntakeSettings, MAX_INTAKE_THREADS, MAX_NICE};
 use crate::state::bans::BanPolicy;
 use crate::state::cost::{CostConfig, FeeParams};
 use crate::state::memory::Limits;
@@ -108,6 +109,8 @@ pub struct Runtime {
     /// Never longer than `drain_deadline`.
     pub drain_spread: Duration,
     pub max_open_files: u64,
+    /// Accept, PROXY and TLS on threads of their own.
+    pub intake: crate::listen::threads::IntakeSettings,
     /// How long the new process of a live upgrade has to report ready.
     pub upgrade_timeout: Duration,
 }
@@ -381,6 +384,7 @@ impl Validator<'_> {
                 drain_deadline: raw.runtime.drain_deadline.0,
                 drain_spread: raw.runtime.drain_spread.0.min(raw.runtime.drain_deadline.0),
                 max_open_files: raw.runtime.max_open_files,
+                intake: self.intake(&raw.runtime)?,
                 upgrade_timeout: match raw.runtime.upgrade_timeout.0 {
                     d if d.is_zero() => {
                         return Err(self.err("runtime.upgrade_timeout", None, "must be greater than 0s"))
@@ -619,6 +623,37 @@ impl Validator<'_> {
             allow_remote: a.allow_remote,
             metrics_public: a.metrics_public,
         })
+    }
+
+    fn intake(&self, r: &schema::RawRuntime) -> Result<IntakeSettings, ConfigError> {
+        let mut intake = IntakeSettings::default();
+        if let Some(t) = &r.intake_threads {
+            intake.threads = *t.get_ref();
+            if intake.threads > MAX_INTAKE_THREADS {
+                return Err(self.err(
+                    "runtime.intake_threads",
+                    Some(t.span()),
+                    format!(
+                        "{} is more than {MAX_INTAKE_THREADS} threads (0 = accept and handshake on the workers)",
+                        intake.threads
+                    ),
+                ));
+            }
+        }
+        if let Some(n) = &r.intake_nice {
+            intake.nice = *n.get_ref();
+            if !(0..=MAX_NICE).contains(&intake.nice) {
+                return Err(self.err(
+                    "runtime.intake_nice",
+                    Some(n.span()),
+                    format!(
+                        "{} is not a nice value from 0 (the workers' priority) to {MAX_NICE} (the lowest)",
+                        intake.nice
+                    ),
+                ));
+            }
+        }
+        Ok(intake)
     }
 
     fn limits(&self, l: &schema::RawLimits) -> Result<Limits, ConfigError> {

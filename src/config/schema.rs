@@ -309,6 +309,11 @@ pub struct RawRuntime {
     pub drain_spread: Duration,
     #[serde(default = "default_nofile")]
     pub max_open_files: u64,
+    /// 0 = accept and handshake on the workers.
+    #[serde(default)]
+    pub intake_threads: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub intake_nice: Option<Spanned<i32>>,
     /// How long a new process started by `gatehouse upgrade` has to report ready.
     #[serde(default = "default_upgrade_timeout")]
     pub upgrade_timeout: Duration,
@@ -349,6 +354,8 @@ impl Default for RawRuntime {
             drain_deadline: default_drain(),
             drain_spread: default_spread(),
             max_open_files: default_nofile(),
+            intake_threads: None,
+            intake_nice: None,
             upgrade_timeout: default_upgrade_timeout(),
         }
     }

@@ -37,6 +37,8 @@ pub enum CloseReason {
     HandshakeTimeout,
     /// The TLS handshake failed (the client spoke something else, or refused the certificate).
     Tls(std::io::Error),
+    /// The intake thread could not hand the connection to the workers (out of descriptors).
+    Handover(std::io::Error),
     /// The WebSocket upgrade failed.
     WebSocketHandshake(tokio_tungstenite::tungstenite::Error),
     /// The gateway is shutting down and drained the connection.
@@ -90,6 +92,7 @@ impl CloseReason {
             CloseReason::IdleTimeout => "idle timeout",
             CloseReason::HandshakeTimeout => "handshake timeout",
             CloseReason::Tls(e) => return Cow::Owned(format!("tls error: {e}")),
+            CloseReason::Handover(e) => return Cow::Owned(format!("handover failed: {e}")),
             CloseReason::WebSocketHandshake(e) => return Cow::Owned(format!("websocket handshake failed: {e}")),
             CloseReason::Shutdown => "shutdown",
             CloseReason::SlowReader => "slow reader",

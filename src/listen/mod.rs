@@ -4,6 +4,7 @@
 pub mod acme;
 mod close;
 pub mod stream;
+pub mod threads;
 pub mod tls;
 
 pub use close::{CloseReason, CloseSide};
@@ -114,6 +115,27 @@ pub struct Intake {
     pub tracker: TaskTracker,
     /// Cancelled when the gateway stops accepting (start of drain).
     pub stop_accepting: CancellationToken,
+    /// Where sessions run when intake runs on threads of its own (the workers' runtime); `None` when
+    /// intake runs on the workers too.
+    pub home: Option<tokio::runtime::Handle>,
+}
+
+impl Intake {
+    /// Runs one connection: its intake here, its session here or, when intake has threads of its own,
+    /// on the workers.
+    fn spawn_connection(&self, intake: IntakeFuture) {
+        let Some(home) = &self.home else {
+            self.tracker.spawn(Connection::Intake(intake));
+            return;
+        };
+        let (home, tracker) = (home.clone(), self.tracker.clone());
+        self.tracker.spawn(async move {
+            if let Some(arrived) = intake.await {
+                // Tracked before the intake task ends, so a drain never sees the connection gone between.
+                home.spawn(tracker.track_future(Connection::Arrived(Some(Box::new(arrived)))));
+            }
+        });
+    }
 }
 
 /// Connections accepted before the accept loop lets every other ready task run once. In a flood of
@@ -171,9 +193,9 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<dyn Door>, shared: Int
         let _ = sock.set_nodelay(true);
         if front.proxy_accept_from().contains(peer.ip()) {
             let (front, shared2) = (front.clone(), shared.clone());
-            shared.tracker.spawn(Connection::Intake(Box::pin(async move {
+            shared.spawn_connection(Box::pin(async move {
                 intake_proxied(sock, peer, local, accepted_at, &front, &shared2).await
-            })));
+            }));
             continue;
         }
         let permit = match shared.guard.admit(front.level(), peer.ip()) {
@@ -184,14 +206,14 @@ pub async fn accept_loop(listener: TcpListener, slot: Arc<dyn Door>, shared: Int
             }
         };
         let (front, shared2) = (front.clone(), shared.clone());
-        shared.tracker.spawn(Connection::Intake(Box::pin(async move {
+        shared.spawn_connection(Box::pin(async move {
             let client = Identity {
                 client: peer,
                 via: None,
                 local,
             };
             finish_intake(sock, Vec::new(), client, accepted_at, permit, &front, &shared2).await
-        })));
+        }));
     }
     tracing::info!(front = %slot.current().name(), addr = listener.local_addr().ok().map(tracing::field::display), "listener closed");
 }
@@ -204,6 +226,8 @@ type IntakeFuture = Pin<Box<dyn Future<Output = Option<(Conn, Arc<dyn Handler>)>
 /// (about 560 bytes) beside every session, idle or not, for the session's whole life.
 enum Connection {
     Intake(IntakeFuture),
+    /// Handed over by an intake thread: its socket moves to this runtime's reactor before the session starts.
+    Arrived(Option<Box<(Conn, Arc<dyn Handler>)>>),
     Serving(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 
@@ -219,6 +243,17 @@ impl Future for Connection {
                     Poll::Ready(None) => return Poll::Ready(()),
                     Poll::Pending => return Poll::Pending,
                 },
+                Connection::Arrived(arrived) => {
+                    let Some(arrived) = arrived.take() else {
+                        return Poll::Ready(());
+                    };
+                    let (mut conn, serving) = *arrived;
+                    if let Err(e) = conn.stream.rehome() {
+                        serving.log_early_close(conn.client, conn.via, conn.accepted_at, CloseReason::Handover(e));
+                        return Poll::Ready(());
+                    }
+                    *self = Connection::Serving(serving.serve(conn));
+                }
                 Connection::Serving(session) => return session.as_mut().poll(cx),
             }
         }

@@ -75,6 +75,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
 pub type Tcp = Prefixed<TcpStream>;
 
+impl Tcp {
+    /// Moves the socket's readiness events to the runtime this is called on. A socket is watched by the
+    /// reactor of the runtime that registered it: one accepted on an intake thread would otherwise keep
+    /// waking that thread, and wait for it, for every read of its session. The socket is registered again
+    /// under a duplicate descriptor, then the first is deregistered and closed; the connection itself, and
+    /// anything TLS has buffered above it, is untouched.
+    pub fn rehome(&mut self) -> io::Result<()> {
+        let dup = std::os::fd::AsFd::as_fd(&self.inner).try_clone_to_owned()?;
+        let fresh = TcpStream::from_std(std::net::TcpStream::from(dup))?;
+        drop(std::mem::replace(&mut self.inner, fresh));
+        Ok(())
+    }
+}
+
 /// What a front's protocol session reads from and writes to.
 pub enum ClientStream {
     Plain(Tcp),
@@ -82,6 +96,14 @@ pub enum ClientStream {
 }
 
 impl ClientStream {
+    /// See [`Tcp::rehome`].
+    pub fn rehome(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(t) => t.rehome(),
+            ClientStream::Tls(t) => t.get_mut().0.rehome(),
+        }
+    }
+
     /// "TLSv1.3", "TLSv1.2" or "none", for logs.
     pub fn tls_version(&self) -> &'static str {
         match self {
@@ -125,5 +147,48 @@ impl AsyncWrite for ClientStream {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, s => s.poll_shutdown(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connection accepted on one runtime and moved to another keeps working after the first runtime is
+    /// gone: its readiness events come from the runtime that now polls it.
+    #[test]
+    fn a_rehomed_socket_outlives_the_runtime_that_accepted_it() {
+        let intake = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (mut accepted, mut peer) = intake.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (s, _) = l.accept().await.unwrap();
+            (Prefixed::new(b"early".to_vec(), s), peer)
+        });
+        let home = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        home.block_on(async {
+            accepted.rehome().unwrap();
+        });
+        drop(intake);
+        home.block_on(async {
+            std::io::Write::write_all(&mut peer, b" late").unwrap();
+            let mut got = [0u8; 10];
+            tokio::time::timeout(std::time::Duration::from_secs(5), accepted.read_exact(&mut got))
+                .await
+                .expect("the read waits on the runtime that accepted the socket")
+                .unwrap();
+            assert_eq!(&got, b"early late");
+            accepted.write_all(b"answer").await.unwrap();
+        });
+        let mut back = [0u8; 6];
+        std::io::Read::read_exact(&mut peer, &mut back).unwrap();
+        assert_eq!(&back, b"answer");
     }
 }
