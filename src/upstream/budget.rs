@@ -227,8 +227,8 @@ struct LaneState {
     cancelled: [u32; 2],
     /// Slots held (granted, collected or not).
     held: [u32; 2],
-    /// Of the heavy slots held, those taken while throttled.
-    held_throttled: u32,
+    /// Of the slots held, per class, those taken while throttled.
+    held_throttled: [u32; 2],
     mailbox: Arc<Mailbox>,
 }
 
@@ -247,8 +247,8 @@ struct Inner {
     limit: Limit,
     in_flight: u32,
     heavy_in_flight: u32,
-    /// Heavy slots held by throttled sessions.
-    throttled_in_flight: u32,
+    /// Slots held by throttled sessions, per class.
+    throttled_in_flight: [u32; 2],
     /// Live queued requests per class (cancelled ones still in a group's queue are not counted).
     queued: [usize; 2],
     /// The groups with anything queued.
@@ -328,10 +328,16 @@ impl Inner {
             && (c == LIGHT || (self.heavy_in_flight < self.heavy_window() && self.throttled_room(throttled)))
     }
 
-    /// Room for one more heavy request of a session throttled (or not).
+    /// Room for one more heavy request of a session throttled (or not): for a throttled one, a place in
+    /// the throttled budget while no unthrottled request is inside the backend. A backend serves what it
+    /// holds in its own order: a throttled read written beside a wallet's requests may be served first, and
+    /// the wallet then waits the whole read, whatever order the gateway chose.
     fn throttled_room(&self, throttled: bool) -> bool {
         match self.settings.throttled_heavy_in_flight {
-            Some(n) if throttled && !matches!(self.limit, Limit::Unlimited) => self.throttled_in_flight < n.max(1),
+            Some(n) if throttled && !matches!(self.limit, Limit::Unlimited) => {
+                self.throttled_in_flight[HEAVY] < n.max(1)
+                    && self.in_flight == self.throttled_in_flight[LIGHT] + self.throttled_in_flight[HEAVY]
+            }
             _ => true,
         }
     }
@@ -342,29 +348,32 @@ impl Inner {
         l.held[c] += 1;
         if c == HEAVY {
             self.heavy_in_flight += 1;
-            if throttled {
-                self.throttled_in_flight += 1;
-                l.held_throttled += 1;
-            }
+        }
+        if throttled {
+            self.throttled_in_flight[c] += 1;
+            l.held_throttled[c] += 1;
         }
     }
 
-    /// Slots given back: `held` per class, `throttled` of the heavy ones taken while throttled.
-    fn give_back(&mut self, held: [u32; 2], throttled: u32) {
+    /// Slots given back: `held` per class, `throttled` of them per class taken while throttled.
+    fn give_back(&mut self, held: [u32; 2], throttled: [u32; 2]) {
         self.in_flight = self.in_flight.saturating_sub(held[LIGHT] + held[HEAVY]);
         self.heavy_in_flight = self.heavy_in_flight.saturating_sub(held[HEAVY]);
-        self.throttled_in_flight = self.throttled_in_flight.saturating_sub(throttled);
+        for c in [LIGHT, HEAVY] {
+            self.throttled_in_flight[c] = self.throttled_in_flight[c].saturating_sub(throttled[c]);
+        }
     }
 
-    /// One slot of class `c` given back by a lane; a heavy one counts as throttled while the lane holds
-    /// any taken so (which of its heavy requests was answered does not matter: they are alike).
+    /// One slot of class `c` given back by a lane; it counts as throttled while the lane holds any of the
+    /// class taken so (which of its requests was answered does not matter: they are alike).
     fn give_back_one(&mut self, lane: u32, c: usize) {
         let l = &mut self.lanes[lane as usize];
         l.held[c] -= 1;
-        let throttled = u32::from(c == HEAVY && l.held_throttled > 0);
-        l.held_throttled -= throttled;
         let mut held = [0; 2];
         held[c] = 1;
+        let mut throttled = [0; 2];
+        throttled[c] = u32::from(l.held_throttled[c] > 0);
+        l.held_throttled[c] -= throttled[c];
         self.give_back(held, throttled);
     }
 
@@ -447,7 +456,7 @@ impl Inner {
             self.skip_stale(LIGHT);
             self.skip_stale(HEAVY);
             // A throttled group's turn at the head of the heavy queue waits for the throttled budget (a
-            // cheaper group behind it waits as long: at most one heavy answer, and rarely, as throttled
+            // cheaper group behind it waits as long: at most a few answers, and rarely, as throttled
             // groups' tags are the costliest).
             let head_throttled = self.turns[HEAVY]
                 .peek()
@@ -472,7 +481,7 @@ impl Inner {
             let Some(f) = self.flows.get_mut(&turn.group) else {
                 continue;
             };
-            let throttled = c == HEAVY && f.throttled;
+            let throttled = f.throttled;
             f.turn[c] = 0;
             if !f.queue[c].is_empty() {
                 self.give_turn(turn.group, c);
@@ -613,7 +622,7 @@ impl Budget {
             limit,
             in_flight: 0,
             heavy_in_flight: 0,
-            throttled_in_flight: 0,
+            throttled_in_flight: [0; 2],
             queued: [0; 2],
             flows: HashMap::new(),
             turns: [BinaryHeap::new(), BinaryHeap::new()],
@@ -699,7 +708,7 @@ impl Budget {
                 l.tokens = [0; 2];
                 l.cancelled = [0; 2];
                 l.held = [0; 2];
-                l.held_throttled = 0;
+                l.held_throttled = [0; 2];
                 l.mailbox = mailbox.clone();
                 id
             }
@@ -711,7 +720,7 @@ impl Budget {
                     tokens: [0; 2],
                     cancelled: [0; 2],
                     held: [0; 2],
-                    held_throttled: 0,
+                    held_throttled: [0; 2],
                     mailbox: mailbox.clone(),
                 });
                 (g.lanes.len() - 1) as u32
@@ -806,9 +815,9 @@ impl Lane {
         }
         g.queued[c] += 1;
         g.lanes[self.id as usize].tokens[c] += 1;
-        // Throttled requests may wait while heavy places are free: a newcomer then goes at once if its
-        // turn comes first.
-        if g.throttled_in_flight > 0 {
+        // Requests may wait while the window has room (throttled ones held back, or a full heavy budget):
+        // a newcomer then goes at once if its turn comes first.
+        if g.in_flight < g.window() {
             g.dispatch(now, &b.metrics);
         }
         g.publish(&b.metrics);
@@ -903,7 +912,7 @@ impl Drop for Lane {
         let (tokens, held, throttled) = (l.tokens, l.held, l.held_throttled);
         l.tokens = [0; 2];
         l.held = [0; 2];
-        l.held_throttled = 0;
+        l.held_throttled = [0; 2];
         l.cancelled = [0; 2];
         g.free.push(self.id);
         g.give_back(held, throttled);
@@ -1044,8 +1053,13 @@ mod tests {
         assert_eq!(wallet.enqueue(true, false, 0.0, now), Admit::Queued);
         assert_eq!(grants(&wallet), [0, 2]);
         assert_eq!(grants(&other_abuser), [0, 0]);
-        // The throttled place comes free: the waiting request takes it.
+        // The throttled place comes free while the wallet's requests are inside the backend: the waiting
+        // throttled request is not written beside them, and goes once they are answered.
         abuser.release(true, None, now);
+        assert_eq!(grants(&other_abuser), [0, 0]);
+        wallet.release(true, None, now);
+        assert_eq!(grants(&other_abuser), [0, 0]);
+        wallet.release(true, None, now);
         assert_eq!(grants(&other_abuser), [0, 1]);
         assert!(!abuser.try_now(true, true));
         // A lane dropped with its throttled place gives it back.
@@ -1058,6 +1072,30 @@ mod tests {
         });
         let l = b.lane(1);
         assert!(l.try_now(true, true) && l.try_now(true, true) && l.try_now(true, true));
+    }
+
+    /// A throttled session's heavy request is not written while an unthrottled light request is inside the
+    /// backend either (throttled light ones do not hold it back), though every place is free.
+    #[test]
+    fn a_throttled_heavy_request_waits_for_unthrottled_requests_to_be_answered() {
+        let b = budget(fixed(8, 6));
+        let (abuser, wallet) = (b.lane(1), b.lane(3));
+        let now = Instant::now();
+        assert!(abuser.try_now(false, true));
+        assert!(wallet.try_now(false, false));
+        assert!(!abuser.try_now(true, true));
+        assert_eq!(abuser.enqueue(true, true, 5000.0, now), Admit::Queued);
+        assert_eq!(grants(&abuser), [0, 0]);
+        wallet.release(false, None, now);
+        assert_eq!(grants(&abuser), [0, 1]);
+        // With the throttled budget off, nothing holds it back.
+        let b = budget(BudgetSettings {
+            throttled_heavy_in_flight: None,
+            ..fixed(8, 6)
+        });
+        let (abuser, wallet) = (b.lane(1), b.lane(3));
+        assert!(wallet.try_now(false, false));
+        assert!(abuser.try_now(true, true));
     }
 
     #[test]
