@@ -555,21 +555,14 @@ pub async fn run(to: SocketAddr, size: &Size, req: &Requests, phases: &Phases) -
     o
 }
 
-/// Puts the calling thread at nice 19 (`renice` on its thread id); says so when it cannot.
+/// Puts the calling thread at nice 19; says so when it cannot. A system call, not `renice`: starting a
+/// process forks this one, large after earlier rows, and while the fork copies its memory map every thread
+/// here that touches new memory waits, the honest wallets' among them, at the very instant the attack starts.
 fn lowest_priority() {
-    let tid = std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|p| p.file_name().map(|t| t.to_string_lossy().into_owned()));
-    let ok = tid.is_some_and(|tid| {
-        Command::new("renice")
-            .args(["-n", "19", "-p", &tid])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if !ok {
-        eprintln!("bench: could not lower the abusers' thread priority; honest latency includes load-core contention");
+    if let Err(e) = gatehouse::sys::priority::set_this_thread_nice(19) {
+        eprintln!(
+            "bench: could not lower the abusers' thread priority ({e}); honest latency includes load-core contention"
+        );
     }
 }
 
