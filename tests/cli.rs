@@ -912,6 +912,32 @@ fn check_rejects_an_unbounded_worker_threads() {
 }
 
 #[test]
+fn check_rejects_bad_intake_threads_and_nice_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |key: &str| {
+        edited_tls_config(dir.path(), |t| {
+            t.replace("drain_deadline = \"5s\"", &format!("drain_deadline = \"5s\"\n{key}"))
+        })
+    };
+    let text = with("intake_threads = 65");
+    assert_check_error(
+        &text,
+        "runtime.intake_threads",
+        line_of(&text, "intake_threads"),
+        "65 is more than 64 threads (0 = accept and handshake on the workers)",
+    );
+    for bad in ["20", "-1"] {
+        let text = with(&format!("intake_nice = {bad}"));
+        assert_check_error(
+            &text,
+            "runtime.intake_nice",
+            line_of(&text, "intake_nice"),
+            &format!("{bad} is not a nice value from 0 (the workers' priority) to 19 (the lowest)"),
+        );
+    }
+}
+
+#[test]
 fn check_warns_when_every_electrum_client_arrives_from_loopback() {
     let dir = tempfile::tempdir().unwrap();
     // tls_config's only Electrum front listens on 127.0.0.1 and ::1 and takes no PROXY headers.

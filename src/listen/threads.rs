@@ -54,11 +54,14 @@ impl IntakeThreads {
         if settings.threads == 0 {
             return Ok(None);
         }
-        let stop = CancellationToken::new();
-        let mut runtimes = Vec::with_capacity(settings.threads);
+        // Built first, so that a thread failing to start ends the ones already running (on drop).
+        let mut this = IntakeThreads {
+            runtimes: Vec::with_capacity(settings.threads),
+            stop: CancellationToken::new(),
+        };
         for i in 0..settings.threads {
             let (tx, rx) = mpsc::channel();
-            let stop = stop.clone();
+            let stop = this.stop.clone();
             let nice = settings.nice;
             std::thread::Builder::new()
                 .name(format!("gh-intake-{i}"))
@@ -82,9 +85,9 @@ impl IntakeThreads {
             let handle = rx
                 .recv()
                 .map_err(|_| io::Error::other("the intake thread ended before its runtime started"))??;
-            runtimes.push(handle);
+            this.runtimes.push(handle);
         }
-        Ok(Some(IntakeThreads { runtimes, stop }))
+        Ok(Some(this))
     }
 
     /// Runs `accept` on every intake thread, each over its own copy of `listener` (a duplicate descriptor

@@ -1086,7 +1086,14 @@ mod tests {
         assert!(!abuser.try_now(true, true));
         assert_eq!(abuser.enqueue(true, true, 5000.0, now), Admit::Queued);
         assert_eq!(grants(&abuser), [0, 0]);
+        // Another wallet's heavy request queues behind the held-back one, and is granted at once: the
+        // budget has room and its turn comes first.
+        let other = b.lane(4);
+        assert_eq!(other.enqueue(true, false, 0.0, now), Admit::Queued);
+        assert_eq!(grants(&other), [0, 1]);
+        assert_eq!(grants(&abuser), [0, 0]);
         wallet.release(false, None, now);
+        other.release(true, None, now);
         assert_eq!(grants(&abuser), [0, 1]);
         // With the throttled budget off, nothing holds it back.
         let b = budget(BudgetSettings {

@@ -7,15 +7,13 @@ use gatehouse::{Gatehouse, Running};
 use std::net::SocketAddr;
 use std::path::Path;
 
-/// Parses `toml` (relative paths resolve against `dir`) and starts a gateway on the test's runtime.
-/// Intake runs there too unless `toml` sets `runtime.intake_threads`: many tests pause tokio's clock,
-/// which only holds within one runtime (an intake thread's handshake would look, to the paused clock,
-/// like a runtime with nothing to do, and time would jump past every deadline).
+/// Parses `toml` (relative paths resolve against `dir`) and starts a gateway on the test's runtime,
+/// intake included: many tests pause tokio's clock, which only holds within one runtime (an intake
+/// thread's handshake would look, to the paused clock, like a runtime with nothing to do, and time would
+/// jump past every deadline). The intake threads are tested through the binary.
 pub async fn start_in(dir: &Path, toml: &str) -> Running {
     let mut cfg = Config::parse(toml, &dir.join("gatehouse.toml")).unwrap_or_else(|e| panic!("config: {e}\n{toml}"));
-    if !toml.contains("intake_threads") {
-        cfg.runtime.intake.threads = 0;
-    }
+    cfg.runtime.intake.threads = 0;
     Gatehouse::start(cfg).await.expect("start")
 }
 
