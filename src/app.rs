@@ -267,6 +267,7 @@ impl Gatehouse {
             bans: bans.clone(),
             drain: drain.clone(),
             budgets: Default::default(),
+            versions: Default::default(),
         });
         electrum
             .budgets

@@ -830,6 +830,7 @@ impl Validator<'_> {
         Ok(ElectrumSettings {
             profile,
             version_policy: e.version_policy,
+            version_answer: e.version_answer,
             protocol_min,
             protocol_max,
             max_line: max_line.unwrap_or(DEFAULT_MAX_LINE),

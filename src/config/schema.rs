@@ -1,7 +1,7 @@
 //! The TOML schema as written by the operator. Every struct denies unknown keys so a typo is an error,
 //! not a silently ignored setting. Defaults live here so `conf/gatehouse.toml` and the code agree.
 
-use crate::front::electrum::settings::VersionPolicy;
+use crate::front::electrum::settings::{VersionAnswer, VersionPolicy};
 use crate::front::{FrontKind, Transport};
 use crate::state::{bans, cost};
 use crate::telemetry::LogFormat;
@@ -279,6 +279,8 @@ pub struct RawFrontElectrum {
     pub profile: RawProfile,
     #[serde(default)]
     pub version_policy: VersionPolicy,
+    #[serde(default)]
+    pub version_answer: VersionAnswer,
     pub protocol_min: Option<Spanned<String>>,
     pub protocol_max: Option<Spanned<String>>,
     pub max_line: Option<Spanned<ByteSize>>,

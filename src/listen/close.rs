@@ -31,6 +31,9 @@ pub enum CloseReason {
     UpstreamError,
     /// No backend of the pool accepted a connection.
     UpstreamUnreachable,
+    /// The Electrum backend refused the protocol version the gateway had already agreed with the client
+    /// on its behalf (it answered differently before).
+    UpstreamRefusedVersion,
     /// Nothing arrived from the client within the front's idle timeout.
     IdleTimeout,
     /// The PROXY header, the TLS handshake or the WebSocket upgrade did not finish in time.
@@ -74,9 +77,10 @@ impl CloseReason {
             | CloseReason::ClientError
             | CloseReason::Tls(_)
             | CloseReason::WebSocketHandshake(_) => CloseSide::Client,
-            CloseReason::UpstreamClosed | CloseReason::UpstreamError | CloseReason::UpstreamUnreachable => {
-                CloseSide::Upstream
-            }
+            CloseReason::UpstreamClosed
+            | CloseReason::UpstreamError
+            | CloseReason::UpstreamUnreachable
+            | CloseReason::UpstreamRefusedVersion => CloseSide::Upstream,
             _ => CloseSide::Gateway,
         }
     }
@@ -89,6 +93,7 @@ impl CloseReason {
             CloseReason::UpstreamClosed => "upstream closed",
             CloseReason::UpstreamError => "upstream error",
             CloseReason::UpstreamUnreachable => "upstream unreachable",
+            CloseReason::UpstreamRefusedVersion => "upstream refused version",
             CloseReason::IdleTimeout => "idle timeout",
             CloseReason::HandshakeTimeout => "handshake timeout",
             CloseReason::Tls(e) => return Cow::Owned(format!("tls error: {e}")),
@@ -130,6 +135,11 @@ mod tests {
             (
                 CloseReason::UpstreamUnreachable,
                 "upstream unreachable",
+                CloseSide::Upstream,
+            ),
+            (
+                CloseReason::UpstreamRefusedVersion,
+                "upstream refused version",
                 CloseSide::Upstream,
             ),
             (CloseReason::IdleTimeout, "idle timeout", CloseSide::Gateway),

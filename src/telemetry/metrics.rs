@@ -272,6 +272,7 @@ struct Metrics {
     hard_limit: Counter,
     slow_lines: Counter,
     unmatched_replies: Counter,
+    versions_answered: Counter,
     upstream_connect_seconds: HistogramFamily<UpstreamLabels>,
     reloads: Family<ResultLabels, Counter>,
     reload_handles: [Counter; 2],
@@ -335,6 +336,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         hard_limit: Counter::default(),
         slow_lines: Counter::default(),
         unmatched_replies: Counter::default(),
+        versions_answered: Counter::default(),
         upstream_connect_seconds: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         reloads,
         reload_handles,
@@ -520,6 +522,11 @@ pub fn unmatched_reply() {
     METRICS.unmatched_replies.inc();
 }
 
+/// A wallet's server.version answered by the gateway, with no backend connection opened for it.
+pub fn version_answered() {
+    METRICS.versions_answered.inc();
+}
+
 /// A configuration reload, applied (`ok`) or rejected.
 pub fn reload(ok: bool) {
     METRICS.reload_handles[usize::from(!ok)].inc();
@@ -629,6 +636,11 @@ pub fn render(live: Option<&dyn LiveSource>) -> String {
         "electrum_unmatched_replies",
         "Electrum backend replies dropped because they answered no request in flight",
         m.unmatched_replies.clone(),
+    );
+    r.register(
+        "electrum_versions_answered",
+        "Electrum server.version requests the gateway answered itself, from what the backend said before",
+        m.versions_answered.clone(),
     );
     r.register_with_unit(
         "upstream_connect_duration",

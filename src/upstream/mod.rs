@@ -79,6 +79,21 @@ impl Pool {
             .is_some_and(|t| t.down_until_ms.load(Ordering::Relaxed) <= self.now_ms())
     }
 
+    /// The upstream [`Pool::connect`] would try first now: the first one up or, when all are down, the
+    /// one that comes back soonest.
+    pub fn preferred(&self) -> Option<SocketAddr> {
+        let now = self.now_ms();
+        self.targets
+            .iter()
+            .find(|t| t.down_until_ms.load(Ordering::Relaxed) <= now)
+            .or_else(|| {
+                self.targets
+                    .iter()
+                    .min_by_key(|t| t.down_until_ms.load(Ordering::Relaxed))
+            })
+            .map(|t| t.addr)
+    }
+
     /// Connects to the first reachable upstream. `client` and `local` are the original client address
     /// and the address it connected to, carried in a PROXY v2 header when configured.
     pub async fn connect(

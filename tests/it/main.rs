@@ -12,6 +12,7 @@ mod drain;
 mod electrum_cost;
 mod electrum_protocol;
 mod electrum_transport;
+mod electrum_versions;
 mod feeds;
 mod hard_limit;
 mod memory;

@@ -365,3 +365,95 @@ pub async fn modelled_backend(service: fn(&str) -> Duration) -> Modelled {
         scale,
     }
 }
+
+/// What a [`versioned_backend`] was sent: the connection (counted from 1 in accept order), the method and
+/// the params.
+pub type Seen = (usize, String, Value);
+
+/// An Electrum backend that negotiates `server.version` as ElectrumX does (the highest version up to
+/// `best` within the range asked, else error 1) and answers everything else with `"result":null`,
+/// recording every request with its connection. `refuse` makes it refuse every version from then on;
+/// a `get_history` of the scripthash "hold" is answered only once `release` is notified.
+pub struct Versioned {
+    pub addr: SocketAddr,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    pub connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub refuse: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub release: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Versioned {
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The `server.version` requests seen so far.
+    pub fn versions(&self) -> Vec<Seen> {
+        self.seen().into_iter().filter(|s| s.1 == "server.version").collect()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+pub async fn versioned_backend(software: &'static str, best: &'static str) -> Versioned {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let connections = Arc::new(AtomicUsize::new(0));
+    let refuse = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (s2, c2, r2, h2) = (seen.clone(), connections.clone(), refuse.clone(), release.clone());
+    let addr = serve(move |s| {
+        let (seen, refuse, release) = (s2.clone(), r2.clone(), h2.clone());
+        let conn = c2.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            let _ = s.set_nodelay(true);
+            let (r, mut w) = s.into_split();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Ok(req) = serde_json::from_str::<Value>(&line) else {
+                    return;
+                };
+                let method = req["method"].as_str().unwrap_or("").to_string();
+                seen.lock().unwrap().push((conn, method.clone(), req["params"].clone()));
+                let outcome = match method.as_str() {
+                    "server.version" => {
+                        let range = &req["params"][1];
+                        let (lo, hi) = match range {
+                            Value::Array(r) => (r[0].as_str().unwrap_or(""), r[1].as_str().unwrap_or("")),
+                            v => (v.as_str().unwrap_or(""), v.as_str().unwrap_or("")),
+                        };
+                        let v = if hi < best { hi } else { best };
+                        if refuse.load(Ordering::SeqCst) || v < lo {
+                            Err(json!({"code": 1, "message": "unsupported protocol version"}))
+                        } else {
+                            Ok(json!([software, v]))
+                        }
+                    }
+                    "blockchain.scripthash.get_history" if req["params"][0] == "hold" => {
+                        release.notified().await;
+                        Ok(json!([]))
+                    }
+                    _ => Ok(Value::Null),
+                };
+                let reply = match outcome {
+                    Ok(result) => json!({"jsonrpc": "2.0", "id": req["id"], "result": result}),
+                    Err(error) => json!({"jsonrpc": "2.0", "id": req["id"], "error": error}),
+                };
+                if w.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    Versioned {
+        addr,
+        seen,
+        connections,
+        refuse,
+        release,
+    }
+}

@@ -1,10 +1,11 @@
 //! A session's side of its backend's in-flight budget (`upstream::budget`): requests the per-session
 //! throttle has let go wait here for a slot at the backend, in their cost group's fair queue.
 //!
-//! The budget is per backend address, and which backend a session gets is known only once it has
-//! connected (the pool fails over), so requests let go before that wait here without a place in any
-//! queue; the session dials, binds its lane, and they take their places in order. A front whose
-//! `max_in_flight` is "off" never holds anything here.
+//! The budget is per backend address. A session whose `server.version` the gateway answered binds its
+//! lane at once, to the backend the pool would dial first, and dials only when a request is granted.
+//! Otherwise which backend a session gets is known only once it has connected (the pool fails over), so
+//! requests let go before that wait here without a place in any queue; the session dials, binds its lane,
+//! and they take their places in order. A front whose `max_in_flight` is "off" never holds anything here.
 
 use crate::state::cost::Account;
 use crate::upstream::budget::{Admit, Budgets, Lane};

@@ -9,6 +9,7 @@ pub mod probe;
 pub mod rewrite;
 pub mod session;
 pub mod settings;
+pub mod versions;
 pub mod ws;
 
 use super::drain::Drain;
@@ -41,4 +42,6 @@ pub struct Handles {
     pub drain: Arc<Drain>,
     /// The in-flight budget of every backend an Electrum front names, by address.
     pub budgets: crate::upstream::budget::Budgets,
+    /// What each backend answered to server.version, for the sessions that answer it themselves.
+    pub versions: versions::BackendVersions,
 }

@@ -12,7 +12,8 @@ use super::frame::{Frame, LineDecoder};
 use super::gate::{Gate, Offer};
 use super::jsonrpc::{self, ErrorCode, Incoming, Message, ParseError, Request, RpcError};
 use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
-use super::settings::{ElectrumSettings, VersionPolicy};
+use super::settings::{ElectrumSettings, VersionAnswer, VersionPolicy};
+use super::versions::Known;
 use super::Handles;
 use crate::front::{CloseReason, FrontState};
 use crate::guard::limits::KeyedCounts;
@@ -192,6 +193,13 @@ struct Session<'a> {
     now: Instant,
     negotiated: Option<ProtoVersion>,
     version_seen: bool,
+    /// The clamped range of a server.version forwarded to the backend, to learn from its answer.
+    asked_version: Option<(ProtoVersion, ProtoVersion)>,
+    /// A server.version the gateway answered itself: the backend it spoke for, and the line that opens
+    /// the backend connection once one is needed.
+    promised_version: Option<(SocketAddr, Vec<u8>)>,
+    /// The backend the session is connected to.
+    backend: Option<SocketAddr>,
     waiting: VecDeque<Queued>,
     sleeping: Vec<Queued>,
     /// Let go by the throttle, waiting for a slot at the backend's in-flight budget.
@@ -287,6 +295,9 @@ where
         now,
         negotiated: None,
         version_seen: false,
+        asked_version: None,
+        promised_version: None,
+        backend: None,
         waiting: VecDeque::new(),
         sleeping: Vec::new(),
         gate: Gate::new(!front.cfg.budget.is_off()),
@@ -340,6 +351,11 @@ where
                 Ok((u, addr)) => {
                     upstream = Some(u);
                     s.now = Instant::now();
+                    s.backend = Some(addr);
+                    if let Some((_, line)) = &s.promised_version {
+                        // Ahead of whatever was granted meanwhile: the backend must hear the version first.
+                        s.up_out.splice(0..0, line.iter().copied());
+                    }
                     s.bind_gate(addr);
                 }
                 Err(e) => {
@@ -1044,8 +1060,12 @@ impl Session<'_> {
             return self.close_with(CloseReason::UnsupportedProtocolVersion);
         }
         metrics::request(Class::Server, ReqResult::Ok);
-        self.negotiated = Some(hi);
         let name = jsonrpc::param_str(req.params, 0, "client_name").unwrap_or("");
+        if let Some((backend, known, version)) = self.known_version(lo, hi) {
+            return self.answer_version(id, name, backend, &known, version);
+        }
+        self.negotiated = Some(hi);
+        self.asked_version = Some((lo, hi));
         // The backend sees the clamped range, so it cannot negotiate a version the gateway does not police.
         // The gateway's id goes in at the front, as for any forwarded request.
         let mut fwd = Vec::with_capacity(128);
@@ -1059,6 +1079,65 @@ impl Session<'_> {
             heavy: false,
         };
         self.enqueue(&fwd, IdSlot::Insert(1), track);
+    }
+
+    /// What the backend this session would be connected to said before, when the client's clamped range
+    /// `lo..=hi` holds the version it negotiates.
+    fn known_version(&self, lo: ProtoVersion, hi: ProtoVersion) -> Option<(SocketAddr, Known, ProtoVersion)> {
+        if self.set.version_answer != VersionAnswer::Gateway {
+            return None;
+        }
+        let backend = self.front.pool.preferred()?;
+        let known = self.shared.versions.get(backend)?;
+        let version = known.pick(lo, hi)?;
+        Some((backend, known, version))
+    }
+
+    /// Answers server.version as `backend` did before, without a backend connection: the session opens
+    /// one with its first request, and tells the backend the negotiated version on it first.
+    fn answer_version(
+        &mut self,
+        id: Option<&RawValue>,
+        name: &str,
+        backend: SocketAddr,
+        known: &Known,
+        version: ProtoVersion,
+    ) {
+        metrics::version_answered();
+        self.negotiated = Some(version);
+        // Id 0 is never a forwarded request's: theirs count up from 1.
+        let mut line = Vec::with_capacity(128);
+        line.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"server.version\",\"params\":[");
+        let _ = serde_json::to_writer(&mut line, name);
+        line.extend_from_slice(format!(",\"{version}\"]}}\n").as_bytes());
+        self.promised_version = Some((backend, line));
+        // Requests take their places at that backend's budget at once; the dial waits for a granted one.
+        self.bind_gate(backend);
+        // The client pays for the answer's bytes as it would for the backend's.
+        let before = self.client_out.len();
+        self.reply_result(id, &known.result_json(version));
+        self.charge_bytes(self.client_out.len().saturating_sub(before));
+    }
+
+    /// The backend's answer to the version the gateway agreed on its behalf. A backend that now refuses
+    /// it is no longer the one that answered before: the session cannot go on at that version, and the
+    /// next sessions forward their versions to it again.
+    fn on_promised_version(&mut self, line: &[u8]) {
+        if version_reply(line).map(|(_, v)| v) == self.negotiated {
+            return;
+        }
+        if let Some((promised, _)) = self.promised_version {
+            self.shared.versions.forget(promised);
+        }
+        if let Some(backend) = self.backend {
+            self.shared.versions.forget(backend);
+        }
+        tracing::warn!(front = %self.front.cfg.name, backend = ?self.backend, "the Electrum backend refused the protocol version it negotiated before; versions go to it again");
+        self.fail_all(
+            ErrorCode::InternalError,
+            "Electrum backend refused the negotiated protocol version",
+        );
+        self.closing = Some(CloseReason::UpstreamRefusedVersion);
     }
 
     fn on_batch(&mut self, items: Vec<Result<Request<'_>, ParseError<'_>>>) {
@@ -1450,7 +1529,11 @@ impl Session<'_> {
     /// client's id. A reply that matches nothing in flight (an id the gateway never issued, or a second
     /// answer to one already answered) is dropped and counted: passing it on would skip the rewrites.
     fn on_reply(&mut self, line: &[u8], id: &RawValue) {
-        let pos = jsonrpc::gateway_id(id).and_then(|gid| self.inflight_position(gid));
+        let gid = jsonrpc::gateway_id(id);
+        if gid == Some(0) && self.promised_version.is_some() {
+            return self.on_promised_version(line);
+        }
+        let pos = gid.and_then(|gid| self.inflight_position(gid));
         let (Some(pos), Some(at)) = (pos, jsonrpc::span_of(line, id.get())) else {
             metrics::unmatched_reply();
             tracing::debug!(front = %self.front.cfg.name, client = %self.client, "dropping a backend reply that answers no request in flight");
@@ -1470,8 +1553,12 @@ impl Session<'_> {
         self.charge_response(info, line);
         let policed = match info.special {
             Special::Version => {
-                if let Some(v) = negotiated_from_reply(line) {
+                if let Some((software, v)) = version_reply(line) {
                     self.negotiated = Some(v);
+                    if let (Some(asked), Some(backend)) = (self.asked_version, self.backend) {
+                        let ceiling = self.set.protocol_max;
+                        self.shared.versions.learn(backend, &software, asked, v, ceiling);
+                    }
                 }
                 None
             }
@@ -1654,15 +1741,15 @@ fn client_range(params: Option<&RawValue>) -> Option<(ProtoVersion, ProtoVersion
     }
 }
 
-/// The protocol version in a server.version reply: `{"result": [software, version]}`.
-fn negotiated_from_reply(line: &[u8]) -> Option<ProtoVersion> {
+/// The software and protocol version in a server.version reply: `{"result": [software, version]}`.
+fn version_reply(line: &[u8]) -> Option<(String, ProtoVersion)> {
     #[derive(serde::Deserialize)]
-    struct Reply<'a> {
-        #[serde(borrow)]
-        result: Option<(&'a str, &'a str)>,
+    struct Reply {
+        result: Option<(String, String)>,
     }
-    let r: Reply<'_> = serde_json::from_slice(line).ok()?;
-    r.result?.1.parse().ok()
+    let r: Reply = serde_json::from_slice(line).ok()?;
+    let (software, version) = r.result?;
+    Some((software, version.parse().ok()?))
 }
 
 /// Number of items in an array `result` (for per-item charges).

@@ -44,6 +44,7 @@ pub const DEFAULT_MAX_NESTING: usize = 32;
 pub struct ElectrumSettings {
     pub profile: Profile,
     pub version_policy: VersionPolicy,
+    pub version_answer: VersionAnswer,
     pub protocol_min: ProtoVersion,
     pub protocol_max: ProtoVersion,
     pub max_line: usize,
@@ -60,6 +61,18 @@ pub struct ElectrumSettings {
     pub max_subscriptions: usize,
     pub max_pending_output: usize,
     pub slow_reader_timeout: Duration,
+}
+
+/// Who answers a wallet's `server.version`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionAnswer {
+    /// The gateway, from what the backend answered before, when the client's range holds the backend's
+    /// best version; the session opens its backend connection with its first request.
+    #[default]
+    Gateway,
+    /// Always the backend: every session opens its backend connection with its `server.version`.
+    Backend,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
