@@ -5,6 +5,7 @@
 
 use crate::support::backends::{self, Versioned};
 use crate::support::clients::{sample, Client};
+use crate::support::cost;
 use crate::support::gateway::{self, RELAXED};
 use crate::support::net;
 use serde_json::json;
@@ -189,4 +190,30 @@ async fn a_backend_that_refuses_the_version_it_answered_before_fails_the_session
     let r = third.call("server.version", r#"["third", "1.4"]"#, 0.5).await;
     assert_eq!(r.error_code(), Some(1), "{}", r.v);
     assert_eq!(backend.versions().len(), 3, "{:?}", backend.seen());
+}
+
+/// A version the gateway answers goes through the throttle like a forwarded one: a new session of a group
+/// over the soft limit gets its answer after the same sleep, and other groups' sessions at once.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_groups_new_session_waits_for_its_answer_as_for_the_backends() {
+    let backend = backends::versioned_backend("Versioned 2.0", "1.4").await;
+    let methods = "\"blockchain.estimatefee\" = 5500";
+    let running = gateway::start(&cost::config(backend.addr, "", methods, "\"127.0.0.1:0\"", "")).await;
+    let to = running.addr("electrum");
+    let mut costly = Client::open("127.0.7.2", to).await;
+    let r = costly.call("blockchain.estimatefee", "[2]", 5500.0).await;
+    assert!(r.v.get("error").is_none(), "{}", r.v);
+
+    for (from, least, most) in [("127.0.7.3", 1.0, 2.5), ("127.0.8.2", 0.0, 0.0)] {
+        let mut c = Client::connect(from, to).await;
+        let t0 = tokio::time::Instant::now();
+        let r = c.call("server.version", r#"["new", "1.4"]"#, 0.5).await;
+        assert_eq!(r.v["result"], json!(["Versioned 2.0", "1.4"]));
+        let waited = (r.at - t0).as_secs_f64();
+        assert!(
+            (least..=most).contains(&waited),
+            "{from}: answered after {waited} s, expected {least}..={most} s"
+        );
+    }
+    assert_eq!(backend.versions().len(), 1, "{:?}", backend.seen());
 }

@@ -98,11 +98,13 @@ impl IdKey {
 }
 
 /// Where the gateway's own id goes in a forwarded request: it replaces the client's id, or (for a
-/// notification, which has none) is inserted as the object's first member.
+/// notification, which has none) is inserted as the object's first member. `Local`: the request is
+/// answered by the gateway, and its bytes are the result to answer with.
 #[derive(Clone, Copy)]
 enum IdSlot {
     Replace(u32, u32),
     Insert(u32),
+    Local,
 }
 
 /// What the session owes the client for one forwarded request.
@@ -1113,9 +1115,25 @@ impl Session<'_> {
         self.promised_version = Some((backend, line));
         // Requests take their places at that backend's budget at once; the dial waits for a granted one.
         self.bind_gate(backend);
-        // The client pays for the answer's bytes as it would for the backend's.
+        let track = Track {
+            id: id.map(IdKey::new),
+            info: methods::version_info(),
+            batch: None,
+            heavy: false,
+        };
+        // Through the throttle like a forwarded version: a costly group's new sessions wait for their
+        // answer as they would for the backend's, and do not all pile their requests in at once.
+        self.enqueue(known.result_json(version).as_bytes(), IdSlot::Local, track);
+    }
+
+    /// A request the throttle let go that the gateway answers itself; the client pays for the answer's
+    /// bytes as it would for the backend's.
+    fn answer_here(&mut self, result: &[u8], track: &Track) {
         let before = self.client_out.len();
-        self.reply_result(id, &known.result_json(version));
+        match std::str::from_utf8(result) {
+            Ok(result) => self.finish(track, Entry::Result(result)),
+            Err(_) => self.finish(track, Entry::Error(ErrorCode::InternalError, "internal error")),
+        }
         self.charge_bytes(self.client_out.len().saturating_sub(before));
     }
 
@@ -1302,6 +1320,9 @@ impl Session<'_> {
     /// Writes the request upstream if the backend's in-flight budget has a slot for it, else leaves it
     /// waiting for one in the gate (or answers it busy when the backend's queue is full).
     fn send(&mut self, bytes: &[u8], slot: IdSlot, track: Track, arrived: Instant) {
+        if let IdSlot::Local = slot {
+            return self.answer_here(bytes, &track);
+        }
         if self.gate.try_now(track.heavy) {
             return self.forward(bytes, slot, track, arrived);
         }
@@ -1354,6 +1375,7 @@ impl Session<'_> {
                 push_decimal(&mut self.up_out, gid);
                 self.up_out.extend_from_slice(&bytes[end as usize..]);
             }
+            IdSlot::Local => return self.answer_here(bytes, &track),
             IdSlot::Insert(at) => {
                 self.up_out.extend_from_slice(&bytes[..at as usize]);
                 self.up_out.extend_from_slice(b"\"id\":");
