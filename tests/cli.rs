@@ -483,6 +483,27 @@ fn check_rejects_bad_in_flight_budgets() {
         9,
         "needs a budget: max_in_flight is \"off\"",
     );
+    assert_check_error(
+        &one("electrum", "throttled_heavy_share = \"12.55%\""),
+        "front[0].upstream.throttled_heavy_share",
+        8,
+        "expected \"off\" or a percentage from \"0.1%\" to \"100%\", not \"12.55%\"",
+    );
+    assert_check_error(
+        &one(
+            "electrum",
+            "throttled_heavy_in_flight = \"off\"\nthrottled_heavy_share = \"5%\"",
+        ),
+        "front[0].upstream.throttled_heavy_share",
+        9,
+        "needs a throttled budget: throttled_heavy_in_flight is \"off\"",
+    );
+    assert_check_error(
+        &one("peer", "throttled_heavy_share = \"5%\""),
+        "front[0].upstream.throttled_heavy_share",
+        8,
+        "only Electrum fronts",
+    );
     // Two fronts naming one backend share its budget: they must agree on it.
     let a = budget_front("a", "electrum", "127.0.0.1:0", "max_in_flight = 8");
     let b = budget_front("b", "electrum", "127.0.0.2:0", "max_in_flight = 16");
@@ -499,7 +520,7 @@ fn check_rejects_bad_in_flight_budgets() {
         "c",
         "electrum",
         "127.0.0.4:0",
-        "max_in_flight = \"auto\"\nheavy_in_flight = \"auto\"\nthrottled_heavy_in_flight = \"off\"",
+        "max_in_flight = \"auto\"\nheavy_in_flight = \"auto\"\nthrottled_heavy_in_flight = \"off\"\nthrottled_heavy_share = \"off\"",
     )
     .replace("127.0.0.1:9", "127.0.0.1:10");
     let dir = tempfile::tempdir().unwrap();

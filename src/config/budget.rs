@@ -1,5 +1,5 @@
 //! The in-flight budget keys of `[front.upstream]` (`max_in_flight`, `heavy_in_flight`,
-//! `throttled_heavy_in_flight`, `max_queued`):
+//! `throttled_heavy_in_flight`, `throttled_heavy_share`, `max_queued`):
 //! validated into `upstream::budget::BudgetSettings`, on Electrum fronts only, and one budget per backend
 //! address across the fronts that name it.
 
@@ -7,7 +7,8 @@ use super::schema::{RawCount, RawFront};
 use super::{ConfigError, Validator};
 use crate::front::{Front, FrontKind};
 use crate::upstream::budget::{
-    BudgetSettings, HeavyInFlight, InFlight, DEFAULT_MAX_QUEUED, DEFAULT_THROTTLED_HEAVY_IN_FLIGHT, MAX_CONFIGURED,
+    BudgetSettings, HeavyInFlight, InFlight, Share, DEFAULT_MAX_QUEUED, DEFAULT_THROTTLED_HEAVY_IN_FLIGHT,
+    DEFAULT_THROTTLED_HEAVY_SHARE, MAX_CONFIGURED,
 };
 use std::net::SocketAddr;
 use toml::Spanned;
@@ -23,6 +24,10 @@ impl Validator<'_> {
                 (
                     "throttled_heavy_in_flight",
                     u.throttled_heavy_in_flight.as_ref().map(Spanned::span),
+                ),
+                (
+                    "throttled_heavy_share",
+                    u.throttled_heavy_share.as_ref().map(Spanned::span),
                 ),
                 ("max_queued", u.max_queued.as_ref().map(Spanned::span)),
             ];
@@ -106,6 +111,32 @@ impl Validator<'_> {
                 }
             }
         };
+        let throttled_heavy_share = match &u.throttled_heavy_share {
+            None => Some(DEFAULT_THROTTLED_HEAVY_SHARE),
+            Some(v) => {
+                let k = format!("{key}.throttled_heavy_share");
+                if off {
+                    return Err(self.err(k, Some(v.span()), "needs a budget: max_in_flight is \"off\""));
+                }
+                if throttled_heavy_in_flight.is_none() && v.get_ref() != "off" {
+                    return Err(self.err(
+                        k,
+                        Some(v.span()),
+                        "needs a throttled budget: throttled_heavy_in_flight is \"off\"",
+                    ));
+                }
+                match v.get_ref().as_str() {
+                    "off" => None,
+                    text => Some(parse_share(text).ok_or_else(|| {
+                        self.err(
+                            k,
+                            Some(v.span()),
+                            format!("expected \"off\" or a percentage from \"0.1%\" to \"100%\", not {text:?}"),
+                        )
+                    })?),
+                }
+            }
+        };
         let max_queued = match &u.max_queued {
             None => DEFAULT_MAX_QUEUED,
             Some(v) => {
@@ -120,6 +151,7 @@ impl Validator<'_> {
             max_in_flight,
             heavy_in_flight,
             throttled_heavy_in_flight,
+            throttled_heavy_share,
             max_queued,
         })
     }
@@ -156,7 +188,7 @@ impl Validator<'_> {
                             format!(
                                 "{addr} is also an upstream of front `{name}`, with other in-flight settings: a \
                                  backend has one budget, so give both fronts the same max_in_flight, \
-                                 heavy_in_flight, throttled_heavy_in_flight and max_queued"
+                                 heavy_in_flight, throttled_heavy_in_flight, throttled_heavy_share and max_queued"
                             ),
                         ))
                     }
@@ -166,5 +198,38 @@ impl Validator<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// "5%", "0.5%", "100%": a share in thousandths, at most one decimal place, from 0.1 % to 100 %.
+fn parse_share(text: &str) -> Option<Share> {
+    let number = text.strip_suffix('%')?.trim_end();
+    let (whole, tenth) = match number.split_once('.') {
+        Some((w, t)) if t.len() == 1 => (w, t),
+        Some(_) => return None,
+        None => (number, "0"),
+    };
+    if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) || !tenth.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let permille = whole.parse::<u32>().ok()?.checked_mul(10)? + tenth.parse::<u32>().ok()?;
+    (1..=1000).contains(&permille).then_some(Share(permille as u16))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_percentages_with_one_decimal_place() {
+        assert_eq!(parse_share("5%"), Some(Share(50)));
+        assert_eq!(parse_share("0.5%"), Some(Share(5)));
+        assert_eq!(parse_share("100%"), Some(Share(1000)));
+        assert_eq!(parse_share("12.5 %"), Some(Share(125)));
+        for bad in [
+            "0%", "0.0%", "100.1%", "5", "5.25%", "-1%", "%", ".5%", "5.%", "1e1%", "x%",
+        ] {
+            assert_eq!(parse_share(bad), None, "{bad}");
+        }
     }
 }

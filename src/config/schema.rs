@@ -639,6 +639,8 @@ pub struct RawUpstream {
     pub heavy_in_flight: Option<Spanned<RawCount>>,
     /// Electrum fronts: a count or `"off"`.
     pub throttled_heavy_in_flight: Option<Spanned<RawCount>>,
+    /// Electrum fronts: a percentage like `"5%"`, or `"off"`.
+    pub throttled_heavy_share: Option<Spanned<String>>,
     /// Electrum fronts: a count.
     pub max_queued: Option<Spanned<i64>>,
 }
@@ -667,6 +669,7 @@ impl Default for RawUpstream {
             max_in_flight: None,
             heavy_in_flight: None,
             throttled_heavy_in_flight: None,
+            throttled_heavy_share: None,
             max_queued: None,
         }
     }

@@ -57,6 +57,22 @@ pub const DEFAULT_LIGHT_RESERVE: f64 = 0.25;
 /// queue, a heavy read the backend has begun cannot be taken back: each one inside it is one an honest
 /// wallet's request may have to wait for. Clients the cost model already slows get one at a time.
 pub const DEFAULT_THROTTLED_HEAVY_IN_FLIGHT: u32 = 1;
+/// Default `throttled_heavy_share`: the share of the backend's time throttled sessions' heavy requests may
+/// take, all together. Each such read holds the backend for as long as it takes; after it the throttled
+/// budget rests long enough that reads cover at most this share of the time. A wallet's request then
+/// rarely finds a costly group's read in service, however many costly sessions wait: the backend idles
+/// for them rather than work for them without pause.
+pub const DEFAULT_THROTTLED_HEAVY_SHARE: Share = Share(50);
+
+/// A share of the backend's time, in thousandths (1 to 1000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share(pub u16);
+
+impl Share {
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0.clamp(1, 1000)) / 1000.0
+    }
+}
 /// Where the learned heavy window starts (it is also learned on its own, from heavy answers alone, and is
 /// at most the share above): a flood's heavy requests arriving at once find this many places inside the
 /// backend before the first round tells how slow they are, so it is small.
@@ -97,6 +113,8 @@ pub struct BudgetSettings {
     pub heavy_in_flight: HeavyInFlight,
     /// `None`: throttled sessions' heavy requests share the heavy budget like any others.
     pub throttled_heavy_in_flight: Option<u32>,
+    /// `None`: throttled heavy requests follow one another without rest.
+    pub throttled_heavy_share: Option<Share>,
     pub max_queued: usize,
 }
 
@@ -106,6 +124,7 @@ impl Default for BudgetSettings {
             max_in_flight: InFlight::Auto,
             heavy_in_flight: HeavyInFlight::Auto,
             throttled_heavy_in_flight: Some(DEFAULT_THROTTLED_HEAVY_IN_FLIGHT),
+            throttled_heavy_share: Some(DEFAULT_THROTTLED_HEAVY_SHARE),
             max_queued: DEFAULT_MAX_QUEUED,
         }
     }
@@ -249,12 +268,19 @@ struct Inner {
     heavy_in_flight: u32,
     /// Slots held by throttled sessions, per class.
     throttled_in_flight: [u32; 2],
+    /// Until when the throttled budget rests after a read (see [`DEFAULT_THROTTLED_HEAVY_SHARE`]).
+    throttled_rest: Option<Instant>,
+    /// A task ends the rests (there is a runtime to run it on).
+    paced: bool,
     /// Live queued requests per class (cancelled ones still in a group's queue are not counted).
     queued: [usize; 2],
     /// The groups with anything queued.
     flows: HashMap<u64, Flow>,
     /// Per class, the groups' turns, lowest tag first.
     turns: [BinaryHeap<Turn>; 2],
+    /// Throttled groups' heavy turns that surfaced while the throttled budget had no room: set aside so
+    /// the unthrottled turns behind them go on, and put back once it has.
+    parked: Vec<Turn>,
     /// Cancelled tokens still in the groups' queues.
     zombies: usize,
     /// Per class, the tag of the last turn served.
@@ -270,6 +296,8 @@ struct Inner {
 pub struct Budget {
     inner: Mutex<Inner>,
     metrics: BudgetMetrics,
+    /// Wakes the task that ends the throttled budget's rests.
+    pacer: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Budget {
@@ -337,6 +365,7 @@ impl Inner {
             Some(n) if throttled && !matches!(self.limit, Limit::Unlimited) => {
                 self.throttled_in_flight[HEAVY] < n.max(1)
                     && self.in_flight == self.throttled_in_flight[LIGHT] + self.throttled_in_flight[HEAVY]
+                    && self.throttled_rest.is_none()
             }
             _ => true,
         }
@@ -365,8 +394,9 @@ impl Inner {
     }
 
     /// One slot of class `c` given back by a lane; it counts as throttled while the lane holds any of the
-    /// class taken so (which of its requests was answered does not matter: they are alike).
-    fn give_back_one(&mut self, lane: u32, c: usize) {
+    /// class taken so (which of its requests was answered does not matter: they are alike). Returns
+    /// whether it did.
+    fn give_back_one(&mut self, lane: u32, c: usize) -> bool {
         let l = &mut self.lanes[lane as usize];
         l.held[c] -= 1;
         let mut held = [0; 2];
@@ -375,6 +405,22 @@ impl Inner {
         throttled[c] = u32::from(l.held_throttled[c] > 0);
         l.held_throttled[c] -= throttled[c];
         self.give_back(held, throttled);
+        throttled[c] > 0
+    }
+
+    /// A throttled heavy read took `took` at the backend: the throttled budget rests long enough that
+    /// such reads fill at most their share of the time. Returns whether a rest began or grew.
+    fn rest_after(&mut self, took: Duration, now: Instant) -> bool {
+        let Some(share) = self.settings.throttled_heavy_share.filter(|_| self.paced) else {
+            return false;
+        };
+        let share = share.fraction();
+        let until = now + took.mul_f64((1.0 - share) / share);
+        if self.throttled_rest.is_some_and(|t| t >= until) {
+            return false;
+        }
+        self.throttled_rest = Some(until);
+        true
     }
 
     fn lane(&mut self, id: u32, gen: u32) -> Option<&mut LaneState> {
@@ -452,12 +498,33 @@ impl Inner {
     /// Grants slots to queued requests while the budget has room, lowest tag first; between the classes,
     /// the turn least ahead of its class's virtual time goes first (light on a tie).
     fn dispatch(&mut self, now: Instant, m: &BudgetMetrics) {
+        if !self.parked.is_empty() && self.throttled_room(true) {
+            for t in std::mem::take(&mut self.parked) {
+                self.turns[HEAVY].push(t);
+            }
+        }
         while self.in_flight < self.window() {
             self.skip_stale(LIGHT);
             self.skip_stale(HEAVY);
-            // A throttled group's turn at the head of the heavy queue waits for the throttled budget (a
-            // cheaper group behind it waits as long: at most a few answers, and rarely, as throttled
-            // groups' tags are the costliest).
+            // A throttled group's turn at the head of the heavy queue waits for the throttled budget, out
+            // of the way: the unthrottled turns behind it go on meanwhile (a rest can last many reads).
+            if !self.throttled_room(true) {
+                while self.turns[HEAVY]
+                    .peek()
+                    .and_then(|t| self.flows.get(&t.group))
+                    .is_some_and(|f| f.throttled)
+                {
+                    let t = self.turns[HEAVY].pop().expect("peeked");
+                    self.parked.push(t);
+                    self.skip_stale(HEAVY);
+                }
+                // Turns tagged again while set aside leave their old entries here: drop those in bulk.
+                if self.parked.len() > 2 * self.flows.len() + COMPACT_SLACK {
+                    let flows = &self.flows;
+                    self.parked
+                        .retain(|t| flows.get(&t.group).is_some_and(|f| f.turn[HEAVY] == t.seq));
+                }
+            }
             let head_throttled = self.turns[HEAVY]
                 .peek()
                 .and_then(|t| self.flows.get(&t.group))
@@ -501,7 +568,7 @@ impl Inner {
         // A class with no turn left starts its virtual time over, so tags stay small numbers; the groups
         // still queued in the other class keep no tag of this one.
         for c in [LIGHT, HEAVY] {
-            if self.turns[c].is_empty() && self.vtime[c] != 0.0 {
+            if self.turns[c].is_empty() && (c == LIGHT || self.parked.is_empty()) && self.vtime[c] != 0.0 {
                 self.vtime[c] = 0.0;
                 for f in self.flows.values_mut() {
                     f.start[c] = 0.0;
@@ -623,9 +690,12 @@ impl Budget {
             in_flight: 0,
             heavy_in_flight: 0,
             throttled_in_flight: [0; 2],
+            throttled_rest: None,
+            paced: tokio::runtime::Handle::try_current().is_ok(),
             queued: [0; 2],
             flows: HashMap::new(),
             turns: [BinaryHeap::new(), BinaryHeap::new()],
+            parked: Vec::new(),
             zombies: 0,
             vtime: [0.0; 2],
             seq: 0,
@@ -635,10 +705,26 @@ impl Budget {
             published: [-1; 5],
         };
         inner.publish(&metrics);
-        Arc::new(Budget {
+        let paced = inner.paced;
+        let budget = Arc::new(Budget {
             inner: Mutex::new(inner),
             metrics,
-        })
+            pacer: Arc::new(tokio::sync::Notify::new()),
+        });
+        if paced {
+            tokio::spawn(pace(Arc::downgrade(&budget), budget.pacer.clone()));
+        }
+        budget
+    }
+
+    /// Ends the throttled budget's rest if it is over by `now`, and grants what then may go.
+    pub fn end_rest(&self, now: Instant) {
+        let mut g = self.lock();
+        if g.throttled_rest.is_some_and(|t| t <= now) {
+            g.throttled_rest = None;
+            g.dispatch(now, &self.metrics);
+            g.publish(&self.metrics);
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -660,6 +746,9 @@ impl Budget {
             (InFlight::Off, _) => Limit::Unlimited,
         };
         g.settings = settings;
+        if settings.throttled_heavy_share.is_none() {
+            g.throttled_rest = None;
+        }
         g.dispatch(now, &self.metrics);
         g.publish(&self.metrics);
     }
@@ -834,7 +923,11 @@ impl Lane {
         if l.held[c] == 0 {
             return;
         }
-        g.give_back_one(self.id, c);
+        let throttled = g.give_back_one(self.id, c);
+        let rests = match latency {
+            Some(took) if heavy && throttled => g.rest_after(took, now),
+            _ => false,
+        };
         if let (Some(latency), Limit::Auto(l)) = (latency, &mut g.limit) {
             let (w, h) = &mut **l;
             w.sample(latency, heavy);
@@ -844,6 +937,10 @@ impl Lane {
         }
         g.dispatch(now, &b.metrics);
         g.publish(&b.metrics);
+        drop(g);
+        if rests {
+            b.pacer.notify_one();
+        }
     }
 
     /// Withdraws one queued request of the class (it timed out, or the session is closing). If its
@@ -926,6 +1023,31 @@ impl Drop for Lane {
     }
 }
 
+impl Drop for Budget {
+    fn drop(&mut self) {
+        // The pacing task holds only a weak reference: woken, it finds the budget gone and ends.
+        self.pacer.notify_one();
+    }
+}
+
+/// Ends each of the throttled budget's rests when it is over; waits to be told of the next one.
+async fn pace(budget: std::sync::Weak<Budget>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let rest = match budget.upgrade() {
+            Some(b) => b.lock().throttled_rest,
+            None => return,
+        };
+        match rest {
+            Some(until) => tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await,
+            None => wake.notified().await,
+        }
+        match budget.upgrade() {
+            Some(b) => b.end_rest(tokio::time::Instant::now().into_std()),
+            None => return,
+        }
+    }
+}
+
 /// One backend named by a front, with the budget settings that front gives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetSpec {
@@ -987,6 +1109,7 @@ mod tests {
             max_in_flight: InFlight::Fixed(n),
             heavy_in_flight: HeavyInFlight::Fixed(heavy),
             throttled_heavy_in_flight: Some(DEFAULT_THROTTLED_HEAVY_IN_FLIGHT),
+            throttled_heavy_share: Some(DEFAULT_THROTTLED_HEAVY_SHARE),
             max_queued: 1000,
         }
     }
@@ -1072,6 +1195,46 @@ mod tests {
         });
         let l = b.lane(1);
         assert!(l.try_now(true, true) && l.try_now(true, true) && l.try_now(true, true));
+    }
+
+    /// After a throttled read the throttled budget rests nine times as long as the read took (a 10 % share):
+    /// a cheap throttled group's turn steps aside meanwhile, so an unthrottled group queued behind it goes at
+    /// once, and the throttled one goes when the rest is over. The rest is ended by the budget's own task,
+    /// on the runtime's (paused) clock; "off" rests not at all.
+    #[tokio::test(start_paused = true)]
+    async fn a_throttled_read_makes_the_throttled_budget_rest_while_others_go_on() {
+        let settings = BudgetSettings {
+            throttled_heavy_share: Some(Share(100)),
+            ..fixed(4, 4)
+        };
+        let b = budget(settings);
+        let (abuser, cheap_abuser, wallet) = (b.lane(1), b.lane(2), b.lane(3));
+        let read = Duration::from_millis(10);
+        let start = tokio::time::Instant::now().into_std();
+        assert!(abuser.try_now(true, true));
+        // Throttled, yet the cheapest group: its turn heads the heavy queue.
+        assert_eq!(cheap_abuser.enqueue(true, true, 0.0, start), Admit::Queued);
+        abuser.release(true, Some(read), start);
+        assert_eq!(grants(&cheap_abuser), [0, 0], "granted during the rest");
+        assert_eq!(wallet.enqueue(true, false, 50.0, start), Admit::Queued);
+        assert_eq!(grants(&wallet), [0, 1], "the wallet waited behind a resting turn");
+        wallet.release(true, Some(read), start);
+        assert_eq!(grants(&cheap_abuser), [0, 0]);
+        tokio::time::sleep(Duration::from_millis(89)).await;
+        assert_eq!(grants(&cheap_abuser), [0, 0], "the rest ended early");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(grants(&cheap_abuser), [0, 1], "the rest did not end");
+        // Off: the next throttled read goes as soon as the place is free.
+        b.set_settings(
+            BudgetSettings {
+                throttled_heavy_share: None,
+                ..settings
+            },
+            tokio::time::Instant::now().into_std(),
+        );
+        assert_eq!(abuser.enqueue(true, true, 0.0, start), Admit::Queued);
+        cheap_abuser.release(true, Some(read), tokio::time::Instant::now().into_std());
+        assert_eq!(grants(&abuser), [0, 1]);
     }
 
     /// A throttled session's heavy request is not written while an unthrottled light request is inside the

@@ -132,7 +132,10 @@ async fn a_throttled_group_holds_one_heavy_place_at_the_backend() {
         ("bq_throttled_off", "throttled_heavy_in_flight = \"off\"\n", 8),
     ] {
         let stub = backends::modelled_backend(history_20ms).await;
-        let upstream = format!("max_in_flight = 8\nheavy_in_flight = 8\n{key}");
+        // Versions forwarded at connect: the backend's pending count is then the flood's reads alone, not
+        // also the versions that open connections dialled with a read.
+        let upstream =
+            format!("max_in_flight = 8\nheavy_in_flight = 8\n{key}[front.electrum]\nversion_answer = \"backend\"\n");
         let toml = config(name, stub.addr, &upstream, "", "").replace("soft_limit = 100000", "soft_limit = 200");
         let running = gateway::start(&toml).await;
         let to = running.addr(name);
@@ -524,4 +527,59 @@ async fn reload_swaps_the_budget_and_waiting_requests_keep_their_place() {
         .budgets
         .get(stub.addr)
         .is_none());
+}
+
+/// A throttled group's reads take at most their share of the backend's time: with a 10 % share and 20 ms
+/// reads, each is followed by a rest of at least 180 ms, measured where the backend served them, and an
+/// honest wallet's read meanwhile waits for at most the one in service. With the share "off" the same
+/// reads follow one another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_group_gets_its_share_of_the_backends_time_and_no_more() {
+    for (name, share) in [("bq_share", "\"10%\""), ("bq_share_off", "\"off\"")] {
+        let stub = backends::modelled_backend(history_20ms).await;
+        let upstream = format!("max_in_flight = 8\nheavy_in_flight = 8\nthrottled_heavy_share = {share}\n");
+        let toml = config(name, stub.addr, &upstream, "", "").replace("soft_limit = 100000", "soft_limit = 200");
+        let running = gateway::start(&toml).await;
+        let to = running.addr(name);
+        let mut honest = Client::open("127.0.2.2", to).await;
+        // The abusers' /24 is over the soft limit before the flood.
+        let mut first = Client::open("127.0.1.9", to).await;
+        for i in 0..5 {
+            let r = first.call(HISTORY, &format!("[\"first-{i}\"]"), HISTORY_COST).await;
+            assert!(r.v.get("error").is_none(), "{}", r.v);
+        }
+        let _abusers = flood(to).await;
+        let abusive = |stub: &Modelled| -> Vec<tokio::time::Instant> {
+            stub.served()
+                .iter()
+                .filter(|s| s.params[0].as_str().is_some_and(|p| p.starts_with("abuse-")))
+                .map(|s| s.done)
+                .collect()
+        };
+        assert!(
+            net::within(Duration::from_secs(20), async || abusive(&stub).len() >= 4)
+                .await
+                .is_some(),
+            "{name}: the abusers' reads were not served"
+        );
+        let (between, _) = honest_history(&stub, &mut honest).await;
+        assert!(
+            between <= 1,
+            "{name}: {between} abusive reads were served before the honest one"
+        );
+        let done = abusive(&stub);
+        let gaps: Vec<Duration> = done.windows(2).map(|w| w[1] - w[0]).collect();
+        let shortest = gaps.iter().min().copied().unwrap();
+        if name == "bq_share" {
+            assert!(
+                shortest >= Duration::from_millis(180),
+                "{name}: throttled reads {shortest:?} apart: {gaps:?}"
+            );
+        } else {
+            assert!(
+                shortest < Duration::from_millis(100),
+                "{name}: throttled reads never followed one another: {gaps:?}"
+            );
+        }
+    }
 }
