@@ -78,6 +78,23 @@ async fn flood(to: SocketAddr) -> Vec<Client> {
     abusers
 }
 
+/// A gateway `name` in front of `stub` (`upstream` its `[front.upstream]` body) with a soft limit of 200, an
+/// honest wallet, and the abusers' flood, their /24 taken over the soft limit first (five history reads of
+/// another session of it), so every read of theirs is throttled. Keep what it returns.
+async fn throttled_flood(name: &str, stub: &Modelled, upstream: &str) -> (Running, Client, Vec<Client>) {
+    let toml = config(name, stub.addr, upstream, "", "").replace("soft_limit = 100000", "soft_limit = 200");
+    let running = gateway::start(&toml).await;
+    let to = running.addr(name);
+    let honest = Client::open("127.0.2.2", to).await;
+    let mut first = Client::open("127.0.1.9", to).await;
+    for i in 0..5 {
+        let r = first.call(HISTORY, &format!("[\"first-{i}\"]"), HISTORY_COST).await;
+        assert!(r.v.get("error").is_none(), "{}", r.v);
+    }
+    let abusers = flood(to).await;
+    (running, honest, abusers)
+}
+
 /// An honest wallet's history read: how many of the abusers' reads the backend served between the
 /// moment it was sent and the moment it was served.
 async fn honest_history(stub: &Modelled, honest: &mut Client) -> (usize, usize) {
@@ -136,18 +153,8 @@ async fn a_throttled_group_holds_one_heavy_place_at_the_backend() {
         // also the versions that open connections dialled with a read.
         let upstream =
             format!("max_in_flight = 8\nheavy_in_flight = 8\n{key}[front.electrum]\nversion_answer = \"backend\"\n");
-        let toml = config(name, stub.addr, &upstream, "", "").replace("soft_limit = 100000", "soft_limit = 200");
-        let running = gateway::start(&toml).await;
-        let to = running.addr(name);
+        let (running, mut honest, _abusers) = throttled_flood(name, &stub, &upstream).await;
         let b = budget(&running, name, stub.addr);
-        let mut honest = Client::open("127.0.2.2", to).await;
-        // The abusers' /24 is over the soft limit before the flood: every read of theirs is throttled.
-        let mut first = Client::open("127.0.1.9", to).await;
-        for i in 0..5 {
-            let r = first.call(HISTORY, &format!("[\"first-{i}\"]"), HISTORY_COST).await;
-            assert!(r.v.get("error").is_none(), "{}", r.v);
-        }
-        let _abusers = flood(to).await;
         let mut held = 0;
         assert!(
             net::within(Duration::from_secs(10), async || {
@@ -538,17 +545,7 @@ async fn a_throttled_group_gets_its_share_of_the_backends_time_and_no_more() {
     for (name, share) in [("bq_share", "\"10%\""), ("bq_share_off", "\"off\"")] {
         let stub = backends::modelled_backend(history_20ms).await;
         let upstream = format!("max_in_flight = 8\nheavy_in_flight = 8\nthrottled_heavy_share = {share}\n");
-        let toml = config(name, stub.addr, &upstream, "", "").replace("soft_limit = 100000", "soft_limit = 200");
-        let running = gateway::start(&toml).await;
-        let to = running.addr(name);
-        let mut honest = Client::open("127.0.2.2", to).await;
-        // The abusers' /24 is over the soft limit before the flood.
-        let mut first = Client::open("127.0.1.9", to).await;
-        for i in 0..5 {
-            let r = first.call(HISTORY, &format!("[\"first-{i}\"]"), HISTORY_COST).await;
-            assert!(r.v.get("error").is_none(), "{}", r.v);
-        }
-        let _abusers = flood(to).await;
+        let (_running, mut honest, _abusers) = throttled_flood(name, &stub, &upstream).await;
         let abusive = |stub: &Modelled| -> Vec<tokio::time::Instant> {
             stub.served()
                 .iter()
