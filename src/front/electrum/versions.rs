@@ -7,9 +7,9 @@
 //! still hears the negotiated version, first on the connection, once one is opened.
 //!
 //! What a backend speaks is learned from the answers it gives to the versions the gateway forwards while it
-//! knows nothing yet. ElectrumX, Fulcrum and electrs answer the highest version they share with the range
-//! asked. So a version the backend has answered is one it speaks; an answer below the top of the range
-//! asked (or at the gateway's own ceiling) is its best. A client is answered here with the version the
+//! knows nothing yet. A server answers the highest version it shares with the range asked (ElectrumX and
+//! Fulcrum pick so; an answer outside the range teaches nothing). So a version the backend has answered is
+//! one it speaks; an answer below the top of the range asked (or at the gateway's own ceiling) is its best. A client is answered here with the version the
 //! backend would pick for its range (the top of the range, or the best below it) when the backend has
 //! answered that very version before; any other client's version is forwarded as before.
 
