@@ -13,7 +13,6 @@ use super::gate::{Gate, Offer};
 use super::jsonrpc::{self, ErrorCode, Incoming, Message, ParseError, Request, RpcError};
 use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
 use super::settings::{ElectrumSettings, VersionAnswer, VersionPolicy};
-use super::versions::Known;
 use super::Handles;
 use crate::front::{CloseReason, FrontState};
 use crate::guard::limits::KeyedCounts;
@@ -197,9 +196,9 @@ struct Session<'a> {
     version_seen: bool,
     /// The clamped range of a server.version forwarded to the backend, to learn from its answer.
     asked_version: Option<(ProtoVersion, ProtoVersion)>,
-    /// A server.version the gateway answered itself: the backend it spoke for, and the line that opens
-    /// the backend connection once one is needed.
-    promised_version: Option<(SocketAddr, Vec<u8>)>,
+    /// A server.version the gateway answered itself: the line that opens the backend connection once one
+    /// is needed.
+    promised_version: Option<Vec<u8>>,
     /// The backend the session is connected to.
     backend: Option<SocketAddr>,
     waiting: VecDeque<Queued>,
@@ -354,7 +353,7 @@ where
                     upstream = Some(u);
                     s.now = Instant::now();
                     s.backend = Some(addr);
-                    if let Some((_, line)) = &s.promised_version {
+                    if let Some(line) = &s.promised_version {
                         // Ahead of whatever was granted meanwhile: the backend must hear the version first.
                         s.up_out.splice(0..0, line.iter().copied());
                     }
@@ -1063,8 +1062,8 @@ impl Session<'_> {
         }
         metrics::request(Class::Server, ReqResult::Ok);
         let name = jsonrpc::param_str(req.params, 0, "client_name").unwrap_or("");
-        if let Some((backend, known, version)) = self.known_version(lo, hi) {
-            return self.answer_version(id, name, backend, &known, version);
+        if let Some(answer) = self.known_version(lo, hi) {
+            return self.answer_version(id, name, answer);
         }
         self.negotiated = Some(hi);
         self.asked_version = Some((lo, hi));
@@ -1085,14 +1084,13 @@ impl Session<'_> {
 
     /// What the backend this session would be connected to said before, when the client's clamped range
     /// `lo..=hi` holds the version it negotiates.
-    fn known_version(&self, lo: ProtoVersion, hi: ProtoVersion) -> Option<(SocketAddr, Known, ProtoVersion)> {
+    fn known_version(&self, lo: ProtoVersion, hi: ProtoVersion) -> Option<(SocketAddr, ProtoVersion, String)> {
         if self.set.version_answer != VersionAnswer::Gateway {
             return None;
         }
         let backend = self.front.pool.preferred()?;
-        let known = self.shared.versions.get(backend)?;
-        let version = known.pick(lo, hi)?;
-        Some((backend, known, version))
+        let (version, result) = self.shared.versions.answer(backend, lo, hi)?;
+        Some((backend, version, result))
     }
 
     /// Answers server.version as `backend` did before, without a backend connection: the session opens
@@ -1101,9 +1099,7 @@ impl Session<'_> {
         &mut self,
         id: Option<&RawValue>,
         name: &str,
-        backend: SocketAddr,
-        known: &Known,
-        version: ProtoVersion,
+        (backend, version, result): (SocketAddr, ProtoVersion, String),
     ) {
         metrics::version_answered();
         self.negotiated = Some(version);
@@ -1112,7 +1108,7 @@ impl Session<'_> {
         line.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"server.version\",\"params\":[");
         let _ = serde_json::to_writer(&mut line, name);
         line.extend_from_slice(format!(",\"{version}\"]}}\n").as_bytes());
-        self.promised_version = Some((backend, line));
+        self.promised_version = Some(line);
         // Requests take their places at that backend's budget at once; the dial waits for a granted one.
         self.bind_gate(backend);
         let track = Track {
@@ -1123,7 +1119,7 @@ impl Session<'_> {
         };
         // Through the throttle like a forwarded version: a costly group's new sessions wait for their
         // answer as they would for the backend's, and do not all pile their requests in at once.
-        self.enqueue(known.result_json(version).as_bytes(), IdSlot::Local, track);
+        self.enqueue(result.as_bytes(), IdSlot::Local, track);
     }
 
     /// A request the throttle let go that the gateway answers itself; the client pays for the answer's
@@ -1143,9 +1139,6 @@ impl Session<'_> {
     fn on_promised_version(&mut self, line: &[u8]) {
         if version_reply(line).map(|(_, v)| v) == self.negotiated {
             return;
-        }
-        if let Some((promised, _)) = self.promised_version {
-            self.shared.versions.forget(promised);
         }
         if let Some(backend) = self.backend {
             self.shared.versions.forget(backend);

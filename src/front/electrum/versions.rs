@@ -16,7 +16,7 @@
 use super::methods::ProtoVersion;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 /// Backends remembered at most. Addresses come from the configuration only (the pool's targets), so this
 /// is never reached in practice; past it, new backends are simply not answered for.
@@ -27,9 +27,9 @@ const MAX_VERSIONS: usize = 16;
 
 /// What a backend answered: its software string (already a JSON string), the versions it has answered,
 /// and its best one once known.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Known {
-    pub software_json: Arc<str>,
+#[derive(Debug)]
+struct Known {
+    software_json: String,
     best: Option<ProtoVersion>,
     answered: Vec<ProtoVersion>,
 }
@@ -37,14 +37,9 @@ pub struct Known {
 impl Known {
     /// The version the backend would negotiate for the clamped client range `lo..=hi`, when it has
     /// answered that version before.
-    pub fn pick(&self, lo: ProtoVersion, hi: ProtoVersion) -> Option<ProtoVersion> {
+    fn pick(&self, lo: ProtoVersion, hi: ProtoVersion) -> Option<ProtoVersion> {
         let v = self.best.map_or(hi, |b| b.min(hi));
         (v >= lo && self.answered.contains(&v)).then_some(v)
-    }
-
-    /// The `result` of a `server.version` reply naming this backend at `version`.
-    pub fn result_json(&self, version: ProtoVersion) -> String {
-        format!("[{},\"{}\"]", self.software_json, version)
     }
 }
 
@@ -55,8 +50,13 @@ pub struct BackendVersions {
 }
 
 impl BackendVersions {
-    pub fn get(&self, backend: SocketAddr) -> Option<Known> {
-        self.lock().get(&backend).cloned()
+    /// The version `backend` would negotiate for the clamped client range `lo..=hi`, with the `result` of
+    /// the server.version reply naming it, when the backend has answered that version before.
+    pub fn answer(&self, backend: SocketAddr, lo: ProtoVersion, hi: ProtoVersion) -> Option<(ProtoVersion, String)> {
+        let known = self.lock();
+        let k = known.get(&backend)?;
+        let version = k.pick(lo, hi)?;
+        Some((version, format!("[{},\"{version}\"]", k.software_json)))
     }
 
     /// Learns from `backend`'s answer `answered` (with its software string) to a forwarded range
@@ -78,13 +78,13 @@ impl BackendVersions {
             return;
         }
         let entry = known.entry(backend).or_insert_with(|| Known {
-            software_json: Arc::from(""),
+            software_json: String::new(),
             best: None,
             answered: Vec::new(),
         });
         let software = json_string(software);
-        if *entry.software_json != *software {
-            entry.software_json = software.into();
+        if entry.software_json != software {
+            entry.software_json = software;
         }
         if !entry.answered.contains(&answered) && entry.answered.len() < MAX_VERSIONS {
             entry.answered.push(answered);
@@ -127,31 +127,36 @@ mod tests {
         t.learn(addr(port), software, (v(asked.0), v(asked.1)), v(answered), v("1.6"));
     }
 
+    /// The reply's `result` for a client range, if the gateway answers it.
+    fn answer(t: &BackendVersions, port: u16, lo: &str, hi: &str) -> Option<String> {
+        t.answer(addr(port), v(lo), v(hi)).map(|(version, result)| {
+            assert!(result.ends_with(&format!(",\"{version}\"]")), "{result}");
+            result
+        })
+    }
+
     #[test]
     fn an_answer_below_the_top_of_the_range_is_the_backends_best() {
         let t = BackendVersions::default();
         learn(&t, 1, "ElectrumX 1.20.2", ("1.4", "1.6"), "1.4.3");
-        let k = t.get(addr(1)).unwrap();
-        assert_eq!(k.pick(v("1.4"), v("1.6")), Some(v("1.4.3")));
-        assert_eq!(k.pick(v("1.4.3"), v("1.5")), Some(v("1.4.3")));
-        assert_eq!(k.result_json(v("1.4.3")), r#"["ElectrumX 1.20.2","1.4.3"]"#);
+        let best = r#"["ElectrumX 1.20.2","1.4.3"]"#;
+        assert_eq!(answer(&t, 1, "1.4", "1.6").as_deref(), Some(best));
+        assert_eq!(answer(&t, 1, "1.4.3", "1.5").as_deref(), Some(best));
         // Above its best, or a version it never answered: the backend decides.
-        assert_eq!(k.pick(v("1.5"), v("1.6")), None);
-        assert_eq!(k.pick(v("1.4"), v("1.4")), None);
-        assert_eq!(t.get(addr(2)), None);
+        assert_eq!(answer(&t, 1, "1.5", "1.6"), None);
+        assert_eq!(answer(&t, 1, "1.4", "1.4"), None);
+        assert_eq!(answer(&t, 2, "1.4", "1.6"), None);
     }
 
     #[test]
     fn a_version_answered_at_the_top_of_a_range_is_answered_for_that_top() {
         let t = BackendVersions::default();
         learn(&t, 1, "Fulcrum 2.0", ("1.4", "1.4"), "1.4");
-        let k = t.get(addr(1)).unwrap();
-        assert_eq!(k.pick(v("1.4"), v("1.4")), Some(v("1.4")));
-        assert_eq!(k.pick(v("1.4"), v("1.6")), None, "the backend may speak more than 1.4");
+        assert_eq!(answer(&t, 1, "1.4", "1.4").as_deref(), Some(r#"["Fulcrum 2.0","1.4"]"#));
+        assert_eq!(answer(&t, 1, "1.4", "1.6"), None, "the backend may speak more than 1.4");
         learn(&t, 1, "Fulcrum 2.0", ("1.4", "1.6"), "1.6");
-        let k = t.get(addr(1)).unwrap();
-        assert_eq!(k.pick(v("1.4"), v("1.6")), Some(v("1.6")));
-        assert_eq!(k.pick(v("1.4"), v("1.4")), Some(v("1.4")));
+        assert_eq!(answer(&t, 1, "1.4", "1.6").as_deref(), Some(r#"["Fulcrum 2.0","1.6"]"#));
+        assert_eq!(answer(&t, 1, "1.4", "1.4").as_deref(), Some(r#"["Fulcrum 2.0","1.4"]"#));
     }
 
     #[test]
@@ -159,17 +164,16 @@ mod tests {
         let t = BackendVersions::default();
         learn(&t, 1, "odd", ("1.4", "1.6"), "1.2");
         learn(&t, 1, "odd", ("1.4", "1.5"), "1.6");
-        assert_eq!(t.get(addr(1)), None);
+        assert!(t.lock().is_empty());
     }
 
     #[test]
     fn software_strings_are_escaped_and_forgotten_on_demand() {
         let t = BackendVersions::default();
         learn(&t, 1, "say \"hi\"", ("1.4", "1.6"), "1.4");
-        let k = t.get(addr(1)).unwrap();
-        assert_eq!(k.result_json(v("1.4")), r#"["say \"hi\"","1.4"]"#);
+        assert_eq!(answer(&t, 1, "1.4", "1.6").as_deref(), Some(r#"["say \"hi\"","1.4"]"#));
         t.forget(addr(1));
-        assert_eq!(t.get(addr(1)), None);
+        assert_eq!(answer(&t, 1, "1.4", "1.6"), None);
     }
 
     #[test]
@@ -181,8 +185,6 @@ mod tests {
         assert_eq!(t.lock().len(), MAX_KNOWN_BACKENDS);
         // A backend already known is still updated at the cap.
         learn(&t, 0, "y", ("1.4", "1.6"), "1.5");
-        let k = t.get(addr(0)).unwrap();
-        assert_eq!(k.pick(v("1.4"), v("1.6")), Some(v("1.5")));
-        assert_eq!(&*k.software_json, "\"y\"");
+        assert_eq!(answer(&t, 0, "1.4", "1.6").as_deref(), Some(r#"["y","1.5"]"#));
     }
 }
