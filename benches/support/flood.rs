@@ -708,6 +708,7 @@ fn gateway_config(port: u16, backend: SocketAddr, upstream_key: &str) -> String 
     let head = super::open_gates("error", 200_000);
     format!(
         r#"{head}
+{admin}
 [cost]
 group_private = true
 
@@ -719,8 +720,61 @@ transport = "tcp"
 upstreams = ["{backend}"]
 [front.upstream]
 {upstream_key}
-"#
+"#,
+        admin = trace_admin().map_or(String::new(), |(addr, token)| format!(
+            "[admin]\nenabled = true\nlisten = \"{addr}\"\ntoken_file = \"{}\"\n",
+            token.display()
+        )),
     )
+}
+
+/// The admin token of a traced row's gateway.
+const TRACE_TOKEN: &str = "flood-trace-token";
+/// The series a traced row prints (those holding one of these), when not zero.
+const TRACE_SERIES: [&str; 9] = [
+    "close",
+    "refus",
+    "ban",
+    "throttl",
+    "hard_limit",
+    "sessions",
+    "connections",
+    "upstream_",
+    "versions",
+];
+
+/// Under `GATEHOUSE_FLOOD_TRACE`, the gateway's admin API (address, token file), so a row can print what
+/// the gateway counted: why sessions closed, what was refused, what was banned.
+fn trace_admin() -> Option<(SocketAddr, std::path::PathBuf)> {
+    static ADMIN: std::sync::OnceLock<(SocketAddr, std::path::PathBuf)> = std::sync::OnceLock::new();
+    std::env::var_os("GATEHOUSE_FLOOD_TRACE")?;
+    Some(
+        ADMIN
+            .get_or_init(|| {
+                let token = std::env::temp_dir().join(format!("gatehouse-flood-admin-{}.token", std::process::id()));
+                std::fs::write(&token, TRACE_TOKEN).expect("write the admin token");
+                (SocketAddr::from(([127, 0, 0, 1], free_port())), token)
+            })
+            .clone(),
+    )
+}
+
+/// Prints the gateway's counters of closes, refusals, bans and throttling (trace mode).
+fn trace_counters() {
+    let Some((addr, _)) = trace_admin() else { return };
+    let out = Command::new("curl")
+        .args(["-s", "-H", &format!("Authorization: Bearer {TRACE_TOKEN}")])
+        .arg(format!("http://{addr}/metrics"))
+        .output();
+    let Ok(out) = out else {
+        eprintln!("bench: no curl to read the gateway's metrics");
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !line.starts_with('#') && TRACE_SERIES.iter().any(|w| line.contains(w)) && !line.ends_with(" 0") {
+            eprintln!("bench: gateway counted: {line}");
+        }
+    }
 }
 
 /// Whether this build's gateway takes the scheduler's keys: `gatehouse check` on a config with
@@ -829,6 +883,7 @@ pub async fn rows<B: Backend>(
             let mut o = run(addr, size, req, phases).await;
             if std::env::var_os("GATEHOUSE_FLOOD_TRACE").is_some() {
                 o.trace_slowest(20);
+                trace_counters();
             }
             let line = o.row(&name, size);
             eprintln!("{line}");
