@@ -704,7 +704,7 @@ impl Target {
 /// (ElectrumX-compatible) defaults, admission caps and connect rates out of the abusers' way so that what is
 /// measured is the cost model and the scheduler, not connection caps. `group_private = true`: the bench's
 /// clients come from 127.x.y.z, and are grouped by /24 as public addresses would be.
-fn gateway_config(port: u16, backend: SocketAddr, upstream_key: &str) -> String {
+fn gateway_config(dir: &Path, port: u16, backend: SocketAddr, upstream_key: &str) -> String {
     let head = super::open_gates("error", 200_000);
     format!(
         r#"{head}
@@ -721,15 +721,17 @@ upstreams = ["{backend}"]
 [front.upstream]
 {upstream_key}
 "#,
-        admin = trace_admin().map_or(String::new(), |(addr, token)| format!(
-            "[admin]\nenabled = true\nlisten = \"{addr}\"\ntoken_file = \"{}\"\n",
-            token.display()
-        )),
+        admin = trace_admin().map_or(String::new(), |addr| {
+            // Beside the config, which names it relative to itself.
+            std::fs::write(dir.join(TRACE_TOKEN_FILE), TRACE_TOKEN).expect("write the admin token");
+            format!("[admin]\nenabled = true\nlisten = \"{addr}\"\ntoken_file = \"{TRACE_TOKEN_FILE}\"\n")
+        }),
     )
 }
 
-/// The admin token of a traced row's gateway.
+/// The admin token of a traced row's gateway, and its file beside the gateway's config.
 const TRACE_TOKEN: &str = "flood-trace-token";
+const TRACE_TOKEN_FILE: &str = "flood-admin.token";
 /// The series a traced row prints (those holding one of these), when not zero.
 const TRACE_SERIES: [&str; 9] = [
     "close",
@@ -743,25 +745,17 @@ const TRACE_SERIES: [&str; 9] = [
     "versions",
 ];
 
-/// Under `GATEHOUSE_FLOOD_TRACE`, the gateway's admin API (address, token file), so a row can print what
-/// the gateway counted: why sessions closed, what was refused, what was banned.
-fn trace_admin() -> Option<(SocketAddr, std::path::PathBuf)> {
-    static ADMIN: std::sync::OnceLock<(SocketAddr, std::path::PathBuf)> = std::sync::OnceLock::new();
+/// Under `GATEHOUSE_FLOOD_TRACE`, where the gateway's admin API listens (the same port for every row), so a
+/// row can print what the gateway counted: why sessions closed, what was refused, what was banned.
+fn trace_admin() -> Option<SocketAddr> {
+    static ADMIN: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
     std::env::var_os("GATEHOUSE_FLOOD_TRACE")?;
-    Some(
-        ADMIN
-            .get_or_init(|| {
-                let token = std::env::temp_dir().join(format!("gatehouse-flood-admin-{}.token", std::process::id()));
-                std::fs::write(&token, TRACE_TOKEN).expect("write the admin token");
-                (SocketAddr::from(([127, 0, 0, 1], free_port())), token)
-            })
-            .clone(),
-    )
+    Some(*ADMIN.get_or_init(|| SocketAddr::from(([127, 0, 0, 1], free_port()))))
 }
 
 /// Prints the gateway's counters of closes, refusals, bans and throttling (trace mode).
 fn trace_counters() {
-    let Some((addr, _)) = trace_admin() else { return };
+    let Some(addr) = trace_admin() else { return };
     let out = Command::new("curl")
         .args(["-s", "-H", &format!("Authorization: Bearer {TRACE_TOKEN}")])
         .arg(format!("http://{addr}/metrics"))
@@ -782,7 +776,12 @@ fn trace_counters() {
 /// refusal is a broken bench config and stops the bench.
 pub fn scheduler_in_build(dir: &Path) -> bool {
     let path = dir.join("flood-probe.toml");
-    let cfg = gateway_config(free_port(), "127.0.0.1:9".parse().unwrap(), "max_in_flight = \"auto\"");
+    let cfg = gateway_config(
+        dir,
+        free_port(),
+        "127.0.0.1:9".parse().unwrap(),
+        "max_in_flight = \"auto\"",
+    );
     std::fs::write(&path, cfg).expect("write flood-probe.toml");
     let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["check", "-c"])
@@ -803,7 +802,7 @@ pub fn scheduler_in_build(dir: &Path) -> bool {
 async fn start_gateway(dir: &Path, backend: SocketAddr, upstream_key: &str) -> Result<(Gateway, SocketAddr), String> {
     let port = free_port();
     let path = dir.join("flood.toml");
-    std::fs::write(&path, gateway_config(port, backend, upstream_key)).map_err(|e| e.to_string())?;
+    std::fs::write(&path, gateway_config(dir, port, backend, upstream_key)).map_err(|e| e.to_string())?;
     let child = anchors::pinned(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["run", "-c"])
         .arg(&path)
