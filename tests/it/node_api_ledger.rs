@@ -360,6 +360,11 @@ async fn subscriptions_are_capped_per_session_and_per_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_its_notifications_is_cut_off() {
+    // About 6 MB: more than the kernel can hold on the way (the gateway's send buffer grows up to 4 MiB
+    // with Linux's default tcp_wmem, the client's receive buffer is set to 64 KiB below), so the gateway
+    // must queue what it cannot write, whatever the kernel's buffer tuning did. With 1.5 MB the kernel
+    // once took it all and the client was served to the end.
+    const FLOOD: usize = 20_000;
     let stub = Stub::start().await;
     let running = gateway::start(&config(
         stub.addr(),
@@ -370,7 +375,7 @@ async fn a_client_that_stops_reading_its_notifications_is_cut_off() {
     .await;
     let front = running.addr("ledger");
     let tcp = connect_from("127.0.0.2", front).await.unwrap();
-    // A modest receive buffer, so the kernel holds little of the 1.5 MB flood the client does not read. Not
+    // A modest receive buffer, so the kernel holds little of the flood the client does not read. Not
     // much smaller: below a segment or two, window updates are held back (silly-window avoidance) and the
     // gateway's writes crawl along on zero-window probes once the client reads again.
     let sock = socket2::SockRef::from(&tcp);
@@ -379,7 +384,7 @@ async fn a_client_that_stops_reading_its_notifications_is_cut_off() {
         .await
         .unwrap();
     ws.send(Message::text(
-        json!({"id": 1, "command": "stub_flood", "count": 5000}).to_string(),
+        json!({"id": 1, "command": "stub_flood", "count": FLOOD}).to_string(),
     ))
     .await
     .unwrap();
@@ -394,7 +399,7 @@ async fn a_client_that_stops_reading_its_notifications_is_cut_off() {
     .await;
     assert!(ended.is_ok(), "the connection is still open after {n} messages");
     assert!(
-        n < 5000,
+        n < FLOOD,
         "all {n} notifications were buffered for a client that did not read"
     );
 }
