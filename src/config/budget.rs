@@ -63,9 +63,7 @@ impl Validator<'_> {
             None => HeavyInFlight::default(),
             Some(v) => {
                 let k = format!("{key}.heavy_in_flight");
-                if off {
-                    return Err(self.err(k, Some(v.span()), "needs a budget: max_in_flight is \"off\""));
-                }
+                self.needs_budget(off, &k, v)?;
                 match v.get_ref() {
                     RawCount::Word(w) if w == "auto" => HeavyInFlight::Auto,
                     RawCount::Count(n) => {
@@ -95,9 +93,7 @@ impl Validator<'_> {
             None => Some(DEFAULT_THROTTLED_HEAVY_IN_FLIGHT),
             Some(v) => {
                 let k = format!("{key}.throttled_heavy_in_flight");
-                if off {
-                    return Err(self.err(k, Some(v.span()), "needs a budget: max_in_flight is \"off\""));
-                }
+                self.needs_budget(off, &k, v)?;
                 match v.get_ref() {
                     RawCount::Word(w) if w == "off" => None,
                     RawCount::Count(n) => Some(self.count(&k, v, *n)?),
@@ -115,9 +111,7 @@ impl Validator<'_> {
             None => Some(DEFAULT_THROTTLED_HEAVY_SHARE),
             Some(v) => {
                 let k = format!("{key}.throttled_heavy_share");
-                if off {
-                    return Err(self.err(k, Some(v.span()), "needs a budget: max_in_flight is \"off\""));
-                }
+                self.needs_budget(off, &k, v)?;
                 if throttled_heavy_in_flight.is_none() && v.get_ref() != "off" {
                     return Err(self.err(
                         k,
@@ -141,9 +135,7 @@ impl Validator<'_> {
             None => DEFAULT_MAX_QUEUED,
             Some(v) => {
                 let k = format!("{key}.max_queued");
-                if off {
-                    return Err(self.err(k, Some(v.span()), "needs a budget: max_in_flight is \"off\""));
-                }
+                self.needs_budget(off, &k, v)?;
                 self.count(&k, v, *v.get_ref())? as usize
             }
         };
@@ -154,6 +146,14 @@ impl Validator<'_> {
             throttled_heavy_share,
             max_queued,
         })
+    }
+
+    /// A key that tunes the budget, refused on a front whose budget is switched off.
+    fn needs_budget<T>(&self, off: bool, key: &str, at: &Spanned<T>) -> Result<(), ConfigError> {
+        if off {
+            return Err(self.err(key, Some(at.span()), "needs a budget: max_in_flight is \"off\""));
+        }
+        Ok(())
     }
 
     fn count<T>(&self, key: &str, at: &Spanned<T>, n: i64) -> Result<u32, ConfigError> {
