@@ -236,7 +236,7 @@ impl LineDecoder {
 const FEED_PIECE: usize = 64 * 1024;
 
 fn find_newline(data: &[u8]) -> Option<usize> {
-    data.iter().position(|&b| b == b'\n')
+    memchr::memchr(b'\n', data)
 }
 
 fn trimmed_len(line: &[u8]) -> usize {

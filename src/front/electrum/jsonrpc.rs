@@ -11,6 +11,8 @@
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+pub use crate::wire::json::RawJson;
 use std::fmt;
 use std::io::Write;
 
@@ -61,11 +63,11 @@ impl RpcError {
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     /// `None` for a notification (no `id` member); a JSON `null` id is `Some` with raw text `null`.
-    pub id: Option<&'a RawValue>,
+    pub id: Option<RawJson<'a>>,
     /// Method names never need escapes, so one that has them is rejected rather than unescaped.
     pub method: &'a str,
     /// `None` when absent or `null`; otherwise an array or an object.
-    pub params: Option<&'a RawValue>,
+    pub params: Option<RawJson<'a>>,
     /// The item's exact bytes: the whole line for a single request, the element for a batch item.
     pub raw: &'a [u8],
 }
@@ -92,7 +94,7 @@ pub enum ParseError<'a> {
     /// JSON, but not a request object with a string method. `id` is the request's id when one
     /// could be read and is a legal id (string, number or null).
     #[error("invalid request")]
-    Invalid { id: Option<&'a RawValue> },
+    Invalid { id: Option<RawJson<'a>> },
     #[error("empty batch")]
     EmptyBatch,
     #[error("batch too large: {len} items")]
@@ -109,7 +111,7 @@ impl<'a> ParseError<'a> {
     }
 
     /// The id to answer with (`None` → `null`).
-    pub fn id(&self) -> Option<&'a RawValue> {
+    pub fn id(&self) -> Option<RawJson<'a>> {
         match self {
             ParseError::Invalid { id } => *id,
             _ => None,
@@ -180,6 +182,14 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::
 }
 
 fn parse_item(bytes: &[u8]) -> Result<Request<'_>, ParseError<'_>> {
+    match scan_fields(bytes) {
+        Some(fields) => request_from(fields, bytes),
+        None => parse_item_fully(bytes),
+    }
+}
+
+/// [`parse_item`] by a full parse: for every item the scan leaves aside, and the reference it must agree with.
+fn parse_item_fully(bytes: &[u8]) -> Result<Request<'_>, ParseError<'_>> {
     // Serde's derived struct visitor also accepts arrays positionally; a request must be an object.
     if first_byte(bytes) != Some(b'{') {
         return Err(invalid_or_parse(bytes));
@@ -189,11 +199,56 @@ fn parse_item(bytes: &[u8]) -> Result<Request<'_>, ParseError<'_>> {
         Err(e) if e.is_data() => return Err(invalid_or_parse(bytes)),
         Err(_) => return Err(ParseError::Parse),
     };
+    request_from(
+        Fields {
+            id: fields.id.map(RawJson::from),
+            method: fields.method.map(RawJson::from).and_then(plain_str),
+            params: fields.params.map(RawJson::from),
+        },
+        bytes,
+    )
+}
+
+/// A request's members as read; `method` is `None` when absent or not an escape-free string.
+struct Fields<'a> {
+    id: Option<RawJson<'a>>,
+    method: Option<&'a str>,
+    params: Option<RawJson<'a>>,
+}
+
+/// The request's members from one scan of the common shape; `None` sends the item to the full parse,
+/// which then also decides every error (not JSON, a repeated member, an escaped key, non-ASCII text).
+fn scan_fields(bytes: &[u8]) -> Option<Fields<'_>> {
+    let mut found: [Option<RawJson>; 3] = [None; 3];
+    let mut repeated = false;
+    crate::wire::json::object_members(bytes, |m| {
+        let slot = match m.key {
+            b"id" => 0,
+            b"method" => 1,
+            b"params" => 2,
+            _ => return,
+        };
+        repeated |= found[slot].replace(m.value).is_some();
+    })?;
+    if repeated {
+        return None;
+    }
+    let [id, method, params] = found;
+    Some(Fields {
+        // A null id is kept (it marks a request rather than a notification); null params read as
+        // absent, as a derived `Option` member reads them.
+        id,
+        method: method.and_then(plain_str),
+        params: params.filter(|p| p.get() != "null"),
+    })
+}
+
+fn request_from<'a>(fields: Fields<'a>, bytes: &'a [u8]) -> Result<Request<'a>, ParseError<'a>> {
     let id = match fields.id {
         Some(id) if !legal_id(id) => return Err(ParseError::Invalid { id: None }),
         id => id,
     };
-    let Some(method) = fields.method.and_then(plain_str) else {
+    let Some(method) = fields.method else {
         return Err(ParseError::Invalid { id });
     };
     if let Some(p) = fields.params {
@@ -220,13 +275,13 @@ fn invalid_or_parse(bytes: &[u8]) -> ParseError<'_> {
 }
 
 /// JSON-RPC ids are strings, numbers or null; echoing anything else back would be wrong.
-fn legal_id(id: &RawValue) -> bool {
+fn legal_id(id: RawJson) -> bool {
     matches!(first_byte(id.get().as_bytes()), Some(b'"' | b'-' | b'0'..=b'9' | b'n'))
 }
 
 /// The contents of a JSON string without escapes, borrowed; `None` for other values and for strings
 /// with escapes (none of the names and hex strings the gateway reads legitimately contains one).
-fn plain_str(raw: &RawValue) -> Option<&str> {
+fn plain_str(raw: RawJson<'_>) -> Option<&str> {
     let s = raw.get();
     let inner = s.strip_prefix('"')?.strip_suffix('"')?;
     (!inner.contains('\\')).then_some(inner)
@@ -243,11 +298,11 @@ fn first_byte(bytes: &[u8]) -> Option<u8> {
 #[derive(Debug, Clone)]
 pub enum Incoming<'a> {
     /// A reply to one of our requests.
-    Response { id: &'a RawValue },
+    Response { id: RawJson<'a> },
     /// A subscription notification (`method`, no id or a null id).
     Notification { method: &'a str },
     /// A batch reply whose every item is a response with an id: (id, the item's exact bytes).
-    Batch(Vec<(&'a RawValue, &'a [u8])>),
+    Batch(Vec<(RawJson<'a>, &'a [u8])>),
     /// Anything else: not JSON, not an object, a batch with non-response items, or a request from
     /// the server (an object with both a method and a non-null id, which 1.6 allows for
     /// `server.ping`).
@@ -279,10 +334,10 @@ pub fn parse_incoming(line: &[u8]) -> Incoming<'_> {
 /// (ElectrumX). A key at the very start or end of the outer object is a top-level key, so a nested
 /// `"id"` cannot be mistaken for it. `None` sends the line to the full parse. Backend lines are
 /// trusted for shape; the full parse still handles everything unusual.
-fn fast_response_id(line: &[u8]) -> Option<&RawValue> {
+fn fast_response_id(line: &[u8]) -> Option<RawJson<'_>> {
     let line = trim_ws(line);
     let inner = line.strip_prefix(b"{")?.strip_suffix(b"}")?;
-    if contains(inner, b"\"method\"") {
+    if mentions_method(inner) {
         return None;
     }
     let head = trim_ws_start(inner);
@@ -308,12 +363,16 @@ fn fast_response_id(line: &[u8]) -> Option<&RawValue> {
     raw(value)
 }
 
-fn raw(v: &[u8]) -> Option<&RawValue> {
-    serde_json::from_slice::<&RawValue>(v).ok()
+fn raw(v: &[u8]) -> Option<RawJson<'_>> {
+    RawJson::parse(std::str::from_utf8(v).ok()?)
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+/// Whether a backend line has a `"method"` key anywhere (a notification, or a request from the
+/// server). The searcher is built once: building it costs more than searching a short reply.
+fn mentions_method(hay: &[u8]) -> bool {
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"method\""));
+    FINDER.find(hay).is_some()
 }
 
 fn is_ws(b: u8) -> bool {
@@ -377,9 +436,9 @@ fn incoming_object(bytes: &[u8]) -> Incoming<'_> {
     };
     let real_id = f.id.filter(|id| id.get() != "null");
     match (f.method, real_id, f.id) {
-        (Some(m), None, _) => plain_str(m).map_or(Incoming::Other, |method| Incoming::Notification { method }),
+        (Some(m), None, _) => plain_str(m.into()).map_or(Incoming::Other, |method| Incoming::Notification { method }),
         (Some(_), Some(_), _) => Incoming::Other,
-        (None, _, Some(id)) => Incoming::Response { id },
+        (None, _, Some(id)) => Incoming::Response { id: id.into() },
         (None, _, None) => Incoming::Other,
     }
 }
@@ -387,7 +446,7 @@ fn incoming_object(bytes: &[u8]) -> Incoming<'_> {
 fn incoming_batch(line: &[u8]) -> Incoming<'_> {
     struct Items;
     impl<'de> Visitor<'de> for Items {
-        type Value = Option<Vec<(&'de RawValue, &'de [u8])>>;
+        type Value = Option<Vec<(RawJson<'de>, &'de [u8])>>;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("an array")
         }
@@ -479,7 +538,7 @@ pub fn span_of(whole: &[u8], part: &str) -> Option<std::ops::Range<usize>> {
 
 /// The integer id the gateway gave a request, as a backend wrote it back: `7`, or `7.0` / `7e0` from a
 /// backend that parses ids as floats. `None` for anything else (strings, fractions, negatives).
-pub fn gateway_id(id: &RawValue) -> Option<u64> {
+pub fn gateway_id(id: RawJson) -> Option<u64> {
     let text = id.get();
     // What the gateway wrote, back as written: plain digits (at most 19, so no overflow).
     if (1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit()) {
@@ -497,7 +556,7 @@ pub fn gateway_id(id: &RawValue) -> Option<u64> {
 }
 
 /// Appends a JSON-RPC error reply and a newline to `out`; `id` `None` is written as `null`.
-pub fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, code: ErrorCode, message: &str) {
+pub fn write_error(out: &mut Vec<u8>, id: Option<RawJson>, code: ErrorCode, message: &str) {
     out.extend_from_slice(br#"{"jsonrpc":"2.0","error":{"code":"#);
     // Writing to a Vec cannot fail.
     let _ = write!(out, "{}", code.value());
@@ -509,7 +568,7 @@ pub fn write_error(out: &mut Vec<u8>, id: Option<&RawValue>, code: ErrorCode, me
 }
 
 /// Appends a JSON-RPC result reply and a newline to `out`; `result_json` must be valid JSON.
-pub fn write_result(out: &mut Vec<u8>, id: Option<&RawValue>, result_json: &str) {
+pub fn write_result(out: &mut Vec<u8>, id: Option<RawJson>, result_json: &str) {
     out.extend_from_slice(br#"{"jsonrpc":"2.0","result":"#);
     out.extend_from_slice(result_json.as_bytes());
     out.extend_from_slice(br#","id":"#);
@@ -517,8 +576,8 @@ pub fn write_result(out: &mut Vec<u8>, id: Option<&RawValue>, result_json: &str)
     out.extend_from_slice(b"}\n");
 }
 
-fn write_id(out: &mut Vec<u8>, id: Option<&RawValue>) {
-    out.extend_from_slice(id.map_or("null", RawValue::get).as_bytes());
+fn write_id(out: &mut Vec<u8>, id: Option<RawJson>) {
+    out.extend_from_slice(id.map_or("null", RawJson::get).as_bytes());
 }
 
 /// Escapes per RFC 8259: quote, backslash and control characters; everything else (UTF-8
@@ -554,7 +613,7 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// The raw value of a parameter: `params[index]` when params are positional, `params[name]` when
 /// named (the last occurrence of a repeated name, as the Python and serde_json backends read it).
-pub fn param_raw<'a>(params: Option<&'a RawValue>, index: usize, name: &str) -> Option<&'a RawValue> {
+pub fn param_raw<'a>(params: Option<RawJson<'a>>, index: usize, name: &str) -> Option<RawJson<'a>> {
     let text = params?.get();
     let mut de = serde_json::Deserializer::from_str(text);
     match text.as_bytes().first()? {
@@ -562,10 +621,11 @@ pub fn param_raw<'a>(params: Option<&'a RawValue>, index: usize, name: &str) -> 
         b'{' => de.deserialize_map(Named(name)).ok().flatten(),
         _ => None,
     }
+    .map(RawJson::from)
 }
 
 /// Number of parameters: positional count or named member count (0 without params).
-pub fn param_count(params: Option<&RawValue>) -> usize {
+pub fn param_count(params: Option<RawJson>) -> usize {
     params.map_or(0, |p| {
         let mut de = serde_json::Deserializer::from_str(p.get());
         match p.get().as_bytes().first() {
@@ -580,7 +640,7 @@ pub fn param_count(params: Option<&RawValue>) -> usize {
 /// Python backends convert with `int()`, so `"2016"` means 2016 to them); rejects fractions,
 /// exponents, signs and anything else, so the gateway never reads a number differently from the
 /// backend.
-pub fn param_u64(params: Option<&RawValue>, index: usize, name: &str) -> Option<u64> {
+pub fn param_u64(params: Option<RawJson>, index: usize, name: &str) -> Option<u64> {
     let raw = param_raw(params, index, name)?.get();
     let digits = raw.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(raw);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -590,12 +650,12 @@ pub fn param_u64(params: Option<&RawValue>, index: usize, name: &str) -> Option<
 }
 
 /// A string parameter, borrowed; `None` if it is not a string or contains escapes.
-pub fn param_str<'a>(params: Option<&'a RawValue>, index: usize, name: &str) -> Option<&'a str> {
+pub fn param_str<'a>(params: Option<RawJson<'a>>, index: usize, name: &str) -> Option<&'a str> {
     plain_str(param_raw(params, index, name)?)
 }
 
 /// The length of an array parameter; `None` if it is not an array.
-pub fn param_array_len(params: Option<&RawValue>, index: usize, name: &str) -> Option<usize> {
+pub fn param_array_len(params: Option<RawJson>, index: usize, name: &str) -> Option<usize> {
     let raw = param_raw(params, index, name)?.get();
     if !raw.starts_with('[') {
         return None;
@@ -704,8 +764,8 @@ mod tests {
         }
     }
 
-    fn raw(v: Option<&RawValue>) -> Option<&str> {
-        v.map(RawValue::get)
+    fn raw(v: Option<RawJson<'_>>) -> Option<&str> {
+        v.map(RawJson::get)
     }
 
     #[test]
@@ -929,7 +989,7 @@ mod tests {
 
     #[test]
     fn gateway_ids_survive_float_reserialisation() {
-        let id = |s: &str| gateway_id(&p(s));
+        let id = |s: &str| gateway_id(p(s));
         assert_eq!(id("7"), Some(7));
         assert_eq!(id("7.0"), Some(7));
         assert_eq!(id("7e0"), Some(7));
@@ -949,9 +1009,9 @@ mod tests {
     #[test]
     fn replies_are_valid_json() {
         let mut out = Vec::new();
-        let id = RawValue::from_string("\"abc\"".into()).unwrap();
+        let id = p("\"abc\"");
         let msg = "bad \"thing\" \\ \n\t\u{1}\u{1f} é ☃ 😀";
-        write_error(&mut out, Some(&id), ErrorCode::InvalidRequest, msg);
+        write_error(&mut out, Some(id), ErrorCode::InvalidRequest, msg);
         assert_eq!(out.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["error"]["code"], -32600);
@@ -965,21 +1025,21 @@ mod tests {
         assert!(v["id"].is_null());
 
         let before = out.len();
-        write_result(&mut out, Some(&id), "false");
+        write_result(&mut out, Some(id), "false");
         let v: serde_json::Value = serde_json::from_slice(&out[before..]).unwrap();
         assert_eq!(v["result"], false);
         assert_eq!(v["id"], "abc");
         assert_eq!(out.last(), Some(&b'\n'));
     }
 
-    fn p(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_owned()).unwrap()
+    fn p(s: &str) -> RawJson<'_> {
+        RawJson::parse(s).unwrap()
     }
 
     #[test]
     fn params_positional_and_named() {
         let pos = p(r#"[100, "2016", {"x":[1,2]}, [1,2,3], "abc", -1, 1.5, 1e3, ""]"#);
-        let pos = Some(&*pos);
+        let pos = Some(pos);
         assert_eq!(param_count(pos), 9);
         assert_eq!(param_u64(pos, 0, "a"), Some(100));
         assert_eq!(param_u64(pos, 1, "a"), Some(2016));
@@ -990,11 +1050,11 @@ mod tests {
         for i in 5..9 {
             assert_eq!(param_u64(pos, i, "a"), None, "index {i}");
         }
-        assert_eq!(param_raw(pos, 9, "a").map(RawValue::get), None);
-        assert_eq!(param_u64(Some(&*p("[18446744073709551616]")), 0, "a"), None);
+        assert_eq!(param_raw(pos, 9, "a").map(RawJson::get), None);
+        assert_eq!(param_u64(Some(p("[18446744073709551616]")), 0, "a"), None);
 
         let named = p(r#"{"start_height": 5, "count": 10, "c\u006funt": 20, "txids": ["a","b"]}"#);
-        let named = Some(&*named);
+        let named = Some(named);
         assert_eq!(param_count(named), 4);
         assert_eq!(param_u64(named, 0, "start_height"), Some(5));
         // Escaped keys compare by value; the last occurrence wins.
@@ -1004,7 +1064,68 @@ mod tests {
 
         assert_eq!(param_count(None), 0);
         assert_eq!(param_u64(None, 0, "a"), None);
-        assert_eq!(param_array_len(Some(&*p("[]")), 0, "a"), None);
-        assert_eq!(param_array_len(Some(&*p("[[]]")), 0, "a"), Some(0));
+        assert_eq!(param_array_len(Some(p("[]")), 0, "a"), None);
+        assert_eq!(param_array_len(Some(p("[[]]")), 0, "a"), Some(0));
+    }
+
+    /// Byte mutations of request-shaped seeds: the one-pass scan must give the full parse's answer
+    /// (the same request borrowed from the same bytes, or the same error) for every one of them.
+    #[test]
+    fn the_scan_agrees_with_the_full_parse() {
+        let seeds: [&[u8]; 12] = [
+            br#"{"jsonrpc":"2.0","id":7,"method":"blockchain.scripthash.get_history","params":["8b01df4e"]}"#,
+            br#"{"id":"a","method":"server.version","params":["x",[1,4]]}"#,
+            br#"{"method":"m","params":{"count":2016,"start_height":"1"},"id":null}"#,
+            br#" { "id" : -1.5e3 , "method" : "m" , "params" : [ true , false , null , { } , [ ] ] } "#,
+            br#"{"id":1,"method":"m","params":null}"#,
+            br#"{"id":1,"method":"m","params":"x"}"#,
+            br#"{"id":1,"method":7}"#,
+            br#"{"id":[1],"method":"m"}"#,
+            br#"{"id":1,"id":2,"method":"m"}"#,
+            br#"{"i\u0064":1,"method":"a\"b","params":["\u00e9\n"]}"#,
+            "{\"id\":1,\"method\":\"m\",\"params\":[\"é\"]}".as_bytes(),
+            br#"{"id":1,"method":"m","x":{"y":[{"z":"\\"}]}}"#,
+        ];
+        const ALPHABET: &[u8] = b"{}[]\":,\\ 0123456789-+.eEtrufalsnd\t\r\n\x01\xc3\xa9";
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let (mut scanned, mut total) = (0, 0);
+        for round in 0..60_000 {
+            let mut b = seeds[round % seeds.len()].to_vec();
+            for _ in 0..round % 4 {
+                let at = next(b.len() + 1);
+                match next(4) {
+                    0 if at < b.len() => {
+                        b.remove(at);
+                    }
+                    1 if at < b.len() => b[at] = ALPHABET[next(ALPHABET.len())],
+                    2 => b.insert(at, ALPHABET[next(ALPHABET.len())]),
+                    _ => {
+                        let from = next(b.len() + 1);
+                        let piece = b[from.min(at)..from.max(at)].to_vec();
+                        b.splice(at..at, piece);
+                    }
+                }
+            }
+            total += 1;
+            scanned += usize::from(scan_fields(&b).is_some());
+            let (fast, full) = (parse_item(&b), parse_item_fully(&b));
+            let text = String::from_utf8_lossy(&b);
+            assert_eq!(format!("{fast:?}"), format!("{full:?}"), "{text}");
+            if let (Ok(f), Ok(g)) = (fast, full) {
+                let at = |v: Option<RawJson>| v.map(|v| v.get().as_ptr());
+                assert_eq!(
+                    (at(f.id), at(f.params), f.method.as_ptr()),
+                    (at(g.id), at(g.params), g.method.as_ptr())
+                );
+            }
+        }
+        // The test means nothing unless the scan answers a good share of the cases itself.
+        assert!(scanned * 5 > total, "the scan answered {scanned} of {total}");
     }
 }

@@ -10,8 +10,7 @@
 //! version is refused at the gateway, so a client cannot reach backend code paths the negotiated
 //! protocol does not define.
 
-use super::jsonrpc::{param_array_len, param_raw, param_str, param_u64, ErrorCode, RpcError};
-use serde_json::value::RawValue;
+use super::jsonrpc::{param_array_len, param_raw, param_str, param_u64, ErrorCode, RawJson, RpcError};
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -310,7 +309,7 @@ pub fn extra(name: &str) -> Option<&'static MethodInfo> {
 static EXTRA: MethodInfo = m("extra", V1_0, 1.0);
 
 /// Whether this request of the method is heavy for the backend (see [`Heavy`]).
-pub fn is_heavy(info: &MethodInfo, params: Option<&RawValue>) -> bool {
+pub fn is_heavy(info: &MethodInfo, params: Option<RawJson>) -> bool {
     match info.heavy {
         Heavy::No => false,
         Heavy::Yes => true,
@@ -323,7 +322,7 @@ pub fn is_heavy(info: &MethodInfo, params: Option<&RawValue>) -> bool {
 /// Cost of a request before forwarding: base (or its configured override) plus the part that
 /// depends on the parameters. Parameters the gateway cannot read are charged as their worst case:
 /// the backend may still read them (or `validate` rejects them first).
-pub fn request_cost(info: &MethodInfo, params: Option<&RawValue>, overrides: &HashMap<String, f64>) -> f64 {
+pub fn request_cost(info: &MethodInfo, params: Option<RawJson>, overrides: &HashMap<String, f64>) -> f64 {
     let base = overrides.get(info.name).copied().unwrap_or(info.base_cost);
     let cp_extra = |index| match param_raw(params, index, "cp_height") {
         None => 0.0,
@@ -347,7 +346,7 @@ pub fn request_cost(info: &MethodInfo, params: Option<&RawValue>, overrides: &Ha
 
 /// Hex characters in params[0]: the transaction for a broadcast; for a package, the raw length of
 /// the array (within a few bytes per transaction of the hex total, and never less).
-fn broadcast_hex_len(params: Option<&RawValue>) -> usize {
+fn broadcast_hex_len(params: Option<RawJson>) -> usize {
     if let Some(hex) = param_str(params, 0, "raw_tx") {
         return hex.len();
     }
@@ -367,7 +366,7 @@ pub fn reply_item_cost(info: &MethodInfo, items: usize) -> f64 {
 /// Request-time checks beyond the method name, for arguments the cost depends on or that are
 /// expensive to let through. Errors carry ElectrumX's BAD_REQUEST code (1) and the message the
 /// gateway answers with; the backend still validates everything else.
-pub fn validate(info: &MethodInfo, params: Option<&RawValue>) -> Result<(), RpcError> {
+pub fn validate(info: &MethodInfo, params: Option<RawJson>) -> Result<(), RpcError> {
     match info.name {
         "blockchain.block.header" => {
             non_negative(params, 0, "height", true)?;
@@ -397,7 +396,7 @@ pub fn validate(info: &MethodInfo, params: Option<&RawValue>) -> Result<(), RpcE
     }
 }
 
-fn non_negative(params: Option<&RawValue>, index: usize, name: &str, required: bool) -> Result<(), RpcError> {
+fn non_negative(params: Option<RawJson>, index: usize, name: &str, required: bool) -> Result<(), RpcError> {
     let present = param_raw(params, index, name).is_some();
     if (present || required) && param_u64(params, index, name).is_none() {
         return Err(RpcError::new(
@@ -414,15 +413,15 @@ mod tests {
 
     const V1_4_3: ProtoVersion = ProtoVersion(1, 4, 3);
 
-    fn p(s: &str) -> Box<RawValue> {
-        RawValue::from_string(s.to_owned()).unwrap()
+    fn p(s: &str) -> RawJson<'_> {
+        RawJson::parse(s).unwrap()
     }
 
     fn cost(name: &str, params: &str) -> f64 {
         let info = lookup(name, Profile::Bitcoin, V1_4)
             .or_else(|| lookup(name, Profile::Kevacoin, V1_4))
             .unwrap();
-        request_cost(info, Some(&*p(params)), &HashMap::new())
+        request_cost(info, Some(p(params)), &HashMap::new())
     }
 
     fn close(a: f64, b: f64) -> bool {
@@ -599,8 +598,8 @@ mod tests {
         ));
         assert!(close(cost("blockchain.transaction.broadcast", "[]"), 0.25));
         let info = lookup("blockchain.transaction.broadcast_package", Profile::Bitcoin, V1_6).unwrap();
-        let pkg = p(&format!("[[\"{tx}\",\"{tx}\"]]"));
-        let c = request_cost(info, Some(&*pkg), &HashMap::new());
+        let pkg = format!("[[\"{tx}\",\"{tx}\"]]");
+        let c = request_cost(info, Some(p(&pkg)), &HashMap::new());
         assert!((2.25..2.26).contains(&c), "{c}");
     }
 
@@ -613,7 +612,7 @@ mod tests {
         let ping = lookup("server.ping", Profile::Bitcoin, V1_4).unwrap();
         assert_eq!(request_cost(ping, None, &overrides), 3.0);
         let headers = lookup("blockchain.block.headers", Profile::Bitcoin, V1_4).unwrap();
-        assert!(close(request_cost(headers, Some(&*p("[0,100]")), &overrides), 3.0));
+        assert!(close(request_cost(headers, Some(p("[0,100]")), &overrides), 3.0));
         let banner = lookup("server.banner", Profile::Bitcoin, V1_4).unwrap();
         assert_eq!(request_cost(banner, None, &overrides), 0.5);
     }
@@ -621,7 +620,7 @@ mod tests {
     #[test]
     fn heavy_methods() {
         let b = |name| lookup(name, Profile::Bitcoin, V1_4).unwrap();
-        let heavy = |name, params: &str| is_heavy(b(name), Some(&*p(params)));
+        let heavy = |name, params: &str| is_heavy(b(name), Some(p(params)));
         for name in [
             "blockchain.scripthash.get_history",
             "blockchain.scripthash.listunspent",
@@ -657,21 +656,21 @@ mod tests {
     fn validation() {
         let k = |name| lookup(name, Profile::Kevacoin, V1_4).unwrap();
         let b = |name| lookup(name, Profile::Bitcoin, V1_4).unwrap();
-        let txids = |n: usize| p(&format!("[[{}], true]", vec!["\"00\""; n].join(",")));
+        let txids = |n: usize| format!("[[{}], true]", vec!["\"00\""; n].join(","));
 
         let info = k("blockchain.keva.get_transactions_info");
-        assert_eq!(validate(info, Some(&*txids(200))), Ok(()));
+        assert_eq!(validate(info, Some(p(&txids(200)))), Ok(()));
         assert_eq!(
-            validate(info, Some(&*txids(201))),
+            validate(info, Some(p(&txids(201)))),
             Err(RpcError::new(ErrorCode::BadRequest, "too many txids: 201 > 200"))
         );
-        assert_eq!(validate(info, Some(&*p(r#"{"tx_hashes":[]}"#))), Ok(()));
-        assert!(validate(info, Some(&*p(r#"["00"]"#))).is_err());
+        assert_eq!(validate(info, Some(p(r#"{"tx_hashes":[]}"#))), Ok(()));
+        assert!(validate(info, Some(p(r#"["00"]"#))).is_err());
         assert!(validate(info, None).is_err());
 
         let headers = b("blockchain.block.headers");
-        assert_eq!(validate(headers, Some(&*p("[0, 2016]"))), Ok(()));
-        assert_eq!(validate(headers, Some(&*p(r#"[0, "10", 5]"#))), Ok(()));
+        assert_eq!(validate(headers, Some(p("[0, 2016]"))), Ok(()));
+        assert_eq!(validate(headers, Some(p(r#"[0, "10", 5]"#))), Ok(()));
         for bad in [
             "[0]",
             "[0, -1]",
@@ -681,11 +680,11 @@ mod tests {
             "[0, 5, -2]",
             "[0, 5, null]",
         ] {
-            let e = validate(headers, Some(&*p(bad))).unwrap_err();
+            let e = validate(headers, Some(p(bad))).unwrap_err();
             assert_eq!(e.code, ErrorCode::BadRequest, "{bad}");
         }
         assert_eq!(
-            validate(headers, Some(&*p("[0, -1]"))),
+            validate(headers, Some(p("[0, -1]"))),
             Err(RpcError::new(
                 ErrorCode::BadRequest,
                 "count should be a non-negative integer"
@@ -694,9 +693,9 @@ mod tests {
         assert!(validate(headers, None).is_err());
 
         let header = b("blockchain.block.header");
-        assert_eq!(validate(header, Some(&*p("[5]"))), Ok(()));
-        assert!(validate(header, Some(&*p("[]"))).is_err());
-        assert!(validate(header, Some(&*p("[5, true]"))).is_err());
+        assert_eq!(validate(header, Some(p("[5]"))), Ok(()));
+        assert!(validate(header, Some(p("[]"))).is_err());
+        assert!(validate(header, Some(p("[5, true]"))).is_err());
 
         assert_eq!(validate(b("server.ping"), None), Ok(()));
     }

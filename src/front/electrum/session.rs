@@ -10,7 +10,7 @@
 
 use super::frame::{Frame, LineDecoder};
 use super::gate::{Gate, Offer};
-use super::jsonrpc::{self, ErrorCode, Incoming, Message, ParseError, Request, RpcError};
+use super::jsonrpc::{self, ErrorCode, Incoming, Message, ParseError, RawJson, Request, RpcError};
 use super::methods::{self, CostKind, MethodInfo, ProtoVersion, Special};
 use super::settings::{ElectrumSettings, VersionAnswer, VersionPolicy};
 use super::Handles;
@@ -68,7 +68,7 @@ enum IdKey {
 }
 
 impl IdKey {
-    fn new(raw: &RawValue) -> IdKey {
+    fn new(raw: RawJson) -> IdKey {
         let b = raw.get().as_bytes();
         if b.len() <= 22 {
             let mut a = [0u8; 22];
@@ -90,9 +90,9 @@ impl IdKey {
         std::str::from_utf8(self.bytes()).unwrap_or("null")
     }
 
-    /// The id as a JSON value for the reply writers (a borrowing parse: no allocation).
-    fn json(&self) -> Option<&RawValue> {
-        serde_json::from_str::<&RawValue>(self.raw()).ok()
+    /// The id as a JSON value for the reply writers (a borrowing check: no allocation).
+    fn json(&self) -> Option<RawJson<'_>> {
+        RawJson::parse(self.raw())
     }
 }
 
@@ -748,13 +748,13 @@ impl Session<'_> {
 
     // ---- output helpers -------------------------------------------------------------------------
 
-    fn reply_error(&mut self, id: Option<&RawValue>, code: ErrorCode, msg: &str) {
+    fn reply_error(&mut self, id: Option<RawJson>, code: ErrorCode, msg: &str) {
         jsonrpc::write_error(&mut self.client_out, id, code, msg);
         self.charge(self.cost.error_cost);
         self.check_output();
     }
 
-    fn reply_result(&mut self, id: Option<&RawValue>, result_json: &str) {
+    fn reply_result(&mut self, id: Option<RawJson>, result_json: &str) {
         jsonrpc::write_result(&mut self.client_out, id, result_json);
         self.check_output();
     }
@@ -831,7 +831,7 @@ impl Session<'_> {
     }
 
     /// Hard limit: answer -101, close, and ban the address.
-    fn hard_limit(&mut self, id: Option<&RawValue>) {
+    fn hard_limit(&mut self, id: Option<RawJson>) {
         self.reply_error(id, ErrorCode::ExcessiveResourceUsage, "excessive resource usage");
         self.cut_off();
     }
@@ -1097,7 +1097,7 @@ impl Session<'_> {
     /// one with its first request, and tells the backend the negotiated version on it first.
     fn answer_version(
         &mut self,
-        id: Option<&RawValue>,
+        id: Option<RawJson>,
         name: &str,
         (backend, version, result): (SocketAddr, ProtoVersion, String),
     ) {
@@ -1543,7 +1543,7 @@ impl Session<'_> {
     /// One reply from the backend: matched by the gateway's id, policed, and passed on with the
     /// client's id. A reply that matches nothing in flight (an id the gateway never issued, or a second
     /// answer to one already answered) is dropped and counted: passing it on would skip the rewrites.
-    fn on_reply(&mut self, line: &[u8], id: &RawValue) {
+    fn on_reply(&mut self, line: &[u8], id: RawJson) {
         let gid = jsonrpc::gateway_id(id);
         if gid == Some(0) && self.promised_version.is_some() {
             return self.on_promised_version(line);
@@ -1730,7 +1730,7 @@ fn write_entry(out: &mut Vec<u8>, id: &IdKey, entry: &Entry<'_>) {
 }
 
 /// The client's requested protocol range: a version string or `[min, max]`; absent means 1.4.
-fn client_range(params: Option<&RawValue>) -> Option<(ProtoVersion, ProtoVersion)> {
+fn client_range(params: Option<RawJson>) -> Option<(ProtoVersion, ProtoVersion)> {
     let default = ProtoVersion(1, 4, 0);
     let Some(params) = params else {
         return Some((default, default));

@@ -119,7 +119,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsLines<S> {
         // Backpressure: accept bytes only while the socket can take another frame.
         ready!(Pin::new(&mut this.ws).poll_ready(cx)).map_err(to_io)?;
         let mut used = 0;
-        if let Some(nl) = buf[used..].iter().position(|&b| b == b'\n') {
+        if let Some(nl) = memchr::memchr(b'\n', &buf[used..]) {
             this.wr.extend_from_slice(&buf[used..used + nl]);
             used += nl + 1;
             let line = std::mem::take(&mut this.wr);
