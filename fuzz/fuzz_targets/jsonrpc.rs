@@ -2,7 +2,7 @@
 //! and checks the properties the session relies on: no panic, lines within the limit with no
 //! newline or trailing whitespace, a memory bound while a line is oversized, requests that borrow
 //! from the input, error replies that are valid JSON, reply ids found inside the reply, and a nesting
-//! check that is monotonic in its limit.
+//! check that is monotonic in its limit, and a one-pass member scan that accepts only JSON.
 #![no_main]
 
 use gatehouse::front::electrum::frame::{Frame, LineDecoder};
@@ -37,6 +37,11 @@ fn check_request(r: &Request<'_>, input: &[u8]) {
 }
 
 fn check_line(line: &[u8]) {
+    // What the scan accepts, a full parser accepts (values kept raw, as the request parser keeps them).
+    if gatehouse::wire::json::object_members(line, |_| {}).is_some() {
+        assert!(serde_json::from_slice::<serde::de::IgnoredAny>(line).is_ok());
+        assert!(matches!(parse_message(line, MAX_BATCH), Ok(Message::Single(_)) | Err(ParseError::Invalid { .. })));
+    }
     match parse_message(line, MAX_BATCH) {
         Ok(Message::Single(r)) => check_request(&r, line),
         Ok(Message::Batch(items)) => {
