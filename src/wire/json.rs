@@ -137,8 +137,8 @@ impl<'a> Cursor<'a> {
     fn value(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
             b'"' => self.string(),
-            b'{' => self.object(depth + 1),
-            b'[' => self.array(depth + 1),
+            b'{' => self.container(depth + 1, b'}'),
+            b'[' => self.container(depth + 1, b']'),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
@@ -147,50 +147,32 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Option<()> {
+    /// An object (`close` is `}`: members) or an array (`close` is `]`: elements).
+    fn container(&mut self, depth: usize, close: u8) -> Option<()> {
         if depth > MAX_DEPTH {
             return None;
         }
         self.i += 1;
         self.ws();
-        if self.peek()? == b'}' {
+        if self.peek()? == close {
             self.i += 1;
             return Some(());
         }
         loop {
-            if self.peek()? != b'"' {
-                return None;
+            if close == b'}' {
+                if self.peek()? != b'"' {
+                    return None;
+                }
+                self.string()?;
+                self.ws();
+                self.expect(b':')?;
+                self.ws();
             }
-            self.string()?;
-            self.ws();
-            self.expect(b':')?;
-            self.ws();
             self.value(depth)?;
             self.ws();
             match self.next()? {
                 b',' => self.ws(),
-                b'}' => return Some(()),
-                _ => return None,
-            }
-        }
-    }
-
-    fn array(&mut self, depth: usize) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.i += 1;
-        self.ws();
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(());
-        }
-        loop {
-            self.value(depth)?;
-            self.ws();
-            match self.next()? {
-                b',' => self.ws(),
-                b']' => return Some(()),
+                c if c == close => return Some(()),
                 _ => return None,
             }
         }
