@@ -11,10 +11,10 @@
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-
-pub use crate::wire::json::RawJson;
 use std::fmt;
 use std::io::Write;
+
+pub use crate::wire::json::RawJson;
 
 /// The error codes the gateway writes: JSON-RPC 2.0's own, plus the Electrum ones. A closed set, so a
 /// reply can only carry a code a wallet knows how to read.
