@@ -26,6 +26,8 @@ mod api_ledger;
 mod electrumx;
 #[path = "support/flood.rs"]
 mod flood;
+#[path = "support/instructions.rs"]
+mod instructions;
 #[path = "support/latency.rs"]
 mod latency;
 #[path = "support/saturation.rs"]
@@ -743,6 +745,12 @@ fn main() {
             drop(gw);
             anchor_rows(dir.path(), backend, &resuming, &full, secs, &gateway).await;
             latency::run(dir.path(), backend, &resuming, secs).await;
+            return;
+        }
+        if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("instructions") {
+            // User-space instructions per request under callgrind, against HAProxy and nginx (about 2 min).
+            drop(gw);
+            instructions::run(dir.path(), backend, &resuming).await;
             return;
         }
         if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("latency") {

@@ -17,16 +17,28 @@ fn have(bin: &str) -> bool {
     Path::new(bin).is_file()
 }
 
+/// A command that later starts run under (one that execs the program, as valgrind does), or none.
+static WRAP: std::sync::Mutex<Option<Vec<String>>> = std::sync::Mutex::new(None);
+
+/// Runs the processes started from now on under `wrap` (`None`: as themselves).
+pub(super) fn wrap_starts(wrap: Option<Vec<String>>) {
+    *WRAP.lock().unwrap() = wrap;
+}
+
 /// `cmd` pinned to the process-under-test core when `taskset` is there (it execs, so the pid is the
-/// program's own).
+/// program's own), under the command [`wrap_starts`] set, if any.
 pub(super) fn pinned(program: &str) -> Command {
-    if have("/usr/bin/taskset") {
+    let wrap = WRAP.lock().unwrap().clone().unwrap_or_default();
+    let mut words = wrap.iter().map(String::as_str).chain([program]);
+    let mut c = if have("/usr/bin/taskset") {
         let mut c = Command::new("/usr/bin/taskset");
-        c.args(["-c", SUT_CORE, program]);
+        c.args(["-c", SUT_CORE]);
         c
     } else {
-        Command::new(program)
-    }
+        Command::new(words.next().expect("a program"))
+    };
+    c.args(words);
+    c
 }
 
 /// Keeps this process (the load generator and stub backend) off the process-under-test core; says whether
@@ -40,7 +52,7 @@ pub(super) fn pin_load_generator() -> bool {
             .is_ok_and(|s| s.success())
 }
 
-fn apt_install(packages: &[&str]) -> bool {
+pub(super) fn apt_install(packages: &[&str]) -> bool {
     let install = || {
         Command::new("apt-get")
             .args(["install", "-y", "-qq", "--no-install-recommends"])

@@ -1,0 +1,170 @@
+//! User-space instructions per request, counted by valgrind's callgrind: the same count for the same
+//! binary and inputs whatever else the machine is doing, where CPU seconds on a shared virtual machine move
+//! by tens of per cent between runs. Each target (HAProxy, nginx, the gateway's relay and Electrum fronts)
+//! runs under callgrind twice, serving a small and a large number of wallet-mix requests over one TLS
+//! connection with 8 in flight; the difference divided by the difference in requests is the cost of a
+//! request, with start-up, the handshake and shutdown cancelled out. The kernel's share (the socket work)
+//! is not in these counts: read them as the user-space part of the per-request CPU rows.
+
+use super::anchors::{self, apt_install};
+use super::{start_gateway, Gateway, IN_FLIGHT, MIX, VERSION};
+use rustls::pki_types::ServerName;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const VALGRIND: &str = "/usr/bin/valgrind";
+/// Requests of the small and the large run; the large one's extra requests are what is measured.
+const SMALL: u64 = 800;
+const LARGE: u64 = 4_000;
+
+/// The instruction rows: one line per target, each as a ratio to HAProxy's.
+pub(super) async fn run(dir: &Path, backend: SocketAddr, tls: &TlsConnector) {
+    if !Path::new(VALGRIND).is_file() {
+        eprintln!("bench: installing valgrind (apt-get) for the instruction rows");
+        apt_install(&["valgrind"]);
+    }
+    if !Path::new(VALGRIND).is_file() {
+        println!("instruction rows skipped: valgrind is not installed and apt-get could not install it");
+        return;
+    }
+    let targets = [
+        ("HAProxy 2.6 (TLS → TCP, 1 thread)", Target::Haproxy),
+        ("nginx stream (TLS → TCP, 1 worker)", Target::Nginx),
+        ("Gatehouse relay front (TLS → TCP)", Target::Relay),
+        ("Gatehouse Electrum front (cost accounting on)", Target::Electrum),
+    ];
+    let mut rows = Vec::new();
+    for (name, target) in targets {
+        rows.push((name, per_request(dir, backend, tls, target).await));
+    }
+    println!("\n## User-space instructions per request (callgrind)\n");
+    println!(
+        "One TLS connection, 8 wallet-mix requests in flight; ({LARGE} − {SMALL} requests) between two runs of each target.\n"
+    );
+    println!("| target | instructions per request | vs HAProxy |");
+    println!("|---|---|---|");
+    let base = rows[0].1.as_ref().ok().copied();
+    for (name, figure) in &rows {
+        match figure {
+            Ok(n) => {
+                let ratio = base.map_or("–".to_string(), |b| format!("{:.2}", *n as f64 / b as f64));
+                println!("| {name} | {n} | {ratio} |");
+            }
+            Err(e) => println!("| {name} | not measured: {e} | – |"),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Target {
+    Haproxy,
+    Nginx,
+    Relay,
+    Electrum,
+}
+
+async fn per_request(dir: &Path, backend: SocketAddr, tls: &TlsConnector, target: Target) -> Result<u64, String> {
+    let small = counted_run(dir, backend, tls, target, SMALL).await?;
+    let large = counted_run(dir, backend, tls, target, LARGE).await?;
+    large
+        .checked_sub(small)
+        .map(|extra| extra / (LARGE - SMALL))
+        .ok_or_else(|| format!("the larger run counted fewer instructions ({large} < {small})"))
+}
+
+/// Starts `target` under callgrind, serves `requests` through it, stops it and returns its instruction count.
+async fn counted_run(
+    dir: &Path,
+    backend: SocketAddr,
+    tls: &TlsConnector,
+    target: Target,
+    requests: u64,
+) -> Result<u64, String> {
+    let out: PathBuf = dir.join(format!("callgrind.{requests}.out"));
+    let _ = std::fs::remove_file(&out);
+    anchors::wrap_starts(Some(vec![
+        VALGRIND.to_string(),
+        "-q".to_string(),
+        "--tool=callgrind".to_string(),
+        format!("--callgrind-out-file={}", out.display()),
+    ]));
+    let started = match target {
+        Target::Haproxy => anchors::haproxy_tls(dir, backend).await,
+        Target::Nginx => anchors::nginx_tls(dir, backend).await,
+        Target::Relay => Ok(start_gateway(dir, backend).await).map(|(g, _, relay)| (g, relay)),
+        Target::Electrum => Ok(start_gateway(dir, backend).await).map(|(g, electrum, _)| (g, electrum)),
+    };
+    anchors::wrap_starts(None);
+    let (process, addr) = started?;
+    let served = serve(addr, tls, requests).await;
+    stop(process)?;
+    if served != requests {
+        return Err(format!("{served} of {requests} requests answered"));
+    }
+    callgrind_total(&out).ok_or_else(|| format!("no instruction total in {}", out.display()))
+}
+
+/// `n` wallet-mix requests over one TLS connection with `IN_FLIGHT` outstanding; returns the answers counted.
+async fn serve(addr: SocketAddr, tls: &TlsConnector, n: u64) -> u64 {
+    let Ok(tcp) = TcpStream::connect(addr).await else {
+        return 0;
+    };
+    let _ = tcp.set_nodelay(true);
+    let Ok(s) = tls.connect(ServerName::try_from("localhost").unwrap(), tcp).await else {
+        return 0;
+    };
+    let (r, mut w) = tokio::io::split(s);
+    let mut r = BufReader::new(r);
+    let mut line = Vec::new();
+    if w.write_all(VERSION).await.is_err() || r.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+        return 0;
+    }
+    let (mut sent, mut answered) = (0u64, 0u64);
+    let mut out = Vec::new();
+    while answered < n {
+        // Answers that came together are followed by as many new requests in one write, as a
+        // pipelining wallet library does.
+        out.clear();
+        while sent < n && sent - answered < IN_FLIGHT as u64 {
+            out.extend_from_slice(MIX[(sent % MIX.len() as u64) as usize]);
+            sent += 1;
+        }
+        if !out.is_empty() && w.write_all(&out).await.is_err() {
+            break;
+        }
+        let buf = match r.fill_buf().await {
+            Ok(b) if !b.is_empty() => b,
+            _ => break,
+        };
+        let (len, lines) = (buf.len(), buf.iter().filter(|&&b| b == b'\n').count());
+        r.consume(len);
+        answered += lines as u64;
+    }
+    let _ = w.shutdown().await;
+    answered
+}
+
+/// Asks the process to stop (callgrind writes its counts at exit) and waits for it to go.
+fn stop(mut process: Gateway) -> Result<(), String> {
+    let pid = process.pid() as libc::pid_t;
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child, not yet reaped.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err("could not signal the process to stop".into());
+    }
+    process
+        .child
+        .wait()
+        .map_err(|e| format!("waiting for the process to stop: {e}"))?;
+    Ok(())
+}
+
+/// The `totals:` (or `summary:`) line of a callgrind output file.
+fn callgrind_total(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
+        .and_then(|n| n.trim().parse().ok())
+}
