@@ -690,7 +690,8 @@ async fn a_slow_but_steady_reader_is_not_cut() {
 /// connection closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_upstreams_down_is_answered_with_an_error_then_closed() {
-    let dead = [net::free_addr(), net::free_addr()];
+    let refusing = [net::refusing_addr(), net::refusing_addr()];
+    let dead = [refusing[0].addr, refusing[1].addr];
     let toml = config("", &[front("tcp", "tcp", &dead, None, "")]);
     let running = gateway::start(&toml).await;
     let mut cl = Client::connect("tcp", "127.0.0.2", running.addr("tcp"), None).await;
@@ -743,7 +744,8 @@ async fn sessions_close_right_after_their_final_reply() {
     let demo = gatehouse::demo::backend::spawn("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let dead = net::free_addr();
+    let refusing = net::refusing_addr();
+    let dead = refusing.addr;
     let (closing, _seen) = stub_backend(StubOpts {
         close_on_request: Some(2),
         ..Default::default()

@@ -546,7 +546,8 @@ async fn token_required_unless_public() {
 async fn dead_upstream_is_reported_down() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("admin.token"), TOKEN).unwrap();
-    let dead = net::free_addr();
+    let refusing = net::refusing_addr();
+    let dead = refusing.addr;
     let toml = format!(
         "{RELAXED}[admin]\nenabled = true\nlisten = \"127.0.0.1:0\"\ntoken_file = \"admin.token\"\n\n{}",
         gateway::tcp_front("md_relay", dead, "[front.upstream]\nretry_backoff = \"1h\"")

@@ -720,7 +720,8 @@ async fn upstreams_fail_over_to_the_next_node() {
     let second = Bitcoind::start(&[]).await;
     second.mine(4).await;
     let dir = tempfile::tempdir().unwrap();
-    let dead = crate::support::net::free_addr();
+    let refusing = crate::support::net::refusing_addr();
+    let dead = refusing.addr;
     let text = config(dir.path(), "127.0.0.1:0", first.rpc, &["getblockcount"], "", "").replace(
         &format!("upstreams = [\"{}\"]", first.rpc),
         &format!("upstreams = [\"{dead}\", \"{}\", \"{}\"]", first.rpc, second.rpc),

@@ -56,7 +56,8 @@ async fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_second_upstream() {
-    let dead = net::free_addr();
+    let refusing = net::refusing_addr();
+    let dead = refusing.addr;
     let echo = backends::echo_backend().await;
     // A back-off shorter than the gap between sessions, so every session tries the dead one first.
     let extra = "[front.upstream]\nretry_backoff = \"1ms\"\n";
@@ -76,7 +77,8 @@ async fn failover_to_second_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_over_tls() {
     let c = tls::certs();
-    let dead = net::free_addr();
+    let refusing = net::refusing_addr();
+    let dead = refusing.addr;
     let echo = backends::echo_backend().await;
     let running = gateway::start_in(
         c.dir.path(),
@@ -98,7 +100,8 @@ async fn failover_over_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_upstreams_down_closes_client() {
-    let dead = net::free_addr();
+    let refusing = net::refusing_addr();
+    let dead = refusing.addr;
     let dead2 = net::free_addr();
     let extra = "[front.upstream]\nconnect_timeout = \"500ms\"\n";
     let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[dead, dead2], extra))).await;
@@ -157,7 +160,8 @@ async fn unresponsive_first_upstream_fails_over_after_connect_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_upstream_is_marked_down_and_skipped() {
-    let dead = net::free_addr();
+    let refusing = net::refusing_addr();
+    let dead = refusing.addr;
     let echo = backends::echo_backend().await;
     let extra = "[front.upstream]\nretry_backoff = \"60s\"\n";
     let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[dead, echo], extra))).await;
@@ -169,7 +173,7 @@ async fn failed_upstream_is_marked_down_and_skipped() {
     assert!(pool.is_up(echo));
     // Bring the first upstream back as a backend that answers differently: within the back-off the gateway
     // must not try it, so sessions keep landing on the echo.
-    let revived = TcpListener::bind(dead).await.expect("rebind the dead port");
+    let revived = refusing.revive();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = revived.accept().await {
@@ -193,7 +197,8 @@ async fn failed_upstream_is_marked_down_and_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marked_down_upstream_is_retried_after_backoff() {
-    let dead = net::free_addr();
+    let refusing = net::refusing_addr();
+    let dead = refusing.addr;
     let echo = backends::echo_backend().await;
     let extra = "[front.upstream]\nretry_backoff = \"300ms\"\n";
     let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[dead, echo], extra))).await;
@@ -203,7 +208,7 @@ async fn marked_down_upstream_is_retried_after_backoff() {
     let pool = &running.front("p2p").unwrap().pool;
     assert!(!pool.is_up(dead));
     // Bring the dead port back as an echo that reports each connection.
-    let revived = TcpListener::bind(dead).await.expect("rebind the dead port");
+    let revived = refusing.revive();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = revived.accept().await {

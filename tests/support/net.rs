@@ -25,6 +25,31 @@ pub fn free_addr() -> SocketAddr {
     }
 }
 
+/// A loopback address that refuses every connection for as long as the value lives: its port is bound and
+/// never listened on. A port that was only free when asked can be taken later, by a test's server or as
+/// the ephemeral source port of an outgoing connect to that very address, which then connects to itself;
+/// a bound port can be neither.
+pub struct Refusing {
+    pub addr: SocketAddr,
+    held: TcpSocket,
+}
+
+impl Refusing {
+    /// Starts listening on the address, with no moment in which another socket could take the port.
+    pub fn revive(self) -> tokio::net::TcpListener {
+        self.held.listen(1024).unwrap()
+    }
+}
+
+pub fn refusing_addr() -> Refusing {
+    let held = TcpSocket::new_v4().unwrap();
+    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    Refusing {
+        addr: held.local_addr().unwrap(),
+        held,
+    }
+}
+
 /// The port of [`free_addr`].
 pub fn free_port() -> u16 {
     free_addr().port()
