@@ -128,7 +128,8 @@ async fn load(addr: SocketAddr, secs: f64) -> (f64, u64) {
 }
 
 pub(super) async fn wait_listening(addr: SocketAddr) -> bool {
-    for _ in 0..200 {
+    // Up to 20 s: a process started under valgrind takes seconds to reach its listen call.
+    for _ in 0..800 {
         if TcpStream::connect(addr).await.is_ok() {
             return true;
         }
