@@ -675,10 +675,17 @@ fn run(path: &std::path::Path, log_format: Option<Format>) -> ExitCode {
         }
     }
     raise_nofile(cfg.runtime.max_open_files);
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if cfg.runtime.worker_threads > 0 {
-        rt.worker_threads(cfg.runtime.worker_threads);
-    }
+    // One worker runs on this thread's own scheduler: the work-stealing one keeps per-poll statistics (clock
+    // reads on every task switch) and wakes a second thread, costs that buy nothing without a second worker.
+    let mut rt = if cfg.runtime.worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if cfg.runtime.worker_threads > 0 {
+            b.worker_threads(cfg.runtime.worker_threads);
+        }
+        b
+    };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -104,7 +104,10 @@ async fn counted_run(
     };
     anchors::wrap_starts(None);
     let (process, addr) = started?;
-    let served = serve(addr, tls, requests).await;
+    // Bounded, so a target that stops answering under valgrind costs a row, not the run.
+    let served = tokio::time::timeout(std::time::Duration::from_secs(120), serve(addr, tls, requests))
+        .await
+        .unwrap_or(0);
     stop(process)?;
     if served != requests {
         return Err(format!("{served} of {requests} requests answered"));
