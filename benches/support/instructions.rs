@@ -108,7 +108,7 @@ async fn counted_run(
     let served = tokio::time::timeout(std::time::Duration::from_secs(120), serve(addr, tls, requests))
         .await
         .unwrap_or(0);
-    stop(process)?;
+    stop(process, addr)?;
     if served != requests {
         return Err(format!("{served} of {requests} requests answered"));
     }
@@ -140,18 +140,28 @@ async fn serve(addr: SocketAddr, tls: &TlsConnector, n: u64) -> u64 {
     answered.saturating_sub(1)
 }
 
-/// Asks the process to stop (callgrind writes its counts at exit) and waits for it to go.
-fn stop(mut process: Gateway) -> Result<(), String> {
-    let pid = process.pid() as libc::pid_t;
-    // SAFETY: kill has no memory-safety preconditions; the pid is our own child, not yet reaped.
-    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+/// Asks the process to stop (callgrind writes its counts at exit) and waits up to 60 s for it to go. Under
+/// valgrind a process waiting for events may not see the signal until an event comes, so a connection
+/// to `addr` wakes it every half second.
+fn stop(mut process: Gateway, addr: SocketAddr) -> Result<(), String> {
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &process.pid().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !signalled {
         return Err("could not signal the process to stop".into());
     }
-    process
-        .child
-        .wait()
-        .map_err(|e| format!("waiting for the process to stop: {e}"))?;
-    Ok(())
+    for i in 0..600 {
+        if let Ok(Some(_)) = process.child.try_wait() {
+            return Ok(());
+        }
+        if i % 5 == 4 {
+            let _ = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Dropping it kills it.
+    Err("the process did not stop within 60 s of SIGTERM".into())
 }
 
 /// The `totals:` (or `summary:`) line of a callgrind output file.
