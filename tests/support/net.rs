@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// A loopback address with a port nothing listens on now (bound to port 0, then closed): for a gateway
-/// or a cluster link bound later, or an upstream that refuses. The kernel may hand a port just closed out
+/// or a cluster link bound later. An upstream that must refuse takes [`refusing_addr`] instead. The kernel may hand a port just closed out
 /// again, so two calls in one test could name the same port: a port is never handed out twice by this
 /// process.
 pub fn free_addr() -> SocketAddr {
