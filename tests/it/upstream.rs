@@ -102,7 +102,8 @@ async fn failover_over_tls() {
 async fn all_upstreams_down_closes_client() {
     let refusing = net::refusing_addr();
     let dead = refusing.addr;
-    let dead2 = net::free_addr();
+    let refusing2 = net::refusing_addr();
+    let dead2 = refusing2.addr;
     let extra = "[front.upstream]\nconnect_timeout = \"500ms\"\n";
     let running = gateway::start(&format!("{RELAXED}{}", front("p2p", &[dead, dead2], extra))).await;
     for _ in 0..3 {
