@@ -764,7 +764,25 @@ fn main() {
             return;
         }
         if let Ok(phase) = std::env::var("GATEHOUSE_BENCH_ONLY") {
-            // For profiling one phase: `GATEHOUSE_BENCH_ONLY=electrum perf record -p <gateway pid>`.
+            // For profiling one phase: `GATEHOUSE_BENCH_ONLY=electrum perf record -p <gateway pid>`; `haproxy`
+            // and `nginx` load that anchor the same way, so the two profiles read side by side.
+            if phase == "haproxy" || phase == "nginx" {
+                drop(gw);
+                let started = if phase == "haproxy" {
+                    anchors::haproxy_tls(dir.path(), backend).await
+                } else {
+                    anchors::nginx_tls(dir.path(), backend).await
+                };
+                match started {
+                    Ok((process, addr)) => {
+                        println!("{phase}: pid {}", process.pid());
+                        let r = load(addr, Some(&resuming), 10.0).await;
+                        println!("{phase}: {} requests in {:.2} s ({:.0}/s)", r.requests, r.elapsed.as_secs_f64(), r.rps());
+                    }
+                    Err(e) => println!("{phase}: not run: {e}"),
+                }
+                return;
+            }
             let target = if phase == "relay" { relay } else { electrum };
             if phase == "handshake" {
                 handshakes(electrum, &full, 10.0).await;

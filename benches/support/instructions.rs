@@ -19,9 +19,8 @@ use tokio_rustls::TlsConnector;
 
 const VALGRIND: &str = "/usr/bin/valgrind";
 /// Requests of the small and the large run; the large one's extra requests are what is measured. The gap
-/// is wide because one start-up cost is not the same from run to run: the gateway's rate limiters calibrate
-/// the CPU's cycle counter against the system clock for a time, not a number of steps, a few million
-/// instructions that vary by a million or so; spread over 2,500 requests that is 2 % of a request's cost.
+/// is wide so that what still varies between runs (where the allocator's arenas land, how many wake-ups
+/// a shutdown takes) is a small fraction of a request's cost once divided.
 const SMALL: u64 = 500;
 const LARGE: u64 = 3_000;
 
@@ -41,9 +40,24 @@ pub(super) async fn run(dir: &Path, backend: SocketAddr, tls: &TlsConnector) {
         ("Gatehouse relay front (TLS → TCP)", Target::Relay),
         ("Gatehouse Electrum front (cost accounting on)", Target::Electrum),
     ];
+    // For profiling one target: `GATEHOUSE_INSTRUCTION_TARGETS=electrum,relay` runs only those rows, and
+    // `GATEHOUSE_CALLGRIND_KEEP=DIR` keeps each run's output there for `callgrind_annotate`.
+    let only = std::env::var("GATEHOUSE_INSTRUCTION_TARGETS").ok();
     let mut rows = Vec::new();
     for (name, target) in targets {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|t| t.trim() == target.key()))
+        {
+            continue;
+        }
         rows.push((name, per_request(dir, backend, tls, target).await));
+    }
+    if rows.is_empty() {
+        println!(
+            "instruction rows skipped: GATEHOUSE_INSTRUCTION_TARGETS names none of haproxy, nginx, relay, electrum"
+        );
+        return;
     }
     println!("\n## User-space instructions per request (callgrind)\n");
     println!(
@@ -51,7 +65,11 @@ pub(super) async fn run(dir: &Path, backend: SocketAddr, tls: &TlsConnector) {
     );
     println!("| target | instructions per request | vs HAProxy |");
     println!("|---|---|---|");
-    let base = rows[0].1.as_ref().ok().copied();
+    // Ratios only against HAProxy measured in this run.
+    let base = rows
+        .iter()
+        .find(|r| r.0.starts_with("HAProxy"))
+        .and_then(|r| r.1.as_ref().ok().copied());
     for (name, figure) in &rows {
         match figure {
             Ok(n) => {
@@ -69,6 +87,17 @@ enum Target {
     Nginx,
     Relay,
     Electrum,
+}
+
+impl Target {
+    fn key(self) -> &'static str {
+        match self {
+            Target::Haproxy => "haproxy",
+            Target::Nginx => "nginx",
+            Target::Relay => "relay",
+            Target::Electrum => "electrum",
+        }
+    }
 }
 
 async fn per_request(dir: &Path, backend: SocketAddr, tls: &TlsConnector, target: Target) -> Result<u64, String> {
@@ -111,6 +140,12 @@ async fn counted_run(
     stop(process, addr)?;
     if served != requests {
         return Err(format!("{served} of {requests} requests answered"));
+    }
+    if let Ok(keep) = std::env::var("GATEHOUSE_CALLGRIND_KEEP") {
+        let kept = Path::new(&keep).join(format!("callgrind.{}.{requests}.out", target.key()));
+        if let Err(e) = std::fs::create_dir_all(&keep).and_then(|()| std::fs::copy(&out, &kept)) {
+            eprintln!("bench: could not keep {}: {e}", kept.display());
+        }
     }
     callgrind_total(&out).ok_or_else(|| format!("no instruction total in {}", out.display()))
 }
