@@ -135,6 +135,34 @@ impl LineDecoder {
         self.check_partial();
     }
 
+    /// Frames freshly read bytes in place while nothing is buffered: returns the next complete line of
+    /// `data`, borrowed from it, and moves `data` past that line, so a read that holds whole lines (the
+    /// usual case) is never copied. Once that stops (bytes of an earlier read are buffered, or `data` has
+    /// no newline left), the rest of `data` is fed into the buffer, `data` is left empty, and `None`
+    /// says to go on with [`next_frame`](Self::next_frame). Together they give the frames that
+    /// [`feed`](Self::feed) then `next_frame` would.
+    pub fn next_direct<'a>(&mut self, data: &mut &'a [u8]) -> Option<Frame<'a>> {
+        // Beyond one feed piece, `feed` may report an oversized line before its newline arrives: leave
+        // such reads to it, so both ways count the same discarded bytes.
+        while self.start == self.end && !self.discarding && self.unreported.is_none() && data.len() <= FEED_PIECE {
+            let Some(i) = find_newline(data) else { break };
+            let (line, rest) = data.split_at(i);
+            *data = &rest[1..];
+            if line.len() > self.max_line {
+                return Some(Frame::Oversized { discarded: line.len() });
+            }
+            let kept = trimmed_len(line);
+            if kept > 0 {
+                return Some(Frame::Line(&line[..kept]));
+            }
+        }
+        if !data.is_empty() {
+            self.feed(data);
+            *data = &[];
+        }
+        None
+    }
+
     /// Next complete frame, if any; call repeatedly until `None`.
     pub fn next_frame(&mut self) -> Option<Frame<'_>> {
         if let Some(discarded) = self.unreported.take() {
@@ -262,6 +290,75 @@ mod tests {
 
     fn lines(items: &[&str]) -> Vec<Result<Vec<u8>, usize>> {
         items.iter().map(|s| Ok(s.as_bytes().to_vec())).collect()
+    }
+
+    /// Frames of one read the way a session takes them: in place first, then from the buffer.
+    fn drain_direct(d: &mut LineDecoder, mut data: &[u8]) -> Vec<Result<Vec<u8>, usize>> {
+        let mut out = Vec::new();
+        loop {
+            let frame = match d.next_direct(&mut data) {
+                Some(f) => Some(f),
+                None => d.next_frame(),
+            };
+            match frame {
+                Some(Frame::Line(l)) => out.push(Ok(l.to_vec())),
+                Some(Frame::Oversized { discarded }) => out.push(Err(discarded)),
+                None => break,
+            }
+        }
+        assert!(data.is_empty(), "every byte is framed or buffered");
+        out
+    }
+
+    #[test]
+    fn framing_in_place_gives_the_frames_of_feeding() {
+        // Short and oversized lines, blank and padded ones, split into reads at random places: after
+        // every read both ways must give the same frames and hold the same bytes.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for round in 0..3_000 {
+            let mut input = Vec::new();
+            for _ in 0..1 + next(8) {
+                let len = match next(4) {
+                    0 => 0,
+                    1 => next(40),
+                    2 => 40 + next(40),
+                    _ => next(200),
+                };
+                input.extend((0..len).map(|i| b"ab{}\\"[i % 5]));
+                input.extend_from_slice([&b""[..], b" ", b"\r", b"\t "][next(4)]);
+                if next(6) > 0 {
+                    input.push(b'\n');
+                }
+            }
+            let mut fed = LineDecoder::new(64);
+            let mut direct = LineDecoder::new(64);
+            let mut at = 0;
+            while at < input.len() {
+                let read = &input[at..(at + 1 + next(150)).min(input.len())];
+                at += read.len();
+                fed.feed(read);
+                let want = drain(&mut fed);
+                assert_eq!(
+                    drain_direct(&mut direct, read),
+                    want,
+                    "round {round}, read ending at {at}"
+                );
+                assert_eq!(direct.buffered(), fed.buffered(), "round {round}, read ending at {at}");
+            }
+        }
+        // Whole lines in one read are not copied: the decoder allocates nothing for them.
+        let mut d = LineDecoder::new(64);
+        assert_eq!(
+            drain_direct(&mut d, b"{\"id\":1}\n{\"id\":2}\n"),
+            lines(&[r#"{"id":1}"#, r#"{"id":2}"#])
+        );
+        assert_eq!(d.capacity(), 0);
     }
 
     #[test]

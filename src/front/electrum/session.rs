@@ -389,17 +389,24 @@ where
                 let n_all = n + client.take_discarded() as usize;
                 s.bytes_in += n_all as u64;
                 s.charge_bytes(n_all);
-                client_dec.feed(&buf[..n]);
-                give_buf(buf);
+                // Whole lines are handled straight from the read buffer; only a partial line is copied.
+                let mut rest = &buf[..n];
                 let mut framed = false;
                 while s.closing.is_none() && s.abort.is_none() {
-                    match client_dec.next_frame() {
+                    let frame = match client_dec.next_direct(&mut rest) {
+                        Some(f) => Some(f),
+                        None => client_dec.next_frame(),
+                    };
+                    match frame {
                         Some(Frame::Line(line)) => s.on_client_line(line),
                         Some(Frame::Oversized { discarded }) => s.on_oversized(discarded),
                         None => break,
                     }
                     framed = true;
                 }
+                // Left unframed by a close: kept, as a fed read would have kept it.
+                client_dec.feed(rest);
+                give_buf(buf);
                 client_dec.shrink_idle();
                 s.transport_bytes = client.pending();
                 s.note_partial(client_dec.buffered() + s.transport_bytes, framed);
@@ -407,15 +414,20 @@ where
             }
             Event::Upstream(buf, n) => {
                 s.charge_bytes(n);
-                up_dec.feed(&buf[..n]);
-                give_buf(buf);
+                let mut rest = &buf[..n];
                 while s.abort.is_none() {
-                    match up_dec.next_frame() {
+                    let frame = match up_dec.next_direct(&mut rest) {
+                        Some(f) => Some(f),
+                        None => up_dec.next_frame(),
+                    };
+                    match frame {
                         Some(Frame::Line(line)) => s.on_upstream_line(line),
                         Some(Frame::Oversized { .. }) => s.on_response_too_large(),
                         None => break,
                     }
                 }
+                up_dec.feed(rest);
+                give_buf(buf);
                 up_dec.shrink_idle();
                 s.dec_bytes = client_dec.buffered() + up_dec.buffered();
             }
