@@ -27,9 +27,9 @@ pub(super) fn wrap_starts(wrap: Option<Vec<String>>) {
 
 /// `cmd` pinned to the process-under-test core when `taskset` is there (it execs, so the pid is the
 /// program's own), under the command [`wrap_starts`] set, if any.
-pub(super) fn pinned(program: &str) -> Command {
+pub(super) fn pinned(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let wrap = WRAP.lock().unwrap().clone().unwrap_or_default();
-    let mut words = wrap.iter().map(String::as_str).chain([program]);
+    let mut words = wrap.iter().map(std::ffi::OsStr::new).chain([program.as_ref()]);
     let mut c = if have("/usr/bin/taskset") {
         let mut c = Command::new("/usr/bin/taskset");
         c.args(["-c", SUT_CORE]);

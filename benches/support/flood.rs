@@ -783,7 +783,7 @@ pub fn scheduler_in_build(dir: &Path) -> bool {
         "max_in_flight = \"auto\"",
     );
     std::fs::write(&path, cfg).expect("write flood-probe.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    let out = Command::new(super::gateway_bin())
         .args(["check", "-c"])
         .arg(&path)
         .output()
@@ -803,7 +803,7 @@ async fn start_gateway(dir: &Path, backend: SocketAddr, upstream_key: &str) -> R
     let port = free_port();
     let path = dir.join("flood.toml");
     std::fs::write(&path, gateway_config(dir, port, backend, upstream_key)).map_err(|e| e.to_string())?;
-    let child = anchors::pinned(env!("CARGO_BIN_EXE_gatehouse"))
+    let child = anchors::pinned(super::gateway_bin())
         .args(["run", "-c"])
         .arg(&path)
         .stdin(Stdio::null())

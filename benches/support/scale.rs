@@ -281,7 +281,7 @@ async fn start_gateway(dir: &Path, stubs: &[SocketAddr], nofile: u64) -> (Gatewa
             let mut words = wrap.split_whitespace();
             let child = Command::new(words.next().expect("a command in GATEHOUSE_SCALE_WRAP"))
                 .args(words)
-                .arg(env!("CARGO_BIN_EXE_gatehouse"))
+                .arg(super::gateway_bin())
                 .args(["run", "-c"])
                 .arg(&path)
                 .stdin(Stdio::null())
