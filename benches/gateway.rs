@@ -637,18 +637,7 @@ async fn peer_throughput(
 
 /// One process in the middle, measured as the gateway's rows are: CPU per 100k requests of the wallet mix,
 /// latency, and full handshakes per CPU second.
-struct Anchor {
-    name: &'static str,
-    figures: Result<(f64, Duration, Duration, f64), String>,
-}
-
-async fn measure(
-    p: &Gateway,
-    addr: SocketAddr,
-    resuming: &TlsConnector,
-    full: &TlsConnector,
-    secs: f64,
-) -> (f64, Duration, Duration, f64) {
+async fn measure(p: &Gateway, addr: SocketAddr, resuming: &TlsConnector, full: &TlsConnector, secs: f64) -> Figures {
     let cpu0 = p.cpu_seconds();
     let mut r = load(addr, Some(resuming), secs).await;
     let cpu = (p.cpu_seconds() - cpu0) / r.requests as f64 * 100_000.0;
@@ -658,57 +647,95 @@ async fn measure(
     (cpu, r.pct(0.5), r.pct(0.99), hs_per_cpu)
 }
 
-/// HAProxy and nginx in front of the same stub, and the gateway's own figures as ratios to HAProxy's.
-async fn anchor_rows(
-    dir: &Path,
-    backend: SocketAddr,
-    resuming: &TlsConnector,
-    full: &TlsConnector,
-    secs: f64,
-    gateway: &[Anchor],
-) {
-    let mut anchors = Vec::new();
-    for (name, started) in [
+/// CPU s per 100k requests, p50 and p99 latency, full handshakes per CPU second.
+type Figures = (f64, Duration, Duration, f64);
+/// A process and the address it serves on, or why it is not running.
+type AnchorTarget<'a> = Result<(&'a Gateway, SocketAddr), String>;
+
+/// Rounds of the anchor rows: each figure is the median of this many, every target measured once per
+/// round in turn, so a machine that speeds up or slows down over the run moves every row alike.
+const ANCHOR_ROUNDS: usize = 3;
+
+/// HAProxy, nginx and a fresh gateway's two fronts in front of the same stub, all up at once and measured
+/// in interleaved rounds; the gateway's figures as ratios to HAProxy's.
+async fn anchor_rows(dir: &Path, backend: SocketAddr, resuming: &TlsConnector, full: &TlsConnector, secs: f64) {
+    let (gw, electrum, relay) = start_gateway(dir, backend).await;
+    let haproxy = anchors::haproxy_tls(dir, backend).await;
+    let nginx = anchors::nginx_tls(dir, backend).await;
+    let targets: [(&str, AnchorTarget); 4] = [
         (
             "HAProxy 2.6 (TLS → TCP, 1 thread)",
-            anchors::haproxy_tls(dir, backend).await,
+            haproxy.as_ref().map(|(p, a)| (p, *a)).map_err(Clone::clone),
         ),
         (
             "nginx stream (TLS → TCP, 1 worker)",
-            anchors::nginx_tls(dir, backend).await,
+            nginx.as_ref().map(|(p, a)| (p, *a)).map_err(Clone::clone),
         ),
-    ] {
-        let figures = match started {
-            Ok((p, addr)) => Ok(measure(&p, addr, resuming, full, secs).await),
-            Err(e) => Err(e),
-        };
-        anchors.push(Anchor { name, figures });
+        ("Gatehouse relay front (TLS → TCP)", Ok((&gw, relay))),
+        ("Gatehouse Electrum front (cost accounting on)", Ok((&gw, electrum))),
+    ];
+    // Untimed first: TLS session caches filled, the Electrum front's backend window learned.
+    for (_, t) in &targets {
+        if let Ok((_, addr)) = t {
+            load(*addr, Some(resuming), 1.0).await;
+        }
     }
-    let base = anchors[0].figures.as_ref().ok().copied();
+    let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+    for _ in 0..ANCHOR_ROUNDS {
+        for (i, (_, t)) in targets.iter().enumerate() {
+            if let Ok((p, addr)) = t {
+                rounds[i].push(measure(p, *addr, resuming, full, secs).await);
+            }
+        }
+    }
+    let figures: Vec<Result<Figures, String>> = targets
+        .iter()
+        .zip(&rounds)
+        .map(|((_, t), r)| match t {
+            Ok(_) => Ok((
+                median(r.iter().map(|f| f.0).collect()),
+                Duration::from_secs_f64(median(r.iter().map(|f| f.1.as_secs_f64()).collect())),
+                Duration::from_secs_f64(median(r.iter().map(|f| f.2.as_secs_f64()).collect())),
+                median(r.iter().map(|f| f.3).collect()),
+            )),
+            Err(e) => Err(e.clone()),
+        })
+        .collect();
+    let base = figures[0].as_ref().ok().copied();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!("\n## Against the proxies operators would otherwise pick\n");
     println!("Same stub backend, same certificate (ECDSA P-256, TLS 1.3), the wallet mix as above, one worker each,");
-    println!(
-        "the process under test pinned to one core and the load generator to the other (when taskset is there).\n"
-    );
+    println!("the process under test pinned to one core and the load generator to the other (when taskset is there);");
+    println!("every target up at once, medians of {ANCHOR_ROUNDS} interleaved rounds.\n");
     println!("| target | CPU s per 100k requests | vs HAProxy | p50 / p99 latency | full handshakes per CPU second | vs HAProxy |");
     println!("|---|---|---|---|---|---|");
-    for a in anchors.iter().chain(gateway) {
-        match &a.figures {
+    for ((name, _), f) in targets.iter().zip(&figures) {
+        match f {
             Ok((cpu, p50, p99, hs)) => {
                 let (rc, rh) = base.map_or(("–".to_string(), "–".to_string()), |(bc, _, _, bh)| {
                     (format!("{:.2}", cpu / bc), format!("{:.2}", hs / bh))
                 });
                 println!(
-                    "| {} | {cpu:.3} | {rc} | {:.0} / {:.0} µs | {hs:.0} | {rh} |",
-                    a.name,
+                    "| {name} | {cpu:.3} | {rc} | {:.0} / {:.0} µs | {hs:.0} | {rh} |",
                     us(*p50),
                     us(*p99)
                 );
             }
-            Err(e) => println!("| {} | skipped: {e} | | | | |", a.name),
+            Err(e) => println!("| {name} | skipped: {e} | | | | |"),
         }
     }
+    if std::env::var_os("GATEHOUSE_ANCHOR_ROUNDS_SHOWN").is_some() {
+        // Every round's CPU figure, to see how far the machine moved.
+        for ((name, _), r) in targets.iter().zip(&rounds) {
+            let each: Vec<String> = r.iter().map(|f| format!("{:.3}", f.0)).collect();
+            println!("rounds: {name}: {}", each.join(" "));
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The peer rows: the plain relay against the Bitcoin guard, on a gateway of their own.
@@ -797,18 +824,8 @@ fn main() {
         let full_pq = tls_connector(&der, false, true);
         if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("anchors") {
             // The gateway against HAProxy and nginx alone.
-            let gateway = [
-                Anchor {
-                    name: "Gatehouse relay front (TLS → TCP)",
-                    figures: Ok(measure(&gw, relay, &resuming, &full, secs).await),
-                },
-                Anchor {
-                    name: "Gatehouse Electrum front (cost accounting on)",
-                    figures: Ok(measure(&gw, electrum, &resuming, &full, secs).await),
-                },
-            ];
             drop(gw);
-            anchor_rows(dir.path(), backend, &resuming, &full, secs, &gateway).await;
+            anchor_rows(dir.path(), backend, &resuming, &full, secs).await;
             latency::run(dir.path(), backend, &resuming, secs).await;
             return;
         }
@@ -912,17 +929,7 @@ fn main() {
         println!("| handshakes/s wall clock on the Electrum front (client shares the machine) | {:.0} |", hs as f64 / secs);
         println!("| load a 100,000-entry CIDR file | {:.0} ms |", cidr_load.as_secs_f64() * 1e3);
         println!("| CIDR lookup in that set (17 prefix lengths) | {cidr_ns:.0} ns |");
-        let gateway = [
-            Anchor {
-                name: "Gatehouse relay front (TLS → TCP)",
-                figures: Ok((per100k(cpu_relay, &via_relay), r50, r99, hs_relay as f64 / cpu_hs_relay.max(1e-9))),
-            },
-            Anchor {
-                name: "Gatehouse Electrum front (cost accounting on)",
-                figures: Ok((per100k(cpu_el, &via_el), e50, e99, hs as f64 / cpu_hs.max(1e-9))),
-            },
-        ];
-        anchor_rows(dir.path(), backend, &resuming, &full, secs, &gateway).await;
+        anchor_rows(dir.path(), backend, &resuming, &full, secs).await;
         latency::run(dir.path(), backend, &resuming, secs).await;
         api_http::run(dir.path(), secs).await;
         peer_rows(dir.path(), secs).await;
