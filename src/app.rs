@@ -77,6 +77,10 @@ impl Clock for TokioClock {
     fn now(&self) -> Duration {
         self.epoch.elapsed()
     }
+
+    fn at(&self, at: tokio::time::Instant) -> Duration {
+        at.saturating_duration_since(self.epoch)
+    }
 }
 
 fn cost_params(config: &Config) -> CostParams {
@@ -688,5 +692,24 @@ impl Running {
             a.stop().await;
         }
         DrainReport { forced }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tokio_clock_reads_a_given_moment_as_its_own_time() {
+        let clock = TokioClock::new();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let read = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // The moment given, not the time of the call: what a session read when its event came.
+        assert_eq!(clock.at(read), Duration::from_secs(5));
+        assert_eq!(clock.now(), Duration::from_secs(7));
+        // A moment before the clock began is its start, never a panic.
+        let clock = TokioClock::new();
+        assert_eq!(clock.at(read), Duration::ZERO);
     }
 }

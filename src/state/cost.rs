@@ -88,6 +88,14 @@ pub struct CostConfig {
 /// Time source, so tests can advance time. Monotonic, as a Duration since an arbitrary epoch.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Duration;
+
+    /// `at`, a moment its caller read from tokio's clock just now, as this clock's time: a session charges
+    /// with the time it read when its event came instead of reading the clock again. A clock that does
+    /// not follow tokio's reads itself.
+    fn at(&self, at: tokio::time::Instant) -> Duration {
+        let _ = at;
+        self.now()
+    }
 }
 
 /// The real clock. `Instant` rather than wall time, so a system clock step cannot refund or double anyone's
@@ -375,13 +383,24 @@ impl Throttle {
         } else {
             0.0
         };
+        let over_hard = hard > 0.0 && effective >= hard;
+        if frac == 0.0 {
+            // Below the soft limit, as nearly every charge is: nothing to scale (what follows gives the
+            // same, through a float-to-duration conversion on every charge).
+            return Throttle {
+                frac,
+                concurrency: p.initial_concurrency.max(1),
+                sleep: Duration::ZERO,
+                over_hard,
+            };
+        }
         let f = frac.min(1.0);
         let concurrency = ((1.0 - f) * f64::from(p.initial_concurrency)).ceil() as u32;
         Throttle {
             frac,
             concurrency: concurrency.max(1),
             sleep: p.max_sleep.mul_f64(f),
-            over_hard: hard > 0.0 && effective >= hard,
+            over_hard,
         }
     }
 }
@@ -999,13 +1018,17 @@ impl Account {
     /// Adds `units`, then returns the throttle recomputed now. Non-finite or negative charges are ignored: a
     /// NaN would otherwise poison the whole group's cost for good.
     pub fn charge(&self, units: f64) -> Throttle {
-        self.charge_under(units, &self.ledger.params.load())
+        self.charge_under(units, &self.ledger.params.load(), self.ledger.clock.now())
+    }
+
+    /// [`Account::charge`] as of `at`, a time the caller read from tokio's clock just now.
+    pub fn charge_at(&self, units: f64, at: tokio::time::Instant) -> Throttle {
+        self.charge_under(units, &self.ledger.params.load(), self.ledger.clock.at(at))
     }
 
     /// [`Account::charge`] with the parameters already loaded (a session charges on every read and every
     /// request: one load and one lock of its meter each, not two).
-    fn charge_under(&self, units: f64, p: &CostParams) -> Throttle {
-        let now = self.ledger.clock.now();
+    fn charge_under(&self, units: f64, p: &CostParams, now: Duration) -> Throttle {
         let added = if units.is_finite() && units > 0.0 { units } else { 0.0 };
         let add = |m: &mut Meter| {
             m.settle(now, p);
@@ -1083,10 +1106,19 @@ impl Account {
     }
 
     pub fn charge_bytes(&self, n: usize) -> Throttle {
+        self.charge_bytes_under(n, self.ledger.clock.now())
+    }
+
+    /// [`Account::charge_bytes`] as of `at`, a time the caller read from tokio's clock just now.
+    pub fn charge_bytes_at(&self, n: usize, at: tokio::time::Instant) -> Throttle {
+        self.charge_bytes_under(n, self.ledger.clock.at(at))
+    }
+
+    fn charge_bytes_under(&self, n: usize, now: Duration) -> Throttle {
         let p = self.ledger.params.load();
         let per = p.bytes_per_unit;
         let units = if per > 0.0 { n as f64 / per } else { 0.0 };
-        self.charge_under(units, &p)
+        self.charge_under(units, &p, now)
     }
 
     pub fn throttle(&self) -> Throttle {
@@ -1589,6 +1621,22 @@ mod tests {
         assert_eq!(t.concurrency, 1);
         assert_eq!(t.sleep, p.max_sleep);
         assert!(t.over_hard);
+        // Below the soft limit: full concurrency, no sleep.
+        for cost in [0.0, p.soft_limit, -1.0, f64::NAN] {
+            let t = Throttle::compute(cost, &p);
+            assert_eq!(
+                (t.frac, t.concurrency, t.sleep, t.over_hard),
+                (0.0, p.initial_concurrency, Duration::ZERO, false)
+            );
+        }
+        // No span between the limits: nothing is scaled, but the hard limit still holds.
+        let flat = CostParams {
+            soft_limit: 100.0,
+            hard_limit: 100.0,
+            ..CostParams::default()
+        };
+        let t = Throttle::compute(100.0, &flat);
+        assert_eq!((t.frac, t.sleep, t.over_hard), (0.0, Duration::ZERO, true));
     }
 
     #[test]

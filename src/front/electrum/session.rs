@@ -360,6 +360,7 @@ where
                     s.bind_gate(addr);
                 }
                 Err(e) => {
+                    s.now = Instant::now();
                     tracing::warn!(front = %front.cfg.name, error = %e, "no upstream reachable");
                     s.upstream_failed = true;
                     s.fail_all(
@@ -489,13 +490,13 @@ impl Session<'_> {
     }
 
     fn charge(&mut self, units: f64) {
-        let th = self.account.charge(units);
+        let th = self.account.charge_at(units, self.now);
         self.note_throttle(th);
     }
 
     /// Bytes in or out, charged per read rather than per message (the total is the same).
     fn charge_bytes(&mut self, n: usize) {
-        let th = self.account.charge_bytes(n);
+        let th = self.account.charge_bytes_at(n, self.now);
         self.note_throttle(th);
     }
 
@@ -1640,7 +1641,8 @@ impl Session<'_> {
     fn charge_response(&mut self, info: &MethodInfo, reply: &[u8]) {
         match info.cost_kind {
             CostKind::ResponseSize => {
-                self.account.charge(reply.len() as f64 / self.cost.bytes_per_unit);
+                self.account
+                    .charge_at(reply.len() as f64 / self.cost.bytes_per_unit, self.now);
             }
             CostKind::PerReplyItem(per) => {
                 let n = result_items(reply);
