@@ -9,6 +9,8 @@ pub mod bitcoin;
 pub mod buf;
 pub mod json;
 pub mod proxy;
+#[cfg(test)]
+pub mod testing;
 pub mod time;
 pub mod tls_hello;
 pub mod units;

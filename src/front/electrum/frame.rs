@@ -314,13 +314,7 @@ mod tests {
     fn framing_in_place_gives_the_frames_of_feeding() {
         // Short and oversized lines, blank and padded ones, split into reads at random places: after
         // every read both ways must give the same frames and hold the same bytes.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = crate::wire::testing::xorshift(0x2545_f491_4f6c_dd1du64);
         for round in 0..3_000 {
             let mut input = Vec::new();
             for _ in 0..1 + next(8) {

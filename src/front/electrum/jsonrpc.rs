@@ -1087,13 +1087,7 @@ mod tests {
             br#"{"id":1,"method":"m","x":{"y":[{"z":"\\"}]}}"#,
         ];
         const ALPHABET: &[u8] = b"{}[]\":,\\ 0123456789-+.eEtrufalsnd\t\r\n\x01\xc3\xa9";
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
+        let mut next = crate::wire::testing::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let (mut scanned, mut total) = (0, 0);
         for round in 0..60_000 {
             let mut b = seeds[round % seeds.len()].to_vec();
