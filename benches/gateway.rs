@@ -223,8 +223,8 @@ fn free_port() -> u16 {
 /// builds for this bench carries the dev-dependencies' features: tokio's `test-util` routes every time
 /// read through a mockable clock behind a lock, about 4 % of a request's user-space instructions. So the
 /// first call builds the release binary (a no-op when it is current; the first time it compiles tokio and
-/// what depends on it once more) and keeps a copy of it; `GATEHOUSE_BENCH_BIN` names another binary to
-/// measure instead. If the build fails, the bench's own binary is used, and the bench says so.
+/// what depends on it once more) and keeps it under a name of its own; `GATEHOUSE_BENCH_BIN` names another
+/// binary to measure instead. If the build fails, the bench's own binary is used, and the bench says so.
 fn gateway_bin() -> std::path::PathBuf {
     GATEWAY_BIN
         .get_or_init(|| {
@@ -251,6 +251,8 @@ fn release_binary() -> Result<std::path::PathBuf, String> {
         .args([
             "build",
             "--release",
+            // The lock file the bench itself was built from: never rewritten behind the user's back.
+            "--locked",
             "--bin",
             "gatehouse",
             "--message-format=json-render-diagnostics",
@@ -693,10 +695,10 @@ async fn anchor_rows(dir: &Path, backend: SocketAddr, resuming: &TlsConnector, f
         .zip(&rounds)
         .map(|((_, t), r)| match t {
             Ok(_) => Ok((
-                median(r.iter().map(|f| f.0).collect()),
-                Duration::from_secs_f64(median(r.iter().map(|f| f.1.as_secs_f64()).collect())),
-                Duration::from_secs_f64(median(r.iter().map(|f| f.2.as_secs_f64()).collect())),
-                median(r.iter().map(|f| f.3).collect()),
+                latency::median(r.iter().map(|f| f.0).collect()),
+                Duration::from_secs_f64(latency::median(r.iter().map(|f| f.1.as_secs_f64()).collect())),
+                Duration::from_secs_f64(latency::median(r.iter().map(|f| f.2.as_secs_f64()).collect())),
+                latency::median(r.iter().map(|f| f.3).collect()),
             )),
             Err(e) => Err(e.clone()),
         })
@@ -731,11 +733,6 @@ async fn anchor_rows(dir: &Path, backend: SocketAddr, resuming: &TlsConnector, f
             println!("rounds: {name}: {}", each.join(" "));
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The peer rows: the plain relay against the Bitcoin guard, on a gateway of their own.

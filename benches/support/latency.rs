@@ -75,7 +75,8 @@ async fn one(addr: SocketAddr, tls: Option<&TlsConnector>, secs: f64) -> (Durati
     (pct(0.5), pct(0.99))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The middle value (the upper one of an even count); NaN for none.
+pub(super) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
