@@ -72,6 +72,9 @@ pub struct AutoWindow {
     slow_start: bool,
     /// Per class (light, heavy): the fastest answer seen in this base period and the last.
     base: [Option<Duration>; 2],
+    /// Per class, the latency a calm answer may take, given its base: kept with the base, which changes
+    /// seldom, rather than scaled again for every answer.
+    allowed: [Duration; 2],
     next_base: [Option<Duration>; 2],
     rounds: u32,
     answers: u32,
@@ -90,6 +93,7 @@ impl AutoWindow {
             p: WindowParams { min, max, ..p },
             slow_start: true,
             base: [None; 2],
+            allowed: [Duration::ZERO; 2],
             next_base: [None; 2],
             rounds: 0,
             answers: 0,
@@ -112,21 +116,22 @@ impl AutoWindow {
     pub fn sample(&mut self, latency: Duration, heavy: bool) -> bool {
         let c = usize::from(heavy);
         let latency = latency.max(MIN_BASE);
-        let base = *self.base[c].get_or_insert(latency);
-        let base = if latency < base {
-            self.base[c] = Some(latency);
-            latency
-        } else {
-            base
-        };
+        match self.base[c] {
+            Some(base) if latency >= base => {}
+            _ => self.set_base(c, latency),
+        }
         self.next_base[c] = Some(self.next_base[c].map_or(latency, |b| b.min(latency)));
-        let allowed = base.mul_f64(self.p.tolerance.max(1.0)).max(base + self.p.slack);
-        self.best = self.best.min(latency.as_secs_f64() / allowed.as_secs_f64());
+        self.best = self.best.min(latency.as_secs_f64() / self.allowed[c].as_secs_f64());
         self.answers += 1;
         if self.answers < self.window {
             return false;
         }
         self.end_round()
+    }
+
+    fn set_base(&mut self, c: usize, base: Duration) {
+        self.base[c] = Some(base);
+        self.allowed[c] = base.mul_f64(self.p.tolerance.max(1.0)).max(base + self.p.slack);
     }
 
     fn end_round(&mut self) -> bool {
@@ -154,7 +159,7 @@ impl AutoWindow {
         if self.p.base_rounds > 0 && self.rounds % self.p.base_rounds == 0 {
             for c in 0..2 {
                 if let Some(b) = self.next_base[c].take() {
-                    self.base[c] = Some(b);
+                    self.set_base(c, b);
                 }
             }
         }
