@@ -76,15 +76,20 @@ impl Gateway {
 
     /// User + system CPU seconds consumed so far.
     fn cpu_seconds(&self) -> f64 {
+        let (user, system) = self.cpu_split();
+        user + system
+    }
+
+    /// User and system (kernel) CPU seconds consumed so far.
+    fn cpu_split(&self) -> (f64, f64) {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         // Fields after the parenthesised command name; utime and stime are the 14th and 15th overall.
         let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
         // SAFETY: sysconf has no memory-safety preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        ticks / hz
+        (ticks(11) / hz, ticks(12) / hz)
     }
 
     fn rss_bytes(&self) -> u64 {
@@ -640,17 +645,36 @@ async fn peer_throughput(
 /// One process in the middle, measured as the gateway's rows are: CPU per 100k requests of the wallet mix,
 /// latency, and full handshakes per CPU second.
 async fn measure(p: &Gateway, addr: SocketAddr, resuming: &TlsConnector, full: &TlsConnector, secs: f64) -> Figures {
-    let cpu0 = p.cpu_seconds();
+    let (user0, system0) = p.cpu_split();
     let mut r = load(addr, Some(resuming), secs).await;
-    let cpu = (p.cpu_seconds() - cpu0) / r.requests as f64 * 100_000.0;
+    let (user1, system1) = p.cpu_split();
+    let per_100k = 100_000.0 / r.requests as f64;
+    let (user, system) = ((user1 - user0) * per_100k, (system1 - system0) * per_100k);
     let cpu0 = p.cpu_seconds();
     let hs = handshakes(addr, full, secs).await;
     let hs_per_cpu = hs as f64 / (p.cpu_seconds() - cpu0).max(1e-9);
-    (cpu, r.pct(0.5), r.pct(0.99), hs_per_cpu)
+    Figures {
+        cpu: user + system,
+        kernel: system,
+        p50: r.pct(0.5),
+        p99: r.pct(0.99),
+        handshakes: hs_per_cpu,
+    }
 }
 
-/// CPU s per 100k requests, p50 and p99 latency, full handshakes per CPU second.
-type Figures = (f64, Duration, Duration, f64);
+/// One target's figures in one round (or the medians of the rounds).
+#[derive(Clone, Copy)]
+struct Figures {
+    /// CPU s per 100k requests.
+    cpu: f64,
+    /// The kernel's part of `cpu`: the socket work, which every target does alike; the rest is the
+    /// target's own code.
+    kernel: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Full handshakes per CPU second.
+    handshakes: f64,
+}
 /// A process and the address it serves on, or why it is not running.
 type AnchorTarget<'a> = Result<(&'a Gateway, SocketAddr), String>;
 
@@ -694,12 +718,16 @@ async fn anchor_rows(dir: &Path, backend: SocketAddr, resuming: &TlsConnector, f
         .iter()
         .zip(&rounds)
         .map(|((_, t), r)| match t {
-            Ok(_) => Ok((
-                latency::median(r.iter().map(|f| f.0).collect()),
-                Duration::from_secs_f64(latency::median(r.iter().map(|f| f.1.as_secs_f64()).collect())),
-                Duration::from_secs_f64(latency::median(r.iter().map(|f| f.2.as_secs_f64()).collect())),
-                latency::median(r.iter().map(|f| f.3).collect()),
-            )),
+            Ok(_) => {
+                let median = |of: fn(&Figures) -> f64| latency::median(r.iter().map(of).collect());
+                Ok(Figures {
+                    cpu: median(|f| f.cpu),
+                    kernel: median(|f| f.kernel),
+                    p50: Duration::from_secs_f64(median(|f| f.p50.as_secs_f64())),
+                    p99: Duration::from_secs_f64(median(|f| f.p99.as_secs_f64())),
+                    handshakes: median(|f| f.handshakes),
+                })
+            }
             Err(e) => Err(e.clone()),
         })
         .collect();
@@ -709,27 +737,34 @@ async fn anchor_rows(dir: &Path, backend: SocketAddr, resuming: &TlsConnector, f
     println!("Same stub backend, same certificate (ECDSA P-256, TLS 1.3), the wallet mix as above, one worker each,");
     println!("the process under test pinned to one core and the load generator to the other (when taskset is there);");
     println!("every target up at once, medians of {ANCHOR_ROUNDS} interleaved rounds.\n");
-    println!("| target | CPU s per 100k requests | vs HAProxy | p50 / p99 latency | full handshakes per CPU second | vs HAProxy |");
-    println!("|---|---|---|---|---|---|");
+    println!("| target | CPU s per 100k requests | vs HAProxy | of which kernel / user space | p50 / p99 latency | full handshakes per CPU second | vs HAProxy |");
+    println!("|---|---|---|---|---|---|---|");
     for ((name, _), f) in targets.iter().zip(&figures) {
         match f {
-            Ok((cpu, p50, p99, hs)) => {
-                let (rc, rh) = base.map_or(("–".to_string(), "–".to_string()), |(bc, _, _, bh)| {
-                    (format!("{:.2}", cpu / bc), format!("{:.2}", hs / bh))
+            Ok(f) => {
+                let (rc, rh) = base.map_or(("–".to_string(), "–".to_string()), |b| {
+                    (
+                        format!("{:.2}", f.cpu / b.cpu),
+                        format!("{:.2}", f.handshakes / b.handshakes),
+                    )
                 });
                 println!(
-                    "| {name} | {cpu:.3} | {rc} | {:.0} / {:.0} µs | {hs:.0} | {rh} |",
-                    us(*p50),
-                    us(*p99)
+                    "| {name} | {:.3} | {rc} | {:.3} / {:.3} | {:.0} / {:.0} µs | {:.0} | {rh} |",
+                    f.cpu,
+                    f.kernel,
+                    f.cpu - f.kernel,
+                    us(f.p50),
+                    us(f.p99),
+                    f.handshakes
                 );
             }
-            Err(e) => println!("| {name} | skipped: {e} | | | | |"),
+            Err(e) => println!("| {name} | skipped: {e} | | | | | |"),
         }
     }
     if std::env::var_os("GATEHOUSE_ANCHOR_ROUNDS_SHOWN").is_some() {
         // Every round's CPU figure, to see how far the machine moved.
         for ((name, _), r) in targets.iter().zip(&rounds) {
-            let each: Vec<String> = r.iter().map(|f| format!("{:.3}", f.0)).collect();
+            let each: Vec<String> = r.iter().map(|f| format!("{:.3}", f.cpu)).collect();
             println!("rounds: {name}: {}", each.join(" "));
         }
     }

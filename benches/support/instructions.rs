@@ -2,11 +2,13 @@
 //! binary and inputs whatever else the machine is doing, where CPU seconds on a shared virtual machine move
 //! by tens of per cent between runs. Each target (HAProxy, nginx, the gateway's relay and Electrum fronts)
 //! runs under callgrind twice, serving a small and a large number of wallet-mix requests over one TLS
-//! connection, one at a time; the difference divided by the difference in requests is the cost of a
-//! request, with start-up, the handshake and shutdown cancelled out. One at a time, because with several in
-//! flight how many requests share a read depends on how fast the slowed-down process runs, and the count
-//! would move with it. The kernel's share (the socket work)
-//! is not in these counts: read them as the user-space part of the per-request CPU rows.
+//! connection; the difference divided by the difference in requests is the cost of a request, with
+//! start-up, the handshake and shutdown cancelled out. That is done twice: one request at a time, and in
+//! lockstep batches of [`BATCH`] (the batch written at once, its answers read before the next), which is
+//! how the CPU rows' 8 in flight reach a target. Not a free-running 8 in flight: then how many requests
+//! share a read would depend on how fast the slowed-down process runs, and the count would move with it.
+//! The kernel's share (the socket work) is not in these counts: read them as the user-space part of the
+//! per-request CPU rows.
 
 use super::anchors::{self, apt_install};
 use super::{start_gateway, Gateway, MIX, VERSION};
@@ -23,6 +25,8 @@ const VALGRIND: &str = "/usr/bin/valgrind";
 /// a shutdown takes) is a small fraction of a request's cost once divided.
 const SMALL: u64 = 500;
 const LARGE: u64 = 3_000;
+/// Requests written together in the batched column: the CPU rows' requests in flight per connection.
+const BATCH: u64 = 8;
 
 /// The instruction rows: one line per target, each as a ratio to HAProxy's.
 pub(super) async fn run(dir: &Path, backend: SocketAddr, tls: &TlsConnector) {
@@ -51,7 +55,9 @@ pub(super) async fn run(dir: &Path, backend: SocketAddr, tls: &TlsConnector) {
         {
             continue;
         }
-        rows.push((name, per_request(dir, backend, tls, target).await));
+        let single = per_request(dir, backend, tls, target, 1).await;
+        let batched = per_request(dir, backend, tls, target, BATCH).await;
+        rows.push((name, single, batched));
     }
     if rows.is_empty() {
         println!(
@@ -61,23 +67,31 @@ pub(super) async fn run(dir: &Path, backend: SocketAddr, tls: &TlsConnector) {
     }
     println!("\n## User-space instructions per request (callgrind)\n");
     println!(
-        "One TLS connection, wallet-mix requests one at a time; ({LARGE} − {SMALL} requests) between two runs of each target.\n"
+        "One TLS connection, wallet-mix requests one at a time and in batches of {BATCH}; ({LARGE} − {SMALL} requests) between two runs of each target.\n"
     );
-    println!("| target | instructions per request | vs HAProxy |");
-    println!("|---|---|---|");
+    println!("| target | one at a time | vs HAProxy | batches of {BATCH} | vs HAProxy |");
+    println!("|---|---|---|---|---|");
     // Ratios only against HAProxy measured in this run.
-    let base = rows
-        .iter()
-        .find(|r| r.0.starts_with("HAProxy"))
-        .and_then(|r| r.1.as_ref().ok().copied());
-    for (name, figure) in &rows {
-        match figure {
-            Ok(n) => {
-                let ratio = base.map_or("–".to_string(), |b| format!("{:.2}", *n as f64 / b as f64));
-                println!("| {name} | {n} | {ratio} |");
-            }
-            Err(e) => println!("| {name} | not measured: {e} | – |"),
+    let haproxy = rows.iter().find(|r| r.0.starts_with("HAProxy"));
+    let single_base = haproxy.and_then(|r| r.1.as_ref().ok().copied());
+    let batched_base = haproxy.and_then(|r| r.2.as_ref().ok().copied());
+    for (name, single, batched) in &rows {
+        println!(
+            "| {name} | {} | {} |",
+            cells(single, single_base),
+            cells(batched, batched_base)
+        );
+    }
+}
+
+/// A count and its ratio to `base`, as two table cells.
+fn cells(figure: &Result<u64, String>, base: Option<u64>) -> String {
+    match figure {
+        Ok(n) => {
+            let ratio = base.map_or("–".to_string(), |b| format!("{:.2}", *n as f64 / b as f64));
+            format!("{n} | {ratio}")
         }
+        Err(e) => format!("not measured: {e} | –"),
     }
 }
 
@@ -100,9 +114,15 @@ impl Target {
     }
 }
 
-async fn per_request(dir: &Path, backend: SocketAddr, tls: &TlsConnector, target: Target) -> Result<u64, String> {
-    let small = counted_run(dir, backend, tls, target, SMALL).await?;
-    let large = counted_run(dir, backend, tls, target, LARGE).await?;
+async fn per_request(
+    dir: &Path,
+    backend: SocketAddr,
+    tls: &TlsConnector,
+    target: Target,
+    batch: u64,
+) -> Result<u64, String> {
+    let small = counted_run(dir, backend, tls, target, SMALL, batch).await?;
+    let large = counted_run(dir, backend, tls, target, LARGE, batch).await?;
     large
         .checked_sub(small)
         .map(|extra| extra / (LARGE - SMALL))
@@ -116,6 +136,7 @@ async fn counted_run(
     tls: &TlsConnector,
     target: Target,
     requests: u64,
+    batch: u64,
 ) -> Result<u64, String> {
     let out: PathBuf = dir.join(format!("callgrind.{requests}.out"));
     let _ = std::fs::remove_file(&out);
@@ -134,7 +155,7 @@ async fn counted_run(
     anchors::wrap_starts(None);
     let (process, addr) = started?;
     // Bounded, so a target that stops answering under valgrind costs a row, not the run.
-    let served = tokio::time::timeout(std::time::Duration::from_secs(120), serve(addr, tls, requests))
+    let served = tokio::time::timeout(std::time::Duration::from_secs(120), serve(addr, tls, requests, batch))
         .await
         .unwrap_or(0);
     stop(process, addr)?;
@@ -142,7 +163,7 @@ async fn counted_run(
         return Err(format!("{served} of {requests} requests answered"));
     }
     if let Ok(keep) = std::env::var("GATEHOUSE_CALLGRIND_KEEP") {
-        let kept = Path::new(&keep).join(format!("callgrind.{}.{requests}.out", target.key()));
+        let kept = Path::new(&keep).join(format!("callgrind.{}.{batch}.{requests}.out", target.key()));
         if let Err(e) = std::fs::create_dir_all(&keep).and_then(|()| std::fs::copy(&out, &kept)) {
             eprintln!("bench: could not keep {}: {e}", kept.display());
         }
@@ -150,9 +171,9 @@ async fn counted_run(
     callgrind_total(&out).ok_or_else(|| format!("no instruction total in {}", out.display()))
 }
 
-/// `n` wallet-mix requests over one TLS connection, each sent when the last is answered; returns the
-/// answers counted.
-async fn serve(addr: SocketAddr, tls: &TlsConnector, n: u64) -> u64 {
+/// `n` wallet-mix requests over one TLS connection, `batch` written at once and all of them answered
+/// before the next batch; returns the answers counted.
+async fn serve(addr: SocketAddr, tls: &TlsConnector, n: u64, batch: u64) -> u64 {
     let Ok(tcp) = TcpStream::connect(addr).await else {
         return 0;
     };
@@ -162,17 +183,32 @@ async fn serve(addr: SocketAddr, tls: &TlsConnector, n: u64) -> u64 {
     };
     let mut s = BufReader::new(s);
     let mut line = Vec::new();
+    if s.write_all(VERSION).await.is_err() || s.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+        return 0;
+    }
+    let mut requests = MIX.iter().copied().cycle().take(n as usize).peekable();
+    let mut out = Vec::new();
     let mut answered = 0u64;
-    for request in std::iter::once(VERSION).chain(MIX.iter().copied().cycle().take(n as usize)) {
-        line.clear();
-        if s.write_all(request).await.is_err() || s.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+    'serving: while requests.peek().is_some() {
+        out.clear();
+        let mut written = 0;
+        for request in requests.by_ref().take(batch as usize) {
+            out.extend_from_slice(request);
+            written += 1;
+        }
+        if s.write_all(&out).await.is_err() {
             break;
         }
-        answered += 1;
+        for _ in 0..written {
+            line.clear();
+            if s.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                break 'serving;
+            }
+            answered += 1;
+        }
     }
     let _ = s.shutdown().await;
-    // The version request is not one of the `n`.
-    answered.saturating_sub(1)
+    answered
 }
 
 /// Asks the process to stop (callgrind writes its counts at exit) and waits up to 60 s for it to go. Under
