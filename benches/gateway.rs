@@ -862,7 +862,8 @@ fn main() {
             return;
         }
         if std::env::var("GATEHOUSE_BENCH_ONLY").as_deref() == Ok("instructions") {
-            // User-space instructions per request under callgrind, against HAProxy and nginx (about 2 min).
+            // User-space instructions per request under callgrind, against HAProxy and nginx, one at a time and in
+            // batches (about 4 min).
             drop(gw);
             instructions::run(dir.path(), backend, &resuming).await;
             return;
